@@ -1,0 +1,97 @@
+# memq: top-level build.  `make` builds everything, `make run` starts the
+# demo cluster, `make test` builds and runs every test.
+
+CC       ?= cc
+CLANG    ?= clang
+PYTHON   ?= /usr/bin/python3
+OPT      ?= -O2
+CFLAGS   ?= $(OPT) -g
+WARN     := -Wall -Wextra -Wshadow -Wpointer-arith -Wno-unused-parameter \
+            -Werror
+CPPFLAGS := -D_GNU_SOURCE -Icommon
+LDLIBS   := -lpthread
+
+B        := build
+COMMON   := $(wildcard common/*.c)
+MEMQD    := $(wildcard memqd/*.c)
+BENCH    := $(wildcard bench/*.c)
+UNIT     := $(patsubst tests/unit/%.c,$(B)/unit/%,$(wildcard tests/unit/test_*.c))
+FUZZ     := $(patsubst tests/fuzz/%.c,$(B)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+HDRS     := $(wildcard common/*.h memqd/*.h)
+SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer \
+            -fno-sanitize-recover=undefined
+
+# seconds each fuzz target runs in `make test`
+FUZZ_SECONDS ?= 60
+
+.PHONY: all memqd bench unit fuzz asan module deps run test test-unit \
+        test-fuzz test-integration test-asan clean
+
+all: memqd bench unit module
+
+memqd: $(B)/memqd
+bench: $(B)/memq-bench
+unit: $(UNIT)
+fuzz: $(FUZZ)
+asan: $(B)/asan/memqd
+
+$(B)/memqd: $(MEMQD) $(COMMON) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(MEMQD) $(COMMON) $(LDLIBS)
+
+$(B)/asan/memqd: $(MEMQD) $(COMMON) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -o $@ $(MEMQD) $(COMMON) \
+	    $(LDLIBS)
+
+$(B)/memq-bench: $(BENCH) $(COMMON) $(HDRS) $(wildcard bench/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(BENCH) $(COMMON) $(LDLIBS) -lm
+
+# unit tests link common/ and, when they test memqd code, the memqd sources
+# named in a "// links: memqd/x.c ..." first line of the test file
+$(B)/unit/%: tests/unit/%.c $(COMMON) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Imemqd -O1 -g $(SAN) $(WARN) -o $@ $< $(COMMON) \
+	    $$(sed -n '1s|^// links:||p' $<) $(LDLIBS) -lcmocka
+
+$(B)/fuzz/%: tests/fuzz/%.c $(COMMON) $(HDRS)
+	@mkdir -p $(@D)
+	$(CLANG) $(CPPFLAGS) -Imemqd -O1 -g -fsanitize=fuzzer,address,undefined \
+	    -o $@ $< $(COMMON)
+
+module:
+	@if [ -x ngx_memq/build.sh ]; then ngx_memq/build.sh $(B); fi
+
+deps:
+	@scripts/deps.sh
+
+run: deps all
+	@scripts/run-demo.sh
+
+test: deps all fuzz asan
+	$(MAKE) test-unit test-fuzz test-asan test-integration
+
+test-unit: $(UNIT)
+	@scripts/run-unit.sh $(UNIT)
+
+test-fuzz: $(FUZZ)
+	@for f in $(FUZZ); do \
+	    n=$$(basename $$f); mkdir -p $(B)/fuzz/corpus-$$n; \
+	    echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
+	    $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        $(B)/fuzz/corpus-$$n tests/fuzz/corpus/$$n \
+	        2>$(B)/fuzz/$$n.log || { tail -50 $(B)/fuzz/$$n.log; exit 1; }; \
+	    grep -E 'stat::number_of_executed_units' $(B)/fuzz/$$n.log; \
+	done
+
+# the integration suite against the sanitizer build of memqd
+test-asan: $(B)/asan/memqd
+	MEMQD=$(B)/asan/memqd MEMQ_SANITIZED=1 $(PYTHON) -m pytest -q \
+	    tests/integration
+
+test-integration: $(B)/memqd
+	MEMQD=$(B)/memqd $(PYTHON) -m pytest -q tests/integration
+
+clean:
+	rm -rf $(B)
