@@ -1,0 +1,363 @@
+#!/bin/bash
+# bench/peers.sh: memqd measured side by side with Redis, beanstalkd and
+# memcached, all driven by build/memq-bench on loopback.
+#
+# For each durability level, each system is started alone on a free
+# loopback port in a fresh temporary directory, runs every cell, and is
+# stopped before the next one starts:
+#
+#   level     memqd                 redis                        beanstalkd
+#   always    --sync always         appendonly, fsync always     -b DIR -f 0
+#   interval  --sync interval=1000  appendonly, fsync everysec   -b DIR -f 1000
+#   none      --sync none           no AOF, --save ''            -b DIR -F
+#
+# memcached (-m 2048, keys k<i>, no queue, no disk) is run once as the
+# ceiling of the protocol and shown in every table.
+#
+# A cell is (message size, connections); in each, N messages are produced
+# (stopping early after DURATION seconds) and then exactly the messages
+# produced are consumed.  Before its cells, each queue system passes a
+# small produce + consume run with --verify.
+#
+# Environment:
+#   QUICK=1           tiny counts, 1 s cap: a smoke test in well under a minute
+#   N100, N4096       messages per cell for 100 and 4096 bytes (300000, 60000)
+#   DURATION          seconds cap of each produce run (5)
+#   DEPTH1, DEPTH50   pipeline depth with 1 and with 50 connections (1, 16)
+#   LEVELS            subset of "always interval none"
+#   SYSTEMS           subset of "memqd redis beanstalkd memcached"
+#   RESULTS           file for the raw RESULT lines (build/peers-results.txt)
+#   MEMQD, BENCH      the binaries (build/memqd, build/memq-bench)
+#
+# Exit status: 0 when every run that was started succeeded and verified,
+# 1 otherwise.  Whatever it started is stopped on any exit (trap).
+
+set -u
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=${BENCH:-$ROOT/build/memq-bench}
+MEMQD=${MEMQD:-$ROOT/build/memqd}
+RESULTS=${RESULTS:-$ROOT/build/peers-results.txt}
+QUICK=${QUICK:-0}
+LEVELS=${LEVELS:-always interval none}
+SYSTEMS=${SYSTEMS:-memqd redis beanstalkd memcached}
+DEPTH1=${DEPTH1:-1}
+DEPTH50=${DEPTH50:-16}
+
+if [ "$QUICK" = 1 ]; then
+    N100=${N100:-2000}
+    N4096=${N4096:-500}
+    DURATION=${DURATION:-1}
+    VERIFY_N=200
+else
+    N100=${N100:-300000}
+    N4096=${N4096:-60000}
+    DURATION=${DURATION:-5}
+    VERIFY_N=5000
+fi
+
+SIZES="100 4096"
+CONNS="1 50"
+
+TMP=$(mktemp -d /tmp/memq-peers.XXXXXX)
+PIDS=""
+STATUS=0
+MEMQD_OK=0
+
+# shellcheck disable=SC2317  # called by the trap
+cleanup() {
+    local pid
+    for pid in $PIDS; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in $PIDS; do
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    PIDS=""
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() {
+    echo "peers: $*" >&2
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); \
+s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# waits until something accepts on the port and $2 is alive
+wait_port() {
+    local port=$1 pid=$2
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# starts "$@" in the background, logging to $LOGF; sets PID
+spawn() {
+    "$@" >"$LOGF" 2>&1 &
+    PID=$!
+    PIDS="$PIDS $PID"
+}
+
+stop() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    PIDS=$(echo "$PIDS" | tr ' ' '\n' | grep -vx "$pid" | tr '\n' ' ')
+}
+
+# start SYSTEM LEVEL: sets PORT and PID, returns 1 when it did not come up
+start() {
+    local sys=$1 level=$2 dir
+    dir=$(mktemp -d "$TMP/$sys-$level.XXXX")
+    PORT=$(free_port)
+    LOGF=$dir/log
+
+    case $sys in
+    memqd)
+        local sync=always
+        [ "$level" = interval ] && sync=interval=1000
+        [ "$level" = none ] && sync=none
+        spawn "$MEMQD" --listen "127.0.0.1:$PORT" --data-dir "$dir/data" \
+            --sync "$sync"
+        ;;
+    redis)
+        local aof="--appendonly yes --appendfsync always"
+        [ "$level" = interval ] && aof="--appendonly yes --appendfsync everysec"
+        [ "$level" = none ] && aof="--appendonly no"
+        # shellcheck disable=SC2086
+        spawn redis-server --port "$PORT" --bind 127.0.0.1 --dir "$dir" \
+            --save '' $aof --daemonize no
+        ;;
+    beanstalkd)
+        local fs="-f 0"
+        [ "$level" = interval ] && fs="-f 1000"
+        [ "$level" = none ] && fs="-F"
+        mkdir -p "$dir/binlog"
+        # shellcheck disable=SC2086
+        spawn beanstalkd -l 127.0.0.1 -p "$PORT" -b "$dir/binlog" $fs
+        ;;
+    memcached)
+        local user=""
+        [ "$(id -u)" = 0 ] && user="-u root"
+        # shellcheck disable=SC2086
+        spawn memcached -l 127.0.0.1 -p "$PORT" -m 2048 -U 0 $user
+        ;;
+    esac
+
+    if ! wait_port "$PORT" "$PID"; then
+        log "$sys ($level) did not start; its log:"
+        tail -5 "$LOGF" >&2
+        stop "$PID"
+        return 1
+    fi
+    return 0
+}
+
+proto_of() {
+    case $1 in
+    memqd) echo memq ;;
+    redis) echo redis ;;
+    beanstalkd) echo beanstalk ;;
+    memcached) echo memcached ;;
+    esac
+}
+
+# bench SYSTEM LEVEL ARGS...: one memq-bench run, its RESULT line kept
+bench() {
+    local sys=$1 level=$2 out rc line
+    shift 2
+    out=$("$BENCH" --proto "$(proto_of "$sys")" -p "$PORT" "$@" 2>&1)
+    rc=$?
+    line=$(echo "$out" | grep '^RESULT ' | tail -1)
+    if [ $rc -ne 0 ] || [ -z "$line" ]; then
+        log "$sys ($level) failed: memq-bench $*"
+        printf '    %s\n' "$out" >&2
+        STATUS=1
+        return 1
+    fi
+    echo "$line system=$sys level=$level" >>"$RESULTS"
+    echo "$line"
+}
+
+field() {
+    echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"
+}
+
+# runs all cells of one system at one level
+run_system() {
+    local sys=$1 level=$2 size conns depth n line got q
+    if ! start "$sys" "$level"; then
+        STATUS=1
+        return
+    fi
+    log "$sys ($level) on port $PORT"
+
+    if [ "$sys" != memcached ]; then
+        if bench "$sys" "$level" -c 4 -d 8 -s 100 -n "$VERIFY_N" -q verify \
+                --verify --run-id "$level" -Q >/dev/null \
+           && bench "$sys" "$level" -c 4 -d 8 -s 100 -n "$VERIFY_N" \
+                -q verify --verify --run-id "$level" -m consume -Q \
+                >/dev/null
+        then
+            log "$sys ($level): verify lost=0 dup=0 corrupt=0"
+        fi
+    fi
+
+    for size in $SIZES; do
+        for conns in $CONNS; do
+            depth=$DEPTH1
+            [ "$conns" -gt 1 ] && depth=$DEPTH50
+            n=$N100
+            [ "$size" -gt 100 ] && n=$N4096
+            q="cell_${size}_${conns}"
+
+            kill -0 "$PID" 2>/dev/null || {
+                log "$sys ($level) is gone"; STATUS=1; break 2; }
+
+            line=$(bench "$sys" "$level" -c "$conns" -d "$depth" -s "$size" \
+                       -n "$n" -t "$DURATION" -q "$q" -Q) \
+                || { STATUS=1; continue; }
+            got=$(field "$line" msgs)
+            [ "$got" -gt 0 ] || continue
+            bench "$sys" "$level" -c "$conns" -d "$depth" -s "$size" \
+                -n "$got" -q "$q" -m consume -Q >/dev/null
+        done
+    done
+
+    stop "$PID"
+}
+
+# memqd is being built alongside: use it only when it answers set and get
+check_memqd() {
+    [ -x "$MEMQD" ] || return 1
+    start memqd none 2>/dev/null || return 1
+    "$BENCH" -p "$PORT" -n 10 -q check --verify --run-id c -Q \
+        >/dev/null 2>&1 \
+        && "$BENCH" -p "$PORT" -n 10 -q check --verify --run-id c \
+            -m consume -Q >/dev/null 2>&1
+    local rc=$?
+    stop "$PID"
+    return $rc
+}
+
+table() {
+    awk -v levels="$LEVELS" -v sizes="$SIZES" -v conns="$CONNS" \
+        -v d1="$DEPTH1" -v d50="$DEPTH50" '
+    /^RESULT / {
+        delete f
+        for (i = 2; i <= NF; i++) {
+            split($i, kv, "=")
+            f[kv[1]] = kv[2]
+        }
+        if (f["msgs"] == 0) next
+        k = f["level"] SUBSEP f["system"] SUBSEP f["mode"] SUBSEP \
+            f["size"] SUBSEP f["conns"]
+        v[k] = f["msgs_per_sec"]
+    }
+    function get(l, s, m, z, c) {
+        if (s == "memcached") l = "ceiling"
+        return v[l, s, m, z, c]
+    }
+    function ratio(a, b) {
+        if (a == "" || b == "" || b == 0) return "-"
+        return sprintf("%.2f", a / b)
+    }
+    function num(a) { return a == "" ? "n/a" : a }
+    END {
+        nl = split(levels, L, " ")
+        ns = split(sizes, S, " ")
+        nc = split(conns, C, " ")
+        for (li = 1; li <= nl; li++) {
+            l = L[li]
+            printf "\n== durability: %s (msgs/s; ratio = memqd / peer)\n", l
+            printf "%-22s %9s %9s %9s %9s %7s %7s %7s\n", "cell", "memqd", \
+                "redis", "beanstk", "memcache", "/redis", "/beanst", "/memc"
+            split("produce consume", M, " ")
+            for (mi = 1; mi <= 2; mi++)
+            for (si = 1; si <= ns; si++)
+            for (ci = 1; ci <= nc; ci++) {
+                m = M[mi]; z = S[si]; c = C[ci]
+                d = c > 1 ? d50 : d1
+                q = get(l, "memqd", m, z, c)
+                r = get(l, "redis", m, z, c)
+                b = get(l, "beanstalkd", m, z, c)
+                mc = get(l, "memcached", m, z, c)
+                printf "%-22s %9s %9s %9s %9s %7s %7s %7s\n", \
+                    sprintf("%s %sB c%s d%s", m, z, c, d), \
+                    num(q), num(r), num(b), num(mc), \
+                    ratio(q, r), ratio(q, b), ratio(q, mc)
+            }
+        }
+        printf "\nmemcache = memcached: no queue, no disk, the protocol" \
+               " ceiling\n"
+    }' "$RESULTS"
+}
+
+main() {
+    local level sys
+
+    if [ ! -x "$BENCH" ]; then
+        echo "peers: $BENCH missing: run 'make bench'" >&2
+        exit 1
+    fi
+    for sys in redis-server beanstalkd memcached python3; do
+        command -v "$sys" >/dev/null || {
+            echo "peers: $sys not installed (scripts/deps.sh)" >&2; exit 1; }
+    done
+
+    mkdir -p "$(dirname "$RESULTS")"
+    : >"$RESULTS"
+    echo "# peers.sh $(date -u +%FT%TZ) QUICK=$QUICK N100=$N100" \
+         "N4096=$N4096 DURATION=$DURATION DEPTH1=$DEPTH1 DEPTH50=$DEPTH50" \
+         "nproc=$(nproc)" >>"$RESULTS"
+
+    case " $SYSTEMS " in
+    *" memqd "*)
+        if check_memqd; then
+            MEMQD_OK=1
+        else
+            echo "memqd: not available"
+        fi
+        ;;
+    esac
+
+    for level in $LEVELS; do
+        for sys in memqd redis beanstalkd; do
+            case " $SYSTEMS " in *" $sys "*) ;; *) continue ;; esac
+            [ "$sys" = memqd ] && [ $MEMQD_OK = 0 ] && continue
+            run_system "$sys" "$level"
+        done
+    done
+
+    case " $SYSTEMS " in
+    *" memcached "*) run_system memcached ceiling ;;
+    esac
+
+    table
+    [ $MEMQD_OK = 1 ] || echo "memqd: not available"
+    echo "raw RESULT lines: $RESULTS"
+    return $STATUS
+}
+
+main "$@"
+exit $?
