@@ -36,6 +36,7 @@ static const char  alphabet[] =
 
 static uint32_t    crc_table[256];
 static int         crc_ready;
+static char       *plain;     /* the payload without --verify */
 
 
 static void
@@ -114,9 +115,20 @@ bench_payload_fill(const bench_conf_t *cf, char *p, uint64_t id)
     char      hex[BENCH_CRC_LEN + 1];
 
     if (!cf->verify) {
-        for (i = 0; i < cf->size; i++) {
-            p[i] = alphabet[i % 62];
+        /* the same bytes every time: copy them, do not make them */
+        if (plain == NULL) {
+            plain = malloc(cf->size + 1);
+            if (plain == NULL) {
+                memset(p, 'x', cf->size);
+                return;
+            }
+
+            for (i = 0; i < cf->size; i++) {
+                plain[i] = alphabet[i % 62];
+            }
         }
+
+        memcpy(p, plain, cf->size);
         return;
     }
 

@@ -9,16 +9,19 @@
  *            "set k<i> 0 0 <size>", consume "get k<i>" over the same keys.
  *
  * Replies: STORED; END (empty); VALUE <key> <flags> <bytes> [<cas>] +
- * data + END; DELETED; ERROR, CLIENT_ERROR and SERVER_ERROR lines.
+ * data + END; DELETED; ERROR, CLIENT_ERROR, SERVER_ERROR, NOT_STORED
+ * and NOT_FOUND lines are refusals.
  */
 
 #include <stdio.h>
 #include <string.h>
 
 #include "bench.h"
+#include "mq_proto.h"
 
 
-#define MC_CRLF  "\r\n"
+#define MC_CRLF       "\r\n"
+#define MC_VALUE_MAX  ((uint64_t) 1 << 30)
 
 
 static unsigned
@@ -127,128 +130,86 @@ memcached_finish(bench_buf_t *out, const bench_conf_t *cf)
 }
 
 
-/* a line starting with word, followed by end of line or a space */
-static int
-mc_word(const char *line, size_t len, const char *word)
-{
-    size_t  n;
-
-    n = strlen(word);
-
-    return len >= n && memcmp(line, word, n) == 0
-           && (len == n || line[n] == ' ');
-}
-
-
-/* parses the decimal at *pp, moves *pp past it; -1 when there is none */
-static int
-mc_number(const char **pp, const char *end, uint64_t *v)
-{
-    const char  *p;
-
-    p = *pp;
-    *v = 0;
-
-    while (p < end && *p == ' ') {
-        p++;
-    }
-
-    if (p == end || *p < '0' || *p > '9') {
-        return -1;
-    }
-
-    while (p < end && *p >= '0' && *p <= '9') {
-        if (*v > (UINT64_MAX - 9) / 10) {
-            return -1;
-        }
-        *v = *v * 10 + (uint64_t) (*p++ - '0');
-    }
-
-    *pp = p;
-
-    return 0;
-}
-
-
+/*
+ * Reply header lines are split by common/'s mq_proto_parse_reply(), the
+ * parser the gateway uses too; the data block and the END after it are
+ * checked here.
+ */
 static ssize_t
 mc_parse(const char *buf, size_t len, bench_reply_t *r)
 {
-    size_t       n, need;
-    uint64_t     flags, bytes;
-    const char  *eol, *p, *end, *data;
+    int          rc;
+    size_t       need;
+    mq_reply_t   mr;
+    const char  *err, *data;
 
-    eol = memchr(buf, '\n', len);
-    if (eol == NULL) {
-        return len > 4096 ? -1 : 0;
+    rc = mq_proto_parse_reply(buf, len, MC_VALUE_MAX, &mr, &err);
+
+    if (rc == MQ_AGAIN) {
+        return 0;
     }
 
-    n = (size_t) (eol - buf) + 1;
-    end = (eol > buf && eol[-1] == '\r') ? eol - 1 : eol;
-
-    memset(r, 0, sizeof(bench_reply_t));
-
-    if (mc_word(buf, (size_t) (end - buf), "STORED")) {
-        r->type = BENCH_REPLY_STORED;
-        return (ssize_t) n;
-    }
-
-    if (mc_word(buf, (size_t) (end - buf), "END")) {
-        r->type = BENCH_REPLY_EMPTY;
-        return (ssize_t) n;
-    }
-
-    if (mc_word(buf, (size_t) (end - buf), "DELETED")) {
-        r->type = BENCH_REPLY_OK;
-        return (ssize_t) n;
-    }
-
-    if (mc_word(buf, (size_t) (end - buf), "ERROR")
-        || mc_word(buf, (size_t) (end - buf), "CLIENT_ERROR")
-        || mc_word(buf, (size_t) (end - buf), "SERVER_ERROR")
-        || mc_word(buf, (size_t) (end - buf), "NOT_STORED"))
-    {
-        r->type = BENCH_REPLY_ERROR;
-        r->text = buf;
-        r->text_len = (size_t) (end - buf);
-        return (ssize_t) n;
-    }
-
-    if (!mc_word(buf, (size_t) (end - buf), "VALUE")) {
+    if (rc != MQ_OK) {
         return -1;
     }
 
-    /* VALUE <key> <flags> <bytes> [<cas>] */
-    p = buf + 5;
+    memset(r, 0, sizeof(bench_reply_t));
 
-    while (p < end && *p == ' ') {
-        p++;
-    }
+    switch (mr.type) {
 
-    while (p < end && *p != ' ') {
-        p++;
-    }
+    case MQ_REPLY_STORED:
+        r->type = BENCH_REPLY_STORED;
+        return (ssize_t) mr.consumed;
 
-    if (mc_number(&p, end, &flags) != 0 || mc_number(&p, end, &bytes) != 0
-        || bytes > ((uint64_t) 1 << 32))
-    {
+    case MQ_REPLY_END:
+        r->type = BENCH_REPLY_EMPTY;
+        return (ssize_t) mr.consumed;
+
+    case MQ_REPLY_DELETED:
+    case MQ_REPLY_OK:
+        r->type = BENCH_REPLY_OK;
+        return (ssize_t) mr.consumed;
+
+    case MQ_REPLY_ERROR:
+    case MQ_REPLY_CLIENT_ERROR:
+    case MQ_REPLY_SERVER_ERROR:
+    case MQ_REPLY_NOT_STORED:
+    case MQ_REPLY_NOT_FOUND:
+        r->type = BENCH_REPLY_ERROR;
+        r->text = buf;
+        r->text_len = mr.consumed;
+
+        while (r->text_len > 0
+               && (buf[r->text_len - 1] == '\n'
+                   || buf[r->text_len - 1] == '\r'))
+        {
+            r->text_len--;
+        }
+
+        return (ssize_t) mr.consumed;
+
+    case MQ_REPLY_VALUE:
+        break;
+
+    default:
         return -1;
     }
 
     /* data, CRLF, then END CRLF: this tool never asks for several items */
-    need = n + (size_t) bytes + 2 + 5;
+    need = mr.consumed + (size_t) mr.bytes + 2 + 5;
     if (len < need) {
         return 0;
     }
 
-    data = buf + n;
+    data = buf + mr.consumed;
 
-    if (memcmp(data + bytes, "\r\nEND\r\n", 7) != 0) {
+    if (memcmp(data + mr.bytes, "\r\nEND\r\n", 7) != 0) {
         return -1;
     }
 
     r->type = BENCH_REPLY_VALUE;
     r->value = data;
-    r->value_len = (size_t) bytes;
+    r->value_len = (size_t) mr.bytes;
 
     return (ssize_t) need;
 }
