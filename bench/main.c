@@ -378,6 +378,13 @@ main(int argc, char **argv)
             printf(", produced %llu", (unsigned long long) res->produced);
         }
 
+        if (cf.proto->queue && cf.mode != BENCH_MODE_PRODUCE
+            && msgs < cf.count)
+        {
+            printf(", queue empty after %llu of %llu",
+                   (unsigned long long) msgs, (unsigned long long) cf.count);
+        }
+
         if (res->empties) {
             printf(", %llu empty answers",
                    (unsigned long long) res->empties);
