@@ -1,0 +1,484 @@
+/*
+ * cmd.c: the command table of memqd: set, get/gets with queue options,
+ * delete, flush, flush_all, stats, version, quit, and the refused storage
+ * commands.  Protocol words are spelled once, below.
+ */
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "log.h"
+#include "mq_proto.h"
+#include "server.h"
+#include "sync.h"
+
+#define RPL_STORED        "STORED\r\n"
+#define RPL_END           "END\r\n"
+#define RPL_DELETED       "DELETED\r\n"
+#define RPL_NOT_FOUND     "NOT_FOUND\r\n"
+#define RPL_OK            "OK\r\n"
+#define RPL_ERROR         "ERROR\r\n"
+#define RPL_TOO_LARGE     "SERVER_ERROR object too large for cache\r\n"
+#define RPL_FULL          "SERVER_ERROR queue full\r\n"
+#define RPL_WRITE_FAILED  "SERVER_ERROR storage failure, writes refused\r\n"
+#define RPL_NOT_SUPP      "SERVER_ERROR not supported\r\n"
+#define RPL_BAD_CHUNK     "CLIENT_ERROR bad data chunk\r\n"
+#define RPL_NO_MEMORY     "SERVER_ERROR out of memory\r\n"
+
+#define REPLY_SOFT_MAX  (8 * 1024 * 1024)  /* /n= stops adding items here */
+#define EXPTIME_REL_MAX 2592000            /* 30 days, as memcached */
+
+
+static void
+out_client_error(conn_t *c, const char *why)
+{
+    conn_out_str(c, "CLIENT_ERROR ");
+    conn_out_str(c, why);
+    conn_out_str(c, "\r\n");
+}
+
+
+/* memcached exptime -> absolute unix seconds (0 = never, 1 = expired) */
+static int64_t
+abs_exptime(int64_t exptime)
+{
+    if (exptime == 0) {
+        return 0;
+    }
+
+    if (exptime < 0) {
+        return 1;
+    }
+
+    if (exptime <= EXPTIME_REL_MAX) {
+        return (int64_t) time(NULL) + exptime;
+    }
+
+    return exptime;
+}
+
+
+static void
+do_set(conn_t *c, const char *key, size_t key_len, uint32_t flags,
+    int64_t exptime, const unsigned char *data, size_t len, int noreply)
+{
+    int       rc;
+    queue_t  *q;
+
+    srv.cmd_set++;
+
+    if (data[len] != '\r' || data[len + 1] != '\n') {
+        conn_out_str(c, RPL_BAD_CHUNK);
+        return;
+    }
+
+    if (srv.readonly) {
+        conn_out_str(c, RPL_WRITE_FAILED);
+        return;
+    }
+
+    q = queue_lookup(key, key_len, 2);
+    if (q == NULL) {
+        conn_out_str(c, RPL_WRITE_FAILED);
+        return;
+    }
+
+    rc = queue_append(q, flags, abs_exptime(exptime), data, len);
+
+    if (rc == QUEUE_FULL) {
+        conn_out_str(c, RPL_FULL);
+        return;
+    }
+
+    if (rc != QUEUE_OK) {
+        conn_out_str(c, RPL_WRITE_FAILED);
+        return;
+    }
+
+    if (noreply) {
+        return;
+    }
+
+    if (srv.sync_mode == SYNC_ALWAYS) {
+        /* STORED and what follows wait for the fsync, see sync.c */
+        conn_park(c, sync_next_ticket());
+    }
+
+    conn_out_str(c, RPL_STORED);
+}
+
+
+void
+cmd_set_complete(conn_t *c)
+{
+    do_set(c, c->set_key, c->set_key_len, c->set_flags, c->set_exptime,
+           c->val, c->val_need - 2, c->set_noreply);
+}
+
+
+static int
+start_set(conn_t *c, mq_request_t *req, const char *after, size_t avail,
+    size_t *used)
+{
+    if (req->cmd != MQ_CMD_SET) {
+        c->swallow = req->bytes + 2;
+        c->swallow_reply = RPL_NOT_SUPP;
+        c->state = CONN_SWALLOW;
+        return CMD_DATA;
+    }
+
+    if (req->bytes > srv.max_item_size) {
+        c->swallow = req->bytes + 2;
+        c->swallow_reply = RPL_TOO_LARGE;
+        c->state = CONN_SWALLOW;
+        return CMD_DATA;
+    }
+
+    if (avail >= req->bytes + 2) {
+        /* the whole block is already here: no copy */
+        do_set(c, req->key, req->key_len, req->flags, req->exptime,
+               (const unsigned char *) after, (size_t) req->bytes,
+               req->noreply);
+        *used = (size_t) req->bytes + 2;
+        return CMD_DONE;
+    }
+
+    c->val_need = (size_t) req->bytes + 2;
+    c->val = malloc(c->val_need);
+    if (c->val == NULL) {
+        c->swallow = req->bytes + 2;
+        c->swallow_reply = RPL_NO_MEMORY;
+        c->state = CONN_SWALLOW;
+        return CMD_DATA;
+    }
+
+    memcpy(c->val, after, avail);
+    c->val_len = avail;
+    *used = avail;
+
+    memcpy(c->set_key, req->key, req->key_len);
+    c->set_key_len = req->key_len;
+    c->set_flags = req->flags;
+    c->set_exptime = req->exptime;
+    c->set_noreply = req->noreply;
+    c->state = CONN_DATA;
+    return CMD_DATA;
+}
+
+
+static void
+out_value(conn_t *c, const char *key, size_t key_len, const item_t *it,
+    int with_cas)
+{
+    int   n;
+    char  tail[64];
+
+    if (with_cas) {
+        n = snprintf(tail, sizeof(tail), " %" PRIu32 " %" PRIu32 " %" PRIu64
+                     "\r\n", it->hdr.flags, it->hdr.len, it->hdr.seq);
+    } else {
+        n = snprintf(tail, sizeof(tail), " %" PRIu32 " %" PRIu32 "\r\n",
+                     it->hdr.flags, it->hdr.len);
+    }
+
+    if (conn_out_reserve(c, 6 + key_len + (size_t) n + it->hdr.len + 2) != 0)
+    {
+        return;
+    }
+
+    conn_out_mem(c, "VALUE ", 6);
+    conn_out_mem(c, key, key_len);
+    conn_out_mem(c, tail, (size_t) n);
+    conn_out_mem(c, it->payload, it->hdr.len);
+    conn_out_mem(c, "\r\n", 2);
+}
+
+
+/* One key of a get: 1 if it produced items, 0 if not, -1 if the
+ * connection must wait (single-key long poll). */
+static int
+get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
+    int with_cas, int may_wait)
+{
+    int        taking;
+    item_t     it;
+    queue_t   *q;
+    uint32_t   i, got;
+    uint64_t   now;
+    size_t     start;
+
+    srv.cmd_get++;
+
+    q = queue_lookup(key, o->name_len, 0);
+
+    if (q != NULL && q->on_disk) {
+        if (o->close) {
+            queue_close_open(q, c, &c->opensets);
+        }
+        if (o->abort) {
+            queue_abort_open(q, c, &c->opensets);
+        }
+    }
+
+    taking = o->open || o->peek || !(o->close || o->abort);
+    got = 0;
+
+    if (taking && q != NULL && q->on_disk) {
+        start = c->out_len;
+
+        for (i = 0; i < (o->peek ? 1 : o->count); i++) {
+            if (c->out_len - start > REPLY_SOFT_MAX) {
+                break;
+            }
+
+            if (!queue_take(q, o->peek, &it)) {
+                break;
+            }
+
+            if (o->open && !o->peek
+                && queue_open(q, c, &c->opensets, &it.ref) != 0)
+            {
+                /* no memory to track it: give it back untouched */
+                break;
+            }
+
+            out_value(c, key, key_len, &it, with_cas);
+            got++;
+        }
+    }
+
+    if (got > 0) {
+        srv.get_hits++;
+        c->wait_deadline = 0;
+        return 1;
+    }
+
+    if (taking && may_wait && o->wait_ms > 0 && !srv.stopping) {
+        now = loop_now();
+
+        if (c->wait_deadline == 0) {
+            c->wait_deadline = now + (uint64_t) o->wait_ms;
+        }
+
+        if (c->wait_deadline > now) {
+            if (q == NULL) {
+                q = queue_lookup(key, o->name_len, 1);
+            }
+            if (q != NULL) {
+                srv.cmd_get--;            /* counted again when it runs */
+                queue_wait_add(q, c);
+                loop_timer_add(&c->timer, c->wait_deadline - now);
+                c->state = CONN_WAIT;
+                return -1;
+            }
+        }
+    }
+
+    c->wait_deadline = 0;
+    srv.get_misses++;
+    return 0;
+}
+
+
+static int
+do_get(conn_t *c, const mq_request_t *req, int with_cas)
+{
+    int             rc, nkeys;
+    size_t          key_len;
+    const char     *p, *end, *key, *err;
+    mq_get_opts_t   opts;
+
+    /* validate every key first: an error must not follow half a reply */
+    p = req->rest;
+    end = req->rest + req->rest_len;
+    nkeys = 0;
+
+    while (mq_proto_next_key(&p, end, &key, &key_len) == MQ_OK) {
+        if (mq_proto_parse_get_key(key, key_len, &opts, &err) != MQ_OK) {
+            out_client_error(c, err);
+            return CMD_DONE;
+        }
+        nkeys++;
+    }
+
+    p = req->rest;
+
+    while (mq_proto_next_key(&p, end, &key, &key_len) == MQ_OK) {
+        mq_proto_parse_get_key(key, key_len, &opts, &err);
+
+        rc = get_key(c, key, key_len, &opts, with_cas, nkeys == 1);
+        if (rc < 0) {
+            return CMD_WAIT;
+        }
+    }
+
+    conn_out_str(c, RPL_END);
+    return CMD_DONE;
+}
+
+
+static void
+out_stat(conn_t *c, const char *name, uint64_t v)
+{
+    char  buf[320];
+    int   n;
+
+    n = snprintf(buf, sizeof(buf), "STAT %s %" PRIu64 "\r\n", name, v);
+    conn_out_mem(c, buf, (size_t) n);
+}
+
+
+static void
+out_queue_stat(conn_t *c, queue_t *q, const char *name, uint64_t v)
+{
+    char  buf[400];
+    int   n;
+
+    n = snprintf(buf, sizeof(buf), "STAT queue_%s_%s %" PRIu64 "\r\n",
+                 q->name, name, v);
+    conn_out_mem(c, buf, (size_t) n);
+}
+
+
+static void
+do_stats(conn_t *c)
+{
+    queue_t   *q;
+    uint64_t   now;
+
+    now = (uint64_t) time(NULL);
+
+    out_stat(c, "pid", (uint64_t) getpid());
+    out_stat(c, "uptime", now - srv.start_time);
+    out_stat(c, "time", now);
+    conn_out_str(c, "STAT version " MEMQD_VERSION "\r\n");
+    out_stat(c, "curr_connections", srv.curr_conns);
+    out_stat(c, "total_connections", srv.total_conns);
+    out_stat(c, "cmd_get", srv.cmd_get);
+    out_stat(c, "cmd_set", srv.cmd_set);
+    out_stat(c, "get_hits", srv.get_hits);
+    out_stat(c, "get_misses", srv.get_misses);
+    out_stat(c, "curr_items", queue_total_items());
+    out_stat(c, "total_items", srv.total_items);
+    out_stat(c, "bytes", queue_total_bytes());
+
+    for (q = queue_next(NULL); q; q = queue_next(q)) {
+        out_queue_stat(c, q, "items", q->items);
+        out_queue_stat(c, q, "bytes", q->bytes);
+        out_queue_stat(c, q, "total_items", q->total_items);
+        out_queue_stat(c, q, "expired_items", q->expired_items);
+        out_queue_stat(c, q, "open_items", q->open_items);
+        out_queue_stat(c, q, "waiters", q->nwaiters);
+        out_queue_stat(c, q, "age_ms", queue_age_ms(q));
+    }
+
+    conn_out_str(c, RPL_END);
+}
+
+
+int
+cmd_execute(conn_t *c, const char *line, size_t len, const char *after,
+    size_t avail, size_t *used)
+{
+    int            rc;
+    queue_t       *q;
+    const char    *err;
+    mq_request_t   req;
+
+    *used = 0;
+
+    rc = mq_proto_parse_request(line, len, &req, &err);
+
+    log_debug("cmd", "fd %d: %.*s", c->io.fd, (int) (len > 80 ? 80 : len),
+              line);
+
+    if (rc != MQ_OK) {
+        if (req.has_data) {
+            /* framing is intact: skip the block, then answer */
+            c->swallow = req.bytes + 2;
+            c->swallow_reply = strcmp(err, "bad queue name") == 0
+                               ? "CLIENT_ERROR bad queue name\r\n"
+                               : "CLIENT_ERROR bad command line format\r\n";
+            c->state = CONN_SWALLOW;
+            return CMD_DATA;
+        }
+
+        out_client_error(c, err);
+
+        if (req.cmd == MQ_CMD_SET || req.cmd == MQ_CMD_ADD
+            || req.cmd == MQ_CMD_REPLACE || req.cmd == MQ_CMD_APPEND
+            || req.cmd == MQ_CMD_PREPEND || req.cmd == MQ_CMD_CAS)
+        {
+            /* the data block's length is unknown: framing is lost */
+            return CMD_CLOSE;
+        }
+
+        return CMD_DONE;
+    }
+
+    switch (req.cmd) {
+
+    case MQ_CMD_SET:
+    case MQ_CMD_ADD:
+    case MQ_CMD_REPLACE:
+    case MQ_CMD_APPEND:
+    case MQ_CMD_PREPEND:
+    case MQ_CMD_CAS:
+        return start_set(c, &req, after, avail, used);
+
+    case MQ_CMD_GET:
+    case MQ_CMD_GETS:
+        return do_get(c, &req, req.cmd == MQ_CMD_GETS);
+
+    case MQ_CMD_DELETE:
+        q = queue_lookup(req.key, req.key_len, 0);
+        if (q == NULL || !q->on_disk) {
+            if (!req.noreply) {
+                conn_out_str(c, RPL_NOT_FOUND);
+            }
+            return CMD_DONE;
+        }
+        queue_delete(q);
+        if (!req.noreply) {
+            conn_out_str(c, RPL_DELETED);
+        }
+        return CMD_DONE;
+
+    case MQ_CMD_FLUSH:
+        q = queue_lookup(req.key, req.key_len, 0);
+        if (q != NULL && q->on_disk) {
+            queue_flush(q);
+        }
+        if (!req.noreply) {
+            conn_out_str(c, RPL_OK);
+        }
+        return CMD_DONE;
+
+    case MQ_CMD_FLUSH_ALL:
+        queue_flush_all();
+        if (!req.noreply) {
+            conn_out_str(c, RPL_OK);
+        }
+        return CMD_DONE;
+
+    case MQ_CMD_STATS:
+        do_stats(c);
+        return CMD_DONE;
+
+    case MQ_CMD_VERSION:
+        conn_out_str(c, "VERSION memqd " MEMQD_VERSION "\r\n");
+        return CMD_DONE;
+
+    case MQ_CMD_QUIT:
+        return CMD_CLOSE;
+
+    default:
+        conn_out_str(c, RPL_ERROR);
+        return CMD_DONE;
+    }
+}

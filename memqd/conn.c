@@ -1,0 +1,730 @@
+/*
+ * conn.c: listening sockets and client connections (see conn.h).
+ *
+ * Each readiness event: read what is there, execute every complete
+ * command in the buffer (pipelining), then write what may be sent.  A
+ * connection whose unsent output passes OUT_HIGH stops reading until it
+ * drains, so a client that does not read cannot make memqd buffer
+ * without bound.  Closed connections are freed in conn_before_sleep(),
+ * never inside an event, so no pointer to them outlives an iteration.
+ */
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "conn.h"
+#include "log.h"
+#include "mq_proto.h"
+#include "server.h"
+
+#define OUT_HIGH       (4 * 1024 * 1024)
+#define READS_PER_EVENT 4
+#define MAX_LISTENERS  16
+
+typedef struct {
+    loop_io_t  io;
+} listener_t;
+
+const char  *conn_state_names[] = {
+#define CONN_STATE_NAME(s) #s,
+    CONN_STATES(CONN_STATE_NAME)
+#undef CONN_STATE_NAME
+};
+
+static listener_t  listeners[MAX_LISTENERS];
+static size_t      nlisteners;
+static conn_t     *ready_head;
+static conn_t     *ready_tail;
+static conn_t     *parked;
+static conn_t     *free_list;
+
+static void conn_io(loop_io_t *io, unsigned events);
+static void conn_process(conn_t *c);
+static void conn_close(conn_t *c);
+
+
+static void
+conn_set_state(conn_t *c, conn_state_e s)
+{
+    if (c->state != s) {
+        log_debug("conn", "fd %d: %s -> %s", c->io.fd,
+                  conn_state_names[c->state], conn_state_names[s]);
+    }
+    c->state = s;
+}
+
+
+int
+conn_out_reserve(conn_t *c, size_t n)
+{
+    char    *nb;
+    size_t   cap;
+
+    if (c->out_len + n <= c->out_cap) {
+        return 0;
+    }
+
+    /* drop what was sent before growing */
+    if (c->out_sent > 0) {
+        memmove(c->out, c->out + c->out_sent, c->out_len - c->out_sent);
+        c->out_len -= c->out_sent;
+        c->out_ready -= c->out_sent;
+        c->out_sent = 0;
+        if (c->out_len + n <= c->out_cap) {
+            return 0;
+        }
+    }
+
+    cap = c->out_cap ? c->out_cap : 4096;
+    while (cap < c->out_len + n) {
+        cap *= 2;
+    }
+
+    nb = realloc(c->out, cap);
+    if (nb == NULL) {
+        log_error("conn", "fd %d: out of memory for %zu bytes of replies",
+                  c->io.fd, cap);
+        c->close_after_write = 1;
+        return -1;
+    }
+
+    c->out = nb;
+    c->out_cap = cap;
+    return 0;
+}
+
+
+void
+conn_out_mem(conn_t *c, const void *p, size_t n)
+{
+    if (conn_out_reserve(c, n) != 0) {
+        return;
+    }
+
+    memcpy(c->out + c->out_len, p, n);
+    c->out_len += n;
+
+    if (c->hold_ticket == 0) {
+        c->out_ready = c->out_len;
+    }
+}
+
+
+void
+conn_out_str(conn_t *c, const char *s)
+{
+    conn_out_mem(c, s, strlen(s));
+}
+
+
+int
+conn_parked(void)
+{
+    return parked != NULL;
+}
+
+
+void
+conn_park(conn_t *c, uint64_t ticket)
+{
+    c->hold_ticket = ticket;
+
+    if (!c->parked) {
+        c->parked = 1;
+        c->pnext = parked;
+        parked = c;
+    }
+}
+
+
+void
+conn_sync_done(uint64_t durable, int failed)
+{
+    conn_t  *c, **pp;
+
+    if (failed) {
+        srv.readonly = 1;
+    }
+
+    for (pp = &parked; (c = *pp) != NULL; ) {
+        if (failed) {
+            /* those STOREDs must never be sent; conn_close unlinks c */
+            conn_close(c);
+            continue;
+        }
+
+        if (c->hold_ticket <= durable) {
+            *pp = c->pnext;
+            c->parked = 0;
+            c->hold_ticket = 0;
+            c->out_ready = c->out_len;
+            conn_io(&c->io, LOOP_WRITE);
+            continue;
+        }
+
+        pp = &c->pnext;
+    }
+}
+
+
+static void
+update_events(conn_t *c)
+{
+    unsigned  ev;
+
+    if (c->closed) {
+        return;
+    }
+
+    ev = 0;
+
+    if (c->out_ready > c->out_sent) {
+        ev |= LOOP_WRITE;
+    }
+
+    /* stop reading while output is piling up or we wait on a long poll
+     * (pipelined input stays buffered until the poll ends) */
+    if (c->out_len - c->out_sent < OUT_HIGH && !c->close_after_write
+        && c->in_end < CONN_IN_SIZE)
+    {
+        ev |= LOOP_READ;
+    }
+
+    loop_mod(&c->io, ev);
+}
+
+
+static int
+conn_write(conn_t *c)
+{
+    ssize_t  n;
+
+    while (c->out_ready > c->out_sent) {
+        n = send(c->io.fd, c->out + c->out_sent, c->out_ready - c->out_sent,
+                 MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EAGAIN) {
+                return 0;
+            }
+            return -1;
+        }
+        c->out_sent += (size_t) n;
+    }
+
+    if (c->out_sent == c->out_len) {
+        c->out_sent = 0;
+        c->out_len = 0;
+        c->out_ready = 0;
+
+        if (c->out_cap > 65536) {
+            /* a big reply went out: give its memory back */
+            free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
+    }
+
+    return 0;
+}
+
+
+static void
+conn_close(conn_t *c)
+{
+    if (c->closed) {
+        return;
+    }
+
+    log_debug("conn", "fd %d: closed", c->io.fd);
+
+    c->closed = 1;
+    conn_set_state(c, CONN_CLOSING);
+    loop_del(&c->io);
+    close(c->io.fd);
+    loop_timer_del(&c->timer);
+
+    if (c->wait_q != NULL) {
+        queue_wait_del(c->wait_q, c);
+    }
+
+    /* open items go back to the head of their queues */
+    queue_abort_conn(&c->opensets);
+
+    if (c->parked) {
+        conn_t  **pp;
+
+        for (pp = &parked; *pp; pp = &(*pp)->pnext) {
+            if (*pp == c) {
+                *pp = c->pnext;
+                break;
+            }
+        }
+        c->parked = 0;
+    }
+
+    srv.curr_conns--;
+    c->fnext = free_list;
+    free_list = c;
+}
+
+
+static void
+conn_free(conn_t *c)
+{
+    free(c->in);
+    free(c->out);
+    free(c->val);
+    free(c);
+}
+
+
+void
+conn_wake(conn_t *c)
+{
+    if (c->wait_q != NULL) {
+        queue_wait_del(c->wait_q, c);
+    }
+
+    loop_timer_del(&c->timer);
+
+    if (c->ready || c->closed) {
+        return;
+    }
+
+    c->ready = 1;
+    c->rnext = NULL;
+    if (ready_tail) {
+        ready_tail->rnext = c;
+    } else {
+        ready_head = c;
+    }
+    ready_tail = c;
+}
+
+
+static void
+timer_handler(loop_timer_t *t)
+{
+    conn_wake(t->data);
+}
+
+
+void
+conn_wake_all_waiters(void)
+{
+    queue_t  *q;
+
+    for (q = queue_next(NULL); q; q = queue_next(q)) {
+        while (q->wait_head != NULL) {
+            conn_wake(q->wait_head);
+        }
+    }
+}
+
+
+int
+conn_before_sleep(void)
+{
+    conn_t  *c, *list;
+
+    list = ready_head;
+    ready_head = NULL;
+    ready_tail = NULL;
+
+    while ((c = list) != NULL) {
+        list = c->rnext;
+        c->ready = 0;
+
+        if (c->closed) {
+            continue;
+        }
+
+        if (c->state == CONN_WAIT) {
+            conn_set_state(c, CONN_READ);
+        }
+
+        conn_process(c);
+    }
+
+    while ((c = free_list) != NULL) {
+        free_list = c->fnext;
+        conn_free(c);
+    }
+
+    return ready_head != NULL;
+}
+
+
+/* Consumes a data block or swallowed bytes from in[]; 1 when done. */
+static int
+conn_take_data(conn_t *c)
+{
+    size_t  n, avail;
+
+    avail = c->in_end - c->in_start;
+
+    if (c->state == CONN_SWALLOW) {
+        n = avail < c->swallow ? avail : (size_t) c->swallow;
+        c->in_start += n;
+        c->swallow -= n;
+        if (c->swallow > 0) {
+            return 0;
+        }
+        conn_out_str(c, c->swallow_reply);
+        conn_set_state(c, CONN_READ);
+        return 1;
+    }
+
+    n = c->val_need - c->val_len;
+    if (n > avail) {
+        n = avail;
+    }
+
+    memcpy(c->val + c->val_len, c->in + c->in_start, n);
+    c->val_len += n;
+    c->in_start += n;
+
+    if (c->val_len < c->val_need) {
+        return 0;
+    }
+
+    cmd_set_complete(c);
+    free(c->val);
+    c->val = NULL;
+    conn_set_state(c, CONN_READ);
+    return 1;
+}
+
+
+static void
+conn_process(conn_t *c)
+{
+    int      rc;
+    size_t   line_len, consumed, used;
+
+    while (!c->closed && !c->close_after_write
+           && c->out_len - c->out_sent < OUT_HIGH)
+    {
+        if (c->state == CONN_DATA || c->state == CONN_SWALLOW) {
+            if (!conn_take_data(c)) {
+                break;
+            }
+            continue;
+        }
+
+        if (c->state != CONN_READ) {
+            break;
+        }
+
+        rc = mq_proto_find_line(c->in + c->in_start, c->in_end - c->in_start,
+                                &line_len, &consumed);
+
+        if (rc == MQ_AGAIN) {
+            break;
+        }
+
+        if (rc == MQ_ERROR) {
+            conn_out_str(c, "CLIENT_ERROR line too long\r\n");
+            c->close_after_write = 1;
+            break;
+        }
+
+        rc = cmd_execute(c, c->in + c->in_start, line_len,
+                         c->in + c->in_start + consumed,
+                         c->in_end - c->in_start - consumed, &used);
+
+        if (rc == CMD_WAIT) {
+            break;
+        }
+
+        c->in_start += consumed + used;
+
+        if (rc == CMD_CLOSE) {
+            c->close_after_write = 1;
+        }
+    }
+
+    if (c->closed) {
+        return;
+    }
+
+    /* keep unparsed bytes at the start of the buffer */
+    if (c->in_start == c->in_end) {
+        c->in_start = 0;
+        c->in_end = 0;
+
+    } else if (c->in_start > 0 && c->state != CONN_WAIT) {
+        memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
+        c->in_end -= c->in_start;
+        c->in_start = 0;
+    }
+
+    if (conn_write(c) != 0) {
+        conn_close(c);
+        return;
+    }
+
+    if (c->close_after_write && c->out_sent == c->out_len) {
+        conn_close(c);
+        return;
+    }
+
+    update_events(c);
+}
+
+
+static void
+conn_io(loop_io_t *io, unsigned events)
+{
+    int       i;
+    conn_t   *c;
+    ssize_t   n;
+
+    c = io->data;
+
+    if (c->closed) {
+        return;
+    }
+
+    if (events & LOOP_WRITE) {
+        if (conn_write(c) != 0) {
+            conn_close(c);
+            return;
+        }
+    }
+
+    if ((events & LOOP_READ) && !c->close_after_write) {
+        for (i = 0; i < READS_PER_EVENT; i++) {
+            if (c->in_end == CONN_IN_SIZE) {
+                if (c->in_start == 0) {
+                    break;
+                }
+                memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
+                c->in_end -= c->in_start;
+                c->in_start = 0;
+                if (c->state == CONN_WAIT) {
+                    break;
+                }
+            }
+
+            n = recv(c->io.fd, c->in + c->in_end, CONN_IN_SIZE - c->in_end,
+                     0);
+
+            if (n == 0) {
+                /* the client half-closed: finish the replies it is owed
+                 * (some may wait for an fsync), then close */
+                if (c->state == CONN_WAIT || c->out_len == c->out_sent) {
+                    conn_close(c);
+                    return;
+                }
+                c->close_after_write = 1;
+                break;
+            }
+
+            if (n < 0) {
+                if (errno == EINTR) {
+                    continue;
+                }
+                if (errno == EAGAIN) {
+                    break;
+                }
+                conn_close(c);
+                return;
+            }
+
+            c->in_end += (size_t) n;
+
+            if (c->state != CONN_WAIT) {
+                conn_process(c);
+                if (c->closed) {
+                    return;
+                }
+            }
+
+            if ((size_t) n < CONN_IN_SIZE / 2) {
+                break;
+            }
+        }
+    }
+
+    if (c->state == CONN_WAIT && c->in_end == CONN_IN_SIZE) {
+        /* pipelined input fills the buffer while we wait: just stop
+         * reading until the poll ends */
+        loop_mod(&c->io, 0);
+        return;
+    }
+
+    if (c->closed) {
+        return;
+    }
+
+    if (conn_write(c) != 0) {
+        conn_close(c);
+        return;
+    }
+
+    if (c->close_after_write && c->out_sent == c->out_len) {
+        conn_close(c);
+        return;
+    }
+
+    update_events(c);
+}
+
+
+static void
+accept_handler(loop_io_t *io, unsigned events)
+{
+    int      fd, one;
+    conn_t  *c;
+
+    for ( ;; ) {
+        fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd == -1) {
+            if (errno == EMFILE || errno == ENFILE) {
+                log_warn("conn", "accept: %s", strerror(errno));
+            }
+            return;
+        }
+
+        if (srv.curr_conns >= srv.max_conns || srv.stopping) {
+            static const char  msg[] =
+                "SERVER_ERROR too many connections\r\n";
+            if (send(fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL) < 0) {
+                /* it is going away anyway */
+            }
+            close(fd);
+            continue;
+        }
+
+        one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+        c = calloc(1, sizeof(conn_t));
+        if (c != NULL) {
+            c->in = malloc(CONN_IN_SIZE);
+        }
+        if (c == NULL || c->in == NULL) {
+            free(c);
+            close(fd);
+            continue;
+        }
+
+        c->io.fd = fd;
+        c->io.handler = conn_io;
+        c->io.data = c;
+        c->timer.handler = timer_handler;
+        c->timer.data = c;
+        c->state = CONN_READ;
+
+        if (loop_add(&c->io, LOOP_READ) != 0) {
+            conn_free(c);
+            close(fd);
+            continue;
+        }
+
+        srv.curr_conns++;
+        srv.total_conns++;
+    }
+}
+
+
+int
+conn_listen(const char *addr)
+{
+    int               fd, one, rc;
+    char              host[256], *colon;
+    const char       *port;
+    listener_t       *l;
+    struct addrinfo   hints, *res;
+
+    if (nlisteners == MAX_LISTENERS || strlen(addr) >= sizeof(host)) {
+        log_error("conn", "%s: too many listeners or bad address", addr);
+        return -1;
+    }
+
+    strcpy(host, addr);
+    colon = strrchr(host, ':');
+    if (colon == NULL) {
+        log_error("conn", "%s: expected ADDR:PORT", addr);
+        return -1;
+    }
+    *colon = '\0';
+    port = colon + 1;
+
+    if (host[0] == '[' && colon > host && colon[-1] == ']') {
+        colon[-1] = '\0';
+        memmove(host, host + 1, strlen(host));
+    }
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+
+    rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+    if (rc != 0) {
+        log_error("conn", "%s: %s", addr, gai_strerror(rc));
+        return -1;
+    }
+
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                0);
+    if (fd == -1) {
+        freeaddrinfo(res);
+        return -1;
+    }
+
+    one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+
+    if (bind(fd, res->ai_addr, res->ai_addrlen) != 0
+        || listen(fd, 1024) != 0)
+    {
+        log_error("conn", "%s: %s", addr, strerror(errno));
+        freeaddrinfo(res);
+        close(fd);
+        return -1;
+    }
+
+    freeaddrinfo(res);
+
+    l = &listeners[nlisteners++];
+    l->io.fd = fd;
+    l->io.handler = accept_handler;
+    l->io.data = l;
+
+    if (loop_add(&l->io, LOOP_READ) != 0) {
+        return -1;
+    }
+
+    log_info("conn", "listening on %s", addr);
+    return 0;
+}
+
+
+void
+conn_close_listeners(void)
+{
+    size_t  i;
+
+    for (i = 0; i < nlisteners; i++) {
+        loop_del(&listeners[i].io);
+        close(listeners[i].io.fd);
+    }
+
+    nlisteners = 0;
+}

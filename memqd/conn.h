@@ -1,0 +1,115 @@
+/*
+ * conn.h: a client connection and its state machine.
+ *
+ *   READ ──set header──► DATA ──data block──► READ
+ *     │  └─rejected set─► SWALLOW ──skipped──► READ
+ *     ├──get /t= on an empty queue──► WAIT ──item / timeout──► READ
+ *     └──quit, fatal error──► CLOSING
+ *
+ * Replies accumulate in `out`; only out[0..out_ready) may be sent: a
+ * STORED that waits for its fsync (see sync.c) holds back everything
+ * after it, so replies keep their order.
+ */
+
+#ifndef MEMQD_CONN_H
+#define MEMQD_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loop.h"
+#include "mq_name.h"
+#include "queue.h"
+
+#define CONN_STATES(X)                                                       \
+    X(CONN_READ)                                                             \
+    X(CONN_DATA)                                                             \
+    X(CONN_SWALLOW)                                                          \
+    X(CONN_WAIT)                                                             \
+    X(CONN_CLOSING)
+
+typedef enum {
+#define CONN_STATE_ENUM(s) s,
+    CONN_STATES(CONN_STATE_ENUM)
+#undef CONN_STATE_ENUM
+    CONN_NSTATES
+} conn_state_e;
+
+#define CONN_IN_SIZE   16384
+
+struct conn_s {
+    loop_io_t       io;
+    conn_state_e    state;
+
+    char           *in;           /* CONN_IN_SIZE bytes */
+    size_t          in_start;     /* unparsed bytes: in[in_start..in_end) */
+    size_t          in_end;
+
+    /* CONN_DATA: a set whose data block did not fit in `in` */
+    unsigned char  *val;          /* bytes + 2 */
+    size_t          val_len;      /* received so far */
+    size_t          val_need;     /* bytes + 2 */
+    char            set_key[MQ_NAME_MAX + 1];
+    size_t          set_key_len;
+    uint32_t        set_flags;
+    int64_t         set_exptime;
+    int             set_noreply;
+
+    /* CONN_SWALLOW: bytes to skip, then this reply */
+    uint64_t        swallow;
+    const char     *swallow_reply;
+
+    char           *out;
+    size_t          out_len;
+    size_t          out_cap;
+    size_t          out_sent;
+    size_t          out_ready;    /* may send out[out_sent..out_ready) */
+    uint64_t        hold_ticket;  /* fsync ticket out[out_ready..] waits
+                                     for, 0 = none */
+
+    openset_t      *opensets;     /* items open on this connection */
+
+    queue_t        *wait_q;       /* (ref) CONN_WAIT: the queue */
+    uint64_t        wait_deadline;/* monotonic ms, 0 = not waiting */
+    loop_timer_t    timer;
+    conn_t         *wnext;        /* waiter list of wait_q */
+    conn_t         *wprev;
+
+    conn_t         *rnext;        /* ready list (woken waiters) */
+    int             ready;
+    conn_t         *pnext;        /* parked list (waiting for fsync) */
+    int             parked;
+    int             close_after_write;
+    int             closed;
+    conn_t         *fnext;        /* free list after close */
+};
+
+int conn_listen(const char *addr);
+void conn_close_listeners(void);
+
+/* Schedules c to run its pending get again (item arrived, timeout). */
+void conn_wake(conn_t *c);
+
+/* Runs woken connections, frees closed ones; 1 if more are ready. */
+int conn_before_sleep(void);
+
+/* Releases replies parked for fsync tickets <= durable. */
+void conn_sync_done(uint64_t durable, int failed);
+
+/* Wakes every long poll (shutdown). */
+void conn_wake_all_waiters(void);
+
+/* Output helpers for cmd.c */
+int conn_out_reserve(conn_t *c, size_t n);
+void conn_out_str(conn_t *c, const char *s);
+void conn_out_mem(conn_t *c, const void *p, size_t n);
+
+/* Parks the replies from here on until fsync ticket `ticket`. */
+void conn_park(conn_t *c, uint64_t ticket);
+
+/* 1 while replies wait for an fsync */
+int conn_parked(void);
+
+extern const char  *conn_state_names[];
+
+#endif /* MEMQD_CONN_H */

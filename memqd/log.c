@@ -1,0 +1,61 @@
+/*
+ * log.c: formats and writes log lines to stderr with a single write(2),
+ * so lines from the sync thread and the loop never interleave.
+ */
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+
+log_level_e  log_max_level = LOG_INFO;
+
+static const char *level_names[] = { "error", "warn", "info", "debug" };
+
+
+void
+log_msg(log_level_e level, const char *subsys, const char *fmt, ...)
+{
+    char            line[1024];
+    size_t          n;
+    int             rc;
+    va_list         ap;
+    struct tm       tm;
+    struct timeval  tv;
+
+    if (level > log_max_level) {
+        return;
+    }
+
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+
+    n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+    rc = snprintf(line + n, sizeof(line) - n, ".%03dZ [%s] %s: ",
+                  (int) (tv.tv_usec / 1000), level_names[level], subsys);
+    n += (size_t) rc;
+
+    va_start(ap, fmt);
+    rc = vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);
+    va_end(ap);
+
+    if (rc < 0) {
+        rc = 0;
+    }
+
+    n += (size_t) rc;
+    if (n > sizeof(line) - 2) {
+        n = sizeof(line) - 2;
+    }
+
+    line[n++] = '\n';
+
+    if (write(STDERR_FILENO, line, n) < 0) {
+        /* nowhere left to report it */
+    }
+}

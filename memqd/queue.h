@@ -1,0 +1,177 @@
+/*
+ * queue.h: a queue: its segment files, read cursor, items given back,
+ * items open on connections, long-poll waiters and limits.
+ *
+ *   segs[0] ........ segs[rseg] ......... segs[nsegs-1] (tail, written)
+ *   |acked or open|  ^cursor (rseq)        ^ wbuf (unwritten appends)
+ *
+ * An item is delivered from `ret` (items given back, sorted by seq) first,
+ * then from the cursor.  The low watermark, min(ret, open, cursor), is
+ * what the position file records: on restart delivery resumes there, so
+ * an item is never lost, and an item acknowledged out of order may come
+ * back once (at-least-once).  Segments wholly below the watermark are
+ * deleted.
+ *
+ * A queue that does not exist on disk can still have an object: a
+ * "ghost" that holds long-poll waiters and is freed when they leave.
+ */
+
+#ifndef MEMQD_QUEUE_H
+#define MEMQD_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "mq_frame.h"
+#include "mq_name.h"
+
+typedef struct conn_s     conn_t;
+typedef struct queue_s    queue_t;
+typedef struct openset_s  openset_t;
+
+typedef struct {
+    uint64_t  seq;       /* record sequence number */
+    uint64_t  seg;       /* id of its segment (first seq of the segment) */
+    uint64_t  off;       /* record offset in the segment file */
+    uint32_t  len;       /* payload bytes */
+} item_ref_t;
+
+typedef struct {
+    uint64_t  id;        /* first seq; also the file name */
+    int       fd;        /* O_RDWR */
+    uint64_t  size;      /* bytes, including unwritten wbuf of the tail */
+} seg_t;
+
+/* items one connection has open on one queue */
+struct openset_s {
+    queue_t     *q;          /* (ref) */
+    conn_t      *c;          /* (ref) */
+    item_ref_t  *refs;       /* in delivery order */
+    size_t       n;
+    size_t       cap;
+    uint64_t     min_seq;    /* lowest seq in refs, UINT64_MAX if none */
+    openset_t   *cnext;      /* next set of the same connection */
+    openset_t   *qnext;      /* next set on the same queue */
+};
+
+/* an item taken from a queue; payload valid until the next queue call */
+typedef struct {
+    item_ref_t            ref;
+    mq_frame_hdr_t        hdr;
+    const unsigned char  *payload;
+} item_t;
+
+struct queue_s {
+    char         name[MQ_NAME_MAX + 1];
+    size_t       name_len;
+    int          on_disk;       /* 0: ghost (waiters only) */
+    int          dirfd;         /* queue directory, -1 for a ghost */
+
+    seg_t       *segs;
+    size_t       nsegs;
+    size_t       segs_cap;
+
+    uint64_t     next_seq;      /* seq of the next append */
+    unsigned char *wbuf;        /* appends not yet written to the tail */
+    size_t       wlen;
+    uint64_t     wbase;         /* tail file offset of wbuf[0] */
+
+    size_t       rseg;          /* cursor: segment index */
+    uint64_t     roff;          /* cursor: offset in it */
+    uint64_t     rseq;          /* seq of the record at the cursor */
+
+    unsigned char *rbuf;        /* read-ahead: bytes of segment rbuf_seg */
+    size_t       rlen;          /*   at [rbuf_off, rbuf_off + rlen) */
+    uint64_t     rbuf_seg;
+    uint64_t     rbuf_off;
+
+    item_ref_t  *ret;           /* given back, sorted by seq: ret[rhead..] */
+    size_t       rhead;
+    size_t       nret;          /* end index */
+    size_t       ret_cap;
+
+    openset_t   *opensets;
+
+    conn_t      *wait_head;     /* long-poll waiters, FIFO */
+    conn_t      *wait_tail;
+
+    limits_t     lim;
+    uint64_t     lim_gen;       /* config_generation of lim */
+
+    /* counters (stats) */
+    uint64_t     items;         /* waiting (not open) */
+    uint64_t     bytes;         /* payload bytes of waiting items */
+    uint64_t     total_items;
+    uint64_t     expired_items;
+    uint64_t     open_items;
+    uint64_t     nwaiters;
+
+    /* durability bookkeeping, see queue_before_sleep() */
+    int          dirty;         /* on the dirty list */
+    int          sync_data;     /* tail written, fsync wanted */
+    int          sync_dir;      /* directory changed, fsync wanted */
+    int          pos_dirty;     /* watermark may have moved */
+    uint64_t     pos_written;   /* watermark in the position file */
+
+    queue_t     *hnext;         /* hash chain */
+    queue_t     *dnext;         /* dirty list */
+};
+
+/* queue_append() results */
+#define QUEUE_OK        0
+#define QUEUE_FULL     -1
+#define QUEUE_IO       -2
+
+int queue_init(void);
+void queue_shutdown(void);
+
+/* Finds a queue; create: 0 no, 1 ghost allowed, 2 on disk. */
+queue_t *queue_lookup(const char *name, size_t len, int create);
+
+/* Frees a ghost that has no waiters left. */
+void queue_release(queue_t *q);
+
+int queue_append(queue_t *q, uint32_t flags, int64_t exptime,
+    const void *data, size_t len);
+
+/* Takes the head item (peek: leaves it there).  1 taken, 0 empty. */
+int queue_take(queue_t *q, int peek, item_t *it);
+
+/* Marks an item as open on connection c; its openset is linked into
+ * *conn_sets when new.  -1 on allocation failure (item given back). */
+int queue_open(queue_t *q, conn_t *c, openset_t **conn_sets,
+    const item_ref_t *ref);
+
+/* Acknowledges / gives back everything c has open on q. */
+void queue_close_open(queue_t *q, conn_t *c, openset_t **conn_sets);
+void queue_abort_open(queue_t *q, conn_t *c, openset_t **conn_sets);
+
+/* Gives back every open set of a closing connection. */
+void queue_abort_conn(openset_t **conn_sets);
+
+int queue_delete(queue_t *q);
+void queue_flush(queue_t *q);
+void queue_flush_all(void);
+
+/* Long-poll waiters (conn.c links them through the conn). */
+void queue_wait_add(queue_t *q, conn_t *c);
+void queue_wait_del(queue_t *q, conn_t *c);
+
+/* Head item age in ms, 0 when empty. */
+uint64_t queue_age_ms(queue_t *q);
+
+/* Iterates over queues on disk, for stats: pass NULL to start. */
+queue_t *queue_next(queue_t *q);
+
+uint64_t queue_total_items(void);
+uint64_t queue_total_bytes(void);
+
+/* Writes appends, submits group commit, writes position files, deletes
+ * consumed segments.  Returns 1 when more work is pending. */
+int queue_before_sleep(void);
+
+/* fsync every queue synchronously (shutdown, --sync interval). */
+void queue_sync_all(int wait);
+
+#endif /* MEMQD_QUEUE_H */

@@ -1,0 +1,294 @@
+/*
+ * recover.c: rebuilds a queue from its directory at start.
+ *
+ * Every segment is scanned record by record and every CRC checked.  The
+ * first torn or corrupt record of a segment ends it: the file is truncated
+ * there and the loss is logged with queue, file, offset and bytes.  In the
+ * newest segment that is the expected result of a crash mid-write (warn);
+ * anywhere else it is corruption (error).  Records below the position
+ * file's watermark were acknowledged before the stop and are skipped.
+ */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "mq_frame.h"
+#include "segment.h"
+#include "server.h"
+
+#define SCAN_BUF  (1024 * 1024)
+
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+    uint64_t  x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+    return x < y ? -1 : x > y;
+}
+
+
+static int
+list_segments(queue_t *q, uint64_t **ids, size_t *n)
+{
+    int             fd;
+    DIR            *d;
+    size_t          cap;
+    uint64_t        id, *a, *t;
+    struct dirent  *de;
+
+    fd = openat(q->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -1) {
+        return -1;
+    }
+
+    d = fdopendir(fd);
+    if (d == NULL) {
+        close(fd);
+        return -1;
+    }
+
+    a = NULL;
+    *n = 0;
+    cap = 0;
+
+    while ((de = readdir(d)) != NULL) {
+        if (seg_parse_name(de->d_name, &id) != 0) {
+            continue;
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 16;
+            t = realloc(a, cap * sizeof(uint64_t));
+            if (t == NULL) {
+                free(a);
+                closedir(d);
+                return -1;
+            }
+            a = t;
+        }
+        a[(*n)++] = id;
+    }
+
+    closedir(d);
+    qsort(a, *n, sizeof(uint64_t), cmp_u64);
+    *ids = a;
+    return 0;
+}
+
+
+/*
+ * Scans one segment file.  Returns the size of its valid prefix, or 0 if
+ * the file has no valid header.  Counts items at or above `first`.
+ */
+static uint64_t
+scan_segment(queue_t *q, int fd, const char *fname, int last,
+    uint64_t first, uint64_t *last_seq, unsigned char **buf, size_t *cap)
+{
+    int             rc;
+    off_t           fsize;
+    size_t          blen, pos, want;
+    ssize_t         n;
+    uint64_t        off, boff, seg_first;
+    const char     *err;
+    struct stat     st;
+    mq_frame_hdr_t  h;
+
+    if (fstat(fd, &st) != 0) {
+        return 0;
+    }
+    fsize = st.st_size;
+
+    if (fsize < MQ_SEG_HDR_SIZE
+        || pread(fd, *buf, MQ_SEG_HDR_SIZE, 0) != MQ_SEG_HDR_SIZE
+        || mq_frame_seg_decode(*buf, &seg_first) != MQ_OK)
+    {
+        return 0;
+    }
+
+    off = MQ_SEG_HDR_SIZE;
+    boff = off;
+    blen = 0;
+    err = "torn record";
+
+    for ( ;; ) {
+        if ((off_t) off == fsize) {
+            break;
+        }
+
+        pos = (size_t) (off - boff);
+        rc = mq_frame_decode(*buf + pos, blen - pos, UINT32_MAX - 64, &h,
+                             &err);
+
+        if (rc == MQ_AGAIN) {
+            want = blen - pos < MQ_FRAME_HDR_SIZE
+                   ? MQ_FRAME_HDR_SIZE : MQ_FRAME_HDR_SIZE + (size_t) h.len;
+
+            if ((off_t) (off + want) > fsize) {
+                err = "torn record";
+                break;
+            }
+
+            if (want < SCAN_BUF) {
+                want = SCAN_BUF;
+            }
+            if ((off_t) (off + want) > fsize) {
+                want = (size_t) (fsize - (off_t) off);
+            }
+
+            if (want > *cap) {
+                unsigned char *nb = realloc(*buf, want);
+                if (nb == NULL) {
+                    err = "out of memory";
+                    break;
+                }
+                *buf = nb;
+                *cap = want;
+            }
+
+            n = pread(fd, *buf, want, (off_t) off);
+            if (n < 0 || (size_t) n != want) {
+                err = "read error";
+                break;
+            }
+
+            boff = off;
+            blen = want;
+            continue;
+        }
+
+        if (rc != MQ_OK) {
+            break;
+        }
+
+        if (h.seq >= first) {
+            if (q->items == 0) {
+                /* first undelivered record: the cursor starts here */
+                q->rseg = q->nsegs;
+                q->roff = off;
+                q->rseq = h.seq;
+            }
+            q->items++;
+            q->bytes += h.len;
+        }
+
+        *last_seq = h.seq;
+        off += MQ_FRAME_HDR_SIZE + h.len;
+    }
+
+    if ((off_t) off < fsize) {
+        if (last) {
+            log_warn("recover", "%s/%s:%" PRIu64 ": %s, truncated %" PRIu64
+                     " bytes", q->name, fname, off, err,
+                     (uint64_t) (fsize - (off_t) off));
+        } else {
+            log_error("recover", "%s/%s:%" PRIu64 ": corrupt segment (%s), "
+                      "truncated %" PRIu64 " bytes", q->name, fname, off,
+                      err, (uint64_t) (fsize - (off_t) off));
+        }
+
+        if (ftruncate(fd, (off_t) off) != 0 || fdatasync(fd) != 0) {
+            log_error("recover", "%s/%s: truncate: %s", q->name, fname,
+                      strerror(errno));
+        }
+    }
+
+    return off;
+}
+
+
+int
+recover_queue(queue_t *q)
+{
+    int             fd;
+    char            fname[SEG_NAME_LEN + 1];
+    size_t          i, nids, cap;
+    seg_t          *s;
+    uint64_t        first, last_seq, *ids, size;
+    unsigned char  *buf;
+
+    position_read(q->dirfd, &first);
+
+    if (list_segments(q, &ids, &nids) != 0) {
+        log_error("recover", "%s: cannot list: %s", q->name, strerror(errno));
+        return -1;
+    }
+
+    cap = SCAN_BUF;
+    buf = malloc(cap);
+    q->segs = calloc(nids ? nids : 1, sizeof(seg_t));
+    if (buf == NULL || q->segs == NULL) {
+        free(buf);
+        free(ids);
+        return -1;
+    }
+    q->segs_cap = nids ? nids : 1;
+
+    last_seq = first ? first - 1 : 0;
+    q->rseq = 0;
+
+    for (i = 0; i < nids; i++) {
+        seg_name(fname, ids[i]);
+
+        fd = openat(q->dirfd, fname, O_RDWR | O_CLOEXEC);
+        if (fd == -1) {
+            log_error("recover", "%s/%s: open: %s", q->name, fname,
+                      strerror(errno));
+            continue;
+        }
+
+        size = scan_segment(q, fd, fname, i + 1 == nids, first, &last_seq,
+                            &buf, &cap);
+
+        if (size == 0) {
+            /* no valid header: a segment whose creation was cut short */
+            log_warn("recover", "%s/%s: no valid header, removed", q->name,
+                     fname);
+            close(fd);
+            unlinkat(q->dirfd, fname, 0);
+            continue;
+        }
+
+        s = &q->segs[q->nsegs++];
+        s->id = ids[i];
+        s->fd = fd;
+        s->size = size;
+
+        if (ids[i] > last_seq + 1) {
+            last_seq = ids[i] - 1;
+        }
+    }
+
+    free(buf);
+    free(ids);
+
+    q->next_seq = last_seq + 1;
+
+    if (q->items == 0) {
+        /* nothing undelivered: cursor at the end of the tail */
+        q->rseg = q->nsegs ? q->nsegs - 1 : 0;
+        q->roff = q->nsegs ? q->segs[q->rseg].size : 0;
+        q->rseq = q->next_seq;
+    }
+
+    if (q->nsegs > 0) {
+        q->wbase = q->segs[q->nsegs - 1].size;
+    }
+
+    q->pos_written = first;
+    q->pos_dirty = 1;
+
+    if (q->items > 0) {
+        log_info("recover", "%s: %zu segments, %" PRIu64 " items, %" PRIu64
+                 " bytes, next seq %" PRIu64, q->name, q->nsegs, q->items,
+                 q->bytes, q->next_seq);
+    }
+
+    return 0;
+}

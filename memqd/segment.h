@@ -1,0 +1,44 @@
+/*
+ * segment.h: segment files and the position file of a queue directory.
+ *
+ *   <data-dir>/<queue>/00000000000000000001.seg   first seq 1
+ *   <data-dir>/<queue>/00000000000000052113.seg   first seq 52113
+ *   <data-dir>/<queue>/position                   low watermark
+ *
+ * Segment format: common/mq_frame.h.  Position file, version 1, 20 bytes:
+ * "MQPOS\0\0\1", u64 LE seq, u32 LE CRC32C of the first 16 bytes.  It is
+ * replaced, never edited: write position.tmp, rename over position.  A
+ * missing or damaged position file reads as seq 0: everything still in
+ * the segments is delivered again, never the other way round.
+ */
+
+#ifndef MEMQD_SEGMENT_H
+#define MEMQD_SEGMENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "queue.h"
+
+#define SEG_NAME_LEN  24     /* 20 digits + ".seg" */
+
+void seg_name(char *buf, uint64_t id);
+
+/* Parses a directory entry name; 0 and *id set if it is a segment. */
+int seg_parse_name(const char *name, uint64_t *id);
+
+/* Creates segment `id` in dirfd with its header written; returns the fd
+ * (O_RDWR) or -1 (logged). */
+int seg_create(int dirfd, const char *qname, uint64_t id);
+
+/* pwrite() of all bytes, retrying short writes; 0 or -1 with errno. */
+int seg_pwrite(int fd, const void *buf, size_t len, uint64_t off);
+
+int position_read(int dirfd, uint64_t *seq);
+int position_write(int dirfd, uint64_t seq);
+
+/* Rebuilds q (segments, cursor, counters) from its directory, truncating a
+ * torn or corrupt tail.  0 on success, -1 when the directory is unusable. */
+int recover_queue(queue_t *q);
+
+#endif /* MEMQD_SEGMENT_H */
