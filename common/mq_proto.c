@@ -108,6 +108,19 @@ static const struct {
 };
 
 
+/* The first ' ' in p..end, or end.  Tokens and keys are short, so a plain
+ * loop beats memchr()'s call and setup. */
+static const char *
+mq_find_space(const char *p, const char *end)
+{
+    while (p < end && *p != ' ') {
+        p++;
+    }
+
+    return p;
+}
+
+
 const char *
 mq_cmd_name(mq_cmd_e cmd)
 {
@@ -186,7 +199,9 @@ mq_parse_u64(const char *p, size_t len, uint64_t *out)
 
         d = (uint64_t) (p[i] - '0');
 
-        if (v > (UINT64_MAX - d) / 10) {
+        if (v >= UINT64_MAX / 10
+            && (v > UINT64_MAX / 10 || d > UINT64_MAX % 10))
+        {
             return MQ_ERROR;
         }
 
@@ -268,10 +283,7 @@ mq_tokenize(const char *p, const char *end, mq_tok_t *t, size_t max)
             return max + 1;
         }
 
-        s = memchr(p, ' ', (size_t) (end - p));
-        if (s == NULL) {
-            s = end;
-        }
+        s = mq_find_space(p, end);
 
         t[n].p = p;
         t[n].len = (size_t) (s - p);
@@ -288,7 +300,9 @@ mq_cmd_lookup(const char *p, size_t len)
     size_t  i;
 
     for (i = 0; i < sizeof(mq_cmds) / sizeof(mq_cmds[0]); i++) {
-        if (mq_cmds[i].len == len && memcmp(mq_cmds[i].name, p, len) == 0) {
+        if (mq_cmds[i].len == len && mq_cmds[i].name[0] == p[0]
+            && memcmp(mq_cmds[i].name, p, len) == 0)
+        {
             return mq_cmds[i].cmd;
         }
     }
@@ -434,10 +448,7 @@ mq_proto_parse_request(const char *line, size_t len, mq_request_t *req,
         return MQ_OK;
     }
 
-    s = memchr(p, ' ', (size_t) (end - p));
-    if (s == NULL) {
-        s = end;
-    }
+    s = mq_find_space(p, end);
 
     req->cmd = mq_cmd_lookup(p, (size_t) (s - p));
 
@@ -594,6 +605,7 @@ mq_proto_next_key(const char **p, const char *end, const char **key,
         return MQ_DECLINED;
     }
 
+    /* keys may be long (a name is up to 250 bytes): memchr() pays off */
     e = memchr(s, ' ', (size_t) (end - s));
     if (e == NULL) {
         e = end;
@@ -634,9 +646,8 @@ mq_proto_parse_get_key(const char *key, size_t len, mq_get_opts_t *o,
         /* *p is '/' */
         opt = p + 1;
 
-        slash = memchr(opt, '/', (size_t) (end - opt));
-        if (slash == NULL) {
-            slash = end;
+        for (slash = opt; slash < end && *slash != '/'; slash++) {
+            /* void */
         }
 
         olen = (size_t) (slash - opt);
@@ -710,10 +721,7 @@ mq_proto_parse_reply(const char *buf, size_t len, uint64_t max_bytes,
 
     end = buf + ll;
 
-    s = memchr(buf, ' ', ll);
-    if (s == NULL) {
-        s = end;
-    }
+    s = mq_find_space(buf, end);
 
     wlen = (size_t) (s - buf);
 
