@@ -139,6 +139,16 @@ start_set(conn_t *c, mq_request_t *req, const char *after, size_t avail,
         return CMD_DATA;
     }
 
+    if (avail > req->bytes && after[req->bytes] != '\r') {
+        /* the terminator is already wrong: answer now, skip the rest */
+        conn_out_str(c, RPL_BAD_CHUNK);
+        c->swallow_reply = NULL;
+        *used = avail < req->bytes + 2 ? avail : (size_t) req->bytes + 2;
+        c->swallow = req->bytes + 2 - *used;
+        c->state = CONN_SWALLOW;
+        return CMD_DATA;
+    }
+
     if (avail >= req->bytes + 2) {
         /* the whole block is already here: no copy */
         do_set(c, req->key, req->key_len, req->flags, req->exptime,

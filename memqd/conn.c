@@ -30,6 +30,7 @@
 #define OUT_HIGH       (4 * 1024 * 1024)
 #define READS_PER_EVENT 4
 #define MAX_LISTENERS  16
+#define LINGER_MS      2000
 
 typedef struct {
     loop_io_t  io;
@@ -51,6 +52,7 @@ static conn_t     *free_list;
 static void conn_io(loop_io_t *io, unsigned events);
 static void conn_process(conn_t *c);
 static void conn_close(conn_t *c);
+static void conn_linger(conn_t *c);
 
 
 static void
@@ -318,7 +320,56 @@ conn_wake(conn_t *c)
 static void
 timer_handler(loop_timer_t *t)
 {
-    conn_wake(t->data);
+    conn_t  *c = t->data;
+
+    if (c->lingering) {
+        conn_close(c);
+        return;
+    }
+
+    conn_wake(c);
+}
+
+
+/*
+ * All replies are out and the connection is to be closed.  Closing a
+ * socket with unread input makes the kernel send a reset, which can
+ * destroy the reply (say "CLIENT_ERROR line too long") before the client
+ * reads it; so shut down our side and read and drop what still comes, for
+ * a short while, as nginx's lingering close does.
+ */
+static void
+conn_linger(conn_t *c)
+{
+    if (c->eof || c->lingering) {
+        conn_close(c);
+        return;
+    }
+
+    shutdown(c->io.fd, SHUT_WR);
+    c->lingering = 1;
+    loop_timer_add(&c->timer, LINGER_MS);
+    loop_mod(&c->io, LOOP_READ);
+}
+
+
+static void
+linger_read(conn_t *c)
+{
+    ssize_t  n;
+    char     buf[4096];
+
+    for ( ;; ) {
+        n = recv(c->io.fd, buf, sizeof(buf), 0);
+        if (n > 0) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            return;
+        }
+        conn_close(c);
+        return;
+    }
 }
 
 
@@ -383,7 +434,9 @@ conn_take_data(conn_t *c)
         if (c->swallow > 0) {
             return 0;
         }
-        conn_out_str(c, c->swallow_reply);
+        if (c->swallow_reply != NULL) {
+            conn_out_str(c, c->swallow_reply);
+        }
         conn_set_state(c, CONN_READ);
         return 1;
     }
@@ -396,6 +449,17 @@ conn_take_data(conn_t *c)
     memcpy(c->val + c->val_len, c->in + c->in_start, n);
     c->val_len += n;
     c->in_start += n;
+
+    if (c->val_len > c->val_need - 2 && c->val[c->val_need - 2] != '\r') {
+        /* no CRLF after the data: say so now, drop the rest quietly */
+        conn_out_str(c, "CLIENT_ERROR bad data chunk\r\n");
+        c->swallow = c->val_need - c->val_len;
+        c->swallow_reply = NULL;
+        free(c->val);
+        c->val = NULL;
+        conn_set_state(c, CONN_SWALLOW);
+        return 1;
+    }
 
     if (c->val_len < c->val_need) {
         return 0;
@@ -478,7 +542,7 @@ conn_process(conn_t *c)
     }
 
     if (c->close_after_write && c->out_sent == c->out_len) {
-        conn_close(c);
+        conn_linger(c);
         return;
     }
 
@@ -496,6 +560,11 @@ conn_io(loop_io_t *io, unsigned events)
     c = io->data;
 
     if (c->closed) {
+        return;
+    }
+
+    if (c->lingering) {
+        linger_read(c);
         return;
     }
 
@@ -531,6 +600,7 @@ conn_io(loop_io_t *io, unsigned events)
                     return;
                 }
                 c->close_after_write = 1;
+                c->eof = 1;
                 break;
             }
 
@@ -577,7 +647,7 @@ conn_io(loop_io_t *io, unsigned events)
     }
 
     if (c->close_after_write && c->out_sent == c->out_len) {
-        conn_close(c);
+        conn_linger(c);
         return;
     }
 

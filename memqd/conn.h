@@ -80,6 +80,8 @@ struct conn_s {
     conn_t         *pnext;        /* parked list (waiting for fsync) */
     int             parked;
     int             close_after_write;
+    int             eof;          /* the client half-closed */
+    int             lingering;    /* see conn_linger() */
     int             closed;
     conn_t         *fnext;        /* free list after close */
 };

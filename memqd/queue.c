@@ -37,6 +37,8 @@ static queue_t        *dirty_list;
 static unsigned char  *scratch;      /* records larger than RBUF_SIZE */
 static size_t          scratch_cap;
 static uint64_t        last_pos_flush;
+static loop_timer_t    pos_timer;     /* wakes the loop for deferred
+                                         position writes */
 
 
 static uint32_t
@@ -156,6 +158,13 @@ queue_free(queue_t *q)
 }
 
 
+static void
+pos_timer_handler(loop_timer_t *t)
+{
+    /* nothing to do here: queue_before_sleep() runs right after */
+}
+
+
 int
 queue_init(void)
 {
@@ -165,6 +174,8 @@ queue_init(void)
     queue_t        *q;
     struct stat     st;
     struct dirent  *de;
+
+    pos_timer.handler = pos_timer_handler;
 
     fd = openat(srv.data_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd == -1) {
@@ -1185,7 +1196,11 @@ queue_before_sleep(void)
 
         if (q->pos_dirty) {
             if (!pos_due) {
-                mark_dirty(q);      /* again next time */
+                mark_dirty(q);      /* again when the timer fires */
+                if (pos_timer.index == 0) {
+                    loop_timer_add(&pos_timer,
+                                   POS_INTERVAL - (loop_now() - last_pos_flush));
+                }
                 continue;
             }
 
