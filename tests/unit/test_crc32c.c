@@ -110,6 +110,13 @@ test_crc_paths_agree(void **state)
         }
     }
 
+    /* around and past the interleaved block sizes (3 x 256 bytes) */
+    for (len = 700; len <= 2400; len++) {
+        off = len & 15;
+        assert_int_equal(mq_crc32c(0, buf + off, len),
+                         mq_crc32c_sw(0, buf + off, len));
+    }
+
     for (i = 0; i < 200; i++) {
         off = rng_byte() & 15;
         len = ((size_t) rng_byte() << 4 | rng_byte()) % 4096;
