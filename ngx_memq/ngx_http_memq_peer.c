@@ -1,0 +1,703 @@
+/*
+ * ngx_http_memq_peer.c: the gateway's own connections to memq nodes, the
+ * per-worker keepalive pool, and node choice (smooth weighted round robin).
+ *
+ * A connection is an ngx_http_memq_conn_t in its own pool (c->pool), so it
+ * can outlive the request that opened it:
+ *
+ *   conn_get() ──► connecting ──► sending ──► waiting ──► owner handler
+ *        ▲          (write ev)    (write ev)   (read ev)      │
+ *        │                                                    ├─ send() again
+ *        └──────────── idle in node->idle ◄── release() ──────┤
+ *                     (any readiness closes)                  └─ close()
+ *
+ * One event handler serves both events of a connection and dispatches on
+ * the state; it ends with ngx_http_run_posted_requests() for the client
+ * connection of the owner.  The owner handler is called with NGX_OK when
+ * reply bytes arrived and NGX_ERROR on failure; it says NGX_DONE once it has
+ * taken the connection elsewhere (closed, released, new request sent), after
+ * which this file does not touch it again.
+ *
+ * A connection is pooled only when provably clean: the reply fully
+ * consumed (no unread byte), nothing left to send, no error, timeout or
+ * eof, and the worker not exiting.  Otherwise it is closed, which also
+ * makes memqd give back the items it had open for it.
+ */
+
+#include "ngx_http_memq_module.h"
+
+
+#define NGX_HTTP_MEMQ_IN_SIZE  16384
+
+
+static void ngx_http_memq_conn_handler(ngx_event_t *ev);
+static void ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc);
+static void ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc);
+static void ngx_http_memq_conn_fail(ngx_http_memq_conn_t *mc,
+    const char *err);
+static ngx_int_t ngx_http_memq_conn_test_connect(ngx_connection_t *c);
+static ngx_int_t ngx_http_memq_conn_room(ngx_http_memq_conn_t *mc);
+static void ngx_http_memq_conn_idle_handler(ngx_event_t *ev);
+static void ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc);
+
+
+/*
+ * Gives a connection to node: a pooled one (NGX_OK, connected) or a new one
+ * (NGX_OK or NGX_AGAIN while connecting).  NGX_ERROR (with nothing to
+ * clean up) when the connect failed at once; *mcp then is NULL.
+ * The caller sets mc->handler, mc->data and mc->owner_conn next.
+ */
+ngx_int_t
+ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
+    ngx_http_memq_conn_t **mcp)
+{
+    ngx_int_t                 rc;
+    ngx_pool_t               *pool;
+    ngx_queue_t              *q;
+    ngx_connection_t         *c;
+    ngx_http_memq_conn_t     *mc;
+    ngx_http_memq_shnode_t   *sn;
+    ngx_http_memq_cluster_t  *cl;
+
+    *mcp = NULL;
+    cl = node->cluster;
+    sn = ngx_http_memq_shnode(node);
+
+    if (!ngx_queue_empty(&node->idle)) {
+        q = ngx_queue_head(&node->idle);
+        ngx_queue_remove(q);
+        node->nidle--;
+
+        mc = ngx_queue_data(q, ngx_http_memq_conn_t, queue);
+        c = mc->pc.connection;
+
+        mc->pooled = 0;
+        mc->log = *log;
+        mc->log.action = "talking to memq node";
+        c->log = &mc->log;
+        c->read->log = &mc->log;
+        c->write->log = &mc->log;
+        c->pool->log = &mc->log;
+        c->idle = 0;
+
+        if (c->read->timer_set) {
+            ngx_del_timer(c->read);
+        }
+
+        c->read->handler = ngx_http_memq_conn_handler;
+        c->write->handler = ngx_http_memq_conn_handler;
+
+        (void) ngx_atomic_fetch_add(&sn->pool_idle, -1);
+        (void) ngx_atomic_fetch_add(&sn->pool_busy, 1);
+
+        *mcp = mc;
+        return NGX_OK;
+    }
+
+    pool = ngx_create_pool(1024, log);
+    if (pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    mc = ngx_pcalloc(pool, sizeof(ngx_http_memq_conn_t));
+    if (mc == NULL) {
+        ngx_destroy_pool(pool);
+        return NGX_ERROR;
+    }
+
+    mc->pool = pool;
+    mc->node = node;
+    mc->log = *log;
+    mc->log.action = "connecting to memq node";
+    pool->log = &mc->log;
+
+    mc->in = ngx_create_temp_buf(pool, NGX_HTTP_MEMQ_IN_SIZE);
+    if (mc->in == NULL) {
+        ngx_destroy_pool(pool);
+        return NGX_ERROR;
+    }
+
+    mc->pc.sockaddr = node->sockaddr;
+    mc->pc.socklen = node->socklen;
+    mc->pc.name = &node->addr;
+    mc->pc.get = ngx_event_get_peer;
+    mc->pc.log = &mc->log;
+    mc->pc.log_error = NGX_ERROR_ERR;
+    mc->pc.tries = 1;
+
+    rc = ngx_event_connect_peer(&mc->pc);
+
+    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
+        /* ngx_event_connect_peer() closed the socket already */
+        if (mc->pc.connection) {
+            ngx_close_connection(mc->pc.connection);
+        }
+
+        ngx_destroy_pool(pool);
+        return NGX_ERROR;
+    }
+
+    c = mc->pc.connection;
+    c->data = mc;
+    c->pool = pool;
+    c->log = &mc->log;
+    c->read->log = &mc->log;
+    c->write->log = &mc->log;
+    c->read->handler = ngx_http_memq_conn_handler;
+    c->write->handler = ngx_http_memq_conn_handler;
+
+    (void) ngx_atomic_fetch_add(&sn->pool_busy, 1);
+
+    if (rc == NGX_AGAIN) {
+        mc->connecting = 1;
+        ngx_add_timer(c->write, cl->connect_timeout);
+    }
+
+    *mcp = mc;
+    return rc;
+}
+
+
+/*
+ * Sends out (the owner keeps its memory untouched until the reply comes)
+ * and waits for a reply; reply_timeout bounds the wait for its first byte.
+ * Errors are reported through the handler, posted so the caller's stack is
+ * unwound first.
+ */
+void
+ngx_http_memq_conn_send(ngx_http_memq_conn_t *mc, ngx_buf_t *out,
+    ngx_msec_t reply_timeout)
+{
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+
+    mc->out = out;
+    mc->reply_timeout = reply_timeout;
+    mc->waiting = 0;
+    mc->log.action = "sending to memq node";
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (mc->connecting) {
+        return;
+    }
+
+    /* write from the event loop: the owner may still be setting up */
+    c->write->ready = 1;
+    ngx_post_event(c->write, &ngx_posted_events);
+}
+
+
+/* closes the connection and frees it; memqd gives back its open items */
+void
+ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc)
+{
+    ngx_http_memq_shnode_t  *sn;
+
+    sn = ngx_http_memq_shnode(mc->node);
+
+    if (mc->pooled) {
+        ngx_queue_remove(&mc->queue);
+        mc->node->nidle--;
+        (void) ngx_atomic_fetch_add(&sn->pool_idle, -1);
+
+    } else {
+        (void) ngx_atomic_fetch_add(&sn->pool_busy, -1);
+    }
+
+    ngx_http_memq_conn_free(mc);
+}
+
+
+static void
+ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc)
+{
+    ngx_pool_t        *pool;
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+    pool = mc->pool;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "memq node connection close: %V", &mc->node->addr);
+
+    /* the pool (and mc in it) must not be logged to after this */
+    c->log = ngx_cycle->log;
+    c->read->log = ngx_cycle->log;
+    c->write->log = ngx_cycle->log;
+    c->pool = NULL;
+    pool->log = ngx_cycle->log;
+
+    ngx_close_connection(c);
+    ngx_destroy_pool(pool);
+}
+
+
+/*
+ * Puts the connection in the node's keepalive pool when it is clean, closes
+ * it otherwise.  The owner's log and memory are no longer referenced.
+ */
+void
+ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc)
+{
+    ngx_queue_t              *q;
+    ngx_connection_t         *c;
+    ngx_http_memq_conn_t     *old;
+    ngx_http_memq_node_t     *node;
+    ngx_http_memq_shnode_t   *sn;
+    ngx_http_memq_cluster_t  *cl;
+
+    c = mc->pc.connection;
+    node = mc->node;
+    cl = node->cluster;
+
+    if (mc->connecting || mc->waiting
+        || (mc->out && mc->out->pos != mc->out->last)
+        || mc->in->pos != mc->in->last
+        || c->read->timedout || c->read->eof || c->read->error
+        || c->write->timedout || c->error
+        || cl->keepalive == 0 || node->sources == 0
+        || ngx_terminate || ngx_exiting)
+    {
+        ngx_http_memq_conn_close(mc);
+        return;
+    }
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_http_memq_conn_close(mc);
+        return;
+    }
+
+    if (node->nidle >= cl->keepalive) {
+        /* the least recently used goes */
+        q = ngx_queue_last(&node->idle);
+        old = ngx_queue_data(q, ngx_http_memq_conn_t, queue);
+        ngx_http_memq_conn_close(old);
+    }
+
+    sn = ngx_http_memq_shnode(node);
+    (void) ngx_atomic_fetch_add(&sn->pool_busy, -1);
+    (void) ngx_atomic_fetch_add(&sn->pool_idle, 1);
+
+    mc->out = NULL;
+    mc->handler = NULL;
+    mc->data = NULL;
+    mc->owner_conn = NULL;
+    mc->need = 0;
+    mc->in->pos = mc->in->start;
+    mc->in->last = mc->in->start;
+    mc->pooled = 1;
+
+    ngx_queue_insert_head(&node->idle, &mc->queue);
+    node->nidle++;
+
+    c->log = ngx_cycle->log;
+    c->read->log = ngx_cycle->log;
+    c->write->log = ngx_cycle->log;
+    c->pool->log = ngx_cycle->log;
+    c->idle = 1;
+    c->read->handler = ngx_http_memq_conn_idle_handler;
+    c->write->handler = ngx_http_memq_conn_idle_handler;
+
+    ngx_add_timer(c->read, cl->keepalive_timeout);
+
+    if (c->read->ready) {
+        ngx_http_memq_conn_idle_handler(c->read);
+    }
+}
+
+
+/*
+ * A pooled connection: a node never speaks unasked, so any readiness means
+ * eof or garbage; close.  A peek that says EAGAIN was a stale event.
+ */
+static void
+ngx_http_memq_conn_idle_handler(ngx_event_t *ev)
+{
+    int                    n;
+    char                   buf[1];
+    ngx_connection_t      *c;
+    ngx_http_memq_conn_t  *mc;
+
+    c = ev->data;
+    mc = c->data;
+
+    if (ev->write) {
+        return;
+    }
+
+    if (c->close || ev->timedout) {
+        goto close;
+    }
+
+    n = recv(c->fd, buf, 1, MSG_PEEK);
+
+    if (n == -1 && ngx_socket_errno == NGX_EAGAIN) {
+        ev->ready = 0;
+
+        if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+            goto close;
+        }
+
+        return;
+    }
+
+close:
+
+    ngx_http_memq_conn_close(mc);
+}
+
+
+static void
+ngx_http_memq_conn_handler(ngx_event_t *ev)
+{
+    ngx_connection_t      *c, *oc;
+    ngx_http_memq_conn_t  *mc;
+
+    c = ev->data;
+    mc = c->data;
+    oc = mc->owner_conn;
+
+    if (ev->write) {
+        ngx_http_memq_conn_write(mc);
+
+    } else {
+        ngx_http_memq_conn_read(mc);
+    }
+
+    if (oc) {
+        ngx_http_run_posted_requests(oc);
+    }
+}
+
+
+static void
+ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
+{
+    ssize_t            n;
+    ngx_buf_t         *b;
+    ngx_event_t       *wev;
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+    wev = c->write;
+
+    if (wev->timedout) {
+        ngx_log_error(NGX_LOG_ERR, c->log, NGX_ETIMEDOUT,
+                      "memq node %V timed out", &mc->node->addr);
+        ngx_http_memq_conn_fail(mc, mc->connecting ? "connect timed out"
+                                                   : "send timed out");
+        return;
+    }
+
+    if (mc->connecting) {
+        if (ngx_http_memq_conn_test_connect(c) != NGX_OK) {
+            ngx_http_memq_conn_fail(mc, "connect failed");
+            return;
+        }
+
+        mc->connecting = 0;
+
+        if (wev->timer_set) {
+            ngx_del_timer(wev);
+        }
+    }
+
+    b = mc->out;
+
+    if (b == NULL || mc->waiting) {
+        /* connected, nothing to send yet */
+        if (ngx_handle_write_event(wev, 0) != NGX_OK) {
+            ngx_http_memq_conn_fail(mc, "write event failed");
+        }
+
+        return;
+    }
+
+    mc->log.action = "sending to memq node";
+
+    while (b->pos < b->last) {
+        n = c->send(c, b->pos, b->last - b->pos);
+
+        if (n == NGX_AGAIN) {
+            if (!wev->timer_set) {
+                ngx_add_timer(wev, mc->node->cluster->read_timeout);
+            }
+
+            if (ngx_handle_write_event(wev, 0) != NGX_OK) {
+                ngx_http_memq_conn_fail(mc, "write event failed");
+            }
+
+            return;
+        }
+
+        if (n == NGX_ERROR) {
+            ngx_http_memq_conn_fail(mc, "send failed");
+            return;
+        }
+
+        b->pos += n;
+    }
+
+    if (wev->timer_set) {
+        ngx_del_timer(wev);
+    }
+
+    mc->waiting = 1;
+    mc->log.action = "reading from memq node";
+
+    ngx_add_timer(c->read, mc->reply_timeout);
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_http_memq_conn_fail(mc, "read event failed");
+        return;
+    }
+
+    if (c->read->ready) {
+        ngx_http_memq_conn_read(mc);
+    }
+}
+
+
+static void
+ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc)
+{
+    ssize_t            n;
+    ngx_buf_t         *b;
+    ngx_event_t       *rev;
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+    rev = c->read;
+    b = mc->in;
+
+    if (rev->timedout) {
+        ngx_log_error(NGX_LOG_ERR, c->log, NGX_ETIMEDOUT,
+                      "memq node %V timed out", &mc->node->addr);
+        ngx_http_memq_conn_fail(mc, "read timed out");
+        return;
+    }
+
+    if (!mc->waiting) {
+        /* readable while we still send: look later */
+        return;
+    }
+
+    for ( ;; ) {
+        if (ngx_http_memq_conn_room(mc) != NGX_OK) {
+            ngx_http_memq_conn_fail(mc, "out of memory");
+            return;
+        }
+
+        n = c->recv(c, b->last, b->end - b->last);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == 0) {
+            ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                          "memq node %V closed the connection",
+                          &mc->node->addr);
+            ngx_http_memq_conn_fail(mc, "connection closed by node");
+            return;
+        }
+
+        if (n == NGX_ERROR) {
+            ngx_http_memq_conn_fail(mc, "recv failed");
+            return;
+        }
+
+        b->last += n;
+
+        /* more time for the rest of the reply */
+        ngx_add_timer(rev, mc->node->cluster->read_timeout);
+
+        if (mc->handler(mc, NGX_OK) != NGX_OK) {
+            return;
+        }
+
+        if (!mc->waiting) {
+            /* the owner has the whole reply and keeps the connection */
+            if (rev->timer_set) {
+                ngx_del_timer(rev);
+            }
+
+            return;
+        }
+
+        if (!rev->ready) {
+            break;
+        }
+    }
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_http_memq_conn_fail(mc, "read event failed");
+    }
+}
+
+
+/*
+ * Makes room in the read buffer: compacts, and grows it when the owner
+ * needs more contiguous bytes (mc->need) than it holds.
+ */
+static ngx_int_t
+ngx_http_memq_conn_room(ngx_http_memq_conn_t *mc)
+{
+    size_t      size, len;
+    u_char     *p;
+    ngx_buf_t  *b;
+
+    b = mc->in;
+    len = b->last - b->pos;
+
+    if (b->pos == b->last) {
+        b->pos = b->start;
+        b->last = b->start;
+    }
+
+    size = b->end - b->start;
+
+    if (mc->need > size) {
+        size = ngx_max(mc->need, size * 2);
+
+        p = ngx_palloc(mc->pool, size);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(p, b->pos, len);
+
+        if (b->end - b->start > NGX_HTTP_MEMQ_IN_SIZE) {
+            ngx_pfree(mc->pool, b->start);
+        }
+
+        b->start = p;
+        b->pos = p;
+        b->last = p + len;
+        b->end = p + size;
+
+        return NGX_OK;
+    }
+
+    if (b->last == b->end || (size_t) (b->end - b->pos) < mc->need) {
+        ngx_memmove(b->start, b->pos, len);
+        b->pos = b->start;
+        b->last = b->start + len;
+    }
+
+    return NGX_OK;
+}
+
+
+/* reports a failure to the owner, which closes the connection */
+static void
+ngx_http_memq_conn_fail(ngx_http_memq_conn_t *mc, const char *err)
+{
+    mc->err = err;
+    mc->pc.connection->error = 1;
+
+    if (mc->handler == NULL) {
+        ngx_http_memq_conn_close(mc);
+        return;
+    }
+
+    (void) mc->handler(mc, NGX_ERROR);
+}
+
+
+static ngx_int_t
+ngx_http_memq_conn_test_connect(ngx_connection_t *c)
+{
+    int        err;
+    socklen_t  len;
+
+#if (NGX_HAVE_KQUEUE)
+    if (ngx_event_flags & NGX_USE_KQUEUE_EVENT) {
+        if (c->write->pending_eof || c->read->pending_eof) {
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+#endif
+
+    err = 0;
+    len = sizeof(int);
+
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len) == -1) {
+        err = ngx_socket_errno;
+    }
+
+    if (err) {
+        (void) ngx_connection_error(c, err, "connect() failed");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Picks a node by smooth weighted round robin among the usable nodes of
+ * the cluster, leaving out the nskip nodes in skip.  NULL when none is
+ * left.
+ */
+ngx_http_memq_node_t *
+ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
+    ngx_http_memq_node_t **skip, ngx_uint_t nskip)
+{
+    ngx_int_t               total;
+    ngx_uint_t              i, j;
+    ngx_http_memq_node_t  **np, *node, *best;
+
+    np = cl->nodes.elts;
+    best = NULL;
+    total = 0;
+
+    for (i = 0; i < cl->nodes.nelts; i++) {
+        node = np[i];
+
+        for (j = 0; j < nskip; j++) {
+            if (skip[j] == node) {
+                break;
+            }
+        }
+
+        if (j < nskip || !ngx_http_memq_node_usable(node)) {
+            continue;
+        }
+
+        node->current_weight += node->weight;
+        total += node->weight;
+
+        if (best == NULL || node->current_weight > best->current_weight) {
+            best = node;
+        }
+    }
+
+    if (best) {
+        best->current_weight -= total;
+    }
+
+    return best;
+}
