@@ -35,7 +35,7 @@
 #define MQ_FRAME_ITEM       1
 
 typedef struct {
-    uint32_t  crc;       /* as stored; filled in by decode, computed by encode */
+    uint32_t  crc;       /* as stored; set by decode, computed by encode */
     uint32_t  len;       /* payload bytes */
     uint32_t  flags;     /* client flags */
     uint32_t  kind;      /* MQ_FRAME_ITEM */
@@ -60,6 +60,9 @@ void mq_frame_encode(unsigned char *dst, mq_frame_hdr_t *h,
  *   MQ_AGAIN  fewer bytes than the record needs (h->len is set when at
  *             least the header was present, else 0);
  *   MQ_ERROR  bad length, unknown kind or CRC mismatch; *err names which.
+ *             A length over max_len is reported as soon as the length field
+ *             (bytes 4..7) is present, an unknown kind as soon as the header
+ *             is: neither waits for the payload.
  */
 int mq_frame_decode(const unsigned char *buf, size_t avail, uint32_t max_len,
     mq_frame_hdr_t *h, const char **err);

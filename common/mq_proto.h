@@ -57,7 +57,8 @@ typedef struct {
                                  stats: its arguments; else NULL */
     size_t        rest_len;
     uint32_t      flags;      /* storage commands */
-    int64_t       exptime;    /* storage commands, as sent */
+    int64_t       exptime;    /* storage commands, as sent; flush_all:
+                                 its optional delay (0 when absent) */
     uint64_t      bytes;      /* storage commands: data block length */
     unsigned      noreply:1;  /* "noreply" was the last token */
     unsigned      has_data:1; /* a data block of `bytes` + CRLF follows */
@@ -67,8 +68,12 @@ typedef struct {
  * Looks for the end of a request line in buf[0..len).
  * MQ_OK: *line_len = length without the line ending ("\r\n" or "\n"),
  *        *consumed = length with it.
- * MQ_AGAIN: no line end yet and len <= MQ_LINE_MAX.
- * MQ_ERROR: no line end within MQ_LINE_MAX + 2 bytes ("line too long").
+ * MQ_AGAIN: no line end yet and the line may still be legal: len <=
+ *           MQ_LINE_MAX, or MQ_LINE_MAX bytes and a '\r' whose '\n' is
+ *           still on its way.
+ * MQ_ERROR: the line is longer than MQ_LINE_MAX bytes ("line too long"):
+ *           no '\n' within MQ_LINE_MAX + 2 bytes, or MQ_LINE_MAX + 1 bytes
+ *           ended by a bare '\n'.
  */
 int mq_proto_find_line(const char *buf, size_t len, size_t *line_len,
     size_t *consumed);
@@ -81,9 +86,12 @@ int mq_proto_find_line(const char *buf, size_t len, size_t *line_len,
  *        whose byte count parsed, req->has_data is still set so the
  *        caller can swallow the data block; otherwise framing is lost.
  * Validation done here: token counts, numbers (flags u32, exptime i64,
- * bytes u64), key length <= MQ_NAME_MAX + options; queue-name checks of
- * set/delete/flush keys ("bad queue name").  get keys are checked by
- * mq_proto_parse_get_key().
+ * bytes u64, cas u64), key length <= MQ_NAME_MAX for add/replace/append/
+ * prepend/cas; queue-name checks of set/delete/flush keys ("bad queue
+ * name"); at most MQ_KEYS_MAX get keys ("too many keys").  get keys are
+ * checked by mq_proto_parse_get_key() (their length is bounded only by the
+ * line).  noreply is set only where the command takes it (storage
+ * commands, delete, flush, flush_all), never for get.
  */
 int mq_proto_parse_request(const char *line, size_t len, mq_request_t *req,
     const char **err);

@@ -11,6 +11,11 @@ broken=""
 out=$(mktemp) || exit 1
 trap 'rm -f "$out"' EXIT INT TERM
 
+# count WORD: the sum of N over cmocka's "[  WORD  ] N test(s)" lines
+count() {
+    grep -o "\[  $1  \] [0-9][0-9]* test" "$out" | awk '{s += $4} END {print s + 0}'
+}
+
 for t in "$@"; do
     echo "== $t"
     "$t" >"$out" 2>&1
@@ -18,8 +23,8 @@ for t in "$@"; do
     cat "$out"
     echo
 
-    p=$(grep -o '\[  PASSED  \] [0-9]* test' "$out" | awk '{s += $4} END {print s + 0}')
-    f=$(grep -o '\[  FAILED  \] [0-9]* test' "$out" | awk '{s += $4} END {print s + 0}')
+    p=$(count PASSED)
+    f=$(count FAILED)
 
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
         f=1
