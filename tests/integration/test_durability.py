@@ -143,10 +143,9 @@ def test_fully_consumed_segments_deleted(memqd_factory):
     c = s.connect()
     q = qname()
     n = 300
+    # with replies: STORED means the record is in the file
     for i in range(n):
-        c.send(b"set %s 0 0 1000 noreply\r\n%s\r\n"
-               % (q.encode(), (b"%04d" % i) * 250))
-    assert c.cmd("version").startswith("VERSION")
+        c.store(q, (b"%04d" % i) * 250)
     segs = s.segments(q)
     assert len(segs) >= 4, "300 KB in 64k segments: got %r" % segs
     # each file is named by the sequence number of its first record
