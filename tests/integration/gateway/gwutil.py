@@ -1,0 +1,438 @@
+"""
+Helpers for the gateway (ngx_http_memq_module) integration tests.
+
+Gateway runs Debian's /usr/sbin/nginx in the foreground with the module
+from build/, two workers, on a free loopback port, in its own temporary
+prefix; it waits for readiness with a deadline and, when stopped, checks
+the error log for [alert], [emerg] and crashed workers.
+
+The memqd helpers (Client, qname, wait_for, ...) come from the parent
+conftest, loaded under its own module name so that the two conftest.py
+files never shadow each other.
+"""
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+
+_spec = importlib.util.spec_from_file_location(
+    "memq_integration_conftest", str(HERE.parent / "conftest.py"))
+base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(base)
+
+Client = base.Client
+SLOW = base.SLOW
+qname = base.qname
+wait_for = base.wait_for
+free_port = base.free_port
+deadline_after = base.deadline_after
+
+NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
+MODULE = os.environ.get("MEMQ_MODULE") or str(
+    ROOT / "build" / "ngx_http_memq_module.so")
+
+BAD_LOG = ("[alert]", "[emerg]", "exited on signal", "[crit]")
+
+ACCESS_FORMAT = ('$status $memq_messages $memq_nodes_ok $memq_nodes_failed '
+                 '"$request"')
+
+DEFAULT_LOC = """
+            memq_pass main;
+            memq_key $arg_topic;
+            memq_wait_max 10s;
+            memq_inflate on;
+            memq_compress_flag 1;
+"""
+
+
+def node_addr(n):
+    """host:port of a Memqd, a (host, port) tuple or a string."""
+    if isinstance(n, str):
+        return n
+    if isinstance(n, tuple):
+        return "%s:%d" % n
+    return "%s:%d" % (n.host, n.port)
+
+
+class Gateway:
+    """One nginx with the memq module."""
+
+    def __init__(self, tmp, nodes, cluster_extra="", loc_extra="",
+                 loc=None, server_extra="", http_extra="", workers=2,
+                 weights=None):
+        self.tmp = Path(tmp)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        for d in ("logs", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.tmp / d).mkdir(exist_ok=True)
+        self.nodes = list(nodes)
+        self.weights = weights or {}
+        self.cluster_extra = cluster_extra
+        self.loc = DEFAULT_LOC if loc is None else loc
+        self.loc_extra = loc_extra
+        self.server_extra = server_extra
+        self.http_extra = http_extra
+        self.workers = workers
+        self.port = None
+        self.proc = None
+        self.conf_path = self.tmp / "nginx.conf"
+        self.error_log = self.tmp / "logs" / "error.log"
+        self.access_log = self.tmp / "logs" / "access.log"
+        self.stderr_path = self.tmp / "logs" / "stderr.log"
+
+    # -- configuration
+
+    def render(self):
+        lines = []
+        for n in self.nodes:
+            a = node_addr(n)
+            w = self.weights.get(a)
+            lines.append("node %s%s;" % (a, " weight=%d" % w if w else ""))
+        t = self.tmp
+        return """
+load_module {module};
+user root;
+worker_processes {workers};
+error_log {t}/logs/error.log info;
+pid {t}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    log_format memq '{fmt}';
+    access_log {t}/logs/access.log memq;
+    client_body_temp_path {t}/body;
+    proxy_temp_path {t}/proxy;
+    fastcgi_temp_path {t}/fastcgi;
+    uwsgi_temp_path {t}/uwsgi;
+    scgi_temp_path {t}/scgi;
+    {http_extra}
+    memq_cluster main {{
+        {nodes}
+        connect_timeout 1s;
+        read_timeout 2s;
+        {cluster_extra}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        {server_extra}
+        location /mq {{
+            {loc}
+            {loc_extra}
+        }}
+        location = /mq/status {{ memq_status; }}
+        location = /__ready {{ return 204; }}
+    }}
+}}
+""".format(module=MODULE, workers=self.workers, t=t, fmt=ACCESS_FORMAT,
+           http_extra=self.http_extra, nodes="\n        ".join(lines),
+           cluster_extra=self.cluster_extra, port=self.port,
+           server_extra=self.server_extra, loc=self.loc,
+           loc_extra=self.loc_extra)
+
+    def write_conf(self):
+        self.conf_path.write_text(self.render())
+
+    def test_conf(self):
+        """nginx -t on the current configuration: (ok, output)."""
+        if self.port is None:
+            self.port = free_port()
+        self.write_conf()
+        p = subprocess.run([NGINX, "-t", "-p", str(self.tmp), "-c",
+                            str(self.conf_path)], capture_output=True,
+                           text=True, timeout=30)
+        return p.returncode == 0, p.stdout + p.stderr
+
+    # -- process
+
+    def start(self, timeout=10.0):
+        if not os.path.exists(MODULE):
+            pytest.fail("%s missing: run `make module`" % MODULE)
+        for _ in range(3):
+            self.port = free_port()
+            self.write_conf()
+            self.log_offset = (self.error_log.stat().st_size
+                               if self.error_log.exists() else 0)
+            with open(self.stderr_path, "ab") as err:
+                self.proc = subprocess.Popen(
+                    [NGINX, "-p", str(self.tmp), "-c", str(self.conf_path),
+                     "-g", "daemon off;"], stdin=subprocess.DEVNULL,
+                    stdout=err, stderr=err)
+            try:
+                self.wait_ready(timeout)
+                return self
+            except AssertionError:
+                if self.proc.poll() is not None and \
+                        "in use" in self.error_text():
+                    continue
+                raise
+        raise AssertionError("nginx: no free port after 3 attempts")
+
+    def wait_ready(self, timeout=10.0):
+        end = deadline_after(timeout)
+        last = None
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError("nginx exited with %s; error log:\n%s"
+                                     % (self.proc.returncode,
+                                        self.error_text()[-3000:]
+                                        + self.stderr_text()[-3000:]))
+            try:
+                r = requests.get(self.url("/__ready"), timeout=1)
+                if r.status_code == 204:
+                    return
+                last = r.status_code
+            except requests.RequestException as e:
+                last = e
+            time.sleep(0.02)
+        raise AssertionError("nginx not ready in %.1fs (%r); error log:\n%s"
+                             % (timeout * SLOW, last,
+                                self.error_text()[-3000:]))
+
+    def reload(self, timeout=10.0):
+        """Rewrites the configuration and sends HUP; returns once the new
+        configuration is in use (a new worker generation answers)."""
+        self.write_conf()
+        before = self.error_text().count("start worker process")
+        self.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: self.error_text().count("start worker process")
+                 >= before + self.workers, timeout=timeout,
+                 what="nginx workers restarted after HUP")
+        self.wait_ready(timeout)
+
+    def stop(self, timeout=10.0):
+        if self.proc is None:
+            return
+        p = self.proc
+        self.proc = None
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout * SLOW)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise AssertionError("nginx did not stop on SIGTERM")
+
+    def check_log(self):
+        text = self.error_text()
+        bad = [l for l in text.splitlines() if any(m in l for m in BAD_LOG)]
+        assert not bad, "nginx error log has:\n%s" % "\n".join(bad[:20])
+
+    # -- logs
+
+    def error_text(self):
+        if not self.error_log.exists():
+            return ""
+        return self.error_log.read_bytes().decode("utf-8", "replace")
+
+    def stderr_text(self):
+        if not self.stderr_path.exists():
+            return ""
+        return self.stderr_path.read_bytes().decode("utf-8", "replace")
+
+    def access_lines(self):
+        if not self.access_log.exists():
+            return []
+        return self.access_log.read_text().splitlines()
+
+    def wait_access(self, pred, timeout=5.0, what="access log line"):
+        """The first access log line for which pred(line) holds."""
+        def find():
+            for l in self.access_lines():
+                if pred(l):
+                    return l
+            return None
+        return wait_for(find, timeout=timeout, what=what)
+
+    # -- HTTP
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def publish(self, topic, body, ndjson=False, headers=None, timeout=10):
+        h = dict(headers or {})
+        if ndjson:
+            h["Content-Type"] = "application/x-ndjson"
+        if isinstance(body, str):
+            body = body.encode()
+        return requests.post(self.url("/mq"), params={"topic": topic},
+                             data=body, headers=h, timeout=timeout * SLOW)
+
+    def consume(self, topic, timeout=30, headers=None, **params):
+        """GET /mq?topic=..; the whole response."""
+        p = {"topic": topic}
+        p.update({k: str(v) for k, v in params.items()})
+        return requests.get(self.url("/mq"), params=p, headers=headers,
+                            timeout=timeout * SLOW)
+
+    def lines(self, topic, **params):
+        r = self.consume(topic, **params)
+        assert r.status_code == 200, (r.status_code, r.text)
+        return r.content.split(b"\n")[:-1]
+
+    def status(self, **params):
+        r = requests.get(self.url("/mq/status"), params=params,
+                         timeout=10 * SLOW)
+        assert r.status_code == 200, (r.status_code, r.text)
+        return r
+
+    def node_status(self, addr):
+        st = self.status().json()
+        for n in st["clusters"][0]["nodes"]:
+            if n["addr"] == addr:
+                return n
+        return None
+
+    def raw_request(self, path, headers=b"", rcvbuf=None):
+        """A raw socket with the request sent; the caller reads."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(10 * SLOW)
+        s.connect(("127.0.0.1", self.port))
+        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                  + headers + b"\r\n")
+        return s
+
+
+def read_headers(sock):
+    """Reads up to the end of the response headers; returns (status,
+    headers dict, bytes already read past them)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError("connection closed in headers: %r" % buf)
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    hdrs = {}
+    for l in lines[1:]:
+        k, v = l.split(":", 1)
+        hdrs[k.strip().lower()] = v.strip()
+    return status, hdrs, rest
+
+
+class Dechunker:
+    """Incremental HTTP/1.1 chunked decoder."""
+
+    def __init__(self):
+        self.raw = b""
+        self.data = b""
+        self.done = False
+
+    def feed(self, b):
+        self.raw += b
+        while not self.done:
+            i = self.raw.find(b"\r\n")
+            if i < 0:
+                return
+            size = int(self.raw[:i].split(b";")[0], 16)
+            if size == 0:
+                self.done = True
+                return
+            if len(self.raw) < i + 2 + size + 2:
+                return
+            self.data += self.raw[i + 2:i + 2 + size]
+            self.raw = self.raw[i + 2 + size + 2:]
+
+
+def node_items(node, q):
+    """items + open_items of q on one memqd (0 when q is unknown)."""
+    c = Client(node.addr)
+    try:
+        st = c.qstats(q)
+    finally:
+        c.close()
+    return st.get("items", 0), st.get("open_items", 0)
+
+
+def total_items(nodes, q):
+    """Waiting items of q over all nodes (open ones excluded)."""
+    return sum(node_items(n, q)[0] for n in nodes)
+
+
+def fill(nodes, q, count, fmt="m%d", flags=0):
+    """Stores count messages round-robin straight on the nodes; returns
+    them as a set of bytes."""
+    clients = [Client(n.addr) for n in nodes]
+    out = set()
+    try:
+        for i in range(count):
+            data = (fmt % i).encode()
+            c = clients[i % len(clients)]
+            c.store(q, data, flags=flags)
+            out.add(data)
+    finally:
+        for c in clients:
+            c.close()
+    return out
+
+
+class SilentNode:
+    """A TCP listener that accepts connections and never answers (a hung
+    node); it records what it received."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.host, self.port = self.sock.getsockname()
+        self.conns = []
+        self.received = b""
+        self.closed = False
+        import threading
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @property
+    def addr(self):
+        return (self.host, self.port)
+
+    def _run(self):
+        import select
+        while not self.closed:
+            rl = [self.sock] + self.conns
+            try:
+                r, _, _ = select.select(rl, [], [], 0.05)
+            except (OSError, ValueError):
+                return
+            for s in r:
+                if s is self.sock:
+                    try:
+                        c, _ = self.sock.accept()
+                        self.conns.append(c)
+                    except OSError:
+                        pass
+                    continue
+                try:
+                    d = s.recv(65536)
+                except OSError:
+                    d = b""
+                if d:
+                    self.received += d
+                else:
+                    self.conns.remove(s)
+                    s.close()
+
+    def close(self):
+        self.closed = True
+        self.thread.join(2)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def closed_port():
+    """A loopback port nobody listens on."""
+    return free_port()

@@ -1,0 +1,142 @@
+"""Publish: POST /mq?topic=Q, single body and ndjson batch, smooth weighted
+round robin, retry on the next node, 413, compression (DESIGN §2, §3)."""
+
+import zlib
+
+from gwutil import Client, node_addr, qname
+
+
+def _drain(node, q):
+    c = Client(node.addr)
+    try:
+        return c.drain(q)
+    finally:
+        c.close()
+
+
+def test_single_message(gw, nodes3):
+    q = qname()
+    r = gw.publish(q, b"hello world")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["queued"] == 1
+    addrs = [node_addr(n) for n in nodes3]
+    assert body["node"] in addrs
+    node = nodes3[addrs.index(body["node"])]
+    items = _drain(node, q)
+    assert [i.data for i in items] == [b"hello world"]
+    assert items[0].flags == 0
+    line = gw.wait_access(lambda l: q in l and l.startswith("201"))
+    assert line.split()[1] == "1", line
+
+
+def test_binary_body_kept_verbatim(gw, nodes3):
+    q = qname()
+    data = bytes(range(256)) * 3 + b"\r\n\r\nEND\r\n"
+    r = gw.publish(q, data)
+    assert r.status_code == 201, r.text
+    node = nodes3[[node_addr(n) for n in nodes3].index(r.json()["node"])]
+    assert [i.data for i in _drain(node, q)] == [data]
+
+
+def test_ndjson_batch(gw, nodes3):
+    q = qname()
+    body = b'{"a":1}\n\n{"b":2}\r\n  \n{"c":3}'
+    r = gw.publish(q, body, ndjson=True)
+    assert r.status_code == 201, r.text
+    assert r.json()["queued"] == 3
+    node = nodes3[[node_addr(n) for n in nodes3].index(r.json()["node"])]
+    assert [i.data for i in _drain(node, q)] == \
+        [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+
+
+def test_large_ndjson_batch_is_pipelined(gw, nodes3):
+    q = qname()
+    msgs = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * 50) for i in range(2000)]
+    r = gw.publish(q, b"\n".join(msgs) + b"\n", ndjson=True)
+    assert r.status_code == 201, r.text
+    assert r.json()["queued"] == 2000
+    node = nodes3[[node_addr(n) for n in nodes3].index(r.json()["node"])]
+    assert [i.data for i in _drain(node, q)] == msgs
+
+
+def test_empty_body_is_400(gw):
+    q = qname()
+    for body, nd in ((b"", False), (b"\n\r\n \n", True)):
+        r = gw.publish(q, body, ndjson=nd)
+        assert r.status_code == 400, r.text
+        assert r.json() == {"error": "empty body", "status": 400}
+
+
+def test_missing_key_is_400(gw):
+    import requests
+    r = requests.post(gw.url("/mq"), data=b"x", timeout=5)
+    assert r.status_code == 400
+    assert r.json() == {"error": "missing key", "status": 400}
+
+
+def test_weighted_round_robin(gateway_factory, memqd_factory):
+    nodes = [memqd_factory() for _ in range(3)]
+    addrs = [node_addr(n) for n in nodes]
+    # one worker, so the smooth weighted order is exactly observable
+    g = gateway_factory(nodes, workers=1,
+                        weights={addrs[0]: 1, addrs[1]: 2, addrs[2]: 3})
+    q = qname()
+    seen = []
+    for i in range(60):
+        r = g.publish(q, b"m%d" % i)
+        assert r.status_code == 201, r.text
+        seen.append(r.json()["node"])
+    assert [seen.count(a) for a in addrs] == [10, 20, 30]
+    # smooth: the heaviest node never gets more than two in a row
+    first6 = seen[:6]
+    assert sorted(first6) == sorted([addrs[0]] + [addrs[1]] * 2
+                                    + [addrs[2]] * 3), first6
+    assert first6[0] == addrs[2]
+
+
+def test_retry_on_next_node(gateway_factory, memqd_factory):
+    nodes = [memqd_factory() for _ in range(3)]
+    g = gateway_factory(nodes, cluster_extra="max_fails 1; fail_timeout 30s;")
+    dead = nodes[1]
+    dead.stop_checked()
+    q = qname()
+    for i in range(9):
+        r = g.publish(q, b"m%d" % i)
+        assert r.status_code == 201, r.text
+        assert r.json()["node"] != node_addr(dead)
+    got = _drain(nodes[0], q) + _drain(nodes[2], q)
+    assert sorted(i.data for i in got) == sorted(b"m%d" % i
+                                                 for i in range(9))
+    st = g.node_status(node_addr(dead))
+    assert st["state"] == "down" and st["fails"] >= 1
+    assert st["last_error"]
+    dead.start(port=dead.port)
+
+
+def test_object_too_large_is_413(gateway_factory, memqd_factory):
+    node = memqd_factory(args=["--max-item-size", "1k"])
+    g = gateway_factory([node])
+    q = qname()
+    r = g.publish(q, b"x" * 2000)
+    assert r.status_code == 413, r.text
+    assert r.json() == {"error": "message too large", "status": 413}
+    # the node is not blamed for it
+    assert g.node_status(node_addr(node))["state"] == "up"
+    assert g.publish(q, b"small").status_code == 201
+
+
+def test_compress_min_size(gateway_factory, memqd_factory):
+    node = memqd_factory()
+    g = gateway_factory([node], loc_extra="memq_compress_min_size 100;")
+    q = qname()
+    big = b"abcdefgh" * 100
+    assert g.publish(q, big).status_code == 201
+    assert g.publish(q, b"tiny").status_code == 201
+    items = _drain(node, q)
+    assert items[0].flags == 1 and len(items[0].data) < len(big)
+    assert zlib.decompress(items[0].data) == big
+    assert items[1].flags == 0 and items[1].data == b"tiny"
+    # and the gateway inflates it again on the way out
+    assert g.publish(q, big).status_code == 201
+    assert g.lines(q) == [big]
