@@ -332,15 +332,19 @@ mq_parse_storage(mq_request_t *req, const mq_tok_t *t, size_t n,
 
     need = req->cmd == MQ_CMD_CAS ? 6 : 5;
 
-    if ((n != need && n != need + 1)
-        || mq_parse_u64(t[4].p, t[4].len, &req->bytes) != MQ_OK)
-    {
+    if (n < need || mq_parse_u64(t[4].p, t[4].len, &req->bytes) != MQ_OK) {
         *err = MQ_ERR_FORMAT;
         return MQ_ERROR;
     }
 
-    /* from here on the data block is known to follow */
+    /* from here on the data block is known to follow, even when the line
+     * has more tokens than it should: the client framed it by <bytes> */
     req->has_data = 1;
+
+    if (n > need + 1) {
+        *err = MQ_ERR_FORMAT;
+        return MQ_ERROR;
+    }
 
     req->key = t[1].p;
     req->key_len = t[1].len;

@@ -48,6 +48,7 @@ static conn_t     *ready_head;
 static conn_t     *ready_tail;
 static conn_t     *parked;
 static conn_t     *free_list;
+static conn_t     *all_conns;     /* every open connection */
 
 static void conn_io(loop_io_t *io, unsigned events);
 static void conn_process(conn_t *c);
@@ -184,7 +185,7 @@ update_events(conn_t *c)
 {
     unsigned  ev;
 
-    if (c->closed) {
+    if (c->closed || c->lingering) {
         return;
     }
 
@@ -286,6 +287,15 @@ conn_close(conn_t *c)
 static void
 conn_free(conn_t *c)
 {
+    if (c->aprev) {
+        c->aprev->anext = c->anext;
+    } else if (all_conns == c) {
+        all_conns = c->anext;
+    }
+    if (c->anext) {
+        c->anext->aprev = c->aprev;
+    }
+
     free(c->in);
     free(c->out);
     free(c->val);
@@ -341,7 +351,11 @@ timer_handler(loop_timer_t *t)
 static void
 conn_linger(conn_t *c)
 {
-    if (c->eof || c->lingering) {
+    if (c->lingering) {
+        return;
+    }
+
+    if (c->eof) {
         conn_close(c);
         return;
     }
@@ -619,7 +633,7 @@ conn_io(loop_io_t *io, unsigned events)
 
             if (c->state != CONN_WAIT) {
                 conn_process(c);
-                if (c->closed) {
+                if (c->closed || c->lingering) {
                     return;
                 }
             }
@@ -706,6 +720,12 @@ accept_handler(loop_io_t *io, unsigned events)
             continue;
         }
 
+        c->anext = all_conns;
+        if (all_conns) {
+            all_conns->aprev = c;
+        }
+        all_conns = c;
+
         srv.curr_conns++;
         srv.total_conns++;
     }
@@ -783,6 +803,22 @@ conn_listen(const char *addr)
 
     log_info("conn", "listening on %s", addr);
     return 0;
+}
+
+
+void
+conn_shutdown(void)
+{
+    conn_t  *c;
+
+    for (c = all_conns; c; c = c->anext) {
+        conn_close(c);
+    }
+
+    while ((c = free_list) != NULL) {
+        free_list = c->fnext;
+        conn_free(c);
+    }
 }
 
 

@@ -84,10 +84,15 @@ struct conn_s {
     int             lingering;    /* see conn_linger() */
     int             closed;
     conn_t         *fnext;        /* free list after close */
+    conn_t         *anext;        /* list of all connections */
+    conn_t         *aprev;
 };
 
 int conn_listen(const char *addr);
 void conn_close_listeners(void);
+
+/* Closes every connection (open items go back) and frees them. */
+void conn_shutdown(void);
 
 /* Schedules c to run its pending get again (item arrived, timeout). */
 void conn_wake(conn_t *c);

@@ -374,6 +374,7 @@ main(int argc, char **argv)
 
     loop_run(before_sleep);
 
+    conn_shutdown();
     queue_shutdown();
     log_info("main", "stopped");
     return 0;

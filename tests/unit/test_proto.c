@@ -213,10 +213,11 @@ static const req_case_t  req_cases[] = {
     { "set q", MQ_ERROR, MQ_CMD_SET, FMT, ANY, 0, 0, 0, 0, 0, NULL },
     { "set", MQ_ERROR, MQ_CMD_SET, FMT, ANY, 0, 0, 0, 0, 0, NULL },
     { "set    ", MQ_ERROR, MQ_CMD_SET, FMT, ANY, 0, 0, 0, 0, 0, NULL },
-    { "set q 0 0 5 noreply extra", MQ_ERROR, MQ_CMD_SET, FMT, ANY, 0, 0, 0,
-      0, 0, NULL },
-    { "set q 0 0 5 noreply a b c d e", MQ_ERROR, MQ_CMD_SET, FMT, ANY, 0, 0,
-      0, 0, 0, NULL },
+    /* too many tokens, but <bytes> parses: the block follows */
+    { "set q 0 0 5 noreply extra", MQ_ERROR, MQ_CMD_SET, FMT, ANY, 1, 0, 0,
+      0, 5, NULL },
+    { "set q 0 0 5 noreply a b c d e", MQ_ERROR, MQ_CMD_SET, FMT, ANY, 1, 0,
+      0, 0, 5, NULL },
     { "set q 0 0\t5", MQ_ERROR, MQ_CMD_SET, FMT, ANY, 0, 0, 0, 0, 0, NULL },
 
     /* set: bytes good, something else wrong: the data block follows */
@@ -287,8 +288,8 @@ static const req_case_t  req_cases[] = {
       NULL },
     { "cas q 0 0 5 1 2", MQ_ERROR, MQ_CMD_CAS, FMT, "q", 1, 0, 0, 0, 5,
       NULL },
-    { "cas q 0 0 5 1 noreply x", MQ_ERROR, MQ_CMD_CAS, FMT, ANY, 0, 0, 0, 0,
-      0, NULL },
+    { "cas q 0 0 5 1 noreply x", MQ_ERROR, MQ_CMD_CAS, FMT, ANY, 1, 0, 0, 0,
+      5, NULL },
 
     /* get, gets: keys are checked later, per key */
     { "get q", MQ_OK, MQ_CMD_GET, NULL, "q", 0, 0, 0, 0, 0, "q" },
