@@ -29,6 +29,7 @@
 #include "queue.h"
 #include "server.h"
 #include "sync.h"
+#include "sys.h"
 
 #define MAX_LISTEN       16
 #define STOP_GRACE_MS    1500   /* replies in flight get this long */
@@ -333,6 +334,7 @@ main(int argc, char **argv)
     }
 
     raise_fd_limit();
+    sys_init();
 
     if (loop_init() != 0 || open_data_dir() != 0) {
         return 1;

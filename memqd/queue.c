@@ -26,6 +26,7 @@
 #include "segment.h"
 #include "server.h"
 #include "sync.h"
+#include "sys.h"
 
 #define WBUF_SIZE      (64 * 1024)
 #define RBUF_SIZE      (64 * 1024)
@@ -563,7 +564,8 @@ queue_append(queue_t *q, uint32_t flags, int64_t exptime, const void *data,
         iov[1].iov_base = (void *) data;
         iov[1].iov_len = len;
 
-        if (pwritev(tail->fd, iov, 2, (off_t) q->wbase) != (ssize_t) reclen)
+        if (sys.pwritev(tail->fd, iov, 2, (off_t) q->wbase)
+            != (ssize_t) reclen)
         {
             log_error("queue", "%s: write: %s; refusing further writes",
                       q->name, strerror(errno));
@@ -1222,6 +1224,11 @@ queue_before_sleep(void)
 
     if (srv.sync_mode == SYNC_ALWAYS) {
         sync_submit();
+    }
+
+    if (srv.readonly && conn_parked()) {
+        /* a write failed: the STOREDs waiting for it must never be sent */
+        conn_sync_done(0, 1);
     }
 
     return 0;

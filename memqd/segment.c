@@ -13,6 +13,7 @@
 #include "mq_crc32c.h"
 #include "mq_frame.h"
 #include "segment.h"
+#include "sys.h"
 
 #define POS_FILE      "position"
 #define POS_TMP       "position.tmp"
@@ -63,7 +64,7 @@ seg_pwrite(int fd, const void *buf, size_t len, uint64_t off)
     p = buf;
 
     while (len > 0) {
-        n = pwrite(fd, p, len, (off_t) off);
+        n = sys.pwrite(fd, p, len, (off_t) off);
         if (n == -1) {
             if (errno == EINTR) {
                 continue;

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "loop.h"
 #include "sync.h"
+#include "sys.h"
 
 
 static pthread_mutex_t  mu = PTHREAD_MUTEX_INITIALIZER;
@@ -102,7 +103,7 @@ sync_thread(void *arg)
         pthread_mutex_unlock(&mu);
 
         for (i = 0; i < n; i++) {
-            rc = fdatasync(fds[i]);
+            rc = sys.fdatasync(fds[i]);
             if (rc == -1 && errno != EINVAL) {
                 /* never retry-and-trust the same fd after a failed fsync */
                 log_error("sync", "fdatasync: %s; refusing further writes",

@@ -1,0 +1,77 @@
+/*
+ * sys.c: see sys.h.  Without the test variables the table holds the libc
+ * functions and costs one indirect call.
+ */
+
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "sys.h"
+
+sys_ops_t  sys = { pwrite, pwritev, fdatasync };
+
+static long  writes_left = -1;   /* loop thread only */
+static long  syncs_left = -1;    /* sync thread only */
+
+
+static ssize_t
+faulty_pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+    if (writes_left == 0) {
+        errno = ENOSPC;
+        return -1;
+    }
+
+    writes_left--;
+    return pwrite(fd, buf, n, off);
+}
+
+
+static ssize_t
+faulty_pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
+{
+    if (writes_left == 0) {
+        errno = ENOSPC;
+        return -1;
+    }
+
+    writes_left--;
+    return pwritev(fd, iov, cnt, off);
+}
+
+
+static int
+faulty_fdatasync(int fd)
+{
+    if (syncs_left == 0) {
+        errno = EIO;
+        return -1;
+    }
+
+    syncs_left--;
+    return fdatasync(fd);
+}
+
+
+void
+sys_init(void)
+{
+    const char  *v;
+
+    v = getenv("MEMQD_FAULT_WRITE_AFTER");
+    if (v != NULL) {
+        writes_left = atol(v);
+        sys.pwrite = faulty_pwrite;
+        sys.pwritev = faulty_pwritev;
+        log_warn("sys", "test fault: writes fail after %ld", writes_left);
+    }
+
+    v = getenv("MEMQD_FAULT_FSYNC_AFTER");
+    if (v != NULL) {
+        syncs_left = atol(v);
+        sys.fdatasync = faulty_fdatasync;
+        log_warn("sys", "test fault: fdatasync fails after %ld", syncs_left);
+    }
+}
