@@ -12,6 +12,7 @@
  *                  │   ──empty reply──► IDLE (long poll) / DONE (drain)
  *                  └── failure ──► FAILED
  *   when the stream ends: IDLE with open items ──"get q/close"──► ACK ► DONE
+ *   an item taken beyond max ──"get q/abort"──► ABORT ──► IDLE
  *
  * At-least-once: items are taken with /open; the /close that acknowledges
  * them rides on the node's next request (get q/close/open/n=...), which is
@@ -20,8 +21,13 @@
  * backpressure: a node is asked for more only when the client has taken
  * what came before, so at most one batch per node is in memory.
  *
- * max is exact without ever taking more: every request reserves its /n=
- * count from what max still allows, so no item beyond max is opened.
+ * max is exact.  A request that returns at once reserves its /n= count
+ * from what max still allows, so it never brings more than can be sent.  A
+ * long-poll request cannot hold a reservation (it would starve the other
+ * nodes for the whole wait), so under max it asks for one item, unreserved:
+ * if that item arrives when max is already spoken for, it is given back
+ * with /abort, which is exact because it is the only item open on that
+ * connection (the request's own /close acknowledged the batch before).
  * When the client goes away, node connections that hold open items or a
  * request in flight are closed, and memqd gives those items back.
  *
@@ -41,6 +47,7 @@
     X("busy",   NGX_HTTP_MEMQ_SN_BUSY)                                       \
     X("flush",  NGX_HTTP_MEMQ_SN_FLUSH)                                      \
     X("ack",    NGX_HTTP_MEMQ_SN_ACK)                                        \
+    X("abort",  NGX_HTTP_MEMQ_SN_ABORT)                                      \
     X("done",   NGX_HTTP_MEMQ_SN_DONE)                                       \
     X("failed", NGX_HTTP_MEMQ_SN_FAILED)
 
@@ -81,6 +88,7 @@ typedef struct {
     ngx_http_memq_conn_t   *mc;           /* NULL when none attached */
     ngx_uint_t              state;        /* ngx_http_memq_sn_state_e */
     ngx_uint_t              asked;        /* /n= of the request in flight */
+    ngx_uint_t              reserved;     /* of it, reserved against max */
     ngx_uint_t              got;          /* VALUEs in the current reply */
     ngx_uint_t              rounds;       /* requests sent */
     mq_reply_t              value;        /* header of the value being read */
@@ -89,6 +97,9 @@ typedef struct {
     unsigned                open:1;       /* items open on the connection */
     unsigned                in_value:1;   /* reading a data block */
     unsigned                answered:1;   /* a reply came at least once */
+    unsigned                last_empty:1; /* the last reply had no item */
+    unsigned                waiting:1;    /* the request has /t= */
+    unsigned                give_back:1;  /* the item read is beyond max */
 } ngx_http_memq_snode_t;
 
 
@@ -130,7 +141,11 @@ static ngx_int_t ngx_http_memq_parse_args(ngx_http_request_t *r,
 static ngx_uint_t ngx_http_memq_wants_sse(ngx_http_request_t *r);
 static void ngx_http_memq_run(ngx_http_memq_ctx_t *ctx);
 static ngx_int_t ngx_http_memq_ask(ngx_http_memq_snode_t *sn, ngx_uint_t n,
-    ngx_uint_t close);
+    ngx_uint_t close, ngx_uint_t waiting, ngx_uint_t reserve);
+static ngx_int_t ngx_http_memq_ask_line(ngx_http_memq_snode_t *sn,
+    const char *opt, ngx_uint_t state);
+static ngx_int_t ngx_http_memq_send_line(ngx_http_memq_snode_t *sn,
+    u_char *last, ngx_msec_t t);
 static ngx_int_t ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc,
     ngx_int_t rc);
 static void ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn,
@@ -435,6 +450,7 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
 {
     ngx_int_t               rc;
     ngx_uint_t              i, flushed, busy, live, idle, n, left, end;
+    ngx_uint_t              waiting, reserve;
     ngx_http_memq_snode_t  *sn;
 
     if (ctx->done) {
@@ -469,6 +485,7 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
             break;
         case NGX_HTTP_MEMQ_SN_BUSY:
         case NGX_HTTP_MEMQ_SN_ACK:
+        case NGX_HTTP_MEMQ_SN_ABORT:
             busy++;
             live++;
             break;
@@ -513,7 +530,8 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
                  * opens goes back when the connection closes */
                 ngx_http_memq_conn_close(sn->mc);
                 sn->mc = NULL;
-                ctx->reserved -= sn->asked;
+                ctx->reserved -= sn->reserved;
+                sn->reserved = 0;
                 ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_DONE);
                 continue;
             }
@@ -523,7 +541,9 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
             }
 
             if (sn->open) {
-                if (ngx_http_memq_ask(sn, 0, 1) != NGX_OK) {
+                if (ngx_http_memq_ask_line(sn, "close", NGX_HTTP_MEMQ_SN_ACK)
+                    != NGX_OK)
+                {
                     ngx_http_memq_node_fail(sn, "connect failed");
                 }
 
@@ -566,28 +586,38 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
             continue;
         }
 
-        n = ctx->conf->batch;
+        /* a node waits (/t=) only when it had nothing the last time */
+        waiting = (ctx->wait && sn->rounds && sn->last_empty);
 
-        if (ctx->max) {
-            left = ctx->max - ctx->stat.messages - ctx->reserved;
-
-            if (left == 0) {
-                continue;
-            }
-
-            /* share what max still allows among the nodes being asked */
-            n = ngx_min(n, ngx_max(1, left / idle));
-            n = ngx_min(n, left);
-        }
-
-        if (ctx->wait && sn->rounds
+        if (waiting
             && (ngx_msec_int_t) (ctx->deadline - ngx_current_msec) <= 0)
         {
             /* idle time is over for this node; the end check does the rest */
             continue;
         }
 
-        if (ngx_http_memq_ask(sn, n, sn->open) != NGX_OK) {
+        n = ctx->conf->batch;
+        reserve = 0;
+
+        if (ctx->max) {
+            if (waiting) {
+                n = 1;
+
+            } else {
+                left = ctx->max - ctx->stat.messages - ctx->reserved;
+
+                if (left == 0) {
+                    continue;
+                }
+
+                /* share what max still allows among the nodes asked */
+                n = ngx_min(n, ngx_max(1, left / idle));
+                n = ngx_min(n, left);
+                reserve = 1;
+            }
+        }
+
+        if (ngx_http_memq_ask(sn, n, sn->open, waiting, reserve) != NGX_OK) {
             ngx_http_memq_node_fail(sn, "connect failed");
             continue;
         }
@@ -609,22 +639,82 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
 
 
 /*
- * Sends the node its next request: with n > 0 "get[s] q[/close]/open/n=N
- * [/t=MS]" (BUSY), with n == 0 the final "get q/close" (ACK).  The first
- * request of a stream never waits, so every reachable node answers at once
- * and the headers go out (or a 503) without delay.
+ * Sends the node its next request "get[s] q[/close]/open/n=N[/t=MS]" (BUSY).
+ * A waiting request carries /t= (the idle time left) and no reservation.
+ * The first request of a stream never waits, so every reachable node
+ * answers at once and the headers go out (or a 503) without delay.
  */
 static ngx_int_t
-ngx_http_memq_ask(ngx_http_memq_snode_t *sn, ngx_uint_t n, ngx_uint_t close)
+ngx_http_memq_ask(ngx_http_memq_snode_t *sn, ngx_uint_t n, ngx_uint_t close,
+    ngx_uint_t waiting, ngx_uint_t reserve)
 {
-    u_char                   *p;
-    ngx_int_t                 rc;
-    ngx_msec_t                t, timeout;
-    ngx_http_memq_ctx_t      *ctx;
-    ngx_http_memq_cluster_t  *cl;
+    u_char               *p;
+    ngx_msec_t            t;
+    ngx_http_memq_ctx_t  *ctx;
 
     ctx = sn->ctx;
-    cl = ctx->cluster;
+
+    p = ngx_sprintf(sn->line, "%s %V%s/open/n=%ui",
+                    ctx->format == NGX_HTTP_MEMQ_FMT_SSE ? "gets" : "get",
+                    &ctx->key, close ? "/close" : "", n);
+
+    t = 0;
+
+    if (waiting) {
+        t = ctx->deadline - ngx_current_msec;
+        p = ngx_sprintf(p, "/t=%M", t);
+    }
+
+    *p++ = '\r';
+    *p++ = '\n';
+
+    if (ngx_http_memq_send_line(sn, p, t) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    sn->asked = n;
+    sn->reserved = reserve ? n : 0;
+    sn->waiting = waiting;
+    ctx->reserved += sn->reserved;
+
+    ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_BUSY);
+
+    return NGX_OK;
+}
+
+
+/* "get q/close" (state ACK) or "get q/abort" (state ABORT) */
+static ngx_int_t
+ngx_http_memq_ask_line(ngx_http_memq_snode_t *sn, const char *opt,
+    ngx_uint_t state)
+{
+    u_char  *p;
+
+    p = ngx_sprintf(sn->line, "get %V/%s\r\n", &sn->ctx->key, opt);
+
+    if (ngx_http_memq_send_line(sn, p, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    sn->asked = 0;
+    sn->reserved = 0;
+    sn->waiting = 0;
+
+    ngx_http_memq_set_state(sn, state);
+
+    return NGX_OK;
+}
+
+
+/* sends sn->line up to last; t is the node's own wait (ms) */
+static ngx_int_t
+ngx_http_memq_send_line(ngx_http_memq_snode_t *sn, u_char *last,
+    ngx_msec_t t)
+{
+    ngx_int_t             rc;
+    ngx_http_memq_ctx_t  *ctx;
+
+    ctx = sn->ctx;
 
     if (sn->mc == NULL) {
         rc = ngx_http_memq_conn_get(sn->node,
@@ -638,53 +728,24 @@ ngx_http_memq_ask(ngx_http_memq_snode_t *sn, ngx_uint_t n, ngx_uint_t close)
         sn->mc->owner_conn = ctx->request->connection;
     }
 
-    p = sn->line;
-    t = 0;
-
-    if (n == 0) {
-        p = ngx_sprintf(p, "get %V/close\r\n", &ctx->key);
-
-    } else {
-        p = ngx_sprintf(p, "%s %V%s/open/n=%ui",
-                        ctx->format == NGX_HTTP_MEMQ_FMT_SSE ? "gets" : "get",
-                        &ctx->key, close ? "/close" : "", n);
-
-        if (ctx->wait && sn->rounds) {
-            t = ctx->deadline - ngx_current_msec;
-            p = ngx_sprintf(p, "/t=%M", t);
-        }
-
-        *p++ = '\r';
-        *p++ = '\n';
-    }
-
     sn->req.start = sn->line;
     sn->req.pos = sn->line;
-    sn->req.last = p;
-    sn->req.end = p;
+    sn->req.last = last;
+    sn->req.end = last;
     sn->req.temporary = 1;
 
-    sn->asked = n;
     sn->got = 0;
     sn->in_value = 0;
+    sn->give_back = 0;
     sn->rounds++;
     sn->mc->need = 0;
 
-    timeout = t + cl->read_timeout;
-
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
                    "memq node %V: \"%*s\"", &sn->node->addr,
-                   (size_t) (p - sn->line - 2), sn->line);
+                   (size_t) (last - sn->line - 2), sn->line);
 
-    ngx_http_memq_conn_send(sn->mc, &sn->req, timeout);
-
-    if (n == 0) {
-        ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_ACK);
-
-    } else {
-        ctx->reserved += n;
-        ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_BUSY);
-    }
+    ngx_http_memq_conn_send(sn->mc, &sn->req,
+                            t + ctx->cluster->read_timeout);
 
     return NGX_OK;
 }
@@ -728,7 +789,15 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                 goto bad;
             }
 
-            if (ngx_http_memq_emit(sn, b->pos, sn->value.bytes) != NGX_OK) {
+            if (sn->reserved == 0 && ctx->max
+                && ctx->stat.messages + ctx->reserved >= ctx->max)
+            {
+                /* an unreserved item beyond max: it goes back */
+                sn->give_back = 1;
+
+            } else if (ngx_http_memq_emit(sn, b->pos, sn->value.bytes)
+                       != NGX_OK)
+            {
                 ngx_http_memq_abort(ctx, NGX_ERROR);
                 return NGX_DONE;
             }
@@ -782,21 +851,48 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     sn->answered = 1;
     ngx_http_memq_node_ok(sn->node);
 
-    if (sn->state == NGX_HTTP_MEMQ_SN_ACK) {
+    if (sn->state == NGX_HTTP_MEMQ_SN_ACK
+        || sn->state == NGX_HTTP_MEMQ_SN_ABORT)
+    {
         sn->open = 0;
-        ngx_http_memq_conn_release(mc);
-        sn->mc = NULL;
-        ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_DONE);
+
+        if (sn->state == NGX_HTTP_MEMQ_SN_ACK || ctx->finishing) {
+            ngx_http_memq_conn_release(mc);
+            sn->mc = NULL;
+            ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_DONE);
+
+        } else {
+            ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_IDLE);
+        }
+
         ngx_http_memq_run(ctx);
         return NGX_DONE;
     }
 
-    ctx->reserved -= sn->asked;
+    ctx->reserved -= sn->reserved;
+    sn->reserved = 0;
+
+    if (sn->give_back) {
+        /* the item stays the next one of the node; ask again (without
+         * waiting) once max has room, or end */
+        sn->last_empty = 0;
+
+        if (ngx_http_memq_ask_line(sn, "abort", NGX_HTTP_MEMQ_SN_ABORT)
+            != NGX_OK)
+        {
+            ngx_http_memq_node_fail(sn, "send failed");
+        }
+
+        ngx_http_memq_run(ctx);
+        return NGX_DONE;
+    }
 
     if (ngx_http_memq_send_header(ctx) != NGX_OK) {
         ngx_http_memq_abort(ctx, NGX_ERROR);
         return NGX_DONE;
     }
+
+    sn->last_empty = (sn->got == 0);
 
     if (sn->got) {
         /* the /close of this request acknowledged the previous batch; now
@@ -851,9 +947,8 @@ ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn, const char *reason)
         sn->mc = NULL;
     }
 
-    if (sn->state == NGX_HTTP_MEMQ_SN_BUSY) {
-        ctx->reserved -= sn->asked;
-    }
+    ctx->reserved -= sn->reserved;
+    sn->reserved = 0;
 
     sn->open = 0;
     ctx->stat.nodes_failed++;
@@ -1144,6 +1239,12 @@ ngx_http_memq_send_header(ngx_http_memq_ctx_t *ctx)
     rc = ngx_http_send_header(r);
 
     if (rc == NGX_ERROR || rc > NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* the header alone would wait for postpone_output: push it out now, a
+     * long-polling client should know at once that it is connected */
+    if (ngx_http_send_special(r, NGX_HTTP_FLUSH) == NGX_ERROR) {
         return NGX_ERROR;
     }
 

@@ -69,7 +69,8 @@ class Gateway:
 
     def __init__(self, tmp, nodes, cluster_extra="", loc_extra="",
                  loc=None, server_extra="", http_extra="", workers=2,
-                 weights=None):
+                 weights=None, listen_extra="",
+                 timeouts="connect_timeout 1s; read_timeout 2s;"):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for d in ("logs", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -81,6 +82,8 @@ class Gateway:
         self.loc_extra = loc_extra
         self.server_extra = server_extra
         self.http_extra = http_extra
+        self.listen_extra = listen_extra
+        self.timeouts = timeouts
         self.workers = workers
         self.port = None
         self.proc = None
@@ -116,12 +119,11 @@ http {{
     {http_extra}
     memq_cluster main {{
         {nodes}
-        connect_timeout 1s;
-        read_timeout 2s;
+        {timeouts}
         {cluster_extra}
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port} {listen_extra};
         {server_extra}
         location /mq {{
             {loc}
@@ -135,6 +137,7 @@ http {{
            http_extra=self.http_extra, nodes="\n        ".join(lines),
            cluster_extra=self.cluster_extra, port=self.port,
            server_extra=self.server_extra, loc=self.loc,
+           listen_extra=self.listen_extra, timeouts=self.timeouts,
            loc_extra=self.loc_extra)
 
     def write_conf(self):
