@@ -318,3 +318,99 @@ def test_concurrent_writers_durable(memqd_factory):
         assert mine == [b"w%d-%05d" % (w, i) for i in range(per)]
     c.close()
 
+
+
+def test_acks_flow_during_a_long_stream(memqd_factory):
+    """Group commit must not wait for the client to pause: a client that
+    streams sets without a break gets its STORED replies while it is still
+    streaming (each one once an fsync covers it)."""
+    s = memqd_factory(args=["--sync", "always"])
+    c = s.connect(timeout=20)
+    q = qname()
+    # one set per write, as a client that sends each set as it comes
+    chunk = b"set %s 0 0 100\r\n%s\r\n" % (q.encode(), b"s" * 100)
+    first = []
+    got_ack = threading.Event()
+
+    def reader():
+        try:
+            line = c.line(timeout=15)
+            first.append((time.monotonic(), line))
+        except (OSError, ConnectionError) as e:
+            first.append((time.monotonic(), repr(e)))
+        got_ack.set()
+
+    t = threading.Thread(target=reader)
+    t0 = time.monotonic()
+    t.start()
+    sent = 0
+    end = t0 + 3.0 * SLOW
+    while not got_ack.is_set() and time.monotonic() < end:
+        c.sock.sendall(chunk)
+        sent += 1
+    streaming_when_acked = got_ack.is_set()
+    stopped = time.monotonic()
+    t.join(20 * SLOW)
+    assert first and first[0][1] == "STORED", first
+    assert streaming_when_acked, (
+        "no STORED reply during %.1fs of continuous sets (%d sent); the "
+        "first came %.2fs after the client paused"
+        % (stopped - t0, sent, first[0][0] - stopped))
+    assert first[0][0] - t0 < 1.0 * SLOW
+    rest = c.read_exact(8 * (sent - 1), timeout=30)
+    assert rest == b"STORED\r\n" * (sent - 1)
+    c.close()
+
+
+def _vmrss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+def test_large_backlog_one_queue(memqd_factory):
+    """A million items waiting in one queue: every set is acknowledged
+    (items live on disk, there is no cap on a queue's length without a
+    configured limit) and memory stays small (DESIGN §1 Storage: ten
+    million items cost at most a few tens of MiB RSS)."""
+    s = memqd_factory(args=["--sync", "always"])
+    c = s.connect(timeout=20)
+    q = qname()
+    n, per = 1000000, 10000
+    block = b"set %s 0 0 10\r\n0123456789\r\n" % q.encode() * per
+    errors = []
+
+    def sender():
+        try:
+            for _ in range(n // per):
+                c.sock.sendall(block)
+        except OSError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    acked = 0
+    while acked < n:
+        try:
+            chunk = c.read_exact(8 * per, timeout=10)
+        except (OSError, ConnectionError) as e:
+            pytest.fail("after %d of %d sets acknowledged, no reply for 10s "
+                        "(%r); queue stats %r"
+                        % (acked + len(c.buf) // 8, n, e,
+                           s.connect().qstats(q)))
+        assert chunk == b"STORED\r\n" * per, chunk[:100]
+        acked += per
+    t.join(10 * SLOW)
+    assert not errors, errors
+    o = s.connect()
+    st = o.qstats(q)
+    assert st["items"] == n and st["bytes"] == 10 * n
+    if not SLOW > 1:
+        rss = _vmrss_kib(s.proc.pid)
+        assert rss < 64 * 1024, "VmRSS %d KiB with 1M queued items" % rss
+    got = o.get_items(q + "/n=1000", cmd="gets")
+    assert [i.cas for i in got] == list(range(1, 1001))
+    o.close()
+    c.close()
