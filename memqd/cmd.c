@@ -181,31 +181,62 @@ start_set(conn_t *c, mq_request_t *req, const char *after, size_t avail,
 }
 
 
+/* Writes v in decimal at p, returns the end; used instead of snprintf on
+ * the get path, where formatting was a tenth of the work per item. */
+static char *
+fmt_u64(char *p, uint64_t v)
+{
+    char   tmp[20];
+    size_t  n;
+
+    n = 0;
+    do {
+        tmp[n++] = (char) ('0' + v % 10);
+        v /= 10;
+    } while (v);
+
+    while (n) {
+        *p++ = tmp[--n];
+    }
+
+    return p;
+}
+
+
 static void
 out_value(conn_t *c, const char *key, size_t key_len, const item_t *it,
     int with_cas)
 {
-    int   n;
-    char  tail[64];
+    char  *p;
 
-    if (with_cas) {
-        n = snprintf(tail, sizeof(tail), " %" PRIu32 " %" PRIu32 " %" PRIu64
-                     "\r\n", it->hdr.flags, it->hdr.len, it->hdr.seq);
-    } else {
-        n = snprintf(tail, sizeof(tail), " %" PRIu32 " %" PRIu32 "\r\n",
-                     it->hdr.flags, it->hdr.len);
-    }
-
-    if (conn_out_reserve(c, 6 + key_len + (size_t) n + it->hdr.len + 2) != 0)
+    /* "VALUE " key " " flags " " bytes [" " cas] CRLF data CRLF */
+    if (conn_out_reserve(c, 6 + key_len + 3 * 21 + 2 + it->hdr.len + 2)
+        != 0)
     {
         return;
     }
 
-    conn_out_mem(c, "VALUE ", 6);
-    conn_out_mem(c, key, key_len);
-    conn_out_mem(c, tail, (size_t) n);
-    conn_out_mem(c, it->payload, it->hdr.len);
-    conn_out_mem(c, "\r\n", 2);
+    p = c->out + c->out_len;
+    memcpy(p, "VALUE ", 6);
+    p += 6;
+    memcpy(p, key, key_len);
+    p += key_len;
+    *p++ = ' ';
+    p = fmt_u64(p, it->hdr.flags);
+    *p++ = ' ';
+    p = fmt_u64(p, it->hdr.len);
+    if (with_cas) {
+        *p++ = ' ';
+        p = fmt_u64(p, it->hdr.seq);
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    memcpy(p, it->payload, it->hdr.len);
+    p += it->hdr.len;
+    *p++ = '\r';
+    *p++ = '\n';
+
+    conn_out_commit(c, (size_t) (p - (c->out + c->out_len)));
 }
 
 

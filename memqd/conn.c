@@ -108,6 +108,17 @@ conn_out_reserve(conn_t *c, size_t n)
 
 
 void
+conn_out_commit(conn_t *c, size_t n)
+{
+    c->out_len += n;
+
+    if (c->hold_ticket == 0) {
+        c->out_ready = c->out_len;
+    }
+}
+
+
+void
 conn_out_mem(conn_t *c, const void *p, size_t n)
 {
     if (conn_out_reserve(c, n) != 0) {
@@ -115,11 +126,7 @@ conn_out_mem(conn_t *c, const void *p, size_t n)
     }
 
     memcpy(c->out + c->out_len, p, n);
-    c->out_len += n;
-
-    if (c->hold_ticket == 0) {
-        c->out_ready = c->out_len;
-    }
+    conn_out_commit(c, n);
 }
 
 

@@ -111,6 +111,9 @@ int conn_out_reserve(conn_t *c, size_t n);
 void conn_out_str(conn_t *c, const char *s);
 void conn_out_mem(conn_t *c, const void *p, size_t n);
 
+/* Accounts n bytes written in place after conn_out_reserve(). */
+void conn_out_commit(conn_t *c, size_t n);
+
 /* Parks the replies from here on until fsync ticket `ticket`. */
 void conn_park(conn_t *c, uint64_t ticket);
 
