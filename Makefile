@@ -85,13 +85,21 @@ test-fuzz: $(FUZZ)
 	    grep -E 'stat::number_of_executed_units' $(B)/fuzz/$$n.log; \
 	done
 
-# the integration suite against the sanitizer build of memqd
-test-asan: $(B)/asan/memqd
-	MEMQD=$(B)/asan/memqd MEMQ_SANITIZED=1 $(PYTHON) -m pytest -q \
-	    tests/integration
+# The memqd suite and the gateway suite run as separate pytest processes:
+# each has its own conftest.py, and test modules import helpers from them
+# by name.
+PYTEST   := $(PYTHON) -m pytest -q -p no:cacheprovider
 
-test-integration: $(B)/memqd
-	MEMQD=$(B)/memqd $(PYTHON) -m pytest -q tests/integration
+# the memqd suite against the sanitizer build of memqd
+test-asan: $(B)/asan/memqd
+	MEMQD=$(B)/asan/memqd MEMQ_SANITIZED=1 $(PYTEST) tests/integration \
+	    --ignore=tests/integration/gateway
+
+test-integration: $(B)/memqd module
+	MEMQD=$(B)/memqd $(PYTEST) tests/integration \
+	    --ignore=tests/integration/gateway
+	@if [ -d tests/integration/gateway ]; then \
+	    MEMQD=$(B)/memqd $(PYTEST) tests/integration/gateway; fi
 
 clean:
 	rm -rf $(B)
