@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import Client, qname, wait_for
+from memqlib import Client, qname, wait_for
 
 
 def _alive(c):

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from conftest import Client, assert_alive, qname, wait_for
+from memqlib import Client, assert_alive, qname, wait_for
 
 
 @pytest.fixture

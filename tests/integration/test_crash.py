@@ -11,7 +11,7 @@ import threading
 import time
 import zlib
 
-from conftest import SLOW, Client, qname
+from memqlib import SLOW, Client, qname
 
 SEED = int(os.environ.get("MEMQ_CRASH_SEED") or random.randrange(1 << 30))
 ROUNDS = 20

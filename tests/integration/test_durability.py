@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import (SLOW, Memqd, Client, parse_segment, qname, wait_for)
+from memqlib import (SLOW, Memqd, Client, parse_segment, qname, wait_for)
 
 
 def _restart(s):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import SLOW, Client, pipeline, qname, wait_for
+from memqlib import SLOW, Client, pipeline, qname, wait_for
 
 
 # ------------------------------------------------------------------ /peek

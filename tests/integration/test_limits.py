@@ -5,7 +5,7 @@ reject | drop_oldest, prefix sections, SIGHUP reload (DESIGN §1 Storage,
 import signal
 import time
 
-from conftest import qname, wait_for
+from memqlib import qname, wait_for
 
 CONFIG = """\
 # limits for the test suite

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import qname
+from memqlib import qname
 
 
 def test_set_get(pmc):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import REC_HDR, parse_segment, qname
+from memqlib import REC_HDR, parse_segment, qname
 
 N = 20
 

@@ -3,7 +3,7 @@ connection closes (DESIGN §1, §3)."""
 
 import time
 
-from conftest import SLOW, pipeline, qname, wait_for
+from memqlib import SLOW, pipeline, qname, wait_for
 
 
 def _fill(c, q, n, fmt=b"m%d"):

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from conftest import Client, qname, wait_for
+from memqlib import Client, qname, wait_for
 
 
 def test_set_then_get(client):
