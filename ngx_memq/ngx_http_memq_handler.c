@@ -460,7 +460,10 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
     rc = ngx_http_memq_flush(ctx, 0);
 
     if (rc == NGX_ERROR) {
-        ngx_http_memq_abort(ctx, NGX_ERROR);
+        /* a failed write to the client is the client gone (reset) */
+        ngx_http_memq_abort(ctx, ctx->request->connection->error
+                                 ? NGX_HTTP_CLIENT_CLOSED_REQUEST
+                                 : NGX_ERROR);
         return;
     }
 

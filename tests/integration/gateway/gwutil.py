@@ -7,8 +7,8 @@ prefix; it waits for readiness with a deadline and, when stopped, checks
 the error log for [alert], [emerg] and crashed workers.
 
 The memqd helpers (Client, qname, wait_for, ...) come from the parent
-conftest, loaded under its own module name so that the two conftest.py
-files never shadow each other.
+suite's memqlib (never `from conftest import`: the two conftest.py files
+would shadow each other).
 """
 
 import importlib.util
@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,10 +26,18 @@ import requests
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 
-_spec = importlib.util.spec_from_file_location(
-    "memq_integration_conftest", str(HERE.parent / "conftest.py"))
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+try:
+    import memqlib as base
+except ImportError:
+    # helpers still inside the parent conftest.py: load it by path, under
+    # a name of its own
+    _spec = importlib.util.spec_from_file_location(
+        "memq_integration_conftest", str(HERE.parent / "conftest.py"))
+    base = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(base)
 
 Client = base.Client
 SLOW = base.SLOW
