@@ -1,0 +1,523 @@
+// links: memqd/segment.c memqd/sys.c memqd/log.c
+/*
+ * test_segment.c: segment.c's small pieces: segment file names (seg_name,
+ * seg_parse_name), seg_create and seg_pwrite, and the position file
+ * (position_write, position_read): its exact bytes, round trips, and every
+ * way it can be missing or damaged, which must read as seq 0.
+ */
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mq_crc32c.h"
+#include "mq_frame.h"
+#include "segment.h"
+
+
+#define POS_SIZE  20
+
+
+typedef struct {
+    char  dir[64];                  /* mkdtemp() path */
+    int   dirfd;                    /* O_DIRECTORY fd of dir */
+} fx_t;
+
+
+static int
+setup(void **state)
+{
+    fx_t  *f;
+
+    f = calloc(1, sizeof(fx_t));
+    if (f == NULL) {
+        return -1;
+    }
+
+    strcpy(f->dir, "/tmp/memq-unit-segment-XXXXXX");
+    if (mkdtemp(f->dir) == NULL) {
+        free(f);
+        return -1;
+    }
+
+    f->dirfd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (f->dirfd == -1) {
+        rmdir(f->dir);
+        free(f);
+        return -1;
+    }
+
+    *state = f;
+    return 0;
+}
+
+
+static int
+teardown(void **state)
+{
+    int             fd;
+    fx_t           *f;
+    DIR            *d;
+    struct dirent  *de;
+
+    f = *state;
+
+    fd = openat(f->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    d = fd == -1 ? NULL : fdopendir(fd);
+
+    while (d != NULL && (de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+            continue;
+        }
+        if (unlinkat(f->dirfd, de->d_name, 0) != 0) {
+            unlinkat(f->dirfd, de->d_name, AT_REMOVEDIR);
+        }
+    }
+
+    if (d != NULL) {
+        closedir(d);
+    }
+
+    close(f->dirfd);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+
+static void
+put_file(fx_t *f, const char *name, const void *data, size_t len)
+{
+    int  fd;
+
+    fd = openat(f->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                0644);
+    assert_true(fd != -1);
+    assert_int_equal(seg_pwrite(fd, data, len, 0), 0);
+    close(fd);
+}
+
+
+/* Reads up to cap bytes of name; returns the count, -1 if missing. */
+static ssize_t
+get_file(fx_t *f, const char *name, unsigned char *buf, size_t cap)
+{
+    int      fd;
+    ssize_t  n;
+
+    fd = openat(f->dirfd, name, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        return -1;
+    }
+
+    n = read(fd, buf, cap);
+    close(fd);
+    return n;
+}
+
+
+/* ---- segment names ---- */
+
+static void
+test_seg_name_format(void **state)
+{
+    char  buf[SEG_NAME_LEN + 1];
+
+    (void) state;
+
+    seg_name(buf, 1);
+    assert_string_equal(buf, "00000000000000000001.seg");
+
+    seg_name(buf, 52113);
+    assert_string_equal(buf, "00000000000000052113.seg");
+
+    seg_name(buf, 0);
+    assert_string_equal(buf, "00000000000000000000.seg");
+
+    seg_name(buf, UINT64_MAX);
+    assert_string_equal(buf, "18446744073709551615.seg");
+    assert_int_equal(strlen(buf), SEG_NAME_LEN);
+}
+
+
+static void
+test_seg_name_round_trip(void **state)
+{
+    char            buf[SEG_NAME_LEN + 1];
+    size_t          i;
+    uint64_t        id;
+    const uint64_t  ids[] = {
+        0, 1, 9, 10, 52113, 4294967295ull, 4294967296ull,
+        1000000000000000000ull, 9999999999999999999ull,
+        18446744073709551609ull
+    };
+
+    (void) state;
+
+    for (i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        seg_name(buf, ids[i]);
+        id = 12345;
+        assert_int_equal(seg_parse_name(buf, &id), 0);
+        assert_int_equal(id, ids[i]);
+    }
+
+    /* names sort as their ids do */
+    for (id = 1; id < 100000000000000000ull; id = id * 10 + 3) {
+        char  a[SEG_NAME_LEN + 1], b[SEG_NAME_LEN + 1];
+
+        seg_name(a, id);
+        seg_name(b, id + 1);
+        assert_true(strcmp(a, b) < 0);
+    }
+}
+
+
+static void
+test_seg_parse_name_rejects(void **state)
+{
+    size_t       i;
+    uint64_t     id;
+    const char  *bad[] = {
+        "",
+        ".seg",
+        "1.seg",
+        "0000000000000000001.seg",            /* 19 digits */
+        "000000000000000000001.seg",          /* 21 digits */
+        "00000000000000000001",               /* no suffix */
+        "00000000000000000001.SEG",
+        "00000000000000000001.seg.tmp",
+        "00000000000000000001.segx",
+        "00000000000000000001.sex",
+        "0000000000000000000a.seg",
+        "a0000000000000000000.seg",
+        "000000000 000000000.seg",
+        "+0000000000000000001.seg",
+        "-0000000000000000001.seg",
+        "0x000000000000000001.seg",
+        "99999999999999999999.seg",           /* > UINT64_MAX */
+        "18446744073709551616.seg",           /* UINT64_MAX + 1 */
+        "20000000000000000000.seg",
+        "position",
+        "position.tmp",
+        "..",
+    };
+
+    (void) state;
+
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        id = 777;
+        if (seg_parse_name(bad[i], &id) != -1) {
+            print_error("accepted \"%s\"\n", bad[i]);
+            fail();
+        }
+        assert_int_equal(id, 777);
+    }
+}
+
+
+/* ---- seg_create, seg_pwrite ---- */
+
+static void
+test_seg_create(void **state)
+{
+    fx_t           *f = *state;
+    int             fd;
+    char            name[SEG_NAME_LEN + 1];
+    ssize_t         n;
+    uint64_t        first;
+    unsigned char   buf[64];
+    struct stat     st;
+
+    /* an old file of the same name is replaced, not appended to */
+    seg_name(name, 42);
+    put_file(f, name, "leftover bytes from an earlier life", 35);
+
+    fd = seg_create(f->dirfd, "q1", 42);
+    assert_true(fd >= 0);
+
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal(st.st_size, MQ_SEG_HDR_SIZE);
+
+    n = get_file(f, name, buf, sizeof(buf));
+    assert_int_equal(n, MQ_SEG_HDR_SIZE);
+    assert_int_equal(mq_frame_seg_decode(buf, &first), MQ_OK);
+    assert_int_equal(first, 42);
+
+    /* O_RDWR: records can be written and read back through it */
+    assert_int_equal(seg_pwrite(fd, "abc", 3, MQ_SEG_HDR_SIZE), 0);
+    assert_int_equal(pread(fd, buf, 3, MQ_SEG_HDR_SIZE), 3);
+    assert_memory_equal(buf, "abc", 3);
+
+    close(fd);
+}
+
+
+static void
+test_seg_create_fails(void **state)
+{
+    int  saved, devnull, fd;
+
+    (void) state;
+
+    /* the error is logged: keep it off the test output */
+    fflush(stderr);
+    saved = dup(STDERR_FILENO);
+    devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    assert_true(saved != -1 && devnull != -1);
+    dup2(devnull, STDERR_FILENO);
+
+    fd = seg_create(-1, "q1", 1);
+
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(devnull);
+
+    assert_int_equal(fd, -1);
+}
+
+
+static void
+test_seg_pwrite(void **state)
+{
+    fx_t           *f = *state;
+    int             fd;
+    size_t          i;
+    unsigned char  *big, *back;
+
+    big = malloc(3 * 1024 * 1024);
+    back = malloc(3 * 1024 * 1024);
+    assert_non_null(big);
+    assert_non_null(back);
+
+    for (i = 0; i < 3 * 1024 * 1024; i++) {
+        big[i] = (unsigned char) (i * 13 + (i >> 12));
+    }
+
+    put_file(f, "data", "", 0);
+    fd = openat(f->dirfd, "data", O_RDWR | O_CLOEXEC);
+    assert_true(fd != -1);
+
+    /* at an offset past the end: the gap reads as zeros */
+    assert_int_equal(seg_pwrite(fd, big, 3 * 1024 * 1024, 100), 0);
+    assert_int_equal(pread(fd, back, 100, 0), 100);
+    for (i = 0; i < 100; i++) {
+        assert_int_equal(back[i], 0);
+    }
+    assert_int_equal(pread(fd, back, 3 * 1024 * 1024, 100), 3 * 1024 * 1024);
+    assert_memory_equal(back, big, 3 * 1024 * 1024);
+
+    assert_int_equal(seg_pwrite(fd, "", 0, 0), 0);
+    close(fd);
+
+    /* a read-only fd: -1 with errno */
+    fd = openat(f->dirfd, "data", O_RDONLY | O_CLOEXEC);
+    assert_true(fd != -1);
+    errno = 0;
+    assert_int_equal(seg_pwrite(fd, big, 10, 0), -1);
+    assert_int_equal(errno, EBADF);
+    close(fd);
+
+    free(big);
+    free(back);
+}
+
+
+/* ---- the position file ---- */
+
+static void
+test_position_layout(void **state)
+{
+    fx_t           *f = *state;
+    uint32_t        crc;
+    unsigned char   buf[64];
+    const unsigned char  want[16] = {
+        'M', 'Q', 'P', 'O', 'S', 0, 0, 1,
+        0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01
+    };
+
+    assert_int_equal(position_write(f->dirfd, 0x0102030405060708ull), 0);
+
+    assert_int_equal(get_file(f, "position", buf, sizeof(buf)), POS_SIZE);
+    assert_memory_equal(buf, want, 16);
+
+    crc = mq_crc32c(0, want, 16);
+    assert_int_equal(buf[16], crc & 0xff);
+    assert_int_equal(buf[17], (crc >> 8) & 0xff);
+    assert_int_equal(buf[18], (crc >> 16) & 0xff);
+    assert_int_equal(buf[19], crc >> 24);
+
+    /* written as position.tmp, renamed over position: no tmp left */
+    assert_int_equal(faccessat(f->dirfd, "position.tmp", F_OK, 0), -1);
+}
+
+
+static void
+test_position_round_trip(void **state)
+{
+    fx_t            *f = *state;
+    size_t           i;
+    uint64_t         seq;
+    const uint64_t   seqs[] = {
+        0, 1, 2, 255, 256, 65536, 4294967295ull, 4294967296ull,
+        0x8000000000000000ull, UINT64_MAX - 1, UINT64_MAX, 7
+    };
+
+    for (i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++) {
+        assert_int_equal(position_write(f->dirfd, seqs[i]), 0);
+        seq = 12345;
+        assert_int_equal(position_read(f->dirfd, &seq), 0);
+        assert_int_equal(seq, seqs[i]);
+    }
+}
+
+
+static void
+test_position_missing(void **state)
+{
+    fx_t      *f = *state;
+    uint64_t   seq;
+
+    seq = 99;
+    assert_int_equal(position_read(f->dirfd, &seq), -1);
+    assert_int_equal(seq, 0);
+
+    /* only the tmp file: a write that never reached its rename */
+    put_file(f, "position.tmp", "MQPOS", 5);
+    seq = 99;
+    assert_int_equal(position_read(f->dirfd, &seq), -1);
+    assert_int_equal(seq, 0);
+
+    seq = 99;
+    assert_int_equal(position_read(-1, &seq), -1);
+    assert_int_equal(seq, 0);
+}
+
+
+static void
+test_position_damaged(void **state)
+{
+    fx_t           *f = *state;
+    size_t          i, bit;
+    uint32_t        crc;
+    uint64_t        seq;
+    unsigned char   good[POS_SIZE], bad[POS_SIZE + 8];
+
+    assert_int_equal(position_write(f->dirfd, 123456789), 0);
+    assert_int_equal(get_file(f, "position", good, sizeof(good)), POS_SIZE);
+
+    /* every bit of every byte */
+    for (i = 0; i < POS_SIZE; i++) {
+        for (bit = 0; bit < 8; bit++) {
+            memcpy(bad, good, POS_SIZE);
+            bad[i] ^= (unsigned char) (1u << bit);
+            put_file(f, "position", bad, POS_SIZE);
+
+            seq = 99;
+            assert_int_equal(position_read(f->dirfd, &seq), -1);
+            assert_int_equal(seq, 0);
+        }
+    }
+
+    /* every wrong size: cut short, or with bytes after a valid file */
+    for (i = 0; i < sizeof(bad); i++) {
+        if (i == POS_SIZE) {
+            continue;
+        }
+        memset(bad, 0, sizeof(bad));
+        memcpy(bad, good, i < POS_SIZE ? i : POS_SIZE);
+        put_file(f, "position", bad, i);
+
+        seq = 99;
+        assert_int_equal(position_read(f->dirfd, &seq), -1);
+        assert_int_equal(seq, 0);
+    }
+
+    /* a future version with a matching crc is not read as ours */
+    memcpy(bad, good, POS_SIZE);
+    bad[7] = 2;
+    crc = mq_crc32c(0, bad, 16);
+    bad[16] = (unsigned char) crc;
+    bad[17] = (unsigned char) (crc >> 8);
+    bad[18] = (unsigned char) (crc >> 16);
+    bad[19] = (unsigned char) (crc >> 24);
+    put_file(f, "position", bad, POS_SIZE);
+    seq = 99;
+    assert_int_equal(position_read(f->dirfd, &seq), -1);
+    assert_int_equal(seq, 0);
+
+    /* and the good bytes read again */
+    put_file(f, "position", good, POS_SIZE);
+    assert_int_equal(position_read(f->dirfd, &seq), 0);
+    assert_int_equal(seq, 123456789);
+}
+
+
+/* A write that cannot complete leaves the previous position in place. */
+static void
+test_position_write_fails_keeps_old(void **state)
+{
+    fx_t      *f = *state;
+    uint64_t   seq;
+
+    assert_int_equal(position_write(f->dirfd, 10), 0);
+    assert_int_equal(mkdirat(f->dirfd, "position.tmp", 0755), 0);
+
+    assert_int_equal(position_write(f->dirfd, 20), -1);
+
+    assert_int_equal(position_read(f->dirfd, &seq), 0);
+    assert_int_equal(seq, 10);
+
+    assert_int_equal(position_write(-1, 30), -1);
+}
+
+
+/* A stale position.tmp from a crash is overwritten, not appended to. */
+static void
+test_position_stale_tmp(void **state)
+{
+    fx_t      *f = *state;
+    uint64_t   seq;
+    char       junk[100];
+
+    memset(junk, 'j', sizeof(junk));
+    put_file(f, "position.tmp", junk, sizeof(junk));
+
+    assert_int_equal(position_write(f->dirfd, 5), 0);
+    assert_int_equal(position_read(f->dirfd, &seq), 0);
+    assert_int_equal(seq, 5);
+}
+
+
+#define T(name)  cmocka_unit_test_setup_teardown(name, setup, teardown)
+
+int
+main(void)
+{
+    const struct CMUnitTest  tests[] = {
+        cmocka_unit_test(test_seg_name_format),
+        cmocka_unit_test(test_seg_name_round_trip),
+        cmocka_unit_test(test_seg_parse_name_rejects),
+        T(test_seg_create),
+        cmocka_unit_test(test_seg_create_fails),
+        T(test_seg_pwrite),
+        T(test_position_layout),
+        T(test_position_round_trip),
+        T(test_position_missing),
+        T(test_position_damaged),
+        T(test_position_write_fails_keeps_old),
+        T(test_position_stale_tmp),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
