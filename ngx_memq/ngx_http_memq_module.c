@@ -49,12 +49,16 @@ static char *ngx_http_memq_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 
+static char *ngx_http_memq_check_bounds(ngx_conf_t *cf, void *post,
+    void *data);
+
+
 static ngx_conf_num_bounds_t  ngx_http_memq_batch_bounds = {
-    ngx_conf_check_num_bounds, 1, MQ_GET_COUNT_MAX
+    ngx_http_memq_check_bounds, 1, MQ_GET_COUNT_MAX
 };
 
 static ngx_conf_num_bounds_t  ngx_http_memq_flag_bounds = {
-    ngx_conf_check_num_bounds, 1, 0x7fffffff
+    ngx_http_memq_check_bounds, 1, 0x7fffffff
 };
 
 
@@ -1101,4 +1105,28 @@ ngx_http_memq_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     clcf->handler = ngx_http_memq_status_handler;
 
     return NGX_CONF_OK;
+}
+
+
+/* like ngx_conf_check_num_bounds(), but the message names the directive */
+static char *
+ngx_http_memq_check_bounds(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_conf_num_bounds_t  *bounds = post;
+    ngx_int_t              *np = data;
+
+    ngx_str_t  *value;
+
+    if (*np >= bounds->low && *np <= bounds->high) {
+        return NGX_CONF_OK;
+    }
+
+    value = cf->args->elts;
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" in \"%V\": must be between %i "
+                       "and %i", &value[1], &value[0], bounds->low,
+                       bounds->high);
+
+    return NGX_CONF_ERROR;
 }

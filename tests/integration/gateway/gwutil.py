@@ -401,6 +401,7 @@ class SilentNode:
         self.sock.listen(64)
         self.host, self.port = self.sock.getsockname()
         self.conns = []
+        self.accepted = 0
         self.received = b""
         self.closed = False
         import threading
@@ -424,6 +425,7 @@ class SilentNode:
                     try:
                         c, _ = self.sock.accept()
                         self.conns.append(c)
+                        self.accepted += 1
                     except OSError:
                         pass
                     continue

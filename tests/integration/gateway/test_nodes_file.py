@@ -1,0 +1,81 @@
+"""nodes_file: read at start, watched every second (mtime and size), no
+reload needed; comments and blank lines; a missing file is a warning; a node
+in two sources is listed once (DESIGN §2, §3)."""
+
+import os
+
+from gwutil import fill, node_addr, qname, total_items, wait_for
+
+
+def _write(path, text):
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _addrs(g):
+    return {n["addr"]: n for n in g.status().json()["clusters"][0]["nodes"]}
+
+
+def test_node_added_and_removed_at_run_time(gateway_factory, memqd_factory,
+                                            tmp_path):
+    a, b = memqd_factory(), memqd_factory()
+    nf = tmp_path / "main.nodes"
+    g = gateway_factory([a], cluster_extra="nodes_file %s;" % nf)
+    assert "[warn]" in g.error_text() and "missing" in g.error_text()
+    assert set(_addrs(g)) == {node_addr(a)}
+
+    _write(nf, "# the memq nodes\n\n%s weight=2   # new\n%s\n"
+           % (node_addr(b), node_addr(a)))
+    wait_for(lambda: node_addr(b) in _addrs(g), timeout=5,
+             what="file node in the status")
+    st = _addrs(g)
+    assert len(st) == 2
+    assert st[node_addr(b)]["source"] == "file"
+    assert st[node_addr(b)]["weight"] == 2
+    assert st[node_addr(a)]["source"] == "static"
+
+    # both workers use it: publishes reach the new node, streams read it
+    def both_used():
+        q = qname()
+        nodes = set()
+        for i in range(12):
+            r = g.publish(q, b"m")
+            assert r.status_code == 201
+            nodes.add(r.json()["node"])
+        return nodes == {node_addr(a), node_addr(b)}
+    wait_for(both_used, timeout=5, what="publishes on both nodes")
+    q = qname()
+    sent = fill([a, b], q, 20)
+    assert set(g.lines(q)) == sent
+    assert total_items([a, b], q) == 0
+
+    _write(nf, "# emptied\n")
+    wait_for(lambda: node_addr(b) not in _addrs(g), timeout=5,
+             what="file node gone from the status")
+    q = qname()
+    for i in range(6):
+        r = g.publish(q, b"m")
+        assert r.json()["node"] == node_addr(a)
+
+
+def test_file_only_cluster(gateway_factory, memqd_factory, tmp_path):
+    a = memqd_factory()
+    nf = tmp_path / "only.nodes"
+    _write(nf, "%s\n" % node_addr(a))
+    g = gateway_factory([], cluster_extra="nodes_file %s;" % nf)
+    q = qname()
+    assert g.publish(q, b"via file").status_code == 201
+    assert g.lines(q) == [b"via file"]
+
+
+def test_bad_lines_are_warnings(gateway_factory, memqd_factory, tmp_path):
+    a, b = memqd_factory(), memqd_factory()
+    nf = tmp_path / "bad.nodes"
+    _write(nf, "not an address\n%s weight=zero\n%s\n"
+           % (node_addr(a), node_addr(b)))
+    g = gateway_factory([a], cluster_extra="nodes_file %s;" % nf)
+    assert set(_addrs(g)) == {node_addr(a), node_addr(b)}
+    text = g.error_text()
+    assert "bad line" in text or "bad node address" in text

@@ -1,0 +1,135 @@
+"""memq_status: JSON and Prometheus, counters summed over workers,
+?queues=1 from each node's stats, zones kept across a reload (DESIGN §2,
+§3)."""
+
+import threading
+
+from gwutil import (Client, fill, node_addr, qname, read_headers,
+                    wait_for)
+
+NODE_FIELDS = {"addr", "source", "state", "weight", "fails", "last_error",
+               "pool_idle", "pool_busy", "msgs_in", "msgs_out", "bytes_in",
+               "bytes_out"}
+
+
+def _sum(st, field):
+    return sum(n[field] for n in st["clusters"][0]["nodes"])
+
+
+def test_json_shape(gateway_factory, nodes3):
+    addrs = [node_addr(n) for n in nodes3]
+    g = gateway_factory(nodes3, weights={addrs[2]: 3})
+    r = g.status()
+    assert r.headers["Content-Type"] == "application/json"
+    st = r.json()
+    assert len(st["clusters"]) == 1
+    cl = st["clusters"][0]
+    assert cl["name"] == "main" and cl["streams_active"] == 0
+    assert [n["addr"] for n in cl["nodes"]] == addrs
+    for n in cl["nodes"]:
+        assert NODE_FIELDS <= set(n)
+        assert n["source"] == "static" and n["state"] == "up"
+        assert n["fails"] == 0 and n["last_error"] == ""
+    assert [n["weight"] for n in cl["nodes"]] == [1, 1, 3]
+
+
+def test_counters_summed_over_workers(gw, nodes3):
+    q = qname()
+    for i in range(20):
+        assert gw.publish(q, b"%02d" % i).status_code == 201
+    st = gw.status().json()
+    assert _sum(st, "msgs_in") == 20 and _sum(st, "bytes_in") == 40
+    assert len(gw.lines(q)) == 20
+    st = gw.status().json()
+    assert _sum(st, "msgs_out") == 20 and _sum(st, "bytes_out") == 40
+    # keepalive: connections went back to the pools
+    wait_for(lambda: _sum(gw.status().json(), "pool_busy") == 0, timeout=5,
+             what="no busy node connection")
+    assert _sum(gw.status().json(), "pool_idle") >= 1
+
+
+def test_streams_active(gw):
+    q = qname()
+    s = gw.raw_request("/mq?topic=%s&wait=5" % q)
+    read_headers(s)
+    st = gw.status().json()["clusters"][0]
+    assert st["streams_active"] == 1
+    assert _sum(gw.status().json(), "pool_busy") == 3
+    s.close()
+    wait_for(lambda: gw.status().json()["clusters"][0]["streams_active"]
+             == 0, timeout=5, what="stream gone")
+
+
+def test_queues(gw, nodes3):
+    q1, q2 = qname("st_a"), qname("st_b")
+    fill(nodes3, q1, 9, fmt="%03d")
+    fill(nodes3[:1], q2, 2, fmt="%05d")
+    c = Client(nodes3[1].addr)
+    it = c.get(q1 + "/open")        # one open item on node 2
+    assert it is not None
+    st = gw.status(queues="1").json()["clusters"][0]
+    qs = st["queues"]
+    assert qs[q1]["items"] == 8 and qs[q1]["open_items"] == 1
+    assert qs[q1]["bytes"] == 8 * 3
+    assert qs[q2] == {"items": 2, "open_items": 0, "bytes": 10,
+                      "age_ms": qs[q2]["age_ms"]}
+    assert qs[q2]["age_ms"] >= 0
+    c.close()
+    text = gw.status(queues="1", format="prometheus").text
+    assert 'memq_queue_items{cluster="main",queue="%s"} 2' % q2 in text
+
+
+def test_prometheus(gw, nodes3):
+    q = qname()
+    assert gw.publish(q, b"x").status_code == 201
+    r = gw.status(format="prometheus")
+    assert r.headers["Content-Type"].startswith("text/plain")
+    text = r.text
+    for n in nodes3:
+        assert 'memq_node_up{cluster="main",node="%s"} 1' % node_addr(n) \
+            in text
+    for m in ("memq_node_messages_in_total", "memq_node_messages_out_total",
+              "memq_node_failures_total", "memq_pool_idle_connections"):
+        assert "# TYPE %s " % m in text
+    assert 'memq_streams_active{cluster="main"} 0' in text
+    total = sum(int(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                if l.startswith("memq_node_messages_in_total{"))
+    assert total == 1
+
+
+def test_reload_keeps_zone(gw, nodes3):
+    q = qname()
+    for i in range(5):
+        assert gw.publish(q, b"r").status_code == 201
+    gw.reload()
+    st = gw.status().json()
+    assert _sum(st, "msgs_in") == 5
+    for i in range(5):
+        assert gw.publish(q, b"r").status_code == 201
+    assert len(gw.lines(q)) == 10
+    st = gw.status().json()
+    assert _sum(st, "msgs_in") == 10 and _sum(st, "msgs_out") == 10
+
+
+def test_reload_during_stream(gw, nodes3):
+    """A HUP while a long poll runs: the old worker finishes the stream."""
+    q = qname()
+    result = {}
+
+    def consume():
+        result["r"] = gw.consume(q, wait=2)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    wait_for(lambda: gw.status().json()["clusters"][0]["streams_active"]
+             == 1, timeout=5, what="stream running")
+    gw.reload()
+    c = Client(nodes3[0].addr)
+    c.store(q, b"during reload")
+    c.close()
+    t.join(15)
+    assert result["r"].status_code == 200
+    got = result["r"].content.split(b"\n")[:-1]
+    assert got in ([b"during reload"], []), got
+    if not got:
+        assert gw.lines(q) == [b"during reload"]
