@@ -334,7 +334,7 @@ def test_acks_flow_during_a_long_stream(memqd_factory):
 
     def reader():
         try:
-            line = c.line(timeout=15)
+            line = c.line(timeout=5)
             first.append((time.monotonic(), line))
         except (OSError, ConnectionError) as e:
             first.append((time.monotonic(), repr(e)))
@@ -344,13 +344,13 @@ def test_acks_flow_during_a_long_stream(memqd_factory):
     t0 = time.monotonic()
     t.start()
     sent = 0
-    end = t0 + 3.0 * SLOW
+    end = t0 + 2.0 * SLOW
     while not got_ack.is_set() and time.monotonic() < end:
         c.sock.sendall(chunk)
         sent += 1
     streaming_when_acked = got_ack.is_set()
     stopped = time.monotonic()
-    t.join(20 * SLOW)
+    t.join(10 * SLOW)
     assert first and first[0][1] == "STORED", first
     assert streaming_when_acked, (
         "no STORED reply during %.1fs of continuous sets (%d sent); the "
@@ -394,9 +394,9 @@ def test_large_backlog_one_queue(memqd_factory):
     acked = 0
     while acked < n:
         try:
-            chunk = c.read_exact(8 * per, timeout=10)
+            chunk = c.read_exact(8 * per, timeout=5)
         except (OSError, ConnectionError) as e:
-            pytest.fail("after %d of %d sets acknowledged, no reply for 10s "
+            pytest.fail("after %d of %d sets acknowledged, no reply for 5s "
                         "(%r); queue stats %r"
                         % (acked + len(c.buf) // 8, n, e,
                            s.connect().qstats(q)))
