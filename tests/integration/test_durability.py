@@ -135,6 +135,9 @@ def test_on_disk_layout(memqd_factory):
     rest = segs[0].read_bytes()[tail:]
     assert rest.strip(b"\0") == b"", "bytes after the last record"
     assert (d / "position").exists(), "no position file after a get"
+    leftovers = [p.name for p in d.iterdir()
+                 if p.name != "position" and not p.name.endswith(".seg")]
+    assert not leftovers, "stray files in the queue dir: %r" % leftovers
     s.start()
 
 
@@ -413,4 +416,25 @@ def test_large_backlog_one_queue(memqd_factory):
     got = o.get_items(q + "/n=1000", cmd="gets")
     assert [i.cas for i in got] == list(range(1, 1001))
     o.close()
+    c.close()
+
+
+def test_stats_after_restart(memqd_factory):
+    s = memqd_factory()
+    c = s.connect()
+    q = qname()
+    for p in (b"aaa", b"bb", b"c", b"dddd"):
+        c.store(q, p)
+    c.getdata(q)
+    wait_for(lambda: c.qstats(q)["age_ms"] >= 300, timeout=5, interval=0.05,
+             what="head item 300 ms old")
+    c.close()
+    s.restart()
+    c = s.connect()
+    st = c.qstats(q)
+    assert st["items"] == 3 and st["bytes"] == 7, st
+    assert st["open_items"] == 0
+    assert st["age_ms"] >= 300, "age of the head must come from its ctime"
+    g = c.stats()
+    assert int(g["curr_items"]) == 3 and int(g["bytes"]) == 7
     c.close()
