@@ -152,6 +152,12 @@ config_load(const char *path)
     while (fgets(buf, sizeof(buf), f) != NULL) {
         lineno++;
 
+        if (strchr(buf, '\n') == NULL && !feof(f)) {
+            /* a line longer than the buffer: never parse its tail as a
+             * line of its own */
+            goto bad;
+        }
+
         p = strchr(buf, '#');
         if (p != NULL) {
             *p = '\0';
@@ -219,6 +225,14 @@ config_load(const char *path)
         {
             goto bad;
         }
+    }
+
+    if (ferror(f)) {
+        /* a read error is not the end of the file */
+        log_error("config", "%s: read error", path);
+        fclose(f);
+        free(nr);
+        return -1;
     }
 
     fclose(f);

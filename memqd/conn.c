@@ -71,7 +71,7 @@ int
 conn_out_reserve(conn_t *c, size_t n)
 {
     char    *nb;
-    size_t   cap;
+    size_t   cap, i;
 
     if (c->out_len + n <= c->out_cap) {
         return 0;
@@ -82,6 +82,9 @@ conn_out_reserve(conn_t *c, size_t n)
         memmove(c->out, c->out + c->out_sent, c->out_len - c->out_sent);
         c->out_len -= c->out_sent;
         c->out_ready -= c->out_sent;
+        for (i = 0; i < c->nholds; i++) {
+            c->holds[i].off -= c->out_sent;
+        }
         c->out_sent = 0;
         if (c->out_len + n <= c->out_cap) {
             return 0;
@@ -112,7 +115,7 @@ conn_out_commit(conn_t *c, size_t n)
 {
     c->out_len += n;
 
-    if (c->hold_ticket == 0) {
+    if (c->nholds == 0) {
         c->out_ready = c->out_len;
     }
 }
@@ -147,13 +150,56 @@ conn_parked(void)
 void
 conn_park(conn_t *c, uint64_t ticket)
 {
-    c->hold_ticket = ticket;
+    hold_t  *nh;
+    size_t   cap;
+
+    if (c->nholds > 0 && c->holds[c->nholds - 1].ticket == ticket) {
+        return;                     /* the held region just grows */
+    }
+
+    if (c->nholds == c->holds_cap) {
+        cap = c->holds_cap ? c->holds_cap * 2 : 4;
+        nh = realloc(c->holds, cap * sizeof(hold_t));
+        if (nh == NULL) {
+            /* cannot track it: wait for this ticket for all of it */
+            if (c->nholds > 0) {
+                c->holds[c->nholds - 1].ticket = ticket;
+            }
+            return;
+        }
+        c->holds = nh;
+        c->holds_cap = cap;
+    }
+
+    c->holds[c->nholds].off = c->out_len;
+    c->holds[c->nholds].ticket = ticket;
+    c->nholds++;
 
     if (!c->parked) {
         c->parked = 1;
         c->pnext = parked;
         parked = c;
     }
+}
+
+
+/* Releases the held regions covered by `durable`; 1 when none is left. */
+static int
+release_holds(conn_t *c, uint64_t durable)
+{
+    size_t  i;
+
+    for (i = 0; i < c->nholds && c->holds[i].ticket <= durable; i++) {
+        /* void */
+    }
+
+    if (i > 0) {
+        memmove(c->holds, c->holds + i, (c->nholds - i) * sizeof(hold_t));
+        c->nholds -= i;
+    }
+
+    c->out_ready = c->nholds ? c->holds[0].off : c->out_len;
+    return c->nholds == 0;
 }
 
 
@@ -173,16 +219,14 @@ conn_sync_done(uint64_t durable, int failed)
             continue;
         }
 
-        if (c->hold_ticket <= durable) {
+        if (release_holds(c, durable)) {
             *pp = c->pnext;
             c->parked = 0;
-            c->hold_ticket = 0;
-            c->out_ready = c->out_len;
-            conn_io(&c->io, LOOP_WRITE);
-            continue;
+        } else {
+            pp = &c->pnext;
         }
 
-        pp = &c->pnext;
+        conn_io(&c->io, LOOP_WRITE);
     }
 }
 
@@ -205,7 +249,7 @@ update_events(conn_t *c)
     /* stop reading while output is piling up or we wait on a long poll
      * (pipelined input stays buffered until the poll ends) */
     if (c->out_len - c->out_sent < OUT_HIGH && !c->close_after_write
-        && c->in_end < CONN_IN_SIZE)
+        && !c->eof && c->in_end < CONN_IN_SIZE)
     {
         ev |= LOOP_READ;
     }
@@ -217,6 +261,7 @@ update_events(conn_t *c)
 static int
 conn_write(conn_t *c)
 {
+    size_t   i;
     ssize_t  n;
 
     while (c->out_ready > c->out_sent) {
@@ -235,6 +280,9 @@ conn_write(conn_t *c)
     }
 
     if (c->out_sent == c->out_len) {
+        for (i = 0; i < c->nholds; i++) {
+            c->holds[i].off = 0;
+        }
         c->out_sent = 0;
         c->out_len = 0;
         c->out_ready = 0;
@@ -305,6 +353,7 @@ conn_free(conn_t *c)
 
     free(c->in);
     free(c->out);
+    free(c->holds);
     free(c->val);
     free(c);
 }
@@ -546,6 +595,14 @@ conn_process(conn_t *c)
         return;
     }
 
+    if (c->eof && c->state == CONN_READ
+        && mq_proto_find_line(c->in + c->in_start, c->in_end - c->in_start,
+                              &line_len, &consumed) == MQ_AGAIN)
+    {
+        /* half-closed and every complete command answered */
+        c->close_after_write = 1;
+    }
+
     /* keep unparsed bytes at the start of the buffer */
     if (c->in_start == c->in_end) {
         c->in_start = 0;
@@ -596,31 +653,29 @@ conn_io(loop_io_t *io, unsigned events)
         }
     }
 
-    if ((events & LOOP_READ) && !c->close_after_write) {
+    if ((events & LOOP_READ) && !c->eof && !c->close_after_write) {
         for (i = 0; i < READS_PER_EVENT; i++) {
             if (c->in_end == CONN_IN_SIZE) {
                 if (c->in_start == 0) {
+                    /* full of unprocessed input: conn_process() below
+                     * takes more once the output drains */
                     break;
                 }
                 memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
                 c->in_end -= c->in_start;
                 c->in_start = 0;
-                if (c->state == CONN_WAIT) {
-                    break;
-                }
             }
 
             n = recv(c->io.fd, c->in + c->in_end, CONN_IN_SIZE - c->in_end,
                      0);
 
             if (n == 0) {
-                /* the client half-closed: finish the replies it is owed
-                 * (some may wait for an fsync), then close */
-                if (c->state == CONN_WAIT || c->out_len == c->out_sent) {
+                if (c->state == CONN_WAIT) {
+                    /* nobody is left to take the item we wait for */
                     conn_close(c);
                     return;
                 }
-                c->close_after_write = 1;
+                /* half-closed: answer what was sent, then close */
                 c->eof = 1;
                 break;
             }
@@ -638,11 +693,9 @@ conn_io(loop_io_t *io, unsigned events)
 
             c->in_end += (size_t) n;
 
-            if (c->state != CONN_WAIT) {
-                conn_process(c);
-                if (c->closed || c->lingering) {
-                    return;
-                }
+            conn_process(c);
+            if (c->closed || c->lingering) {
+                return;
             }
 
             if ((size_t) n < CONN_IN_SIZE / 2) {
@@ -651,28 +704,7 @@ conn_io(loop_io_t *io, unsigned events)
         }
     }
 
-    if (c->state == CONN_WAIT && c->in_end == CONN_IN_SIZE) {
-        /* pipelined input fills the buffer while we wait: just stop
-         * reading until the poll ends */
-        loop_mod(&c->io, 0);
-        return;
-    }
-
-    if (c->closed) {
-        return;
-    }
-
-    if (conn_write(c) != 0) {
-        conn_close(c);
-        return;
-    }
-
-    if (c->close_after_write && c->out_sent == c->out_len) {
-        conn_linger(c);
-        return;
-    }
-
-    update_events(c);
+    conn_process(c);
 }
 
 

@@ -37,6 +37,11 @@ typedef enum {
 
 #define CONN_IN_SIZE   16384
 
+typedef struct {
+    size_t          off;          /* start of the held region in out */
+    uint64_t        ticket;       /* fsync ticket it waits for */
+} hold_t;
+
 struct conn_s {
     loop_io_t       io;
     conn_state_e    state;
@@ -64,8 +69,10 @@ struct conn_s {
     size_t          out_cap;
     size_t          out_sent;
     size_t          out_ready;    /* may send out[out_sent..out_ready) */
-    uint64_t        hold_ticket;  /* fsync ticket out[out_ready..] waits
-                                     for, 0 = none */
+    hold_t         *holds;        /* out[holds[i].off..] waits for the
+                                     fsync ticket holds[i].ticket */
+    size_t          nholds;
+    size_t          holds_cap;
 
     openset_t      *opensets;     /* items open on this connection */
 

@@ -211,9 +211,12 @@ queue_init(void)
         q->dirfd = openat(srv.data_fd, de->d_name,
                           O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (q->dirfd == -1 || recover_queue(q) != 0) {
-            log_error("recover", "%s: skipped", de->d_name);
+            /* refuse to start rather than serve without it: a later set
+             * would write beside records we could not read */
+            log_error("recover", "%s: cannot recover the queue", de->d_name);
             queue_free(q);
-            continue;
+            closedir(d);
+            return -1;
         }
 
         q->on_disk = 1;

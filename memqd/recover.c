@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -77,7 +78,11 @@ list_segments(queue_t *q, uint64_t **ids, size_t *n)
     }
 
     closedir(d);
-    qsort(a, *n, sizeof(uint64_t), cmp_u64);
+
+    if (*n > 1) {
+        qsort(a, *n, sizeof(uint64_t), cmp_u64);
+    }
+
     *ids = a;
     return 0;
 }
@@ -85,11 +90,14 @@ list_segments(queue_t *q, uint64_t **ids, size_t *n)
 
 /*
  * Scans one segment file.  Returns the size of its valid prefix, or 0 if
- * the file has no valid header.  Counts items at or above `first`.
+ * the file has no valid header.  Counts items at or above `first`.  A read
+ * error sets *io_error and changes nothing on disk: a passing EIO must not
+ * cut valid records off.
  */
 static uint64_t
 scan_segment(queue_t *q, int fd, const char *fname, int last,
-    uint64_t first, uint64_t *last_seq, unsigned char **buf, size_t *cap)
+    uint64_t first, uint64_t *last_seq, unsigned char **buf, size_t *cap,
+    int *io_error)
 {
     int             rc;
     off_t           fsize;
@@ -101,6 +109,7 @@ scan_segment(queue_t *q, int fd, const char *fname, int last,
     mq_frame_hdr_t  h;
 
     if (fstat(fd, &st) != 0) {
+        *io_error = 1;
         return 0;
     }
     fsize = st.st_size;
@@ -145,8 +154,8 @@ scan_segment(queue_t *q, int fd, const char *fname, int last,
             if (want > *cap) {
                 unsigned char *nb = realloc(*buf, want);
                 if (nb == NULL) {
-                    err = "out of memory";
-                    break;
+                    *io_error = 1;
+                    return 0;
                 }
                 *buf = nb;
                 *cap = want;
@@ -154,8 +163,10 @@ scan_segment(queue_t *q, int fd, const char *fname, int last,
 
             n = pread(fd, *buf, want, (off_t) off);
             if (n < 0 || (size_t) n != want) {
-                err = "read error";
-                break;
+                log_error("recover", "%s/%s:%" PRIu64 ": read: %s", q->name,
+                          fname, off, n < 0 ? strerror(errno) : "short");
+                *io_error = 1;
+                return 0;
             }
 
             boff = off;
@@ -178,7 +189,9 @@ scan_segment(queue_t *q, int fd, const char *fname, int last,
             q->bytes += h.len;
         }
 
-        *last_seq = h.seq;
+        if (h.seq > *last_seq) {
+            *last_seq = h.seq;
+        }
         off += MQ_FRAME_HDR_SIZE + h.len;
     }
 
@@ -206,8 +219,8 @@ scan_segment(queue_t *q, int fd, const char *fname, int last,
 int
 recover_queue(queue_t *q)
 {
-    int             fd;
-    char            fname[SEG_NAME_LEN + 1];
+    int             fd, io_error;
+    char            fname[SEG_NAME_LEN + 1], bad[SEG_NAME_LEN + 9];
     size_t          i, nids, cap;
     seg_t          *s;
     uint64_t        first, last_seq, *ids, size;
@@ -243,15 +256,33 @@ recover_queue(queue_t *q)
             continue;
         }
 
+        io_error = 0;
         size = scan_segment(q, fd, fname, i + 1 == nids, first, &last_seq,
-                            &buf, &cap);
+                            &buf, &cap, &io_error);
+
+        if (io_error) {
+            close(fd);
+            free(buf);
+            free(ids);
+            return -1;
+        }
 
         if (size == 0) {
-            /* no valid header: a segment whose creation was cut short */
-            log_warn("recover", "%s/%s: no valid header, removed", q->name,
-                     fname);
             close(fd);
-            unlinkat(q->dirfd, fname, 0);
+
+            if (i + 1 == nids) {
+                /* the newest segment's creation was cut short */
+                log_warn("recover", "%s/%s: no valid header, removed",
+                         q->name, fname);
+                unlinkat(q->dirfd, fname, 0);
+                continue;
+            }
+
+            /* an older one: keep the bytes for inspection, skip them */
+            snprintf(bad, sizeof(bad), "%s.corrupt", fname);
+            log_error("recover", "%s/%s: corrupt segment header, renamed to "
+                      "%s", q->name, fname, bad);
+            renameat(q->dirfd, fname, q->dirfd, bad);
             continue;
         }
 

@@ -33,7 +33,7 @@ int
 seg_parse_name(const char *name, uint64_t *id)
 {
     size_t    i;
-    uint64_t  v;
+    uint64_t  v, d;
 
     if (strlen(name) != SEG_NAME_LEN || strcmp(name + 20, ".seg") != 0) {
         return -1;
@@ -44,10 +44,11 @@ seg_parse_name(const char *name, uint64_t *id)
         if (name[i] < '0' || name[i] > '9') {
             return -1;
         }
-        if (v > (UINT64_MAX - 9) / 10) {
+        d = (uint64_t) (name[i] - '0');
+        if (v > UINT64_MAX / 10 || (v == UINT64_MAX / 10 && d > 5)) {
             return -1;
         }
-        v = v * 10 + (uint64_t) (name[i] - '0');
+        v = v * 10 + d;
     }
 
     *id = v;
@@ -89,7 +90,7 @@ seg_create(int dirfd, const char *qname, uint64_t id)
 
     seg_name(name, id);
 
-    fd = openat(dirfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    fd = openat(dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd == -1) {
         log_error("segment", "%s/%s: create: %s", qname, name,
                   strerror(errno));

@@ -616,12 +616,43 @@ test_config_limits_uses_length(void **state)
 }
 
 
+static void
+test_config_directory_is_an_error(void **state)
+{
+    fx_t  *f = *state;
+
+    assert_int_equal(load_text(f, "[defaults]\nmax_items = 9\n"), 0);
+    assert_int_equal(load(f, f->dir), -1);
+    expect_limits("q", 9, 0, 0, 0);
+}
+
+
+static void
+test_config_long_comment_line(void **state)
+{
+    fx_t  *f = *state;
+    char   text[2048];
+    size_t n;
+
+    strcpy(text, "[defaults]\n# ");
+    n = strlen(text);
+    memset(text + n, 'c', 1021);
+    strcpy(text + n + 1021, "max_items = 1\n");
+
+    /* too long: rejected whole, never half-parsed as a setting */
+    assert_int_equal(load_text(f, text), -1);
+    expect_limits("q", 0, 0, 0, 0);
+}
+
+
 #define T(name)  cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int
 main(void)
 {
     const struct CMUnitTest  tests[] = {
+        T(test_config_directory_is_an_error),
+        T(test_config_long_comment_line),
         cmocka_unit_test(test_parse_size_valid),
         cmocka_unit_test(test_parse_size_invalid),
         T(test_config_no_file_is_unlimited),

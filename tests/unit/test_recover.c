@@ -1258,12 +1258,73 @@ test_recover_large_record_damaged(void **state)
 }
 
 
+static void
+test_recover_empty_dir(void **state)
+{
+    fx_t     *f = *state;
+    queue_t  *q = recover(f);
+
+    assert_int_equal(q->nsegs, 0);
+    assert_int_equal(q->items, 0);
+    assert_int_equal(q->next_seq, 1);
+    expect_cursor(q, 0, 0, 1);
+}
+
+
+static void
+test_recover_position_without_segments(void **state)
+{
+    fx_t     *f = *state;
+    queue_t  *q;
+
+    assert_int_equal(position_write(f->dirfd, 42), 0);
+    q = recover(f);
+    assert_int_equal(q->next_seq, 42);
+    expect_cursor(q, 0, 0, 42);
+}
+
+
+static void
+test_recover_next_seq_not_below_position(void **state)
+{
+    fx_t     *f = *state;
+    tseg_t    s;
+    queue_t  *q;
+
+    seg_write(f, &s, 1, 1, 5, NULL, 20);
+    assert_int_equal(position_write(f->dirfd, 11), 0);
+    q = recover(f);
+    assert_int_equal(q->items, 0);
+    assert_true(q->next_seq >= 11);
+    assert_true(q->rseq >= 11);
+}
+
+
+static void
+test_recover_next_seq_not_below_position_after_corrupt_tail(void **state)
+{
+    fx_t     *f = *state;
+    tseg_t    s;
+    queue_t  *q;
+
+    seg_write(f, &s, 1, 1, 10, NULL, 20);
+    assert_int_equal(position_write(f->dirfd, 11), 0);
+    seg_flip(f, 1, s.off[4] + MQ_FRAME_HDR_SIZE, 0x01);   /* seq 5 */
+    q = recover(f);
+    assert_true(q->next_seq >= 11);
+}
+
+
 #define T(name)  cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int
 main(void)
 {
     const struct CMUnitTest  tests[] = {
+        T(test_recover_empty_dir),
+        T(test_recover_position_without_segments),
+        T(test_recover_next_seq_not_below_position),
+        T(test_recover_next_seq_not_below_position_after_corrupt_tail),
         T(test_recover_unusable_dir_fails),
         T(test_recover_one_segment),
         T(test_recover_several_segments),

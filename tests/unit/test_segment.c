@@ -239,12 +239,9 @@ test_seg_create(void **state)
     unsigned char   buf[64];
     struct stat     st;
 
-    /* an old file of the same name is replaced, not appended to */
-    seg_name(name, 42);
-    put_file(f, name, "leftover bytes from an earlier life", 35);
-
     fd = seg_create(f->dirfd, "q1", 42);
     assert_true(fd >= 0);
+    seg_name(name, 42);
 
     assert_int_equal(fstat(fd, &st), 0);
     assert_int_equal(st.st_size, MQ_SEG_HDR_SIZE);
@@ -260,6 +257,38 @@ test_seg_create(void **state)
     assert_memory_equal(buf, "abc", 3);
 
     close(fd);
+}
+
+
+static void
+test_seg_create_never_clobbers(void **state)
+{
+    fx_t           *f = *state;
+    int             fd, saved, devnull;
+    char            name[SEG_NAME_LEN + 1];
+    ssize_t         n;
+    unsigned char   buf[64];
+
+    /* an existing file of the same name may hold records: refuse */
+    seg_name(name, 42);
+    put_file(f, name, "records from an earlier life", 28);
+
+    fflush(stderr);
+    saved = dup(STDERR_FILENO);
+    devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    assert_true(saved != -1 && devnull != -1);
+    dup2(devnull, STDERR_FILENO);
+
+    fd = seg_create(f->dirfd, "q1", 42);
+
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(devnull);
+
+    assert_int_equal(fd, -1);
+    n = get_file(f, name, buf, sizeof(buf));
+    assert_int_equal(n, 28);
+    assert_memory_equal(buf, "records from an earlier life", 28);
 }
 
 
@@ -509,6 +538,7 @@ main(void)
         cmocka_unit_test(test_seg_name_round_trip),
         cmocka_unit_test(test_seg_parse_name_rejects),
         T(test_seg_create),
+        T(test_seg_create_never_clobbers),
         cmocka_unit_test(test_seg_create_fails),
         T(test_seg_pwrite),
         T(test_position_layout),
