@@ -76,8 +76,10 @@ ngx_http_memq_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_shmtx_lock(&shpool->mutex);
 
+    /* sources are recomputed: static ones now, file ones by the new
+     * workers when they read their nodes_file */
     for (i = 0; i < NGX_HTTP_MEMQ_MAX_NODES; i++) {
-        sh->nodes[i].sources &= ~NGX_HTTP_MEMQ_SRC_STATIC;
+        sh->nodes[i].sources = 0;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
