@@ -435,3 +435,30 @@ def test_many_connections_over_limit_do_not_hurt(memqd_factory):
         c.close()
     assert keep.getdata(q) == b"v"
     assert keep.cmd("version").startswith("VERSION")
+
+
+def test_client_that_does_not_read_replies(server, client, canary, connect):
+    """A client that asks for far more than it reads fills its own socket;
+    the server must neither block on it nor buffer its replies without
+    bound, and everyone else keeps being served."""
+    q = qname()
+    client.store(q, b"v" * (1 << 20))
+    hog = connect()
+    hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    req = ("get %s/peek\r\n" % q).encode() * 500       # 500 MiB of replies
+    try:
+        hog.sock.settimeout(2)
+        hog.sock.sendall(req)
+    except OSError:
+        pass                    # the server stopped reading: fine
+    other = connect()
+    for i in range(20):
+        other.store(q + "x", b"%d" % i)
+        assert other.getdata(q + "x") == b"%d" % i
+    if not server.external:
+        with open("/proc/%d/status" % server.proc.pid) as f:
+            rss = [int(ln.split()[1]) for ln in f if ln.startswith("VmRSS")]
+        assert rss[0] < 256 * 1024, "VmRSS %d KiB: replies buffered " \
+            "without bound for a client that does not read" % rss[0]
+    hog.close()
+    assert other.get(q + "/peek").data == b"v" * (1 << 20)

@@ -147,13 +147,13 @@ def _verify(addr, q, payloads, acked, ctx):
     return m
 
 
-def test_kill9_while_writing(memqd_factory):
-    rnd = random.Random(SEED)
-    s = memqd_factory(args=["--sync", "always"])
+def _crash_rounds(memqd_factory, rounds, args, seed):
+    rnd = random.Random(seed)
+    s = memqd_factory(args=["--sync", "always"] + args)
     done = []          # (queue, payloads, items present after its crash)
     t_start = time.monotonic()
-    for r in range(ROUNDS):
-        ctx = "seed %d round %d" % (SEED, r)
+    for r in range(rounds):
+        ctx = "seed %d round %d" % (seed, r)
         q = qname("crash")
         payloads = Payloads(q, 200000)
         # even rounds keep a window of unacknowledged sets (acks flow all
@@ -177,9 +177,19 @@ def test_kill9_while_writing(memqd_factory):
     # a final look at every queue, after one more clean restart
     s.restart()
     for q, payloads, m in done:
-        assert _verify(s.addr, q, payloads, m, "seed %d final" % SEED) == m
+        assert _verify(s.addr, q, payloads, m, "seed %d final" % seed) == m
     assert any(m > 0 for _, _, m in done), "no round stored anything"
     assert time.monotonic() - t_start < 60 * SLOW
+
+
+def test_kill9_while_writing(memqd_factory):
+    _crash_rounds(memqd_factory, ROUNDS, [], SEED)
+
+
+def test_kill9_while_writing_small_segments(memqd_factory):
+    """The same with segments of 256 KiB, so kills also land while a
+    segment is being closed and the next one created."""
+    _crash_rounds(memqd_factory, 8, ["--segment-size", "256k"], SEED + 2)
 
 
 def test_kill9_while_consuming(memqd_factory):
@@ -188,14 +198,14 @@ def test_kill9_while_consuming(memqd_factory):
     rnd = random.Random(SEED + 1)
     s = memqd_factory(args=["--sync", "always"])
     q = qname("cons")
-    n = 3000
+    n = 60000
     payloads = Payloads(q, n)
     c = Client(s.addr, timeout=20)
-    for k in range(0, n, 500):
+    for k in range(0, n, 2000):
         c.send(b"".join(b"set %s %d 0 %d\r\n%s\r\n"
                         % (q.encode(), i, len(payloads[i]), payloads[i])
-                        for i in range(k, min(k + 500, n))))
-        for _ in range(min(500, n - k)):
+                        for i in range(k, min(k + 2000, n))))
+        for _ in range(min(2000, n - k)):
             assert c.line() == "STORED"
     c.close()
     delivered = set()
