@@ -324,13 +324,46 @@ def test_client_gone_mid_data(server, client, canary):
     c = Client(server.addr)
     c.send("set %s 0 0 100\r\n%s" % (q, "x" * 50))
     c.close()
-    c = Client(server.addr)
-    c.send("set %s 0 0 100\r\n" % q)
-    c.sock.shutdown(socket.SHUT_WR)
-    c.wait_closed(5)
-    c.close()
     assert client.cmd("version").startswith("VERSION")
     assert client.get(q) is None
+
+
+@pytest.mark.parametrize("partial", ["set {q} 0 0 100\r\n",
+                                     "set {q} 0 0 100\r\nabc",
+                                     "set {q} 0 0 3\r\nabc",
+                                     "set {q} 0 0 3\r\nabc\r",
+                                     "get {q}",
+                                     "set {q} 0 0"])
+def test_half_close_mid_command_frees_the_connection(memqd_factory, partial):
+    """A client that sends half a command and then EOF (shutdown SHUT_WR)
+    can never finish it: the server must close that connection, or a few
+    such clients would hold every --max-connections slot and lock everyone
+    else out."""
+    s = memqd_factory(args=["--max-connections", "4"])
+    q = qname()
+    keep = s.connect()
+    keep.store(q, b"kept")
+    wait_for(lambda: int(keep.stats()["curr_connections"]) == 1, timeout=5,
+             what="probe connection gone")
+    half = []
+    for _ in range(3):
+        c = s.connect()
+        c.send(partial.format(q=q))
+        c.sock.shutdown(socket.SHUT_WR)
+        half.append(c)
+    for c in half:
+        assert c.wait_closed(2), \
+            "connection that sent %r and EOF still open after 2s" % partial
+        c.close()
+    wait_for(lambda: int(keep.stats()["curr_connections"]) == 1, timeout=5,
+             what="half-closed connections released")
+    others = [s.connect() for _ in range(3)]
+    for o in others:
+        assert o.cmd("version").startswith("VERSION memqd ")
+        o.close()
+    assert keep.getdata(q) == b"kept"
+    assert keep.get(q) is None, "a half-sent set was stored"
+    keep.close()
 
 
 def test_reset_with_pending_reply(server, client, canary):
