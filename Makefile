@@ -70,6 +70,7 @@ run: deps all
 	@scripts/run-demo.sh
 
 test: deps all fuzz asan
+	$(PYTHON) scripts/check-style.py
 	$(MAKE) test-unit test-fuzz test-asan test-integration
 
 test-unit: $(UNIT)

@@ -1203,8 +1203,8 @@ queue_before_sleep(void)
             if (!pos_due) {
                 mark_dirty(q);      /* again when the timer fires */
                 if (pos_timer.index == 0) {
-                    loop_timer_add(&pos_timer,
-                                   POS_INTERVAL - (loop_now() - last_pos_flush));
+                    loop_timer_add(&pos_timer, POS_INTERVAL
+                                   - (loop_now() - last_pos_flush));
                 }
                 continue;
             }
