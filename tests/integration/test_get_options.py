@@ -314,3 +314,71 @@ def test_pipelined_gets_with_options(client):
                       b"VALUE %s 0 4\r\n%04d\r\nEND\r\n"
                       % (q.encode(), i, q.encode(), i) for i in range(n))
     assert pipeline(client, req, len(expect)) == expect
+
+
+def test_many_waiters_with_different_deadlines(client, connect):
+    q = qname()
+    client.store(q, b"x")
+    client.get(q)
+    pollers = []
+    t0 = time.monotonic()
+    for ms in (500, 100, 400, 200, 300):
+        p = connect()
+        p.send("get %s/t=%d\r\n" % (q, ms))
+        pollers.append((ms, p))
+    for ms, p in pollers:
+        assert p.read_values(timeout=10) == []
+        dt = time.monotonic() - t0
+        assert dt >= ms / 1000.0 - 0.01, \
+            "/t=%d answered after %.3fs" % (ms, dt)
+    assert time.monotonic() - t0 < 0.5 + 2.0 * SLOW
+    assert client.qstats(q)["waiters"] == 0
+
+
+def test_largest_wait_accepted(client):
+    q = qname()
+    client.store(q, b"x")
+    assert [i.data for i in client.get_items(q + "/t=86400000")] == [b"x"]
+
+
+def test_each_item_to_exactly_one_waiter(server, client):
+    """Twenty connections long-poll one queue in a loop while items
+    arrive: every item is delivered once, none twice, none lost."""
+    q = qname()
+    client.store(q, b"x")
+    client.get(q)
+    n, nconn = 400, 20
+    got = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors = []
+
+    def poller():
+        try:
+            c = Client(server.addr, timeout=10)
+            while not stop.is_set():
+                items = c.get_items(q + "/t=200", timeout=10)
+                with lock:
+                    got.extend(i.data for i in items)
+            c.close()
+        except Exception as e:              # reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=poller) for _ in range(nconn)]
+    for t in ts:
+        t.start()
+    wait_for(lambda: client.qstats(q)["waiters"] >= nconn // 2, timeout=5,
+             what="pollers waiting")
+    for i in range(n):
+        client.set(q, b"%04d" % i, noreply=True)
+    assert client.cmd("version").startswith("VERSION")
+    wait_for(lambda: len(got) >= n, timeout=10,
+             what="all items delivered (%d of %d)" % (len(got), n))
+    stop.set()
+    for t in ts:
+        t.join(10 * SLOW)
+    assert not errors, errors[:3]
+    assert sorted(got) == [b"%04d" % i for i in range(n)], \
+        "duplicates or losses: %d delivered, %d distinct" % (
+            len(got), len(set(got)))
+    assert client.get(q) is None
