@@ -390,9 +390,10 @@ static void
 do_stats(conn_t *c)
 {
     queue_t   *q;
-    uint64_t   now;
+    uint64_t   now, items, bytes;
 
     now = (uint64_t) time(NULL);
+    queue_totals(&items, &bytes);
 
     out_stat(c, "pid", (uint64_t) getpid());
     out_stat(c, "uptime", now - srv.start_time);
@@ -404,9 +405,9 @@ do_stats(conn_t *c)
     out_stat(c, "cmd_set", srv.cmd_set);
     out_stat(c, "get_hits", srv.get_hits);
     out_stat(c, "get_misses", srv.get_misses);
-    out_stat(c, "curr_items", queue_total_items());
+    out_stat(c, "curr_items", items);
     out_stat(c, "total_items", srv.total_items);
-    out_stat(c, "bytes", queue_total_bytes());
+    out_stat(c, "bytes", bytes);
 
     for (q = queue_next(NULL); q; q = queue_next(q)) {
         out_queue_stat(c, q, "items", q->items);

@@ -1075,33 +1075,18 @@ queue_next(queue_t *q)
 }
 
 
-uint64_t
-queue_total_items(void)
+void
+queue_totals(uint64_t *items, uint64_t *bytes)
 {
-    uint64_t  n;
     queue_t  *q;
 
-    n = 0;
+    *items = 0;
+    *bytes = 0;
+
     for (q = queue_next(NULL); q; q = queue_next(q)) {
-        n += q->items;
+        *items += q->items;
+        *bytes += q->bytes;
     }
-
-    return n;
-}
-
-
-uint64_t
-queue_total_bytes(void)
-{
-    uint64_t  n;
-    queue_t  *q;
-
-    n = 0;
-    for (q = queue_next(NULL); q; q = queue_next(q)) {
-        n += q->bytes;
-    }
-
-    return n;
 }
 
 

@@ -164,8 +164,8 @@ uint64_t queue_age_ms(queue_t *q);
 /* Iterates over queues on disk, for stats: pass NULL to start. */
 queue_t *queue_next(queue_t *q);
 
-uint64_t queue_total_items(void);
-uint64_t queue_total_bytes(void);
+/* Waiting items and their bytes over every queue. */
+void queue_totals(uint64_t *items, uint64_t *bytes);
 
 /* Writes appends, submits group commit, writes position files, deletes
  * consumed segments.  Returns 1 when more work is pending. */
