@@ -66,7 +66,7 @@ module:
 deps:
 	@scripts/deps.sh
 
-run: deps all
+run: deps memqd bench module
 	@scripts/run-demo.sh
 
 test: deps all fuzz asan
