@@ -3,12 +3,21 @@
 #
 #   ngx_memq/build.sh BUILD_DIR
 #
-# The nginx sources in /usr/share/nginx/src are copied to
-# BUILD_DIR/nginx-src and configured once with Debian's own flags
-# (conf_flags; --with-compat makes the module's signature match the
-# packaged /usr/sbin/nginx) plus this module.  Later runs reuse that tree
-# and only rebuild the module, so an edit costs a few seconds.  The tree is
-# configured again when this module's `config` file or the flags change.
+# Results:
+#   BUILD_DIR/ngx_http_memq_module.so        for Debian's /usr/sbin/nginx
+#   BUILD_DIR/asan/ngx_http_memq_module.so   the same with AddressSanitizer
+#                                            and UBSan (load it into the
+#                                            stock nginx with LD_PRELOAD of
+#                                            libasan and libubsan; the test
+#                                            suite does under MEMQ_SANITIZED)
+#
+# The nginx-dev tree (/usr/share/nginx/src: headers and build scripts) is
+# copied to BUILD_DIR/nginx-src[-asan] and configured once with Debian's own
+# flags (conf_flags; --with-compat makes the module's signature match the
+# packaged nginx) plus this module.  Later runs reuse the tree and only
+# rebuild what changed, so an edit costs a second or two.  A tree is
+# configured again when conf_flags, the module's `config` or this script
+# change.  Set MEMQ_NO_ASAN=1 to skip the sanitizer build.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,7 +25,6 @@ build=${1:?usage: build.sh BUILD_DIR}
 mkdir -p "$build"
 build=$(cd "$build" && pwd)
 src=/usr/share/nginx/src
-tree=$build/nginx-src
 mod=$top/ngx_memq
 
 if [ ! -f "$src/conf_flags" ]; then
@@ -27,26 +35,45 @@ fi
 # shellcheck disable=SC1091
 . "$src/conf_flags"
 
-stamp="$(cat "$src/conf_flags" "$mod/config" | md5sum | cut -d' ' -f1)"
+# build_tree TREE CC_OPT LD_OPT OUT
+build_tree() {
+    local tree=$1 ccopt=$2 ldopt=$3 out=$4 stamp
 
-if [ ! -f "$tree/objs/Makefile" ] || \
-   [ "$(cat "$tree/.memq-stamp" 2>/dev/null)" != "$stamp" ]; then
-    rm -rf "$tree"
-    mkdir -p "$tree"
-    cp -a "$src/." "$tree/"
-    (
-        cd "$tree"
-        ./configure "${NGX_CONF_FLAGS[@]}" \
-            --with-cc-opt="-g -O2 -fPIC -Wno-error=unused-function" \
-            --with-ld-opt="-fPIC" \
-            --add-dynamic-module="$mod" >"$tree/configure.log" 2>&1 || {
-            tail -30 "$tree/configure.log" >&2
-            exit 1
-        }
-    )
-    echo "$stamp" >"$tree/.memq-stamp"
+    stamp="$(cat "$src/conf_flags" "$mod/config" "$0" | md5sum)"
+    stamp="${stamp%% *} $ccopt $ldopt"
+
+    if [ ! -f "$tree/objs/Makefile" ] || \
+       [ "$(cat "$tree/.memq-stamp" 2>/dev/null)" != "$stamp" ]; then
+        rm -rf "$tree"
+        mkdir -p "$tree"
+        cp -a "$src/." "$tree/"
+        (
+            cd "$tree"
+            ./configure "${NGX_CONF_FLAGS[@]}" \
+                --with-cc-opt="$ccopt" --with-ld-opt="$ldopt" \
+                --add-dynamic-module="$mod" >"$tree/configure.log" 2>&1 || {
+                tail -30 "$tree/configure.log" >&2
+                exit 1
+            }
+        )
+        echo "$stamp" >"$tree/.memq-stamp"
+    fi
+
+    make -s -C "$tree" -f objs/Makefile -j"$(nproc)" modules
+    mkdir -p "$(dirname "$out")"
+    cp "$tree/objs/ngx_http_memq_module.so" "$out.tmp"
+    mv "$out.tmp" "$out"
+}
+
+# Debian's own compiler options for its nginx
+build_tree "$build/nginx-src" \
+    "-g -O2 -fstack-protector-strong -Wformat -Werror=format-security -fPIC -Wdate-time -D_FORTIFY_SOURCE=2" \
+    "-Wl,-z,relro -Wl,-z,now -fPIC" \
+    "$build/ngx_http_memq_module.so"
+
+if [ -z "${MEMQ_NO_ASAN:-}" ]; then
+    build_tree "$build/nginx-src-asan" \
+        "-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fPIC" \
+        "-fsanitize=address,undefined -fPIC" \
+        "$build/asan/ngx_http_memq_module.so"
 fi
-
-make -s -C "$tree" -f objs/Makefile -j"$(nproc)" modules
-cp "$tree/objs/ngx_http_memq_module.so" "$build/ngx_http_memq_module.so.tmp"
-mv "$build/ngx_http_memq_module.so.tmp" "$build/ngx_http_memq_module.so"

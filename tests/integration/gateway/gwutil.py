@@ -47,8 +47,30 @@ free_port = base.free_port
 deadline_after = base.deadline_after
 
 NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
+# e.g. "libasan.so.8:libubsan.so.1" with MEMQ_MODULE pointing at a module
+# built with -fsanitize=address,undefined
+PRELOAD = os.environ.get("MEMQ_NGINX_PRELOAD")
+
+
+def _sanitizer_preload():
+    import ctypes.util
+    libs = [ctypes.util.find_library(n) for n in ("asan", "ubsan")]
+    return ":".join(libs) if all(libs) else None
+
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:",
+                     "LeakSanitizer")
 MODULE = os.environ.get("MEMQ_MODULE") or str(
     ROOT / "build" / "ngx_http_memq_module.so")
+
+# under MEMQ_SANITIZED the module's own sanitizer build runs inside the
+# stock nginx, when ngx_memq/build.sh made it
+_ASAN_MODULE = ROOT / "build" / "asan" / "ngx_http_memq_module.so"
+if SLOW > 1 and not os.environ.get("MEMQ_MODULE") and \
+        _ASAN_MODULE.exists() and PRELOAD is None:
+    PRELOAD = _sanitizer_preload()
+    if PRELOAD:
+        MODULE = str(_ASAN_MODULE)
 
 BAD_LOG = ("[alert]", "[emerg]", "exited on signal", "[crit]")
 
@@ -62,6 +84,15 @@ DEFAULT_LOC = """
             memq_inflate on;
             memq_compress_flag 1;
 """
+
+
+def nginx_env():
+    env = dict(os.environ)
+    if PRELOAD:
+        # a sanitizer build of the module inside the stock nginx
+        env["LD_PRELOAD"] = PRELOAD
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
+    return env
 
 
 def node_addr(n):
@@ -159,7 +190,7 @@ http {{
         self.write_conf()
         p = subprocess.run([NGINX, "-t", "-p", str(self.tmp), "-c",
                             str(self.conf_path)], capture_output=True,
-                           text=True, timeout=30)
+                           text=True, timeout=30, env=nginx_env())
         return p.returncode == 0, p.stdout + p.stderr
 
     # -- process
@@ -172,11 +203,12 @@ http {{
             self.write_conf()
             self.log_offset = (self.error_log.stat().st_size
                                if self.error_log.exists() else 0)
+            env = nginx_env()
             with open(self.stderr_path, "ab") as err:
                 self.proc = subprocess.Popen(
                     [NGINX, "-p", str(self.tmp), "-c", str(self.conf_path),
                      "-g", "daemon off;"], stdin=subprocess.DEVNULL,
-                    stdout=err, stderr=err)
+                    stdout=err, stderr=err, env=env)
             try:
                 self.wait_ready(timeout)
                 return self
@@ -237,6 +269,10 @@ http {{
         text = self.error_text()
         bad = [l for l in text.splitlines() if any(m in l for m in BAD_LOG)]
         assert not bad, "nginx error log has:\n%s" % "\n".join(bad[:20])
+        err = self.stderr_text()
+        for m in SANITIZER_MARKERS:
+            assert m not in err, "sanitizer report from nginx:\n%s" % \
+                err[max(0, err.find(m) - 200):][:6000]
 
     # -- logs
 
