@@ -193,6 +193,12 @@ def test_name_of_250_bytes_is_fine(server, client):
     client.store(q, b"long name")
     if not server.external:
         assert server.qdir(q).is_dir()
+    client.store(q, b"second")
+    key = q + "/n=2/t=10/open"
+    items = client.get_items(key, cmd="gets")
+    assert [(i.key, i.data) for i in items] == [(key, b"long name"),
+                                                (key, b"second")]
+    client.get_items(q + "/abort")
     assert client.getdata(q) == b"long name"
     assert client.cmd("delete " + q) == "DELETED"
 

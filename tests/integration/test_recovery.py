@@ -192,3 +192,41 @@ def test_repeated_damage_and_recovery(memqd_factory):
         f.write(b"\x01" * 33)
     log = _restart_and_check(s, q, N - 1, after=(b"after-0-1", b"after-0-2"))
     _assert_logged(log, q, newest, tail, 33)
+
+
+def test_corrupt_record_in_older_segment_is_reported(memqd_factory):
+    """Damage before the newest segment is not a torn tail: it must be
+    reported (not silently truncated away), the server must not crash, and
+    whatever it still delivers is intact and in order."""
+    s, q, seg, recs = _prepare(memqd_factory, args=["--segment-size", "64k"],
+                               n=300)
+    segs = s.segments(q)
+    assert len(segs) >= 3
+    old = segs[0]
+    first, orecs, _ = parse_segment(old)
+    bad = orecs[len(orecs) // 2]
+    _flip(old, bad.offset + REC_HDR + 1)
+    s.spawn()
+    try:
+        s.wait_ready()
+        started = True
+    except AssertionError:
+        started = False
+    log = s.log_since_start()
+    lines = [ln for ln in log.splitlines()
+             if old.name in ln and ("[error]" in ln or "[warn]" in ln)]
+    assert lines, "damage in %s/%s not reported; log:\n%s" % (
+        q, old.name, log[-2000:])
+    if started:
+        c = s.connect()
+        got = c.get_items(q + "/open/n=1000")
+        c.get_items(q + "/abort")
+        c.close()
+        datas = [i.data for i in got]
+        assert _payload(bad.seq - 1) not in datas, \
+            "the corrupt record was delivered"
+        want = [_payload(i) for i in range(300)]
+        pos = [want.index(d) for d in datas]
+        assert pos == sorted(pos), "delivered out of order"
+    else:
+        s.proc = None

@@ -224,10 +224,12 @@ def test_max_item_size_option(memqd_factory):
     c.close()
 
 
-def test_max_item_size_suffix(memqd_factory):
-    s = memqd_factory(args=["--max-item-size", "2k"])
-    c = s.connect()
-    _check_max_item_size(c, qname(), 2048)
+@pytest.mark.parametrize("arg,size", [("2k", 2048), ("1m", 1048576),
+                                      ("3m", 3 * 1048576)])
+def test_max_item_size_suffix(memqd_factory, arg, size):
+    s = memqd_factory(args=["--max-item-size", arg])
+    c = s.connect(timeout=20)
+    _check_max_item_size(c, qname(), size)
     c.close()
 
 
