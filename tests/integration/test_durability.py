@@ -490,3 +490,36 @@ def test_items_taken_behind_an_open_one_not_redelivered(memqd_factory):
     assert got == want, "after a clean restart got %d items: %r ..." % (
         len(got), got[:8])
     c.close()
+
+
+def test_recreated_queue_after_restart(memqd_factory):
+    s = memqd_factory()
+    c = s.connect()
+    q = qname()
+    c.store(q, b"old-1")
+    c.store(q, b"old-2")
+    assert c.cmd("delete " + q) == "DELETED"
+    c.store(q, b"new-1")
+    c.store(q, b"new-2")
+    assert c.getdata(q) == b"new-1"
+    c.close()
+    c = _restart(s)
+    assert [i.data for i in c.drain(q)] == [b"new-2"]
+    c.close()
+
+
+def test_flush_all_survives_restart(memqd_factory):
+    s = memqd_factory()
+    c = s.connect()
+    qs = [qname() for _ in range(3)]
+    for q in qs:
+        c.store(q, b"a")
+        c.store(q, b"b")
+    assert c.cmd("flush_all") == "OK"
+    c.store(qs[0], b"after")
+    c.close()
+    c = _restart(s)
+    assert [i.data for i in c.drain(qs[0])] == [b"after"]
+    for q in qs[1:]:
+        assert c.get(q) is None
+    c.close()
