@@ -254,9 +254,12 @@ run_system() {
     stop "$PID"
 }
 
-# memqd is being built alongside: use it only when it answers set and get
+# memqd is being built alongside: use it only when it answers set and get;
+# a private copy keeps one binary for the whole run even if make runs again
 check_memqd() {
     [ -x "$MEMQD" ] || return 1
+    cp "$MEMQD" "$TMP/memqd" || return 1
+    MEMQD=$TMP/memqd
     start memqd none 2>/dev/null || return 1
     "$BENCH" -p "$PORT" -n 10 -q check --verify --run-id c -Q \
         >/dev/null 2>&1 \
