@@ -664,7 +664,7 @@ ngx_http_memq_ask(ngx_http_memq_snode_t *sn, ngx_uint_t n, ngx_uint_t close,
     t = 0;
 
     if (waiting) {
-        t = ctx->deadline - ngx_current_msec;
+        t = ngx_min(ctx->deadline - ngx_current_msec, MQ_GET_WAIT_MAX);
         p = ngx_sprintf(p, "/t=%M", t);
     }
 

@@ -175,7 +175,8 @@ ngx_http_memq_conn_send(ngx_http_memq_conn_t *mc, ngx_buf_t *out,
     mc->out = out;
     mc->reply_timeout = reply_timeout;
     mc->waiting = 0;
-    mc->log.action = "sending to memq node";
+    mc->log.action = mc->connecting ? "connecting to memq node"
+                                    : "sending to memq node";
 
     if (c->read->timer_set) {
         ngx_del_timer(c->read);

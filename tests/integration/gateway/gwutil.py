@@ -127,6 +127,7 @@ class Gateway:
         self.workers = workers
         self.port = None
         self.proc = None
+        self.errors_expected = False
         self.conf_path = self.tmp / "nginx.conf"
         self.error_log = self.tmp / "logs" / "error.log"
         self.access_log = self.tmp / "logs" / "access.log"
@@ -265,9 +266,14 @@ http {{
                 p.wait()
                 raise AssertionError("nginx did not stop on SIGTERM")
 
+    def expect_errors(self):
+        """This test provokes [error] lines (failing nodes, denials)."""
+        self.errors_expected = True
+
     def check_log(self):
         text = self.error_text()
-        bad = [l for l in text.splitlines() if any(m in l for m in BAD_LOG)]
+        marks = BAD_LOG if self.errors_expected else BAD_LOG + ("[error]",)
+        bad = [l for l in text.splitlines() if any(m in l for m in marks)]
         assert not bad, "nginx error log has:\n%s" % "\n".join(bad[:20])
         err = self.stderr_text()
         for m in SANITIZER_MARKERS:

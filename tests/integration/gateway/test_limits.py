@@ -22,6 +22,7 @@ def test_limit_req(gateway_factory, memqd_factory):
         http_extra="limit_req_zone $binary_remote_addr zone=perip:1m "
                    "rate=1r/m;",
         loc_extra="limit_req zone=perip; limit_req_status 429;")
+    g.expect_errors()
     q = qname()
     assert g.publish(q, b"first").status_code == 201
     before = _cmds(n)
@@ -35,6 +36,7 @@ def test_limit_req(gateway_factory, memqd_factory):
 def test_deny(gateway_factory, memqd_factory):
     n = memqd_factory()
     g = gateway_factory([n], loc_extra="deny 127.0.0.1; allow all;")
+    g.expect_errors()
     before = _cmds(n)
     q = qname()
     assert g.publish(q, b"x").status_code == 403

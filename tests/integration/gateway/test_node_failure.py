@@ -12,6 +12,7 @@ from gwutil import (SLOW, Client, Dechunker, SilentNode, closed_port, fill,
 def test_node_killed_mid_stream(gateway_factory, nodes3):
     g = gateway_factory(nodes3, loc_extra="memq_batch 8;",
                         cluster_extra="max_fails 1; fail_timeout 30s;")
+    g.expect_errors()
     q = qname()
     per = {}
     for i, n in enumerate(nodes3):
@@ -54,6 +55,7 @@ def test_hung_node_costs_read_timeout(gateway_factory, memqd_factory):
         g = gateway_factory([real, hung.addr],
                             timeouts="connect_timeout 1s; read_timeout 1s;",
                             cluster_extra="max_fails 1; fail_timeout 30s;")
+        g.expect_errors()
         q = qname()
         sent = fill([real], q, 20)
         t0 = time.monotonic()
@@ -82,6 +84,7 @@ def test_hung_node_on_publish_retries(gateway_factory, memqd_factory):
         g = gateway_factory([hung.addr, real], workers=1,
                             weights={node_addr(hung.addr): 5},
                             timeouts="connect_timeout 1s; read_timeout 1s;")
+        g.expect_errors()
         q = qname()
         t0 = time.monotonic()
         r = g.publish(q, b"payload")
@@ -97,6 +100,7 @@ def test_all_nodes_down_503(gateway_factory):
     a = ("127.0.0.1", closed_port())
     b = ("127.0.0.1", closed_port())
     g = gateway_factory([a, b], cluster_extra="max_fails 2;")
+    g.expect_errors()
     q = qname()
     for params in ({}, {"wait": "2"}, {"format": "sse"}):
         r = g.consume(q, **params)

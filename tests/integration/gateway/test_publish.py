@@ -98,6 +98,7 @@ def test_weighted_round_robin(gateway_factory, memqd_factory):
 def test_retry_on_next_node(gateway_factory, memqd_factory):
     nodes = [memqd_factory() for _ in range(3)]
     g = gateway_factory(nodes, cluster_extra="max_fails 1; fail_timeout 30s;")
+    g.expect_errors()
     dead = nodes[1]
     dead.stop_checked()
     q = qname()
