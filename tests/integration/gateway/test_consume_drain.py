@@ -86,3 +86,20 @@ def test_bad_arguments(gw, args, err):
     r = gw.consume(qname(), **args)
     assert r.status_code == 400
     assert r.json() == {"error": err, "status": 400}
+
+
+def test_head_takes_nothing(gw, nodes3):
+    import requests
+    q = qname()
+    fill(nodes3, q, 5)
+    r = requests.head(gw.url("/mq"), params={"topic": q}, timeout=5)
+    assert r.status_code == 200
+    assert total_items(nodes3, q) == 5
+
+
+def test_other_methods_405(gw):
+    import requests
+    r = requests.put(gw.url("/mq"), params={"topic": qname()}, data=b"x",
+                     timeout=5)
+    assert r.status_code == 405
+    assert r.json() == {"error": "method not allowed", "status": 405}

@@ -6,7 +6,7 @@ import time
 import requests
 
 from gwutil import (SLOW, Client, Dechunker, SilentNode, closed_port, fill,
-                    node_addr, qname, read_headers, total_items)
+                    node_addr, qname, read_headers, total_items, wait_for)
 
 
 def test_node_killed_mid_stream(gateway_factory, nodes3):
@@ -117,3 +117,20 @@ def test_all_nodes_down_503(gateway_factory):
     r = requests.get(g.url("/mq"), params={"topic": q}, timeout=5)
     assert r.status_code == 503
     assert time.monotonic() - t0 < 0.5 * SLOW
+
+
+def test_node_back_after_fail_timeout(gateway_factory, memqd_factory):
+    n = memqd_factory()
+    g = gateway_factory([n], cluster_extra="max_fails 1; fail_timeout 1s;")
+    g.expect_errors()
+    port = n.port
+    n.stop_checked()
+    q = qname()
+    assert g.publish(q, b"x").status_code == 503
+    assert g.node_status(node_addr(n))["state"] == "down"
+    n.start(port=port)
+    # still down until fail_timeout has passed, then tried again
+    wait_for(lambda: g.publish(q, b"back").status_code == 201, timeout=5,
+             interval=0.2, what="node used again after fail_timeout")
+    assert g.node_status(node_addr(n))["state"] == "up"
+    assert g.lines(q) == [b"back"]
