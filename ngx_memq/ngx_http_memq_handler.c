@@ -1454,7 +1454,7 @@ ngx_http_memq_heartbeat(ngx_event_t *ev)
         p = ngx_http_memq_reserve(ctx, sizeof(": ping\n\n") - 1);
         if (p == NULL) {
             ngx_http_memq_abort(ctx, NGX_ERROR);
-            ngx_http_run_posted_requests(c);
+            ngx_http_memq_run_posted(c);
             return;
         }
 
@@ -1465,7 +1465,7 @@ ngx_http_memq_heartbeat(ngx_event_t *ev)
     ngx_add_timer(ev, ctx->conf->sse_heartbeat);
 
     ngx_http_memq_run(ctx);
-    ngx_http_run_posted_requests(c);
+    ngx_http_memq_run_posted(c);
 }
 
 

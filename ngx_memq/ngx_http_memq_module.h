@@ -223,6 +223,7 @@ void ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc);
 ngx_http_memq_node_t *ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
     ngx_http_memq_node_t **skip, ngx_uint_t nskip);
+void ngx_http_memq_run_posted(ngx_connection_t *c);
 
 /* ngx_http_memq_stream.c */
 size_t ngx_http_memq_encode_size(ngx_uint_t format, u_char *data, size_t len,

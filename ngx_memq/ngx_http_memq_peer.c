@@ -385,9 +385,25 @@ ngx_http_memq_conn_handler(ngx_event_t *ev)
         ngx_http_memq_conn_read(mc);
     }
 
-    if (oc) {
-        ngx_http_run_posted_requests(oc);
+    ngx_http_memq_run_posted(oc);
+}
+
+
+/*
+ * ngx_http_run_posted_requests() for a client connection after one of our
+ * handlers ran.  That handler may have finalized the request: when the
+ * connection was closed (destroyed) or went to keepalive (idle: c->data is
+ * no longer a request) there is nothing to run and c->data must not be
+ * read as a request.
+ */
+void
+ngx_http_memq_run_posted(ngx_connection_t *c)
+{
+    if (c == NULL || c->destroyed || c->idle) {
+        return;
     }
+
+    ngx_http_run_posted_requests(c);
 }
 
 
