@@ -326,12 +326,19 @@ def test_stalled_header_line(client, connect, canary):
 
 
 def test_client_gone_mid_data(server, client, canary):
+    """A client that closes (FIN) in the middle of a data block: nothing is
+    stored and its connection is released."""
     q = qname()
-    c = Client(server.addr)
-    c.send("set %s 0 0 100\r\n%s" % (q, "x" * 50))
-    c.close()
+    base = int(client.stats()["curr_connections"])
+    for _ in range(5):
+        c = Client(server.addr)
+        c.send("set %s 0 0 100\r\n%s" % (q, "x" * 50))
+        c.close()
     assert client.cmd("version").startswith("VERSION")
     assert client.get(q) is None
+    wait_for(lambda: int(client.stats()["curr_connections"]) <= base,
+             timeout=2, what="connections closed mid-data released "
+             "(curr_connections back to %d)" % base)
 
 
 @pytest.mark.parametrize("partial", ["set {q} 0 0 100\r\n",
@@ -501,3 +508,38 @@ def test_client_that_does_not_read_replies(server, client, canary, connect):
             "without bound for a client that does not read" % rss[0]
     hog.close()
     assert other.get(q + "/peek").data == b"v" * (1 << 20)
+
+
+def _fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def test_connection_churn_leaks_nothing(memqd_factory):
+    """A thousand short connections, many cut off mid-command: afterwards
+    the server has as many connections and file descriptors as before."""
+    s = memqd_factory()
+    c = s.connect()
+    q = qname()
+    c.store(q, b"kept")
+    wait_for(lambda: int(c.stats()["curr_connections"]) == 1, timeout=5,
+             what="probe connection gone")
+    fds = _fd_count(s.proc.pid)
+    rnd = random.Random(99)
+    cuts = [b"", b"ver", b"version\r\n", b"set %s 0 0 10\r\n01234" % q.encode(),
+            b"get %s/open\r\n" % q.encode(), b"get %s/t=5000\r\n" % q.encode(),
+            b"stats\r\n", b"x" * 3000]
+    for i in range(1000):
+        k = Client(s.addr)
+        k.send(rnd.choice(cuts))
+        if i % 3 == 0:
+            k.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                              b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        k.close()
+    wait_for(lambda: int(c.stats()["curr_connections"]) == 1, timeout=10,
+             what="every churned connection released")
+    wait_for(lambda: _fd_count(s.proc.pid) <= fds, timeout=5,
+             what="file descriptors back to %d" % fds)
+    assert c.qstats(q)["waiters"] == 0
+    assert c.qstats(q)["open_items"] == 0
+    assert c.getdata(q) == b"kept"
+    c.close()

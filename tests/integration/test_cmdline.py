@@ -121,3 +121,16 @@ def test_config_file_missing_refused(memqd_factory, tmp_path):
         pytest.fail("memqd started with a missing --config file")
     s.proc = None
     assert rc != 0
+
+
+def test_sighup_without_config(memqd_factory):
+    s = memqd_factory()
+    c = s.connect()
+    q = qname()
+    c.store(q, b"x")
+    for _ in range(3):
+        s.signal(1)
+        assert c.cmd("version").startswith("VERSION memqd ")
+    assert s.running()
+    assert c.getdata(q) == b"x"
+    c.close()
