@@ -535,7 +535,7 @@ def test_connection_churn_leaks_nothing(memqd_factory):
             k.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
         k.close()
-    wait_for(lambda: int(c.stats()["curr_connections"]) == 1, timeout=10,
+    wait_for(lambda: int(c.stats()["curr_connections"]) == 1, timeout=5,
              what="every churned connection released")
     wait_for(lambda: _fd_count(s.proc.pid) <= fds, timeout=5,
              what="file descriptors back to %d" % fds)
