@@ -128,12 +128,19 @@ struct ngx_http_memq_ctx_s {
     size_t                      scratch_cap;
 
     ngx_event_t                 heartbeat;
+    ngx_queue_t                 queue;     /* in ngx_http_memq_streams */
 
     unsigned                    header_sent:1;
     unsigned                    finishing:1;
     unsigned                    done:1;     /* finalized */
     unsigned                    counted:1;  /* in streams_active */
+    unsigned                    listed:1;   /* in ngx_http_memq_streams */
 };
+
+
+/* this worker's running streams, so a graceful shutdown can end them */
+static ngx_queue_t  ngx_http_memq_streams;
+static ngx_uint_t   ngx_http_memq_streams_init;
 
 
 static ngx_int_t ngx_http_memq_parse_args(ngx_http_request_t *r,
@@ -308,6 +315,14 @@ ngx_http_memq_consume(ngx_http_request_t *r)
         (void) ngx_atomic_fetch_add(&cl->sh->streams_active, 1);
         ctx->counted = 1;
     }
+
+    if (!ngx_http_memq_streams_init) {
+        ngx_queue_init(&ngx_http_memq_streams);
+        ngx_http_memq_streams_init = 1;
+    }
+
+    ngx_queue_insert_tail(&ngx_http_memq_streams, &ctx->queue);
+    ctx->listed = 1;
 
     ctx->deadline = ngx_current_msec + ctx->wait;
     ctx->last_out = ngx_current_msec;
@@ -504,6 +519,10 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
         end = 0;
 
         if (ctx->max && ctx->stat.messages >= ctx->max) {
+            end = 1;
+
+        } else if (ngx_exiting || ngx_terminate) {
+            /* graceful shutdown: a long poll must not hold the worker */
             end = 1;
 
         } else if (live == 0) {
@@ -1508,5 +1527,41 @@ ngx_http_memq_cleanup(void *data)
     if (ctx->counted) {
         (void) ngx_atomic_fetch_add(&ctx->cluster->sh->streams_active, -1);
         ctx->counted = 0;
+    }
+
+    if (ctx->listed) {
+        ngx_queue_remove(&ctx->queue);
+        ctx->listed = 0;
+    }
+}
+
+
+/*
+ * The worker is shutting down gracefully: every stream ends now (its
+ * long polls are closed, acknowledged items stay acknowledged, open ones go
+ * back), so the worker can exit without waiting for idle timers.
+ */
+void
+ngx_http_memq_streams_exiting(void)
+{
+    ngx_queue_t          *q, *next;
+    ngx_connection_t     *c;
+    ngx_http_memq_ctx_t  *ctx;
+
+    if (!ngx_http_memq_streams_init) {
+        return;
+    }
+
+    for (q = ngx_queue_head(&ngx_http_memq_streams);
+         q != ngx_queue_sentinel(&ngx_http_memq_streams);
+         q = next)
+    {
+        /* run() may finalize and unlink this stream, never another */
+        next = ngx_queue_next(q);
+        ctx = ngx_queue_data(q, ngx_http_memq_ctx_t, queue);
+        c = ctx->request->connection;
+
+        ngx_http_memq_run(ctx);
+        ngx_http_memq_run_posted(c);
     }
 }

@@ -26,6 +26,7 @@ static ngx_int_t ngx_http_memq_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_memq_init_process(ngx_cycle_t *cycle);
 static void ngx_http_memq_watch_handler(ngx_event_t *ev);
+static void ngx_http_memq_exit_handler(ngx_event_t *ev);
 static void ngx_http_memq_read_nodes_file(ngx_http_memq_cluster_t *cl,
     ngx_log_t *log, ngx_uint_t force);
 static ngx_http_memq_node_t *ngx_http_memq_node_add(
@@ -174,6 +175,10 @@ ngx_module_t  ngx_http_memq_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+/* per worker: notices a graceful shutdown (cancelable, never holds it up) */
+static ngx_event_t  ngx_http_memq_exit_ev;
 
 
 static ngx_http_variable_t  ngx_http_memq_vars[] = {
@@ -341,9 +346,14 @@ ngx_http_memq_init_process(ngx_cycle_t *cycle)
     ngx_http_memq_main_conf_t  *mmcf;
 
     mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_memq_module);
-    if (mmcf == NULL) {
+    if (mmcf == NULL || mmcf->clusters.nelts == 0) {
         return NGX_OK;
     }
+
+    ngx_http_memq_exit_ev.handler = ngx_http_memq_exit_handler;
+    ngx_http_memq_exit_ev.log = cycle->log;
+    ngx_http_memq_exit_ev.cancelable = 1;
+    ngx_add_timer(&ngx_http_memq_exit_ev, NGX_HTTP_MEMQ_WATCH_INTERVAL);
 
     clp = mmcf->clusters.elts;
 
@@ -380,6 +390,21 @@ ngx_http_memq_watch_handler(ngx_event_t *ev)
     }
 
     ngx_http_memq_read_nodes_file(cl, ev->log, 0);
+
+    ngx_add_timer(ev, NGX_HTTP_MEMQ_WATCH_INTERVAL);
+}
+
+
+/*
+ * Once a second: when the worker shuts down gracefully, streams end now
+ * instead of running out their long polls.
+ */
+static void
+ngx_http_memq_exit_handler(ngx_event_t *ev)
+{
+    if (ngx_exiting) {
+        ngx_http_memq_streams_exiting();
+    }
 
     ngx_add_timer(ev, NGX_HTTP_MEMQ_WATCH_INTERVAL);
 }

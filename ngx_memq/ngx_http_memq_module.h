@@ -210,6 +210,7 @@ ngx_int_t ngx_http_memq_send_json(ngx_http_request_t *r, ngx_uint_t status,
 ngx_int_t ngx_http_memq_consume(ngx_http_request_t *r);
 ngx_int_t ngx_http_memq_get_key(ngx_http_request_t *r,
     ngx_http_memq_loc_conf_t *mlcf, ngx_str_t *key);
+void ngx_http_memq_streams_exiting(void);
 
 /* ngx_http_memq_publish.c */
 ngx_int_t ngx_http_memq_publish(ngx_http_request_t *r);

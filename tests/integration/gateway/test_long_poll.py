@@ -144,3 +144,32 @@ def test_max_with_long_poll(gw, nodes3):
     assert len(r.content.split(b"\n")[:-1]) == 3
     assert time.monotonic() - t0 < 3 * SLOW, "max must end the stream"
     assert total_items(nodes3, q) == 2
+
+
+def test_graceful_quit_ends_long_poll(gw, nodes3):
+    """nginx -s quit: a long-polling stream ends cleanly at once instead of
+    holding the worker for its whole wait."""
+    import signal
+    q = qname()
+    s = gw.raw_request("/mq?topic=%s&wait=30" % q)
+    s.settimeout(10 * SLOW)
+    status, hdrs, rest = read_headers(s)
+    assert status == 200
+    t0 = time.monotonic()
+    gw.proc.send_signal(signal.SIGQUIT)
+    d = Dechunker()
+    d.feed(rest)
+    while not d.done:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        d.feed(chunk)
+    s.close()
+    assert d.done, "stream cut instead of ended"
+    assert time.monotonic() - t0 < 2.5 * SLOW
+    assert gw.proc.wait(10 * SLOW) == 0
+    # nothing was taken from the nodes
+    c = Client(nodes3[0].addr)
+    c.store(q, b"still here")
+    c.close()
+    assert total_items(nodes3, q) == 1
