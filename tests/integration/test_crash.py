@@ -11,6 +11,8 @@ import threading
 import time
 import zlib
 
+import pytest
+
 from memqlib import SLOW, Client, qname
 
 SEED = int(os.environ.get("MEMQ_CRASH_SEED") or random.randrange(1 << 30))
@@ -192,11 +194,17 @@ def test_kill9_while_writing_small_segments(memqd_factory):
     _crash_rounds(memqd_factory, 8, ["--segment-size", "256k"], SEED + 2)
 
 
-def test_kill9_while_consuming(memqd_factory):
-    """Items taken with /open + /close may come back once after a crash;
-    items never handed out are never lost; order is kept."""
+@pytest.mark.parametrize("mode,args", [
+    ("/close/open", []),
+    ("", ["--segment-size", "64k"]),
+])
+def test_kill9_while_consuming(memqd_factory, mode, args):
+    """Items taken (with /open + /close, or plain get) may come back once
+    after a crash; items never handed out are never lost; order is kept.
+    With small segments the kills also land while consumed segments are
+    being deleted."""
     rnd = random.Random(SEED + 1)
-    s = memqd_factory(args=["--sync", "always"])
+    s = memqd_factory(args=["--sync", "always"] + args)
     q = qname("cons")
     n = 60000
     payloads = Payloads(q, n)
@@ -217,7 +225,7 @@ def test_kill9_while_consuming(memqd_factory):
         def consume():
             try:
                 cc = Client(s.addr, timeout=5)
-                key = q + "/close/open/n=%d" % rnd.choice((1, 7, 50))
+                key = q + "%s/n=%d" % (mode, rnd.choice((1, 7, 50)))
                 while not stop.is_set():
                     got = cc.get_items(key)
                     if not got:
