@@ -230,3 +230,24 @@ def test_corrupt_record_in_older_segment_is_reported(memqd_factory):
         assert pos == sorted(pos), "delivered out of order"
     else:
         s.proc = None
+
+
+@pytest.mark.parametrize("content", [b"", b"MQSEG", b"MQSEG\x00\x00\x01\x15"])
+def test_torn_new_segment_file(memqd_factory, content):
+    """A crash right after a new segment file was created leaves it empty
+    or with half a header: recovery must cope, keep every record of the
+    older segments and go on appending."""
+    s, q, seg, recs = _prepare(memqd_factory)
+    nxt = seg.parent / ("%020d.seg" % (N + 1))
+    nxt.write_bytes(content)
+    _restart_and_check(s, q, N)
+    assert s.running()
+
+
+def test_leftover_position_tmp(memqd_factory):
+    """A crash between writing position.tmp and renaming it leaves the
+    temporary file behind: it is not the position, and it does not stop
+    the start."""
+    s, q, seg, recs = _prepare(memqd_factory, consumed=3)
+    (seg.parent / "position.tmp").write_bytes(b"\xff" * 7)
+    _restart_and_check(s, q, N, consumed=3)
