@@ -543,3 +543,20 @@ def test_connection_churn_leaks_nothing(memqd_factory):
     assert c.qstats(q)["open_items"] == 0
     assert c.getdata(q) == b"kept"
     c.close()
+
+
+def test_get_with_many_keys(client, canary):
+    """More keys than a get may carry is answered (END for missing queues
+    or CLIENT_ERROR), never a crash or a desynchronised connection."""
+    q = qname()
+    client.store(q, b"one")
+    keys = [q] + ["m%d" % i for i in range(150)]
+    client.send("get %s\r\n" % " ".join(keys))
+    line = client.line()
+    if line.startswith("CLIENT_ERROR"):
+        assert client.getdata(q) == b"one"
+    else:
+        assert line == "VALUE %s 0 3" % q, line
+        assert client.read_exact(5) == b"one\r\n"
+        assert client.line() == "END"
+    _after_error_ok(client)
