@@ -59,9 +59,9 @@ def test_message_arrives_during_long_poll(gw, nodes3):
     assert d.data == b"late\n"
     t_msg = next(t for t, data in events if data)
     delay = (t0 + t_msg) - t_pub[0]
-    assert delay < 0.5 * SLOW, "message took %.2fs to arrive" % delay
+    assert delay < 1.0 * SLOW, "message took %.2fs to arrive" % delay
     # idle timer: about 2s after the message
-    assert 1.8 <= t_end - t_msg < 2.0 + 1.0 * SLOW, (t_msg, t_end)
+    assert 1.8 <= t_end - t_msg < 2.0 + 2.0 * SLOW, (t_msg, t_end)
     assert total_items(nodes3, q) == 0
 
 
@@ -70,7 +70,7 @@ def test_headers_sent_before_first_message(gw):
     t0 = time.monotonic()
     s = gw.raw_request("/mq?topic=%s&wait=3" % q)
     status, hdrs, rest = read_headers(s)
-    assert status == 200 and time.monotonic() - t0 < 1.0 * SLOW
+    assert status == 200 and time.monotonic() - t0 < 1.5 * SLOW
     s.close()
 
 
@@ -88,7 +88,7 @@ def test_idle_timer_restarts_with_each_message(gw, nodes3):
 
     t = threading.Thread(target=feeder)
     t.start()
-    status, hdrs, events, t_end, d = _stream(gw, "/mq?topic=%s&wait=1" % q)
+    status, hdrs, events, t_end, d = _stream(gw, "/mq?topic=%s&wait=1.5" % q)
     stop.set()
     t.join()
     assert d.data.split(b"\n")[:-1] == [b"m%d" % i for i in range(5)]
