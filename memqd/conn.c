@@ -595,11 +595,14 @@ conn_process(conn_t *c)
         return;
     }
 
-    if (c->eof && c->state == CONN_READ
-        && mq_proto_find_line(c->in + c->in_start, c->in_end - c->in_start,
-                              &line_len, &consumed) == MQ_AGAIN)
+    if (c->eof && c->state != CONN_WAIT
+        && (c->state != CONN_READ
+            || mq_proto_find_line(c->in + c->in_start,
+                                  c->in_end - c->in_start, &line_len,
+                                  &consumed) == MQ_AGAIN))
     {
-        /* half-closed and every complete command answered */
+        /* half-closed, every complete command answered, and whatever is
+         * left (half a line, half a data block) can never complete */
         c->close_after_write = 1;
     }
 

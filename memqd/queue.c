@@ -32,6 +32,7 @@
 #define RBUF_SIZE      (64 * 1024)
 #define HASH_SIZE      4096          /* buckets; chains stay short enough */
 #define POS_INTERVAL   100           /* ms between position file writes */
+#define POS_PENDING_MAX 4096         /* owed items listed in it, at most */
 
 static queue_t        *hash[HASH_SIZE];
 static queue_t        *dirty_list;
@@ -1090,13 +1091,22 @@ queue_totals(uint64_t *items, uint64_t *bytes)
 }
 
 
+/* seq of the next record the log cursor delivers */
+static uint64_t
+log_cursor(queue_t *q)
+{
+    return q->items == q->nret - q->rhead ? q->next_seq : q->rseq;
+}
+
+
+/* lowest seq still owed to a consumer: segments below it can go */
 static uint64_t
 watermark(queue_t *q)
 {
     uint64_t    w;
     openset_t  *os;
 
-    w = q->items == 0 && q->rhead == q->nret ? q->next_seq : q->rseq;
+    w = log_cursor(q);
 
     if (q->rhead < q->nret && q->ret[q->rhead].seq < w) {
         w = q->ret[q->rhead].seq;
@@ -1109,6 +1119,63 @@ watermark(queue_t *q)
     }
 
     return w;
+}
+
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+    uint64_t  x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+    return x < y ? -1 : x > y;
+}
+
+
+/*
+ * Writes the position file: the log cursor plus every item still owed
+ * (given back or open), so that a restart redelivers exactly those.  With
+ * more than POS_PENDING_MAX owed items the file holds the watermark only,
+ * unless `precise` (shutdown): a crash may then deliver consumed items
+ * again, which at-least-once allows.
+ */
+static int
+save_position(queue_t *q, int precise)
+{
+    int         rc;
+    size_t      n, k, i;
+    uint64_t   *seqs;
+    openset_t  *os;
+
+    n = q->nret - q->rhead;
+    for (os = q->opensets; os; os = os->qnext) {
+        n += os->n;
+    }
+
+    if (n == 0) {
+        return position_save(q->dirfd, log_cursor(q), NULL, 0);
+    }
+
+    seqs = (n > POS_PENDING_MAX && !precise)
+           ? NULL : malloc(n * sizeof(uint64_t));
+
+    if (seqs == NULL) {
+        return position_save(q->dirfd, watermark(q), NULL, 0);
+    }
+
+    k = 0;
+    for (i = q->rhead; i < q->nret; i++) {
+        seqs[k++] = q->ret[i].seq;
+    }
+    for (os = q->opensets; os; os = os->qnext) {
+        for (i = 0; i < os->n; i++) {
+            seqs[k++] = os->refs[i].seq;
+        }
+    }
+
+    qsort(seqs, n, sizeof(uint64_t), cmp_u64);
+    rc = position_save(q->dirfd, log_cursor(q), seqs, n);
+    free(seqs);
+    return rc;
 }
 
 
@@ -1197,13 +1264,11 @@ queue_before_sleep(void)
             q->pos_dirty = 0;
             w = watermark(q);
 
-            if (w != q->pos_written) {
-                if (position_write(q->dirfd, w) != 0) {
-                    log_warn("queue", "%s: position: %s", q->name,
-                             strerror(errno));
-                } else {
-                    q->pos_written = w;
-                }
+            if (save_position(q, 0) != 0) {
+                log_warn("queue", "%s: position: %s", q->name,
+                         strerror(errno));
+            } else {
+                q->pos_written = w;
             }
 
             collect_segments(q, q->pos_written);
@@ -1277,8 +1342,8 @@ queue_shutdown(void)
 
     for (i = 0; i < HASH_SIZE; i++) {
         for (q = hash[i]; q; q = q->hnext) {
-            if (q->on_disk && watermark(q) != q->pos_written) {
-                position_write(q->dirfd, watermark(q));
+            if (q->on_disk) {
+                save_position(q, 1);
             }
         }
     }

@@ -26,6 +26,18 @@
 
 #define SCAN_BUF  (1024 * 1024)
 
+/* what recovery knows while it scans the segments of one queue */
+typedef struct {
+    uint64_t   first;        /* position: records below were consumed... */
+    uint64_t  *pending;      /* ...except these (ascending), still owed */
+    size_t     npending;
+    size_t     next_pending; /* index of the next pending seq to meet */
+    uint64_t   seg;          /* id of the segment being scanned */
+    uint64_t   last_seq;     /* highest seq seen (or first - 1) */
+    int        cursor_set;   /* the cursor points at the first record at
+                                or above `first` */
+} scan_t;
+
 
 static int
 cmp_u64(const void *a, const void *b)
@@ -88,6 +100,36 @@ list_segments(queue_t *q, uint64_t **ids, size_t *n)
 }
 
 
+/* An item that was open or given back when the position was written: it
+ * goes back to the head of the queue (records are met in seq order). */
+static int
+give_back_pending(queue_t *q, uint64_t seg, uint64_t off,
+    const mq_frame_hdr_t *h)
+{
+    size_t       cap;
+    item_ref_t  *nr;
+
+    if (q->nret == q->ret_cap) {
+        cap = q->ret_cap ? q->ret_cap * 2 : 16;
+        nr = realloc(q->ret, cap * sizeof(item_ref_t));
+        if (nr == NULL) {
+            return -1;
+        }
+        q->ret = nr;
+        q->ret_cap = cap;
+    }
+
+    q->ret[q->nret].seq = h->seq;
+    q->ret[q->nret].seg = seg;
+    q->ret[q->nret].off = off;
+    q->ret[q->nret].len = h->len;
+    q->nret++;
+    q->items++;
+    q->bytes += h->len;
+    return 0;
+}
+
+
 /*
  * Scans one segment file.  Returns the size of its valid prefix, or 0 if
  * the file has no valid header.  Counts items at or above `first`.  A read
@@ -95,9 +137,8 @@ list_segments(queue_t *q, uint64_t **ids, size_t *n)
  * cut valid records off.
  */
 static uint64_t
-scan_segment(queue_t *q, int fd, const char *fname, int last,
-    uint64_t first, uint64_t *last_seq, unsigned char **buf, size_t *cap,
-    int *io_error)
+scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
+    unsigned char **buf, size_t *cap, int *io_error)
 {
     int             rc;
     off_t           fsize;
@@ -178,20 +219,37 @@ scan_segment(queue_t *q, int fd, const char *fname, int last,
             break;
         }
 
-        if (h.seq >= first) {
-            if (q->items == 0) {
+        if (h.seq >= sc->first) {
+            if (!sc->cursor_set) {
                 /* first undelivered record: the cursor starts here */
                 q->rseg = q->nsegs;
                 q->roff = off;
                 q->rseq = h.seq;
+                sc->cursor_set = 1;
             }
             q->items++;
             q->bytes += h.len;
+
+        } else {
+            while (sc->next_pending < sc->npending
+                   && sc->pending[sc->next_pending] < h.seq)
+            {
+                sc->next_pending++;
+            }
+
+            if (sc->next_pending < sc->npending
+                && sc->pending[sc->next_pending] == h.seq
+                && give_back_pending(q, sc->seg, off, &h) != 0)
+            {
+                *io_error = 1;
+                return 0;
+            }
         }
 
-        if (h.seq > *last_seq) {
-            *last_seq = h.seq;
+        if (h.seq > sc->last_seq) {
+            sc->last_seq = h.seq;
         }
+
         off += MQ_FRAME_HDR_SIZE + h.len;
     }
 
@@ -223,10 +281,12 @@ recover_queue(queue_t *q)
     char            fname[SEG_NAME_LEN + 1], bad[SEG_NAME_LEN + 9];
     size_t          i, nids, cap;
     seg_t          *s;
-    uint64_t        first, last_seq, *ids, size;
+    uint64_t        *ids, size;
+    scan_t          sc;
     unsigned char  *buf;
 
-    position_read(q->dirfd, &first);
+    memset(&sc, 0, sizeof(sc));
+    position_read_pending(q->dirfd, &sc.first, &sc.pending, &sc.npending);
 
     if (list_segments(q, &ids, &nids) != 0) {
         log_error("recover", "%s: cannot list: %s", q->name, strerror(errno));
@@ -243,7 +303,7 @@ recover_queue(queue_t *q)
     }
     q->segs_cap = nids ? nids : 1;
 
-    last_seq = first ? first - 1 : 0;
+    sc.last_seq = sc.first ? sc.first - 1 : 0;
     q->rseq = 0;
 
     for (i = 0; i < nids; i++) {
@@ -257,13 +317,15 @@ recover_queue(queue_t *q)
         }
 
         io_error = 0;
-        size = scan_segment(q, fd, fname, i + 1 == nids, first, &last_seq,
-                            &buf, &cap, &io_error);
+        sc.seg = ids[i];
+        size = scan_segment(q, fd, fname, i + 1 == nids, &sc, &buf, &cap,
+                            &io_error);
 
         if (io_error) {
             close(fd);
             free(buf);
             free(ids);
+            free(sc.pending);
             return -1;
         }
 
@@ -291,17 +353,18 @@ recover_queue(queue_t *q)
         s->fd = fd;
         s->size = size;
 
-        if (ids[i] > last_seq + 1) {
-            last_seq = ids[i] - 1;
+        if (ids[i] > sc.last_seq + 1) {
+            sc.last_seq = ids[i] - 1;
         }
     }
 
     free(buf);
     free(ids);
+    free(sc.pending);
 
-    q->next_seq = last_seq + 1;
+    q->next_seq = sc.last_seq + 1;
 
-    if (q->items == 0) {
+    if (!sc.cursor_set) {
         /* nothing undelivered: cursor at the end of the tail */
         q->rseg = q->nsegs ? q->nsegs - 1 : 0;
         q->roff = q->nsegs ? q->segs[q->rseg].size : 0;
@@ -312,7 +375,8 @@ recover_queue(queue_t *q)
         q->wbase = q->segs[q->nsegs - 1].size;
     }
 
-    q->pos_written = first;
+    q->pos_written = q->nret > 0 && q->ret[0].seq < sc.first
+                     ? q->ret[0].seq : sc.first;
     q->pos_dirty = 1;
 
     if (q->items > 0) {

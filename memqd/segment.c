@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -17,9 +19,16 @@
 
 #define POS_FILE      "position"
 #define POS_TMP       "position.tmp"
-#define POS_SIZE      20
+#define POS_SIZE      20           /* version 1 */
+#define POS2_MIN      28           /* version 2 without pending items */
+#define POS_MAX_SIZE  (POS2_MIN + 8 * 1024 * 1024)
 
-static const unsigned char  pos_magic[8] = { 'M', 'Q', 'P', 'O', 'S', 0, 0, 1 };
+static const unsigned char  pos_magic[8] = {
+    'M', 'Q', 'P', 'O', 'S', 0, 0, 1
+};
+static const unsigned char  pos2_magic[8] = {
+    'M', 'Q', 'P', 'O', 'S', 0, 0, 2
+};
 
 
 void
@@ -137,68 +146,179 @@ get_u64(const unsigned char *p)
 }
 
 
-int
-position_read(int dirfd, uint64_t *seq)
+static int
+read_all(int dirfd, unsigned char **buf, size_t *len)
 {
-    int            fd;
-    ssize_t        n;
-    uint32_t       crc;
-    unsigned char  buf[POS_SIZE + 1];
-
-    *seq = 0;
+    int             fd;
+    ssize_t         n;
+    struct stat     st;
+    unsigned char  *b;
 
     fd = openat(dirfd, POS_FILE, O_RDONLY | O_CLOEXEC);
     if (fd == -1) {
         return -1;
     }
 
-    n = read(fd, buf, sizeof(buf));
+    if (fstat(fd, &st) != 0 || st.st_size > POS_MAX_SIZE) {
+        close(fd);
+        return -1;
+    }
+
+    b = malloc((size_t) st.st_size + 1);
+    if (b == NULL) {
+        close(fd);
+        return -1;
+    }
+
+    n = read(fd, b, (size_t) st.st_size + 1);
     close(fd);
 
-    if (n != POS_SIZE || memcmp(buf, pos_magic, 8) != 0) {
+    if (n != (ssize_t) st.st_size) {
+        free(b);
         return -1;
     }
 
-    crc = (uint32_t) buf[16] | (uint32_t) buf[17] << 8
-          | (uint32_t) buf[18] << 16 | (uint32_t) buf[19] << 24;
-
-    if (crc != mq_crc32c(0, buf, 16)) {
-        return -1;
-    }
-
-    *seq = get_u64(buf + 8);
+    *buf = b;
+    *len = (size_t) n;
     return 0;
+}
+
+
+static uint32_t
+get_u32(const unsigned char *p)
+{
+    return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16
+           | (uint32_t) p[3] << 24;
+}
+
+
+int
+position_read_pending(int dirfd, uint64_t *seq, uint64_t **pending,
+    size_t *npending)
+{
+    size_t          len, i;
+    uint64_t        n, *arr;
+    unsigned char  *b;
+
+    *seq = 0;
+    *pending = NULL;
+    *npending = 0;
+
+    if (read_all(dirfd, &b, &len) != 0) {
+        return -1;
+    }
+
+    if (len == POS_SIZE && memcmp(b, pos_magic, 8) == 0
+        && get_u32(b + 16) == mq_crc32c(0, b, 16))
+    {
+        *seq = get_u64(b + 8);
+        free(b);
+        return 0;
+    }
+
+    if (len < POS2_MIN || memcmp(b, pos2_magic, 8) != 0
+        || get_u32(b + len - 4) != mq_crc32c(0, b, len - 4))
+    {
+        free(b);
+        return -1;
+    }
+
+    n = get_u64(b + 16);
+    if (n != (len - POS2_MIN) / 8 || (len - POS2_MIN) % 8 != 0) {
+        free(b);
+        return -1;
+    }
+
+    arr = NULL;
+    if (n > 0) {
+        arr = malloc((size_t) n * sizeof(uint64_t));
+        if (arr == NULL) {
+            free(b);
+            return -1;
+        }
+        for (i = 0; i < n; i++) {
+            arr[i] = get_u64(b + 24 + 8 * i);
+        }
+    }
+
+    *seq = get_u64(b + 8);
+    *pending = arr;
+    *npending = (size_t) n;
+    free(b);
+    return 0;
+}
+
+
+int
+position_read(int dirfd, uint64_t *seq)
+{
+    int        rc;
+    size_t     n;
+    uint64_t  *pending;
+
+    rc = position_read_pending(dirfd, seq, &pending, &n);
+    free(pending);
+    return rc;
+}
+
+
+int
+position_save(int dirfd, uint64_t seq, const uint64_t *pending, size_t n)
+{
+    int             fd, rc;
+    size_t          len, i;
+    uint32_t        crc;
+    unsigned char  *buf, small[POS_SIZE];
+
+    if (n == 0) {
+        /* version 1: the watermark alone */
+        buf = small;
+        len = POS_SIZE;
+        memcpy(buf, pos_magic, 8);
+        put_u64(buf + 8, seq);
+
+    } else {
+        len = POS2_MIN + 8 * n;
+        buf = malloc(len);
+        if (buf == NULL) {
+            return -1;
+        }
+        memcpy(buf, pos2_magic, 8);
+        put_u64(buf + 8, seq);
+        put_u64(buf + 16, n);
+        for (i = 0; i < n; i++) {
+            put_u64(buf + 24 + 8 * i, pending[i]);
+        }
+    }
+
+    crc = mq_crc32c(0, buf, len - 4);
+    buf[len - 4] = (unsigned char) crc;
+    buf[len - 3] = (unsigned char) (crc >> 8);
+    buf[len - 2] = (unsigned char) (crc >> 16);
+    buf[len - 1] = (unsigned char) (crc >> 24);
+
+    rc = -1;
+
+    fd = openat(dirfd, POS_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                0644);
+    if (fd != -1) {
+        if (seg_pwrite(fd, buf, len, 0) == 0) {
+            rc = 0;
+        }
+        close(fd);
+    }
+
+    if (buf != small) {
+        free(buf);
+    }
+
+    /* no fsync: a lost position only means items delivered again */
+    return rc == 0 ? renameat(dirfd, POS_TMP, dirfd, POS_FILE) : -1;
 }
 
 
 int
 position_write(int dirfd, uint64_t seq)
 {
-    int            fd;
-    uint32_t       crc;
-    unsigned char  buf[POS_SIZE];
-
-    memcpy(buf, pos_magic, 8);
-    put_u64(buf + 8, seq);
-    crc = mq_crc32c(0, buf, 16);
-    buf[16] = (unsigned char) crc;
-    buf[17] = (unsigned char) (crc >> 8);
-    buf[18] = (unsigned char) (crc >> 16);
-    buf[19] = (unsigned char) (crc >> 24);
-
-    fd = openat(dirfd, POS_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                0644);
-    if (fd == -1) {
-        return -1;
-    }
-
-    if (seg_pwrite(fd, buf, sizeof(buf), 0) != 0) {
-        close(fd);
-        return -1;
-    }
-
-    close(fd);
-
-    /* no fsync: a lost position only means items delivered again */
-    return renameat(dirfd, POS_TMP, dirfd, POS_FILE);
+    return position_save(dirfd, seq, NULL, 0);
 }

@@ -5,11 +5,18 @@
  *   <data-dir>/<queue>/00000000000000052113.seg   first seq 52113
  *   <data-dir>/<queue>/position                   low watermark
  *
- * Segment format: common/mq_frame.h.  Position file, version 1, 20 bytes:
- * "MQPOS\0\0\1", u64 LE seq, u32 LE CRC32C of the first 16 bytes.  It is
- * replaced, never edited: write position.tmp, rename over position.  A
- * missing or damaged position file reads as seq 0: everything still in
- * the segments is delivered again, never the other way round.
+ * Segment format: common/mq_frame.h.
+ *
+ * Position file: where delivery resumes after a restart.  Every record
+ * below `seq` was consumed, except the `pending` ones (items open on a
+ * connection or given back, still owed to consumers).
+ *   version 1, 20 bytes: "MQPOS\0\0\1", u64 seq, u32 CRC32C of the rest;
+ *   version 2: "MQPOS\0\0\2", u64 seq, u64 n, n x u64 pending seqs
+ *   (ascending), u32 CRC32C of everything before it.
+ * Version 1 is written when nothing is pending.  The file is replaced,
+ * never edited: write position.tmp, rename over position.  A missing or
+ * damaged file reads as seq 0: everything still in the segments is
+ * delivered again, never the other way round.
  */
 
 #ifndef MEMQD_SEGMENT_H
@@ -36,6 +43,12 @@ int seg_pwrite(int fd, const void *buf, size_t len, uint64_t off);
 
 int position_read(int dirfd, uint64_t *seq);
 int position_write(int dirfd, uint64_t seq);
+
+/* With pending items; *pending is malloc()ed (NULL when none). */
+int position_read_pending(int dirfd, uint64_t *seq, uint64_t **pending,
+    size_t *npending);
+int position_save(int dirfd, uint64_t seq, const uint64_t *pending,
+    size_t n);
 
 /* Rebuilds q (segments, cursor, counters) from its directory, truncating a
  * torn or corrupt tail.  0 on success, -1 when the directory is unusable. */

@@ -85,6 +85,7 @@ free_queue(fx_t *f)
     }
 
     free(f->q->segs);
+    free(f->q->ret);
     free(f->q);
     f->q = NULL;
 }
@@ -1315,12 +1316,38 @@ test_recover_next_seq_not_below_position_after_corrupt_tail(void **state)
 }
 
 
+static void
+test_recover_pending_items_come_back(void **state)
+{
+    fx_t            *f = *state;
+    tseg_t           s;
+    queue_t         *q;
+    const uint64_t   pending[] = { 2, 5 };
+
+    /* 1..10 stored; 1..7 delivered, of which 2 and 5 still owed */
+    seg_write(f, &s, 1, 1, 10, NULL, 20);
+    assert_int_equal(position_save(f->dirfd, 8, pending, 2), 0);
+
+    q = recover(f);
+    assert_int_equal(q->items, 5);
+    assert_int_equal(q->nret, 2);
+    assert_int_equal(q->ret[0].seq, 2);
+    assert_int_equal(q->ret[0].off, s.off[1]);
+    assert_int_equal(q->ret[1].seq, 5);
+    assert_int_equal(q->ret[1].len, 20);
+    expect_cursor(q, 0, s.off[7], 8);
+    assert_int_equal(q->next_seq, 11);
+    assert_int_equal(q->pos_written, 2);
+}
+
+
 #define T(name)  cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int
 main(void)
 {
     const struct CMUnitTest  tests[] = {
+        T(test_recover_pending_items_come_back),
         T(test_recover_empty_dir),
         T(test_recover_position_without_segments),
         T(test_recover_next_seq_not_below_position),

@@ -528,6 +528,42 @@ test_position_stale_tmp(void **state)
 }
 
 
+static void
+test_position_pending_round_trip(void **state)
+{
+    fx_t            *f = *state;
+    size_t           n;
+    uint64_t         seq, *pending;
+    const uint64_t   want[] = { 3, 9, 1ull << 40 };
+
+    assert_int_equal(position_save(f->dirfd, 77, want, 3), 0);
+    assert_int_equal(position_read_pending(f->dirfd, &seq, &pending, &n), 0);
+    assert_int_equal(seq, 77);
+    assert_int_equal(n, 3);
+    assert_memory_equal(pending, want, sizeof(want));
+    free(pending);
+
+    /* the plain reader sees the cursor */
+    assert_int_equal(position_read(f->dirfd, &seq), 0);
+    assert_int_equal(seq, 77);
+
+    /* a damaged version 2 file reads as nothing */
+    {
+        int            fd;
+        unsigned char  b = 0xff;
+
+        fd = openat(f->dirfd, "position", O_WRONLY);
+        assert_true(fd >= 0);
+        assert_int_equal(pwrite(fd, &b, 1, 30), 1);
+        close(fd);
+    }
+    assert_int_equal(position_read_pending(f->dirfd, &seq, &pending, &n),
+                     -1);
+    assert_int_equal(seq, 0);
+    assert_null(pending);
+}
+
+
 #define T(name)  cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int
@@ -539,6 +575,7 @@ main(void)
         cmocka_unit_test(test_seg_parse_name_rejects),
         T(test_seg_create),
         T(test_seg_create_never_clobbers),
+        T(test_position_pending_round_trip),
         cmocka_unit_test(test_seg_create_fails),
         T(test_seg_pwrite),
         T(test_position_layout),
