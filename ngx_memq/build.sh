@@ -66,8 +66,10 @@ build_tree() {
 }
 
 # Debian's own compiler options for its nginx
-build_tree "$build/nginx-src" \
-    "-g -O2 -fstack-protector-strong -Wformat -Werror=format-security -fPIC -Wdate-time -D_FORTIFY_SOURCE=2" \
+debian_cc="-g -O2 -fstack-protector-strong -Wformat -Werror=format-security"
+debian_cc="$debian_cc -fPIC -Wdate-time -D_FORTIFY_SOURCE=2"
+
+build_tree "$build/nginx-src" "$debian_cc" \
     "-Wl,-z,relro -Wl,-z,now -fPIC" \
     "$build/ngx_http_memq_module.so"
 
