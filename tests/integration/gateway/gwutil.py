@@ -492,3 +492,80 @@ class SilentNode:
 def closed_port():
     """A loopback port nobody listens on."""
     return free_port()
+
+
+class ScriptedNode:
+    """A memcache-speaking stand-in for one node whose answers a test
+    scripts, for timings a real node cannot be made to show.  answer(line,
+    n) gets each request line (bytes, without CRLF) and its number on the
+    connection (from 1) and returns (delay_seconds, reply_bytes), or None
+    to never answer.  Every line received is kept in self.lines."""
+
+    def __init__(self, answer):
+        import threading
+        self.answer = answer
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.host, self.port = self.sock.getsockname()
+        self.lines = []
+        self.closed = False
+        self.threads = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    @property
+    def addr(self):
+        return (self.host, self.port)
+
+    def _accept(self):
+        import threading
+        self.sock.settimeout(0.1)
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _serve(self, c):
+        buf = b""
+        n = 0
+        c.settimeout(0.1)
+        try:
+            while not self.closed:
+                try:
+                    d = c.recv(65536)
+                except socket.timeout:
+                    continue
+                if not d:
+                    return
+                buf += d
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    n += 1
+                    self.lines.append(line)
+                    a = self.answer(line, n)
+                    if a is None:
+                        continue
+                    delay, reply = a
+                    end = time.monotonic() + delay
+                    while time.monotonic() < end and not self.closed:
+                        time.sleep(0.01)
+                    c.sendall(reply)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.closed = True
+        for t in self.threads:
+            t.join(2)
+        self.sock.close()
