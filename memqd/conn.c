@@ -418,6 +418,9 @@ conn_linger(conn_t *c)
 
     shutdown(c->io.fd, SHUT_WR);
     c->lingering = 1;
+
+    /* the conversation is over: open items go back now, not at close */
+    queue_abort_conn(&c->opensets);
     loop_timer_add(&c->timer, LINGER_MS);
     loop_mod(&c->io, LOOP_READ);
 }
