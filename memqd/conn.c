@@ -446,19 +446,6 @@ linger_read(conn_t *c)
 }
 
 
-void
-conn_wake_all_waiters(void)
-{
-    queue_t  *q;
-
-    for (q = queue_next(NULL); q; q = queue_next(q)) {
-        while (q->wait_head != NULL) {
-            conn_wake(q->wait_head);
-        }
-    }
-}
-
-
 int
 conn_before_sleep(void)
 {

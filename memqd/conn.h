@@ -110,8 +110,6 @@ int conn_before_sleep(void);
 /* Releases replies parked for fsync tickets <= durable. */
 void conn_sync_done(uint64_t durable, int failed);
 
-/* Wakes every long poll (shutdown). */
-void conn_wake_all_waiters(void);
 
 /* Output helpers for cmd.c */
 int conn_out_reserve(conn_t *c, size_t n);

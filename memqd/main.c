@@ -109,7 +109,7 @@ signal_handler(loop_io_t *io, unsigned events)
             log_info("main", "signal %u: stopping", si.ssi_signo);
             srv.stopping = 1;
             conn_close_listeners();
-            conn_wake_all_waiters();
+            queue_wake_all_waiters();
             stop_deadline = loop_now() + STOP_GRACE_MS;
             /* replies still in flight get a short grace period */
             loop_timer_add(&stop_timer, 50);

@@ -1032,6 +1032,32 @@ queue_wait_del(queue_t *q, conn_t *c)
 }
 
 
+void
+queue_wake_all_waiters(void)
+{
+    int       last;
+    size_t    i;
+    conn_t   *c;
+    queue_t  *q, *next;
+
+    /* ghosts too: a long poll on a queue that does not exist also ends */
+    for (i = 0; i < HASH_SIZE; i++) {
+        for (q = hash[i]; q; q = next) {
+            next = q->hnext;
+
+            while ((c = q->wait_head) != NULL) {
+                /* waking the last waiter of a ghost frees the ghost */
+                last = c->wnext == NULL && !q->on_disk;
+                conn_wake(c);
+                if (last) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+
 uint64_t
 queue_age_ms(queue_t *q)
 {

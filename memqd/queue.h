@@ -158,6 +158,9 @@ void queue_flush_all(void);
 void queue_wait_add(queue_t *q, conn_t *c);
 void queue_wait_del(queue_t *q, conn_t *c);
 
+/* Wakes every long poll, on ghosts too (shutdown). */
+void queue_wake_all_waiters(void);
+
 /* Head item age in ms, 0 when empty. */
 uint64_t queue_age_ms(queue_t *q);
 
