@@ -400,6 +400,7 @@ do_stats(conn_t *c)
     out_stat(c, "time", now);
     conn_out_str(c, "STAT version " MEMQD_VERSION "\r\n");
     out_stat(c, "curr_connections", srv.curr_conns);
+    out_stat(c, "curr_waiters", srv.curr_waiters);
     out_stat(c, "total_connections", srv.total_conns);
     out_stat(c, "cmd_get", srv.cmd_get);
     out_stat(c, "cmd_set", srv.cmd_set);

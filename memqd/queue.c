@@ -1005,6 +1005,7 @@ queue_wait_add(queue_t *q, conn_t *c)
 
     q->wait_tail = c;
     q->nwaiters++;
+    srv.curr_waiters++;
     c->wait_q = q;
 }
 
@@ -1028,6 +1029,7 @@ queue_wait_del(queue_t *q, conn_t *c)
     c->wprev = NULL;
     c->wait_q = NULL;
     q->nwaiters--;
+    srv.curr_waiters--;
     queue_release(q);
 }
 

@@ -40,6 +40,7 @@ typedef struct {
     uint64_t      get_hits;
     uint64_t      get_misses;
     uint64_t      total_items;
+    uint64_t      curr_waiters;    /* long polls parked, on any queue */
 } server_t;
 
 extern server_t  srv;

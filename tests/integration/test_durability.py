@@ -202,6 +202,28 @@ def test_sigterm_ends_long_poll(memqd_factory):
     s.check_sanitizer()
 
 
+def test_sigterm_ends_long_poll_on_missing_queue(memqd_factory):
+    """A long poll on a queue that does not exist (nothing on disk, not in
+    stats) also answers END at once on SIGTERM."""
+    s = memqd_factory()
+    c = s.connect()
+    q = qname()
+    poller = s.connect(timeout=10)
+    poller.send("get %s/open/n=1/t=30000\r\n" % q)
+    # parked without creating the queue: only the general count shows it
+    wait_for(lambda: c.stats().get("curr_waiters") == "1", timeout=5,
+             what="poller parked")
+    assert "queue_%s_waiters" % q not in c.stats()
+    t0 = time.monotonic()
+    s.signal(15)
+    assert poller.read_values(timeout=5) == []
+    assert time.monotonic() - t0 < 2.0 * SLOW
+    assert s.proc.wait(5 * SLOW) == 0
+    s.proc = None
+    s.check_sanitizer()
+    assert not (s.data_dir / q).exists()
+
+
 def test_sigterm_finishes_replies_in_flight(memqd_factory):
     s = memqd_factory()
     c = s.connect(timeout=10)
