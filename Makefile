@@ -91,10 +91,13 @@ test-fuzz: $(FUZZ)
 # by name.
 PYTEST   := $(PYTHON) -m pytest -q -p no:cacheprovider
 
-# the memqd suite against the sanitizer build of memqd
-test-asan: $(B)/asan/memqd
+# both suites against the sanitizer builds of memqd and of the module
+test-asan: $(B)/asan/memqd module
 	MEMQD=$(B)/asan/memqd MEMQ_SANITIZED=1 $(PYTEST) tests/integration \
 	    --ignore=tests/integration/gateway
+	@if [ -d tests/integration/gateway ]; then \
+	    MEMQD=$(B)/asan/memqd MEMQ_SANITIZED=1 $(PYTEST) \
+	        tests/integration/gateway; fi
 
 test-integration: $(B)/memqd module
 	MEMQD=$(B)/memqd $(PYTEST) tests/integration \
