@@ -170,7 +170,6 @@ pos_timer_handler(loop_timer_t *t)
 int
 queue_init(void)
 {
-    int             fd;
     DIR            *d;
     size_t          n;
     queue_t        *q;
@@ -179,14 +178,8 @@ queue_init(void)
 
     pos_timer.handler = pos_timer_handler;
 
-    fd = openat(srv.data_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd == -1) {
-        return -1;
-    }
-
-    d = fdopendir(fd);
+    d = dir_stream(srv.data_fd);
     if (d == NULL) {
-        close(fd);
         return -1;
     }
 

@@ -51,20 +51,13 @@ cmp_u64(const void *a, const void *b)
 static int
 list_segments(queue_t *q, uint64_t **ids, size_t *n)
 {
-    int             fd;
     DIR            *d;
     size_t          cap;
     uint64_t        id, *a, *t;
     struct dirent  *de;
 
-    fd = openat(q->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd == -1) {
-        return -1;
-    }
-
-    d = fdopendir(fd);
+    d = dir_stream(q->dirfd);
     if (d == NULL) {
-        close(fd);
         return -1;
     }
 

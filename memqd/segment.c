@@ -31,6 +31,27 @@ static const unsigned char  pos2_magic[8] = {
 };
 
 
+DIR *
+dir_stream(int dirfd)
+{
+    int   fd;
+    DIR  *d;
+
+    /* a new fd: closedir() must not close the caller's */
+    fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -1) {
+        return NULL;
+    }
+
+    d = fdopendir(fd);
+    if (d == NULL) {
+        close(fd);
+    }
+
+    return d;
+}
+
+
 void
 seg_name(char *buf, uint64_t id)
 {

@@ -22,12 +22,17 @@
 #ifndef MEMQD_SEGMENT_H
 #define MEMQD_SEGMENT_H
 
+#include <dirent.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "queue.h"
 
 #define SEG_NAME_LEN  24     /* 20 digits + ".seg" */
+
+/* A directory stream over dirfd's directory (the caller closedir()s it;
+ * dirfd stays open), or NULL. */
+DIR *dir_stream(int dirfd);
 
 void seg_name(char *buf, uint64_t id);
 
