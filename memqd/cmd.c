@@ -34,9 +34,19 @@
 #define EXPTIME_REL_MAX 2592000            /* 30 days, as memcached */
 
 
+static log_rate_t  client_errors = { "cmd", 10, 0, 0, 0 };
+
+
+/* Answers a client's mistake, and says so in the log at info level, at
+ * most ten lines a second. */
 static void
 out_client_error(conn_t *c, const char *why)
 {
+    if (log_max_level >= LOG_INFO && log_rate_ok(&client_errors, loop_now()))
+    {
+        log_info("cmd", "fd %d: CLIENT_ERROR %s", c->io.fd, why);
+    }
+
     conn_out_str(c, "CLIENT_ERROR ");
     conn_out_str(c, why);
     conn_out_str(c, "\r\n");

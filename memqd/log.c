@@ -59,3 +59,26 @@ log_msg(log_level_e level, const char *subsys, const char *fmt, ...)
         /* nowhere left to report it */
     }
 }
+
+
+int
+log_rate_ok(log_rate_t *r, uint64_t now_ms)
+{
+    if (now_ms - r->window_start >= 1000) {
+        if (r->suppressed > 0) {
+            log_msg(LOG_INFO, r->subsys, "%lu similar lines suppressed",
+                    (unsigned long) r->suppressed);
+        }
+        r->window_start = now_ms;
+        r->count = 0;
+        r->suppressed = 0;
+    }
+
+    if (r->count < r->per_second) {
+        r->count++;
+        return 1;
+    }
+
+    r->suppressed++;
+    return 0;
+}

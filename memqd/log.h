@@ -6,6 +6,8 @@
 #ifndef MEMQD_LOG_H
 #define MEMQD_LOG_H
 
+#include <stdint.h>
+
 typedef enum {
     LOG_ERROR,   /* acknowledged data at risk, write/fsync failed */
     LOG_WARN,    /* degraded: tail dropped, node read-only */
@@ -27,5 +29,18 @@ void log_msg(log_level_e level, const char *subsys, const char *fmt, ...)
             log_msg(LOG_DEBUG, s, __VA_ARGS__);                              \
         }                                                                    \
     } while (0)
+
+/* At most per_second lines a second for one kind of event (clients must
+ * not be able to flood the log); the count of the rest is logged when the
+ * next second starts. */
+typedef struct {
+    const char  *subsys;
+    unsigned     per_second;
+    unsigned     count;
+    uint64_t     window_start;   /* monotonic ms */
+    uint64_t     suppressed;
+} log_rate_t;
+
+int log_rate_ok(log_rate_t *r, uint64_t now_ms);
 
 #endif /* MEMQD_LOG_H */
