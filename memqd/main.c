@@ -24,6 +24,7 @@
 
 #include "config.h"
 #include "conn.h"
+#include "etcd.h"
 #include "log.h"
 #include "loop.h"
 #include "queue.h"
@@ -59,7 +60,10 @@ usage(FILE *f)
         "usage: memqd [--listen ADDR:PORT]... [--data-dir DIR]\n"
         "             [--sync always|interval=MS|none] [--max-item-size N]\n"
         "             [--segment-size N] [--config FILE]\n"
-        "             [--max-connections N] [-v]\n");
+        "             [--max-connections N] [-v]\n"
+        "             [--etcd URL[,URL...] --advertise HOST:PORT "
+        "--cluster NAME\n"
+        "              [--weight N]]\n");
 }
 
 
@@ -109,6 +113,7 @@ signal_handler(loop_io_t *io, unsigned events)
             log_info("main", "signal %u: stopping", si.ssi_signo);
             srv.stopping = 1;
             conn_close_listeners();
+            etcd_stop_request();
             queue_wake_all_waiters();
             stop_deadline = loop_now() + STOP_GRACE_MS;
             /* replies still in flight get a short grace period */
@@ -237,6 +242,10 @@ main(int argc, char **argv)
         { "segment-size",    required_argument, NULL, 'S' },
         { "config",          required_argument, NULL, 'c' },
         { "max-connections", required_argument, NULL, 'C' },
+        { "etcd",            required_argument, NULL, ETCD_OPT_URLS },
+        { "advertise",       required_argument, NULL, ETCD_OPT_ADVERTISE },
+        { "cluster",         required_argument, NULL, ETCD_OPT_CLUSTER },
+        { "weight",          required_argument, NULL, ETCD_OPT_WEIGHT },
         { "verbose",         no_argument,       NULL, 'v' },
         { "help",            no_argument,       NULL, 'h' },
         { NULL, 0, NULL, 0 }
@@ -298,6 +307,14 @@ main(int argc, char **argv)
             }
             srv.max_conns = v;
             break;
+        case ETCD_OPT_URLS:
+        case ETCD_OPT_ADVERTISE:
+        case ETCD_OPT_CLUSTER:
+        case ETCD_OPT_WEIGHT:
+            if (etcd_option(opt, optarg) != 0) {
+                return 2;
+            }
+            break;
         case 'v':
             log_max_level = LOG_DEBUG;
             break;
@@ -312,6 +329,10 @@ main(int argc, char **argv)
 
     if (optind != argc) {
         usage(stderr);
+        return 2;
+    }
+
+    if (etcd_check() != 0) {
         return 2;
     }
 
@@ -374,8 +395,14 @@ main(int argc, char **argv)
              srv.sync_mode == SYNC_ALWAYS ? "always"
              : srv.sync_mode == SYNC_NONE ? "none" : "interval");
 
+    /* registered only once it serves: the gateway may connect at once */
+    if (etcd_start() != 0) {
+        return 1;
+    }
+
     loop_run(before_sleep);
 
+    etcd_stop();
     conn_shutdown();
     queue_shutdown();
     log_info("main", "stopped");
