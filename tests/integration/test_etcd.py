@@ -337,10 +337,12 @@ def test_sigkill_key_expires_with_the_lease(etcd, memqd_factory):
     s.kill()
     t = time.monotonic()
     assert not gone(etcd, key), "nobody revoked it: it stays a while"
-    wait_for(lambda: gone(etcd, key), timeout=TTL + 5, interval=0.1,
+    # etcd checks for expired leases every 500 ms and revokes them through
+    # raft: 5.1-6.3 s were seen on an idle machine
+    wait_for(lambda: gone(etcd, key), timeout=TTL + 6, interval=0.1,
              what="%s to expire after SIGKILL" % key)
     took = time.monotonic() - t
-    assert took <= TTL + 3, "expired after %.1fs" % took
+    assert took <= TTL + 4, "expired after %.1fs" % took
 
 
 def test_etcd_restart_node_keeps_serving_and_registers_again(
