@@ -1,6 +1,7 @@
 /*
  * ngx_http_memq_module.c: directives, configuration create/merge, module
- * tables, variables, and the per-worker nodes_file watcher.
+ * tables, variables, and the per-worker nodes_file watcher (etcd has its
+ * own file, ngx_http_memq_etcd.c).
  *
  * Clusters are parsed into the main conf; a location names one with
  * memq_pass, resolved at merge time so a cluster may be defined after the
@@ -29,9 +30,6 @@ static void ngx_http_memq_watch_handler(ngx_event_t *ev);
 static void ngx_http_memq_exit_handler(ngx_event_t *ev);
 static void ngx_http_memq_read_nodes_file(ngx_http_memq_cluster_t *cl,
     ngx_log_t *log, ngx_uint_t force);
-static ngx_http_memq_node_t *ngx_http_memq_node_add(
-    ngx_http_memq_cluster_t *cl, ngx_pool_t *pool, ngx_str_t *addr,
-    ngx_int_t weight, ngx_uint_t source, ngx_str_t *err);
 static ngx_int_t ngx_http_memq_parse_node_line(ngx_str_t *line,
     ngx_str_t *addr, ngx_int_t *weight);
 
@@ -360,6 +358,10 @@ ngx_http_memq_init_process(ngx_cycle_t *cycle)
     for (i = 0; i < mmcf->clusters.nelts; i++) {
         cl = clp[i];
 
+        if (cl->etcd) {
+            ngx_http_memq_etcd_init_process(cl, cycle);
+        }
+
         if (cl->nodes_file.len == 0) {
             continue;
         }
@@ -656,9 +658,9 @@ ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
 
 /*
  * Adds a node to the cluster, or gives an existing one the source bit.
- * Weight: a static line wins over the file.
+ * Weight: a static line wins over the file, the file over etcd.
  */
-static ngx_http_memq_node_t *
+ngx_http_memq_node_t *
 ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl, ngx_pool_t *pool,
     ngx_str_t *addr, ngx_int_t weight, ngx_uint_t source, ngx_str_t *err)
 {
@@ -674,9 +676,8 @@ ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl, ngx_pool_t *pool,
             return NULL;
         }
 
-        if (source == NGX_HTTP_MEMQ_SRC_STATIC
-            || !(node->sources & NGX_HTTP_MEMQ_SRC_STATIC))
-        {
+        /* the lower bit, the stronger source */
+        if ((node->sources & (source - 1)) == 0) {
             node->weight = weight;
         }
 
@@ -915,10 +916,11 @@ ngx_http_memq_cluster(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_conf_init_uint_value(cl->max_fails, 1);
     ngx_conf_init_msec_value(cl->fail_timeout, 10000);
 
-    if (cl->nodes.nelts == 0 && cl->nodes_file.len == 0) {
+    if (cl->nodes.nelts == 0 && cl->nodes_file.len == 0 && cl->etcd == NULL)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "memq_cluster \"%V\" has no \"node\" and no "
-                           "\"nodes_file\"", &cl->name);
+                           "\"nodes_file\" (nor \"etcd\")", &cl->name);
         return NGX_CONF_ERROR;
     }
 
@@ -996,6 +998,10 @@ ngx_http_memq_cluster_cmd(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
         }
 
         return NGX_CONF_OK;
+    }
+
+    if (MEMQ_IS("etcd")) {
+        return ngx_http_memq_etcd_conf(cf, cl);
     }
 
     if (nargs != 2) {

@@ -4,9 +4,11 @@
  * Ownership at a glance:
  *
  *   cf->pool        main conf, clusters, static nodes, location confs
- *   cycle->pool     nodes learnt from a nodes_file at run time (per worker;
- *                   a node is never freed, only marked inactive, because
- *                   running streams and pooled connections refer to it)
+ *   cycle->pool     nodes learnt from a nodes_file or etcd at run time (per
+ *                   worker; a node is never freed, only marked inactive,
+ *                   because running streams and pooled connections refer
+ *                   to it)
+ *   per poll pool   an etcd poll's connection buffers and decoded answer
  *   shared zone     one per cluster: node health and counters, summed over
  *                   all workers (ngx_http_memq_sh_t, fixed size, no pointers)
  *   c->pool         one per node connection: the ngx_http_memq_conn_t and
@@ -37,6 +39,12 @@
 
 #define NGX_HTTP_MEMQ_SRC_STATIC      0x01
 #define NGX_HTTP_MEMQ_SRC_FILE        0x02
+#define NGX_HTTP_MEMQ_SRC_ETCD        0x04
+
+/* etcd state in shm */
+#define NGX_HTTP_MEMQ_ETCD_STARTING   0        /* no answer yet */
+#define NGX_HTTP_MEMQ_ETCD_UP         1
+#define NGX_HTTP_MEMQ_ETCD_UNREACHABLE 2
 
 /* consume output formats: name, enum member */
 #define NGX_HTTP_MEMQ_FORMATS(X)                                             \
@@ -55,6 +63,7 @@ typedef enum {
 typedef struct ngx_http_memq_cluster_s  ngx_http_memq_cluster_t;
 typedef struct ngx_http_memq_node_s     ngx_http_memq_node_t;
 typedef struct ngx_http_memq_conn_s     ngx_http_memq_conn_t;
+typedef struct ngx_http_memq_etcd_s     ngx_http_memq_etcd_t;
 
 
 /* one node in shared memory; plain data only, counters are atomics */
@@ -80,8 +89,22 @@ typedef struct {
 } ngx_http_memq_shnode_t;
 
 
+/* the cluster's etcd as the workers last saw it */
+typedef struct {
+    ngx_uint_t              state;        /* NGX_HTTP_MEMQ_ETCD_* */
+    ngx_uint_t              nodes;        /* listed by the last answer */
+    ngx_atomic_t            polls;
+    ngx_atomic_t            failures;     /* polls that found no etcd */
+    size_t                  endpoint_len; /* URL last answered */
+    u_char                  endpoint[NGX_HTTP_MEMQ_ADDR_LEN];
+    size_t                  last_error_len;
+    u_char                  last_error[NGX_HTTP_MEMQ_ERR_LEN];
+} ngx_http_memq_shetcd_t;
+
+
 typedef struct {
     ngx_atomic_t            streams_active;
+    ngx_http_memq_shetcd_t  etcd;
     ngx_http_memq_shnode_t  nodes[NGX_HTTP_MEMQ_MAX_NODES];
 } ngx_http_memq_sh_t;
 
@@ -122,6 +145,7 @@ struct ngx_http_memq_cluster_s {
     off_t                     file_size;
     ngx_uint_t                file_seen;   /* read at least once */
     ngx_event_t               watch;       /* nodes_file timer */
+    ngx_http_memq_etcd_t     *etcd;        /* NULL: no etcd */
 
     u_char                   *conf_file;   /* where it was defined */
     ngx_uint_t                conf_line;
@@ -199,6 +223,9 @@ extern ngx_module_t  ngx_http_memq_module;
 /* ngx_http_memq_module.c */
 ngx_http_memq_node_t *ngx_http_memq_node_find(ngx_http_memq_cluster_t *cl,
     u_char *addr, size_t len);
+ngx_http_memq_node_t *ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl,
+    ngx_pool_t *pool, ngx_str_t *addr, ngx_int_t weight, ngx_uint_t source,
+    ngx_str_t *err);
 ngx_int_t ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
     ngx_http_memq_node_t *node, ngx_str_t *err);
 void ngx_http_memq_json_error(ngx_http_request_t *r, ngx_uint_t status,
@@ -246,6 +273,12 @@ void ngx_http_memq_node_failed(ngx_http_memq_node_t *node, ngx_log_t *log,
 void ngx_http_memq_node_ok(ngx_http_memq_node_t *node);
 ngx_http_memq_shnode_t *ngx_http_memq_shnode(ngx_http_memq_node_t *node);
 void ngx_http_memq_shm_sources(ngx_http_memq_cluster_t *cl);
+
+/* ngx_http_memq_etcd.c */
+char *ngx_http_memq_etcd_conf(ngx_conf_t *cf, ngx_http_memq_cluster_t *cl);
+void ngx_http_memq_etcd_init_zone(ngx_http_memq_cluster_t *cl);
+void ngx_http_memq_etcd_init_process(ngx_http_memq_cluster_t *cl,
+    ngx_cycle_t *cycle);
 
 /* ngx_http_memq_status.c */
 ngx_int_t ngx_http_memq_status_handler(ngx_http_request_t *r);

@@ -77,10 +77,13 @@ ngx_http_memq_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_shmtx_lock(&shpool->mutex);
 
     /* sources are recomputed: static ones now, file ones by the new
-     * workers when they read their nodes_file */
+     * workers when they read their nodes_file; etcd ones stay in force
+     * until the new workers hear from etcd */
     for (i = 0; i < NGX_HTTP_MEMQ_MAX_NODES; i++) {
-        sh->nodes[i].sources = 0;
+        sh->nodes[i].sources &= NGX_HTTP_MEMQ_SRC_ETCD;
     }
+
+    ngx_http_memq_etcd_init_zone(cl);
 
     ngx_shmtx_unlock(&shpool->mutex);
 
@@ -159,6 +162,8 @@ ngx_http_memq_shm_slot(ngx_http_memq_cluster_t *cl, ngx_http_memq_node_t *node)
                   | (node->sources & NGX_HTTP_MEMQ_SRC_STATIC);
     sn->sources = (sn->sources & ~NGX_HTTP_MEMQ_SRC_FILE)
                   | (node->sources & NGX_HTTP_MEMQ_SRC_FILE);
+    sn->sources = (sn->sources & ~NGX_HTTP_MEMQ_SRC_ETCD)
+                  | (node->sources & NGX_HTTP_MEMQ_SRC_ETCD);
 
     ngx_shmtx_unlock(&cl->shpool->mutex);
 
@@ -166,7 +171,8 @@ ngx_http_memq_shm_slot(ngx_http_memq_cluster_t *cl, ngx_http_memq_node_t *node)
 }
 
 
-/* after a nodes_file was read: publish every node's sources and weight */
+/* after a nodes_file or etcd was read: publish every node's sources and
+ * weight */
 void
 ngx_http_memq_shm_sources(ngx_http_memq_cluster_t *cl)
 {

@@ -463,7 +463,25 @@ ngx_http_memq_source_name(ngx_http_memq_shnode_t *sn)
         return "static";
     }
 
-    return "file";
+    if (sn->sources & NGX_HTTP_MEMQ_SRC_FILE) {
+        return "file";
+    }
+
+    return "etcd";
+}
+
+
+static const char *
+ngx_http_memq_etcd_state_name(ngx_http_memq_shetcd_t *se)
+{
+    switch (se->state) {
+    case NGX_HTTP_MEMQ_ETCD_UP:
+        return "up";
+    case NGX_HTTP_MEMQ_ETCD_UNREACHABLE:
+        return "unreachable";
+    default:
+        return "starting";
+    }
 }
 
 
@@ -527,6 +545,20 @@ ngx_http_memq_status_json(ngx_http_memq_status_ctx_t *ctx,
 
         ngx_http_memq_sb_printf(sb, "],\"streams_active\":%uA",
                                 sh ? sh->streams_active : 0);
+
+        if (cl->etcd && sh) {
+            ngx_http_memq_sb_printf(sb,
+                ",\"etcd\":{\"state\":\"%s\",\"nodes\":%ui,"
+                "\"polls\":%uA,\"failures\":%uA,\"endpoint\":",
+                ngx_http_memq_etcd_state_name(&sh->etcd), sh->etcd.nodes,
+                sh->etcd.polls, sh->etcd.failures);
+            ngx_http_memq_sb_json(sb, sh->etcd.endpoint,
+                                  sh->etcd.endpoint_len);
+            ngx_http_memq_sb_printf(sb, ",\"last_error\":");
+            ngx_http_memq_sb_json(sb, sh->etcd.last_error,
+                                  sh->etcd.last_error_len);
+            ngx_http_memq_sb_printf(sb, "}");
+        }
 
         if (ctx->queues) {
             ngx_http_memq_sb_printf(sb, ",\"queues\":{");
@@ -609,6 +641,30 @@ ngx_http_memq_status_prometheus(ngx_http_memq_status_ctx_t *ctx,
         ngx_http_memq_sb_printf(sb, "memq_streams_active{cluster=\"%V\"} "
                                 "%uA\n", &cl->name,
                                 cl->sh ? cl->sh->streams_active : 0);
+    }
+
+    for (m = 0; m < 2; m++) {
+        for (i = 0, j = 0; i < ctx->clusters.nelts; i++) {
+            cl = cs[i].cluster;
+            sh = cl->sh;
+
+            if (cl->etcd == NULL || sh == NULL) {
+                continue;
+            }
+
+            if (j++ == 0) {
+                ngx_http_memq_sb_printf(sb, "# TYPE %s gauge\n",
+                                        m ? "memq_etcd_nodes"
+                                          : "memq_etcd_up");
+            }
+
+            ngx_http_memq_sb_printf(sb, "%s{cluster=\"%V\"} %ui\n",
+                                    m ? "memq_etcd_nodes" : "memq_etcd_up",
+                                    &cl->name,
+                                    m ? sh->etcd.nodes
+                                    : (ngx_uint_t) (sh->etcd.state
+                                                == NGX_HTTP_MEMQ_ETCD_UP));
+        }
     }
 
     if (!ctx->queues) {
