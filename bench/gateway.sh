@@ -1,0 +1,484 @@
+#!/bin/bash
+# bench/gateway.sh: the HTTP gateway (ngx_http_memq_module) under load.
+#
+# Starts, on free loopback ports in a fresh temporary directory, 8 memqd
+# nodes with --sync none, 3 more with --sync always, and Debian's nginx
+# (2 workers, build/ngx_http_memq_module.so) with four clusters:
+#
+#   /n1  node 1            /n3  nodes 1-3        /n8  nodes 1-8
+#   /a3  the 3 --sync always nodes
+#
+# and measures:
+#
+#   drain    one backlog of DRAIN_N x 100 B messages spread evenly over 1, 3
+#            and 8 nodes, drained by 1, 10 and 100 concurrent GET streams
+#            (drain mode, wait=0, ndjson) of the same queue; then the same
+#            backlog consumed straight from the nodes by memq-bench
+#            (-m consume, K connections x depth 16 against every node at
+#            once, as many connections per node as the gateway opens for K
+#            streams); ratio = gateway / direct
+#   publish  wrk, PUB_CONNS keep-alive connections for PUB_SECS: single
+#            100 B messages a POST, and ndjson batches of 100 a POST, on /n3
+#            and on /a3 (--sync always)
+#   wakeup   a consumer long-polls (wait=30&max=1) on /n3; a 100 B message
+#            is published through the gateway, or with `set` straight to a
+#            node; time from the publish to the line at the consumer, ROUNDS
+#   rss      sum of the nginx workers' VmRSS: idle, with LONGPOLLS open long
+#            polls on /n3, and while a slow client (1 KiB every 10 ms for
+#            SLOW_SECS) drains a backlog of SLOW_N messages on /n3
+#
+# Prints tables; the raw lines (DRAIN, DIRECT, PUBLISH, WAKEUP, LONGPOLL,
+# SLOW) go to RESULTS (build/gateway-results.txt).
+#
+# Environment:
+#   QUICK=1      tiny counts: a smoke run in under 30 s
+#   REPEAT       runs of each drain cell (3); the table shows the best
+#   DRAIN_N      backlog of a drain cell (300000)
+#   NODES        node counts of the drain cells ("1 3 8")
+#   CONSUMERS    consumer counts of the drain cells ("1 10 100")
+#   PUB_SECS     seconds of each wrk run (6); PUB_CONNS (50)
+#   ROUNDS       wake-up rounds (200)
+#   LONGPOLLS    open long polls (1000)
+#   SLOW_N       slow-client backlog (500000); SLOW_SECS (20)
+#   PARTS        subset of "drain publish wakeup rss" (all)
+#   BATCH        memq_batch of the locations (64, the module's default)
+#   RESULTS, MEMQD, BENCH, MODULE, NGINX
+#
+# Needs: build/memqd, build/memq-bench (make memqd bench), the module (make
+# module), Debian's nginx, python3, wrk (Debian package `wrk`; without it
+# the publish rows are skipped).  Exit status 1 if a run failed or lost
+# messages.  Whatever it started is stopped on any exit (trap).
+
+set -u
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=${BENCH:-$ROOT/build/memq-bench}
+MEMQD=${MEMQD:-$ROOT/build/memqd}
+MODULE=${MODULE:-$ROOT/build/ngx_http_memq_module.so}
+NGINX=${NGINX:-/usr/sbin/nginx}
+RESULTS=${RESULTS:-$ROOT/build/gateway-results.txt}
+LOAD="python3 $ROOT/bench/gwload.py"
+QUICK=${QUICK:-0}
+NODES=${NODES:-1 3 8}
+CONSUMERS=${CONSUMERS:-1 10 100}
+BATCH=${BATCH:-64}
+PUB_CONNS=${PUB_CONNS:-50}
+PARTS=${PARTS:-drain publish wakeup rss}
+part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
+
+if [ "$QUICK" = 1 ]; then
+    REPEAT=${REPEAT:-1}
+    DRAIN_N=${DRAIN_N:-3000}
+    PUB_SECS=${PUB_SECS:-1}
+    ROUNDS=${ROUNDS:-10}
+    LONGPOLLS=${LONGPOLLS:-50}
+    SLOW_N=${SLOW_N:-20000}
+    SLOW_SECS=${SLOW_SECS:-2}
+else
+    REPEAT=${REPEAT:-3}
+    DRAIN_N=${DRAIN_N:-300000}
+    PUB_SECS=${PUB_SECS:-6}
+    ROUNDS=${ROUNDS:-200}
+    LONGPOLLS=${LONGPOLLS:-1000}
+    SLOW_N=${SLOW_N:-500000}
+    SLOW_SECS=${SLOW_SECS:-20}
+fi
+
+TMP=$(mktemp -d /tmp/memq-gwbench.XXXXXX)
+PIDS=""
+NGINX_PID=""
+STATUS=0
+
+# shellcheck disable=SC2317  # called by the trap
+cleanup() {
+    local pid
+    if [ -n "$NGINX_PID" ]; then
+        kill -QUIT "$NGINX_PID" 2>/dev/null
+        for _ in $(seq 1 50); do
+            kill -0 "$NGINX_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$NGINX_PID" 2>/dev/null
+        wait "$NGINX_PID" 2>/dev/null
+    fi
+    for pid in $PIDS; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in $PIDS; do
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+fail() {
+    echo "gateway: $*" >&2
+    STATUS=1
+}
+
+for f in "$MEMQD" "$BENCH"; do
+    [ -x "$f" ] || { echo "gateway: $f missing (make memqd bench)" >&2
+                     exit 1; }
+done
+[ -f "$MODULE" ] || { echo "gateway: $MODULE missing (make module)" >&2
+                      exit 1; }
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); \
+s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() {   # pid port
+    for _ in $(seq 1 100); do
+        kill -0 "$1" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+now() { date +%s.%N; }
+
+# -- nodes: N1..N8 --sync none, A1..A3 --sync always
+
+start_node() {  # name sync: sets PORT
+    PORT=$(free_port)
+    mkdir -p "$TMP/$1"
+    "$MEMQD" --listen "127.0.0.1:$PORT" --data-dir "$TMP/$1/data" \
+        --sync "$2" >"$TMP/$1/log" 2>&1 &
+    PIDS="$PIDS $!"
+}
+
+NPORT=()
+APORT=()
+for i in 1 2 3 4 5 6 7 8; do
+    start_node "n$i" none
+    NPORT[i]=$PORT
+done
+for i in 1 2 3; do
+    start_node "a$i" always
+    APORT[i]=$PORT
+done
+for p in "${NPORT[@]}" "${APORT[@]}"; do
+    ok=0
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            ok=1
+            break
+        fi
+        sleep 0.1
+    done
+    [ $ok = 1 ] || { echo "gateway: memqd on $p did not start" >&2; exit 1; }
+done
+
+# -- nginx
+
+GW=$(free_port)
+mkdir -p "$TMP/nginx/logs" "$TMP/nginx/temp"
+cluster() {     # name ports...
+    local name=$1 p
+    shift
+    echo "    memq_cluster $name {"
+    for p in "$@"; do
+        echo "        node 127.0.0.1:$p;"
+    done
+    echo "        keepalive 32; read_timeout 60s; max_fails 0;"
+    echo "    }"
+}
+location() {    # path cluster
+    cat <<EOF
+        location $1 {
+            memq_pass $2;
+            memq_key \$arg_topic;
+            memq_wait_max 30s;
+            memq_batch $BATCH;
+        }
+EOF
+}
+user=""
+[ "$(id -u)" -eq 0 ] && user="user root;"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+load_module $MODULE;
+$user
+worker_processes 2;
+worker_rlimit_nofile 20000;
+error_log $TMP/nginx/logs/error.log notice;
+pid $TMP/nginx/nginx.pid;
+events { worker_connections 10000; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/temp/body;
+    proxy_temp_path $TMP/nginx/temp/proxy;
+    fastcgi_temp_path $TMP/nginx/temp/fastcgi;
+    uwsgi_temp_path $TMP/nginx/temp/uwsgi;
+    scgi_temp_path $TMP/nginx/temp/scgi;
+    client_max_body_size 16m;
+    client_body_buffer_size 1m;
+    keepalive_requests 1000000;
+$(cluster n1 "${NPORT[1]}")
+$(cluster n3 "${NPORT[1]}" "${NPORT[2]}" "${NPORT[3]}")
+$(cluster n8 "${NPORT[@]}")
+$(cluster a3 "${APORT[@]}")
+    server {
+        listen 127.0.0.1:$GW backlog=4096;
+$(location /n1 n1)
+$(location /n3 n3)
+$(location /n8 n8)
+$(location /a3 a3)
+        location = /status { memq_status; }
+    }
+}
+EOF
+"$NGINX" -t -q -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" ||
+    { echo "gateway: nginx -t failed" >&2; exit 1; }
+"$NGINX" -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' \
+    >"$TMP/nginx/logs/stderr.log" 2>&1 &
+NGINX_PID=$!
+wait_port "$NGINX_PID" "$GW" ||
+    { echo "gateway: nginx did not start:" >&2
+      tail -5 "$TMP/nginx/logs/error.log" >&2; exit 1; }
+sleep 0.5
+
+: >"$RESULTS"
+record() { echo "$*" >>"$RESULTS"; }
+
+echo "gateway: 8+3 memqd nodes, nginx $("$NGINX" -v 2>&1 | sed 's|.*/||')" \
+     "on 127.0.0.1:$GW (2 workers), $(nproc) cores," \
+     "load $(cut -d' ' -f1-3 /proc/loadavg)"
+record "# $(date -u '+%F %T') UTC commit $(git -C "$ROOT" rev-parse --short \
+HEAD 2>/dev/null) QUICK=$QUICK REPEAT=$REPEAT DRAIN_N=$DRAIN_N BATCH=$BATCH"
+
+IDLE_RSS=$($LOAD rss --master "$NGINX_PID" | sed 's/.*kb=//')
+
+# -- drain cells
+
+# fill TOPIC COUNT ports...: COUNT messages spread evenly over the ports
+fill() {
+    local topic=$1 count=$2 n pids=() rc=0 p per
+    shift 2
+    n=$#
+    for p in "$@"; do
+        per=$((count / n))
+        "$BENCH" -p "$p" -c 50 -d 16 -s 100 -n "$per" -q "$topic" -Q \
+            --timeout 60 >/dev/null &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do
+        wait "$p" || rc=1
+    done
+    return $rc
+}
+
+# direct TOPIC PER CONNS ports...: memq-bench consume against every port at
+# once; prints "msgs secs"
+direct() {
+    local topic=$1 per=$2 conns=$3 p pids=() t0 t1 out msgs=0 m rc=0
+    shift 3
+    t0=$(now)
+    for p in "$@"; do
+        "$BENCH" -p "$p" -c "$conns" -d 16 -s 100 -n "$per" -q "$topic" \
+            -m consume -Q --timeout 60 >"$TMP/direct.$p" 2>&1 &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do
+        wait "$p" || rc=1
+    done
+    t1=$(now)
+    for p in "$@"; do
+        m=$(sed -n 's/^RESULT.* msgs=\([0-9]*\) .*/\1/p' "$TMP/direct.$p")
+        msgs=$((msgs + ${m:-0}))
+    done
+    echo "$msgs $(echo "$t1 - $t0" | bc -l) $rc"
+}
+
+declare -A GWBEST DIRBEST
+part drain || NODES=""
+for n in $NODES; do
+    ports=("${NPORT[@]:0:$n}")
+    per=$((DRAIN_N / n))
+    total=$((per * n))
+    for k in $CONSUMERS; do
+        for r in $(seq 1 "$REPEAT"); do
+            # through the gateway
+            topic="g${n}_${k}_$r"
+            fill "$topic" "$total" "${ports[@]}" ||
+                fail "fill $topic failed"
+            line=$($LOAD drain --port "$GW" --path "/n$n" --topic "$topic" \
+                   --consumers "$k" --master "$NGINX_PID") ||
+                fail "drain $topic: $line"
+            record "$line nodes=$n backlog=$total run=$r"
+            msgs=$(sed 's/.* msgs=\([0-9]*\) .*/\1/' <<<"$line")
+            rate=$(sed 's/.*msgs_per_sec=\([0-9]*\) .*/\1/' <<<"$line")
+            [ "$msgs" = "$total" ] ||
+                fail "drain $topic: $msgs of $total messages"
+            [ "${rate:-0}" -gt "${GWBEST[$n.$k]:-0}" ] &&
+                GWBEST[$n.$k]=$rate
+            # straight from the nodes
+            topic="d${n}_${k}_$r"
+            fill "$topic" "$total" "${ports[@]}" ||
+                fail "fill $topic failed"
+            read -r msgs secs rc < <(direct "$topic" "$per" "$k" \
+                                     "${ports[@]}")
+            rate=$(printf '%.0f' "$(echo "$msgs / $secs" | bc -l)")
+            record "DIRECT nodes=$n conns_per_node=$k depth=16 msgs=$msgs" \
+                   "secs=$(printf '%.3f' "$secs") msgs_per_sec=$rate" \
+                   "backlog=$total run=$r"
+            [ "$rc" = 0 ] && [ "$msgs" = "$total" ] ||
+                fail "direct $topic: $msgs of $total messages, rc $rc"
+            [ "$rate" -gt "${DIRBEST[$n.$k]:-0}" ] && DIRBEST[$n.$k]=$rate
+        done
+    done
+done
+
+# -- publish
+
+pub_run() {     # name path body-file content-type
+    local name=$1 path=$2 body=$3 ctype=$4 out rps non2xx lat msgs per=1
+    [ "$ctype" = ndjson ] && per=$(wc -l <"$body")
+    cat >"$TMP/pub.lua" <<EOF
+local f = io.open("$body", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "$([ "$ctype" = ndjson ] &&
+    echo application/x-ndjson || echo application/octet-stream)"
+EOF
+    out=$(wrk -t 2 -c "$PUB_CONNS" -d "${PUB_SECS}s" --latency \
+          -s "$TMP/pub.lua" "http://127.0.0.1:$GW$path?topic=pub_$name" 2>&1)
+    rps=$(sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p' <<<"$out")
+    non2xx=$(sed -n 's/.*Non-2xx or 3xx responses: \([0-9]*\).*/\1/p' \
+             <<<"$out")
+    lat=$(awk '/Latency Distribution/ {d=1} d && /50%/ {p50=$2}
+               d && /99%/ {p99=$2} END {print p50, p99}' <<<"$out")
+    msgs=$(printf '%.0f' "$(echo "${rps:-0} * $per" | bc -l)")
+    record "PUBLISH name=$name path=$path conns=$PUB_CONNS msgs_per_post=$per" \
+           "secs=$PUB_SECS posts_per_sec=${rps:-0} msgs_per_sec=$msgs" \
+           "p50=${lat% *} p99=${lat#* } non2xx=${non2xx:-0}"
+    [ -n "$rps" ] && [ -z "$non2xx" ] || {
+        fail "publish $name: non-2xx ${non2xx:-?}"; echo "$out" >&2; }
+    PUBROWS="$PUBROWS$(printf '%-28s %10s %12s %10s %10s' "$name" \
+        "${rps:-0}" "$msgs" "${lat% *}" "${lat#* }")
+"
+}
+
+PUBROWS=""
+head -c 100 /dev/zero | tr '\0' 'x' >"$TMP/one.body"
+for _ in $(seq 1 100); do
+    printf '{"n":"%090d"}\n' 0
+done >"$TMP/batch.body"
+if ! part publish; then
+    :
+elif command -v wrk >/dev/null; then
+    pub_run "single_none" /n3 "$TMP/one.body" octet
+    pub_run "batch100_none" /n3 "$TMP/batch.body" ndjson
+    pub_run "single_always" /a3 "$TMP/one.body" octet
+    pub_run "batch100_always" /a3 "$TMP/batch.body" ndjson
+else
+    echo "gateway: wrk not installed (apt-get install wrk): no publish rows"
+fi
+
+# -- long-poll wake-up
+
+WAKE=""
+part wakeup || WAKEVIA=""
+for via in ${WAKEVIA-gateway node}; do
+    pp=$GW
+    [ "$via" = node ] && pp=${NPORT[2]}
+    line=$($LOAD wakeup --port "$GW" --path /n3 --topic "wake_$via" \
+           --rounds "$ROUNDS" --via $via --pub-port "$pp" \
+           --dump "$RESULTS.wakeup-$via") ||
+        fail "wakeup $via: $line"
+    record "$line"
+    WAKE="$WAKE$line
+"
+done
+
+# -- memory
+
+LP=""
+SL=""
+if part rss; then
+    line=$($LOAD longpoll --port "$GW" --path /n3 --topic lp \
+           --count "$LONGPOLLS" --master "$NGINX_PID") || fail "longpoll: $line"
+    record "$line"
+    LP=$line
+
+    fill slow "$SLOW_N" "${NPORT[1]}" "${NPORT[2]}" "${NPORT[3]}" ||
+        fail "fill slow failed"
+    line=$($LOAD slow --port "$GW" --path /n3 --topic slow --secs "$SLOW_SECS" \
+           --master "$NGINX_PID") || fail "slow: $line"
+    record "$line"
+    SL=$line
+fi
+record "RSS idle_at_start_kb=$IDLE_RSS idle_at_end_kb=$($LOAD rss \
+--master "$NGINX_PID" | sed 's/.*kb=//')"
+
+# -- report
+
+[ -n "$NODES" ] && echo &&
+echo "== drain: $DRAIN_N x 100 B, one queue spread over N nodes;" \
+     "msgs/s, best of $REPEAT"
+[ -n "$NODES" ] &&
+    printf '%-6s %-10s %10s %10s %7s\n' nodes consumers gateway direct ratio
+for n in $NODES; do
+    for k in $CONSUMERS; do
+        g=${GWBEST[$n.$k]:-0}
+        d=${DIRBEST[$n.$k]:-0}
+        ratio=$(echo "scale=2; $g / ($d + (${d} == 0))" | bc -l)
+        printf '%-6s %-10s %10s %10s %7s\n' "$n" "$k" "$g" "$d" "$ratio"
+        record "RATIO nodes=$n consumers=$k gateway=$g direct=$d" \
+               "ratio=$ratio"
+    done
+done
+
+if [ -n "$PUBROWS" ]; then
+    echo
+    echo "== publish: wrk, $PUB_CONNS keep-alive connections, ${PUB_SECS}s," \
+         "3 nodes"
+    printf '%-28s %10s %12s %10s %10s\n' run posts/s msgs/s p50 p99
+    printf '%s' "$PUBROWS"
+fi
+
+[ -n "$WAKE" ] && echo && echo "== long-poll wake-up: $ROUNDS rounds, 3 nodes"
+awk 'NF {for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      printf "publish via %-8s p50 %6d us  p90 %6d us  p99 %6d us  " \
+             "max %6d us  errors %d\n", v["via"], v["p50_us"], v["p90_us"],
+             v["p99_us"], v["max_us"], v["errors"]}' <<<"$WAKE"
+
+field() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<" $2"; }
+if [ -n "$LP" ]; then
+echo
+echo "== nginx workers' VmRSS (sum of 2 workers)"
+printf 'idle, at start:                       %6d kB\n' "$IDLE_RSS"
+printf '%d open long polls (3 nodes):        %6d kB  (before %d, after' \
+       "$(field open "$LP")" "$(field held_kb "$LP")" "$(field idle_kb "$LP")"
+printf ' close %d)\n' "$(field after_close_kb "$LP")"
+printf 'slow client, %d backlog, %ss:    start %d, peak %d, end %d kB' \
+       "$SLOW_N" "$SLOW_SECS" "$(field start_kb "$SL")" \
+       "$(field peak_kb "$SL")" "$(field end_kb "$SL")"
+printf ' (read %d msgs)\n' "$(field msgs_read "$SL")"
+fi
+
+record "ERRORLOG $(grep -c '\[error\]' "$TMP/nginx/logs/error.log")" \
+       "error, $(grep -c '\[warn\]' "$TMP/nginx/logs/error.log") warn lines"
+if grep -E '\[(alert|emerg|crit)\]|exited on signal' \
+        "$TMP/nginx/logs/error.log" >&2; then
+    fail "nginx error log has alerts or crashes (above)"
+fi
+
+record "# end $(date -u '+%F %T') UTC load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+ELOG=$TMP/nginx/logs/error.log
+echo "nginx error log: $(grep -c '\[error\]' "$ELOG") [error]," \
+     "$(grep -c '\[warn\]' "$ELOG") [warn] lines;" \
+     "load at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "raw results: $RESULTS"
+exit $STATUS
