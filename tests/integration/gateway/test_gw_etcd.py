@@ -461,6 +461,34 @@ def test_gw_etcd_unreachable_keeps_last_list(gateway_factory, memqd_factory,
     _used_by_all(g, ac)
 
 
+def test_gw_etcd_reload_while_unreachable_keeps_list(gateway_factory,
+                                                     memqd_factory, etcd):
+    """A reload while etcd is away: the new workers start from the list
+    the old ones had (kept in the shared zone), not from nothing."""
+    a, b = memqd_factory(), memqd_factory()
+    etcd.register(a)
+    etcd.register(b)
+    g = _gateway(gateway_factory, [], etcd.url)
+    ab = {node_addr(a), node_addr(b)}
+    wait_for(lambda: set(_nodes(g)) == ab, what="two etcd nodes")
+    _used_by_all(g, ab)
+
+    etcd.stop()
+    wait_for(lambda: _etcd_state(g)["state"] == "unreachable",
+             what="etcd unreachable")
+    g.reload()
+    assert set(_nodes(g)) == ab
+    _used_by_all(g, ab)
+    q = qname()
+    sent = {b"r%d" % i for i in range(20)}
+    for m in sent:
+        assert g.publish(q, m).status_code == 201
+    assert _drain_until(g, q, sent) == sent
+    wait_for(lambda: _etcd_state(g)["state"] == "unreachable",
+             what="the new workers find etcd away too")
+    assert _etcd_state(g)["nodes"] == 2
+
+
 def test_gw_etcd_urls_in_turn_and_prefix(gateway_factory, memqd_factory,
                                          etcd):
     a, b = memqd_factory(), memqd_factory()
