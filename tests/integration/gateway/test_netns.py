@@ -168,6 +168,8 @@ class Traffic:
                         js = r.json()
                         node = js["node"]
                         assert js["queued"] == BATCH, r.text
+                    else:
+                        st = "%d %s" % (st, r.text[:200])
                 except Exception as e:      # recorded, judged at the end
                     st = "exc: %r" % e
                 with self.lock:
@@ -388,9 +390,14 @@ def test_link_cut_routes_around_and_back(cluster, tmp_path):
     assert not lost, "%d acknowledged ids never received, e.g. %s" % (
         len(lost), lost[:10])
     assert not strangers, "ids nobody published: %s" % strangers[:10]
-    assert not failed, "publishes that did not get a 201 (%d): %s" % (
-        len(failed), [(round(p[1] - p[0], 3), p[2], p[3])
-                      for p in failed[:10]])
+    assert not failed, "publishes that did not get a 201 (%d; started, " \
+        "took, answer; cut at 0, restored at %.3f): %s\nnode failures in " \
+        "the error log:\n%s" % (
+            len(failed), t_restore - t_cut,
+            [(round(p[0] - t_cut, 3), round(p[1] - p[0], 3), p[2])
+             for p in failed[:10]],
+            "\n".join(l for l in g.error_text().splitlines()
+                      if "failed:" in l or "marked down" in l)[-4000:])
     assert not on_victim_in_cut, \
         "201 from the cut node: %s" % on_victim_in_cut[:3]
     assert cut_window and all(p[3] in others for p in cut_window
