@@ -47,6 +47,11 @@ ETCD_REQUEST = 2.0              # memqd's timeout of one etcd request
 # namespace, reached over each host's own link) and the gateway follows it
 VARIANTS = ["static", "etcd"]
 
+# which worker answered: the traffic starts once every worker has routed a
+# publish (with etcd each worker has its own node list from its own polls)
+WORKER_HEADER = "add_header X-Memq-Worker $pid always;"
+WORKERS = 2
+
 
 @pytest.fixture
 def netlab():
@@ -93,12 +98,14 @@ def cluster(request, netlab, gateway_factory, tmp_path):
             n.start()
         if etcd is None:
             g = gateway_factory([(n.host, n.port) for n in nodes],
-                                timeouts=TIMEOUTS, cluster_extra=CLUSTER)
+                                timeouts=TIMEOUTS, cluster_extra=CLUSTER,
+                                loc_extra=WORKER_HEADER)
         else:
             g = gateway_factory([], timeouts=TIMEOUTS,
                                 cluster_extra=CLUSTER + " etcd %s "
                                 "interval=%dms;" % (etcd.url,
-                                                    ETCD_INTERVAL * 1000))
+                                                    ETCD_INTERVAL * 1000),
+                                loc_extra=WORKER_HEADER)
         g.expect_errors()       # the cut node's timeouts are [error] lines
         yield Cluster(variant, netlab, nodes, g, etcd)
     finally:
@@ -248,6 +255,31 @@ def drain_node(n, q, timeout=20.0):
         c.close()
 
 
+def wait_every_worker_routes(g, workers=WORKERS, timeout=10.0):
+    """Publishes probes on fresh connections (the kernel hands them to
+    either worker) until every worker has answered one with a 201; returns
+    the number of probes that were not, with their answers."""
+    q = qname("probe")
+    ok = set()
+    bad = []
+    end = time.monotonic() + timeout * SLOW
+    for _ in range(1000):
+        r = requests.post(g.url("/mq"), params={"topic": q}, data=b"probe",
+                          timeout=5 * SLOW)
+        pid = r.headers.get("X-Memq-Worker")
+        if r.status_code == 201:
+            ok.add(pid)
+            if len(ok) >= workers:
+                return bad
+        else:
+            bad.append((pid, r.status_code, r.text.strip()))
+        if time.monotonic() > end:
+            break
+    raise AssertionError("not every worker publishes after %.1fs: 201 from "
+                         "%s; other answers: %s" % (timeout * SLOW,
+                                                    sorted(ok), bad[-5:]))
+
+
 def node_state(g, addr):
     """"up", "down", or None when the gateway does not list the node (it
     left etcd)."""
@@ -274,6 +306,12 @@ def test_link_cut_routes_around_and_back(cluster, tmp_path):
                  what="three nodes from etcd in the status")
         assert all(g.node_status(a)["source"] == "etcd" for a in addrs)
         report["listed_after_s"] = round(time.monotonic() - t_begin, 3)
+    # a worker that has not had its own first etcd answer knows no node
+    # yet and answers 503, although the status (shared by the workers)
+    # already lists the nodes: counted, not judged here
+    probes_refused = wait_every_worker_routes(g)
+    report["probes_refused_at_start"] = len(probes_refused)
+    report["probe_answers_refused"] = probes_refused[:3]
     tr = Traffic(g, q).start()
     try:
         # warm-up: every node takes publishes, consumers receive
@@ -314,9 +352,10 @@ def test_link_cut_routes_around_and_back(cluster, tmp_path):
         st = g.node_status(victim)
         report["fails_during_cut"] = st and st["fails"]
 
-        # -- restore
-        c.lab.restore(victim_i)
+        # -- restore (timed from before the command: the node may be
+        # reached, and used, while it runs)
         t_restore = time.monotonic()
+        c.lab.restore(victim_i)
         back = FAIL_TIMEOUT + 2
         if etcd:
             back += ETCD_REQUEST + ETCD_BACKOFF + ETCD_INTERVAL
@@ -371,7 +410,8 @@ def test_link_cut_routes_around_and_back(cluster, tmp_path):
     on_victim_in_cut = [p for p in pubs if t_cut <= p[0] and
                         p[1] <= t_restore and p[2] == 201 and
                         p[3] == victim]
-    cut_window = [p for p in pubs if t_down <= p[0] <= t_restore]
+    cut_window = [p for p in pubs if t_down <= p[0] and p[1] <= t_restore
+                  and p[2] == 201]
     worst = max((p[1] - p[0] for p in pubs), default=0)
     report.update({
         "publishes": len(pubs), "acked_ids": len(acked),
@@ -389,7 +429,7 @@ def test_link_cut_routes_around_and_back(cluster, tmp_path):
         "streams": len(tr.streams),
         "stream_errors": [s for s in tr.streams if s[2] != 200][:10],
         "slowest_publish_s": round(worst, 3),
-        "publishes_in_cut_window": len(cut_window),
+        "acked_in_cut_window": len(cut_window),
         "cut_s": round(t_restore - t_cut, 2),
         "run_s": round(t_stop - t_begin, 2),
     })
@@ -409,8 +449,7 @@ def test_link_cut_routes_around_and_back(cluster, tmp_path):
                       if "failed:" in l or "marked down" in l)[-4000:])
     assert not on_victim_in_cut, \
         "201 from the cut node: %s" % on_victim_in_cut[:3]
-    assert cut_window and all(p[3] in others for p in cut_window
-                              if p[2] == 201)
+    assert cut_window and all(p[3] in others for p in cut_window)
     # a publish that meets the cut node costs at most one timeout on it
     assert worst < CONNECT_TIMEOUT + READ_TIMEOUT + 1.5 * SLOW, worst
     assert all(s[2] == 200 for s in tr.streams), \
