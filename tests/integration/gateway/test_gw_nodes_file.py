@@ -46,18 +46,27 @@ def test_node_added_and_removed_at_run_time(gateway_factory, memqd_factory,
             nodes.add(r.json()["node"])
         return nodes == {node_addr(a), node_addr(b)}
     wait_for(both_used, timeout=5, what="publishes on both nodes")
+    # each worker re-reads the file on its own timer: drain until every
+    # message came (a worker that has not yet seen the file reads only a)
     q = qname()
     sent = fill([a, b], q, 20)
-    assert set(g.lines(q)) == sent
+    got = set()
+
+    def drained():
+        got.update(g.lines(q))
+        return got == sent
+    wait_for(drained, timeout=5, what="messages of both nodes drained")
     assert total_items([a, b], q) == 0
 
     _write(nf, "# emptied\n")
     wait_for(lambda: node_addr(b) not in _addrs(g), timeout=5,
              what="file node gone from the status")
-    q = qname()
-    for i in range(6):
-        r = g.publish(q, b"m")
-        assert r.json()["node"] == node_addr(a)
+
+    def only_a():
+        q = qname()
+        return all(g.publish(q, b"m").json()["node"] == node_addr(a)
+                   for i in range(6))
+    wait_for(only_a, timeout=5, what="publishes on the static node only")
 
 
 def test_file_only_cluster(gateway_factory, memqd_factory, tmp_path):
