@@ -217,6 +217,7 @@ static void
 ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc)
 {
     ngx_pool_t        *pool;
+    struct linger      l;
     ngx_connection_t  *c;
 
     c = mc->pc.connection;
@@ -224,6 +225,25 @@ ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc)
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "memq node connection close: %V", &mc->node->addr);
+
+    if (c->read->timedout || c->write->timedout) {
+        /*
+         * A reset, as nginx's reset_timedout_connection does: the kernel
+         * drops what it still holds for the node, so a request we gave
+         * up on (and retried elsewhere) is not delivered and stored late
+         * when the node becomes reachable again.
+         */
+        l.l_onoff = 1;
+        l.l_linger = 0;
+
+        if (setsockopt(c->fd, SOL_SOCKET, SO_LINGER, (const void *) &l,
+                       sizeof(struct linger))
+            == -1)
+        {
+            ngx_log_error(NGX_LOG_INFO, c->log, ngx_socket_errno,
+                          "setsockopt(SO_LINGER) failed");
+        }
+    }
 
     /* the pool (and mc in it) must not be logged to after this */
     c->log = ngx_cycle->log;
