@@ -505,6 +505,9 @@ def test_gw_etcd_urls_in_turn_and_prefix(gateway_factory, memqd_factory,
     etcd.put("/other/memq/junk", "not json")
     wait_for(lambda: set(_nodes(g)) == {node_addr(a)},
              what="node under the configured prefix")
+    # the status is shared, but each worker learns the list from its own
+    # poll: wait for a few rounds so both workers have had an answer
+    wait_for(lambda: _etcd_state(g)["polls"] >= 8, what="both workers polled")
     st = _etcd_state(g)
     assert st["state"] == "up" and st["endpoint"] == etcd.url, st
     assert st["nodes"] == 1
