@@ -16,7 +16,8 @@
  *   hist.c       latency histogram
  *
  * A protocol module only formats requests and splits replies; all policy
- * (depth, counts, when the queue counts as drained) lives in loop.c.
+ * (depth, counts, which connection uses which queue, when a queue counts
+ * as drained) lives in loop.c.
  */
 
 #ifndef BENCH_H
@@ -32,6 +33,8 @@
 #define BENCH_EXIT_FAIL      2    /* usage, connect, server or protocol error */
 
 #define BENCH_CRC_LEN        8    /* hex digits of the payload checksum */
+#define BENCH_QUEUE_MAX      250  /* bytes of a queue name, as memqd's */
+#define BENCH_QUEUES_MAX     100000
 
 
 typedef enum {
@@ -53,6 +56,7 @@ typedef struct {
 /* what a request in flight is, so its reply is handled accordingly */
 typedef enum {
     BENCH_REQ_SETUP,      /* connection preamble (beanstalk use/watch) */
+    BENCH_REQ_SELECT,     /* a switch to another queue (beanstalk) */
     BENCH_REQ_PRODUCE,
     BENCH_REQ_CONSUME,
     BENCH_REQ_ACK         /* beanstalk delete, memq final get q/close */
@@ -81,6 +85,19 @@ typedef struct {
 typedef struct bench_proto_s  bench_proto_t;
 
 
+/*
+ * One queue (list, tube) of a run: cf->queue itself, or with --queues N > 1
+ * one of cf->queue ".0" .. cf->queue "." N-1.
+ */
+typedef struct {
+    char                 *name;       /* NUL-terminated */
+    size_t                len;
+    uint64_t              stored;     /* produce requests acknowledged */
+    uint64_t              taken;      /* items consumed from it */
+    unsigned              drained:1;  /* empty once no producer was left */
+} bench_queue_t;
+
+
 /* the command line, read-only once the run starts */
 typedef struct {
     const bench_proto_t  *proto;
@@ -93,6 +110,7 @@ typedef struct {
     bench_mode_e          mode;
     const char           *queue;      /* queue, list or tube name */
     size_t                queue_len;
+    unsigned              queues;     /* --queues: <queue>.<i> when > 1 */
     unsigned              ack:1;      /* memq: get q/close/open */
     unsigned              verify:1;
     unsigned              quiet:1;
@@ -108,23 +126,26 @@ struct bench_proto_s {
     unsigned              queue:1;    /* a real queue: drains, --verify */
 
     /*
-     * Appends the connection preamble for a producer or a consumer and
-     * returns how many replies it will bring (each must be OK).
+     * Appends what makes q the queue of the requests that follow on this
+     * connection, in place of from (NULL: a new connection), and returns
+     * how many replies it brings (each must be OK), or -1 when out of
+     * memory.  memq and redis name the queue in every request: 0.
      */
-    unsigned  (*setup)(bench_buf_t *out, const bench_conf_t *cf,
-                       int producer);
+    int       (*select)(bench_buf_t *out, const bench_conf_t *cf,
+                        int producer, const bench_queue_t *from,
+                        const bench_queue_t *q);
 
     /*
-     * Appends a produce request for message number id with room for
-     * cf->size payload bytes and returns where the payload goes (the
+     * Appends a produce request for message number id into q with room
+     * for cf->size payload bytes and returns where the payload goes (the
      * caller fills it in), or NULL when out of memory.
      */
     char     *(*produce)(bench_buf_t *out, const bench_conf_t *cf,
-                         uint64_t id);
+                         const bench_queue_t *q, uint64_t id);
 
     /* appends a consume request; id is the key number for memcached */
     int       (*consume)(bench_buf_t *out, const bench_conf_t *cf,
-                         uint64_t id);
+                         const bench_queue_t *q, uint64_t id);
 
     /*
      * After an item arrived: appends the request that removes it for good
@@ -134,10 +155,12 @@ struct bench_proto_s {
                      const bench_reply_t *r);
 
     /*
-     * Before a consumer closes: appends a last request (memq --ack:
-     * get q/close) and returns 1, or 0 when none is needed.
+     * Before a consumer closes, once for each queue it used: appends a
+     * last request (memq --ack: get q/close) and returns 1, or 0 when none
+     * is needed.
      */
-    int       (*finish)(bench_buf_t *out, const bench_conf_t *cf);
+    int       (*finish)(bench_buf_t *out, const bench_conf_t *cf,
+                        const bench_queue_t *q);
 
     /*
      * Splits one reply off buf[0..len): returns the bytes it took, 0 when
@@ -177,6 +200,9 @@ typedef struct {
     uint64_t              lost;       /* --verify */
     uint64_t              dup;
     uint64_t              corrupt;
+    uint64_t              misplaced;  /* --verify: taken from another queue */
+    uint64_t              queue_min;  /* msgs of the least busy queue */
+    uint64_t              queue_max;  /* and of the busiest */
     double                secs;
     bench_hist_t          hist;       /* produce and consume latencies */
     const char           *failure;    /* a reason the run failed, or NULL */
@@ -199,16 +225,21 @@ typedef struct bench_verify_s  bench_verify_t;
 /* the shortest payload --verify can use for these ids and run id */
 size_t bench_payload_min_size(const bench_conf_t *cf);
 
-/* fills p[0..cf->size) with the payload of message id */
-void bench_payload_fill(const bench_conf_t *cf, char *p, uint64_t id);
+/* fills p[0..cf->size) with the payload of message id sent to queue q */
+void bench_payload_fill(const bench_conf_t *cf, char *p, uint64_t id,
+    unsigned q);
 
 bench_verify_t *bench_verify_create(const bench_conf_t *cf);
 void bench_verify_destroy(bench_verify_t *v);
 
-/* checks one received item, counts it as seen, duplicate or corrupt */
-void bench_verify_item(bench_verify_t *v, const char *p, size_t n);
+/*
+ * checks one item taken from queue q, counts it as seen, duplicate or
+ * corrupt, and as misplaced when it was produced into another queue
+ */
+void bench_verify_item(bench_verify_t *v, const char *p, size_t n,
+    unsigned q);
 
-/* fills lost (ids 0..upto-1 never seen), dup and corrupt */
+/* fills lost (ids 0..upto-1 never seen), dup, corrupt and misplaced */
 void bench_verify_report(bench_verify_t *v, uint64_t upto,
     bench_result_t *res);
 

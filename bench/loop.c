@@ -12,16 +12,29 @@
  * along and do not count against the depth.  Replies come in request
  * order, so the requests in flight are a FIFO of (kind, send time).
  *
+ * Queues (--queues N): connection k of the n producers (or of the n
+ * consumers) uses queue k % N when N <= n; when N > n it goes round the
+ * queues i with i % n == k, one request each in turn, so every queue is
+ * used.  Its "share" is thus q_first, q_first + q_step, ... below N.
+ * A protocol whose requests do not name the queue (beanstalk) is told to
+ * switch before the first request to another queue (select()).
+ *
  * Shared counters decide what is sent:
  *   producers take message ids next_id = 0, 1, ... until count;
- *   consumers of a queue ask while consumed + asked < count, so a run
- *   never takes more than count items off a queue that holds more;
+ *   consumers ask while consumed + asked < count, so a run never takes
+ *   more than count items off queues that hold more;
  *   memcached consumers get keys next_key = 0, 1, ... until count.
- * The queue is "drained" when an empty answer comes to a request sent
+ * A queue is "drained" when an empty answer comes to a request to it sent
  * after every producer of the run had all its items acknowledged (in
- * consume mode: at once); then consumers stop asking.  An empty answer
- * while producers run just means "ask again" (--wait makes that a long
- * poll instead of a busy loop).
+ * consume mode: at once); consumers then skip it, a consumer whose share
+ * is drained finishes, and once every queue is drained all stop.  An empty
+ * answer while producers run just means "ask again" (--wait makes that a
+ * long poll instead of a busy loop).
+ *
+ * A consumer that stops asking only because the requests in flight could
+ * bring the rest of the count is "capped": it stays open, and is filled
+ * again when an empty answer makes room (the items may be in its queues
+ * only) or when the run is over.
  */
 
 #include <errno.h>
@@ -56,6 +69,7 @@ typedef enum {
 
 typedef struct {
     uint64_t              sent_ns;
+    uint32_t              queue;      /* index into run_t.queues */
     uint8_t               kind;       /* bench_req_e */
     uint8_t               after_prod; /* sent when no producer was left */
 } flight_t;
@@ -66,7 +80,12 @@ typedef struct {
     conn_state_e          state;
     unsigned              producer:1;
     unsigned              want_out:1; /* EPOLLOUT is armed */
+    unsigned              capped:1;   /* consumer waiting for room */
     unsigned              setup_left; /* preamble replies still due */
+    unsigned              q_first;    /* its share of the queues: */
+    unsigned              q_step;     /*   q_first + i * q_step < N */
+    unsigned              q_next;     /* queue of its next request */
+    unsigned              q_sel;      /* queue selected (beanstalk) */
     unsigned              inflight;   /* produce/consume requests out */
     bench_buf_t           in;
     bench_buf_t           out;
@@ -86,6 +105,11 @@ typedef struct {
     unsigned              nconns;
     unsigned              live;       /* connections not DONE */
     unsigned              producers;  /* producer connections not DONE */
+    unsigned              capped;     /* consumers waiting for room */
+    bench_queue_t        *queues;
+    unsigned              nqueues;
+    unsigned              ndrained;   /* queues drained */
+    char                 *names;      /* the queue names, one block */
     uint64_t              next_id;    /* next message id to produce */
     uint64_t              next_key;   /* memcached: next key to get */
     uint64_t              asked;      /* consume requests in flight */
@@ -93,7 +117,7 @@ typedef struct {
     uint64_t              now_ns;
     uint64_t              progress_ns; /* last reply */
     bench_verify_t       *verify;
-    unsigned              drained:1;
+    unsigned              drained:1;  /* every queue is */
     unsigned              stop:1;     /* --duration is over */
     unsigned              failed:1;
     char                  why[256];
@@ -129,7 +153,7 @@ run_fail(run_t *r, const char *fmt, ...)
 
 
 static int
-conn_push(run_t *r, conn_t *c, bench_req_e kind)
+conn_push(run_t *r, conn_t *c, bench_req_e kind, unsigned q)
 {
     size_t     i, cap;
     flight_t  *fl;
@@ -155,6 +179,7 @@ conn_push(run_t *r, conn_t *c, bench_req_e kind)
 
     fl = &c->fl[(c->fl_head + c->fl_n) % c->fl_cap];
     fl->sent_ns = r->now_ns;
+    fl->queue = q;
     fl->kind = (uint8_t) kind;
     fl->after_prod = r->producers == 0;
     c->fl_n++;
@@ -174,6 +199,11 @@ conn_close(run_t *r, conn_t *c)
         r->producers--;
     }
 
+    if (c->capped) {
+        c->capped = 0;
+        r->capped--;
+    }
+
     close(c->fd);
     c->fd = -1;
     c->state = CONN_DONE;
@@ -181,15 +211,135 @@ conn_close(run_t *r, conn_t *c)
 }
 
 
+/*
+ * Sets the share of connection k of the n doing its job (see the top of
+ * the file); its first queue is selected by the connection preamble.
+ */
+static void
+conn_share(run_t *r, conn_t *c, unsigned k, unsigned n)
+{
+    unsigned  m;
+
+    m = r->nqueues < n ? r->nqueues : n;
+
+    c->q_first = k % m;
+    c->q_step = m;
+    c->q_next = c->q_first;
+    c->q_sel = c->q_first;
+}
+
+
+/* the queue after q in c's share, round and round */
+static unsigned
+conn_step(run_t *r, conn_t *c, unsigned q)
+{
+    q += c->q_step;
+
+    return q < r->nqueues ? q : c->q_first;
+}
+
+
+/* a consumer's next queue: the first of its share not drained, from q_next */
+static int
+conn_pick(run_t *r, conn_t *c, unsigned *qp)
+{
+    unsigned  q;
+
+    q = c->q_next;
+
+    do {
+        if (!r->queues[q].drained) {
+            *qp = q;
+            return 0;
+        }
+
+        q = conn_step(r, c, q);
+
+    } while (q != c->q_next);
+
+    return -1;
+}
+
+
+/* switches the connection to queue q when its protocol needs to be told */
+static int
+conn_select(run_t *r, conn_t *c, unsigned q)
+{
+    int  n;
+
+    if (q == c->q_sel) {
+        return 0;
+    }
+
+    n = r->proto->select(&c->out, r->cf, c->producer, &r->queues[c->q_sel],
+                         &r->queues[q]);
+    if (n < 0) {
+        run_fail(r, "out of memory");
+        return -1;
+    }
+
+    c->q_sel = q;
+
+    while (n-- > 0) {
+        if (conn_push(r, c, BENCH_REQ_SELECT, q) != 0) {
+            return -1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * A consumer's last requests, one for each queue of its share: returns how
+ * many replies are due, or -1 when out of memory.
+ */
+static int
+conn_finish(run_t *r, conn_t *c)
+{
+    int       rc, n;
+    unsigned  q;
+
+    n = 0;
+    q = c->q_first;
+
+    do {
+        rc = r->proto->finish(&c->out, r->cf, &r->queues[q]);
+        if (rc < 0) {
+            return -1;
+        }
+
+        if (rc > 0) {
+            if (conn_push(r, c, BENCH_REQ_ACK, q) != 0) {
+                return -1;
+            }
+            n++;
+        }
+
+        q = conn_step(r, c, q);
+
+    } while (q != c->q_first);
+
+    return n;
+}
+
+
 /* queues requests until the connection has depth in flight */
 static void
 conn_fill(run_t *r, conn_t *c)
 {
-    int                  rc;
+    int                  rc, capped;
     char                *p;
+    unsigned             q;
     const bench_conf_t  *cf;
 
     cf = r->cf;
+    capped = 0;
+
+    if (c->capped) {
+        c->capped = 0;
+        r->capped--;
+    }
 
     if (c->state == CONN_RUN) {
 
@@ -200,16 +350,23 @@ conn_fill(run_t *r, conn_t *c)
                     break;
                 }
 
-                p = r->proto->produce(&c->out, cf, r->next_id);
+                q = c->q_next;
+
+                if (conn_select(r, c, q) != 0) {
+                    return;
+                }
+
+                p = r->proto->produce(&c->out, cf, &r->queues[q],
+                                      r->next_id);
                 if (p == NULL) {
                     run_fail(r, "out of memory");
                     return;
                 }
 
-                bench_payload_fill(cf, p, r->next_id);
+                bench_payload_fill(cf, p, r->next_id, q);
                 r->next_id++;
 
-                if (conn_push(r, c, BENCH_REQ_PRODUCE) != 0) {
+                if (conn_push(r, c, BENCH_REQ_PRODUCE, q) != 0) {
                     return;
                 }
 
@@ -218,14 +375,28 @@ conn_fill(run_t *r, conn_t *c)
                     break;
                 }
 
-                if (r->proto->queue
-                    ? r->res->consumed + r->asked >= cf->count
-                    : r->next_key >= cf->count)
-                {
+                if (!r->proto->queue) {
+                    if (r->next_key >= cf->count) {
+                        break;
+                    }
+
+                } else if (r->res->consumed + r->asked >= cf->count) {
+                    capped = r->res->consumed < cf->count;
                     break;
                 }
 
-                if (r->proto->consume(&c->out, cf, r->next_key) != 0) {
+                if (conn_pick(r, c, &q) != 0) {
+                    break;
+                }
+
+                if (conn_select(r, c, q) != 0) {
+                    return;
+                }
+
+                if (r->proto->consume(&c->out, cf, &r->queues[q],
+                                      r->next_key)
+                    != 0)
+                {
                     run_fail(r, "out of memory");
                     return;
                 }
@@ -233,11 +404,12 @@ conn_fill(run_t *r, conn_t *c)
                 r->next_key++;
                 r->asked++;
 
-                if (conn_push(r, c, BENCH_REQ_CONSUME) != 0) {
+                if (conn_push(r, c, BENCH_REQ_CONSUME, q) != 0) {
                     return;
                 }
             }
 
+            c->q_next = conn_step(r, c, q);
             c->inflight++;
         }
 
@@ -250,7 +422,13 @@ conn_fill(run_t *r, conn_t *c)
             return;
         }
 
-        rc = r->proto->finish(&c->out, cf);
+        if (capped) {
+            c->capped = 1;
+            r->capped++;
+            return;
+        }
+
+        rc = conn_finish(r, c);
 
         if (rc < 0) {
             run_fail(r, "out of memory");
@@ -259,10 +437,6 @@ conn_fill(run_t *r, conn_t *c)
 
         if (rc == 0) {
             conn_close(r, c);
-            return;
-        }
-
-        if (conn_push(r, c, BENCH_REQ_ACK) != 0) {
             return;
         }
 
@@ -327,6 +501,54 @@ conn_flush(run_t *r, conn_t *c)
 }
 
 
+/*
+ * Fills the capped consumers again once a reply made room under the count,
+ * or the run is over for them (count taken, every queue drained, time).
+ */
+static void
+run_wake(run_t *r)
+{
+    unsigned             k;
+    conn_t              *c;
+    const bench_conf_t  *cf;
+
+    cf = r->cf;
+
+    if (r->capped == 0
+        || (r->res->consumed + r->asked >= cf->count
+            && r->res->consumed < cf->count && !r->drained && !r->stop
+            && !r->failed))
+    {
+        return;
+    }
+
+    for (k = 0; k < r->nconns && r->capped > 0; k++) {
+        c = &r->conns[k];
+
+        if (c->capped) {
+            conn_fill(r, c);
+            conn_flush(r, c);
+        }
+    }
+}
+
+
+/* queue q answered empty with no producer left */
+static void
+run_drained(run_t *r, unsigned q)
+{
+    if (r->queues[q].drained) {
+        return;
+    }
+
+    r->queues[q].drained = 1;
+
+    if (++r->ndrained == r->nqueues) {
+        r->drained = 1;
+    }
+}
+
+
 static void
 run_error_reply(run_t *r, const bench_reply_t *rp, const char *what)
 {
@@ -379,12 +601,22 @@ conn_reply(run_t *r, conn_t *c, const bench_reply_t *rp)
 
         return;
 
+    case BENCH_REQ_SELECT:
+        if (rp->type != BENCH_REPLY_OK) {
+            run_fail(r, "switching to queue %s refused: %.*s",
+                     r->queues[f.queue].name, (int) rp->text_len,
+                     rp->text ? rp->text : "");
+        }
+
+        return;
+
     case BENCH_REQ_PRODUCE:
         c->inflight--;
         bench_hist_add(&r->res->hist, us);
 
         if (rp->type == BENCH_REPLY_STORED) {
             r->res->produced++;
+            r->queues[f.queue].stored++;
             return;
         }
 
@@ -405,9 +637,11 @@ conn_reply(run_t *r, conn_t *c, const bench_reply_t *rp)
 
         case BENCH_REPLY_VALUE:
             r->res->consumed++;
+            r->queues[f.queue].taken++;
 
             if (r->verify != NULL) {
-                bench_verify_item(r->verify, rp->value, rp->value_len);
+                bench_verify_item(r->verify, rp->value, rp->value_len,
+                                  f.queue);
             }
 
             rc = r->proto->ack(&c->out, r->cf, rp);
@@ -416,7 +650,7 @@ conn_reply(run_t *r, conn_t *c, const bench_reply_t *rp)
                 run_fail(r, "out of memory");
 
             } else if (rc > 0) {
-                (void) conn_push(r, c, BENCH_REQ_ACK);
+                (void) conn_push(r, c, BENCH_REQ_ACK, f.queue);
             }
 
             return;
@@ -426,7 +660,7 @@ conn_reply(run_t *r, conn_t *c, const bench_reply_t *rp)
                 r->res->misses++;
 
             } else if (f.after_prod) {
-                r->drained = 1;
+                run_drained(r, f.queue);
 
             } else {
                 r->res->empties++;
@@ -513,6 +747,7 @@ conn_read(run_t *r, conn_t *c)
 
     conn_fill(r, c);
     conn_flush(r, c);
+    run_wake(r);
 }
 
 
@@ -576,12 +811,74 @@ run_tick(run_t *r)
         }
     }
 
+    run_wake(r);
+
     idle = (double) (r->now_ns - r->progress_ns) / 1e9;
 
     if (idle > r->cf->timeout) {
         run_fail(r, "no reply for %.0f s (%llu produced, %llu consumed)",
                  idle, (unsigned long long) r->res->produced,
                  (unsigned long long) r->res->consumed);
+    }
+}
+
+
+/* the queues of the run: <queue>, or <queue>.0 .. <queue>.N-1 */
+static int
+run_queues(run_t *r)
+{
+    size_t               stride;
+    unsigned             i;
+    bench_queue_t       *q;
+    const bench_conf_t  *cf;
+
+    cf = r->cf;
+    r->nqueues = cf->queues > 0 ? cf->queues : 1;
+    stride = cf->queue_len + 16;
+
+    r->queues = calloc(r->nqueues, sizeof(bench_queue_t));
+    r->names = malloc(r->nqueues * stride);
+
+    if (r->queues == NULL || r->names == NULL) {
+        return -1;
+    }
+
+    for (i = 0; i < r->nqueues; i++) {
+        q = &r->queues[i];
+        q->name = r->names + i * stride;
+
+        if (r->nqueues == 1) {
+            memcpy(q->name, cf->queue, cf->queue_len + 1);
+            q->len = cf->queue_len;
+
+        } else {
+            q->len = (size_t) snprintf(q->name, stride, "%s.%u", cf->queue,
+                                       i);
+        }
+    }
+
+    return 0;
+}
+
+
+/* msgs of the least and of the most used queue */
+static void
+run_queue_spread(run_t *r)
+{
+    unsigned   i;
+    uint64_t   n;
+
+    for (i = 0; i < r->nqueues; i++) {
+        n = r->cf->mode == BENCH_MODE_PRODUCE ? r->queues[i].stored
+                                              : r->queues[i].taken;
+
+        if (i == 0 || n < r->res->queue_min) {
+            r->res->queue_min = n;
+        }
+
+        if (n > r->res->queue_max) {
+            r->res->queue_max = n;
+        }
     }
 }
 
@@ -638,6 +935,11 @@ bench_run(const bench_conf_t *cf, bench_result_t *res)
         }
     }
 
+    if (run_queues(r) != 0) {
+        run_fail(r, "out of memory for %u queues", cf->queues);
+        goto done;
+    }
+
     r->ep = epoll_create1(EPOLL_CLOEXEC);
     r->conns = calloc(cf->conns, sizeof(conn_t));
 
@@ -670,10 +972,24 @@ bench_run(const bench_conf_t *cf, bench_result_t *res)
         c = &r->conns[k];
         c->producer = k < nprod;
         c->state = CONN_SETUP;
-        c->setup_left = r->proto->setup(&c->out, cf, c->producer);
 
-        for (i = 0; i < (int) c->setup_left; i++) {
-            (void) conn_push(r, c, BENCH_REQ_SETUP);
+        if (c->producer) {
+            conn_share(r, c, k, nprod);
+        } else {
+            conn_share(r, c, k - nprod, r->nconns - nprod);
+        }
+
+        n = r->proto->select(&c->out, cf, c->producer, NULL,
+                             &r->queues[c->q_sel]);
+        if (n < 0) {
+            run_fail(r, "out of memory");
+            goto done;
+        }
+
+        c->setup_left = (unsigned) n;
+
+        for (i = 0; i < n; i++) {
+            (void) conn_push(r, c, BENCH_REQ_SETUP, c->q_sel);
         }
 
         if (c->setup_left == 0) {
@@ -717,6 +1033,7 @@ bench_run(const bench_conf_t *cf, bench_result_t *res)
     }
 
     res->secs = (double) (now_ns() - r->start_ns) / 1e9;
+    run_queue_spread(r);
 
 done:
 
@@ -744,6 +1061,9 @@ done:
     if (r->ep >= 0) {
         close(r->ep);
     }
+
+    free(r->queues);
+    free(r->names);
 
     freeaddrinfo(ai);
 

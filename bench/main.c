@@ -5,10 +5,13 @@
  *
  *   RESULT proto=.. mode=.. conns=.. depth=.. size=.. msgs=.. secs=..
  *          msgs_per_sec=.. mb_per_sec=.. p50_us=.. p99_us=.. errors=..
- *          [lost=.. dup=.. corrupt=..]
+ *          queues=.. [queue_min=.. queue_max=..]
+ *          [lost=.. dup=.. corrupt=.. [misplaced=..]]
  *
  * msgs counts messages acknowledged (produce) or taken (consume, mixed);
- * MB is 10^6 bytes of payload; latency is per request, send to reply.
+ * MB is 10^6 bytes of payload; latency is per request, send to reply;
+ * queue_min and queue_max (--queues N > 1) are the msgs of the least and
+ * of the most used queue.
  * Exit status: 0 success, 1 --verify found damage, 2 anything else.
  */
 
@@ -28,7 +31,8 @@ enum {
     OPT_VERIFY,
     OPT_RUN_ID,
     OPT_WAIT,
-    OPT_TIMEOUT
+    OPT_TIMEOUT,
+    OPT_QUEUES
 };
 
 
@@ -42,6 +46,7 @@ static const struct option  options[] = {
     { "count",    required_argument, NULL, 'n' },
     { "mode",     required_argument, NULL, 'm' },
     { "queue",    required_argument, NULL, 'q' },
+    { "queues",   required_argument, NULL, OPT_QUEUES },
     { "duration", required_argument, NULL, 't' },
     { "ack",      no_argument,       NULL, OPT_ACK },
     { "verify",   no_argument,       NULL, OPT_VERIFY },
@@ -83,6 +88,9 @@ usage(FILE *f)
 "  -n, --count N    messages in total (100000)\n"
 "  -m, --mode M     produce (default), consume or mixed\n"
 "  -q, --queue Q    queue, list or tube name (bench)\n"
+"  --queues N       N queues Q.0 .. Q.N-1 (1: Q itself); connection i uses\n"
+"                   queue i %% N, or goes round its share, one request\n"
+"                   each, when N > conns (same N to produce and consume)\n"
 "  -t, --duration S stop sending new requests after S seconds\n"
 "  --ack            memq: consume with get q/close/open (at-least-once)\n"
 "  --wait MS        consume: wait up to MS for an item (memq get q/t=MS,\n"
@@ -153,13 +161,14 @@ bad(const char *msg)
 int
 main(int argc, char **argv)
 {
-    int              ch, rc;
+    int              ch, rc, n;
     size_t           i;
     uint64_t         v, msgs;
     double           rate;
     const char      *mode_name;
     bench_conf_t     cf;
     bench_result_t  *res;
+    char             name[16];
     static char      run_id[64];
 
     memset(&cf, 0, sizeof(cf));
@@ -171,6 +180,7 @@ main(int argc, char **argv)
     cf.count = 100000;
     cf.mode = BENCH_MODE_PRODUCE;
     cf.queue = "bench";
+    cf.queues = 1;
     cf.wait_ms = -1;
     cf.timeout = 30;
 
@@ -243,6 +253,15 @@ main(int argc, char **argv)
             cf.queue = optarg;
             break;
 
+        case OPT_QUEUES:
+            if (parse_u64(optarg, &v, 0) != 0 || v == 0
+                || v > BENCH_QUEUES_MAX)
+            {
+                return bad("--queues: 1..100000 queues");
+            }
+            cf.queues = (unsigned) v;
+            break;
+
         case 't':
             cf.duration = strtod(optarg, NULL);
             if (cf.duration <= 0) {
@@ -307,6 +326,18 @@ main(int argc, char **argv)
     }
 
     cf.queue_len = strlen(cf.queue);
+
+    if (cf.queues > 1) {
+        if (!cf.proto->queue) {
+            return bad("--queues works only with queues (not memcached)");
+        }
+
+        n = snprintf(name, sizeof(name), ".%u", cf.queues - 1);
+
+        if (cf.queue_len + (size_t) n > BENCH_QUEUE_MAX) {
+            return bad("-q: too long for the --queues suffix .<i>");
+        }
+    }
 
     if (cf.mode == BENCH_MODE_MIXED && cf.conns < 2) {
         return bad("-m mixed needs at least 2 connections");
@@ -385,6 +416,12 @@ main(int argc, char **argv)
                    (unsigned long long) msgs, (unsigned long long) cf.count);
         }
 
+        if (cf.queues > 1) {
+            printf(", %u queues: %llu to %llu msgs each", cf.queues,
+                   (unsigned long long) res->queue_min,
+                   (unsigned long long) res->queue_max);
+        }
+
         if (res->empties) {
             printf(", %llu empty answers",
                    (unsigned long long) res->empties);
@@ -401,11 +438,17 @@ main(int argc, char **argv)
         printf("\n");
 
         if (cf.verify && cf.mode != BENCH_MODE_PRODUCE) {
-            printf("verify: lost=%llu dup=%llu corrupt=%llu "
-                   "(run-id %s)\n",
+            printf("verify: lost=%llu dup=%llu corrupt=%llu",
                    (unsigned long long) res->lost,
                    (unsigned long long) res->dup,
-                   (unsigned long long) res->corrupt, cf.run_id);
+                   (unsigned long long) res->corrupt);
+
+            if (cf.queues > 1) {
+                printf(" misplaced=%llu",
+                       (unsigned long long) res->misplaced);
+            }
+
+            printf(" (run-id %s)\n", cf.run_id);
         }
     }
 
@@ -419,11 +462,23 @@ main(int argc, char **argv)
            (unsigned long long) bench_hist_pct(&res->hist, 99),
            (unsigned long long) res->errors);
 
+    printf(" queues=%u", cf.queues);
+
+    if (cf.queues > 1) {
+        printf(" queue_min=%llu queue_max=%llu",
+               (unsigned long long) res->queue_min,
+               (unsigned long long) res->queue_max);
+    }
+
     if (cf.verify && cf.mode != BENCH_MODE_PRODUCE) {
         printf(" lost=%llu dup=%llu corrupt=%llu",
                (unsigned long long) res->lost,
                (unsigned long long) res->dup,
                (unsigned long long) res->corrupt);
+
+        if (cf.queues > 1) {
+            printf(" misplaced=%llu", (unsigned long long) res->misplaced);
+        }
     }
 
     printf("\n");
@@ -434,7 +489,9 @@ main(int argc, char **argv)
     if (res->errors) {
         rc = BENCH_EXIT_FAIL;
 
-    } else if (cf.verify && (res->lost || res->dup || res->corrupt)) {
+    } else if (cf.verify
+               && (res->lost || res->dup || res->corrupt || res->misplaced))
+    {
         rc = BENCH_EXIT_VERIFY;
     }
 

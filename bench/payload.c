@@ -13,6 +13,13 @@
  * over 0..count-1 counts the ids never seen (lost) and those seen twice
  * (dup).  The CRC is deliberately
  * not memqd's CRC32C, so the check does not share code with what it checks.
+ *
+ * With --queues N > 1 the index of the queue the message was produced
+ * into follows the id:
+ *
+ *     R ":" id ":" queue ":" filler crc
+ *
+ * so that an item taken from another queue is counted (misplaced).
  */
 
 #include <stdio.h>
@@ -27,6 +34,7 @@ struct bench_verify_s {
     uint64_t             *seen;       /* bitmap over ids 0..count-1 */
     uint64_t              dup;
     uint64_t              corrupt;
+    uint64_t              misplaced;
 };
 
 
@@ -125,18 +133,25 @@ run_hash(const char *s)
 size_t
 bench_payload_min_size(const bench_conf_t *cf)
 {
-    char  tmp[32];
+    char    tmp[32];
+    size_t  n;
 
-    return strlen(cf->run_id) + 2
-           + (size_t) snprintf(tmp, sizeof(tmp), "%llu",
-                               (unsigned long long) (cf->count ? cf->count - 1
-                                                               : 0))
-           + BENCH_CRC_LEN;
+    n = strlen(cf->run_id) + 2
+        + (size_t) snprintf(tmp, sizeof(tmp), "%llu",
+                            (unsigned long long) (cf->count ? cf->count - 1
+                                                            : 0))
+        + BENCH_CRC_LEN;
+
+    if (cf->queues > 1) {
+        n += (size_t) snprintf(tmp, sizeof(tmp), "%u", cf->queues - 1) + 1;
+    }
+
+    return n;
 }
 
 
 void
-bench_payload_fill(const bench_conf_t *cf, char *p, uint64_t id)
+bench_payload_fill(const bench_conf_t *cf, char *p, uint64_t id, unsigned q)
 {
     int       n;
     size_t    i, k, end;
@@ -163,8 +178,14 @@ bench_payload_fill(const bench_conf_t *cf, char *p, uint64_t id)
     }
 
     /* the caller checked that size >= bench_payload_min_size() */
-    n = snprintf(p, cf->size, "%s:%llu:", cf->run_id,
-                 (unsigned long long) id);
+    if (cf->queues > 1) {
+        n = snprintf(p, cf->size, "%s:%llu:%u:", cf->run_id,
+                     (unsigned long long) id, q);
+
+    } else {
+        n = snprintf(p, cf->size, "%s:%llu:", cf->run_id,
+                     (unsigned long long) id);
+    }
 
     end = cf->size - BENCH_CRC_LEN;
 
@@ -223,12 +244,37 @@ bench_verify_destroy(bench_verify_t *v)
 }
 
 
+/* a decimal number at p[*i..end) followed by ':'; -1 when there is none */
+static int
+verify_number(const char *p, size_t *i, size_t end, uint64_t *v)
+{
+    size_t  k;
+
+    *v = 0;
+
+    for (k = *i; k < end && p[k] >= '0' && p[k] <= '9'; k++) {
+        if (*v > (UINT64_MAX - 9) / 10) {
+            return -1;
+        }
+        *v = *v * 10 + (uint64_t) (p[k] - '0');
+    }
+
+    if (k == *i || k == end || p[k] != ':') {
+        return -1;
+    }
+
+    *i = k + 1;
+
+    return 0;
+}
+
+
 void
-bench_verify_item(bench_verify_t *v, const char *p, size_t n)
+bench_verify_item(bench_verify_t *v, const char *p, size_t n, unsigned q)
 {
     size_t               rl, i, end;
     uint32_t             crc;
-    uint64_t             id, bit;
+    uint64_t             id, from, bit;
     const bench_conf_t  *cf;
     char                 hex[BENCH_CRC_LEN + 1];
 
@@ -247,16 +293,16 @@ bench_verify_item(bench_verify_t *v, const char *p, size_t n)
     }
 
     end = n - BENCH_CRC_LEN;
-    id = 0;
+    i = rl + 1;
+    from = q;
 
-    for (i = rl + 1; i < end && p[i] >= '0' && p[i] <= '9'; i++) {
-        if (id > (UINT64_MAX - 9) / 10) {
-            goto corrupt;
-        }
-        id = id * 10 + (uint64_t) (p[i] - '0');
+    if (verify_number(p, &i, end, &id) != 0 || id >= cf->count) {
+        goto corrupt;
     }
 
-    if (i == rl + 1 || i == end || p[i] != ':' || id >= cf->count) {
+    if (cf->queues > 1
+        && (verify_number(p, &i, end, &from) != 0 || from >= cf->queues))
+    {
         goto corrupt;
     }
 
@@ -265,6 +311,10 @@ bench_verify_item(bench_verify_t *v, const char *p, size_t n)
 
     if (memcmp(p + end, hex, BENCH_CRC_LEN) != 0) {
         goto corrupt;
+    }
+
+    if (from != q) {
+        v->misplaced++;
     }
 
     bit = (uint64_t) 1 << (id % 64);
@@ -303,4 +353,5 @@ bench_verify_report(bench_verify_t *v, uint64_t upto, bench_result_t *res)
     res->lost = upto - seen;
     res->dup = v->dup;
     res->corrupt = v->corrupt;
+    res->misplaced = v->misplaced;
 }

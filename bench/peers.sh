@@ -19,8 +19,24 @@
 # produced are consumed.  Before its cells, each queue system passes a
 # small produce + consume run with --verify.
 #
+# MATRIX=1 runs, instead of all that, the durable-throughput matrix: memqd
+# --sync always against Redis appendonly + appendfsync always, produce
+# only, 100-byte messages, every shape (connections x pipeline depth) of
+# MATRIX_SHAPES with every queue count of MATRIX_QUEUES (memq-bench
+# --queues: the connections spread over that many queues, a connection
+# with several going round them one message each).  Each cell runs on a
+# freshly started server with an empty data directory, memqd and Redis
+# back to back.  Before the cells, each system passes a produce + consume
+# run with --verify over 16 queues and 4 connections.  It prints a table
+# per queue count, the last shape's figures with several queues as a ratio
+# of its 1-queue figure, and the mean time of one durable set at 1x1.
+#
 # Environment:
 #   QUICK=1           tiny counts, 1 s cap: a smoke test in well under a minute
+#   MATRIX=1          only the durable-throughput matrix (see above)
+#   MATRIX_SHAPES     CONNSxDEPTH list ("1x1 16x1 50x1 50x16")
+#   MATRIX_QUEUES     queue counts ("1 16 256")
+#   MATRIX_N          messages per matrix cell (1000000; QUICK=1: 2000)
 #   N100, N4096       messages per cell for 100 and 4096 bytes (300000, 60000)
 #   DURATION          seconds cap of each produce run (5)
 #   DEPTH1, DEPTH50   pipeline depth with 1 and with 50 connections (1, 16)
@@ -28,7 +44,8 @@
 #                     other load on the machine only ever slows a run down
 #   LEVELS            subset of "always interval none"
 #   SYSTEMS           subset of "memqd redis beanstalkd memcached"
-#   RESULTS           file for the raw RESULT lines (build/peers-results.txt)
+#   RESULTS           file for the raw RESULT lines (build/peers-results.txt,
+#                     with MATRIX=1 build/peers-matrix.txt)
 #   MEMQD, BENCH      the binaries (build/memqd, build/memq-bench)
 #
 # Exit status: 0 when every run that was started succeeded and verified,
@@ -39,8 +56,15 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=${BENCH:-$ROOT/build/memq-bench}
 MEMQD=${MEMQD:-$ROOT/build/memqd}
-RESULTS=${RESULTS:-$ROOT/build/peers-results.txt}
 QUICK=${QUICK:-0}
+MATRIX=${MATRIX:-0}
+MATRIX_SHAPES=${MATRIX_SHAPES:-1x1 16x1 50x1 50x16}
+MATRIX_QUEUES=${MATRIX_QUEUES:-1 16 256}
+if [ "$MATRIX" = 1 ]; then
+    RESULTS=${RESULTS:-$ROOT/build/peers-matrix.txt}
+else
+    RESULTS=${RESULTS:-$ROOT/build/peers-results.txt}
+fi
 LEVELS=${LEVELS:-always interval none}
 SYSTEMS=${SYSTEMS:-memqd redis beanstalkd memcached}
 DEPTH1=${DEPTH1:-1}
@@ -50,11 +74,13 @@ REPEAT=${REPEAT:-1}
 if [ "$QUICK" = 1 ]; then
     N100=${N100:-2000}
     N4096=${N4096:-500}
+    MATRIX_N=${MATRIX_N:-2000}
     DURATION=${DURATION:-1}
     VERIFY_N=200
 else
     N100=${N100:-300000}
     N4096=${N4096:-60000}
+    MATRIX_N=${MATRIX_N:-1000000}
     DURATION=${DURATION:-5}
     VERIFY_N=5000
 fi
@@ -128,10 +154,12 @@ stop() {
     PIDS=$(echo "$PIDS" | tr ' ' '\n' | grep -vx "$pid" | tr '\n' ' ')
 }
 
-# start SYSTEM LEVEL: sets PORT and PID, returns 1 when it did not come up
+# start SYSTEM LEVEL: sets PORT, PID and DIR (its data), returns 1 when it
+# did not come up
 start() {
     local sys=$1 level=$2 dir
     dir=$(mktemp -d "$TMP/$sys-$level.XXXX")
+    DIR=$dir
     PORT=$(free_port)
     LOGF=$dir/log
 
@@ -273,7 +301,7 @@ check_memqd() {
 table() {
     awk -v levels="$LEVELS" -v sizes="$SIZES" -v conns="$CONNS" \
         -v d1="$DEPTH1" -v d50="$DEPTH50" -v rep="$REPEAT" '
-    /^RESULT / && !/ check=/ {
+    /^RESULT / && !/ check=/ && !/ part=matrix/ {
         delete f
         for (i = 2; i <= NF; i++) {
             split($i, kv, "=")
@@ -325,14 +353,141 @@ table() {
     }' "$RESULTS"
 }
 
+# the durable-throughput matrix (MATRIX=1)
+matrix_systems() {
+    local sys
+    for sys in memqd redis; do
+        case " $SYSTEMS " in *" $sys "*) ;; *) continue ;; esac
+        [ "$sys" = memqd ] && [ $MEMQD_OK = 0 ] && continue
+        echo "$sys"
+    done
+}
+
+# a produce + consume --verify run over 16 queues, 4 connections going
+# round 4 queues each
+matrix_check() {
+    local sys=$1
+    start "$sys" always || { STATUS=1; return; }
+    if TAG="check=verify part=matrix" bench "$sys" always -c 4 -d 8 -s 100 \
+            -n "$VERIFY_N" --queues 16 -q verify --verify --run-id mx -Q \
+            >/dev/null \
+       && TAG="check=verify part=matrix" bench "$sys" always -c 4 -d 8 \
+            -s 100 -n "$VERIFY_N" --queues 16 -q verify --verify \
+            --run-id mx -m consume -Q >/dev/null
+    then
+        log "$sys (always): verify over 16 queues lost=0 dup=0 corrupt=0" \
+            "misplaced=0"
+    fi
+    stop "$PID"
+    rm -rf "$DIR"
+}
+
+# one cell of the matrix on a fresh server: produce only
+matrix_cell() {
+    local sys=$1 conns=$2 depth=$3 queues=$4
+    start "$sys" always || { STATUS=1; return; }
+    TAG=part=matrix bench "$sys" always -c "$conns" -d "$depth" -s 100 \
+        -n "$MATRIX_N" -t "$DURATION" --queues "$queues" -q mx -Q \
+        >/dev/null || STATUS=1
+    stop "$PID"
+    rm -rf "$DIR"
+}
+
+run_matrix() {
+    local sys nq shape rep systems
+    systems=$(matrix_systems)
+
+    for sys in $systems; do
+        matrix_check "$sys"
+    done
+
+    for nq in $MATRIX_QUEUES; do
+        for shape in $MATRIX_SHAPES; do
+            log "matrix: $shape, $nq queue(s)"
+            for rep in $(seq 1 "$REPEAT"); do
+                for sys in $systems; do
+                    matrix_cell "$sys" "${shape%x*}" "${shape#*x}" "$nq"
+                done
+            done
+        done
+    done
+}
+
+matrix_table() {
+    awk -v shapes="$MATRIX_SHAPES" -v queues="$MATRIX_QUEUES" \
+        -v rep="$REPEAT" -v n="$MATRIX_N" -v secs="$DURATION" '
+    /^RESULT / && / part=matrix/ && !/ check=/ {
+        delete f
+        for (i = 2; i <= NF; i++) {
+            split($i, kv, "=")
+            f[kv[1]] = kv[2]
+        }
+        if (f["msgs"] == 0) next
+        k = f["system"] SUBSEP f["queues"] SUBSEP f["conns"] "x" f["depth"]
+        if (!(k in v) || f["msgs_per_sec"] + 0 > v[k] + 0)
+            v[k] = f["msgs_per_sec"]
+    }
+    function ratio(a, b) {
+        if (a == "" || b == "" || b == 0) return "-"
+        return sprintf("%.2f", a / b)
+    }
+    function num(a) { return a == "" ? "n/a" : a }
+    function us(a) { return a == "" || a == 0 ? "n/a" : \
+                            sprintf("%.0f us", 1e6 / a) }
+    END {
+        ns = split(shapes, S, " ")
+        nq = split(queues, Q, " ")
+        printf "\n== durable produce: memqd --sync always vs redis" \
+               " appendonly yes, appendfsync always\n"
+        printf "   100 B messages, %s per cell or %s s, whichever first;" \
+               " msgs/s%s\n", n, secs, (rep > 1 ? ", best of " rep : "")
+        for (qi = 1; qi <= nq; qi++) {
+            q = Q[qi]
+            printf "\n-- %s queue%s taking writes\n", q, (q == 1 ? "" : "s")
+            printf "%-8s %10s %10s %12s\n", "shape", "memqd", "redis", \
+                "memqd/redis"
+            for (si = 1; si <= ns; si++) {
+                s = S[si]
+                a = v["memqd", q, s]
+                b = v["redis", q, s]
+                printf "%-8s %10s %10s %12s\n", s, num(a), num(b), \
+                    ratio(a, b)
+            }
+        }
+        s = S[ns]
+        printf "\n%s, N queues as a ratio of 1 queue:", s
+        split("memqd redis", Y, " ")
+        for (yi = 1; yi <= 2; yi++) {
+            printf " %s", Y[yi]
+            sep = ""
+            for (qi = 1; qi <= nq; qi++) {
+                if (Q[qi] == 1) continue
+                printf "%s %sq %s", sep, Q[qi], \
+                    ratio(v[Y[yi], Q[qi], s], v[Y[yi], 1, s])
+                sep = ","
+            }
+            printf "%s", (yi == 1 ? ";" : "\n")
+        }
+        printf "durable set at 1x1, 1 queue, mean (1e6 / msgs/s):" \
+               " memqd %s, redis %s\n", us(v["memqd", 1, "1x1"]), \
+               us(v["redis", 1, "1x1"])
+    }' "$RESULTS"
+}
+
 main() {
-    local level sys
+    local level sys tools
 
     if [ ! -x "$BENCH" ]; then
         echo "peers: $BENCH missing: run 'make bench'" >&2
         exit 1
     fi
-    for sys in redis-server beanstalkd memcached python3; do
+    tools="redis-server beanstalkd memcached python3"
+    [ "$MATRIX" = 1 ] && tools="redis-server python3"
+    for sys in $MATRIX_SHAPES; do
+        [[ $sys =~ ^[1-9][0-9]*x[1-9][0-9]*$ ]] || {
+            echo "peers: MATRIX_SHAPES: $sys is not CONNSxDEPTH" >&2; exit 1; }
+    done
+    for sys in $tools; do
         command -v "$sys" >/dev/null || {
             echo "peers: $sys not installed (scripts/deps.sh)" >&2; exit 1; }
     done
@@ -341,7 +496,9 @@ main() {
     : >"$RESULTS"
     echo "# peers.sh $(date -u +%FT%TZ) QUICK=$QUICK N100=$N100" \
          "N4096=$N4096 DURATION=$DURATION DEPTH1=$DEPTH1 DEPTH50=$DEPTH50" \
-         "REPEAT=$REPEAT nproc=$(nproc)" >>"$RESULTS"
+         "REPEAT=$REPEAT MATRIX=$MATRIX MATRIX_SHAPES='$MATRIX_SHAPES'" \
+         "MATRIX_QUEUES='$MATRIX_QUEUES' MATRIX_N=$MATRIX_N nproc=$(nproc)" \
+         >>"$RESULTS"
 
     case " $SYSTEMS " in
     *" memqd "*)
@@ -352,6 +509,16 @@ main() {
         fi
         ;;
     esac
+
+    if [ "$MATRIX" = 1 ]; then
+        run_matrix
+        matrix_table
+        case " $SYSTEMS " in
+        *" memqd "*) [ $MEMQD_OK = 1 ] || echo "memqd: not available" ;;
+        esac
+        echo "raw RESULT lines: $RESULTS"
+        return $STATUS
+    fi
 
     for level in $LEVELS; do
         for sys in memqd redis beanstalkd; do

@@ -3,6 +3,10 @@
  *
  * setup:   producer "use <tube>" -> USING <tube>;
  *          consumer "watch <tube>" + "ignore default" -> WATCHING <n> twice
+ * switch:  (--queues, a connection going round several tubes) producer
+ *          "use <next>"; consumer "watch <next>" + "ignore <previous>",
+ *          so that a consumer watches one tube at a time and the tube an
+ *          item came from is known
  * produce: put 0 0 60 <size> + data  -> INSERTED <id>
  * consume: reserve-with-timeout <s>  -> RESERVED <id> <bytes> + data, or
  *          TIMED_OUT; each job taken is then removed with "delete <id>"
@@ -16,20 +20,24 @@
 #include "bench.h"
 
 
-static unsigned
-bs_setup(bench_buf_t *out, const bench_conf_t *cf, int producer)
+static int
+bs_select(bench_buf_t *out, const bench_conf_t *cf, int producer,
+    const bench_queue_t *from, const bench_queue_t *q)
 {
     if (producer) {
-        return bench_buf_printf(out, "use %s\r\n", cf->queue) == 0 ? 1 : 0;
+        return bench_buf_printf(out, "use %s\r\n", q->name) == 0 ? 1 : -1;
     }
 
-    return bench_buf_printf(out, "watch %s\r\nignore default\r\n",
-                            cf->queue) == 0 ? 2 : 0;
+    /* watch first: ignoring the only tube watched is refused */
+    return bench_buf_printf(out, "watch %s\r\nignore %s\r\n", q->name,
+                            from != NULL ? from->name : "default") == 0
+           ? 2 : -1;
 }
 
 
 static char *
-bs_produce(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
+bs_produce(bench_buf_t *out, const bench_conf_t *cf, const bench_queue_t *q,
+    uint64_t id)
 {
     char  *p;
 
@@ -48,7 +56,8 @@ bs_produce(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
 
 
 static int
-bs_consume(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
+bs_consume(bench_buf_t *out, const bench_conf_t *cf, const bench_queue_t *q,
+    uint64_t id)
 {
     long long  secs;
 
@@ -72,7 +81,7 @@ bs_ack(bench_buf_t *out, const bench_conf_t *cf, const bench_reply_t *r)
 
 
 static int
-bs_finish(bench_buf_t *out, const bench_conf_t *cf)
+bs_finish(bench_buf_t *out, const bench_conf_t *cf, const bench_queue_t *q)
 {
     return 0;
 }
@@ -160,5 +169,5 @@ bs_parse(const char *buf, size_t len, bench_reply_t *r)
 
 const bench_proto_t  bench_proto_beanstalk = {
     "beanstalk", 1,
-    bs_setup, bs_produce, bs_consume, bs_ack, bs_finish, bs_parse
+    bs_select, bs_produce, bs_consume, bs_ack, bs_finish, bs_parse
 };

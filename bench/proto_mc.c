@@ -3,8 +3,9 @@
  *
  * memq:      produce "set <q> 0 0 <size>", consume "get <q>" (with
  *            "/close/open" under --ack and "/t=<ms>" under --wait); the
- *            last request of an --ack consumer is "get <q>/close", which
- *            acknowledges what it still has open.
+ *            last requests of an --ack consumer are "get <q>/close", one
+ *            for each queue it used, which acknowledge what it still has
+ *            open there.
  * memcached: not a queue but the protocol's ceiling: produce
  *            "set k<i> 0 0 <size>", consume "get k<i>" over the same keys.
  *
@@ -24,8 +25,9 @@
 #define MC_VALUE_MAX  ((uint64_t) 1 << 30)
 
 
-static unsigned
-mc_setup(bench_buf_t *out, const bench_conf_t *cf, int producer)
+static int
+mc_select(bench_buf_t *out, const bench_conf_t *cf, int producer,
+    const bench_queue_t *from, const bench_queue_t *q)
 {
     return 0;
 }
@@ -63,21 +65,24 @@ mc_set(bench_buf_t *out, const bench_conf_t *cf, const char *key,
 
 
 static char *
-memq_produce(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
+memq_produce(bench_buf_t *out, const bench_conf_t *cf,
+    const bench_queue_t *q, uint64_t id)
 {
-    return mc_set(out, cf, cf->queue, cf->queue_len, id);
+    return mc_set(out, cf, q->name, q->len, id);
 }
 
 
 static char *
-memcached_produce(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
+memcached_produce(bench_buf_t *out, const bench_conf_t *cf,
+    const bench_queue_t *q, uint64_t id)
 {
     return mc_set(out, cf, NULL, 0, id);
 }
 
 
 static int
-memq_consume(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
+memq_consume(bench_buf_t *out, const bench_conf_t *cf,
+    const bench_queue_t *q, uint64_t id)
 {
     char  wait[32];
 
@@ -88,13 +93,14 @@ memq_consume(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
                         (long long) cf->wait_ms);
     }
 
-    return bench_buf_printf(out, "get %s%s%s" MC_CRLF, cf->queue,
+    return bench_buf_printf(out, "get %s%s%s" MC_CRLF, q->name,
                             cf->ack ? "/close/open" : "", wait);
 }
 
 
 static int
-memcached_consume(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
+memcached_consume(bench_buf_t *out, const bench_conf_t *cf,
+    const bench_queue_t *q, uint64_t id)
 {
     return bench_buf_printf(out, "get k%llu" MC_CRLF,
                             (unsigned long long) id);
@@ -109,13 +115,13 @@ mc_ack(bench_buf_t *out, const bench_conf_t *cf, const bench_reply_t *r)
 
 
 static int
-memq_finish(bench_buf_t *out, const bench_conf_t *cf)
+memq_finish(bench_buf_t *out, const bench_conf_t *cf, const bench_queue_t *q)
 {
     if (!cf->ack) {
         return 0;
     }
 
-    if (bench_buf_printf(out, "get %s/close" MC_CRLF, cf->queue) != 0) {
+    if (bench_buf_printf(out, "get %s/close" MC_CRLF, q->name) != 0) {
         return -1;
     }
 
@@ -124,7 +130,8 @@ memq_finish(bench_buf_t *out, const bench_conf_t *cf)
 
 
 static int
-memcached_finish(bench_buf_t *out, const bench_conf_t *cf)
+memcached_finish(bench_buf_t *out, const bench_conf_t *cf,
+    const bench_queue_t *q)
 {
     return 0;
 }
@@ -217,12 +224,12 @@ mc_parse(const char *buf, size_t len, bench_reply_t *r)
 
 const bench_proto_t  bench_proto_memq = {
     "memq", 1,
-    mc_setup, memq_produce, memq_consume, mc_ack, memq_finish, mc_parse
+    mc_select, memq_produce, memq_consume, mc_ack, memq_finish, mc_parse
 };
 
 
 const bench_proto_t  bench_proto_memcached = {
     "memcached", 0,
-    mc_setup, memcached_produce, memcached_consume, mc_ack,
+    mc_select, memcached_produce, memcached_consume, mc_ack,
     memcached_finish, mc_parse
 };

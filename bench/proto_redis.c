@@ -12,20 +12,22 @@
 #include "bench.h"
 
 
-static unsigned
-redis_setup(bench_buf_t *out, const bench_conf_t *cf, int producer)
+static int
+redis_select(bench_buf_t *out, const bench_conf_t *cf, int producer,
+    const bench_queue_t *from, const bench_queue_t *q)
 {
     return 0;
 }
 
 
 static char *
-redis_produce(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
+redis_produce(bench_buf_t *out, const bench_conf_t *cf,
+    const bench_queue_t *q, uint64_t id)
 {
     char  *p;
 
     if (bench_buf_printf(out, "*3\r\n$5\r\nLPUSH\r\n$%zu\r\n%s\r\n$%zu\r\n",
-                         cf->queue_len, cf->queue, cf->size) != 0
+                         q->len, q->name, cf->size) != 0
         || bench_buf_reserve(out, cf->size + 2) != 0)
     {
         return NULL;
@@ -40,14 +42,15 @@ redis_produce(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
 
 
 static int
-redis_consume(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
+redis_consume(bench_buf_t *out, const bench_conf_t *cf,
+    const bench_queue_t *q, uint64_t id)
 {
     char  secs[32];
     int   n;
 
     if (cf->wait_ms < 0) {
         return bench_buf_printf(out, "*2\r\n$4\r\nRPOP\r\n$%zu\r\n%s\r\n",
-                                cf->queue_len, cf->queue);
+                                q->len, q->name);
     }
 
     /* BRPOP takes seconds; 0 would mean "forever" */
@@ -56,7 +59,7 @@ redis_consume(bench_buf_t *out, const bench_conf_t *cf, uint64_t id)
 
     return bench_buf_printf(out,
                             "*3\r\n$5\r\nBRPOP\r\n$%zu\r\n%s\r\n$%d\r\n%s\r\n",
-                            cf->queue_len, cf->queue, n, secs);
+                            q->len, q->name, n, secs);
 }
 
 
@@ -68,7 +71,8 @@ redis_ack(bench_buf_t *out, const bench_conf_t *cf, const bench_reply_t *r)
 
 
 static int
-redis_finish(bench_buf_t *out, const bench_conf_t *cf)
+redis_finish(bench_buf_t *out, const bench_conf_t *cf,
+    const bench_queue_t *q)
 {
     return 0;
 }
@@ -207,6 +211,6 @@ redis_parse(const char *buf, size_t len, bench_reply_t *r)
 
 const bench_proto_t  bench_proto_redis = {
     "redis", 1,
-    redis_setup, redis_produce, redis_consume, redis_ack, redis_finish,
+    redis_select, redis_produce, redis_consume, redis_ack, redis_finish,
     redis_parse
 };
