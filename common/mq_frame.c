@@ -3,9 +3,10 @@
  * documented in mq_frame.h, next to its version number).
  *
  * Integers are written byte by byte in little-endian order, so files are
- * the same on every host.  A decoder trusts nothing: the length is bounded
- * by the caller's max_len before it is used for anything, the kind must be
- * known, and the CRC must match before a record is handed out.
+ * the same on every host.  A decoder trusts nothing: the header's own CRC
+ * must hold before its length is used for anything, the length is bounded
+ * by the caller's max_len, the kind must be known, and the payload CRC must
+ * match before a record is handed out.
  */
 
 #include <string.h>
@@ -16,6 +17,10 @@
 
 static const unsigned char  mq_seg_magic[8] = {
     'M', 'Q', 'S', 'E', 'G', 0, 0, MQ_SEG_VERSION
+};
+
+static const unsigned char  mq_jnl_magic[8] = {
+    'M', 'Q', 'J', 'N', 'L', 0, 0, 1
 };
 
 
@@ -55,25 +60,100 @@ mq_get_le64(const unsigned char *p)
 void
 mq_frame_encode(unsigned char *dst, mq_frame_hdr_t *h, const void *payload)
 {
-    uint32_t  crc;
+    h->crc = mq_crc32c(0, payload, h->len);
 
-    mq_put_le32(dst + 4, h->len);
-    mq_put_le32(dst + 8, h->flags);
-    mq_put_le32(dst + 12, h->kind);
-    mq_put_le64(dst + 16, h->seq);
-    mq_put_le64(dst + 24, h->ctime);
-    mq_put_le64(dst + 32, (uint64_t) h->exptime);
+    mq_put_le32(dst, MQ_FRAME_MAGIC);
+    mq_put_le32(dst + 8, h->len);
+    mq_put_le32(dst + 12, h->flags);
+    mq_put_le32(dst + 16, h->kind);
+    mq_put_le32(dst + 20, h->crc);
+    mq_put_le64(dst + 24, h->seq);
+    mq_put_le64(dst + 32, h->ctime);
+    mq_put_le64(dst + 40, (uint64_t) h->exptime);
+    mq_put_le32(dst + 4, mq_crc32c(0, dst + 8, MQ_FRAME_HDR_SIZE - 8));
+}
 
-    crc = mq_crc32c(0, dst + 4, MQ_FRAME_HDR_SIZE - 4);
-    crc = mq_crc32c(crc, payload, h->len);
 
-    h->crc = crc;
-    mq_put_le32(dst, crc);
+static int
+mq_kind_known(uint32_t kind)
+{
+    return kind >= MQ_FRAME_ITEM && kind <= MQ_FRAME_JDROP;
+}
+
+
+/* Checks a whole version 2 header at buf: MQ_OK or MQ_ERROR with *err. */
+static int
+mq_header_check(const unsigned char *buf, uint32_t max_len, const char **err)
+{
+    if (mq_get_le32(buf) != MQ_FRAME_MAGIC) {
+        *err = "bad magic";
+        return MQ_ERROR;
+    }
+
+    if (mq_get_le32(buf + 4) != mq_crc32c(0, buf + 8, MQ_FRAME_HDR_SIZE - 8))
+    {
+        *err = "bad header crc";
+        return MQ_ERROR;
+    }
+
+    if (mq_get_le32(buf + 8) > max_len) {
+        *err = "bad length";
+        return MQ_ERROR;
+    }
+
+    if (!mq_kind_known(mq_get_le32(buf + 16))) {
+        *err = "unknown kind";
+        return MQ_ERROR;
+    }
+
+    return MQ_OK;
 }
 
 
 int
 mq_frame_decode(const unsigned char *buf, size_t avail, uint32_t max_len,
+    mq_frame_hdr_t *h, const char **err)
+{
+    memset(h, 0, sizeof(*h));
+
+    /* a wrong magic is known from four bytes: a reader meeting zeros (a
+     * preallocated journal) or garbage never waits for more */
+    if (avail >= 4 && mq_get_le32(buf) != MQ_FRAME_MAGIC) {
+        *err = "bad magic";
+        return MQ_ERROR;
+    }
+
+    if (avail < MQ_FRAME_HDR_SIZE) {
+        return MQ_AGAIN;
+    }
+
+    if (mq_header_check(buf, max_len, err) != MQ_OK) {
+        return MQ_ERROR;
+    }
+
+    h->len = mq_get_le32(buf + 8);
+    h->flags = mq_get_le32(buf + 12);
+    h->kind = mq_get_le32(buf + 16);
+    h->crc = mq_get_le32(buf + 20);
+    h->seq = mq_get_le64(buf + 24);
+    h->ctime = mq_get_le64(buf + 32);
+    h->exptime = (int64_t) mq_get_le64(buf + 40);
+
+    if (avail - MQ_FRAME_HDR_SIZE < h->len) {
+        return MQ_AGAIN;
+    }
+
+    if (mq_crc32c(0, buf + MQ_FRAME_HDR_SIZE, h->len) != h->crc) {
+        *err = "bad payload crc";
+        return MQ_DECLINED;
+    }
+
+    return MQ_OK;
+}
+
+
+int
+mq_frame_decode_v1(const unsigned char *buf, size_t avail, uint32_t max_len,
     mq_frame_hdr_t *h, const char **err)
 {
     uint32_t  crc;
@@ -92,7 +172,7 @@ mq_frame_decode(const unsigned char *buf, size_t avail, uint32_t max_len,
         return MQ_ERROR;
     }
 
-    if (avail < MQ_FRAME_HDR_SIZE) {
+    if (avail < MQ_FRAME_V1_HDR_SIZE) {
         return MQ_AGAIN;
     }
 
@@ -109,11 +189,11 @@ mq_frame_decode(const unsigned char *buf, size_t avail, uint32_t max_len,
         return MQ_ERROR;
     }
 
-    if (avail - MQ_FRAME_HDR_SIZE < h->len) {
+    if (avail - MQ_FRAME_V1_HDR_SIZE < h->len) {
         return MQ_AGAIN;
     }
 
-    crc = mq_crc32c(0, buf + 4, MQ_FRAME_HDR_SIZE - 4 + (size_t) h->len);
+    crc = mq_crc32c(0, buf + 4, MQ_FRAME_V1_HDR_SIZE - 4 + (size_t) h->len);
 
     if (crc != h->crc) {
         *err = "bad crc";
@@ -121,6 +201,31 @@ mq_frame_decode(const unsigned char *buf, size_t avail, uint32_t max_len,
     }
 
     return MQ_OK;
+}
+
+
+size_t
+mq_frame_resync(const unsigned char *buf, size_t from, size_t len,
+    uint32_t max_len)
+{
+    size_t                i;
+    const char           *err;
+    const unsigned char  *p;
+
+    for (i = from; i + MQ_FRAME_HDR_SIZE <= len; i++) {
+        p = memchr(buf + i, 'M', len - MQ_FRAME_HDR_SIZE + 1 - i);
+        if (p == NULL) {
+            break;
+        }
+
+        i = (size_t) (p - buf);
+
+        if (mq_header_check(p, max_len, &err) == MQ_OK) {
+            return i;
+        }
+    }
+
+    return len;
 }
 
 
@@ -133,13 +238,39 @@ mq_frame_seg_encode(unsigned char *dst, uint64_t first_seq)
 
 
 int
-mq_frame_seg_decode(const unsigned char *buf, uint64_t *first_seq)
+mq_frame_seg_decode(const unsigned char *buf, uint64_t *first_seq,
+    unsigned *version)
 {
-    if (memcmp(buf, mq_seg_magic, sizeof(mq_seg_magic)) != 0) {
+    /* the magic without its last byte, which is the version */
+    if (memcmp(buf, mq_seg_magic, sizeof(mq_seg_magic) - 1) != 0
+        || buf[7] < 1 || buf[7] > MQ_SEG_VERSION)
+    {
         return MQ_ERROR;
     }
 
+    *version = buf[7];
     *first_seq = mq_get_le64(buf + 8);
+
+    return MQ_OK;
+}
+
+
+void
+mq_frame_jnl_encode(unsigned char *dst, uint64_t number)
+{
+    memcpy(dst, mq_jnl_magic, sizeof(mq_jnl_magic));
+    mq_put_le64(dst + 8, number);
+}
+
+
+int
+mq_frame_jnl_decode(const unsigned char *buf, uint64_t *number)
+{
+    if (memcmp(buf, mq_jnl_magic, sizeof(mq_jnl_magic)) != 0) {
+        return MQ_ERROR;
+    }
+
+    *number = mq_get_le64(buf + 8);
 
     return MQ_OK;
 }

@@ -1,27 +1,47 @@
 /*
- * mq_frame.h: on-disk framing of segment files and their records.
+ * mq_frame.h: on-disk framing of segment files, journal files and their
+ * records.
  *
- * Segment file, format version 1:
+ * Segment file (one queue's records), format version 2:
  *
- *   offset 0   8 bytes  magic "MQSEG\0\0\1" (the last byte is the version)
+ *   offset 0   8 bytes  magic "MQSEG\0\0\2" (the last byte is the version)
  *   offset 8   8 bytes  u64 LE: sequence number of the first record
  *   offset 16  records, back to back, until end of file
  *
- * Record (all integers little-endian, encoded field by field, never as a
- * struct dump):
+ * Journal file (every queue's records, in commit order), version 1:
  *
- *   0   u32 crc      CRC32C of bytes 4..39 of the header and the payload
- *   4   u32 len      payload length in bytes
- *   8   u32 flags    client flags, kept verbatim
- *   12  u32 kind     MQ_FRAME_ITEM (other values are reserved: a reader
- *                    treats them as corruption)
- *   16  u64 seq      sequence number within the queue, +1 per record
- *   24  u64 ctime    when stored, unix milliseconds
- *   32  i64 exptime  absolute expiry, unix seconds; 0 = never
- *   40  payload      len bytes
+ *   offset 0   8 bytes  magic "MQJNL\0\0\1"
+ *   offset 8   8 bytes  u64 LE: the file's number
+ *   offset 16  records, back to back; the rest of the file is zeros
+ *              (preallocated), which no record decodes from
  *
- * Changing the format: bump MQ_SEG_VERSION, keep a decoder for the old
- * version so recovery can read existing files, and write only the new one.
+ * Record, version 2 (all integers little-endian, encoded field by field,
+ * never as a struct dump):
+ *
+ *   0   u32 magic    MQ_FRAME_MAGIC ("MQR2"): where a record starts
+ *   4   u32 hcrc     CRC32C of header bytes 8..47
+ *   8   u32 len      payload length in bytes
+ *   12  u32 flags    client flags, kept verbatim
+ *   16  u32 kind     MQ_FRAME_ITEM in segments; MQ_FRAME_JITEM and
+ *                    MQ_FRAME_JDROP in the journal
+ *   20  u32 pcrc     CRC32C of the payload
+ *   24  u64 seq      sequence number within the queue, +1 per record
+ *   32  u64 ctime    when stored, unix milliseconds
+ *   40  i64 exptime  absolute expiry, unix seconds; 0 = never
+ *   48  payload      len bytes
+ *
+ * The header has a CRC of its own, so a record whose payload is damaged
+ * still tells its length and id, and a reader that meets damage finds
+ * the next record by looking for the magic and a header CRC that holds.
+ *
+ * Journal payloads start with the queue name: u8 name length, the name,
+ * then (JITEM) the item's bytes.  JDROP marks a queue deleted.
+ *
+ * Version 1 segments (40-byte record header: u32 crc over bytes 4..39 and
+ * the payload, len, flags, kind, seq, ctime, exptime; no magic) are still
+ * read; only version 2 is written.  Changing the format: bump the version,
+ * keep a decoder for the old one so existing files are read, write only the
+ * new one.
  */
 
 #ifndef MQ_FRAME_H
@@ -29,49 +49,75 @@
 
 #include "mq_common.h"
 
-#define MQ_SEG_VERSION      1
-#define MQ_SEG_HDR_SIZE     16
-#define MQ_FRAME_HDR_SIZE   40
-#define MQ_FRAME_ITEM       1
+#define MQ_SEG_VERSION        2
+#define MQ_SEG_HDR_SIZE       16
+#define MQ_FRAME_HDR_SIZE     48
+#define MQ_FRAME_V1_HDR_SIZE  40
+#define MQ_FRAME_MAGIC        0x3252514du    /* "MQR2" in file order */
+
+#define MQ_FRAME_ITEM         1
+#define MQ_FRAME_JITEM        2
+#define MQ_FRAME_JDROP        3
 
 typedef struct {
-    uint32_t  crc;       /* as stored; set by decode, computed by encode */
+    uint32_t  crc;       /* v1: record CRC; v2: payload CRC */
     uint32_t  len;       /* payload bytes */
     uint32_t  flags;     /* client flags */
-    uint32_t  kind;      /* MQ_FRAME_ITEM */
+    uint32_t  kind;      /* MQ_FRAME_* */
     uint64_t  seq;       /* sequence number */
     uint64_t  ctime;     /* unix ms */
     int64_t   exptime;   /* unix s, 0 = never */
 } mq_frame_hdr_t;
 
 /*
- * Writes the MQ_FRAME_HDR_SIZE header bytes of a record to dst, computing
- * the CRC over the header fields and payload[0..h->len).  h->crc is set.
+ * Writes the MQ_FRAME_HDR_SIZE header bytes of a version 2 record to dst,
+ * with the CRC of payload[0..h->len).  h->crc is set.
  */
 void mq_frame_encode(unsigned char *dst, mq_frame_hdr_t *h,
     const void *payload);
 
 /*
- * Decodes the record that starts at buf, of which avail bytes are present.
- * Returns
- *   MQ_OK     header and payload present, len <= max_len, kind known, CRC
- *             good; h is filled in; the record is MQ_FRAME_HDR_SIZE + h->len
- *             bytes long;
- *   MQ_AGAIN  fewer bytes than the record needs (h->len is set when at
- *             least the header was present, else 0);
- *   MQ_ERROR  bad length, unknown kind or CRC mismatch; *err names which.
- *             A length over max_len is reported as soon as the length field
- *             (bytes 4..7) is present, an unknown kind as soon as the header
- *             is: neither waits for the payload.
+ * Decodes the version 2 record that starts at buf, of which avail bytes
+ * are present.  Returns
+ *   MQ_OK       header and payload present and good, len <= max_len, kind
+ *               known; h is filled in; the record is MQ_FRAME_HDR_SIZE +
+ *               h->len bytes long;
+ *   MQ_AGAIN    fewer bytes than the record needs (h->len is set when the
+ *               header was present and good, else 0);
+ *   MQ_DECLINED the header is good (h filled in, the record's length is
+ *               known) but the payload's CRC is not;
+ *   MQ_ERROR    no good header here (magic, header CRC, length over
+ *               max_len or unknown kind); *err names which.  Nothing
+ *               waits for a payload before the header is checked.
  */
 int mq_frame_decode(const unsigned char *buf, size_t avail, uint32_t max_len,
     mq_frame_hdr_t *h, const char **err);
 
-/* Writes the MQ_SEG_HDR_SIZE segment header. */
+/* The same for a version 1 record (MQ_FRAME_V1_HDR_SIZE header); it never
+ * returns MQ_DECLINED. */
+int mq_frame_decode_v1(const unsigned char *buf, size_t avail,
+    uint32_t max_len, mq_frame_hdr_t *h, const char **err);
+
+/*
+ * Returns the offset of the first place in buf[from..len) where a good
+ * version 2 header starts (magic and header CRC hold, len <= max_len), or
+ * len when there is none.  A header cut off by the end of buf is not
+ * found: callers scanning a file overlap their windows by
+ * MQ_FRAME_HDR_SIZE - 1 bytes.
+ */
+size_t mq_frame_resync(const unsigned char *buf, size_t from, size_t len,
+    uint32_t max_len);
+
+/* Segment header, version MQ_SEG_VERSION. */
 void mq_frame_seg_encode(unsigned char *dst, uint64_t first_seq);
 
-/* MQ_OK and *first_seq set if buf holds a valid segment header, else
- * MQ_ERROR. buf must hold MQ_SEG_HDR_SIZE bytes. */
-int mq_frame_seg_decode(const unsigned char *buf, uint64_t *first_seq);
+/* MQ_OK, *first_seq and *version (1 or 2) set if buf holds a segment
+ * header we read, else MQ_ERROR.  buf must hold MQ_SEG_HDR_SIZE bytes. */
+int mq_frame_seg_decode(const unsigned char *buf, uint64_t *first_seq,
+    unsigned *version);
+
+/* Journal file header. */
+void mq_frame_jnl_encode(unsigned char *dst, uint64_t number);
+int mq_frame_jnl_decode(const unsigned char *buf, uint64_t *number);
 
 #endif /* MQ_FRAME_H */

@@ -7,6 +7,7 @@
  */
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -25,6 +26,7 @@
 #include "config.h"
 #include "conn.h"
 #include "etcd.h"
+#include "journal.h"
 #include "log.h"
 #include "loop.h"
 #include "queue.h"
@@ -59,7 +61,8 @@ usage(FILE *f)
     fprintf(f,
         "usage: memqd [--listen ADDR:PORT]... [--data-dir DIR]\n"
         "             [--sync always|interval=MS|none] [--max-item-size N]\n"
-        "             [--segment-size N] [--config FILE]\n"
+        "             [--segment-size N] [--journal-size N] [--config FILE]\n"
+        "             [--check]\n"
         "             [--max-connections N] [-v]\n"
         "             [--etcd URL[,URL...] --advertise HOST:PORT "
         "--cluster NAME\n"
@@ -240,6 +243,8 @@ main(int argc, char **argv)
         { "sync",            required_argument, NULL, 's' },
         { "max-item-size",   required_argument, NULL, 'm' },
         { "segment-size",    required_argument, NULL, 'S' },
+        { "journal-size",    required_argument, NULL, 'J' },
+        { "check",           no_argument,       NULL, 'K' },
         { "config",          required_argument, NULL, 'c' },
         { "max-connections", required_argument, NULL, 'C' },
         { "etcd",            required_argument, NULL, ETCD_OPT_URLS },
@@ -255,10 +260,11 @@ main(int argc, char **argv)
     srv.sync_mode = SYNC_ALWAYS;
     srv.max_item_size = 1024 * 1024;
     srv.segment_size = 64 * 1024 * 1024;
+    srv.journal_size = 64 * 1024 * 1024;
     srv.max_conns = 10000;
     nlisten = 0;
 
-    while ((opt = getopt_long(argc, argv, "l:d:s:m:S:c:C:vh", longopts,
+    while ((opt = getopt_long(argc, argv, "l:d:s:m:S:J:Kc:C:vh", longopts,
                               NULL)) != -1)
     {
         switch (opt) {
@@ -295,6 +301,17 @@ main(int argc, char **argv)
                 return 2;
             }
             srv.segment_size = v;
+            break;
+        case 'J':
+            if (config_parse_size(optarg, &v) != 0 || v < 65536) {
+                fprintf(stderr, "memqd: bad --journal-size \"%s\" "
+                        "(at least 64k)\n", optarg);
+                return 2;
+            }
+            srv.journal_size = v;
+            break;
+        case 'K':
+            srv.check_only = 1;
             break;
         case 'c':
             srv.config_path = optarg;
@@ -363,10 +380,17 @@ main(int argc, char **argv)
 
     if (queue_init() != 0) {
         log_error("main", "%s: cannot read queues", srv.data_dir);
-        return 1;
+        return srv.check_only ? 2 : 1;
     }
 
-    if (sync_init(conn_sync_done) != 0) {
+    if (srv.check_only) {
+        /* --check: report, change nothing, serve nothing */
+        printf("memqd: check %s: %" PRIu64 " damaged records\n",
+               srv.data_dir, srv.corrupt_records);
+        return srv.corrupt_records ? 1 : 0;
+    }
+
+    if (sync_init(queue_sync_done, journal_checkpoint_done) != 0) {
         return 1;
     }
 

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -20,6 +21,8 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "fdcache.h"
+#include "journal.h"
 #include "log.h"
 #include "loop.h"
 #include "queue.h"
@@ -30,6 +33,7 @@
 
 #define WBUF_SIZE      (64 * 1024)
 #define RBUF_SIZE      (64 * 1024)
+#define RBUF_SLOTS     64            /* read-ahead buffers in all */
 #define HASH_SIZE      4096          /* buckets; chains stay short enough */
 #define POS_INTERVAL   100           /* ms between position file writes */
 #define POS_PENDING_MAX 4096         /* owed items listed in it, at most */
@@ -41,6 +45,14 @@ static size_t          scratch_cap;
 static uint64_t        last_pos_flush;
 static loop_timer_t    pos_timer;     /* wakes the loop for deferred
                                          position writes */
+
+/* read-ahead buffers are lent to queues from a fixed pool, so memory does
+ * not grow with the number of queues being read */
+static struct {
+    queue_t        *owner;    /* (ref) NULL when free */
+    unsigned char  *buf;
+} rbufs[RBUF_SLOTS];
+static int             rbuf_hand;
 
 
 static uint32_t
@@ -98,10 +110,60 @@ queue_alloc(const char *name, size_t len)
     memcpy(q->name, name, len);
     q->name[len] = '\0';
     q->name_len = len;
-    q->dirfd = -1;
     q->next_seq = 1;
     q->rseq = 1;
+    q->rbuf_slot = -1;
     return q;
+}
+
+
+/* Lends q a read-ahead buffer, taking one back from another queue when
+ * the pool is used up.  0 or -1. */
+static int
+rbuf_get(queue_t *q)
+{
+    int  i;
+
+    if (q->rbuf != NULL) {
+        return 0;
+    }
+
+    for (i = 0; i < RBUF_SLOTS && rbufs[rbuf_hand].owner != NULL; i++) {
+        rbuf_hand = (rbuf_hand + 1) % RBUF_SLOTS;
+    }
+
+    if (rbufs[rbuf_hand].owner != NULL) {
+        rbufs[rbuf_hand].owner->rbuf = NULL;
+        rbufs[rbuf_hand].owner->rlen = 0;
+        rbufs[rbuf_hand].owner->rbuf_slot = -1;
+    }
+
+    if (rbufs[rbuf_hand].buf == NULL) {
+        rbufs[rbuf_hand].buf = malloc(RBUF_SIZE);
+        if (rbufs[rbuf_hand].buf == NULL) {
+            rbufs[rbuf_hand].owner = NULL;
+            return -1;
+        }
+    }
+
+    rbufs[rbuf_hand].owner = q;
+    q->rbuf = rbufs[rbuf_hand].buf;
+    q->rbuf_slot = rbuf_hand;
+    q->rlen = 0;
+    rbuf_hand = (rbuf_hand + 1) % RBUF_SLOTS;
+    return 0;
+}
+
+
+static void
+rbuf_put(queue_t *q)
+{
+    if (q->rbuf_slot >= 0) {
+        rbufs[q->rbuf_slot].owner = NULL;
+    }
+    q->rbuf = NULL;
+    q->rlen = 0;
+    q->rbuf_slot = -1;
 }
 
 
@@ -134,7 +196,6 @@ hash_remove(queue_t *q)
 static void
 queue_free(queue_t *q)
 {
-    size_t      i;
     queue_t   **pp;
 
     for (pp = &dirty_list; *pp; pp = &(*pp)->dnext) {
@@ -144,17 +205,11 @@ queue_free(queue_t *q)
         }
     }
 
-    for (i = 0; i < q->nsegs; i++) {
-        close(q->segs[i].fd);
-    }
-
-    if (q->dirfd != -1) {
-        close(q->dirfd);
-    }
-
+    fdcache_drop_queue(q);
+    rbuf_put(q);
+    free(q->skips);
     free(q->segs);
     free(q->wbuf);
-    free(q->rbuf);
     free(q->ret);
     free(q);
 }
@@ -171,15 +226,29 @@ int
 queue_init(void)
 {
     DIR            *d;
+    int             dropped;
     size_t          n;
     queue_t        *q;
+    uint64_t        last, first;
+    jscan_t        *js;
     struct stat     st;
     struct dirent  *de;
 
     pos_timer.handler = pos_timer_handler;
 
+    if (fdcache_init() != 0) {
+        return -1;
+    }
+
+    /* what the journal holds decides how far each queue's files are
+     * trusted: see recover.c */
+    if (recover_journal_scan(&js, &last) != 0) {
+        return -1;
+    }
+
     d = dir_stream(srv.data_fd);
     if (d == NULL) {
+        recover_journal_done(js, 0);
         return -1;
     }
 
@@ -196,21 +265,25 @@ queue_init(void)
             continue;
         }
 
-        q = queue_alloc(de->d_name, n);
-        if (q == NULL) {
-            closedir(d);
-            return -1;
+        first = recover_journal_first(js, de->d_name, n, &dropped);
+
+        if (dropped) {
+            /* deleted before the crash: the journal says so */
+            recover_remove_queue(de->d_name);
+            continue;
         }
 
-        q->dirfd = openat(srv.data_fd, de->d_name,
-                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (q->dirfd == -1 || recover_queue(q) != 0) {
+        q = queue_alloc(de->d_name, n);
+        if (q == NULL) {
+            goto failed;
+        }
+
+        if (recover_queue(q, first) != 0) {
             /* refuse to start rather than serve without it: a later set
              * would write beside records we could not read */
             log_error("recover", "%s: cannot recover the queue", de->d_name);
             queue_free(q);
-            closedir(d);
-            return -1;
+            goto failed;
         }
 
         q->on_disk = 1;
@@ -220,7 +293,32 @@ queue_init(void)
     }
 
     closedir(d);
-    return 0;
+    d = NULL;
+
+    if (recover_journal_replay(js) != 0) {
+        goto failed;
+    }
+
+    if (!srv.check_only) {
+        /* the replayed records are in their files for good before the
+         * journal that held them goes */
+        if (queue_write_all() != 0 || syncfs(srv.data_fd) != 0) {
+            log_error("recover", "writing replayed records failed");
+            goto failed;
+        }
+    }
+
+    recover_journal_done(js, 1);
+
+    return srv.check_only ? 0 : journal_init(last);
+
+failed:
+
+    if (d != NULL) {
+        closedir(d);
+    }
+    recover_journal_done(js, 0);
+    return -1;
 }
 
 
@@ -249,20 +347,16 @@ queue_lookup(const char *name, size_t len, int create)
     }
 
     if (create == 2 && !q->on_disk) {
-        if (mkdirat(srv.data_fd, q->name, 0755) != 0 && errno != EEXIST) {
+        /* the directory needs no fsync of its own: until a checkpoint
+         * has synced it, the journal can create it again */
+        if (!srv.check_only && mkdirat(srv.data_fd, q->name, 0755) != 0
+            && errno != EEXIST)
+        {
             log_error("queue", "%s: mkdir: %s", q->name, strerror(errno));
             return NULL;
         }
 
-        q->dirfd = openat(srv.data_fd, q->name,
-                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (q->dirfd == -1) {
-            log_error("queue", "%s: open: %s", q->name, strerror(errno));
-            return NULL;
-        }
-
         q->on_disk = 1;
-        q->sync_dir = 1;          /* the data dir gained an entry */
         refresh_limits(q);
         mark_dirty(q);
     }
@@ -284,13 +378,15 @@ queue_release(queue_t *q)
 static int
 flush_wbuf(queue_t *q)
 {
+    int  fd;
+
     if (q->wlen == 0) {
         return 0;
     }
 
-    if (seg_pwrite(q->segs[q->nsegs - 1].fd, q->wbuf, q->wlen, q->wbase)
-        != 0)
-    {
+    fd = fdcache_get(q, q->segs[q->nsegs - 1].id, &q->segs[q->nsegs - 1].slot);
+
+    if (fd == -1 || seg_pwrite(fd, q->wbuf, q->wlen, q->wbase) != 0) {
         if (!srv.readonly) {
             log_error("queue", "%s: write: %s; refusing further writes",
                       q->name, strerror(errno));
@@ -301,13 +397,16 @@ flush_wbuf(queue_t *q)
 
     q->wbase += q->wlen;
     q->wlen = 0;
-    q->sync_data = 1;
+
+    /* idle queues hold no buffer */
+    free(q->wbuf);
+    q->wbuf = NULL;
     return 0;
 }
 
 
 static int
-push_segment(queue_t *q, uint64_t id, int fd)
+push_segment(queue_t *q, uint64_t id)
 {
     seg_t   *ns;
     size_t   cap;
@@ -323,39 +422,31 @@ push_segment(queue_t *q, uint64_t id, int fd)
     }
 
     q->segs[q->nsegs].id = id;
-    q->segs[q->nsegs].fd = fd;
     q->segs[q->nsegs].size = MQ_SEG_HDR_SIZE;
+    q->segs[q->nsegs].slot = -1;
+    q->segs[q->nsegs].ver = MQ_SEG_VERSION;
     q->nsegs++;
     return 0;
 }
 
 
 static int
-rotate(queue_t *q)
+rotate_at(queue_t *q, uint64_t first)
 {
-    int  fd;
-
-    if (q->nsegs > 0) {
-        if (flush_wbuf(q) != 0) {
-            return -1;
-        }
-        if (q->sync_data && srv.sync_mode != SYNC_NONE) {
-            /* the old tail's last writes must be durable too */
-            fd = dup(q->segs[q->nsegs - 1].fd);
-            if (fd != -1) {
-                sync_add_fd(fd);
-            }
-        }
-    }
-
-    fd = seg_create(q->dirfd, q->name, q->next_seq);
-    if (fd == -1) {
-        srv.readonly = 1;
+    if (q->nsegs > 0 && flush_wbuf(q) != 0) {
         return -1;
     }
 
-    if (push_segment(q, q->next_seq, fd) != 0) {
-        close(fd);
+    if (push_segment(q, first) != 0) {
+        return QUEUE_NOFD;
+    }
+
+    if (seg_create(q->name, first) != 0) {
+        q->nsegs--;
+        if (errno == EMFILE || errno == ENFILE) {
+            return QUEUE_NOFD;
+        }
+        srv.readonly = 1;
         return -1;
     }
 
@@ -363,44 +454,87 @@ rotate(queue_t *q)
         /* the cursor was at the end: move it to the new tail */
         q->rseg = q->nsegs - 1;
         q->roff = MQ_SEG_HDR_SIZE;
+        q->rseq = first;
     }
 
     q->wbase = MQ_SEG_HDR_SIZE;
     q->wlen = 0;
-    q->sync_dir = 1;
-    q->sync_data = 1;
     return 0;
 }
 
 
-/* Reads the record at (segment index si, off).  MQ_OK, MQ_AGAIN past the
- * end of the segment, MQ_ERROR on a damaged record. */
+/* read_record() results */
+#define RD_OK     MQ_OK
+#define RD_END    MQ_AGAIN       /* past the end of the segment */
+#define RD_BAD    MQ_ERROR       /* damaged record at this offset */
+#define RD_BUSY   MQ_DECLINED    /* cannot read now: try again later */
+
+
+static int
+decode(unsigned ver, const unsigned char *p, size_t avail,
+    mq_frame_hdr_t *h, const char **err)
+{
+    int  rc;
+
+    if (ver == 1) {
+        return mq_frame_decode_v1(p, avail, UINT32_MAX - 64, h, err);
+    }
+
+    rc = mq_frame_decode(p, avail, UINT32_MAX - 64, h, err);
+    if (rc == MQ_OK && h->kind != MQ_FRAME_ITEM) {
+        *err = "not an item";
+        return MQ_ERROR;
+    }
+
+    return rc == MQ_DECLINED ? MQ_ERROR : rc;
+}
+
+
+static size_t
+hdr_size(const seg_t *s)
+{
+    return s->ver == 1 ? MQ_FRAME_V1_HDR_SIZE : MQ_FRAME_HDR_SIZE;
+}
+
+
+static int
+seg_fd(queue_t *q, size_t si)
+{
+    return fdcache_get(q, q->segs[si].id, &q->segs[si].slot);
+}
+
+
+/*
+ * Reads the record at (segment index si, off) into h and *payload (valid
+ * until the next queue call).  RD_OK, RD_END, RD_BAD (logged by the
+ * caller) or RD_BUSY.
+ */
 static int
 read_record(queue_t *q, size_t si, uint64_t off, mq_frame_hdr_t *h,
     const unsigned char **payload)
 {
-    int                   rc;
+    int                   rc, fd;
     seg_t                *s;
-    size_t                avail, want;
+    size_t                avail, want, hsz;
     ssize_t               n;
     uint64_t              limit;
     const char           *err;
     const unsigned char  *p;
 
     s = &q->segs[si];
+    hsz = hdr_size(s);
 
     if (off >= s->size) {
-        return MQ_AGAIN;
+        return RD_END;
     }
 
     if (si == q->nsegs - 1 && off >= q->wbase) {
         p = q->wbuf + (off - q->wbase);
-        rc = mq_frame_decode(p, q->wlen - (size_t) (off - q->wbase),
-                             UINT32_MAX - 64, h, &err);
+        rc = decode(s->ver, p, q->wlen - (size_t) (off - q->wbase), h, &err);
         if (rc == MQ_OK) {
-            *payload = p + MQ_FRAME_HDR_SIZE;
+            *payload = p + hsz;
         }
-        return rc == MQ_OK ? MQ_OK : MQ_ERROR;
+        return rc == MQ_OK ? RD_OK : RD_BAD;
     }
 
     limit = si == q->nsegs - 1 ? q->wbase : s->size;
@@ -410,71 +544,146 @@ read_record(queue_t *q, size_t si, uint64_t off, mq_frame_hdr_t *h,
     {
         p = q->rbuf + (off - q->rbuf_off);
         avail = q->rlen - (size_t) (off - q->rbuf_off);
-        rc = mq_frame_decode(p, avail, UINT32_MAX - 64, h, &err);
+        rc = decode(s->ver, p, avail, h, &err);
         if (rc == MQ_OK) {
-            *payload = p + MQ_FRAME_HDR_SIZE;
-            return MQ_OK;
+            *payload = p + hsz;
+            return RD_OK;
         }
         if (rc == MQ_ERROR) {
-            goto bad;
+            return RD_BAD;
         }
     }
 
-    if (q->rbuf == NULL) {
-        q->rbuf = malloc(RBUF_SIZE);
-        if (q->rbuf == NULL) {
-            return MQ_ERROR;
-        }
+    if (rbuf_get(q) != 0) {
+        return RD_BUSY;
+    }
+
+    fd = seg_fd(q, si);
+    if (fd == -1) {
+        /* a segment file removed under us is lost; anything else (out
+         * of descriptors) passes */
+        return errno == ENOENT ? RD_BAD : RD_BUSY;
     }
 
     want = limit - off < RBUF_SIZE ? (size_t) (limit - off) : RBUF_SIZE;
-    n = pread(s->fd, q->rbuf, want, (off_t) off);
+    n = pread(fd, q->rbuf, want, (off_t) off);
     if (n < 0) {
-        err = strerror(errno);
-        goto bad;
+        log_error("queue", "%s/%020" PRIu64 ".seg:%" PRIu64 ": read: %s",
+                  q->name, s->id, off, strerror(errno));
+        return RD_BUSY;
     }
 
     q->rbuf_seg = s->id;
     q->rbuf_off = off;
     q->rlen = (size_t) n;
 
-    rc = mq_frame_decode(q->rbuf, q->rlen, UINT32_MAX - 64, h, &err);
+    rc = decode(s->ver, q->rbuf, q->rlen, h, &err);
     if (rc == MQ_OK) {
-        *payload = q->rbuf + MQ_FRAME_HDR_SIZE;
-        return MQ_OK;
+        *payload = q->rbuf + hsz;
+        return RD_OK;
     }
 
-    if (rc == MQ_AGAIN && q->rlen >= MQ_FRAME_HDR_SIZE
-        && off + MQ_FRAME_HDR_SIZE + h->len <= limit)
+    if (rc == MQ_ERROR || q->rlen < hsz || off + hsz + h->len > limit) {
+        /* bad, or cut short by the end of the file */
+        return RD_BAD;
+    }
+
+    /* larger than the read-ahead buffer */
+    want = hsz + (size_t) h->len;
+    if (want > scratch_cap) {
+        unsigned char *nb = realloc(scratch, want);
+        if (nb == NULL) {
+            return RD_BUSY;
+        }
+        scratch = nb;
+        scratch_cap = want;
+    }
+
+    n = pread(fd, scratch, want, (off_t) off);
+    if (n < 0) {
+        return RD_BUSY;
+    }
+
+    if ((size_t) n == want && decode(s->ver, scratch, want, h, &err) == MQ_OK)
     {
-        /* larger than the read-ahead buffer */
-        want = MQ_FRAME_HDR_SIZE + (size_t) h->len;
-        if (want > scratch_cap) {
-            unsigned char *nb = realloc(scratch, want);
-            if (nb == NULL) {
-                return MQ_ERROR;
-            }
-            scratch = nb;
-            scratch_cap = want;
+        *payload = scratch + hsz;
+        return RD_OK;
+    }
+
+    return RD_BAD;
+}
+
+
+/*
+ * After damage at `off` of segment si: finds the next good record of the
+ * segment.  Sets *next to its offset (the end of the segment's data when
+ * there is none) and *next_seq to its seq (0 when none).  Version 1
+ * segments have no magic to look for: their damage costs the rest of the
+ * segment.  0, or -1 when it cannot read now.
+ */
+static int
+skip_damage(queue_t *q, size_t si, uint64_t off, uint64_t *next,
+    uint64_t *next_seq)
+{
+    int                   fd;
+    seg_t                *s;
+    size_t                at, want;
+    ssize_t               n;
+    uint64_t              limit, pos;
+    const char           *err;
+    mq_frame_hdr_t        h;
+    const unsigned char  *p;
+
+    s = &q->segs[si];
+    limit = si == q->nsegs - 1 ? q->wbase : s->size;
+    *next = si == q->nsegs - 1 ? s->size : limit;
+    *next_seq = 0;
+
+    if (s->ver == 1 || rbuf_get(q) != 0) {
+        return s->ver == 1 ? 0 : -1;
+    }
+
+    fd = seg_fd(q, si);
+    if (fd == -1) {
+        return errno == ENOENT ? 0 : -1;
+    }
+
+    for (pos = off + 1; pos < limit; pos += RBUF_SIZE - MQ_FRAME_HDR_SIZE) {
+        want = limit - pos < RBUF_SIZE ? (size_t) (limit - pos) : RBUF_SIZE;
+        n = pread(fd, q->rbuf, want, (off_t) pos);
+        if (n < 0) {
+            q->rlen = 0;
+            return -1;
         }
 
-        n = pread(s->fd, scratch, want, (off_t) off);
-        if (n == (ssize_t) want
-            && mq_frame_decode(scratch, want, UINT32_MAX - 64, h, &err)
-               == MQ_OK)
-        {
-            *payload = scratch + MQ_FRAME_HDR_SIZE;
-            return MQ_OK;
+        q->rbuf_seg = s->id;
+        q->rbuf_off = pos;
+        q->rlen = (size_t) n;
+
+        at = mq_frame_resync(q->rbuf, 0, q->rlen, UINT32_MAX - 64);
+        if (at < q->rlen) {
+            p = q->rbuf + at;
+            decode(s->ver, p, q->rlen - at, &h, &err);
+            *next = pos + at;
+            *next_seq = h.seq;
+            return 0;
+        }
+
+        if ((size_t) n < want || want < RBUF_SIZE) {
+            break;
         }
     }
 
-    err = "short record";
+    if (*next > limit && si == q->nsegs - 1) {
+        /* the unwritten tail starts at wbase with a good record */
+        *next = limit;
+        if (q->wlen > 0) {
+            decode(s->ver, q->wbuf, q->wlen, &h, &err);
+            *next_seq = h.seq;
+        }
+    }
 
-bad:
-
-    log_error("queue", "%s/%020" PRIu64 ".seg:%" PRIu64 ": %s", q->name,
-              s->id, off, err);
-    return MQ_ERROR;
+    return 0;
 }
 
 
@@ -499,16 +708,108 @@ seg_index(queue_t *q, uint64_t id)
 }
 
 
+/*
+ * Appends the record h describes to q's tail segment (through the write
+ * buffer) and, unless it is being replayed from there, to the journal.
+ */
+static int
+append_record(queue_t *q, mq_frame_hdr_t *h, const void *data, int journal)
+{
+    int             rc, fd;
+    size_t          reclen;
+    seg_t          *tail;
+    struct iovec    iov[2];
+    unsigned char   hdr[MQ_FRAME_HDR_SIZE];
+
+    reclen = MQ_FRAME_HDR_SIZE + (size_t) h->len;
+
+    if (q->nsegs == 0
+        || q->segs[q->nsegs - 1].ver != MQ_SEG_VERSION
+        || (q->segs[q->nsegs - 1].size + reclen > srv.segment_size
+            && q->segs[q->nsegs - 1].size > MQ_SEG_HDR_SIZE)
+        || (q->nsegs > 0 && h->seq != q->next_seq))
+    {
+        /* a new segment: the first, a full tail, a tail of the old
+         * format, or a gap in the ids (replay after damage) */
+        rc = rotate_at(q, h->seq);
+        if (rc != 0) {
+            return rc == QUEUE_NOFD ? QUEUE_NOFD : QUEUE_IO;
+        }
+    }
+
+    if (q->wlen + reclen > WBUF_SIZE && flush_wbuf(q) != 0) {
+        return QUEUE_IO;
+    }
+
+    tail = &q->segs[q->nsegs - 1];
+
+    if (reclen > WBUF_SIZE) {
+        mq_frame_encode(hdr, h, data);
+        iov[0].iov_base = hdr;
+        iov[0].iov_len = sizeof(hdr);
+        iov[1].iov_base = (void *) data;
+        iov[1].iov_len = h->len;
+
+        fd = fdcache_get(q, tail->id, &tail->slot);
+        if (fd == -1) {
+            return errno == EMFILE || errno == ENFILE ? QUEUE_NOFD : QUEUE_IO;
+        }
+
+        if (sys.pwritev(fd, iov, 2, (off_t) q->wbase) != (ssize_t) reclen) {
+            log_error("queue", "%s: write: %s; refusing further writes",
+                      q->name, strerror(errno));
+            srv.readonly = 1;
+            return QUEUE_IO;
+        }
+
+        q->wbase += reclen;
+
+    } else {
+        if (q->wbuf == NULL) {
+            q->wbuf = malloc(WBUF_SIZE);
+            if (q->wbuf == NULL) {
+                return QUEUE_NOFD;
+            }
+        }
+
+        memcpy(q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE, data, h->len);
+        mq_frame_encode(q->wbuf + q->wlen, h,
+                        q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE);
+        q->wlen += reclen;
+    }
+
+    tail->size += reclen;
+    q->next_seq = h->seq + 1;
+    q->items++;
+    q->bytes += h->len;
+    q->total_items++;
+    srv.total_items++;
+    mark_dirty(q);
+
+    if (journal && journal_add(MQ_FRAME_JITEM, q->name, q->name_len, h, data,
+                               h->len) != 0)
+    {
+        /* in the queue file but not durable: the batch fails (readonly
+         * stops every STORED waiting for a commit) */
+        srv.readonly = 1;
+        return QUEUE_IO;
+    }
+
+    if (q->wait_head != NULL) {
+        conn_wake(q->wait_head);
+    }
+
+    return QUEUE_OK;
+}
+
+
 int
 queue_append(queue_t *q, uint32_t flags, int64_t exptime, const void *data,
     size_t len)
 {
+    int             rc;
     item_t          it;
-    size_t          reclen;
-    seg_t          *tail;
-    struct iovec    iov[2];
     mq_frame_hdr_t  h;
-    unsigned char   hdr[MQ_FRAME_HDR_SIZE];
 
     refresh_limits(q);
 
@@ -518,31 +819,13 @@ queue_append(queue_t *q, uint32_t flags, int64_t exptime, const void *data,
         if (!q->lim.drop_oldest || q->items == 0) {
             return QUEUE_FULL;
         }
-        if (!queue_take(q, 0, &it)) {
+        rc = queue_take(q, 0, &it);
+        if (rc < 0) {
+            return QUEUE_NOFD;
+        }
+        if (rc == 0) {
             return QUEUE_FULL;
         }
-    }
-
-    reclen = MQ_FRAME_HDR_SIZE + len;
-
-    if (q->nsegs == 0
-        || (q->segs[q->nsegs - 1].size + reclen > srv.segment_size
-            && q->segs[q->nsegs - 1].size > MQ_SEG_HDR_SIZE))
-    {
-        if (rotate(q) != 0) {
-            return QUEUE_IO;
-        }
-    }
-
-    if (q->wbuf == NULL) {
-        q->wbuf = malloc(WBUF_SIZE);
-        if (q->wbuf == NULL) {
-            return QUEUE_IO;
-        }
-    }
-
-    if (q->wlen + reclen > WBUF_SIZE && flush_wbuf(q) != 0) {
-        return QUEUE_IO;
     }
 
     h.len = (uint32_t) len;
@@ -552,47 +835,18 @@ queue_append(queue_t *q, uint32_t flags, int64_t exptime, const void *data,
     h.ctime = server_wall_ms();
     h.exptime = exptime;
 
-    tail = &q->segs[q->nsegs - 1];
+    return append_record(q, &h, data, 1);
+}
 
-    if (reclen > WBUF_SIZE) {
-        mq_frame_encode(hdr, &h, data);
-        iov[0].iov_base = hdr;
-        iov[0].iov_len = sizeof(hdr);
-        iov[1].iov_base = (void *) data;
-        iov[1].iov_len = len;
 
-        if (sys.pwritev(tail->fd, iov, 2, (off_t) q->wbase)
-            != (ssize_t) reclen)
-        {
-            log_error("queue", "%s: write: %s; refusing further writes",
-                      q->name, strerror(errno));
-            srv.readonly = 1;
-            return QUEUE_IO;
-        }
+int
+queue_replay(queue_t *q, const mq_frame_hdr_t *jh, const void *data)
+{
+    mq_frame_hdr_t  h;
 
-        q->wbase += reclen;
-        q->sync_data = 1;
-
-    } else {
-        memcpy(q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE, data, len);
-        mq_frame_encode(q->wbuf + q->wlen, &h,
-                        q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE);
-        q->wlen += reclen;
-    }
-
-    tail->size += reclen;
-    q->next_seq++;
-    q->items++;
-    q->bytes += len;
-    q->total_items++;
-    srv.total_items++;
-    mark_dirty(q);
-
-    if (q->wait_head != NULL) {
-        conn_wake(q->wait_head);
-    }
-
-    return QUEUE_OK;
+    h = *jh;
+    h.kind = MQ_FRAME_ITEM;
+    return append_record(q, &h, data, 0) == QUEUE_OK ? 0 : -1;
 }
 
 
@@ -605,14 +859,50 @@ pop_head(queue_t *q, int from_ret, uint32_t len, uint64_t seq)
             q->nret = 0;
         }
     } else {
-        q->roff += MQ_FRAME_HDR_SIZE + len;
+        q->roff += hdr_size(&q->segs[q->rseg]) + len;
         q->rseq = seq + 1;
     }
 
-    q->items--;
-    q->bytes -= len;
+    /* counts never wrap, whatever damage did to them */
+    q->items -= q->items ? 1 : 0;
+    q->bytes -= q->bytes < len ? q->bytes : len;
     q->pos_dirty = 1;
     mark_dirty(q);
+}
+
+
+/* Skips the damaged log record at the cursor (segment si, off): counts
+ * and logs the ids lost.  0, or -1 when the file cannot be read now. */
+static int
+skip_at_cursor(queue_t *q, size_t si, uint64_t off)
+{
+    uint64_t  next, next_seq, lost, end_seq;
+
+    if (skip_damage(q, si, off, &next, &next_seq) != 0) {
+        return -1;
+    }
+
+    end_seq = next_seq ? next_seq
+              : si + 1 < q->nsegs ? q->segs[si + 1].id : q->next_seq;
+    lost = end_seq > q->rseq ? end_seq - q->rseq : 1;
+
+    if (lost > q->items - (q->nret - q->rhead)) {
+        lost = q->items - (q->nret - q->rhead);
+    }
+
+    log_error("queue", "%s/%020" PRIu64 ".seg:%" PRIu64 ": damaged record, "
+              "%" PRIu64 " bytes skipped, ids %" PRIu64 "-%" PRIu64 " lost",
+              q->name, q->segs[si].id, off, next - off, q->rseq,
+              q->rseq + (lost ? lost - 1 : 0));
+
+    srv.corrupt_records += lost;
+    q->items -= lost;
+    q->bytes -= q->bytes < next - off ? q->bytes : next - off;
+    q->roff = next;
+    q->rseq = end_seq > q->rseq ? end_seq : q->rseq + 1;
+    q->pos_dirty = 1;
+    mark_dirty(q);
+    return 0;
 }
 
 
@@ -642,31 +932,66 @@ queue_take(queue_t *q, int peek, item_t *it)
             {
                 q->rseg++;
                 q->roff = MQ_SEG_HDR_SIZE;
+                q->rseq = q->segs[q->rseg].id;
             }
 
             si = q->rseg;
             off = q->roff;
+
+            while (q->skip_head < q->nskips
+                   && (q->skips[q->skip_head].seg < q->segs[si].id
+                       || (q->skips[q->skip_head].seg == q->segs[si].id
+                           && q->skips[q->skip_head].off < off)))
+            {
+                q->skip_head++;     /* behind the cursor */
+            }
+
+            if (q->skip_head < q->nskips
+                && q->skips[q->skip_head].seg == q->segs[si].id
+                && q->skips[q->skip_head].off == off)
+            {
+                /* damage recovery already counted and logged */
+                q->roff = q->skips[q->skip_head].next;
+                if (q->skips[q->skip_head].next_seq) {
+                    q->rseq = q->skips[q->skip_head].next_seq;
+                }
+                q->skip_head++;
+                continue;
+            }
         }
 
         rc = read_record(q, si, off, &it->hdr, &it->payload);
 
-        if (rc == MQ_AGAIN) {
-            return 0;
+        if (rc == RD_END) {
+            if (!from_ret) {
+                /* the counters promised more than the files hold */
+                if (q->items > q->nret - q->rhead) {
+                    log_error("queue", "%s: %" PRIu64 " items missing from "
+                              "the files", q->name,
+                              q->items - (q->nret - q->rhead));
+                    srv.corrupt_records += q->items - (q->nret - q->rhead);
+                    q->items = q->nret - q->rhead;
+                }
+                return 0;
+            }
+            rc = RD_BAD;
         }
 
-        if (rc != MQ_OK) {
-            /* unreadable: count what we lose and skip past it */
+        if (rc == RD_BUSY) {
+            return -1;
+        }
+
+        if (rc == RD_BAD) {
             if (from_ret) {
+                log_error("queue", "%s/%020" PRIu64 ".seg:%" PRIu64 ": "
+                          "damaged record, id %" PRIu64 " lost", q->name,
+                          q->segs[si].id, off, q->ret[q->rhead].seq);
+                srv.corrupt_records++;
                 pop_head(q, 1, q->ret[q->rhead].len, q->ret[q->rhead].seq);
-            } else {
-                log_error("queue", "%s: dropping the rest of segment "
-                          "%020" PRIu64, q->name, q->segs[si].id);
-                q->items = 0;
-                q->bytes = 0;
-                q->roff = q->segs[si].size;
-                if (si + 1 == q->nsegs) {
-                    return 0;
-                }
+                continue;
+            }
+            if (skip_at_cursor(q, si, off) != 0) {
+                return -1;
             }
             continue;
         }
@@ -675,6 +1000,9 @@ queue_take(queue_t *q, int peek, item_t *it)
         it->ref.seg = q->segs[si].id;
         it->ref.off = off;
         it->ref.len = it->hdr.len;
+
+        q->age_seq = it->hdr.seq;
+        q->age_ctime = it->hdr.ctime;
 
         if ((it->hdr.exptime != 0 && (uint64_t) it->hdr.exptime <= now_s())
             || (it->hdr.exptime < 0)
@@ -922,6 +1250,19 @@ queue_flush_all(void)
 }
 
 
+/* Unlinks q/<name>; ENOENT is fine. */
+static void
+unlink_in(queue_t *q, const char *name)
+{
+    char  path[MQ_NAME_MAX + SEG_NAME_LEN + 2];
+
+    snprintf(path, sizeof(path), "%s/%s", q->name, name);
+    if (unlinkat(srv.data_fd, path, 0) != 0 && errno != ENOENT) {
+        log_warn("queue", "%s: unlink: %s", path, strerror(errno));
+    }
+}
+
+
 int
 queue_delete(queue_t *q)
 {
@@ -931,6 +1272,14 @@ queue_delete(queue_t *q)
     openset_t     *os;
 
     if (!q->on_disk) {
+        return -1;
+    }
+
+    /* journaled first: a crash before the files are gone still ends with
+     * the queue deleted */
+    if (journal_add(MQ_FRAME_JDROP, q->name, q->name_len, NULL, NULL, 0)
+        != 0)
+    {
         return -1;
     }
 
@@ -951,25 +1300,19 @@ queue_delete(queue_t *q)
         free(os);
     }
 
+    fdcache_drop_queue(q);
+
     for (i = 0; i < q->nsegs; i++) {
         seg_name(name, q->segs[i].id);
-        close(q->segs[i].fd);
-        unlinkat(q->dirfd, name, 0);
+        unlink_in(q, name);
     }
     q->nsegs = 0;
 
-    unlinkat(q->dirfd, "position", 0);
-    unlinkat(q->dirfd, "position.tmp", 0);
+    unlink_in(q, "position");
+    unlink_in(q, "position.tmp");
 
     if (unlinkat(srv.data_fd, q->name, AT_REMOVEDIR) != 0) {
         log_warn("queue", "%s: rmdir: %s", q->name, strerror(errno));
-    }
-
-    if (srv.sync_mode != SYNC_NONE) {
-        int fd = dup(srv.data_fd);
-        if (fd != -1) {
-            sync_add_fd(fd);
-        }
     }
 
     hash_remove(q);
@@ -1053,18 +1396,82 @@ queue_wake_all_waiters(void)
 }
 
 
+/* ctime of the head item, reading its header alone when it is not in the
+ * read-ahead: `stats` over ten thousand queues reads 48 bytes of each. */
+static int
+head_ctime(queue_t *q, uint64_t *ctime)
+{
+    int             fd;
+    size_t          si;
+    seg_t          *s;
+    uint64_t        off, seq;
+    const char     *err;
+    mq_frame_hdr_t  h;
+    unsigned char   b[MQ_FRAME_HDR_SIZE];
+
+    if (q->rhead < q->nret) {
+        si = seg_index(q, q->ret[q->rhead].seg);
+        off = q->ret[q->rhead].off;
+        seq = q->ret[q->rhead].seq;
+    } else {
+        if (q->nsegs == 0) {
+            return -1;
+        }
+        si = q->rseg;
+        off = q->roff;
+        seq = q->rseq;
+        if (off >= q->segs[si].size && si + 1 < q->nsegs) {
+            si++;
+            off = MQ_SEG_HDR_SIZE;
+            seq = q->segs[si].id;
+        }
+    }
+
+    if (q->age_seq == seq && seq != 0) {
+        *ctime = q->age_ctime;
+        return 0;
+    }
+
+    s = &q->segs[si];
+
+    if (si == q->nsegs - 1 && off >= q->wbase) {
+        if (decode(s->ver, q->wbuf + (off - q->wbase),
+                   q->wlen - (size_t) (off - q->wbase), &h, &err) != MQ_OK)
+        {
+            return -1;
+        }
+
+    } else {
+        fd = seg_fd(q, si);
+        if (fd == -1 || pread(fd, b, hdr_size(s), (off_t) off)
+                        != (ssize_t) hdr_size(s))
+        {
+            return -1;
+        }
+        /* the header alone: MQ_AGAIN with h filled in is what we want */
+        if (decode(s->ver, b, hdr_size(s), &h, &err) == MQ_ERROR) {
+            return -1;
+        }
+    }
+
+    q->age_seq = seq;
+    q->age_ctime = h.ctime;
+    *ctime = h.ctime;
+    return 0;
+}
+
+
 uint64_t
 queue_age_ms(queue_t *q)
 {
-    item_t    it;
-    uint64_t  now;
+    uint64_t  now, ctime;
 
-    if (q->items == 0 || !queue_take(q, 1, &it)) {
+    if (q->items == 0 || head_ctime(q, &ctime) != 0) {
         return 0;
     }
 
     now = server_wall_ms();
-    return now > it.hdr.ctime ? now - it.hdr.ctime : 0;
+    return now > ctime ? now - ctime : 0;
 }
 
 
@@ -1162,40 +1569,50 @@ cmp_u64(const void *a, const void *b)
 static int
 save_position(queue_t *q, int precise)
 {
-    int         rc;
+    int         rc, dirfd;
     size_t      n, k, i;
     uint64_t   *seqs;
     openset_t  *os;
+
+    dirfd = openat(srv.data_fd, q->name,
+                   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dirfd == -1) {
+        return -1;
+    }
 
     n = q->nret - q->rhead;
     for (os = q->opensets; os; os = os->qnext) {
         n += os->n;
     }
 
+    seqs = NULL;
+    if (n > 0 && (n <= POS_PENDING_MAX || precise)) {
+        seqs = malloc(n * sizeof(uint64_t));
+    }
+
     if (n == 0) {
-        return position_save(q->dirfd, log_cursor(q), NULL, 0);
-    }
+        rc = position_save(dirfd, log_cursor(q), NULL, 0);
 
-    seqs = (n > POS_PENDING_MAX && !precise)
-           ? NULL : malloc(n * sizeof(uint64_t));
+    } else if (seqs == NULL) {
+        rc = position_save(dirfd, watermark(q), NULL, 0);
 
-    if (seqs == NULL) {
-        return position_save(q->dirfd, watermark(q), NULL, 0);
-    }
-
-    k = 0;
-    for (i = q->rhead; i < q->nret; i++) {
-        seqs[k++] = q->ret[i].seq;
-    }
-    for (os = q->opensets; os; os = os->qnext) {
-        for (i = 0; i < os->n; i++) {
-            seqs[k++] = os->refs[i].seq;
+    } else {
+        k = 0;
+        for (i = q->rhead; i < q->nret; i++) {
+            seqs[k++] = q->ret[i].seq;
         }
+        for (os = q->opensets; os; os = os->qnext) {
+            for (i = 0; i < os->n; i++) {
+                seqs[k++] = os->refs[i].seq;
+            }
+        }
+
+        qsort(seqs, n, sizeof(uint64_t), cmp_u64);
+        rc = position_save(dirfd, log_cursor(q), seqs, n);
+        free(seqs);
     }
 
-    qsort(seqs, n, sizeof(uint64_t), cmp_u64);
-    rc = position_save(q->dirfd, log_cursor(q), seqs, n);
-    free(seqs);
+    close(dirfd);
     return rc;
 }
 
@@ -1208,12 +1625,8 @@ collect_segments(queue_t *q, uint64_t w)
 
     while (q->nsegs > 1 && q->segs[1].id <= w && q->rseg > 0) {
         seg_name(name, q->segs[0].id);
-        close(q->segs[0].fd);
-
-        if (unlinkat(q->dirfd, name, 0) != 0) {
-            log_warn("queue", "%s/%s: unlink: %s", q->name, name,
-                     strerror(errno));
-        }
+        fdcache_drop(q, q->segs[0].id, q->segs[0].slot);
+        unlink_in(q, name);
 
         if (q->rbuf_seg == q->segs[0].id) {
             q->rlen = 0;
@@ -1226,16 +1639,52 @@ collect_segments(queue_t *q, uint64_t w)
 }
 
 
+void
+queue_sync_done(uint64_t durable, int failed)
+{
+    journal_durable(durable);
+    conn_sync_done(durable, failed);
+}
+
+
+int
+queue_write_all(void)
+{
+    int       rc;
+    queue_t  *q;
+
+    rc = 0;
+
+    for (q = dirty_list; q; q = q->dnext) {
+        if (q->on_disk && q->wlen > 0 && flush_wbuf(q) != 0) {
+            rc = -1;
+        }
+    }
+
+    return rc;
+}
+
+
 int
 queue_before_sleep(void)
 {
-    int       fd, pos_due;
+    int       pos_due;
     queue_t  *q, *next;
     uint64_t  w;
 
     pos_due = srv.stopping || loop_now() - last_pos_flush >= POS_INTERVAL;
     if (pos_due) {
         last_pos_flush = loop_now();
+    }
+
+    /* queue files first, then the journal: a checkpoint asked for by the
+     * journal must find every record of the full files in place */
+    if (!srv.readonly) {
+        queue_write_all();
+    }
+
+    if (!srv.readonly) {
+        journal_commit(srv.sync_mode == SYNC_ALWAYS);
     }
 
     for (q = dirty_list, dirty_list = NULL; q; q = next) {
@@ -1246,30 +1695,10 @@ queue_before_sleep(void)
             continue;
         }
 
-        if (q->wlen > 0 && !srv.readonly && flush_wbuf(q) != 0) {
+        if (q->wlen > 0) {
+            /* the write failed: keep it in sight */
             mark_dirty(q);
             continue;
-        }
-
-        if (srv.sync_mode == SYNC_ALWAYS) {
-            if (q->sync_data && q->nsegs > 0) {
-                fd = dup(q->segs[q->nsegs - 1].fd);
-                if (fd != -1) {
-                    sync_add_fd(fd);
-                }
-                q->sync_data = 0;
-            }
-            if (q->sync_dir) {
-                fd = dup(q->dirfd);
-                if (fd != -1) {
-                    sync_add_fd(fd);
-                }
-                fd = dup(srv.data_fd);
-                if (fd != -1) {
-                    sync_add_fd(fd);
-                }
-                q->sync_dir = 0;
-            }
         }
 
         if (q->pos_dirty) {
@@ -1288,16 +1717,14 @@ queue_before_sleep(void)
             if (save_position(q, 0) != 0) {
                 log_warn("queue", "%s: position: %s", q->name,
                          strerror(errno));
+                q->pos_dirty = 1;
+                mark_dirty(q);
             } else {
                 q->pos_written = w;
             }
 
             collect_segments(q, q->pos_written);
         }
-    }
-
-    if (srv.sync_mode == SYNC_ALWAYS) {
-        sync_submit();
     }
 
     if (srv.readonly && conn_parked()) {
@@ -1312,72 +1739,49 @@ queue_before_sleep(void)
 void
 queue_sync_all(int wait)
 {
-    int       fd;
-    size_t    i;
-    queue_t  *q;
-
-    for (i = 0; i < HASH_SIZE; i++) {
-        for (q = hash[i]; q; q = q->hnext) {
-            if (!q->on_disk) {
-                continue;
-            }
-
-            if (q->wlen > 0) {
-                flush_wbuf(q);
-            }
-
-            if (q->sync_data || q->sync_dir || wait) {
-                if (q->nsegs > 0) {
-                    fd = dup(q->segs[q->nsegs - 1].fd);
-                    if (fd != -1) {
-                        sync_add_fd(fd);
-                    }
-                }
-                fd = dup(q->dirfd);
-                if (fd != -1) {
-                    sync_add_fd(fd);
-                }
-                q->sync_data = 0;
-                q->sync_dir = 0;
-            }
-        }
+    if (!srv.readonly && queue_write_all() == 0) {
+        journal_commit(1);
     }
-
-    fd = dup(srv.data_fd);
-    if (fd != -1) {
-        sync_add_fd(fd);
-    }
-
-    sync_submit();
 }
 
 
 void
 queue_shutdown(void)
 {
-    size_t    i;
+    int       i;
+    size_t    k;
     queue_t  *q, *next;
 
     srv.stopping = 1;
     queue_before_sleep();
 
-    for (i = 0; i < HASH_SIZE; i++) {
-        for (q = hash[i]; q; q = q->hnext) {
+    for (k = 0; k < HASH_SIZE; k++) {
+        for (q = hash[k]; q; q = q->hnext) {
             if (q->on_disk) {
                 save_position(q, 1);
             }
         }
     }
 
-    queue_sync_all(1);
+    if (!srv.readonly) {
+        queue_write_all();
+    }
     sync_shutdown();
+    journal_shutdown();
 
-    for (i = 0; i < HASH_SIZE; i++) {
-        for (q = hash[i]; q; q = next) {
+    for (k = 0; k < HASH_SIZE; k++) {
+        for (q = hash[k]; q; q = next) {
             next = q->hnext;
             queue_free(q);
         }
-        hash[i] = NULL;
+        hash[k] = NULL;
+    }
+
+    fdcache_close_all();
+
+    for (i = 0; i < RBUF_SLOTS; i++) {
+        free(rbufs[i].buf);
+        rbufs[i].buf = NULL;
     }
 
     free(scratch);

@@ -39,9 +39,19 @@ typedef struct {
 
 typedef struct {
     uint64_t  id;        /* first seq; also the file name */
-    int       fd;        /* O_RDWR */
     uint64_t  size;      /* bytes, including unwritten wbuf of the tail */
+    int       slot;      /* fdcache hint, -1 */
+    unsigned  ver;       /* format version (mq_frame.h); 1 is read only */
 } seg_t;
+
+/* damage found at start in a segment that stays: the reader jumps over
+ * it without counting it again */
+typedef struct {
+    uint64_t  seg;       /* segment id */
+    uint64_t  off;       /* where the damage starts */
+    uint64_t  next;      /* where the next good record starts */
+    uint64_t  next_seq;  /* its seq */
+} skip_t;
 
 /* items one connection has open on one queue */
 struct openset_s {
@@ -66,14 +76,14 @@ struct queue_s {
     char         name[MQ_NAME_MAX + 1];
     size_t       name_len;
     int          on_disk;       /* 0: ghost (waiters only) */
-    int          dirfd;         /* queue directory, -1 for a ghost */
 
     seg_t       *segs;
     size_t       nsegs;
     size_t       segs_cap;
 
     uint64_t     next_seq;      /* seq of the next append */
-    unsigned char *wbuf;        /* appends not yet written to the tail */
+    unsigned char *wbuf;        /* appends not yet written to the tail,
+                                   allocated while there are some */
     size_t       wlen;
     uint64_t     wbase;         /* tail file offset of wbuf[0] */
 
@@ -82,7 +92,9 @@ struct queue_s {
     uint64_t     rseq;          /* seq of the record at the cursor */
 
     unsigned char *rbuf;        /* read-ahead: bytes of segment rbuf_seg */
-    size_t       rlen;          /*   at [rbuf_off, rbuf_off + rlen) */
+    size_t       rlen;          /*   at [rbuf_off, rbuf_off + rlen); lent
+                                     by a bounded pool, may be taken back */
+    int          rbuf_slot;     /* its pool slot */
     uint64_t     rbuf_seg;
     uint64_t     rbuf_off;
 
@@ -92,6 +104,10 @@ struct queue_s {
     size_t       ret_cap;
 
     openset_t   *opensets;
+
+    skip_t      *skips;         /* in file order, skips[skip_head..] */
+    size_t       nskips;
+    size_t       skip_head;
 
     conn_t      *wait_head;     /* long-poll waiters, FIFO */
     conn_t      *wait_tail;
@@ -107,10 +123,11 @@ struct queue_s {
     uint64_t     open_items;
     uint64_t     nwaiters;
 
+    uint64_t     age_seq;       /* head seq whose ctime is age_ctime */
+    uint64_t     age_ctime;
+
     /* durability bookkeeping, see queue_before_sleep() */
     int          dirty;         /* on the dirty list */
-    int          sync_data;     /* tail written, fsync wanted */
-    int          sync_dir;      /* directory changed, fsync wanted */
     int          pos_dirty;     /* watermark may have moved */
     uint64_t     pos_written;   /* watermark in the position file */
 
@@ -122,6 +139,8 @@ struct queue_s {
 #define QUEUE_OK        0
 #define QUEUE_FULL     -1
 #define QUEUE_IO       -2
+#define QUEUE_NOFD     -3      /* out of descriptors or memory: this
+                                  request fails, the node goes on */
 
 int queue_init(void);
 void queue_shutdown(void);
@@ -135,7 +154,10 @@ void queue_release(queue_t *q);
 int queue_append(queue_t *q, uint32_t flags, int64_t exptime,
     const void *data, size_t len);
 
-/* Takes the head item (peek: leaves it there).  1 taken, 0 empty. */
+/* Takes the head item (peek: leaves it there).  1 taken, 0 empty, -1
+ * when it cannot be read now (descriptors or memory short, I/O error):
+ * the item stays at the head.  Damaged records on the way are skipped,
+ * logged and counted (srv.corrupt_records). */
 int queue_take(queue_t *q, int peek, item_t *it);
 
 /* Marks an item as open on connection c; its openset is linked into
@@ -174,7 +196,16 @@ void queue_totals(uint64_t *items, uint64_t *bytes);
  * consumed segments.  Returns 1 when more work is pending. */
 int queue_before_sleep(void);
 
-/* fsync every queue synchronously (shutdown, --sync interval). */
+/* Commits what was written (--sync interval). */
 void queue_sync_all(int wait);
+
+/* The commit thread made `durable` durable, or failed (sync.h). */
+void queue_sync_done(uint64_t durable, int failed);
+
+/* Writes every queue's buffered appends to its files.  0 or -1. */
+int queue_write_all(void);
+
+/* Recovery: appends a record with its own seq, ctime and expiry. */
+int queue_replay(queue_t *q, const mq_frame_hdr_t *h, const void *data);
 
 #endif /* MEMQD_QUEUE_H */

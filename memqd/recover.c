@@ -1,12 +1,23 @@
 /*
- * recover.c: rebuilds a queue from its directory at start.
+ * recover.c: rebuilds the queues from the data directory at start.
  *
- * Every segment is scanned record by record and every CRC checked.  The
- * first torn or corrupt record of a segment ends it: the file is truncated
- * there and the loss is logged with queue, file, offset and bytes.  In the
- * newest segment that is the expected result of a crash mid-write (warn);
- * anywhere else it is corruption (error).  Records below the position
- * file's watermark were acknowledged before the stop and are skipped.
+ * 1. The journal (journal.h) is scanned: for each queue, the first id it
+ *    holds after the queue's last deletion.  Records from that id on may
+ *    be missing or torn in the queue's files (they were not synced yet),
+ *    but the journal has every one that was acknowledged.
+ * 2. Each queue's segments are scanned record by record.  Damage at or
+ *    past the journal's first id is cut off (the journal fills it in);
+ *    damage below it costs the damaged records only: the scan finds the
+ *    next good record by its magic and header CRC, logs file, offset and
+ *    the ids lost at error, and counts them (srv.corrupt_records).  Only a
+ *    torn tail of the newest segment (no good record after it) is
+ *    truncated.  Nothing valid is unlinked; a file that cannot be read
+ *    stops the start.
+ * 3. The journal is replayed into the queue files: every record above the
+ *    queue's last id.
+ * 4. The caller syncs the queue files and removes the journal.
+ *
+ * With srv.check_only nothing on disk changes: damage is reported only.
  */
 
 #include <dirent.h>
@@ -16,15 +27,44 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "journal.h"
 #include "log.h"
 #include "mq_frame.h"
+#include "mq_name.h"
+#include "queue.h"
 #include "segment.h"
 #include "server.h"
 
-#define SCAN_BUF  (1024 * 1024)
+#define SCAN_BUF   (1024 * 1024)
+#define JQ_HASH    1024
+#define MAX_LEN    (UINT32_MAX - 64)
+
+/* what the journal says about one queue */
+typedef struct jq_s  jq_t;
+struct jq_s {
+    char       name[MQ_NAME_MAX + 1];
+    size_t     len;
+    uint64_t   first;       /* first id after the last drop, 0 if none */
+    uint64_t   drop_rec;    /* record index of the last drop + 1, 0 none */
+    jq_t      *next;
+};
+
+typedef struct {
+    uint64_t        number;
+    unsigned char  *map;    /* the whole file, read only */
+    size_t          size;
+} jfile_t;
+
+struct jscan_s {
+    jfile_t   *files;
+    size_t     nfiles;
+    jq_t      *hash[JQ_HASH];
+    uint64_t   records;
+};
 
 /* what recovery knows while it scans the segments of one queue */
 typedef struct {
@@ -34,8 +74,10 @@ typedef struct {
     size_t     next_pending; /* index of the next pending seq to meet */
     uint64_t   seg;          /* id of the segment being scanned */
     uint64_t   last_seq;     /* highest seq seen (or first - 1) */
+    uint64_t   jfirst;       /* the journal holds ids from here, 0 none */
     int        cursor_set;   /* the cursor points at the first record at
                                 or above `first` */
+    int        cut;          /* the rest comes from the journal */
 } scan_t;
 
 
@@ -49,14 +91,14 @@ cmp_u64(const void *a, const void *b)
 
 
 static int
-list_segments(queue_t *q, uint64_t **ids, size_t *n)
+list_segments(int dirfd, uint64_t **ids, size_t *n)
 {
     DIR            *d;
     size_t          cap;
     uint64_t        id, *a, *t;
     struct dirent  *de;
 
-    d = dir_stream(q->dirfd);
+    d = dir_stream(dirfd);
     if (d == NULL) {
         return -1;
     }
@@ -123,176 +165,373 @@ give_back_pending(queue_t *q, uint64_t seg, uint64_t off,
 }
 
 
+
+static int
+push_skip(queue_t *q, uint64_t seg, uint64_t off, uint64_t next,
+    uint64_t next_seq)
+{
+    skip_t  *ns;
+
+    ns = realloc(q->skips, (q->nskips + 1) * sizeof(skip_t));
+    if (ns == NULL) {
+        return -1;
+    }
+
+    q->skips = ns;
+    q->skips[q->nskips].seg = seg;
+    q->skips[q->nskips].off = off;
+    q->skips[q->nskips].next = next;
+    q->skips[q->nskips].next_seq = next_seq;
+    q->nskips++;
+    return 0;
+}
+
+
+/* Reads [off, off + want) of fd into *buf (grown as needed): 0 or -1. */
+static int
+read_at(int fd, unsigned char **buf, size_t *cap, size_t want, uint64_t off)
+{
+    ssize_t  n;
+
+    if (want > *cap) {
+        unsigned char *nb = realloc(*buf, want);
+        if (nb == NULL) {
+            return -1;
+        }
+        *buf = nb;
+        *cap = want;
+    }
+
+    n = pread(fd, *buf, want, (off_t) off);
+    if (n < 0 || (size_t) n != want) {
+        if (n >= 0) {
+            errno = EIO;
+        }
+        return -1;
+    }
+
+    return 0;
+}
+
+
 /*
- * Scans one segment file.  Returns the size of its valid prefix, or 0 if
- * the file has no valid header.  Counts items at or above `first`.  A read
- * error sets *io_error and changes nothing on disk: a passing EIO must not
- * cut valid records off.
+ * Finds the next good version 2 record of a file after offset `from`:
+ * its offset (fsize if none) and seq.  0 or -1 on a read error.
  */
+static int
+find_next(int fd, uint64_t from, uint64_t fsize, unsigned char **buf,
+    size_t *cap, uint64_t *next, uint64_t *next_seq)
+{
+    size_t          at, want;
+    uint64_t        pos;
+    const char     *err;
+    mq_frame_hdr_t  h;
+
+    *next = fsize;
+    *next_seq = 0;
+
+    for (pos = from; pos + MQ_FRAME_HDR_SIZE <= fsize;
+         pos += SCAN_BUF - MQ_FRAME_HDR_SIZE)
+    {
+        want = fsize - pos < SCAN_BUF ? (size_t) (fsize - pos) : SCAN_BUF;
+        if (read_at(fd, buf, cap, want, pos) != 0) {
+            return -1;
+        }
+
+        at = mq_frame_resync(*buf, 0, want, MAX_LEN);
+        if (at < want) {
+            mq_frame_decode(*buf + at, want - at, MAX_LEN, &h, &err);
+            *next = pos + at;
+            *next_seq = h.seq;
+            return 0;
+        }
+
+        if (want < SCAN_BUF) {
+            break;
+        }
+    }
+
+    return 0;
+}
+
+
+/* A good record of the queue: counts it, sets the cursor. */
+static int
+count_record(queue_t *q, scan_t *sc, uint64_t off, const mq_frame_hdr_t *h)
+{
+    if (h->seq >= sc->first) {
+        if (!sc->cursor_set) {
+            /* first undelivered record: the cursor starts here */
+            q->rseg = q->nsegs;
+            q->roff = off;
+            q->rseq = h->seq;
+            sc->cursor_set = 1;
+        }
+        q->items++;
+        q->bytes += h->len;
+
+    } else {
+        while (sc->next_pending < sc->npending
+               && sc->pending[sc->next_pending] < h->seq)
+        {
+            sc->next_pending++;
+        }
+
+        if (sc->next_pending < sc->npending
+            && sc->pending[sc->next_pending] == h->seq
+            && give_back_pending(q, sc->seg, off, h) != 0)
+        {
+            return -1;
+        }
+    }
+
+    if (h->seq > sc->last_seq) {
+        sc->last_seq = h->seq;
+    }
+
+    return 0;
+}
+
+
+static void
+truncate_at(queue_t *q, int fd, const char *fname, uint64_t off)
+{
+    if (srv.check_only) {
+        return;
+    }
+
+    if (ftruncate(fd, (off_t) off) != 0 || fdatasync(fd) != 0) {
+        log_error("recover", "%s/%s: truncate: %s", q->name, fname,
+                  strerror(errno));
+    }
+}
+
+
+/* The length field of a record header at p (not checked: only used to
+ * decide whether the window must move). */
 static uint64_t
+peek_len(const unsigned char *p, unsigned ver)
+{
+    const unsigned char  *l;
+
+    l = ver == 1 ? p + 4 : p + 8;
+    return (uint64_t) l[0] | (uint64_t) l[1] << 8 | (uint64_t) l[2] << 16
+           | (uint64_t) l[3] << 24;
+}
+
+
+/*
+ * Scans one segment file.  Returns the size of its data (what the reader
+ * may look at), or -1 on a read error (nothing changed on disk: a passing
+ * EIO must not cut valid records off).
+ */
+static int64_t
 scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
-    unsigned char **buf, size_t *cap, int *io_error)
+    unsigned *ver, unsigned char **buf, size_t *cap)
 {
     int             rc;
     off_t           fsize;
-    size_t          blen, pos, want;
-    ssize_t         n;
-    uint64_t        off, boff, seg_first;
+    size_t          hsz, want, avail;
+    uint64_t        off, seg_first, next, next_seq, lost, boff, blen;
+    const unsigned char  *p;
     const char     *err;
     struct stat     st;
     mq_frame_hdr_t  h;
 
     if (fstat(fd, &st) != 0) {
-        *io_error = 1;
-        return 0;
+        return -1;
     }
     fsize = st.st_size;
 
-    if (fsize < MQ_SEG_HDR_SIZE
-        || pread(fd, *buf, MQ_SEG_HDR_SIZE, 0) != MQ_SEG_HDR_SIZE
-        || mq_frame_seg_decode(*buf, &seg_first) != MQ_OK)
-    {
+    *ver = MQ_SEG_VERSION;
+
+    if (fsize < MQ_SEG_HDR_SIZE) {
+        if (read_at(fd, buf, cap, (size_t) fsize, 0) != 0) {
+            return -1;
+        }
+        /* creation cut short: nothing in it */
         return 0;
     }
 
+    if (read_at(fd, buf, cap, MQ_SEG_HDR_SIZE, 0) != 0) {
+        return -1;
+    }
+
+    if (mq_frame_seg_decode(*buf, &seg_first, ver) != MQ_OK) {
+        /* the records carry their own framing: read them anyway */
+        log_error("recover", "%s/%s: damaged segment header, records read "
+                  "by their own framing", q->name, fname);
+        *ver = MQ_SEG_VERSION;
+    }
+
+    hsz = *ver == 1 ? MQ_FRAME_V1_HDR_SIZE : MQ_FRAME_HDR_SIZE;
     off = MQ_SEG_HDR_SIZE;
-    boff = off;
+
+    boff = 0;
     blen = 0;
-    err = "torn record";
 
-    for ( ;; ) {
-        if ((off_t) off == fsize) {
-            break;
-        }
-
-        pos = (size_t) (off - boff);
-        rc = mq_frame_decode(*buf + pos, blen - pos, UINT32_MAX - 64, &h,
-                             &err);
-
-        if (rc == MQ_AGAIN) {
-            want = blen - pos < MQ_FRAME_HDR_SIZE
-                   ? MQ_FRAME_HDR_SIZE : MQ_FRAME_HDR_SIZE + (size_t) h.len;
-
-            if ((off_t) (off + want) > fsize) {
-                err = "torn record";
-                break;
+    while ((off_t) off < fsize) {
+        if (off < boff || off + hsz > boff + blen
+            || (off + hsz + peek_len(*buf + (off - boff), *ver)
+                > boff + blen && boff + blen < (uint64_t) fsize))
+        {
+            /* refill the window from off */
+            want = (size_t) (fsize - (off_t) off) < SCAN_BUF
+                   ? (size_t) (fsize - (off_t) off) : SCAN_BUF;
+            if (read_at(fd, buf, cap, want, off) != 0) {
+                return -1;
             }
-
-            if (want < SCAN_BUF) {
-                want = SCAN_BUF;
-            }
-            if ((off_t) (off + want) > fsize) {
-                want = (size_t) (fsize - (off_t) off);
-            }
-
-            if (want > *cap) {
-                unsigned char *nb = realloc(*buf, want);
-                if (nb == NULL) {
-                    *io_error = 1;
-                    return 0;
-                }
-                *buf = nb;
-                *cap = want;
-            }
-
-            n = pread(fd, *buf, want, (off_t) off);
-            if (n < 0 || (size_t) n != want) {
-                log_error("recover", "%s/%s:%" PRIu64 ": read: %s", q->name,
-                          fname, off, n < 0 ? strerror(errno) : "short");
-                *io_error = 1;
-                return 0;
-            }
-
             boff = off;
             blen = want;
+        }
+
+        p = *buf + (off - boff);
+        avail = (size_t) (boff + blen - off);
+
+        rc = *ver == 1 ? mq_frame_decode_v1(p, avail, MAX_LEN, &h, &err)
+                       : mq_frame_decode(p, avail, MAX_LEN, &h, &err);
+
+        if (rc == MQ_AGAIN && h.len > 0 && (off_t) (off + hsz + h.len)
+                                            <= fsize)
+        {
+            /* larger than the scan buffer */
+            if (read_at(fd, buf, cap, hsz + h.len, off) != 0) {
+                return -1;
+            }
+            boff = off;
+            blen = hsz + h.len;
+            p = *buf;
+            rc = *ver == 1
+                 ? mq_frame_decode_v1(p, blen, MAX_LEN, &h, &err)
+                 : mq_frame_decode(p, blen, MAX_LEN, &h, &err);
+        }
+
+        if (rc == MQ_OK && h.kind != MQ_FRAME_ITEM) {
+            rc = MQ_ERROR;
+            err = "not an item";
+        }
+
+        if (rc == MQ_OK) {
+            if (count_record(q, sc, off, &h) != 0) {
+                return -1;
+            }
+            off += hsz + h.len;
             continue;
         }
 
-        if (rc != MQ_OK) {
-            break;
+        if (rc == MQ_AGAIN) {
+            err = "torn record";
         }
 
-        if (h.seq >= sc->first) {
-            if (!sc->cursor_set) {
-                /* first undelivered record: the cursor starts here */
-                q->rseg = q->nsegs;
-                q->roff = off;
-                q->rseq = h.seq;
-                sc->cursor_set = 1;
-            }
-            q->items++;
-            q->bytes += h.len;
-
-        } else {
-            while (sc->next_pending < sc->npending
-                   && sc->pending[sc->next_pending] < h.seq)
+        /* damage at off: where does the good data start again? */
+        if (rc == MQ_DECLINED) {
+            next = off + hsz + h.len;
+            next_seq = h.seq + 1;
+            if ((off_t) next < fsize && find_next(fd, next, (uint64_t) fsize,
+                                                  buf, cap, &next, &next_seq)
+                                        != 0)
             {
-                sc->next_pending++;
+                return -1;
             }
-
-            if (sc->next_pending < sc->npending
-                && sc->pending[sc->next_pending] == h.seq
-                && give_back_pending(q, sc->seg, off, &h) != 0)
-            {
-                *io_error = 1;
-                return 0;
-            }
+        } else if (*ver == 1) {
+            next = (uint64_t) fsize;
+            next_seq = 0;
+        } else if (find_next(fd, off + 1, (uint64_t) fsize, buf, cap, &next,
+                             &next_seq) != 0)
+        {
+            return -1;
         }
 
-        if (h.seq > sc->last_seq) {
-            sc->last_seq = h.seq;
+        blen = 0;      /* find_next() used the buffer */
+
+        if (sc->jfirst && sc->last_seq + 1 >= sc->jfirst) {
+            /* everything from here is in the journal */
+            sc->cut = 1;
+            log_warn("recover", "%s/%s:%" PRIu64 ": %s, %" PRIu64 " bytes "
+                     "replaced from the journal", q->name, fname, off, err,
+                     (uint64_t) (fsize - (off_t) off));
+            truncate_at(q, fd, fname, off);
+            return (int64_t) off;
         }
 
-        off += MQ_FRAME_HDR_SIZE + h.len;
-    }
-
-    if ((off_t) off < fsize) {
-        if (last) {
+        if ((off_t) next == fsize && last) {
+            /* a torn tail: the crash cut the last write short */
             log_warn("recover", "%s/%s:%" PRIu64 ": %s, truncated %" PRIu64
                      " bytes", q->name, fname, off, err,
                      (uint64_t) (fsize - (off_t) off));
-        } else {
-            log_error("recover", "%s/%s:%" PRIu64 ": corrupt segment (%s), "
-                      "truncated %" PRIu64 " bytes", q->name, fname, off,
-                      err, (uint64_t) (fsize - (off_t) off));
+            truncate_at(q, fd, fname, off);
+            return (int64_t) off;
         }
 
-        if (ftruncate(fd, (off_t) off) != 0 || fdatasync(fd) != 0) {
-            log_error("recover", "%s/%s: truncate: %s", q->name, fname,
-                      strerror(errno));
+        /* real damage: it costs the damaged records only */
+        lost = next_seq > sc->last_seq + 1 ? next_seq - sc->last_seq - 1
+               : next_seq == 0 ? 0 : 1;
+        log_error("recover", "%s/%s:%" PRIu64 ": %s, %" PRIu64 " bytes "
+                  "skipped, ids %" PRIu64 "-%" PRIu64 " lost%s", q->name,
+                  fname, off, err, next - off, sc->last_seq + 1,
+                  sc->last_seq + (lost ? lost : 1),
+                  next_seq == 0 ? " (to the end of the file)" : "");
+        srv.corrupt_records += lost ? lost : 1;
+
+        if (sc->cursor_set
+            && push_skip(q, sc->seg, off, next, next_seq) != 0)
+        {
+            return -1;
         }
+
+        if (next_seq > sc->last_seq) {
+            sc->last_seq = next_seq - 1;
+        }
+
+        if ((off_t) next == fsize) {
+            break;
+        }
+
+        off = next;
     }
 
-    return off;
+    return (int64_t) fsize;
 }
 
 
 int
-recover_queue(queue_t *q)
+recover_queue(queue_t *q, uint64_t jfirst)
 {
-    int             fd, io_error;
-    char            fname[SEG_NAME_LEN + 1], bad[SEG_NAME_LEN + 9];
+    int             fd, dirfd, rc;
+    char            fname[SEG_NAME_LEN + 1];
     size_t          i, nids, cap;
     seg_t          *s;
-    uint64_t        *ids, size;
+    int64_t         size;
+    unsigned        ver;
+    uint64_t       *ids;
     scan_t          sc;
     unsigned char  *buf;
 
     memset(&sc, 0, sizeof(sc));
-    position_read_pending(q->dirfd, &sc.first, &sc.pending, &sc.npending);
+    sc.jfirst = jfirst;
+    rc = -1;
+    ids = NULL;
+    buf = NULL;
 
-    if (list_segments(q, &ids, &nids) != 0) {
-        log_error("recover", "%s: cannot list: %s", q->name, strerror(errno));
+    dirfd = openat(srv.data_fd, q->name,
+                   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dirfd == -1) {
+        log_error("recover", "%s: open: %s", q->name, strerror(errno));
         return -1;
+    }
+
+    position_read_pending(dirfd, &sc.first, &sc.pending, &sc.npending);
+
+    if (list_segments(dirfd, &ids, &nids) != 0) {
+        log_error("recover", "%s: cannot list: %s", q->name, strerror(errno));
+        goto done;
     }
 
     cap = SCAN_BUF;
     buf = malloc(cap);
     q->segs = calloc(nids ? nids : 1, sizeof(seg_t));
     if (buf == NULL || q->segs == NULL) {
-        free(buf);
-        free(ids);
-        return -1;
+        goto done;
     }
     q->segs_cap = nids ? nids : 1;
 
@@ -302,58 +541,62 @@ recover_queue(queue_t *q)
     for (i = 0; i < nids; i++) {
         seg_name(fname, ids[i]);
 
-        fd = openat(q->dirfd, fname, O_RDWR | O_CLOEXEC);
+        if (sc.cut) {
+            /* past the cut: the journal has all of it */
+            if (!srv.check_only) {
+                unlinkat(dirfd, fname, 0);
+            }
+            continue;
+        }
+
+        fd = openat(dirfd, fname,
+                    (srv.check_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
         if (fd == -1) {
             log_error("recover", "%s/%s: open: %s", q->name, fname,
                       strerror(errno));
-            continue;
+            goto done;
         }
 
-        io_error = 0;
-        sc.seg = ids[i];
-        size = scan_segment(q, fd, fname, i + 1 == nids, &sc, &buf, &cap,
-                            &io_error);
-
-        if (io_error) {
-            close(fd);
-            free(buf);
-            free(ids);
-            free(sc.pending);
-            return -1;
+        if (i > 0 && ids[i] > sc.last_seq + 1 && !sc.jfirst) {
+            log_error("recover", "%s: ids %" PRIu64 "-%" PRIu64 " missing "
+                      "before %s (file removed?)", q->name, sc.last_seq + 1,
+                      ids[i] - 1, fname);
+            srv.corrupt_records += ids[i] - 1 - sc.last_seq;
         }
-
-        if (size == 0) {
-            close(fd);
-
-            if (i + 1 == nids) {
-                /* the newest segment's creation was cut short */
-                log_warn("recover", "%s/%s: no valid header, removed",
-                         q->name, fname);
-                unlinkat(q->dirfd, fname, 0);
-                continue;
-            }
-
-            /* an older one: keep the bytes for inspection, skip them */
-            snprintf(bad, sizeof(bad), "%s.corrupt", fname);
-            log_error("recover", "%s/%s: corrupt segment header, renamed to "
-                      "%s", q->name, fname, bad);
-            renameat(q->dirfd, fname, q->dirfd, bad);
-            continue;
-        }
-
-        s = &q->segs[q->nsegs++];
-        s->id = ids[i];
-        s->fd = fd;
-        s->size = size;
 
         if (ids[i] > sc.last_seq + 1) {
             sc.last_seq = ids[i] - 1;
         }
-    }
 
-    free(buf);
-    free(ids);
-    free(sc.pending);
+        sc.seg = ids[i];
+        size = scan_segment(q, fd, fname, i + 1 == nids, &sc, &ver, &buf,
+                            &cap);
+        close(fd);
+
+        if (size < 0) {
+            log_error("recover", "%s/%s: read: %s", q->name, fname,
+                      strerror(errno));
+            goto done;
+        }
+
+        if (size < MQ_SEG_HDR_SIZE) {
+            if (i + 1 == nids || sc.cut) {
+                /* the newest segment's creation was cut short */
+                log_warn("recover", "%s/%s: empty, removed", q->name, fname);
+                if (!srv.check_only) {
+                    unlinkat(dirfd, fname, 0);
+                }
+                continue;
+            }
+            size = MQ_SEG_HDR_SIZE;
+        }
+
+        s = &q->segs[q->nsegs++];
+        s->id = ids[i];
+        s->size = (uint64_t) size;
+        s->slot = -1;
+        s->ver = ver;
+    }
 
     q->next_seq = sc.last_seq + 1;
 
@@ -378,5 +621,446 @@ recover_queue(queue_t *q)
                  q->bytes, q->next_seq);
     }
 
+    rc = 0;
+
+done:
+
+    close(dirfd);
+    free(buf);
+    free(ids);
+    free(sc.pending);
+    return rc;
+}
+
+
+void
+recover_remove_queue(const char *name)
+{
+    int             dirfd;
+    DIR            *d;
+    struct dirent  *de;
+
+    log_info("recover", "%s: deleted before the stop, removing it", name);
+
+    if (srv.check_only) {
+        return;
+    }
+
+    dirfd = openat(srv.data_fd, name,
+                   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dirfd == -1) {
+        return;
+    }
+
+    d = dir_stream(dirfd);
+    if (d != NULL) {
+        while ((de = readdir(d)) != NULL) {
+            if (de->d_name[0] != '.') {
+                unlinkat(dirfd, de->d_name, 0);
+            }
+        }
+        closedir(d);
+    }
+
+    close(dirfd);
+    unlinkat(srv.data_fd, name, AT_REMOVEDIR);
+}
+
+
+/* ---- the journal ---- */
+
+
+static uint32_t
+jq_hash(const char *p, size_t len)
+{
+    uint32_t  h;
+
+    h = 2166136261u;
+    while (len--) {
+        h = (h ^ (unsigned char) *p++) * 16777619u;
+    }
+
+    return h % JQ_HASH;
+}
+
+
+static jq_t *
+jq_get(jscan_t *js, const char *name, size_t len, int create)
+{
+    jq_t      *j;
+    uint32_t   h;
+
+    h = jq_hash(name, len);
+
+    for (j = js->hash[h]; j; j = j->next) {
+        if (j->len == len && memcmp(j->name, name, len) == 0) {
+            return j;
+        }
+    }
+
+    if (!create) {
+        return NULL;
+    }
+
+    j = calloc(1, sizeof(jq_t));
+    if (j == NULL) {
+        return NULL;
+    }
+
+    memcpy(j->name, name, len);
+    j->len = len;
+    j->next = js->hash[h];
+    js->hash[h] = j;
+    return j;
+}
+
+
+/* Splits a journal payload into queue name and data; -1 if malformed. */
+static int
+jrecord(const mq_frame_hdr_t *h, const unsigned char *payload,
+    const char **name, size_t *nlen, const unsigned char **data, size_t *dlen)
+{
+    if (h->len < 1 || (size_t) payload[0] + 1 > h->len
+        || !mq_name_valid((const char *) payload + 1, payload[0]))
+    {
+        return -1;
+    }
+
+    *nlen = payload[0];
+    *name = (const char *) payload + 1;
+    *data = payload + 1 + *nlen;
+    *dlen = h->len - 1 - *nlen;
     return 0;
+}
+
+
+typedef int (*jvisit_pt)(jscan_t *js, uint64_t rec, const mq_frame_hdr_t *h,
+    const char *name, size_t nlen, const unsigned char *data, size_t dlen);
+
+
+/* Calls visit for every good record of every journal file, in order. */
+static int
+jwalk(jscan_t *js, jvisit_pt visit, int report)
+{
+    int                   rc;
+    size_t                i, dlen, nlen, off, next;
+    uint64_t              rec;
+    const char           *err, *name;
+    jfile_t              *f;
+    mq_frame_hdr_t        h;
+    const unsigned char  *data;
+
+    rec = 0;
+
+    for (i = 0; i < js->nfiles; i++) {
+        f = &js->files[i];
+        off = MQ_SEG_HDR_SIZE;
+
+        while (off < f->size) {
+            rc = mq_frame_decode(f->map + off, f->size - off, MAX_LEN, &h,
+                                 &err);
+
+            if (rc == MQ_OK && h.kind != MQ_FRAME_ITEM
+                && jrecord(&h, f->map + off + MQ_FRAME_HDR_SIZE, &name,
+                           &nlen, &data, &dlen) == 0)
+            {
+                if (visit(js, rec++, &h, name, nlen, data, dlen) != 0) {
+                    return -1;
+                }
+                off += MQ_FRAME_HDR_SIZE + h.len;
+                continue;
+            }
+
+            next = mq_frame_resync(f->map, off + 1, f->size, MAX_LEN);
+            if (next == f->size) {
+                /* zeros or a torn write: the end of what was written */
+                break;
+            }
+
+            if (report) {
+                log_warn("recover", "journal %020" PRIu64 ".jnl:%zu: %s, "
+                         "%zu bytes skipped (a record there may be lost "
+                         "unless its queue file has it)", f->number, off,
+                         rc == MQ_OK ? "malformed record" : err,
+                         next - off);
+            }
+            off = next;
+        }
+    }
+
+    return 0;
+}
+
+
+static int
+scan_visit(jscan_t *js, uint64_t rec, const mq_frame_hdr_t *h,
+    const char *name, size_t nlen, const unsigned char *data, size_t dlen)
+{
+    jq_t  *j;
+
+    j = jq_get(js, name, nlen, 1);
+    if (j == NULL) {
+        return -1;
+    }
+
+    if (h->kind == MQ_FRAME_JDROP) {
+        j->drop_rec = rec + 1;
+        j->first = 0;
+    } else if (j->first == 0) {
+        j->first = h->seq;
+    }
+
+    js->records++;
+    return 0;
+}
+
+
+int
+recover_journal_scan(jscan_t **jsp, uint64_t *last)
+{
+    int             fd, jdir;
+    DIR            *d;
+    void           *m;
+    size_t          cap;
+    uint64_t        number, hnum;
+    jscan_t        *js;
+    jfile_t        *f, *nf;
+    struct stat     st;
+    struct dirent  *de;
+
+    *last = 0;
+    *jsp = NULL;
+
+    js = calloc(1, sizeof(jscan_t));
+    if (js == NULL) {
+        return -1;
+    }
+    *jsp = js;
+
+    jdir = openat(srv.data_fd, JOURNAL_DIR,
+                  O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (jdir == -1) {
+        if (errno == ENOENT) {
+            return 0;
+        }
+        log_error("recover", "journal: open: %s", strerror(errno));
+        return -1;
+    }
+
+    d = dir_stream(jdir);
+    if (d == NULL) {
+        close(jdir);
+        return -1;
+    }
+
+    cap = 0;
+
+    while ((de = readdir(d)) != NULL) {
+        if (journal_parse_name(de->d_name, &number) != 0) {
+            continue;
+        }
+
+        if (number > *last) {
+            *last = number;
+        }
+
+        fd = openat(jdir, de->d_name, O_RDONLY | O_CLOEXEC);
+        if (fd == -1 || fstat(fd, &st) != 0) {
+            log_error("recover", "journal %s: open: %s", de->d_name,
+                      strerror(errno));
+            if (fd != -1) {
+                close(fd);
+            }
+            goto failed;
+        }
+
+        if (st.st_size < MQ_SEG_HDR_SIZE) {
+            close(fd);
+            continue;
+        }
+
+        m = mmap(NULL, (size_t) st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        close(fd);
+        if (m == MAP_FAILED) {
+            log_error("recover", "journal %s: mmap: %s", de->d_name,
+                      strerror(errno));
+            goto failed;
+        }
+
+        if (mq_frame_jnl_decode(m, &hnum) != MQ_OK || hnum != number) {
+            log_warn("recover", "journal %s: bad header, records read by "
+                     "their own framing", de->d_name);
+        }
+
+        if (js->nfiles == cap) {
+            cap = cap ? cap * 2 : 8;
+            nf = realloc(js->files, cap * sizeof(jfile_t));
+            if (nf == NULL) {
+                munmap(m, (size_t) st.st_size);
+                goto failed;
+            }
+            js->files = nf;
+        }
+
+        f = &js->files[js->nfiles++];
+        f->number = number;
+        f->map = m;
+        f->size = (size_t) st.st_size;
+    }
+
+    closedir(d);
+    close(jdir);
+
+    /* in number order: the order the records were written */
+    for (size_t i = 1; i < js->nfiles; i++) {
+        jfile_t  t = js->files[i];
+        size_t   j = i;
+        while (j > 0 && js->files[j - 1].number > t.number) {
+            js->files[j] = js->files[j - 1];
+            j--;
+        }
+        js->files[j] = t;
+    }
+
+    if (jwalk(js, scan_visit, 1) != 0) {
+        return -1;
+    }
+
+    if (js->records > 0) {
+        log_info("recover", "journal: %zu files, %" PRIu64 " records to "
+                 "check against the queues", js->nfiles, js->records);
+    }
+
+    return 0;
+
+failed:
+
+    closedir(d);
+    close(jdir);
+    return -1;
+}
+
+
+uint64_t
+recover_journal_first(jscan_t *js, const char *name, size_t len,
+    int *dropped)
+{
+    jq_t  *j;
+
+    j = jq_get(js, name, len, 0);
+    *dropped = j != NULL && j->drop_rec > 0;
+    return j != NULL ? j->first : 0;
+}
+
+
+static uint64_t  replayed;
+
+
+static int
+replay_visit(jscan_t *js, uint64_t rec, const mq_frame_hdr_t *h,
+    const char *name, size_t nlen, const unsigned char *data, size_t dlen)
+{
+    jq_t            *j;
+    queue_t         *q;
+    mq_frame_hdr_t   ih;
+
+    if (h->kind != MQ_FRAME_JITEM) {
+        return 0;
+    }
+
+    j = jq_get(js, name, nlen, 0);
+    if (j == NULL || rec < j->drop_rec) {
+        return 0;
+    }
+
+    if (srv.check_only) {
+        q = queue_lookup(name, nlen, 0);
+        if (q == NULL || !q->on_disk || h->seq >= q->next_seq) {
+            replayed++;
+        }
+        return 0;
+    }
+
+    q = queue_lookup(name, nlen, 2);
+    if (q == NULL) {
+        return -1;
+    }
+
+    if (h->seq < q->next_seq) {
+        /* its queue file has it */
+        return 0;
+    }
+
+    ih = *h;
+    ih.len = (uint32_t) dlen;
+
+    if (queue_replay(q, &ih, data) != 0) {
+        return -1;
+    }
+
+    replayed++;
+    return 0;
+}
+
+
+int
+recover_journal_replay(jscan_t *js)
+{
+    replayed = 0;
+
+    if (js == NULL || js->nfiles == 0) {
+        return 0;
+    }
+
+    if (jwalk(js, replay_visit, 0) != 0) {
+        log_error("recover", "journal: replay failed");
+        return -1;
+    }
+
+    log_info("recover", "journal: %" PRIu64 " records %s", replayed,
+             srv.check_only ? "would be replayed" : "replayed");
+    return 0;
+}
+
+
+void
+recover_journal_done(jscan_t *js, int remove)
+{
+    int       jdir;
+    char      name[32];
+    size_t    i, k;
+    jq_t     *j, *next;
+
+    if (js == NULL) {
+        return;
+    }
+
+    jdir = -1;
+    if (remove && !srv.check_only && js->nfiles > 0) {
+        jdir = openat(srv.data_fd, JOURNAL_DIR,
+                      O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    }
+
+    for (i = 0; i < js->nfiles; i++) {
+        munmap(js->files[i].map, js->files[i].size);
+        if (jdir != -1) {
+            journal_name(name, js->files[i].number);
+            unlinkat(jdir, name, 0);
+        }
+    }
+
+    if (jdir != -1) {
+        fsync(jdir);
+        close(jdir);
+    }
+
+    for (k = 0; k < JQ_HASH; k++) {
+        for (j = js->hash[k]; j; j = next) {
+            next = j->next;
+            free(j);
+        }
+    }
+
+    free(js->files);
+    free(js);
 }

@@ -15,13 +15,14 @@
 #include "mq_crc32c.h"
 #include "mq_frame.h"
 #include "segment.h"
+#include "server.h"
 #include "sys.h"
 
 #define POS_FILE      "position"
 #define POS_TMP       "position.tmp"
 #define POS_SIZE      20           /* version 1 */
 #define POS2_MIN      28           /* version 2 without pending items */
-#define POS_MAX_SIZE  (POS2_MIN + 8 * 1024 * 1024)
+#define POS_MAX_SIZE  (POS2_MIN + 8 * (uint64_t) 64 * 1024 * 1024)
 
 static const unsigned char  pos_magic[8] = {
     'M', 'Q', 'P', 'O', 'S', 0, 0, 1
@@ -112,32 +113,36 @@ seg_pwrite(int fd, const void *buf, size_t len, uint64_t off)
 
 
 int
-seg_create(int dirfd, const char *qname, uint64_t id)
+seg_create(const char *qname, uint64_t id)
 {
-    int            fd;
-    char           name[SEG_NAME_LEN + 1];
+    int            fd, err;
+    char           path[MQ_NAME_MAX + SEG_NAME_LEN + 2];
     unsigned char  hdr[MQ_SEG_HDR_SIZE];
 
-    seg_name(name, id);
+    snprintf(path, sizeof(path), "%s/%020" PRIu64 ".seg", qname, id);
 
-    fd = openat(dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    fd = openat(srv.data_fd, path,
+                O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd == -1) {
-        log_error("segment", "%s/%s: create: %s", qname, name,
-                  strerror(errno));
+        err = errno;
+        log_error("segment", "%s: create: %s", path, strerror(errno));
+        errno = err;
         return -1;
     }
 
     mq_frame_seg_encode(hdr, id);
 
     if (seg_pwrite(fd, hdr, sizeof(hdr), 0) != 0) {
-        log_error("segment", "%s/%s: write: %s", qname, name,
-                  strerror(errno));
+        err = errno;
+        log_error("segment", "%s: write: %s", path, strerror(errno));
         close(fd);
-        unlinkat(dirfd, name, 0);
+        unlinkat(srv.data_fd, path, 0);
+        errno = err;
         return -1;
     }
 
-    return fd;
+    close(fd);
+    return 0;
 }
 
 
@@ -180,7 +185,7 @@ read_all(int dirfd, unsigned char **buf, size_t *len)
         return -1;
     }
 
-    if (fstat(fd, &st) != 0 || st.st_size > POS_MAX_SIZE) {
+    if (fstat(fd, &st) != 0 || (uint64_t) st.st_size > POS_MAX_SIZE) {
         close(fd);
         return -1;
     }

@@ -39,9 +39,9 @@ void seg_name(char *buf, uint64_t id);
 /* Parses a directory entry name; 0 and *id set if it is a segment. */
 int seg_parse_name(const char *name, uint64_t *id);
 
-/* Creates segment `id` in dirfd with its header written; returns the fd
- * (O_RDWR) or -1 (logged). */
-int seg_create(int dirfd, const char *qname, uint64_t id);
+/* Creates segment `id` of queue qname with its header written; 0, or -1
+ * (logged, errno kept). */
+int seg_create(const char *qname, uint64_t id);
 
 /* pwrite() of all bytes, retrying short writes; 0 or -1 with errno. */
 int seg_pwrite(int fd, const void *buf, size_t len, uint64_t off);
@@ -55,8 +55,29 @@ int position_read_pending(int dirfd, uint64_t *seq, uint64_t **pending,
 int position_save(int dirfd, uint64_t seq, const uint64_t *pending,
     size_t n);
 
-/* Rebuilds q (segments, cursor, counters) from its directory, truncating a
- * torn or corrupt tail.  0 on success, -1 when the directory is unusable. */
-int recover_queue(queue_t *q);
+/* Recovery (recover.c): the journal's view of the queues. */
+typedef struct jscan_s  jscan_t;
+
+/* Scans the journal files; *last is the highest file number.  0 or -1. */
+int recover_journal_scan(jscan_t **js, uint64_t *last);
+
+/* The first id the journal holds for a queue (0: none); *dropped when
+ * the journal deleted it. */
+uint64_t recover_journal_first(jscan_t *js, const char *name, size_t len,
+    int *dropped);
+
+/* Appends every journal record its queue's files lack. */
+int recover_journal_replay(jscan_t *js);
+
+/* Frees the scan; remove: the journal files go too (after a replay that
+ * was synced). */
+void recover_journal_done(jscan_t *js, int remove);
+
+/* Rebuilds q (segments, cursor, counters) from its directory: see
+ * recover.c.  0 on success, -1 when the directory is unusable. */
+int recover_queue(queue_t *q, uint64_t jfirst);
+
+/* Removes a queue directory the journal says was deleted. */
+void recover_remove_queue(const char *name);
 
 #endif /* MEMQD_SEGMENT_H */

@@ -24,6 +24,9 @@ typedef struct {
     uint64_t      sync_interval;   /* ms, SYNC_INTERVAL */
     uint64_t      max_item_size;   /* bytes */
     uint64_t      segment_size;    /* bytes */
+    uint64_t      journal_size;    /* bytes of one journal file */
+    int           check_only;      /* --check: report damage, change
+                                      nothing */
     uint64_t      max_conns;
     const char   *config_path;     /* (ref) argv, or NULL */
 
@@ -41,6 +44,7 @@ typedef struct {
     uint64_t      get_misses;
     uint64_t      total_items;
     uint64_t      curr_waiters;    /* long polls parked, on any queue */
+    uint64_t      corrupt_records; /* damaged records skipped (ids lost) */
 } server_t;
 
 extern server_t  srv;

@@ -1,6 +1,11 @@
 /*
- * sync.c: see sync.h.  Only `pending`, `pending_ticket` and `stop` are
- * shared, under `mu`; `durable` and `failed` are published with atomics.
+ * sync.c: see sync.h.  Shared state is under `mu`; the loop learns about
+ * progress through an eventfd and reads the published values under `mu`
+ * too, so "durable" and "failed" are always seen together.
+ *
+ * A failed sync never publishes its ticket: the replies waiting for it are
+ * failed instead, and the thread refuses every later commit (it does not
+ * retry and trust the same file).
  */
 
 #include <errno.h>
@@ -15,113 +20,156 @@
 #include "sync.h"
 #include "sys.h"
 
+#define SYNC_FDS_MAX  16      /* journal files waiting for one commit */
+
 
 static pthread_mutex_t  mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t   cv = PTHREAD_COND_INITIALIZER;
-static pthread_t        thread;
+static pthread_cond_t   ckcv = PTHREAD_COND_INITIALIZER;
+static pthread_t        commit_thread;
+static pthread_t        ckpt_thread;
 static int              started;
 
 /* shared under mu */
-static int             *pending;          /* fds waiting for the thread */
+static int              pending[SYNC_FDS_MAX];   /* fds to sync */
 static size_t           npending;
-static size_t           pending_cap;
-static uint64_t         pending_ticket;   /* highest ticket submitted */
+static int              pending_full;
+static int              pending_dir = -1;
+static uint64_t         pending_ticket;          /* highest submitted */
+static uint64_t         durable;                 /* highest synced */
+static int              failed;                  /* a sync failed */
+static int              ck_fd = -1;              /* checkpoint wanted */
+static uint64_t         ck_token;
+static int              ck_busy;
+static int              ck_done;                 /* result not yet seen */
+static int              ck_failed;
 static int              stop;
 
 /* loop thread only */
-static int             *batch;            /* fds of the batch being built */
-static size_t           nbatch;
-static size_t           batch_cap;
 static uint64_t         next_ticket = 1;
+static uint64_t         seen_durable;
 static loop_io_t        wake_io;
 static sync_done_pt     done_handler;
+static sync_ckpt_pt     ckpt_handler;
 
-/* published by the thread */
-static uint64_t         durable;
-static int              failed;
+
+static void
+wake_loop(void)
+{
+    uint64_t  one;
+
+    one = 1;
+    if (write(wake_io.fd, &one, sizeof(one)) < 0) {
+        /* the counter is saturated: the loop is awake anyway */
+    }
+}
 
 
 static int
-push_fd(int **arr, size_t *n, size_t *cap, int fd)
+sync_one(int fd, int full)
 {
-    int     *na;
-    size_t   nc;
+    int  rc;
 
-    if (*n == *cap) {
-        nc = *cap ? *cap * 2 : 64;
-        na = realloc(*arr, nc * sizeof(int));
-        if (na == NULL) {
-            return -1;
-        }
-        *arr = na;
-        *cap = nc;
+    rc = full ? fsync(fd) : sys.fdatasync(fd);
+    if (rc == -1 && errno != EINVAL) {
+        log_error("sync", "%s: %s; refusing further writes",
+                  full ? "fsync" : "fdatasync", strerror(errno));
+        return -1;
     }
 
-    (*arr)[(*n)++] = fd;
     return 0;
 }
 
 
 static void *
-sync_thread(void *arg)
+commit_main(void *arg)
 {
-    int       *fds, rc;
-    size_t     i, n, cap;
-    uint64_t   ticket, one;
+    int       fds[SYNC_FDS_MAX], full, dirfd, bad;
+    size_t    i, n;
+    uint64_t  ticket;
 
-    fds = NULL;
-    cap = 0;
+    pthread_mutex_lock(&mu);
 
     for ( ;; ) {
-        pthread_mutex_lock(&mu);
-
-        while (npending == 0 && pending_ticket == __atomic_load_n(&durable,
-                   __ATOMIC_ACQUIRE) && !stop)
-        {
+        while (pending_ticket == durable && !stop) {
             pthread_cond_wait(&cv, &mu);
         }
 
-        if (npending == 0 && pending_ticket == durable && stop) {
-            pthread_mutex_unlock(&mu);
+        if (pending_ticket == durable) {
             break;
         }
 
-        /* take everything submitted so far; hand back our empty array */
-        {
-            int     *t = fds;
-            size_t   tc = cap;
-
-            fds = pending;
-            cap = pending_cap;
-            n = npending;
-            pending = t;
-            pending_cap = tc;
-            npending = 0;
-        }
-
+        n = npending;
+        memcpy(fds, pending, n * sizeof(int));
+        full = pending_full;
+        dirfd = pending_dir;
         ticket = pending_ticket;
+        npending = 0;
+        pending_full = 0;
+        pending_dir = -1;
+        bad = failed;
+
         pthread_mutex_unlock(&mu);
 
-        for (i = 0; i < n; i++) {
-            rc = sys.fdatasync(fds[i]);
-            if (rc == -1 && errno != EINVAL) {
-                /* never retry-and-trust the same fd after a failed fsync */
-                log_error("sync", "fdatasync: %s; refusing further writes",
-                          strerror(errno));
-                __atomic_store_n(&failed, 1, __ATOMIC_RELEASE);
-            }
-            close(fds[i]);
+        for (i = 0; i < n && !bad; i++) {
+            bad = sync_one(fds[i], full) != 0;
         }
 
-        __atomic_store_n(&durable, ticket, __ATOMIC_RELEASE);
-
-        one = 1;
-        if (write(wake_io.fd, &one, sizeof(one)) < 0) {
-            /* the counter is saturated: the loop is awake anyway */
+        if (!bad && dirfd != -1) {
+            bad = sync_one(dirfd, 1) != 0;
         }
+
+        pthread_mutex_lock(&mu);
+
+        if (bad) {
+            failed = 1;
+            /* nothing more will be made durable: let waiters go */
+            durable = pending_ticket;
+        } else {
+            durable = ticket;
+        }
+
+        wake_loop();
     }
 
-    free(fds);
+    pthread_mutex_unlock(&mu);
+    return NULL;
+}
+
+
+static void *
+ckpt_main(void *arg)
+{
+    int  fd, rc;
+
+    pthread_mutex_lock(&mu);
+
+    for ( ;; ) {
+        while (ck_fd == -1 && !stop) {
+            pthread_cond_wait(&ckcv, &mu);
+        }
+
+        if (ck_fd == -1) {
+            break;
+        }
+
+        fd = ck_fd;
+        pthread_mutex_unlock(&mu);
+
+        rc = syncfs(fd);
+        if (rc != 0) {
+            log_error("sync", "syncfs: %s; journal files are kept",
+                      strerror(errno));
+        }
+
+        pthread_mutex_lock(&mu);
+        ck_fd = -1;
+        ck_done = 1;
+        ck_failed = rc != 0;
+        wake_loop();
+    }
+
+    pthread_mutex_unlock(&mu);
     return NULL;
 }
 
@@ -129,23 +177,43 @@ sync_thread(void *arg)
 static void
 wake_handler(loop_io_t *io, unsigned events)
 {
-    uint64_t  v;
+    int       f, cd, cf;
+    uint64_t  v, d, token;
 
     if (read(io->fd, &v, sizeof(v)) < 0) {
-        return;
+        /* spurious: look anyway */
     }
 
-    done_handler(__atomic_load_n(&durable, __ATOMIC_ACQUIRE),
-                 __atomic_exchange_n(&failed, 0, __ATOMIC_ACQ_REL));
+    pthread_mutex_lock(&mu);
+    d = durable;
+    f = failed;
+    cd = ck_done;
+    cf = ck_failed;
+    token = ck_token;
+    if (cd) {
+        ck_done = 0;
+        ck_busy = 0;
+    }
+    pthread_mutex_unlock(&mu);
+
+    if (d != seen_durable || f) {
+        seen_durable = d;
+        done_handler(d, f);
+    }
+
+    if (cd) {
+        ckpt_handler(token, cf);
+    }
 }
 
 
 int
-sync_init(sync_done_pt done)
+sync_init(sync_done_pt done, sync_ckpt_pt ckpt_done)
 {
     int  rc;
 
     done_handler = done;
+    ckpt_handler = ckpt_done;
 
     wake_io.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_io.fd == -1) {
@@ -158,7 +226,18 @@ sync_init(sync_done_pt done)
         return -1;
     }
 
-    rc = pthread_create(&thread, NULL, sync_thread, NULL);
+    rc = pthread_create(&commit_thread, NULL, commit_main, NULL);
+    if (rc == 0) {
+        rc = pthread_create(&ckpt_thread, NULL, ckpt_main, NULL);
+        if (rc != 0) {
+            pthread_mutex_lock(&mu);
+            stop = 1;
+            pthread_cond_signal(&cv);
+            pthread_mutex_unlock(&mu);
+            pthread_join(commit_thread, NULL);
+        }
+    }
+
     if (rc != 0) {
         log_error("sync", "pthread_create: %s", strerror(rc));
         return -1;
@@ -166,19 +245,6 @@ sync_init(sync_done_pt done)
 
     started = 1;
     return 0;
-}
-
-
-void
-sync_add_fd(int fd)
-{
-    if (push_fd(&batch, &nbatch, &batch_cap, fd) != 0) {
-        /* cannot queue it: sync here rather than lose durability */
-        if (fdatasync(fd) == -1) {
-            __atomic_store_n(&failed, 1, __ATOMIC_RELEASE);
-        }
-        close(fd);
-    }
 }
 
 
@@ -190,12 +256,19 @@ sync_next_ticket(void)
 
 
 uint64_t
-sync_submit(void)
+sync_durable(void)
 {
-    size_t    i;
+    return seen_durable;
+}
+
+
+uint64_t
+sync_submit(const int *fds, size_t n, int full, int dirfd)
+{
+    size_t    i, j;
     uint64_t  ticket;
 
-    if (nbatch == 0) {
+    if (n == 0 && dirfd == -1) {
         return next_ticket - 1;
     }
 
@@ -203,21 +276,50 @@ sync_submit(void)
 
     pthread_mutex_lock(&mu);
 
-    for (i = 0; i < nbatch; i++) {
-        if (push_fd(&pending, &npending, &pending_cap, batch[i]) != 0) {
-            if (fdatasync(batch[i]) == -1) {
-                __atomic_store_n(&failed, 1, __ATOMIC_RELEASE);
-            }
-            close(batch[i]);
+    for (i = 0; i < n; i++) {
+        for (j = 0; j < npending && pending[j] != fds[i]; j++) {
+            /* void */
+        }
+        if (j < npending) {
+            continue;
+        }
+        if (npending < SYNC_FDS_MAX) {
+            pending[npending++] = fds[i];
+        } else if (sync_one(fds[i], 1) != 0) {
+            /* the thread is far behind a burst of journal switches:
+             * sync this one here rather than forget it */
+            failed = 1;
         }
     }
 
+    pending_full |= full;
+    if (dirfd != -1) {
+        pending_dir = dirfd;
+    }
     pending_ticket = ticket;
     pthread_cond_signal(&cv);
     pthread_mutex_unlock(&mu);
 
-    nbatch = 0;
     return ticket;
+}
+
+
+int
+sync_checkpoint(int fd, uint64_t token)
+{
+    pthread_mutex_lock(&mu);
+
+    if (ck_busy) {
+        pthread_mutex_unlock(&mu);
+        return -1;
+    }
+
+    ck_busy = 1;
+    ck_fd = fd;
+    ck_token = token;
+    pthread_cond_signal(&ckcv);
+    pthread_mutex_unlock(&mu);
+    return 0;
 }
 
 
@@ -228,15 +330,16 @@ sync_shutdown(void)
         return;
     }
 
-    sync_submit();
-
     pthread_mutex_lock(&mu);
     stop = 1;
     pthread_cond_signal(&cv);
+    pthread_cond_signal(&ckcv);
     pthread_mutex_unlock(&mu);
 
-    pthread_join(thread, NULL);
+    pthread_join(commit_thread, NULL);
+    pthread_join(ckpt_thread, NULL);
     started = 0;
-    free(batch);
-    free(pending);
+
+    /* results the loop has not seen: hand them over now */
+    wake_handler(&wake_io, 0);
 }

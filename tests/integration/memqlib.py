@@ -529,8 +529,9 @@ def crc32c(data, crc=0):
 
 
 SEG_HDR = 16
-REC_HDR = 40
-SEG_MAGIC = b"MQSEG\x00\x00\x01"
+REC_HDR = 48
+REC_MAGIC = b"MQR2"
+SEG_MAGIC = b"MQSEG\x00\x00\x02"
 
 Record = namedtuple("Record", "offset crc len flags kind seq ctime exptime "
                               "payload ok")
@@ -547,19 +548,21 @@ def parse_segment(path, check_crc=True):
     recs = []
     off = SEG_HDR
     while off + REC_HDR <= len(raw):
-        crc, ln, flags, kind, seq, ctime, exp = struct.unpack_from(
-            "<IIIIQQq", raw, off)
-        if ln == 0 and crc == 0 and kind == 0 and seq == 0:
+        magic, hcrc, ln, flags, kind, pcrc, seq, ctime, exp = \
+            struct.unpack_from("<4sIIIIIQQq", raw, off)
+        if magic != REC_MAGIC:
             break                       # zero fill past the last record
+        if check_crc and crc32c(raw[off + 8:off + REC_HDR]) != hcrc:
+            break
         if off + REC_HDR + ln > len(raw):
             break
         payload = raw[off + REC_HDR:off + REC_HDR + ln]
         ok = True
         if check_crc:
-            ok = crc32c(raw[off + 4:off + REC_HDR] + payload) == crc
+            ok = crc32c(payload) == pcrc
         if not ok or kind != 1:
             break
-        recs.append(Record(off, crc, ln, flags, kind, seq, ctime, exp,
+        recs.append(Record(off, pcrc, ln, flags, kind, seq, ctime, exp,
                            payload, ok))
         off += REC_HDR + ln
     return first_seq, recs, off

@@ -1,0 +1,457 @@
+/*
+ * journal.c: see journal.h.
+ *
+ * Life of a journal file:
+ *
+ *   created (fallocate, header) -> current (records appended; commits
+ *   fdatasync it) -> full: the next file becomes current, a checkpoint
+ *   (syncfs) is asked for -> checkpoint over: unlinked.
+ *
+ * A full file's descriptor stays open until the commit that covers its
+ * last records is durable: the commit thread borrows it (sync.h).
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "journal.h"
+#include "log.h"
+#include "queue.h"
+#include "server.h"
+#include "sync.h"
+#include "sys.h"
+
+#define JBUF_FLUSH   (4 * 1024 * 1024)   /* write early past this */
+#define OLD_MAX      64                  /* full files awaiting removal */
+
+typedef struct {
+    uint64_t  number;
+    int       fd;          /* -1 once closed */
+    uint64_t  ticket;      /* commit covering its last records */
+} jfile_t;
+
+static int             jdir = -1;        /* journal directory */
+static jfile_t         cur = { 0, -1, 0 };
+static uint64_t        cur_off;          /* write position in cur */
+static uint64_t        cur_size;         /* bytes allocated to cur */
+static jfile_t         old[OLD_MAX];     /* full files, oldest first */
+static size_t          nold;
+static uint64_t        oldest;           /* lowest number on disk */
+static uint64_t        ckpt_wanted;      /* files below it may go */
+static unsigned char  *buf;
+static size_t          len;
+static size_t          cap;
+static int             broken;           /* a write failed */
+static int             unsynced;         /* written since the last commit */
+static int             switched;         /* a new file awaits its first
+                                            commit (fsync with metadata) */
+
+
+void
+journal_name(char *b, uint64_t number)
+{
+    snprintf(b, 25, "%020" PRIu64 ".jnl", number);
+}
+
+
+int
+journal_parse_name(const char *name, uint64_t *number)
+{
+    size_t    i;
+    uint64_t  v;
+
+    if (strlen(name) != 24 || strcmp(name + 20, ".jnl") != 0) {
+        return -1;
+    }
+
+    v = 0;
+    for (i = 0; i < 20; i++) {
+        if (name[i] < '0' || name[i] > '9'
+            || v > (UINT64_MAX - 9) / 10)
+        {
+            return -1;
+        }
+        v = v * 10 + (uint64_t) (name[i] - '0');
+    }
+
+    *number = v;
+    return 0;
+}
+
+
+static void
+fail(const char *what, uint64_t number)
+{
+    if (!broken) {
+        log_error("journal", "%020" PRIu64 ".jnl: %s: %s; refusing further "
+                  "writes", number, what, strerror(errno));
+    }
+    broken = 1;
+    srv.readonly = 1;
+}
+
+
+/* Creates file `number` with `size` bytes allocated; its fd or -1. */
+static int
+create_file(uint64_t number, uint64_t size)
+{
+    int            fd;
+    char           name[32];
+    unsigned char  hdr[MQ_SEG_HDR_SIZE];
+
+    journal_name(name, number);
+
+    fd = openat(jdir, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd == -1) {
+        fail("create", number);
+        return -1;
+    }
+
+    mq_frame_jnl_encode(hdr, number);
+
+    if (fallocate(fd, 0, 0, (off_t) size) != 0
+        && errno != EOPNOTSUPP && errno != ENOSYS)
+    {
+        fail("fallocate", number);
+        goto bad;
+    }
+
+    if (sys.pwrite(fd, hdr, sizeof(hdr), 0) != (ssize_t) sizeof(hdr)) {
+        fail("write", number);
+        goto bad;
+    }
+
+    return fd;
+
+bad:
+
+    close(fd);
+    unlinkat(jdir, name, 0);
+    return -1;
+}
+
+
+int
+journal_init(uint64_t last)
+{
+    if (mkdirat(srv.data_fd, JOURNAL_DIR, 0755) != 0 && errno != EEXIST) {
+        log_error("journal", "mkdir: %s", strerror(errno));
+        return -1;
+    }
+
+    jdir = openat(srv.data_fd, JOURNAL_DIR,
+                  O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (jdir == -1) {
+        log_error("journal", "open: %s", strerror(errno));
+        return -1;
+    }
+
+    cur.number = last + 1;
+    cur_size = srv.journal_size;
+    cur.fd = create_file(cur.number, cur_size);
+    if (cur.fd == -1) {
+        return -1;
+    }
+
+    /* the file and its directory entry are durable before any commit */
+    if (fsync(cur.fd) != 0 || fsync(jdir) != 0 || fsync(srv.data_fd) != 0) {
+        log_error("journal", "fsync: %s", strerror(errno));
+        return -1;
+    }
+
+    cur_off = MQ_SEG_HDR_SIZE;
+    oldest = cur.number;
+    return 0;
+}
+
+
+int
+journal_add(uint32_t kind, const char *name, size_t nlen,
+    const mq_frame_hdr_t *h, const void *data, size_t dlen)
+{
+    size_t          need, cap2;
+    unsigned char  *p, *nb;
+    mq_frame_hdr_t  jh;
+
+    if (broken) {
+        return -1;
+    }
+
+    if (kind == MQ_FRAME_JDROP) {
+        dlen = 0;
+        memset(&jh, 0, sizeof(jh));
+    } else {
+        jh = *h;
+    }
+
+    need = MQ_FRAME_HDR_SIZE + 1 + nlen + dlen;
+
+    if (len + need > cap) {
+        cap2 = cap ? cap : 64 * 1024;
+        while (cap2 < len + need) {
+            cap2 *= 2;
+        }
+        nb = realloc(buf, cap2);
+        if (nb == NULL) {
+            return -1;
+        }
+        buf = nb;
+        cap = cap2;
+    }
+
+    p = buf + len;
+    p[MQ_FRAME_HDR_SIZE] = (unsigned char) nlen;
+    memcpy(p + MQ_FRAME_HDR_SIZE + 1, name, nlen);
+    if (dlen) {
+        memcpy(p + MQ_FRAME_HDR_SIZE + 1 + nlen, data, dlen);
+    }
+
+    jh.kind = kind;
+    jh.len = (uint32_t) (1 + nlen + dlen);
+    mq_frame_encode(p, &jh, p + MQ_FRAME_HDR_SIZE);
+    len += need;
+
+    if (len >= JBUF_FLUSH) {
+        /* written now, made durable by the commit before the loop sleeps */
+        return journal_commit(0);
+    }
+
+    return 0;
+}
+
+
+static void
+ask_checkpoint(void)
+{
+    if (ckpt_wanted > oldest && sync_checkpoint(srv.data_fd, ckpt_wanted)
+        == 0)
+    {
+        ckpt_wanted = 0;
+    }
+}
+
+
+/* Makes a new file current; the full one waits for its checkpoint. */
+static int
+switch_file(uint64_t need)
+{
+    int       fd;
+    uint64_t  size;
+
+    /* every record of the full file must be in its queue file before a
+     * checkpoint may count it as synced */
+    if (queue_write_all() != 0) {
+        return -1;
+    }
+
+    if (nold == OLD_MAX) {
+        /* checkpoints cannot keep up: take one here, in the loop */
+        if (syncfs(srv.data_fd) != 0) {
+            fail("syncfs", cur.number);
+            return -1;
+        }
+        journal_checkpoint_done(cur.number, 0);
+        if (nold == OLD_MAX) {
+            errno = EAGAIN;
+            fail("too many full journal files", cur.number);
+            return -1;
+        }
+    }
+
+    size = srv.journal_size;
+    if (size < need + MQ_SEG_HDR_SIZE) {
+        size = need + MQ_SEG_HDR_SIZE;
+    }
+
+    fd = create_file(cur.number + 1, size);
+    if (fd == -1) {
+        return -1;
+    }
+
+    old[nold] = cur;
+    old[nold].ticket = UINT64_MAX;     /* its tail still needs a commit */
+    nold++;
+    switched = 1;
+    cur.number++;
+    cur.fd = fd;
+    cur.ticket = 0;
+    cur_off = MQ_SEG_HDR_SIZE;
+    cur_size = size;
+
+    /* every record in files below cur is in its queue file: once those
+     * are synced, the full files can go */
+    ckpt_wanted = cur.number;
+    return 0;
+}
+
+
+int
+journal_commit(int sync)
+{
+    int       fds[OLD_MAX + 1];
+    size_t    i, n;
+    uint64_t  ticket;
+
+    if (broken) {
+        len = 0;
+        return -1;
+    }
+
+    if (len > 0) {
+        if (cur_off + len > cur_size && switch_file(len) != 0) {
+            len = 0;
+            return -1;
+        }
+
+        if (sys.pwrite(cur.fd, buf, len, (off_t) cur_off) != (ssize_t) len) {
+            if (errno == 0) {
+                errno = EIO;
+            }
+            fail("write", cur.number);
+            len = 0;
+            return -1;
+        }
+
+        cur_off += len;
+        len = 0;
+        unsynced = 1;
+
+        if (cap > 2 * JBUF_FLUSH) {
+            free(buf);
+            buf = NULL;
+            cap = 0;
+        }
+    }
+
+    if (sync && srv.sync_mode != SYNC_NONE && (unsynced || switched)) {
+        /* full files whose last records were never committed go with
+         * this commit, and a new file is fsynced with its metadata */
+        n = 0;
+        for (i = 0; i < nold; i++) {
+            if (old[i].ticket == UINT64_MAX) {
+                fds[n++] = old[i].fd;
+            }
+        }
+        fds[n++] = cur.fd;
+
+        ticket = sync_submit(fds, n, switched, switched ? jdir : -1);
+        switched = 0;
+        unsynced = 0;
+        cur.ticket = ticket;
+
+        for (i = 0; i < nold; i++) {
+            if (old[i].ticket == UINT64_MAX) {
+                old[i].ticket = ticket;
+            }
+        }
+    }
+
+    journal_durable(sync_durable());
+    ask_checkpoint();
+    return 0;
+}
+
+
+void
+journal_durable(uint64_t durable)
+{
+    size_t  i;
+
+    for (i = 0; i < nold; i++) {
+        if (old[i].fd != -1
+            && (old[i].ticket <= durable || srv.sync_mode == SYNC_NONE))
+        {
+            close(old[i].fd);
+            old[i].fd = -1;
+        }
+    }
+}
+
+
+void
+journal_checkpoint_done(uint64_t token, int failed)
+{
+    char    name[32];
+    size_t  i, k;
+
+    if (failed) {
+        /* keep the files: a later checkpoint tries again */
+        if (token > ckpt_wanted) {
+            ckpt_wanted = token;
+        }
+        return;
+    }
+
+    for (k = 0; k < nold && old[k].number < token; k++) {
+        if (old[k].fd != -1) {
+            /* its commit is not over yet: keep it for the next round */
+            break;
+        }
+        journal_name(name, old[k].number);
+        if (unlinkat(jdir, name, 0) != 0 && errno != ENOENT) {
+            log_warn("journal", "%s: unlink: %s", name, strerror(errno));
+        }
+        oldest = old[k].number + 1;
+    }
+
+    for (i = k; i < nold; i++) {
+        old[i - k] = old[i];
+    }
+    nold -= k;
+
+    if (nold > 0 && ckpt_wanted < token) {
+        ckpt_wanted = token;
+    }
+
+    ask_checkpoint();
+}
+
+
+void
+journal_shutdown(void)
+{
+    char      name[32];
+    size_t    i;
+    uint64_t  n;
+
+    if (jdir == -1) {
+        return;
+    }
+
+    if (journal_commit(0) != 0 || broken) {
+        /* keep the files: recovery replays them */
+        return;
+    }
+
+    if (syncfs(srv.data_fd) != 0) {
+        log_error("journal", "syncfs: %s; journal kept for recovery",
+                  strerror(errno));
+        return;
+    }
+
+    for (i = 0; i < nold; i++) {
+        if (old[i].fd != -1) {
+            close(old[i].fd);
+        }
+    }
+    nold = 0;
+    close(cur.fd);
+    cur.fd = -1;
+
+    for (n = oldest; n <= cur.number; n++) {
+        journal_name(name, n);
+        unlinkat(jdir, name, 0);
+    }
+
+    fsync(jdir);
+    close(jdir);
+    jdir = -1;
+    free(buf);
+    buf = NULL;
+}
