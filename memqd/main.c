@@ -7,6 +7,7 @@
  */
 
 #include <errno.h>
+#include <malloc.h>
 #include <inttypes.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -76,7 +77,7 @@ before_sleep(void)
     int  busy;
 
     busy = conn_before_sleep();
-    queue_before_sleep();
+    busy |= queue_before_sleep();
 
     if (srv.stopping && loop_now() >= stop_deadline) {
         loop_stop();
@@ -373,6 +374,10 @@ main(int argc, char **argv)
 
     raise_fd_limit();
     sys_init();
+
+    /* write buffers come and go every loop iteration: keep freed heap
+     * rather than hand it back and fault it in again each time */
+    mallopt(M_TRIM_THRESHOLD, 16 * 1024 * 1024);
 
     if (loop_init() != 0 || open_data_dir() != 0) {
         return 1;

@@ -34,6 +34,7 @@
 #define WBUF_SIZE      (64 * 1024)
 #define RBUF_SIZE      (64 * 1024)
 #define RBUF_SLOTS     64            /* read-ahead buffers in all */
+#define WBUF_BUDGET    (8 * 1024 * 1024)   /* unwritten appends, all queues */
 #define HASH_SIZE      4096          /* buckets; chains stay short enough */
 #define POS_INTERVAL   100           /* ms between position file writes */
 #define POS_PENDING_MAX 4096         /* owed items listed in it, at most */
@@ -53,6 +54,7 @@ static struct {
     unsigned char  *buf;
 } rbufs[RBUF_SLOTS];
 static int             rbuf_hand;
+static size_t          wbuf_bytes;    /* unwritten appends, all queues */
 
 
 static uint32_t
@@ -396,11 +398,13 @@ flush_wbuf(queue_t *q)
     }
 
     q->wbase += q->wlen;
+    wbuf_bytes -= q->wlen;
     q->wlen = 0;
 
     /* idle queues hold no buffer */
     free(q->wbuf);
     q->wbuf = NULL;
+    q->wcap = 0;
     return 0;
 }
 
@@ -765,17 +769,29 @@ append_record(queue_t *q, mq_frame_hdr_t *h, const void *data, int journal)
         q->wbase += reclen;
 
     } else {
-        if (q->wbuf == NULL) {
-            q->wbuf = malloc(WBUF_SIZE);
-            if (q->wbuf == NULL) {
+        if (q->wlen + reclen > q->wcap) {
+            /* grown as needed: ten thousand queues written in one
+             * iteration must not each cost WBUF_SIZE */
+            size_t          ncap;
+            unsigned char  *nb;
+
+            ncap = q->wcap ? q->wcap : 1024;
+            while (ncap < q->wlen + reclen) {
+                ncap *= 2;
+            }
+            nb = realloc(q->wbuf, ncap);
+            if (nb == NULL) {
                 return QUEUE_NOFD;
             }
+            q->wbuf = nb;
+            q->wcap = ncap;
         }
 
         memcpy(q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE, data, h->len);
         mq_frame_encode(q->wbuf + q->wlen, h,
                         q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE);
         q->wlen += reclen;
+        wbuf_bytes += reclen;
     }
 
     tail->size += reclen;
@@ -1668,7 +1684,7 @@ queue_write_all(void)
 int
 queue_before_sleep(void)
 {
-    int       pos_due;
+    int       pos_due, woke;
     queue_t  *q, *next;
     uint64_t  w;
 
@@ -1677,15 +1693,23 @@ queue_before_sleep(void)
         last_pos_flush = loop_now();
     }
 
-    /* queue files first, then the journal: a checkpoint asked for by the
-     * journal must find every record of the full files in place */
-    if (!srv.readonly) {
+    /*
+     * The journal makes appends durable; the queue files need them only
+     * for reading, which the write buffers serve meanwhile.  So queue
+     * files are written in large pieces: when a buffer is full, every
+     * POS_INTERVAL, past WBUF_BUDGET in all, and before the journal
+     * switches files (journal.c), where a checkpoint must find every
+     * record of the full file in its queue file.
+     */
+    if (!srv.readonly && (pos_due || wbuf_bytes > WBUF_BUDGET)) {
         queue_write_all();
     }
 
     if (!srv.readonly) {
         journal_commit(srv.sync_mode == SYNC_ALWAYS);
     }
+
+    woke = 0;
 
     for (q = dirty_list, dirty_list = NULL; q; q = next) {
         next = q->dnext;
@@ -1695,10 +1719,19 @@ queue_before_sleep(void)
             continue;
         }
 
+        if (q->items > 0 && q->wait_head != NULL) {
+            /* the waiter woken for these items went away before it took
+             * them (closed in the same iteration): wake the next one */
+            conn_wake(q->wait_head);
+            woke = 1;
+        }
+
         if (q->wlen > 0) {
-            /* the write failed: keep it in sight */
+            /* written later: keep it in sight */
             mark_dirty(q);
-            continue;
+            if (pos_timer.index == 0) {
+                loop_timer_add(&pos_timer, POS_INTERVAL);
+            }
         }
 
         if (q->pos_dirty) {
@@ -1732,7 +1765,7 @@ queue_before_sleep(void)
         conn_sync_done(0, 1);
     }
 
-    return 0;
+    return woke;
 }
 
 

@@ -85,6 +85,7 @@ struct queue_s {
     unsigned char *wbuf;        /* appends not yet written to the tail,
                                    allocated while there are some */
     size_t       wlen;
+    size_t       wcap;
     uint64_t     wbase;         /* tail file offset of wbuf[0] */
 
     size_t       rseg;          /* cursor: segment index */

@@ -75,6 +75,7 @@ typedef struct {
     uint64_t   seg;          /* id of the segment being scanned */
     uint64_t   last_seq;     /* highest seq seen (or first - 1) */
     uint64_t   jfirst;       /* the journal holds ids from here, 0 none */
+    uint64_t   next_first;   /* first id of the next segment file, 0 */
     int        cursor_set;   /* the cursor points at the first record at
                                 or above `first` */
     int        cut;          /* the rest comes from the journal */
@@ -463,7 +464,11 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
             return (int64_t) off;
         }
 
-        /* real damage: it costs the damaged records only */
+        /* real damage: it costs the damaged records only; damage to the
+         * end of the file ends where the next file begins */
+        if (next_seq == 0 && sc->next_first > sc->last_seq + 1) {
+            next_seq = sc->next_first;
+        }
         lost = next_seq > sc->last_seq + 1 ? next_seq - sc->last_seq - 1
                : next_seq == 0 ? 0 : 1;
         log_error("recover", "%s/%s:%" PRIu64 ": %s, %" PRIu64 " bytes "
@@ -569,6 +574,7 @@ recover_queue(queue_t *q, uint64_t jfirst)
         }
 
         sc.seg = ids[i];
+        sc.next_first = i + 1 < nids ? ids[i + 1] : 0;
         size = scan_segment(q, fd, fname, i + 1 == nids, &sc, &ver, &buf,
                             &cap);
         close(fd);
