@@ -37,6 +37,9 @@ typedef struct {
 } jfile_t;
 
 static int             jdir = -1;        /* journal directory */
+static int             reserve = -1;     /* a descriptor kept for a new
+                                            journal file when clients
+                                            took all the others */
 static jfile_t         cur = { 0, -1, 0 };
 static uint64_t        cur_off;          /* write position in cur */
 static uint64_t        cur_size;         /* bytes allocated to cur */
@@ -97,7 +100,8 @@ fail(const char *what, uint64_t number)
 }
 
 
-/* Creates file `number` with `size` bytes allocated; its fd or -1. */
+/* Creates file `number` with `size` bytes allocated: its fd, -1 (failed,
+ * logged) or -2 (out of descriptors: try again later). */
 static int
 create_file(uint64_t number, uint64_t size)
 {
@@ -108,6 +112,15 @@ create_file(uint64_t number, uint64_t size)
     journal_name(name, number);
 
     fd = openat(jdir, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd == -1 && (errno == EMFILE || errno == ENFILE) && reserve != -1) {
+        /* out of descriptors: use the one kept for this */
+        close(reserve);
+        reserve = -1;
+        fd = openat(jdir, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    }
+    if (fd == -1 && (errno == EMFILE || errno == ENFILE)) {
+        return -2;
+    }
     if (fd == -1) {
         fail("create", number);
         return -1;
@@ -152,10 +165,13 @@ journal_init(uint64_t last)
         return -1;
     }
 
+    reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
     cur.number = last + 1;
     cur_size = srv.journal_size;
     cur.fd = create_file(cur.number, cur_size);
-    if (cur.fd == -1) {
+    if (cur.fd < 0) {
+        log_error("journal", "cannot create the journal file");
         return -1;
     }
 
@@ -246,8 +262,17 @@ switch_file(uint64_t need)
 
     /* every record of the full file must be in its queue file before a
      * checkpoint may count it as synced */
-    if (queue_write_all() != 0) {
+    switch (queue_write_all()) {
+    case 0:
+        break;
+    case QUEUE_NOFD:
+        return -2;
+    default:
         return -1;
+    }
+
+    if (reserve == -1) {
+        reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
 
     if (nold == OLD_MAX) {
@@ -270,8 +295,8 @@ switch_file(uint64_t need)
     }
 
     fd = create_file(cur.number + 1, size);
-    if (fd == -1) {
-        return -1;
+    if (fd < 0) {
+        return fd;
     }
 
     old[nold] = cur;
@@ -304,10 +329,13 @@ journal_commit(int sync)
     }
 
     if (len > 0) {
-        if (cur_off + len > cur_size && switch_file(len) != 0) {
+        if (cur_off + len > cur_size && switch_file(len) == -1) {
             len = 0;
             return -1;
         }
+
+        /* (a switch put off for want of a descriptor: the current file
+         * grows past its preallocated size meanwhile) */
 
         if (sys.pwrite(cur.fd, buf, len, (off_t) cur_off) != (ssize_t) len) {
             if (errno == 0) {
@@ -424,8 +452,9 @@ journal_shutdown(void)
         return;
     }
 
-    if (journal_commit(0) != 0 || broken) {
-        /* keep the files: recovery replays them */
+    if (journal_commit(0) != 0 || broken || srv.readonly) {
+        /* a write failed somewhere: keep the files, recovery replays
+         * them into the queue files */
         return;
     }
 

@@ -388,6 +388,12 @@ flush_wbuf(queue_t *q)
 
     fd = fdcache_get(q, q->segs[q->nsegs - 1].id, &q->segs[q->nsegs - 1].slot);
 
+    if (fd == -1 && (errno == EMFILE || errno == ENFILE)) {
+        /* no descriptor now: the bytes stay buffered (the journal has
+         * them) and are written on a later try */
+        return QUEUE_NOFD;
+    }
+
     if (fd == -1 || seg_pwrite(fd, q->wbuf, q->wlen, q->wbase) != 0) {
         if (!srv.readonly) {
             log_error("queue", "%s: write: %s; refusing further writes",
@@ -437,8 +443,10 @@ push_segment(queue_t *q, uint64_t id)
 static int
 rotate_at(queue_t *q, uint64_t first)
 {
-    if (q->nsegs > 0 && flush_wbuf(q) != 0) {
-        return -1;
+    int  rc;
+
+    if (q->nsegs > 0 && (rc = flush_wbuf(q)) != 0) {
+        return rc;
     }
 
     if (push_segment(q, first) != 0) {
@@ -741,8 +749,16 @@ append_record(queue_t *q, mq_frame_hdr_t *h, const void *data, int journal)
         }
     }
 
-    if (q->wlen + reclen > WBUF_SIZE && flush_wbuf(q) != 0) {
-        return QUEUE_IO;
+    if (q->wlen + reclen > WBUF_SIZE && (rc = flush_wbuf(q)) != 0) {
+        return rc == QUEUE_NOFD ? QUEUE_NOFD : QUEUE_IO;
+    }
+
+    /* journaled first: a record that cannot be journaled is not stored
+     * at all */
+    if (journal && journal_add(MQ_FRAME_JITEM, q->name, q->name_len, h, data,
+                               h->len) != 0)
+    {
+        return QUEUE_NOFD;
     }
 
     tail = &q->segs[q->nsegs - 1];
@@ -801,15 +817,6 @@ append_record(queue_t *q, mq_frame_hdr_t *h, const void *data, int journal)
     q->total_items++;
     srv.total_items++;
     mark_dirty(q);
-
-    if (journal && journal_add(MQ_FRAME_JITEM, q->name, q->name_len, h, data,
-                               h->len) != 0)
-    {
-        /* in the queue file but not durable: the batch fails (readonly
-         * stops every STORED waiting for a commit) */
-        srv.readonly = 1;
-        return QUEUE_IO;
-    }
 
     if (q->wait_head != NULL) {
         conn_wake(q->wait_head);
@@ -1672,8 +1679,18 @@ queue_write_all(void)
     rc = 0;
 
     for (q = dirty_list; q; q = q->dnext) {
-        if (q->on_disk && q->wlen > 0 && flush_wbuf(q) != 0) {
-            rc = -1;
+        if (q->on_disk && q->wlen > 0) {
+            switch (flush_wbuf(q)) {
+            case 0:
+                break;
+            case QUEUE_NOFD:
+                if (rc == 0) {
+                    rc = QUEUE_NOFD;
+                }
+                break;
+            default:
+                rc = -1;
+            }
         }
     }
 

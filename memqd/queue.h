@@ -203,7 +203,8 @@ void queue_sync_all(int wait);
 /* The commit thread made `durable` durable, or failed (sync.h). */
 void queue_sync_done(uint64_t durable, int failed);
 
-/* Writes every queue's buffered appends to its files.  0 or -1. */
+/* Writes every queue's buffered appends to its files.  0, QUEUE_NOFD
+ * (some stay buffered for want of a descriptor) or -1 (write failed). */
 int queue_write_all(void);
 
 /* Recovery: appends a record with its own seq, ctime and expiry. */
