@@ -14,7 +14,7 @@ LDLIBS   := -lpthread
 B        := build
 COMMON   := $(wildcard common/*.c)
 MEMQD    := $(wildcard memqd/*.c)
-BENCH    := $(wildcard bench/*.c)
+BENCH    := $(filter-out bench/fsync_designs.c,$(wildcard bench/*.c))
 UNIT     := $(patsubst tests/unit/%.c,$(B)/unit/%,$(wildcard tests/unit/test_*.c))
 FUZZ     := $(patsubst tests/fuzz/%.c,$(B)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 HDRS     := $(wildcard common/*.h memqd/*.h)
@@ -27,7 +27,7 @@ FUZZ_SECONDS ?= 60
 .PHONY: all memqd bench unit fuzz asan module deps run test test-unit \
         test-fuzz test-integration test-asan clean
 
-all: memqd bench unit module
+all: memqd bench unit module $(B)/fsync-designs
 
 memqd: $(B)/memqd
 bench: $(B)/memq-bench
@@ -44,21 +44,29 @@ $(B)/asan/memqd: $(MEMQD) $(COMMON) $(HDRS)
 	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -o $@ $(MEMQD) $(COMMON) \
 	    $(LDLIBS)
 
+# the disk cost of one group commit under each storage design (docs/memqd.md)
+$(B)/fsync-designs: bench/fsync_designs.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $<
+
 $(B)/memq-bench: $(BENCH) $(COMMON) $(HDRS) $(wildcard bench/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(BENCH) $(COMMON) $(LDLIBS) -lm
 
-# unit tests link common/ and, when they test memqd code, the memqd sources
-# named in a "// links: memqd/x.c ..." first line of the test file
+# unit and fuzz tests link common/ and, when they test memqd code, the
+# memqd sources named in "// links: memqd/x.c ..." lines at the top of the
+# test file
+LINKS    := sed -n '/^\/\/ links:/!q; s|^// links:||p'
+
 $(B)/unit/%: tests/unit/%.c $(COMMON) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Imemqd -O1 -g $(SAN) $(WARN) -o $@ $< $(COMMON) \
-	    $$(sed -n '1s|^// links:||p' $<) $(LDLIBS) -lcmocka
+	    $$($(LINKS) $<) $(LDLIBS) -lcmocka
 
 $(B)/fuzz/%: tests/fuzz/%.c $(COMMON) $(HDRS)
 	@mkdir -p $(@D)
 	$(CLANG) $(CPPFLAGS) -Imemqd -O1 -g -fsanitize=fuzzer,address,undefined \
-	    -o $@ $< $(COMMON)
+	    -o $@ $< $(COMMON) $$($(LINKS) $<) $(LDLIBS)
 
 module:
 	@if [ -x ngx_memq/build.sh ]; then ngx_memq/build.sh $(B); fi
