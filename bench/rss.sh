@@ -3,11 +3,12 @@
 #
 # Starts memqd --sync none on a free loopback port in a fresh temporary
 # directory, reads its VmRSS with no message queued, produces COUNT
-# messages of SIZE bytes into one queue with memq-bench (nothing consumes
-# them), and reads VmRSS (and the peak, VmHWM) again.  DESIGN.md: "Ten
+# messages of SIZE bytes into QUEUES queues with memq-bench (nothing
+# consumes them), and reads VmRSS (and the peak, VmHWM) again.  DESIGN.md: "Ten
 # million queued items must not cost more than a few tens of MiB RSS".
 #
 # Environment: COUNT (10000000), SIZE (100), CONNS (50), DEPTH (16),
+# QUEUES (1), SYNC (none: the --sync of memqd),
 # MEMQD, BENCH (build/memqd, build/memq-bench), KEEP=1 keeps the data dir.
 # Exit status 0 when the produce run succeeded.
 
@@ -21,6 +22,8 @@ SIZE=${SIZE:-100}
 CONNS=${CONNS:-50}
 DEPTH=${DEPTH:-16}
 KEEP=${KEEP:-0}
+QUEUES=${QUEUES:-1}
+SYNC=${SYNC:-none}
 
 TMP=$(mktemp -d /tmp/memq-rss.XXXXXX)
 PID=""
@@ -56,7 +59,7 @@ done
 PORT=$(python3 -c 'import socket; s = socket.socket(); \
 s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
-"$MEMQD" --listen "127.0.0.1:$PORT" --data-dir "$TMP/data" --sync none \
+"$MEMQD" --listen "127.0.0.1:$PORT" --data-dir "$TMP/data" --sync "$SYNC" \
     >"$TMP/memqd.log" 2>&1 &
 PID=$!
 
@@ -80,7 +83,7 @@ sleep 0.5
 rss0=$(status_kb VmRSS)
 
 "$BENCH" -p "$PORT" -c "$CONNS" -d "$DEPTH" -s "$SIZE" -n "$COUNT" \
-    -q rss --timeout 120
+    -q rss --queues "$QUEUES" --timeout 300
 rc=$?
 
 sleep 1
@@ -92,10 +95,12 @@ disk=$(du -sk "$TMP/data" | cut -f1)
 
 printf 'memqd VmRSS, 0 messages queued: %s kB (%s MiB)\n' \
     "$rss0" "$((rss0 / 1024))"
-printf 'memqd VmRSS, %s x %s B queued: %s kB (%s MiB), peak VmHWM %s kB\n' \
-    "$COUNT" "$SIZE" "$rss1" "$((rss1 / 1024))" "$hwm1"
+printf 'memqd VmRSS, %s x %s B queued in %s queues: %s kB (%s MiB), peak' \
+    "$COUNT" "$SIZE" "$QUEUES" "$rss1" "$((rss1 / 1024))"
+printf ' VmHWM %s kB\n' "$hwm1"
 printf 'data directory: %s MiB on disk\n' "$((disk / 1024))"
-echo "RSS count=$COUNT size=$SIZE rss0_kb=$rss0 rss_kb=$rss1 hwm_kb=$hwm1" \
+echo "RSS count=$COUNT size=$SIZE queues=$QUEUES sync=$SYNC rss0_kb=$rss0" \
+     "rss_kb=$rss1 hwm_kb=$hwm1" \
      "disk_kb=$disk"
 
 exit $rc
