@@ -10,7 +10,10 @@
  *
  * Storage commands report has_data as soon as their byte count parses, even
  * when the rest of the line is wrong: the data block is then on its way and
- * the server must swallow exactly that many bytes to stay in sync.
+ * the server must swallow exactly that many bytes to stay in sync.  A count
+ * over MQ_BYTES_MAX is not believed: no client sends a block of 2 GiB to a
+ * queue, swallowing one would hold the connection for hours, and counts
+ * near 2^64 would wrap "bytes + 2"; framing is then lost.
  */
 
 #include <string.h>
@@ -332,7 +335,10 @@ mq_parse_storage(mq_request_t *req, const mq_tok_t *t, size_t n,
 
     need = req->cmd == MQ_CMD_CAS ? 6 : 5;
 
-    if (n < need || mq_parse_u64(t[4].p, t[4].len, &req->bytes) != MQ_OK) {
+    if (n < need || mq_parse_u64(t[4].p, t[4].len, &req->bytes) != MQ_OK
+        || req->bytes > MQ_BYTES_MAX)
+    {
+        req->bytes = 0;
         *err = MQ_ERR_FORMAT;
         return MQ_ERROR;
     }

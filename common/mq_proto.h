@@ -21,6 +21,8 @@
 #define MQ_GET_COUNT_MAX   1000      /* largest /n= */
 #define MQ_GET_WAIT_MAX    86400000  /* largest /t= (ms): one day */
 #define MQ_KEYS_MAX        64        /* keys in one get line */
+#define MQ_BYTES_MAX       2147483647  /* largest data block a storage
+                                          command may announce: 2^31 - 1 */
 
 /* command name, enum member; one list so names and values never drift */
 #define MQ_CMD_LIST(X)                                                       \
@@ -59,7 +61,8 @@ typedef struct {
     uint32_t      flags;      /* storage commands */
     int64_t       exptime;    /* storage commands, as sent; flush_all:
                                  its optional delay (0 when absent) */
-    uint64_t      bytes;      /* storage commands: data block length */
+    uint64_t      bytes;      /* storage commands: data block length,
+                                 at most MQ_BYTES_MAX */
     unsigned      noreply:1;  /* "noreply" was the last token */
     unsigned      has_data:1; /* a data block of `bytes` + CRLF follows */
 } mq_request_t;
@@ -83,15 +86,16 @@ int mq_proto_find_line(const char *buf, size_t len, size_t *line_len,
  * MQ_OK: req filled in.  Unknown command: MQ_OK with MQ_CMD_UNKNOWN (the
  *        server answers "ERROR").
  * MQ_ERROR: *err is the reason.  When the command is a storage command
- *        whose byte count parsed, req->has_data is still set so the
- *        caller can swallow the data block; otherwise framing is lost.
+ *        whose byte count parsed (and is at most MQ_BYTES_MAX), has_data
+ *        is still set so the caller can swallow the data block; otherwise
+ *        framing is lost.
  * Validation done here: token counts, numbers (flags u32, exptime i64,
- * bytes u64, cas u64), key length <= MQ_NAME_MAX for add/replace/append/
- * prepend/cas; queue-name checks of set/delete/flush keys ("bad queue
- * name"); at most MQ_KEYS_MAX get keys ("too many keys").  get keys are
- * checked by mq_proto_parse_get_key() (their length is bounded only by the
- * line).  noreply is set only where the command takes it (storage
- * commands, delete, flush, flush_all), never for get.
+ * bytes <= MQ_BYTES_MAX, cas u64), key length <= MQ_NAME_MAX for add/
+ * replace/append/prepend/cas; queue-name checks of set/delete/flush keys
+ * ("bad queue name"); at most MQ_KEYS_MAX get keys ("too many keys").
+ * get keys are checked by mq_proto_parse_get_key() (their length is
+ * bounded only by the line).  noreply is set only where the command takes
+ * it (storage commands, delete, flush, flush_all), never for get.
  */
 int mq_proto_parse_request(const char *line, size_t len, mq_request_t *req,
     const char **err);
