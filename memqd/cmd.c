@@ -32,9 +32,11 @@
 
 #define REPLY_SOFT_MAX  (8 * 1024 * 1024)  /* /n= stops adding items here */
 #define EXPTIME_REL_MAX 2592000            /* 30 days, as memcached */
+#define FLUSH_DELAY_MAX ((uint64_t) 3650 * 86400)   /* ten years, in s */
 
 
-static log_rate_t  client_errors = { "cmd", 10, 0, 0, 0 };
+static log_rate_t    client_errors = { "cmd", 10, 0, 0, 0 };
+static loop_timer_t  flush_timer;      /* a pending `flush_all <delay>` */
 
 
 /* Answers a client's mistake, and says so in the log at info level, at
@@ -374,6 +376,46 @@ do_get(conn_t *c, const mq_request_t *req, int with_cas)
 
 
 static void
+flush_timer_handler(loop_timer_t *t)
+{
+    log_info("cmd", "flush_all: delay passed, emptying every queue");
+    queue_flush_all();
+}
+
+
+/*
+ * flush_all [delay]: memcached's meaning: every queue is emptied `delay`
+ * seconds from now (an absolute unix time past 30 days, as exptime); 0,
+ * absent, negative or already past: now.  A later flush_all replaces a
+ * pending one.  The delay does not survive a restart.
+ */
+static void
+do_flush_all(int64_t delay)
+{
+    int64_t  now;
+
+    loop_timer_del(&flush_timer);
+
+    if (delay > EXPTIME_REL_MAX) {
+        now = (int64_t) time(NULL);
+        delay = delay > now ? delay - now : 0;
+    }
+
+    if (delay <= 0) {
+        queue_flush_all();
+        return;
+    }
+
+    if ((uint64_t) delay > FLUSH_DELAY_MAX) {
+        delay = (int64_t) FLUSH_DELAY_MAX;
+    }
+
+    flush_timer.handler = flush_timer_handler;
+    loop_timer_add(&flush_timer, (uint64_t) delay * 1000);
+}
+
+
+static void
 out_stat(conn_t *c, const char *name, uint64_t v)
 {
     char  buf[320];
@@ -513,7 +555,7 @@ cmd_execute(conn_t *c, const char *line, size_t len, const char *after,
         return CMD_DONE;
 
     case MQ_CMD_FLUSH_ALL:
-        queue_flush_all();
+        do_flush_all(req.exptime);
         if (!req.noreply) {
             conn_out_str(c, RPL_OK);
         }

@@ -1,4 +1,4 @@
-"""Issue 7, connection side: absurd byte counts."""
+"""Issue 7, connection side: absurd byte counts, flush_all <delay>."""
 
 import os
 import resource
@@ -83,3 +83,64 @@ def test_issue7_byte_count_at_the_limit_is_swallowed(server, cmd):
         assert c.get(q) is None
     finally:
         c.close()
+
+
+# ------------------------------------------------- flush_all <delay>
+
+def _peek(c, q):
+    it = c.get(q + "/peek")
+    return None if it is None else it.data
+
+
+def test_issue7_flush_all_delay(server, client):
+    if server.external:
+        pytest.skip("flush_all would empty a shared server")
+    q1, q2 = qname(), qname()
+    client.store(q1, b"a")
+    client.store(q2, b"b")
+    t0 = time.monotonic()
+    assert client.cmd("flush_all 2") == "OK"
+    # not yet: the delay has not passed
+    assert _peek(client, q1) == b"a"
+    assert _peek(client, q2) == b"b"
+    client.store(q1, b"a2")             # stored before the flush time
+    if time.monotonic() - t0 < 1.5:
+        assert client.qstats(q1)["items"] == 2
+    wait_for(lambda: client.qstats(q1)["items"] == 0
+             and client.qstats(q2)["items"] == 0,
+             timeout=6, what="flush_all 2 to empty the queues")
+    assert time.monotonic() - t0 >= 1.9, "flushed before its delay"
+    # the queues go on
+    client.store(q1, b"after")
+    assert client.getdata(q1) == b"after"
+
+
+def test_issue7_flush_all_later_one_replaces_pending(server, client):
+    if server.external:
+        pytest.skip("flush_all would empty a shared server")
+    q = qname()
+    client.store(q, b"x")
+    t0 = time.monotonic()
+    assert client.cmd("flush_all 1") == "OK"
+    assert client.cmd("flush_all 100") == "OK"  # replaces the 1 s one
+    time.sleep(max(0.0, t0 + 1.5 - time.monotonic()))
+    assert _peek(client, q) == b"x", "the replaced flush_all ran"
+
+    # flush_all (now) empties at once and cancels the pending one
+    assert client.cmd("flush_all") == "OK"
+    assert client.get(q) is None
+    t1 = time.monotonic()
+    client.store(q, b"y")
+    assert client.cmd("flush_all 1 noreply\r\nversion").startswith(
+        "VERSION memqd ")
+    assert client.cmd("flush_all 0") == "OK"    # replaces it, flushes now
+    assert client.get(q) is None
+    client.store(q, b"z")
+    time.sleep(max(0.0, t1 + 1.5 - time.monotonic()))
+    assert _peek(client, q) == b"z", "a replaced flush_all ran"
+
+    # the last of several delays wins
+    assert client.cmd("flush_all 100") == "OK"
+    assert client.cmd("flush_all 1") == "OK"
+    wait_for(lambda: client.qstats(q)["items"] == 0, timeout=5,
+             what="flush_all 1 after flush_all 100")
