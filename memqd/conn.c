@@ -7,11 +7,16 @@
  * drains, so a client that does not read cannot make memqd buffer
  * without bound.  Closed connections are freed in conn_before_sleep(),
  * never inside an event, so no pointer to them outlives an iteration.
+ *
+ * A listener whose accept() fails (out of descriptors, say) is not
+ * watched for ACCEPT_BACKOFF_MS, as the failure would repeat at once for
+ * ever otherwise.
  */
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -31,9 +36,12 @@
 #define READS_PER_EVENT 4
 #define MAX_LISTENERS  16
 #define LINGER_MS      2000
+#define ACCEPT_BACKOFF_MS 100
+#define ACCEPT_LOG_MS  1000        /* at most one accept error line */
 
 typedef struct {
-    loop_io_t  io;
+    loop_io_t     io;
+    loop_timer_t  backoff;      /* armed while accept() is failing */
 } listener_t;
 
 const char  *conn_state_names[] = {
@@ -49,6 +57,14 @@ static conn_t     *ready_tail;
 static conn_t     *parked;
 static conn_t     *free_list;
 static conn_t     *all_conns;     /* every open connection */
+
+/* accept() failures, logged at most once every ACCEPT_LOG_MS */
+static int           accept_err;        /* errno of the last failure */
+static int           accept_failing;    /* the last accept() failed */
+static int           accept_cleared;    /* it works again, not logged */
+static uint64_t      accept_failures;   /* failures not logged yet */
+static uint64_t      accept_logged_at;  /* monotonic ms, 0 = never */
+static loop_timer_t  accept_report;     /* logs what the limit held */
 
 static void conn_io(loop_io_t *io, unsigned events);
 static void conn_process(conn_t *c);
@@ -702,18 +718,111 @@ conn_io(loop_io_t *io, unsigned events)
 
 
 static void
+accept_resume(loop_timer_t *t)
+{
+    listener_t  *l = t->data;
+
+    loop_mod(&l->io, LOOP_READ);
+}
+
+
+/*
+ * Says how accept() is doing: at most one line every ACCEPT_LOG_MS, the
+ * failures and a recovery within that time summed up in the next one, so
+ * a client cannot make memqd flood its log by exhausting descriptors.
+ */
+static void
+accept_log(void)
+{
+    uint64_t  now;
+
+    now = loop_now();
+
+    if (accept_logged_at != 0 && now - accept_logged_at < ACCEPT_LOG_MS) {
+        if (accept_report.index == 0) {
+            loop_timer_add(&accept_report,
+                           accept_logged_at + ACCEPT_LOG_MS - now);
+        }
+        return;
+    }
+
+    if (accept_failing) {
+        log_warn("conn", "accept: %s: new connections wait in the "
+                 "backlog, retried every %d ms (failures: %" PRIu64 ")",
+                 strerror(accept_err), ACCEPT_BACKOFF_MS, accept_failures);
+
+    } else if (accept_cleared) {
+        log_info("conn", "accept: works again (failures since the last "
+                 "line: %" PRIu64 ")", accept_failures);
+
+    } else {
+        return;
+    }
+
+    accept_failures = 0;
+    accept_cleared = 0;
+    accept_logged_at = now;
+}
+
+
+static void
+accept_report_handler(loop_timer_t *t)
+{
+    accept_log();
+}
+
+
+/*
+ * accept() failed for a reason that does not go away by itself (out of
+ * descriptors or memory): the connection stays in the backlog and the
+ * listener stays readable, so stop watching it for a while instead of
+ * failing again at once.
+ */
+static void
+accept_backoff(listener_t *l, int err)
+{
+    accept_err = err;
+    accept_failing = 1;
+    accept_failures++;
+    accept_report.handler = accept_report_handler;
+    accept_log();
+
+    loop_mod(&l->io, 0);
+    loop_timer_add(&l->backoff, ACCEPT_BACKOFF_MS);
+}
+
+
+static void
 accept_handler(loop_io_t *io, unsigned events)
 {
-    int      fd, one;
-    conn_t  *c;
+    int          fd, one;
+    conn_t      *c;
+    listener_t  *l;
+
+    l = io->data;
 
     for ( ;; ) {
         fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd == -1) {
-            if (errno == EMFILE || errno == ENFILE) {
-                log_warn("conn", "accept: %s", strerror(errno));
+            switch (errno) {
+            case EAGAIN:
+                return;
+            case EINTR:
+            case ECONNABORTED:
+            case EPERM:
+            case EPROTO:
+                /* that connection only */
+                continue;
+            default:
+                accept_backoff(l, errno);
+                return;
             }
-            return;
+        }
+
+        if (accept_failing) {
+            accept_failing = 0;
+            accept_cleared = 1;
+            accept_log();
         }
 
         if (srv.curr_conns >= srv.max_conns || srv.stopping) {
@@ -828,6 +937,8 @@ conn_listen(const char *addr)
     l->io.fd = fd;
     l->io.handler = accept_handler;
     l->io.data = l;
+    l->backoff.handler = accept_resume;
+    l->backoff.data = l;
 
     if (loop_add(&l->io, LOOP_READ) != 0) {
         return -1;
@@ -859,7 +970,10 @@ conn_close_listeners(void)
 {
     size_t  i;
 
+    loop_timer_del(&accept_report);
+
     for (i = 0; i < nlisteners; i++) {
+        loop_timer_del(&listeners[i].backoff);
         loop_del(&listeners[i].io);
         close(listeners[i].io.fd);
     }

@@ -1,4 +1,5 @@
-"""Issue 7, connection side: absurd byte counts, flush_all <delay>."""
+"""Issue 7, connection side: absurd byte counts, accept errors under a
+descriptor limit, flush_all <delay>."""
 
 import os
 import resource
@@ -83,6 +84,89 @@ def test_issue7_byte_count_at_the_limit_is_swallowed(server, cmd):
         assert c.get(q) is None
     finally:
         c.close()
+
+
+# ------------------------------------------------- accept errors
+
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat(5), 12 and 13 here
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _answers(c, timeout):
+    """True if `version` on c is answered within timeout seconds."""
+    try:
+        c.send("version\r\n")
+        return c.line(timeout=timeout / SLOW).startswith("VERSION memqd ")
+    except (socket.timeout, Closed, OSError):
+        return False
+
+
+def test_issue7_accept_errors_back_off(memqd_factory):
+    """Under a descriptor limit, accept fails with EMFILE while clients
+    keep waiting in the backlog: memqd must not spin on the listener, must
+    log the failure at most about once a second, and must accept the
+    waiting clients once descriptors are free again."""
+    s = memqd_factory()
+    pid = s.proc.pid
+    nfd = len(os.listdir("/proc/%d/fd" % pid))
+    limit = nfd + 4
+    old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, old[1]))
+
+    extra = []
+    stuck = None
+    try:
+        for _ in range(20):
+            c = Client(s.addr, timeout=5)
+            if not _answers(c, 0.5):
+                stuck = c
+                break
+            extra.append(c)
+        assert stuck is not None, "accept never failed under a limit of %d" \
+            " descriptors" % limit
+        assert len(extra) >= 1
+
+        # a few more wait in the backlog as well
+        waiting = [Client(s.addr, timeout=5) for _ in range(3)]
+
+        log_before = s.log_since_start()
+        cpu0 = _cpu_seconds(pid)
+        t0 = time.monotonic()
+        time.sleep(2.0)
+        spent = _cpu_seconds(pid) - cpu0
+        wall = time.monotonic() - t0
+        assert spent < 0.5, "memqd used %.2fs of CPU in %.2fs while accept" \
+            " failed" % (spent, wall)
+        new_log = s.log_since_start()[len(log_before):]
+        accept_lines = [ln for ln in new_log.splitlines() if "accept" in ln]
+        assert len(accept_lines) <= 4, "%d accept lines in %.1fs:\n%s" % (
+            len(accept_lines), wall, "\n".join(accept_lines[:10]))
+        assert any("accept" in ln for ln in s.log_since_start().splitlines()
+                   ), "the accept failure was not logged"
+
+        # free descriptors: the clients in the backlog are served
+        for c in extra:
+            c.close()
+        extra = []
+        assert stuck.line(timeout=5).startswith("VERSION memqd "), \
+            "the client stuck in the backlog was not served"
+        for c in waiting:
+            assert _answers(c, 5), "a waiting client was not served"
+            c.close()
+        stuck.close()
+        stuck = None
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
+        fresh = Client(s.addr)
+        assert _answers(fresh, 5)
+        fresh.close()
+    finally:
+        for c in extra:
+            c.close()
+        if stuck is not None:
+            stuck.close()
 
 
 # ------------------------------------------------- flush_all <delay>
