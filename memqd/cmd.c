@@ -5,6 +5,7 @@
  */
 
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@
 #define RPL_TOO_LARGE     "SERVER_ERROR object too large for cache\r\n"
 #define RPL_FULL          "SERVER_ERROR queue full\r\n"
 #define RPL_WRITE_FAILED  "SERVER_ERROR storage failure, writes refused\r\n"
+#define RPL_NO_RESOURCES  "SERVER_ERROR out of resources\r\n"
 #define RPL_NOT_SUPP      "SERVER_ERROR not supported\r\n"
 #define RPL_BAD_CHUNK     "CLIENT_ERROR bad data chunk\r\n"
 #define RPL_NO_MEMORY     "SERVER_ERROR out of memory\r\n"
@@ -215,7 +217,9 @@ fmt_u64(char *p, uint64_t v)
 }
 
 
-static void
+/* Adds a VALUE block to the reply; -1 when out of memory (the
+ * connection is then closed after what it has). */
+static int
 out_value(conn_t *c, const char *key, size_t key_len, const item_t *it,
     int with_cas)
 {
@@ -225,7 +229,7 @@ out_value(conn_t *c, const char *key, size_t key_len, const item_t *it,
     if (conn_out_reserve(c, 6 + key_len + 3 * 21 + 2 + it->hdr.len + 2)
         != 0)
     {
-        return;
+        return -1;
     }
 
     p = c->out + c->out_len;
@@ -249,11 +253,30 @@ out_value(conn_t *c, const char *key, size_t key_len, const item_t *it,
     *p++ = '\n';
 
     conn_out_commit(c, (size_t) (p - (c->out + c->out_len)));
+    return 0;
 }
 
 
-/* One key of a get: 1 if it produced items, 0 if not, -1 if the
- * connection must wait (single-key long poll). */
+/* An item taken and not sent after all goes back to the head of q. */
+static void
+give_back(conn_t *c, queue_t *q, const item_ref_t *ref)
+{
+    openset_t  *set;
+
+    set = NULL;
+    if (queue_open(q, c, &set, ref) == 0) {
+        queue_abort_conn(&set);
+    }
+}
+
+
+/*
+ * One key of a get: 1 if it produced items, 0 if not, -1 if the
+ * connection must wait (single-key long poll).
+ *
+ * Items of a plain get (neither /open nor /peek) stay owed until their
+ * bytes are delivered, see conn_out_item().
+ */
 static int
 get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
     int with_cas, int may_wait)
@@ -300,7 +323,21 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
                 break;
             }
 
-            out_value(c, key, key_len, &it, with_cas);
+            if (out_value(c, key, key_len, &it, with_cas) != 0) {
+                /* not in the reply: an open item goes back when the
+                 * connection closes, a taken one now */
+                if (!o->open && !o->peek) {
+                    give_back(c, q, &it.ref);
+                }
+                break;
+            }
+
+            if (!o->open && !o->peek) {
+                /* acknowledged once its bytes are delivered; without
+                 * memory to track that, delivered as before */
+                (void) conn_out_item(c, q, &it.ref);
+            }
+
             got++;
         }
     }
@@ -482,6 +519,7 @@ cmd_execute(conn_t *c, const char *line, size_t len, const char *after,
 {
     int            rc;
     queue_t       *q;
+    uintptr_t      gone;
     const char    *err;
     mq_request_t   req;
 
@@ -538,7 +576,14 @@ cmd_execute(conn_t *c, const char *line, size_t len, const char *after,
             }
             return CMD_DONE;
         }
-        queue_delete(q);
+        gone = (uintptr_t) q;
+        if (queue_delete(q) != 0) {
+            conn_out_str(c, srv.readonly ? RPL_WRITE_FAILED
+                                         : RPL_NO_RESOURCES);
+            return CMD_DONE;
+        }
+        /* items of replies still being sent died with the queue */
+        conn_queue_deleted(gone);
         if (!req.noreply) {
             conn_out_str(c, RPL_DELETED);
         }

@@ -8,21 +8,24 @@
  * without bound.  Closed connections are freed in conn_before_sleep(),
  * never inside an event, so no pointer to them outlives an iteration.
  *
- * A listener whose accept() fails (out of descriptors, say) is not
- * watched for ACCEPT_BACKOFF_MS, as the failure would repeat at once for
- * ever otherwise.
+ * Items of plain gets are acknowledged only once delivered (conn.h):
+ * sending_settle() runs after every write.  A listener whose accept()
+ * fails (out of descriptors, say) is not watched for ACCEPT_BACKOFF_MS,
+ * as the failure would repeat at once for ever otherwise.
  */
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <linux/sockios.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -36,8 +39,10 @@
 #define READS_PER_EVENT 4
 #define MAX_LISTENERS  16
 #define LINGER_MS      2000
+#define CONFIRM_POLL_MS 10         /* see conn_confirm() */
 #define ACCEPT_BACKOFF_MS 100
 #define ACCEPT_LOG_MS  1000        /* at most one accept error line */
+#define SHUTDOWN_DRAIN (1024 * 1024)
 
 typedef struct {
     loop_io_t     io;
@@ -70,6 +75,7 @@ static void conn_io(loop_io_t *io, unsigned events);
 static void conn_process(conn_t *c);
 static void conn_close(conn_t *c);
 static void conn_linger(conn_t *c);
+static void conn_confirm(conn_t *c);
 
 
 static void
@@ -96,6 +102,7 @@ conn_out_reserve(conn_t *c, size_t n)
     /* drop what was sent before growing */
     if (c->out_sent > 0) {
         memmove(c->out, c->out + c->out_sent, c->out_len - c->out_sent);
+        c->out_base += c->out_sent;
         c->out_len -= c->out_sent;
         c->out_ready -= c->out_sent;
         for (i = 0; i < c->nholds; i++) {
@@ -247,12 +254,233 @@ conn_sync_done(uint64_t durable, int failed)
 }
 
 
+int
+conn_out_item(conn_t *c, queue_t *q, const item_ref_t *ref)
+{
+    size_t      cap, n;
+    sending_t  *ns, *si;
+
+    if (c->nsending == c->sending_cap && c->sending_head > 0) {
+        n = c->nsending - c->sending_head;
+        memmove(c->sending, c->sending + c->sending_head,
+                n * sizeof(sending_t));
+        c->sending_open -= c->sending_head;
+        c->sending_head = 0;
+        c->nsending = n;
+    }
+
+    if (c->nsending == c->sending_cap) {
+        cap = c->sending_cap ? c->sending_cap * 2 : 16;
+        ns = realloc(c->sending, cap * sizeof(sending_t));
+        if (ns == NULL) {
+            return -1;
+        }
+        c->sending = ns;
+        c->sending_cap = cap;
+    }
+
+    si = &c->sending[c->nsending++];
+    si->end = c->out_base + c->out_len;
+    si->q = q;
+    si->set = NULL;
+    si->ref = *ref;
+
+    return 0;
+}
+
+
+/*
+ * Opens on their queues the items taken since the last write whose bytes
+ * that write did not deliver.  Done here rather than when they are taken,
+ * because most replies go out whole at once and then no open set is ever
+ * needed; nothing between the take and this write can see the item (no
+ * other connection runs, and queues save positions and drop segments
+ * only in queue_before_sleep()).
+ */
+static void
+sending_hold(conn_t *c)
+{
+    size_t      i;
+    sending_t  *si;
+
+    for (i = c->sending_open; i < c->nsending; i++) {
+        si = &c->sending[i];
+
+        if (si->q != NULL && queue_open(si->q, c, &si->set, &si->ref) != 0)
+        {
+            /* no memory to track it: delivered at most once, as a
+             * plain get used to be */
+            si->q = NULL;
+        }
+    }
+
+    c->sending_open = c->nsending;
+}
+
+
+/* Acknowledges the tracked items whose bytes end at or before stream
+ * offset `done`. */
+static void
+sending_release(conn_t *c, uint64_t done)
+{
+    size_t      i, k;
+    sending_t  *si;
+
+    for (k = c->sending_head;
+         k < c->nsending && c->sending[k].end <= done;
+         k++)
+    {
+        /* void */
+    }
+
+    /* newest first: each item's open set is then at or near the head of
+     * its queue's list of open sets, which closing walks; items not
+     * opened yet were taken for good already */
+    for (i = k; i > c->sending_head; i--) {
+        si = &c->sending[i - 1];
+        if (si->set != NULL) {
+            queue_close_open(si->q, c, &si->set);
+        }
+    }
+
+    c->sending_head = k;
+
+    if (c->sending_open < k) {
+        c->sending_open = k;
+    }
+
+    if (k == c->nsending) {
+        c->sending_head = 0;
+        c->sending_open = 0;
+        c->nsending = 0;
+    }
+}
+
+
+/*
+ * Acknowledges what has been delivered: bytes in the socket, or, once the
+ * client has half-closed, bytes its TCP has acknowledged (SIOCOUTQ counts
+ * those still unacknowledged).
+ */
+static void
+sending_settle(conn_t *c)
+{
+    int       unacked;
+    uint64_t  done;
+
+    if (c->sending_head == c->nsending) {
+        return;
+    }
+
+    done = c->out_base + c->out_sent;
+
+    if (c->eof) {
+        if (ioctl(c->io.fd, SIOCOUTQ, &unacked) != 0 || unacked < 0
+            || (uint64_t) unacked > done)
+        {
+            return;
+        }
+        done -= (uint64_t) unacked;
+    }
+
+    sending_release(c, done);
+}
+
+
+/* Gives back every tracked item not delivered: at the head of its queue,
+ * as a closed connection's open items go back. */
+static void
+sending_abort(conn_t *c)
+{
+    size_t      i;
+    sending_t  *si;
+
+    sending_hold(c);
+
+    for (i = c->sending_head; i < c->nsending; i++) {
+        si = &c->sending[i];
+        if (si->set != NULL) {
+            queue_abort_conn(&si->set);
+        }
+    }
+
+    c->sending_head = 0;
+    c->sending_open = 0;
+    c->nsending = 0;
+}
+
+
+void
+conn_queue_deleted(uintptr_t q)
+{
+    size_t   i;
+    conn_t  *c;
+
+    for (c = all_conns; c; c = c->anext) {
+        for (i = c->sending_head; i < c->nsending; i++) {
+            if ((uintptr_t) c->sending[i].q == q) {
+                c->sending[i].q = NULL;
+                c->sending[i].set = NULL;
+            }
+        }
+    }
+}
+
+
+/* 1 when the client is gone for good: reset, or our socket closed. */
+static int
+peer_gone(conn_t *c)
+{
+    int              err;
+    socklen_t        len;
+    struct tcp_info  ti;
+
+    err = 0;
+    len = sizeof(err);
+    if (getsockopt(c->io.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0
+        || err != 0)
+    {
+        return 1;
+    }
+
+    len = sizeof(ti);
+    if (getsockopt(c->io.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0
+        && ti.tcpi_state == TCP_CLOSE)
+    {
+        return 1;
+    }
+
+    return 0;
+}
+
+
+int
+conn_busy(void)
+{
+    conn_t  *c;
+
+    if (parked != NULL) {
+        return 1;
+    }
+
+    for (c = all_conns; c; c = c->anext) {
+        if (!c->closed
+            && (c->out_len > c->out_sent || c->sending_head < c->nsending))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 static void
 update_events(conn_t *c)
 {
     unsigned  ev;
 
-    if (c->closed || c->lingering) {
+    if (c->closed || c->lingering || c->confirming) {
         return;
     }
 
@@ -288,17 +516,23 @@ conn_write(conn_t *c)
                 continue;
             }
             if (errno == EAGAIN) {
-                return 0;
+                break;
             }
             return -1;
         }
         c->out_sent += (size_t) n;
     }
 
+    /* items delivered are acknowledged; those just taken whose bytes
+     * are still to go are opened */
+    sending_settle(c);
+    sending_hold(c);
+
     if (c->out_sent == c->out_len) {
         for (i = 0; i < c->nholds; i++) {
             c->holds[i].off = 0;
         }
+        c->out_base += c->out_len;
         c->out_sent = 0;
         c->out_len = 0;
         c->out_ready = 0;
@@ -323,6 +557,10 @@ conn_close(conn_t *c)
     }
 
     log_debug("conn", "fd %d: closed", c->io.fd);
+
+    /* what has been delivered is acknowledged, the rest goes back */
+    sending_settle(c);
+    sending_abort(c);
 
     c->closed = 1;
     conn_set_state(c, CONN_CLOSING);
@@ -370,6 +608,7 @@ conn_free(conn_t *c)
     free(c->in);
     free(c->out);
     free(c->holds);
+    free(c->sending);
     free(c->val);
     free(c);
 }
@@ -409,6 +648,11 @@ timer_handler(loop_timer_t *t)
         return;
     }
 
+    if (c->confirming) {
+        conn_confirm(c);
+        return;
+    }
+
     conn_wake(c);
 }
 
@@ -428,7 +672,7 @@ conn_linger(conn_t *c)
     }
 
     if (c->eof) {
-        conn_close(c);
+        conn_confirm(c);
         return;
     }
 
@@ -439,6 +683,49 @@ conn_linger(conn_t *c)
     queue_abort_conn(&c->opensets);
     loop_timer_add(&c->timer, LINGER_MS);
     loop_mod(&c->io, LOOP_READ);
+}
+
+
+/*
+ * A half-closed client has had every reply; before closing, wait (up to
+ * LINGER_MS) until its TCP has acknowledged the bytes of the items it was
+ * sent.  A client that closed entirely, rather than half, cannot be told
+ * apart before that: its TCP answers those bytes with a reset, and the
+ * items go back instead of being lost.  Polled: no event says "all
+ * acknowledged", and with our side shut down too epoll would report a
+ * hang-up all the time.
+ */
+static void
+conn_confirm(conn_t *c)
+{
+    if (!c->confirming) {
+        sending_settle(c);
+
+        if (c->sending_head == c->nsending) {
+            conn_close(c);
+            return;
+        }
+
+        shutdown(c->io.fd, SHUT_WR);
+        loop_del(&c->io);
+        c->confirming = 1;
+        c->confirm_deadline = loop_now() + LINGER_MS;
+
+        /* the conversation is over: open items go back now */
+        queue_abort_conn(&c->opensets);
+
+    } else {
+        sending_settle(c);
+
+        if (c->sending_head == c->nsending || peer_gone(c)
+            || loop_now() >= c->confirm_deadline)
+        {
+            conn_close(c);
+            return;
+        }
+    }
+
+    loop_timer_add(&c->timer, CONFIRM_POLL_MS);
 }
 
 
@@ -655,6 +942,17 @@ conn_io(loop_io_t *io, unsigned events)
         return;
     }
 
+    if (c->confirming) {
+        return;
+    }
+
+    if (c->eof && (events & LOOP_READ) && peer_gone(c)) {
+        /* a half-closed connection no longer asks for reads, so this is
+         * a reset or error: nobody is left to take a reply */
+        conn_close(c);
+        return;
+    }
+
     if (events & LOOP_WRITE) {
         if (conn_write(c) != 0) {
             conn_close(c);
@@ -679,12 +977,8 @@ conn_io(loop_io_t *io, unsigned events)
                      0);
 
             if (n == 0) {
-                if (c->state == CONN_WAIT) {
-                    /* nobody is left to take the item we wait for */
-                    conn_close(c);
-                    return;
-                }
-                /* half-closed: answer what was sent, then close */
+                /* half-closed: answer what was sent, a long poll too
+                 * (`printf 'get q/t=2000\r\n' | nc`), then close */
                 c->eof = 1;
                 break;
             }
@@ -949,13 +1243,37 @@ conn_listen(const char *addr)
 }
 
 
+/*
+ * Input nobody will read makes close() reset the connection, and a reset
+ * throws away what is still in the socket buffer for the client: replies
+ * whose items count as delivered.  So read and drop what is there first.
+ */
+static void
+drain_input(conn_t *c)
+{
+    size_t   total;
+    ssize_t  n;
+    char     buf[16384];
+
+    for (total = 0; total < SHUTDOWN_DRAIN; total += (size_t) n) {
+        n = recv(c->io.fd, buf, sizeof(buf), 0);
+        if (n <= 0) {
+            return;
+        }
+    }
+}
+
+
 void
 conn_shutdown(void)
 {
     conn_t  *c;
 
     for (c = all_conns; c; c = c->anext) {
-        conn_close(c);
+        if (!c->closed) {
+            drain_input(c);
+            conn_close(c);
+        }
     }
 
     while ((c = free_list) != NULL) {

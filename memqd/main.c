@@ -3,7 +3,9 @@
  *
  * Signals arrive through a signalfd in the event loop, so handlers run as
  * ordinary loop callbacks: SIGTERM/SIGINT stop accepting, answer long
- * polls, finish replies, fsync and exit 0; SIGHUP re-reads --config.
+ * polls, finish replies (for up to --shutdown-timeout; items of replies
+ * not delivered by then go back to their queues), fsync and exit 0;
+ * SIGHUP re-reads --config.
  */
 
 #include <errno.h>
@@ -36,14 +38,13 @@
 #include "sys.h"
 
 #define MAX_LISTEN       16
-#define STOP_GRACE_MS    1500   /* replies in flight get this long */
+#define SHUTDOWN_TIMEOUT_MAX  86400   /* s */
 
 server_t             srv;
 
 static loop_io_t     sig_io;
 static loop_timer_t  interval_timer;
 static loop_timer_t  stop_timer;
-static uint64_t      stop_deadline;
 
 
 uint64_t
@@ -64,7 +65,7 @@ usage(FILE *f)
         "             [--sync always|interval=MS|none] [--max-item-size N]\n"
         "             [--segment-size N] [--journal-size N] [--config FILE]\n"
         "             [--check]\n"
-        "             [--max-connections N] [-v]\n"
+        "             [--max-connections N] [--shutdown-timeout S] [-v]\n"
         "             [--etcd URL[,URL...] --advertise HOST:PORT "
         "--cluster NAME\n"
         "              [--weight N]]\n");
@@ -79,8 +80,11 @@ before_sleep(void)
     busy = conn_before_sleep();
     busy |= queue_before_sleep();
 
-    if (srv.stopping && loop_now() >= stop_deadline) {
+    if (srv.stopping && !conn_busy()) {
+        /* every reply is out (stop_timer ends the wait otherwise); do
+         * not block in this last wait */
         loop_stop();
+        return 1;
     }
 
     return busy;
@@ -119,9 +123,10 @@ signal_handler(loop_io_t *io, unsigned events)
             conn_close_listeners();
             etcd_stop_request();
             queue_wake_all_waiters();
-            stop_deadline = loop_now() + STOP_GRACE_MS;
-            /* replies still in flight get a short grace period */
-            loop_timer_add(&stop_timer, 50);
+            /* replies in flight, STOREDs waiting for their fsync too,
+             * get until then; before_sleep() stops sooner when they are
+             * all out */
+            loop_timer_add(&stop_timer, srv.shutdown_timeout);
             break;
 
         default:
@@ -132,15 +137,36 @@ signal_handler(loop_io_t *io, unsigned events)
 
 
 static void
-stop_check(loop_timer_t *t)
+stop_timeout(loop_timer_t *t)
 {
-    if (!conn_parked() || loop_now() >= stop_deadline) {
-        loop_stop();
-        return;
+    if (conn_busy()) {
+        log_warn("main", "--shutdown-timeout passed with replies still in "
+                 "flight: their undelivered items go back to their queues");
     }
 
-    /* idle connections do not hold us up, STOREDs waiting for fsync do */
-    loop_timer_add(t, 50);
+    loop_stop();
+}
+
+
+/* Decimal seconds, digits only. */
+static int
+parse_seconds(const char *s, uint64_t *out)
+{
+    uint64_t  v;
+
+    if (*s == '\0') {
+        return -1;
+    }
+
+    for (v = 0; *s; s++) {
+        if (*s < '0' || *s > '9' || v > UINT32_MAX) {
+            return -1;
+        }
+        v = v * 10 + (uint64_t) (*s - '0');
+    }
+
+    *out = v;
+    return 0;
 }
 
 
@@ -248,6 +274,7 @@ main(int argc, char **argv)
         { "check",           no_argument,       NULL, 'K' },
         { "config",          required_argument, NULL, 'c' },
         { "max-connections", required_argument, NULL, 'C' },
+        { "shutdown-timeout", required_argument, NULL, 'T' },
         { "etcd",            required_argument, NULL, ETCD_OPT_URLS },
         { "advertise",       required_argument, NULL, ETCD_OPT_ADVERTISE },
         { "cluster",         required_argument, NULL, ETCD_OPT_CLUSTER },
@@ -263,6 +290,7 @@ main(int argc, char **argv)
     srv.segment_size = 64 * 1024 * 1024;
     srv.journal_size = 64 * 1024 * 1024;
     srv.max_conns = 10000;
+    srv.shutdown_timeout = 10000;
     nlisten = 0;
 
     while ((opt = getopt_long(argc, argv, "l:d:s:m:S:J:Kc:C:vh", longopts,
@@ -324,6 +352,14 @@ main(int argc, char **argv)
                 return 2;
             }
             srv.max_conns = v;
+            break;
+        case 'T':
+            if (parse_seconds(optarg, &v) != 0 || v > SHUTDOWN_TIMEOUT_MAX) {
+                fprintf(stderr, "memqd: bad --shutdown-timeout \"%s\" "
+                        "(seconds, 0 to %d)\n", optarg, SHUTDOWN_TIMEOUT_MAX);
+                return 2;
+            }
+            srv.shutdown_timeout = v * 1000;
             break;
         case ETCD_OPT_URLS:
         case ETCD_OPT_ADVERTISE:
@@ -417,7 +453,7 @@ main(int argc, char **argv)
         loop_timer_add(&interval_timer, srv.sync_interval);
     }
 
-    stop_timer.handler = stop_check;
+    stop_timer.handler = stop_timeout;
 
     log_info("main", "memqd %s started, pid %d, data %s, sync %s",
              MEMQD_VERSION, (int) getpid(), srv.data_dir,

@@ -1,5 +1,6 @@
 """Issue 7, connection side: absurd byte counts, accept errors under a
-descriptor limit, flush_all <delay>."""
+descriptor limit, flush_all <delay>, long polls of half-closed clients,
+SIGTERM with replies in flight (--shutdown-timeout)."""
 
 import os
 import resource
@@ -228,3 +229,379 @@ def test_issue7_flush_all_later_one_replaces_pending(server, client):
     assert client.cmd("flush_all 1") == "OK"
     wait_for(lambda: client.qstats(q)["items"] == 0, timeout=5,
              what="flush_all 1 after flush_all 100")
+
+
+# ------------------------------------------------- half-closed long polls
+
+def _raw(addr):
+    s = socket.create_connection(addr, timeout=10 * SLOW)
+    s.settimeout(10 * SLOW)
+    return s
+
+
+def _read_to_eof(s, timeout):
+    end = time.monotonic() + timeout * SLOW
+    buf = b""
+    while time.monotonic() < end:
+        s.settimeout(max(0.01, end - time.monotonic()))
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            return buf, "reset"
+        if not chunk:
+            return buf, "eof"
+        buf += chunk
+    return buf, "timeout"
+
+
+def test_issue7_half_closed_long_poll_times_out_with_end(server, client):
+    q = qname()
+    client.store(q, b"seed")
+    assert client.getdata(q) == b"seed"         # the queue exists, empty
+    s = _raw(server.addr)
+    try:
+        t0 = time.monotonic()
+        s.sendall(b"get %s/t=1000\r\n" % q.encode())
+        s.shutdown(socket.SHUT_WR)
+        buf, how = _read_to_eof(s, 10)
+        assert buf == b"END\r\n", (buf, how)
+        assert how == "eof", how
+        assert time.monotonic() - t0 >= 0.9, "answered before /t= passed"
+    finally:
+        s.close()
+
+
+def test_issue7_half_closed_long_poll_gets_the_item(server, client):
+    q = qname()
+    s = _raw(server.addr)
+    try:
+        s.sendall(b"get %s/t=20000\r\n" % q.encode())
+        s.shutdown(socket.SHUT_WR)
+        wait_for(lambda: client.stats().get("curr_waiters") == "1",
+                 timeout=5, what="half-closed poller parked")
+        client.store(q, b"for-the-poller")
+        buf, how = _read_to_eof(s, 10)
+        assert buf == b"VALUE %s/t=20000 0 14\r\nfor-the-poller\r\nEND\r\n" \
+            % q.encode(), (buf, how)
+        assert how == "eof", how
+    finally:
+        s.close()
+    assert client.get(q) is None, "the item was delivered and is still there"
+
+
+def test_issue7_half_closed_pipelined_long_polls(server, client):
+    """Several commands then EOF: every one is answered, the long poll in
+    the middle included, and then the connection is closed."""
+    q = qname()
+    s = _raw(server.addr)
+    try:
+        s.sendall(b"version\r\nget %s/t=500\r\nget %s/peek\r\n"
+                  % (q.encode(), q.encode()))
+        s.shutdown(socket.SHUT_WR)
+        buf, how = _read_to_eof(s, 10)
+        assert buf.startswith(b"VERSION memqd "), buf
+        assert buf.endswith(b"\r\nEND\r\nEND\r\n"), buf
+        assert how == "eof", how
+    finally:
+        s.close()
+
+
+def test_issue7_fully_closed_long_poll_released(server, client):
+    """A client that closes (not half-closes) while in a long poll leaves
+    no waiter behind for long, and an item stored then is not lost."""
+    q = qname()
+    s = _raw(server.addr)
+    s.sendall(b"get %s/open/t=1000\r\n" % q.encode())
+    wait_for(lambda: client.stats().get("curr_waiters") == "1",
+             timeout=5, what="poller parked")
+    s.close()
+    wait_for(lambda: client.stats().get("curr_waiters") == "0",
+             timeout=5, what="the closed poller released")
+    client.store(q, b"kept")
+    wait_for(lambda: client.qstats(q).get("open_items") == 0, timeout=5,
+             what="nothing left open")
+    assert client.getdata(q) == b"kept"
+
+
+def test_issue7_closed_long_poll_does_not_eat_the_item(server, client):
+    """A client that closes entirely (not half) during a plain long poll
+    cannot be told from one that half-closed until bytes reach it: the
+    item it is sent comes back when its TCP answers with a reset, and the
+    next consumer gets it."""
+    q = qname()
+    client.store(q, b"seed")
+    assert client.getdata(q) == b"seed"
+    s = _raw(server.addr)
+    s.sendall(b"get %s/t=20000\r\n" % q.encode())
+    wait_for(lambda: client.qstats(q).get("waiters") == 1, timeout=5,
+             what="poller parked")
+    s.close()
+    client.store(q, b"kept")
+    got = wait_for(lambda: client.getdata(q), timeout=5,
+                   what="the item back from the closed poller")
+    assert got == b"kept"
+    wait_for(lambda: client.qstats(q).get("waiters") == 0, timeout=5,
+             what="the closed poller gone")
+    st = client.qstats(q)
+    assert st["items"] == 0 and st["open_items"] == 0, st
+
+
+# ------------------------------------------------- SIGTERM, replies in flight
+
+VALUE_SIZE = 900000
+NVALUES = 12
+
+
+def _fill(c, q):
+    for i in range(NVALUES):
+        c.store(q, (b"%02d" % i) * (VALUE_SIZE // 2))
+
+
+class Reader:
+    """Parses a stream of VALUE blocks as it arrives; counts the values
+    received whole (data and CRLF)."""
+
+    def __init__(self):
+        self.buf = bytearray()
+        self.values = []
+        self.ends = 0
+
+    def feed(self, data):
+        self.buf += data
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i < 0:
+                return
+            line = bytes(self.buf[:i])
+            if line == b"END":
+                del self.buf[:i + 2]
+                self.ends += 1
+                continue
+            parts = line.split(b" ")
+            assert parts[0] == b"VALUE", line[:100]
+            n = int(parts[3])
+            if len(self.buf) < i + 2 + n + 2:
+                return
+            data = bytes(self.buf[i + 2:i + 2 + n])
+            assert self.buf[i + 2 + n:i + 4 + n] == b"\r\n"
+            del self.buf[:i + 4 + n]
+            self.values.append(data)
+
+
+def _small_rcvbuf_socket(addr):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    s.settimeout(10 * SLOW)
+    s.connect(addr)
+    return s
+
+
+def _drain_queue(s, q):
+    c = s.connect(timeout=20)
+    got = []
+    while True:
+        items = c.get_items(q + "/n=1", timeout=20)
+        if not items:
+            break
+        got.extend(i.data for i in items)
+    c.close()
+    return got
+
+
+@pytest.mark.parametrize("timeout", [1, 3])
+def test_issue7_sigterm_slow_reader_loses_nothing(memqd_factory, timeout):
+    """SIGTERM while a 10-value reply goes to a reader that takes a few KB
+    every 100 ms: memqd waits --shutdown-timeout, closes the connection,
+    exits 0; every value the reader did not receive whole is still in the
+    queue after a restart, and no value is in both places."""
+    s = memqd_factory(args=["--shutdown-timeout", str(timeout)])
+    q = qname()
+    c = s.connect(timeout=20)
+    _fill(c, q)
+    c.close()
+
+    sock = _small_rcvbuf_socket(s.addr)
+    r = Reader()
+    try:
+        sock.sendall(b"get %s/n=12\r\n" % q.encode())
+        # slow: a few KB every 100 ms, for a while
+        for _ in range(5):
+            r.feed(sock.recv(4096))
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        s.signal(signal.SIGTERM)
+        while s.proc.poll() is None and \
+                time.monotonic() - t0 < (timeout + 5) * SLOW:
+            try:
+                r.feed(sock.recv(4096))
+            except socket.timeout:
+                pass
+            time.sleep(0.1)
+        rc = s.proc.wait(10 * SLOW)
+        took = time.monotonic() - t0
+        # then everything that is there, up to EOF
+        sock.settimeout(10 * SLOW)
+        while True:
+            try:
+                chunk = sock.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            r.feed(chunk)
+    finally:
+        sock.close()
+    s.proc = None
+    assert rc == 0, "memqd exit status %r" % rc
+    s.check_sanitizer()
+    assert took >= timeout * 0.9, "stopped after %.2fs, before the " \
+        "--shutdown-timeout of %ds" % (took, timeout)
+    assert took < timeout + 2 * SLOW, "stopping took %.2fs" % took
+    assert r.ends == 0, "the slow reader got the whole reply"
+
+    s.start()
+    left = _drain_queue(s, q)
+    received = r.values
+    allv = [(b"%02d" % i) * (VALUE_SIZE // 2) for i in range(NVALUES)]
+    assert len(received) + len(left) == NVALUES, \
+        "%d received whole + %d still queued != %d" % (
+            len(received), len(left), NVALUES)
+    assert sorted(received + left) == allv, "a value lost or duplicated"
+    # order is kept: the head of the queue is the first value not received
+    assert received == allv[:len(received)]
+    assert left == allv[len(received):]
+
+
+def test_issue7_sigterm_normal_reader_gets_everything(memqd_factory):
+    """SIGTERM while two 900 KB-value replies (10 + 2 values) are in
+    flight to a reader that reads at an ordinary pace (64 KB every 5 ms,
+    about a second for the lot): the reader gets all 12, then EOF, and
+    memqd exits 0 as soon as they are out."""
+    s = memqd_factory()
+    q = qname()
+    c = s.connect(timeout=20)
+    _fill(c, q)
+    c.close()
+
+    sock = _small_rcvbuf_socket(s.addr)
+    r = Reader()
+    try:
+        sock.sendall(b"get %s/n=12\r\nget %s/n=12\r\n"
+                     % (q.encode(), q.encode()))
+        r.feed(sock.recv(4096))
+        t0 = time.monotonic()
+        s.signal(signal.SIGTERM)
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            r.feed(chunk)
+            time.sleep(0.005)
+        rc = s.proc.wait(10 * SLOW)
+        took = time.monotonic() - t0
+    finally:
+        sock.close()
+    s.proc = None
+    assert rc == 0
+    s.check_sanitizer()
+    assert r.ends == 2, "both replies ended"
+    assert len(r.values) == NVALUES
+    assert took < 5 * SLOW, "stopping took %.2fs" % took
+    s.start()
+    assert _drain_queue(s, q) == []
+
+
+def test_issue7_client_gone_mid_reply_gives_unwritten_items_back(
+        memqd_factory):
+    """A plain get whose reply cannot be written completely (the client
+    resets the connection): the values not written whole go back to the
+    queue instead of being lost."""
+    s = memqd_factory()
+    q = qname()
+    c = s.connect(timeout=20)
+    _fill(c, q)
+    sock = _small_rcvbuf_socket(s.addr)
+    sock.sendall(b"get %s/n=12\r\n" % q.encode())
+    r = Reader()
+    r.feed(sock.recv(4096))
+    wait_for(lambda: c.qstats(q).get("open_items", 0) > 0, timeout=5,
+             what="the reply to be in flight")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                    b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()                        # reset
+    wait_for(lambda: c.qstats(q).get("open_items") == 0, timeout=5,
+             what="the reply's items released")
+    st = c.qstats(q)
+    # at most what fits in socket buffers was written; the rest is back
+    assert st["items"] >= NVALUES - 6, st
+    got = _drain_queue(s, q)
+    allv = [(b"%02d" % i) * (VALUE_SIZE // 2) for i in range(NVALUES)]
+    assert got == allv[NVALUES - len(got):], "order or content changed"
+    c.close()
+
+
+def test_issue7_shutdown_timeout_option_checked(memqd_factory):
+    for bad in ["-1", "x", "1.5", "", "100000000000000000000"]:
+        s = memqd_factory(args=["--shutdown-timeout", bad], wait=False)
+        s.spawn()
+        assert s.proc.wait(10 * SLOW) == 2, bad
+        s.proc = None
+    s = memqd_factory(args=["--shutdown-timeout", "0"])
+    assert s.connect().cmd("version").startswith("VERSION memqd ")
+
+
+# ------------------------------------------------- plain get, socket order
+
+def test_issue7_plain_get_leaves_nothing_open(memqd_factory):
+    """Items of a plain get reply stay owed (open) until their bytes are in
+    the socket, then they are gone for good; a normal get leaves nothing
+    open behind."""
+    s = memqd_factory()
+    q = qname()
+    c = s.connect()
+    for i in range(5):
+        c.store(q, b"v%d" % i)
+    assert [i.data for i in c.get_items(q + "/n=3")] == [b"v0", b"v1", b"v2"]
+    st = c.qstats(q)
+    assert st["open_items"] == 0 and st["items"] == 2, st
+    c.close()
+    s.restart()
+    c = s.connect()
+    assert [i.data for i in c.drain(q)] == [b"v3", b"v4"]
+    c.close()
+
+
+def test_issue7_delete_queue_while_reply_in_flight(memqd_factory):
+    """delete of a queue whose items are still being written to a slow
+    reader: no crash, the reader's connection goes on or closes cleanly."""
+    s = memqd_factory()
+    q = qname()
+    c = s.connect(timeout=20)
+    _fill(c, q)
+    sock = _small_rcvbuf_socket(s.addr)
+    sock.sendall(b"get %s/n=12\r\n" % q.encode())
+    sock.recv(4096)
+    wait_for(lambda: c.qstats(q).get("open_items", 0) > 0, timeout=5,
+             what="the reply to be in flight")
+    assert c.cmd("delete %s" % q) == "DELETED"
+    done = threading.Event()
+
+    def read_all():
+        try:
+            while sock.recv(1 << 20):
+                pass
+        except OSError:
+            pass
+        done.set()
+
+    t = threading.Thread(target=read_all, daemon=True)
+    t.start()
+    sock.shutdown(socket.SHUT_WR)
+    assert done.wait(20 * SLOW)
+    sock.close()
+    assert c.cmd("version").startswith("VERSION memqd ")
+    assert c.get(q) is None
+    c.close()
+
