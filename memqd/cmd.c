@@ -36,6 +36,12 @@
 #define EXPTIME_REL_MAX 2592000            /* 30 days, as memcached */
 #define FLUSH_DELAY_MAX ((uint64_t) 3650 * 86400)   /* ten years, in s */
 
+/* get_key() results */
+#define GET_NONE        0               /* no item */
+#define GET_ITEMS       1               /* items added to the reply */
+#define GET_WAIT       -1               /* long poll: the connection waits */
+#define GET_FAILED     -2               /* a queue could not be read now */
+
 
 static log_rate_t    client_errors = { "cmd", 10, 0, 0, 0 };
 static loop_timer_t  flush_timer;      /* a pending `flush_all <delay>` */
@@ -271,8 +277,9 @@ give_back(conn_t *c, queue_t *q, const item_ref_t *ref)
 
 
 /*
- * One key of a get: 1 if it produced items, 0 if not, -1 if the
- * connection must wait (single-key long poll).
+ * One key of a get: GET_ITEMS if it added items to the reply, GET_NONE if
+ * not, GET_WAIT if the connection must wait (single-key long poll),
+ * GET_FAILED if the queue could not be read now and nothing was added.
  *
  * Items of a plain get (neither /open nor /peek) stay owed until their
  * bytes are delivered, see conn_out_item().
@@ -281,7 +288,7 @@ static int
 get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
     int with_cas, int may_wait)
 {
-    int        taking;
+    int        taking, rc;
     item_t     it;
     queue_t   *q;
     uint32_t   i, got;
@@ -312,7 +319,19 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
                 break;
             }
 
-            if (!queue_take(q, o->peek, &it)) {
+            rc = queue_take(q, o->peek, &it);
+
+            if (rc < 0) {
+                /* the item stays queued; what this reply has so far
+                 * goes out, as when it stops at REPLY_SOFT_MAX */
+                if (got == 0) {
+                    c->wait_deadline = 0;
+                    return GET_FAILED;
+                }
+                break;
+            }
+
+            if (rc == 0) {
                 break;
             }
 
@@ -345,7 +364,7 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
     if (got > 0) {
         srv.get_hits++;
         c->wait_deadline = 0;
-        return 1;
+        return GET_ITEMS;
     }
 
     if (taking && may_wait && o->wait_ms > 0 && !srv.stopping) {
@@ -364,21 +383,21 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
                 queue_wait_add(q, c);
                 loop_timer_add(&c->timer, c->wait_deadline - now);
                 c->state = CONN_WAIT;
-                return -1;
+                return GET_WAIT;
             }
         }
     }
 
     c->wait_deadline = 0;
     srv.get_misses++;
-    return 0;
+    return GET_NONE;
 }
 
 
 static int
 do_get(conn_t *c, const mq_request_t *req, int with_cas)
 {
-    int             rc, nkeys;
+    int             rc, nkeys, got;
     size_t          key_len;
     const char     *p, *end, *key, *err;
     mq_get_opts_t   opts;
@@ -397,14 +416,27 @@ do_get(conn_t *c, const mq_request_t *req, int with_cas)
     }
 
     p = req->rest;
+    got = 0;
 
     while (mq_proto_next_key(&p, end, &key, &key_len) == MQ_OK) {
         mq_proto_parse_get_key(key, key_len, &opts, &err);
 
         rc = get_key(c, key, key_len, &opts, with_cas, nkeys == 1);
-        if (rc < 0) {
+
+        if (rc == GET_WAIT) {
             return CMD_WAIT;
         }
+
+        if (rc == GET_FAILED) {
+            if (got == 0) {
+                conn_out_str(c, RPL_NO_RESOURCES);
+                return CMD_DONE;
+            }
+            /* values are in the reply already: end it with them */
+            break;
+        }
+
+        got += rc == GET_ITEMS;
     }
 
     conn_out_str(c, RPL_END);
