@@ -115,6 +115,12 @@ do_set(conn_t *c, const char *key, size_t key_len, uint32_t flags,
         return;
     }
 
+    if (rc == QUEUE_NOFD) {
+        /* descriptors or memory short: this request fails, not the node */
+        conn_out_str(c, RPL_NO_RESOURCES);
+        return;
+    }
+
     if (rc != QUEUE_OK) {
         conn_out_str(c, RPL_WRITE_FAILED);
         return;
@@ -522,6 +528,7 @@ do_stats(conn_t *c)
     conn_out_str(c, "STAT version " MEMQD_VERSION "\r\n");
     out_stat(c, "curr_connections", srv.curr_conns);
     out_stat(c, "curr_waiters", srv.curr_waiters);
+    out_stat(c, "corrupt_records", srv.corrupt_records);
     out_stat(c, "total_connections", srv.total_conns);
     out_stat(c, "cmd_get", srv.cmd_get);
     out_stat(c, "cmd_set", srv.cmd_set);

@@ -749,6 +749,20 @@ linger_read(conn_t *c)
 }
 
 
+/* 1 when a waiting client reset its connection.  A FIN is not enough: it
+ * may be a half-close from a client that still wants its reply (printf
+ * ... | nc).  Pending input is left in place. */
+static int
+waiter_left(conn_t *c)
+{
+    char     b;
+    ssize_t  n;
+
+    n = recv(c->io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && errno != EAGAIN && errno != EINTR;
+}
+
+
 int
 conn_before_sleep(void)
 {
@@ -767,6 +781,12 @@ conn_before_sleep(void)
         }
 
         if (c->state == CONN_WAIT) {
+            if (waiter_left(c)) {
+                /* it left while it waited: an item must not go to
+                 * it; the queue wakes the next waiter instead */
+                conn_close(c);
+                continue;
+            }
             conn_set_state(c, CONN_READ);
         }
 
