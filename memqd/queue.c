@@ -578,7 +578,7 @@ read_record(queue_t *q, size_t si, uint64_t off, mq_frame_hdr_t *h,
     }
 
     want = limit - off < RBUF_SIZE ? (size_t) (limit - off) : RBUF_SIZE;
-    n = pread(fd, q->rbuf, want, (off_t) off);
+    n = sys.pread(fd, q->rbuf, want, (off_t) off);
     if (n < 0) {
         log_error("queue", "%s/%020" PRIu64 ".seg:%" PRIu64 ": read: %s",
                   q->name, s->id, off, strerror(errno));
@@ -611,7 +611,7 @@ read_record(queue_t *q, size_t si, uint64_t off, mq_frame_hdr_t *h,
         scratch_cap = want;
     }
 
-    n = pread(fd, scratch, want, (off_t) off);
+    n = sys.pread(fd, scratch, want, (off_t) off);
     if (n < 0) {
         return RD_BUSY;
     }
@@ -662,7 +662,7 @@ skip_damage(queue_t *q, size_t si, uint64_t off, uint64_t *next,
 
     for (pos = off + 1; pos < limit; pos += RBUF_SIZE - MQ_FRAME_HDR_SIZE) {
         want = limit - pos < RBUF_SIZE ? (size_t) (limit - pos) : RBUF_SIZE;
-        n = pread(fd, q->rbuf, want, (off_t) pos);
+        n = sys.pread(fd, q->rbuf, want, (off_t) pos);
         if (n < 0) {
             q->rlen = 0;
             return -1;
@@ -1046,6 +1046,48 @@ queue_take(queue_t *q, int peek, item_t *it)
 }
 
 
+/* Puts one taken item back at the head of q, in seq order among the items
+ * given back.  Memory for it is tried hard: the queue's given-back array
+ * only grows by one. */
+static void
+return_ref(queue_t *q, const item_ref_t *ref)
+{
+    size_t       i, n;
+    item_ref_t  *nr;
+
+    if (q->rhead > 0) {
+        /* room in front: compact first */
+        memmove(q->ret, q->ret + q->rhead,
+                (q->nret - q->rhead) * sizeof(item_ref_t));
+        q->nret -= q->rhead;
+        q->rhead = 0;
+    }
+
+    if (q->nret == q->ret_cap) {
+        nr = realloc(q->ret, (q->ret_cap + 1) * sizeof(item_ref_t));
+        if (nr == NULL) {
+            log_error("queue", "%s: id %" PRIu64 " lost: out of memory",
+                      q->name, ref->seq);
+            return;
+        }
+        q->ret = nr;
+        q->ret_cap++;
+    }
+
+    n = q->nret;
+    for (i = 0; i < n && q->ret[i].seq < ref->seq; i++) {
+        /* void */
+    }
+    memmove(q->ret + i + 1, q->ret + i, (n - i) * sizeof(item_ref_t));
+    q->ret[i] = *ref;
+    q->nret++;
+    q->items++;
+    q->bytes += ref->len;
+    q->pos_dirty = 1;
+    mark_dirty(q);
+}
+
+
 static openset_t *
 find_set(queue_t *q, openset_t *sets)
 {
@@ -1102,7 +1144,9 @@ queue_open(queue_t *q, conn_t *c, openset_t **conn_sets,
 
 fail:
 
+    /* the item was taken: put it back at the head rather than lose it */
     log_error("queue", "%s: out of memory for open items", q->name);
+    return_ref(q, ref);
     return -1;
 }
 
@@ -1466,7 +1510,7 @@ head_ctime(queue_t *q, uint64_t *ctime)
 
     } else {
         fd = seg_fd(q, si);
-        if (fd == -1 || pread(fd, b, hdr_size(s), (off_t) off)
+        if (fd == -1 || sys.pread(fd, b, hdr_size(s), (off_t) off)
                         != (ssize_t) hdr_size(s))
         {
             return -1;

@@ -10,10 +10,11 @@
 #include "log.h"
 #include "sys.h"
 
-sys_ops_t  sys = { pwrite, pwritev, fdatasync };
+sys_ops_t  sys = { pwrite, pwritev, fdatasync, pread };
 
 static long  writes_left = -1;   /* loop thread only */
 static long  syncs_left = -1;    /* sync thread only */
+static long  read_fails;         /* loop thread only */
 
 
 static ssize_t
@@ -55,6 +56,19 @@ faulty_fdatasync(int fd)
 }
 
 
+static ssize_t
+faulty_pread(int fd, void *buf, size_t n, off_t off)
+{
+    if (read_fails > 0) {
+        read_fails--;
+        errno = EIO;
+        return -1;
+    }
+
+    return pread(fd, buf, n, off);
+}
+
+
 void
 sys_init(void)
 {
@@ -73,5 +87,12 @@ sys_init(void)
         syncs_left = atol(v);
         sys.fdatasync = faulty_fdatasync;
         log_warn("sys", "test fault: fdatasync fails after %ld", syncs_left);
+    }
+
+    v = getenv("MEMQD_FAULT_READ_FAILS");
+    if (v != NULL) {
+        read_fails = atol(v);
+        sys.pread = faulty_pread;
+        log_warn("sys", "test fault: the first %ld reads fail", read_fails);
     }
 }

@@ -5,6 +5,8 @@
  * At start-up, sys_init() reads two variables meant for tests only:
  *   MEMQD_FAULT_WRITE_AFTER=N   segment writes fail with ENOSPC after N
  *   MEMQD_FAULT_FSYNC_AFTER=N   fdatasync fails with EIO after N calls
+ *   MEMQD_FAULT_READ_FAILS=N    the first N reads of queue files (not
+ *                               the recovery scan) fail with EIO
  */
 
 #ifndef MEMQD_SYS_H
@@ -18,6 +20,7 @@ typedef struct {
     ssize_t  (*pwrite)(int fd, const void *buf, size_t n, off_t off);
     ssize_t  (*pwritev)(int fd, const struct iovec *iov, int cnt, off_t off);
     int      (*fdatasync)(int fd);
+    ssize_t  (*pread)(int fd, void *buf, size_t n, off_t off);
 } sys_ops_t;
 
 extern sys_ops_t  sys;

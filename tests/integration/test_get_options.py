@@ -2,6 +2,8 @@
 rule that reading a missing queue creates nothing (DESIGN §1, §3)."""
 
 import threading
+import socket
+import struct
 import time
 
 import pytest
@@ -180,8 +182,11 @@ def test_disconnected_waiter_does_not_eat_items(client, connect):
     client.store(q, b"x")
     client.get(q)
     poller = connect()
-    poller.send("get %s/t=10000\r\n" % q)
+    poller.send("get %s/t=60000\r\n" % q)
     _wait_waiters(client, q, 1)
+    # a reset: a FIN alone may be a half-close that still wants its reply
+    poller.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                           struct.pack("ii", 1, 0))
     poller.close()
     _wait_waiters(client, q, 0)
     client.store(q, b"kept")

@@ -149,3 +149,32 @@ def test_fsync_failure_racing_a_batch(memqd_factory):
             "writer %d: %d STORED, got %d back" % (w, len(stored[w]),
                                                    len(got))
     c.close()
+
+
+def test_read_failure_skips_nothing(memqd_factory):
+    """A read that fails (EIO, here through the fault seam) answers
+    SERVER_ERROR out of resources and skips nothing: the item stays at the
+    head, the count stays, nothing is counted as damaged, and once reads
+    work again every item comes out in order."""
+    s = memqd_factory()
+    c = s.connect()
+    q = qname("rd")
+    payloads = [b"r-%03d|" % i * 40 for i in range(30)]
+    for p in payloads:
+        c.store(q, p)
+    c.close()
+    s.stop_checked()            # the items are in the files now
+
+    s.extra_env = {"MEMQD_FAULT_READ_FAILS": "3"}
+    s.start()
+    c = s.connect()
+    # each of the first three reads fails: an error, not END, not an item
+    for _ in range(3):
+        c.send("get %s\r\n" % q)
+        assert c.line() == "SERVER_ERROR out of resources"
+    st = c.stats()
+    assert int(st["queue_%s_items" % q]) == len(payloads)
+    assert int(st["corrupt_records"]) == 0
+    got = [i.data for i in c.get_items(q + "/n=1000")]
+    assert got == payloads
+    c.close()
