@@ -7,6 +7,7 @@ MEMQ_CRASH_SEED=N replays a run."""
 
 import os
 import random
+import socket
 import threading
 import time
 import zlib
@@ -257,3 +258,202 @@ def test_kill9_while_consuming(memqd_factory, mode, args):
             assert it.cas == i + 1
         if not items:
             break
+
+
+# ---------------------------------------------------------------- rounds
+#
+# Many kill -9 rounds over the same 16 queues.  Each round: writers on
+# several connections (each connection takes its queues in turn) set the
+# next items of every queue; at a random moment the node is killed, now
+# and then during its start instead; it is started again on the same
+# directory, with other segment and journal sizes now and then.  Then every
+# queue is read to the end: its items must be one gap-free run, in order,
+# intact, reaching at least the last one STORED; items consumed in an
+# earlier round may come back once at the head (at-least-once), none may
+# be missing.  What was read is consumed, so each round reads only what the
+# last one wrote.
+#
+# MEMQ_SOAK=1 runs a much longer variant (MEMQ_SOAK_ROUNDS, default 2000).
+
+SOAK = bool(os.environ.get("MEMQ_SOAK"))
+SOAK_ROUNDS = int(os.environ.get("MEMQ_SOAK_ROUNDS") or 2000)
+NQUEUES = 16
+NCONNS = 4
+
+
+class RoundWriter:
+    """One connection setting items of several queues in turn: set j goes
+    to queue j % len(queues), as its item start[q] + j // len(queues).
+    STORED replies come in order, so `acked` sets are the first ones."""
+
+    def __init__(self, addr, queues, payloads, start, batch, window):
+        self.c = Client(addr, timeout=5)
+        self.queues = queues
+        self.payloads = payloads
+        self.start = dict(start)
+        self.batch = batch
+        self.window = window
+        self.sent = 0
+        self.acked = 0
+        self.bad_reply = None
+        self.stop = threading.Event()
+        self.cv = threading.Condition()
+        self.ts = [threading.Thread(target=self._send, daemon=True),
+                   threading.Thread(target=self._read, daemon=True)]
+        for t in self.ts:
+            t.start()
+
+    def item(self, j):
+        q = self.queues[j % len(self.queues)]
+        return q, self.start[q] + j // len(self.queues)
+
+    def _send(self):
+        try:
+            while not self.stop.is_set():
+                if self.window is not None:
+                    with self.cv:
+                        self.cv.wait_for(
+                            lambda: self.stop.is_set() or
+                            self.sent - self.acked <= self.window,
+                            timeout=5)
+                if self.stop.is_set():
+                    return
+                chunk = []
+                for j in range(self.sent, self.sent + self.batch):
+                    q, i = self.item(j)
+                    p = self.payloads[q][i]
+                    chunk.append(b"set %s %d 0 %d\r\n%s\r\n"
+                                 % (q.encode(), i, len(p), p))
+                self.sent += self.batch
+                self.c.sock.sendall(b"".join(chunk))
+        except OSError:
+            pass
+
+    def _read(self):
+        try:
+            while True:
+                line = self.c.line(timeout=10)
+                if line != "STORED":
+                    self.bad_reply = line
+                    return
+                with self.cv:
+                    self.acked += 1
+                    self.cv.notify()
+        except (OSError, ConnectionError):
+            pass
+
+    def acked_per_queue(self):
+        """{queue: number of its items known STORED, counted from 0}."""
+        out = {}
+        n = len(self.queues)
+        for p, q in enumerate(self.queues):
+            out[q] = self.start[q] + (self.acked - p + n - 1) // n
+        return out
+
+    def join(self):
+        self.stop.set()
+        with self.cv:
+            self.cv.notify_all()
+        try:
+            self.c.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        for t in self.ts:
+            t.join(10 * SLOW)
+            assert not t.is_alive(), "writer thread stuck"
+        self.c.close()
+
+
+def _drain_checked(addr, q, base, acked, ctx):
+    """Takes every item of q.  They must be items a..m-1 in order, with
+    a <= base (consumed items may come back once) and m >= acked.
+    Returns m."""
+    c = Client(addr, timeout=10)
+    items = []
+    while True:
+        got = c.get_items(q + "/n=1000", cmd="gets")
+        if not got:
+            break
+        items.extend(got)
+    c.close()
+    idx = [_check(it.data, q) for it in items]
+    if not idx:
+        assert acked <= base, "%s: %s is empty, but items up to %d were " \
+            "STORED and only %d read before" % (ctx, q, acked - 1, base)
+        return base
+    a, m = idx[0], idx[-1] + 1
+    assert idx == list(range(a, m)), \
+        "%s: %s: items not one run in order: %r" % (
+            ctx, q, [i for k, i in enumerate(idx) if i != a + k][:20])
+    assert a <= base, "%s: %s: items %d..%d missing (never read)" % (
+        ctx, q, base, a - 1)
+    assert m >= acked, "%s: %s: %d items STORED but the queue ends at %d" \
+        % (ctx, q, acked, m)
+    for it, i in zip(items, idx):
+        assert it.flags == i, "%s: item %d has flags %d" % (ctx, i, it.flags)
+        assert it.cas == i + 1, "%s: item %d has seq %s" % (ctx, i, it.cas)
+    return m
+
+
+# (--segment-size, --journal-size) of a round; None = the default
+SIZES_ARGS = [(None, None), ("64k", "64k"), ("256k", "1m"), (None, "64k"),
+              ("64k", None)]
+
+
+def _kill_rounds(memqd_factory, rounds, seed, budget):
+    rnd = random.Random(seed)
+    s = memqd_factory(args=["--sync", "always"])
+    queues = [qname("kr") for _ in range(NQUEUES)]
+    payloads = {q: Payloads(q, 1 << 30) for q in queues}
+    base = {q: 0 for q in queues}       # items 0..base-1 were read
+    stored = 0
+    t0 = time.monotonic()
+    for r in range(rounds):
+        ctx = "seed %d round %d" % (seed, r)
+        rnd.shuffle(queues)
+        per = NQUEUES // NCONNS
+        ws = [RoundWriter(s.addr, queues[k * per:(k + 1) * per], payloads,
+                          base, batch=rnd.choice((1, 4, 16, 64)),
+                          window=rnd.choice((None, 32, 256)))
+              for k in range(NCONNS)]
+        time.sleep(rnd.uniform(0.005, 0.15))
+        s.kill()
+        acked = {}
+        for w in ws:
+            w.join()
+            assert w.bad_reply is None, "%s: got %r" % (ctx, w.bad_reply)
+            acked.update(w.acked_per_queue())
+        stored += sum(acked[q] - base[q] for q in queues)
+        seg, jnl = rnd.choice(SIZES_ARGS)
+        s.args = ["--sync", "always"] + \
+            (["--segment-size", seg] if seg else []) + \
+            (["--journal-size", jnl] if jnl else [])
+        if r % 7 == 3:
+            # killed again while it recovers
+            s.spawn()
+            time.sleep(rnd.uniform(0, 0.03))
+            s.kill()
+        s.start()
+        for q in queues:
+            base[q] = _drain_checked(s.addr, q, base[q], acked[q], ctx)
+    s.restart()
+    c = s.connect()
+    assert c.stats()["curr_items"] == "0"
+    assert c.stats()["corrupt_records"] == "0"
+    c.close()
+    elapsed = time.monotonic() - t0
+    print("%d kill -9 rounds over %d queues: %d items STORED, %.1f s"
+          % (rounds, NQUEUES, stored, elapsed))
+    assert stored > 0, "no round stored anything"
+    assert elapsed < budget * SLOW, "%d rounds took %.0f s" % (rounds,
+                                                               elapsed)
+
+
+def test_kill9_rounds_16_queues(memqd_factory):
+    """100 kill -9 rounds over 16 queues (issue 7, crash test)."""
+    _kill_rounds(memqd_factory, 100, SEED + 3, 150)
+
+
+@pytest.mark.skipif(not SOAK, reason="MEMQ_SOAK=1 runs it (make soak)")
+def test_kill9_rounds_16_queues_soak(memqd_factory):
+    _kill_rounds(memqd_factory, SOAK_ROUNDS, SEED + 4, SOAK_ROUNDS * 3)
