@@ -1,15 +1,29 @@
-// links: memqd/recover.c memqd/segment.c memqd/sys.c memqd/log.c memqd/config.c
+// links: memqd/cmd.c memqd/config.c memqd/conn.c memqd/etcd.c
+// links: memqd/fdcache.c memqd/journal.c memqd/log.c memqd/loop_epoll.c
+// links: memqd/queue.c memqd/recover.c memqd/segment.c memqd/sync.c
+// links: memqd/sys.c
 /*
- * test_recover.c: recover_queue() over synthetic queue directories.  Each
- * test writes segment files itself (mq_frame_seg_encode() and
- * mq_frame_encode(), named by seg_name()) in a fresh mkdtemp() directory,
- * damages them, runs recovery with stderr captured, and checks the queue
- * (segments, counters, next seq, cursor), the log lines and the files left
- * on disk.
+ * test_recover.c: start-up recovery, driven the way memqd drives it:
+ * queue_init() over a synthetic data directory, then every queue drained
+ * with queue_take().  Each case (one row of `cases`) writes the directory
+ * itself (segment files of version 1 or 2, position files, journal files
+ * with JITEM and JDROP records), damages it, recovers with stderr
+ * captured, and checks
  *
- * Record i of a segment written here has seq first + i and a payload whose
- * bytes depend on its seq, so a record misplaced by the scan would not
- * pass its CRC.
+ *   - which queues exist and which ids each delivers, in order, with the
+ *     payload and flags they were written with;
+ *   - the item and byte counters before and after draining;
+ *   - srv.corrupt_records, after recovery and after draining;
+ *   - a line of the log, and anything else the row's `after` checks (file
+ *     sizes after a truncation, journal files removed, a queue directory
+ *     removed, nothing changed on disk under srv.check_only).
+ *
+ * queue_shutdown() ends every case (SYNC_NONE: the commit threads are not
+ * started, and it does not need them).
+ *
+ * Payload and flags of a record depend on its queue, its id and a
+ * generation number, so a record delivered from the wrong place, twice,
+ * or from a deleted incarnation of its queue is told apart.
  */
 
 #include <stdarg.h>
@@ -26,96 +40,495 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
+#include "journal.h"
 #include "log.h"
+#include "mq_crc32c.h"
 #include "mq_frame.h"
+#include "queue.h"
 #include "segment.h"
 #include "server.h"
 
 
-#define QNAME     "q1"
-#define MAX_RECS  64
-#define LOG_MAX   16384
-#define MIB       (1024 * 1024)
-#define SCAN_BUF  MIB               /* recover.c's read size */
+#define MAX_RECS   64               /* records of one test segment */
+#define MAX_SEGS   4                /* test segments a case remembers */
+#define MAX_IDS    256              /* ids a queue is expected to deliver */
+#define LOG_MAX    16384
+#define JBUF_MAX   65536
+#define SNAP_MAX   65536
+#define CTIME0     1764000000000ull
 
 
-/* main.c is not linked: the globals recovery may reach */
+/* main.c is not linked: what it defines, defined the same way */
 server_t  srv;
 
 
 uint64_t
 server_wall_ms(void)
 {
-    return 1764000000000ull;
+    struct timeval  tv;
+
+    gettimeofday(&tv, NULL);
+    return (uint64_t) tv.tv_sec * 1000 + (uint64_t) tv.tv_usec / 1000;
 }
 
 
-typedef struct {
-    char       dir[64];             /* mkdtemp() path */
-    int        dirfd;               /* O_DIRECTORY fd of dir */
-    queue_t   *q;                   /* last recovered queue, or NULL */
-    char       log[LOG_MAX];        /* what the last recovery logged */
-} fx_t;
+/*
+ * fdcache_init() allocates its slot array anew each time queue_init()
+ * runs and never frees the old one; memqd runs queue_init() once, these
+ * tests once per case.
+ */
+const char *__lsan_default_suppressions(void);
+const char *__lsan_default_options(void);
 
-/* a segment file as the test wrote it */
+const char *
+__lsan_default_suppressions(void)
+{
+    return "leak:fdcache_init\n";
+}
+
+
+const char *
+__lsan_default_options(void)
+{
+    return "print_suppressions=0";
+}
+
+
+/* a segment file as a case wrote it */
 typedef struct {
-    uint64_t   id;                  /* file name */
-    uint64_t   first;               /* seq of record 0 */
+    char       path[64];            /* relative to the data directory */
     size_t     n;                   /* records */
-    uint64_t   off[MAX_RECS + 1];   /* record offsets; off[n] = file size */
-    uint64_t   bytes;               /* payload bytes of all records */
+    uint64_t   off[MAX_RECS + 1];   /* record offsets; off[n] = its size */
 } tseg_t;
 
+typedef struct rcase_s  rcase_t;
 
-/* ---- fixture ---- */
+typedef struct {
+    const rcase_t  *c;              /* (ref) the row */
+    char            dir[64];        /* mkdtemp() path: the data directory */
+    int             dirfd;          /* O_DIRECTORY fd of dir */
+    int             inited;         /* queue_init() ran */
+    tseg_t          seg[MAX_SEGS];  /* what build() wrote */
+    unsigned char   jbuf[JBUF_MAX]; /* journal file being built */
+    size_t          jlen;
+    char            log[LOG_MAX];   /* what recovery logged */
+    char            snap[SNAP_MAX]; /* the directory before recovery */
+} fx_t;
 
-static void
-free_queue(fx_t *f)
+/* what one queue must deliver */
+typedef struct {
+    const char  *name;
+    const char  *ids;               /* "1-4,6-20"; "" empty; NULL: the
+                                       queue does not exist */
+    unsigned     gen;               /* generation its records were
+                                       written with */
+} qexpect_t;
+
+struct rcase_s {
+    const char  *what;
+    void       (*build)(fx_t *f);
+    int          check_only;
+    int          init_rc;           /* what queue_init() returns */
+    uint64_t     corrupt;           /* srv.corrupt_records */
+    qexpect_t    q[3];
+    const char  *log;               /* the log contains it, or NULL */
+    void       (*after)(fx_t *f);   /* more checks, or NULL */
+};
+
+
+/* ---- records ---- */
+
+static uint32_t
+payload_len(uint64_t seq, unsigned gen)
 {
-    size_t  i;
-
-    if (f->q == NULL) {
-        return;
-    }
-
-    for (i = 0; i < f->q->nsegs; i++) {
-        close(f->q->segs[i].fd);
-    }
-
-    free(f->q->segs);
-    free(f->q->ret);
-    free(f->q);
-    f->q = NULL;
+    return (uint32_t) (5 + (seq * 13 + gen * 5) % 60);
 }
 
 
-/* Removes every entry of the queue directory. */
 static void
-clear_dir(fx_t *f)
+payload(unsigned char *p, const char *name, uint64_t seq, unsigned gen)
+{
+    uint32_t  i, len;
+
+    len = payload_len(seq, gen);
+    for (i = 0; i < len; i++) {
+        p[i] = (unsigned char) (name[0] ^ (seq * 131 + i * 7 + gen * 17));
+    }
+}
+
+
+/* Encodes the version 2 record of (name, seq, gen) of `kind` at p; a
+ * journal record gets the journal's payload layout.  Returns its size. */
+static size_t
+encode(unsigned char *p, uint32_t kind, const char *name, uint64_t seq,
+    unsigned gen)
+{
+    size_t          nlen, pre;
+    mq_frame_hdr_t  h;
+
+    memset(&h, 0, sizeof(h));
+    pre = 0;
+    nlen = strlen(name);
+
+    if (kind != MQ_FRAME_ITEM) {
+        p[MQ_FRAME_HDR_SIZE] = (unsigned char) nlen;
+        memcpy(p + MQ_FRAME_HDR_SIZE + 1, name, nlen);
+        pre = 1 + nlen;
+    }
+
+    h.kind = kind;
+
+    if (kind != MQ_FRAME_JDROP) {
+        payload(p + MQ_FRAME_HDR_SIZE + pre, name, seq, gen);
+        h.len = payload_len(seq, gen);
+        h.seq = seq;
+        h.flags = gen;
+        h.ctime = CTIME0 + seq;
+    }
+
+    h.len += (uint32_t) pre;
+    mq_frame_encode(p, &h, p + MQ_FRAME_HDR_SIZE);
+    return MQ_FRAME_HDR_SIZE + h.len;
+}
+
+
+/* The version 1 record of (name, seq, gen): u32 crc over bytes 4..39 and
+ * the payload, len, flags, kind, seq, ctime, exptime. */
+static size_t
+encode_v1(unsigned char *p, const char *name, uint64_t seq, unsigned gen)
+{
+    size_t    i;
+    uint32_t  len, crc;
+    uint64_t  v[3];
+
+    len = payload_len(seq, gen);
+    v[0] = seq;
+    v[1] = CTIME0 + seq;
+    v[2] = 0;
+
+    for (i = 0; i < 4; i++) {
+        p[4 + i] = (unsigned char) (len >> (8 * i));
+        p[8 + i] = (unsigned char) (gen >> (8 * i));
+        p[12 + i] = (unsigned char) (MQ_FRAME_ITEM >> (8 * i));
+    }
+
+    for (i = 0; i < 24; i++) {
+        p[16 + i] = (unsigned char) (v[i / 8] >> (8 * (i % 8)));
+    }
+
+    payload(p + MQ_FRAME_V1_HDR_SIZE, name, seq, gen);
+
+    crc = mq_crc32c(0, p + 4, MQ_FRAME_V1_HDR_SIZE - 4 + len);
+    for (i = 0; i < 4; i++) {
+        p[i] = (unsigned char) (crc >> (8 * i));
+    }
+
+    return MQ_FRAME_V1_HDR_SIZE + len;
+}
+
+
+/* ---- files ---- */
+
+static void
+write_file(fx_t *f, const char *path, const void *data, size_t len)
+{
+    int  fd;
+
+    fd = openat(f->dirfd, path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                0644);
+    if (fd == -1) {
+        fail_msg("%s: %s", path, strerror(errno));
+    }
+    assert_int_equal(pwrite(fd, data, len, 0), (ssize_t) len);
+    close(fd);
+}
+
+
+static void
+poke(fx_t *f, const char *path, uint64_t off, const void *data, size_t len)
+{
+    int  fd;
+
+    fd = openat(f->dirfd, path, O_WRONLY | O_CLOEXEC);
+    assert_true(fd != -1);
+    assert_int_equal(pwrite(fd, data, len, (off_t) off), (ssize_t) len);
+    close(fd);
+}
+
+
+static void
+flip(fx_t *f, const char *path, uint64_t off)
+{
+    int            fd;
+    unsigned char  b;
+
+    fd = openat(f->dirfd, path, O_RDWR | O_CLOEXEC);
+    assert_true(fd != -1);
+    assert_int_equal(pread(fd, &b, 1, (off_t) off), 1);
+    b ^= 0x5a;
+    assert_int_equal(pwrite(fd, &b, 1, (off_t) off), 1);
+    close(fd);
+}
+
+
+static void
+append(fx_t *f, const char *path, const void *data, size_t len)
+{
+    int  fd;
+
+    fd = openat(f->dirfd, path, O_WRONLY | O_APPEND | O_CLOEXEC);
+    assert_true(fd != -1);
+    assert_int_equal(write(fd, data, len), (ssize_t) len);
+    close(fd);
+}
+
+
+static off_t
+file_size(fx_t *f, const char *path)
+{
+    struct stat  st;
+
+    if (fstatat(f->dirfd, path, &st, 0) != 0) {
+        return -1;
+    }
+
+    return st.st_size;
+}
+
+
+/*
+ * Writes segment `id` of queue `name` (format version ver) holding ids
+ * first .. first + n - 1 of generation gen, as f->seg[k].
+ */
+static void
+write_seg(fx_t *f, int k, const char *name, uint64_t id, uint64_t first,
+    size_t n, unsigned ver, unsigned gen)
+{
+    size_t          i, off;
+    tseg_t         *s;
+    unsigned char  *buf;
+
+    assert_true(n <= MAX_RECS);
+
+    if (mkdirat(f->dirfd, name, 0755) != 0) {
+        assert_int_equal(errno, EEXIST);
+    }
+
+    buf = malloc(MQ_SEG_HDR_SIZE + MAX_RECS * (MQ_FRAME_HDR_SIZE + 64));
+    assert_non_null(buf);
+
+    s = &f->seg[k];
+    snprintf(s->path, sizeof(s->path), "%s/", name);
+    seg_name(s->path + strlen(s->path), id);
+
+    mq_frame_seg_encode(buf, id);
+    buf[7] = (unsigned char) ver;
+    off = MQ_SEG_HDR_SIZE;
+
+    for (i = 0; i < n; i++) {
+        s->off[i] = off;
+        off += ver == 1 ? encode_v1(buf + off, name, first + i, gen)
+                        : encode(buf + off, MQ_FRAME_ITEM, name, first + i,
+                                 gen);
+    }
+
+    s->off[n] = off;
+    s->n = n;
+    write_file(f, s->path, buf, off);
+    free(buf);
+}
+
+
+static void
+jnl_item(fx_t *f, const char *name, uint64_t seq, unsigned gen)
+{
+    if (f->jlen == 0) {
+        f->jlen = MQ_SEG_HDR_SIZE;
+    }
+
+    assert_true(f->jlen + 256 < JBUF_MAX);
+    f->jlen += encode(f->jbuf + f->jlen, MQ_FRAME_JITEM, name, seq, gen);
+}
+
+
+static void
+jnl_items(fx_t *f, const char *name, uint64_t from, uint64_t to,
+    unsigned gen)
+{
+    uint64_t  seq;
+
+    for (seq = from; seq <= to; seq++) {
+        jnl_item(f, name, seq, gen);
+    }
+}
+
+
+static void
+jnl_drop(fx_t *f, const char *name)
+{
+    if (f->jlen == 0) {
+        f->jlen = MQ_SEG_HDR_SIZE;
+    }
+
+    f->jlen += encode(f->jbuf + f->jlen, MQ_FRAME_JDROP, name, 0, 0);
+}
+
+
+/* Writes the records built so far as journal file `number`, followed by
+ * zeros up to `size` bytes (preallocated) when size is larger. */
+static void
+jnl_write(fx_t *f, uint64_t number, size_t size)
+{
+    char            path[64];
+    unsigned char  *buf;
+
+    if (mkdirat(f->dirfd, JOURNAL_DIR, 0755) != 0) {
+        assert_int_equal(errno, EEXIST);
+    }
+
+    if (f->jlen == 0) {
+        f->jlen = MQ_SEG_HDR_SIZE;
+    }
+
+    mq_frame_jnl_encode(f->jbuf, number);
+
+    size = size > f->jlen ? size : f->jlen;
+    buf = calloc(1, size);
+    assert_non_null(buf);
+    memcpy(buf, f->jbuf, f->jlen);
+
+    memcpy(path, JOURNAL_DIR "/", sizeof(JOURNAL_DIR));
+    journal_name(path + sizeof(JOURNAL_DIR), number);
+    write_file(f, path, buf, size);
+
+    free(buf);
+    f->jlen = 0;
+}
+
+
+/* ---- directory walk: snapshot and removal ---- */
+
+static int
+cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+
+/*
+ * Appends one line per entry below dirfd (two levels) to out: the path
+ * and, for files, their size and CRC32C.  Lines sorted, so the result
+ * does not depend on readdir() order.
+ */
+static void
+snapshot_dir(int dirfd, const char *prefix, int depth, char *out, size_t cap)
 {
     int             fd;
     DIR            *d;
+    char           *lines[256], path[512];
+    size_t          n, i;
+    ssize_t         r;
+    struct stat     st;
     struct dirent  *de;
+    unsigned char   b[65536];
+    uint32_t        crc;
 
-    fd = openat(f->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     assert_true(fd != -1);
     d = fdopendir(fd);
     assert_non_null(d);
+    n = 0;
 
     while ((de = readdir(d)) != NULL) {
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
             continue;
         }
-        if (unlinkat(f->dirfd, de->d_name, 0) != 0) {
-            unlinkat(f->dirfd, de->d_name, AT_REMOVEDIR);
-        }
+        assert_true(n < 256);
+        lines[n++] = strdup(de->d_name);
     }
-
     closedir(d);
+
+    qsort(lines, n, sizeof(char *), cmp_str);
+
+    for (i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s%s", prefix, lines[i]);
+        assert_int_equal(fstatat(dirfd, lines[i], &st, AT_SYMLINK_NOFOLLOW),
+                         0);
+
+        if (S_ISDIR(st.st_mode)) {
+            snprintf(out + strlen(out), cap - strlen(out), "%s/\n", path);
+            if (depth > 0) {
+                fd = openat(dirfd, lines[i], O_RDONLY | O_DIRECTORY);
+                assert_true(fd != -1);
+                strcat(path, "/");
+                snapshot_dir(fd, path, depth - 1, out, cap);
+                close(fd);
+            }
+
+        } else {
+            fd = openat(dirfd, lines[i], O_RDONLY | O_CLOEXEC);
+            assert_true(fd != -1);
+            crc = 0;
+            while ((r = read(fd, b, sizeof(b))) > 0) {
+                crc = mq_crc32c(crc, b, (size_t) r);
+            }
+            close(fd);
+            snprintf(out + strlen(out), cap - strlen(out),
+                     "%s %lld %08x\n", path, (long long) st.st_size, crc);
+        }
+
+        free(lines[i]);
+    }
 }
 
+
+static void
+snapshot(fx_t *f, char *out, size_t cap)
+{
+    out[0] = '\0';
+    snapshot_dir(f->dirfd, "", 2, out, cap);
+    assert_true(strlen(out) + 1 < cap);
+}
+
+
+static void
+remove_below(int dirfd, int depth)
+{
+    int             fd, sub;
+    DIR            *d;
+    struct dirent  *de;
+
+    fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    d = fd == -1 ? NULL : fdopendir(fd);
+
+    while (d != NULL && (de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+            continue;
+        }
+        if (unlinkat(dirfd, de->d_name, 0) == 0) {
+            continue;
+        }
+        sub = openat(dirfd, de->d_name,
+                     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub != -1 && depth > 0) {
+            remove_below(sub, depth - 1);
+        }
+        if (sub != -1) {
+            close(sub);
+        }
+        unlinkat(dirfd, de->d_name, AT_REMOVEDIR);
+    }
+
+    if (d != NULL) {
+        closedir(d);
+    }
+}
+
+
+/* ---- fixture ---- */
 
 static int
 setup(void **state)
@@ -126,6 +539,8 @@ setup(void **state)
     if (f == NULL) {
         return -1;
     }
+
+    f->c = *state;
 
     strcpy(f->dir, "/tmp/memq-unit-recover-XXXXXX");
     if (mkdtemp(f->dir) == NULL) {
@@ -140,6 +555,15 @@ setup(void **state)
         return -1;
     }
 
+    memset(&srv, 0, sizeof(srv));
+    srv.data_dir = f->dir;
+    srv.data_fd = f->dirfd;
+    srv.sync_mode = SYNC_NONE;
+    srv.max_item_size = 1024 * 1024;
+    srv.segment_size = 64 * 1024;
+    srv.journal_size = 64 * 1024;
+    srv.max_conns = 16;
+
     *state = f;
     return 0;
 }
@@ -151,8 +575,12 @@ teardown(void **state)
     fx_t  *f;
 
     f = *state;
-    free_queue(f);
-    clear_dir(f);
+
+    if (f->inited) {
+        queue_shutdown();
+    }
+
+    remove_below(f->dirfd, 2);
     close(f->dirfd);
     rmdir(f->dir);
     free(f);
@@ -160,1228 +588,905 @@ teardown(void **state)
 }
 
 
-/* ---- writing and damaging files ---- */
-
-static void
-put_file(fx_t *f, const char *name, const void *data, size_t len)
-{
-    int  fd;
-
-    fd = openat(f->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                0644);
-    assert_true(fd != -1);
-    assert_int_equal(seg_pwrite(fd, data, len, 0), 0);
-    close(fd);
-}
-
-
-/*
- * Writes segment `id` with records first .. first + n - 1; record i has
- * lens[i] payload bytes, or len when lens is NULL.  s describes the file.
- */
-static void
-seg_write(fx_t *f, tseg_t *s, uint64_t id, uint64_t first, size_t n,
-    const size_t *lens, size_t len)
-{
-    int              fd;
-    char             name[SEG_NAME_LEN + 1];
-    size_t           i, j, l;
-    uint64_t         off;
-    unsigned char   *rec, hdr[MQ_SEG_HDR_SIZE];
-    mq_frame_hdr_t   h;
-
-    assert_true(n <= MAX_RECS);
-
-    memset(s, 0, sizeof(tseg_t));
-    s->id = id;
-    s->first = first;
-    s->n = n;
-
-    seg_name(name, id);
-    fd = openat(f->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                0644);
-    assert_true(fd != -1);
-
-    mq_frame_seg_encode(hdr, id);
-    assert_int_equal(seg_pwrite(fd, hdr, sizeof(hdr), 0), 0);
-    off = MQ_SEG_HDR_SIZE;
-
-    for (i = 0; i < n; i++) {
-        l = lens ? lens[i] : len;
-        rec = malloc(MQ_FRAME_HDR_SIZE + l);
-        assert_non_null(rec);
-
-        for (j = 0; j < l; j++) {
-            rec[MQ_FRAME_HDR_SIZE + j] = (unsigned char) ((first + i) * 131
-                                                          + j);
-        }
-
-        memset(&h, 0, sizeof(h));
-        h.len = (uint32_t) l;
-        h.flags = (uint32_t) i;
-        h.kind = MQ_FRAME_ITEM;
-        h.seq = first + i;
-        h.ctime = server_wall_ms();
-        mq_frame_encode(rec, &h, rec + MQ_FRAME_HDR_SIZE);
-
-        assert_int_equal(seg_pwrite(fd, rec, MQ_FRAME_HDR_SIZE + l, off), 0);
-        free(rec);
-
-        s->off[i] = off;
-        s->bytes += l;
-        off += MQ_FRAME_HDR_SIZE + l;
-    }
-
-    s->off[n] = off;
-    close(fd);
-}
-
-
-/* Size of segment id on disk, -1 when it does not exist. */
-static int64_t
-seg_file_size(fx_t *f, uint64_t id)
-{
-    char         name[SEG_NAME_LEN + 1];
-    struct stat  st;
-
-    seg_name(name, id);
-    if (fstatat(f->dirfd, name, &st, 0) != 0) {
-        assert_int_equal(errno, ENOENT);
-        return -1;
-    }
-
-    return (int64_t) st.st_size;
-}
-
-
-static void
-seg_cut(fx_t *f, uint64_t id, uint64_t size)
-{
-    int   fd;
-    char  name[SEG_NAME_LEN + 1];
-
-    seg_name(name, id);
-    fd = openat(f->dirfd, name, O_WRONLY | O_CLOEXEC);
-    assert_true(fd != -1);
-    assert_int_equal(ftruncate(fd, (off_t) size), 0);
-    close(fd);
-}
-
-
-static void
-seg_flip(fx_t *f, uint64_t id, uint64_t off, unsigned char mask)
-{
-    int            fd;
-    char           name[SEG_NAME_LEN + 1];
-    unsigned char  c;
-
-    seg_name(name, id);
-    fd = openat(f->dirfd, name, O_RDWR | O_CLOEXEC);
-    assert_true(fd != -1);
-    assert_int_equal(pread(fd, &c, 1, (off_t) off), 1);
-    c ^= mask;
-    assert_int_equal(pwrite(fd, &c, 1, (off_t) off), 1);
-    close(fd);
-}
-
-
-static void
-seg_add_bytes(fx_t *f, uint64_t id, const void *data, size_t len)
-{
-    int          fd;
-    char         name[SEG_NAME_LEN + 1];
-    struct stat  st;
-
-    seg_name(name, id);
-    fd = openat(f->dirfd, name, O_RDWR | O_CLOEXEC);
-    assert_true(fd != -1);
-    assert_int_equal(fstat(fd, &st), 0);
-    assert_int_equal(seg_pwrite(fd, data, len, (uint64_t) st.st_size), 0);
-    close(fd);
-}
-
-
-/* ---- running recovery ---- */
-
-static void expect_log(fx_t *f, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-
-static queue_t *
-new_queue(fx_t *f)
-{
-    queue_t  *q;
-
-    free_queue(f);
-
-    /* as queue.c's queue_alloc() leaves it */
-    q = calloc(1, sizeof(queue_t));
-    assert_non_null(q);
-    strcpy(q->name, QNAME);
-    q->name_len = strlen(QNAME);
-    q->dirfd = f->dirfd;
-    q->next_seq = 1;
-    q->rseq = 1;
-
-    f->q = q;
-    return q;
-}
-
-
-/*
- * recover_queue() on f->q with stderr captured into f->log; returns rc.
- * A sanitizer report inside recovery lands in the capture and is lost
- * with the process: MEMQ_UNIT_NO_CAPTURE=1 leaves stderr alone to see it
- * (the log checks then fail).
- */
+/* Runs queue_init() with stderr going to f->log. */
 static int
-run_recover(fx_t *f)
+recover(fx_t *f)
 {
-    int       rc, saved;
-    FILE     *tmp;
-    ssize_t   n;
+    int      rc, saved, fd;
+    char     path[80];
+    ssize_t  n;
 
-    if (getenv("MEMQ_UNIT_NO_CAPTURE") != NULL) {
-        f->log[0] = '\0';
-        return recover_queue(f->q);
-    }
-
-    tmp = tmpfile();
-    assert_non_null(tmp);
+    snprintf(path, sizeof(path), "%s.log", f->dir);
 
     fflush(stderr);
     saved = dup(STDERR_FILENO);
-    assert_true(saved != -1);
-    assert_true(dup2(fileno(tmp), STDERR_FILENO) != -1);
+    fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    assert_true(saved != -1 && fd != -1);
+    dup2(fd, STDERR_FILENO);
 
-    rc = recover_queue(f->q);
+    rc = queue_init();
+    f->inited = 1;
 
+    fflush(stderr);
     dup2(saved, STDERR_FILENO);
     close(saved);
 
-    n = pread(fileno(tmp), f->log, LOG_MAX - 1, 0);
+    n = pread(fd, f->log, sizeof(f->log) - 1, 0);
     f->log[n > 0 ? n : 0] = '\0';
-    fclose(tmp);
-
+    close(fd);
+    unlink(path);
     return rc;
 }
 
 
-/* A new queue over f's directory, recovered; fails the test on error. */
-static queue_t *
-recover(fx_t *f)
+/* Parses "1-4,6-20" into ids[]; returns the count. */
+static size_t
+parse_ids(const char *s, uint64_t *ids)
 {
-    new_queue(f);
-    assert_int_equal(run_recover(f), 0);
-    return f->q;
-}
+    char      *end;
+    size_t     n;
+    uint64_t   a, b;
 
+    n = 0;
 
-static void
-expect_log(fx_t *f, const char *fmt, ...)
-{
-    char     want[512];
-    va_list  ap;
-
-    va_start(ap, fmt);
-    vsnprintf(want, sizeof(want), fmt, ap);
-    va_end(ap);
-
-    if (strstr(f->log, want) == NULL) {
-        print_error("log has no \"%s\":\n%s\n", want, f->log);
-        fail();
-    }
-}
-
-
-static void
-expect_no_log(fx_t *f, const char *text)
-{
-    if (strstr(f->log, text) != NULL) {
-        print_error("log has \"%s\":\n%s\n", text, f->log);
-        fail();
-    }
-}
-
-
-/* The truncation warning for the newest segment. */
-static void
-expect_tail_cut(fx_t *f, uint64_t id, uint64_t off, const char *why,
-    uint64_t dropped)
-{
-    char  name[SEG_NAME_LEN + 1];
-
-    seg_name(name, id);
-    expect_log(f, "[warn] recover: " QNAME "/%s:%" PRIu64 ": %s, truncated %"
-               PRIu64 " bytes", name, off, why, dropped);
-}
-
-
-static void
-expect_cursor(queue_t *q, size_t rseg, uint64_t roff, uint64_t rseq)
-{
-    assert_int_equal(q->rseg, rseg);
-    assert_int_equal(q->roff, roff);
-    assert_int_equal(q->rseq, rseq);
-}
-
-
-static void
-expect_seg(queue_t *q, size_t i, uint64_t id, uint64_t size)
-{
-    assert_true(i < q->nsegs);
-    assert_int_equal(q->segs[i].id, id);
-    assert_int_equal(q->segs[i].size, size);
-    assert_true(q->segs[i].fd >= 0);
-}
-
-
-/* ---- cases ---- */
-
-static void
-test_recover_unusable_dir_fails(void **state)
-{
-    fx_t     *f = *state;
-    queue_t  *q;
-
-    q = new_queue(f);
-    q->dirfd = -1;
-
-    assert_int_equal(run_recover(f), -1);
-    expect_log(f, "[error] recover: " QNAME ": cannot list");
-    assert_int_equal(q->nsegs, 0);
-}
-
-
-static void
-test_recover_one_segment(void **state)
-{
-    fx_t          *f = *state;
-    tseg_t         s;
-    queue_t       *q;
-    const size_t   lens[] = { 0, 1, 39, 40, 41, 100, 4096, 0, 7, 65536 };
-
-    seg_write(f, &s, 1, 1, 10, lens, 0);
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 1);
-    expect_seg(q, 0, 1, s.off[10]);
-    assert_int_equal(q->items, 10);
-    assert_int_equal(q->bytes, s.bytes);
-    assert_int_equal(q->next_seq, 11);
-    assert_int_equal(q->wbase, s.off[10]);
-    expect_cursor(q, 0, MQ_SEG_HDR_SIZE, 1);
-    assert_int_equal(seg_file_size(f, 1), s.off[10]);
-
-    expect_log(f, "[info] recover: " QNAME ": 1 segments, 10 items, %" PRIu64
-               " bytes, next seq 11", s.bytes);
-    expect_no_log(f, "[warn]");
-    expect_no_log(f, "[error]");
-}
-
-
-static void
-test_recover_several_segments(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s[3];
-    queue_t  *q;
-
-    /* written newest first: the directory order must not matter */
-    seg_write(f, &s[2], 9, 9, 4, NULL, 3);
-    seg_write(f, &s[0], 1, 1, 5, NULL, 100);
-    seg_write(f, &s[1], 6, 6, 3, NULL, 0);
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 3);
-    expect_seg(q, 0, 1, s[0].off[5]);
-    expect_seg(q, 1, 6, s[1].off[3]);
-    expect_seg(q, 2, 9, s[2].off[4]);
-    assert_int_equal(q->items, 12);
-    assert_int_equal(q->bytes, 5 * 100 + 4 * 3);
-    assert_int_equal(q->next_seq, 13);
-    assert_int_equal(q->wbase, s[2].off[4]);
-    expect_cursor(q, 0, MQ_SEG_HDR_SIZE, 1);
-    expect_no_log(f, "[warn]");
-}
-
-
-static void
-test_recover_ignores_other_files(void **state)
-{
-    fx_t        *f = *state;
-    tseg_t       s;
-    queue_t     *q;
-    size_t       i;
-    const char  *names[] = {
-        "1.seg", "foo", ".seg", "00000000000000000002.seg.tmp",
-        "000000000000000000003.seg", "0000000000000000000x.seg",
-        "00000000000000000004.SEG", "position.tmp"
-    };
-
-    seg_write(f, &s, 1, 1, 3, NULL, 10);
-    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        put_file(f, names[i], "junk", 4);
+    while (*s) {
+        a = strtoull(s, &end, 10);
+        b = a;
+        if (*end == '-') {
+            b = strtoull(end + 1, &end, 10);
+        }
+        for ( /* void */ ; a <= b; a++) {
+            assert_true(n < MAX_IDS);
+            ids[n++] = a;
+        }
+        s = *end == ',' ? end + 1 : end;
     }
 
-    q = recover(f);
+    return n;
+}
 
-    assert_int_equal(q->nsegs, 1);
-    assert_int_equal(q->items, 3);
-    assert_int_equal(q->next_seq, 4);
 
-    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        assert_int_equal(faccessat(f->dirfd, names[i], F_OK, 0), 0);
+/* Drains the queue; every item must be the expected one, in order. */
+static void
+check_queue(fx_t *f, const qexpect_t *e)
+{
+    int             rc;
+    size_t          n, i;
+    queue_t        *q;
+    uint64_t        ids[MAX_IDS], bytes;
+    item_t          it;
+    unsigned char   want[128];
+
+    q = queue_lookup(e->name, strlen(e->name), 0);
+
+    if (e->ids == NULL) {
+        if (q != NULL && q->on_disk) {
+            fail_msg("%s: queue %s exists, %" PRIu64 " items\n%s",
+                     f->c->what, e->name, q->items, f->log);
+        }
+        return;
     }
-}
 
+    if (q == NULL) {
+        fail_msg("%s: queue %s missing\n%s", f->c->what, e->name, f->log);
+    }
 
-/* A valid position.tmp is a write cut short: only "position" counts. */
-static void
-test_recover_position_tmp_ignored(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s;
-    queue_t  *q;
+    n = parse_ids(e->ids, ids);
+    bytes = 0;
+    for (i = 0; i < n; i++) {
+        bytes += payload_len(ids[i], e->gen);
+    }
 
-    seg_write(f, &s, 1, 1, 5, NULL, 10);
-    assert_int_equal(position_write(f->dirfd, 4), 0);
-    assert_int_equal(renameat(f->dirfd, "position", f->dirfd, "position.tmp"),
-                     0);
+    if (q->items != n || q->bytes != bytes) {
+        fail_msg("%s: %s holds %" PRIu64 " items, %" PRIu64 " bytes; want "
+                 "%zu, %" PRIu64 "\n%s", f->c->what, e->name, q->items,
+                 q->bytes, n, bytes, f->log);
+    }
 
-    q = recover(f);
+    for (i = 0; i < n; i++) {
+        rc = queue_take(q, 0, &it);
+        if (rc != 1 || it.hdr.seq != ids[i]) {
+            fail_msg("%s: %s item %zu: rc %d, id %" PRIu64 ", want id %"
+                     PRIu64 "\n%s", f->c->what, e->name, i, rc,
+                     rc == 1 ? it.hdr.seq : 0, ids[i], f->log);
+        }
 
-    assert_int_equal(q->items, 5);
-    expect_cursor(q, 0, MQ_SEG_HDR_SIZE, 1);
-    assert_int_equal(q->pos_written, 0);
-}
+        payload(want, e->name, ids[i], e->gen);
+        assert_int_equal(it.hdr.len, payload_len(ids[i], e->gen));
+        assert_memory_equal(it.payload, want, it.hdr.len);
+        assert_int_equal(it.hdr.flags, e->gen);
+        assert_true(it.hdr.ctime == CTIME0 + ids[i]);
+    }
 
+    rc = queue_take(q, 0, &it);
+    if (rc != 0) {
+        fail_msg("%s: %s: one more item: rc %d, id %" PRIu64 "\n%s",
+                 f->c->what, e->name, rc, rc == 1 ? it.hdr.seq : 0, f->log);
+    }
 
-/* An empty tail segment whose id is past the last record sets next_seq. */
-static void
-test_recover_empty_tail_segment_sets_next_seq(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s[2];
-    queue_t  *q;
-
-    seg_write(f, &s[0], 1, 1, 5, NULL, 10);
-    seg_write(f, &s[1], 100, 100, 0, NULL, 0);
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 2);
-    expect_seg(q, 1, 100, MQ_SEG_HDR_SIZE);
-    assert_int_equal(q->items, 5);
-    assert_int_equal(q->next_seq, 100);
-    assert_int_equal(q->wbase, MQ_SEG_HDR_SIZE);
-    expect_cursor(q, 0, MQ_SEG_HDR_SIZE, 1);
-}
-
-
-static void
-test_recover_header_only_segment_kept(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s;
-    queue_t  *q;
-
-    seg_write(f, &s, 7, 7, 0, NULL, 0);
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 1);
-    expect_seg(q, 0, 7, MQ_SEG_HDR_SIZE);
-    assert_int_equal(q->items, 0);
-    assert_int_equal(q->next_seq, 7);
-    expect_cursor(q, 0, MQ_SEG_HDR_SIZE, 7);
-    assert_int_equal(seg_file_size(f, 7), MQ_SEG_HDR_SIZE);
-    assert_string_equal(f->log, "");
-}
-
-
-/* ---- the position file ---- */
-
-static void
-test_recover_position_skips_consumed(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s;
-    queue_t  *q;
-
-    seg_write(f, &s, 1, 1, 10, NULL, 50);
-    assert_int_equal(position_write(f->dirfd, 4), 0);
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 1);
-    expect_seg(q, 0, 1, s.off[10]);
-    assert_int_equal(q->items, 7);
-    assert_int_equal(q->bytes, 7 * 50);
-    assert_int_equal(q->next_seq, 11);
-    assert_int_equal(q->pos_written, 4);
-    expect_cursor(q, 0, s.off[3], 4);
-}
-
-
-static void
-test_recover_position_in_second_segment(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s[3];
-    queue_t  *q;
-
-    seg_write(f, &s[0], 1, 1, 5, NULL, 20);
-    seg_write(f, &s[1], 6, 6, 5, NULL, 30);
-    seg_write(f, &s[2], 11, 11, 2, NULL, 40);
-    assert_int_equal(position_write(f->dirfd, 8), 0);
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 3);
-    assert_int_equal(q->items, 3 + 2);
-    assert_int_equal(q->bytes, 3 * 30 + 2 * 40);
-    assert_int_equal(q->next_seq, 13);
-    expect_cursor(q, 1, s[1].off[2], 8);
-}
-
-
-static void
-test_recover_position_at_segment_start(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s[2];
-    queue_t  *q;
-
-    seg_write(f, &s[0], 1, 1, 5, NULL, 20);
-    seg_write(f, &s[1], 6, 6, 5, NULL, 30);
-    assert_int_equal(position_write(f->dirfd, 6), 0);
-
-    q = recover(f);
-
-    assert_int_equal(q->items, 5);
-    assert_int_equal(q->bytes, 5 * 30);
-    expect_cursor(q, 1, MQ_SEG_HDR_SIZE, 6);
-}
-
-
-static void
-test_recover_position_everything_consumed(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s[2];
-    queue_t  *q;
-
-    seg_write(f, &s[0], 1, 1, 5, NULL, 20);
-    seg_write(f, &s[1], 6, 6, 5, NULL, 30);
-    assert_int_equal(position_write(f->dirfd, 11), 0);
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 2);
     assert_int_equal(q->items, 0);
     assert_int_equal(q->bytes, 0);
-    assert_int_equal(q->next_seq, 11);
-    assert_int_equal(q->pos_written, 11);
-    expect_cursor(q, 1, s[1].off[5], 11);
-
-    /* nothing waiting: no summary line */
-    assert_string_equal(f->log, "");
 }
 
 
 static void
-test_recover_damaged_position_delivers_everything(void **state)
+run_case(void **state)
 {
     fx_t           *f = *state;
-    int             fd;
+    int             rc;
+    size_t          i;
+    char           *after;
+    const rcase_t  *c = f->c;
+
+    c->build(f);
+
+    if (c->check_only) {
+        srv.check_only = 1;
+        snapshot(f, f->snap, sizeof(f->snap));
+    }
+
+    rc = recover(f);
+    if (rc != c->init_rc) {
+        fail_msg("%s: queue_init() = %d\n%s", c->what, rc, f->log);
+    }
+
+    if (srv.corrupt_records != c->corrupt) {
+        fail_msg("%s: corrupt_records %" PRIu64 ", want %" PRIu64 "\n%s",
+                 c->what, srv.corrupt_records, c->corrupt, f->log);
+    }
+
+    if (c->log != NULL && strstr(f->log, c->log) == NULL) {
+        fail_msg("%s: no \"%s\" in the log:\n%s", c->what, c->log, f->log);
+    }
+
+    for (i = 0; i < 3 && c->q[i].name != NULL; i++) {
+        check_queue(f, &c->q[i]);
+    }
+
+    /* damage counted at start is not counted again when met */
+    if (srv.corrupt_records != c->corrupt) {
+        fail_msg("%s: corrupt_records %" PRIu64 " after draining, want %"
+                 PRIu64 "\n%s", c->what, srv.corrupt_records, c->corrupt,
+                 f->log);
+    }
+
+    if (c->check_only) {
+        after = malloc(SNAP_MAX);
+        assert_non_null(after);
+        snapshot(f, after, SNAP_MAX);
+        if (strcmp(f->snap, after) != 0) {
+            fail_msg("%s: the directory changed\nbefore:\n%s\nafter:\n%s",
+                     c->what, f->snap, after);
+        }
+        free(after);
+    }
+
+    if (c->after != NULL) {
+        c->after(f);
+    }
+}
+
+
+/* ---- the cases: builders ---- */
+
+/* q1: ids 1-10 in segment 1, 11-20 in segment 11 */
+static void
+two_segs(fx_t *f)
+{
+    write_seg(f, 0, "q1", 1, 1, 10, 2, 0);
+    write_seg(f, 1, "q1", 11, 11, 10, 2, 0);
+}
+
+
+static void
+b_empty(fx_t *f)
+{
+}
+
+
+static void
+b_clean(fx_t *f)
+{
+    two_segs(f);
+    write_seg(f, 2, "q2", 1, 1, 3, 2, 0);
+    assert_int_equal(mkdirat(f->dirfd, "q3", 0755), 0);
+}
+
+
+static void
+b_position(fx_t *f)
+{
+    int             dirfd;
+    const uint64_t  pending[] = { 3, 5 };
+
+    two_segs(f);
+    dirfd = openat(f->dirfd, "q1", O_RDONLY | O_DIRECTORY);
+    assert_true(dirfd != -1);
+    assert_int_equal(position_save(dirfd, 8, pending, 2), 0);
+    close(dirfd);
+}
+
+
+static void
+b_payload_oldest(fx_t *f)
+{
+    two_segs(f);
+    flip(f, f->seg[0].path, f->seg[0].off[4] + MQ_FRAME_HDR_SIZE + 2);
+}
+
+
+static void
+b_payload_first(fx_t *f)
+{
+    two_segs(f);
+    flip(f, f->seg[0].path, f->seg[0].off[0] + MQ_FRAME_HDR_SIZE);
+}
+
+
+/* issue 7: one byte in the payload of the second of 40 records */
+static void
+b_payload_2_of_40(fx_t *f)
+{
+    write_seg(f, 0, "q1", 1, 1, 40, 2, 0);
+    write_seg(f, 1, "q1", 41, 41, 1, 2, 0);
+    flip(f, f->seg[0].path, f->seg[0].off[1] + MQ_FRAME_HDR_SIZE + 1);
+}
+
+
+/* issue 7: four bytes of a record header */
+static void
+b_header_4_bytes(fx_t *f)
+{
+    write_seg(f, 0, "q1", 1, 1, 40, 2, 0);
+    write_seg(f, 1, "q1", 41, 41, 1, 2, 0);
+    poke(f, f->seg[0].path, f->seg[0].off[1] + 8, "\xde\xad\xbe\xef", 4);
+}
+
+
+static void
+b_header_seq(fx_t *f)
+{
+    two_segs(f);
+    flip(f, f->seg[0].path, f->seg[0].off[4] + 25);
+}
+
+
+static void
+b_header_magic(fx_t *f)
+{
+    two_segs(f);
+    flip(f, f->seg[0].path, f->seg[0].off[4]);
+}
+
+
+static void
+b_two_damaged(fx_t *f)
+{
+    two_segs(f);
+    flip(f, f->seg[0].path, f->seg[0].off[2] + 30);
+    flip(f, f->seg[0].path, f->seg[0].off[3] + MQ_FRAME_HDR_SIZE);
+    flip(f, f->seg[1].path, f->seg[1].off[5] + 12);
+}
+
+
+/* three whole records overwritten with garbage that holds fake magics */
+static void
+b_garbage_run(fx_t *f)
+{
     size_t          i, len;
-    tseg_t          s[2];
-    queue_t        *q;
-    unsigned char   good[21], bad[21];
+    unsigned char   junk[1024];
 
-    seg_write(f, &s[0], 1, 1, 5, NULL, 20);
-    seg_write(f, &s[1], 6, 6, 5, NULL, 30);
-    assert_int_equal(position_write(f->dirfd, 8), 0);
-
-    fd = openat(f->dirfd, "position", O_RDONLY | O_CLOEXEC);
-    assert_true(fd != -1);
-    assert_int_equal(read(fd, good, sizeof(good)), 20);
-    close(fd);
-
-    /* every byte flipped in turn, then every wrong size */
-    for (i = 0; i < 20 + 3; i++) {
-        memcpy(bad, good, 20);
-        bad[20] = 0;
-        len = 20;
-
-        if (i < 20) {
-            bad[i] ^= 0x10;
-        } else {
-            len = i == 20 ? 0 : i == 21 ? 19 : 21;
-        }
-
-        put_file(f, "position", bad, len);
-        q = recover(f);
-
-        assert_int_equal(q->pos_written, 0);
-        assert_int_equal(q->items, 10);
-        assert_int_equal(q->bytes, 5 * 20 + 5 * 30);
-        assert_int_equal(q->next_seq, 11);
-        expect_cursor(q, 0, MQ_SEG_HDR_SIZE, 1);
+    two_segs(f);
+    len = f->seg[0].off[6] - f->seg[0].off[3];
+    assert_true(len <= sizeof(junk));
+    for (i = 0; i < len; i++) {
+        junk[i] = (unsigned char) "MQR2\xff\x00Mq"[i % 8];
     }
-
-    /* and the intact file still skips */
-    put_file(f, "position", good, 20);
-    q = recover(f);
-    assert_int_equal(q->items, 3);
+    poke(f, f->seg[0].path, f->seg[0].off[3], junk, len);
 }
 
 
-/* ---- torn and corrupt tails ---- */
+/* the last record of a segment that is not the newest */
+static void
+b_last_of_oldest_payload(fx_t *f)
+{
+    two_segs(f);
+    flip(f, f->seg[0].path, f->seg[0].off[9] + MQ_FRAME_HDR_SIZE + 1);
+}
+
 
 static void
-test_recover_torn_tail(void **state)
+b_last_of_oldest_header(fx_t *f)
 {
-    fx_t      *f = *state;
-    size_t     i;
-    tseg_t     s;
-    queue_t   *q;
-    uint64_t   last, cut;
-    /* cut points inside the last record, from its start */
-    const uint64_t  cuts[] = {
-        1, 7, 8, 20, 39,                  /* mid-header */
-        40,                               /* header, no payload */
-        41, 90, 139                       /* mid-payload */
-    };
+    two_segs(f);
+    flip(f, f->seg[0].path, f->seg[0].off[9] + 30);
+}
 
-    for (i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
-        clear_dir(f);
-        seg_write(f, &s, 1, 1, 5, NULL, 100);
-        last = s.off[4];
-        cut = last + cuts[i];
-        seg_cut(f, 1, cut);
 
-        q = recover(f);
+/* damage in the newest segment with good records after it: not a torn
+ * tail, it costs the record only */
+static void
+b_newest_middle(fx_t *f)
+{
+    two_segs(f);
+    flip(f, f->seg[1].path, f->seg[1].off[4] + 20);
+}
 
-        assert_int_equal(q->nsegs, 1);
-        expect_seg(q, 0, 1, last);
-        assert_int_equal(q->items, 4);
-        assert_int_equal(q->bytes, 4 * 100);
-        assert_int_equal(q->next_seq, 5);
-        assert_int_equal(q->wbase, last);
-        expect_cursor(q, 0, MQ_SEG_HDR_SIZE, 1);
-        assert_int_equal(seg_file_size(f, 1), last);
-        expect_tail_cut(f, 1, last, "torn record", cuts[i]);
 
-        /* the truncated file recovers cleanly a second time */
-        q = recover(f);
-        assert_int_equal(q->items, 4);
-        expect_no_log(f, "[warn]");
+static void
+b_seg_magic(fx_t *f)
+{
+    two_segs(f);
+    flip(f, f->seg[0].path, 2);
+    flip(f, f->seg[1].path, 7);
+}
+
+
+static void
+b_torn_tail(fx_t *f)
+{
+    unsigned char  rec[256];
+    size_t         n;
+
+    two_segs(f);
+    n = encode(rec, MQ_FRAME_ITEM, "q1", 21, 0);
+    append(f, f->seg[1].path, rec, n - 3);
+}
+
+
+static void
+b_torn_header(fx_t *f)
+{
+    unsigned char  rec[256];
+
+    two_segs(f);
+    encode(rec, MQ_FRAME_ITEM, "q1", 21, 0);
+    append(f, f->seg[1].path, rec, 20);
+}
+
+
+/* the newest segment's last record damaged, nothing good after it */
+static void
+b_torn_last_record(fx_t *f)
+{
+    two_segs(f);
+    flip(f, f->seg[1].path, f->seg[1].off[9] + MQ_FRAME_HDR_SIZE);
+}
+
+
+static void
+b_torn_zeros(fx_t *f)
+{
+    unsigned char  zeros[300];
+
+    two_segs(f);
+    memset(zeros, 0, sizeof(zeros));
+    append(f, f->seg[1].path, zeros, sizeof(zeros));
+}
+
+
+/* a newest segment whose creation was cut short */
+static void
+b_empty_newest(fx_t *f)
+{
+    two_segs(f);
+    write_file(f, "q1/00000000000000000021.seg", "MQSEG", 5);
+}
+
+
+/* issue 7: a file missing from the middle */
+static void
+b_missing_file(fx_t *f)
+{
+    write_seg(f, 0, "q1", 1, 1, 10, 2, 0);
+    write_seg(f, 1, "q1", 21, 21, 10, 2, 0);
+}
+
+
+/* a segment that cannot be read stops the start */
+static void
+b_unreadable(fx_t *f)
+{
+    write_seg(f, 0, "q1", 1, 1, 10, 2, 0);
+    assert_int_equal(mkdirat(f->dirfd, "q1/00000000000000000011.seg", 0755),
+                     0);
+}
+
+
+/* crash after the journal commit, before the queue file was written:
+ * the journal holds 6-12, the queue file 1-5 */
+static void
+b_journal_replay(fx_t *f)
+{
+    write_seg(f, 0, "q1", 1, 1, 5, 2, 0);
+    jnl_items(f, "q1", 6, 12, 0);
+    jnl_write(f, 3, 64 * 1024);
+}
+
+
+/* the journal holds 1-8, the queue file has 1-5 of them already */
+static void
+b_journal_overlap(fx_t *f)
+{
+    write_seg(f, 0, "q1", 1, 1, 5, 2, 0);
+    jnl_items(f, "q1", 1, 8, 0);
+    jnl_write(f, 3, 0);
+}
+
+
+/* everything in the journal is in the queue file already */
+static void
+b_journal_all_there(fx_t *f)
+{
+    two_segs(f);
+    jnl_items(f, "q1", 4, 20, 0);
+    jnl_write(f, 7, 64 * 1024);
+}
+
+
+/* two journal files, three queues interleaved; q2 has no directory */
+static void
+b_journal_interleaved(fx_t *f)
+{
+    uint64_t  i;
+
+    write_seg(f, 0, "q1", 1, 1, 3, 2, 0);
+    write_seg(f, 1, "q3", 1, 1, 2, 2, 0);
+
+    for (i = 1; i <= 6; i++) {
+        jnl_item(f, "q1", i, 0);
+        jnl_item(f, "q2", i, 0);
     }
-}
+    jnl_write(f, 4, 0);
 
-
-/* A crash inside the first record leaves just the header. */
-static void
-test_recover_torn_first_record(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s[2];
-    queue_t  *q;
-
-    seg_write(f, &s[0], 1, 1, 5, NULL, 10);
-    seg_write(f, &s[1], 6, 6, 1, NULL, 10);
-    seg_cut(f, 6, MQ_SEG_HDR_SIZE + 30);
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 2);
-    expect_seg(q, 1, 6, MQ_SEG_HDR_SIZE);
-    assert_int_equal(q->items, 5);
-    assert_int_equal(q->next_seq, 6);
-    assert_int_equal(seg_file_size(f, 6), MQ_SEG_HDR_SIZE);
-    expect_tail_cut(f, 6, MQ_SEG_HDR_SIZE, "torn record", 30);
-}
-
-
-static void
-test_recover_garbage_appended(void **state)
-{
-    fx_t           *f = *state;
-    size_t          i, j;
-    tseg_t          s;
-    queue_t        *q;
-    unsigned char   g[4096];
-    struct {
-        const char  *why;
-        size_t       len;
-        int          fill;             /* byte value, -1 pseudo-random */
-    } cases[] = {
-        { "torn record", 1, 'x' },
-        { "torn record", 39, 'x' },
-        { "unknown kind", 40, 0 },        /* zeroed blocks after a crash */
-        { "unknown kind", 4096, 0 },
-        { "bad length", 64, 0xff },
-        { "bad length", 8, 0xff },        /* the length alone is enough */
-        { NULL, 4096, -1 }
-    };
-
-    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        clear_dir(f);
-        seg_write(f, &s, 1, 1, 3, NULL, 25);
-
-        for (j = 0; j < cases[i].len; j++) {
-            g[j] = cases[i].fill >= 0 ? (unsigned char) cases[i].fill
-                                      : (unsigned char) (j * 7919 >> 3);
-        }
-        seg_add_bytes(f, 1, g, cases[i].len);
-
-        q = recover(f);
-
-        expect_seg(q, 0, 1, s.off[3]);
-        assert_int_equal(q->items, 3);
-        assert_int_equal(q->bytes, 3 * 25);
-        assert_int_equal(q->next_seq, 4);
-        assert_int_equal(seg_file_size(f, 1), s.off[3]);
-
-        if (cases[i].why) {
-            expect_tail_cut(f, 1, s.off[3], cases[i].why,
-                            (uint64_t) cases[i].len);
-        } else {
-            expect_log(f, "truncated %zu bytes", cases[i].len);
-        }
+    for (i = 7; i <= 9; i++) {
+        jnl_item(f, "q2", i, 0);
+        jnl_item(f, "q1", i, 0);
+        jnl_item(f, "q3", i - 4, 0);
     }
+    jnl_write(f, 5, 4096);
 }
 
 
-/* A whole record header appended, its payload write cut short. */
+/* the journal covers the damage: the file is cut there and the journal
+ * fills it in, nothing lost */
 static void
-test_recover_appended_record_cut_short(void **state)
+b_journal_covers_damage(fx_t *f)
 {
-    fx_t           *f = *state;
-    tseg_t          s;
-    queue_t        *q;
-    unsigned char   rec[MQ_FRAME_HDR_SIZE + 500];
-    mq_frame_hdr_t  h;
-
-    seg_write(f, &s, 1, 1, 2, NULL, 500);
-
-    memset(rec, 'p', sizeof(rec));
-    memset(&h, 0, sizeof(h));
-    h.len = 500;
-    h.kind = MQ_FRAME_ITEM;
-    h.seq = 3;
-    mq_frame_encode(rec, &h, rec + MQ_FRAME_HDR_SIZE);
-    seg_add_bytes(f, 1, rec, MQ_FRAME_HDR_SIZE + 200);
-
-    q = recover(f);
-
-    assert_int_equal(q->items, 2);
-    assert_int_equal(q->next_seq, 3);
-    assert_int_equal(seg_file_size(f, 1), s.off[2]);
-    expect_tail_cut(f, 1, s.off[2], "torn record", MQ_FRAME_HDR_SIZE + 200);
+    write_seg(f, 0, "q1", 1, 1, 10, 2, 0);
+    flip(f, f->seg[0].path, f->seg[0].off[5] + MQ_FRAME_HDR_SIZE);
+    jnl_items(f, "q1", 4, 14, 0);
+    jnl_write(f, 1, 0);
 }
 
 
-/* Every byte of the last record, header and payload, flipped in turn. */
 static void
-test_recover_flipped_byte_in_last_record(void **state)
+b_journal_covers_torn_tail(fx_t *f)
 {
-    fx_t           *f = *state;
-    size_t          i, m;
-    tseg_t          s;
-    queue_t        *q;
-    const unsigned  masks[] = { 0x01, 0x80 };
+    unsigned char  rec[256];
+    size_t         n;
 
-    for (m = 0; m < 2; m++) {
-        for (i = 0; i < MQ_FRAME_HDR_SIZE + 60; i++) {
-            clear_dir(f);
-            seg_write(f, &s, 1, 1, 4, NULL, 60);
-            seg_flip(f, 1, s.off[3] + i, (unsigned char) masks[m]);
+    write_seg(f, 0, "q1", 1, 1, 10, 2, 0);
+    n = encode(rec, MQ_FRAME_ITEM, "q1", 11, 0);
+    append(f, f->seg[0].path, rec, n / 2);
+    jnl_items(f, "q1", 9, 13, 0);
+    jnl_write(f, 1, 64 * 1024);
+}
 
-            q = recover(f);
 
-            expect_seg(q, 0, 1, s.off[3]);
-            assert_int_equal(q->items, 3);
-            assert_int_equal(q->bytes, 3 * 60);
-            assert_int_equal(q->next_seq, 4);
-            assert_int_equal(seg_file_size(f, 1), s.off[3]);
-            expect_log(f, "[warn] recover: " QNAME
-                       "/00000000000000000001.seg:%" PRIu64 ": ", s.off[3]);
-            expect_log(f, ", truncated %d bytes", MQ_FRAME_HDR_SIZE + 60);
-        }
-    }
+/* a damaged journal record is skipped; its queue file has it */
+static void
+b_journal_damaged(fx_t *f)
+{
+    size_t  at;
 
-    /* a payload flip is a crc mismatch */
-    clear_dir(f);
-    seg_write(f, &s, 1, 1, 4, NULL, 60);
-    seg_flip(f, 1, s.off[3] + MQ_FRAME_HDR_SIZE + 59, 0x04);
-    recover(f);
-    expect_tail_cut(f, 1, s.off[3], "bad crc", MQ_FRAME_HDR_SIZE + 60);
+    write_seg(f, 0, "q1", 1, 1, 5, 2, 0);
+    jnl_items(f, "q1", 3, 4, 0);
+    at = f->jlen;
+    jnl_items(f, "q1", 5, 8, 0);
+    f->jbuf[at + MQ_FRAME_HDR_SIZE + 4] ^= 0xff;
+    jnl_write(f, 1, 0);
+}
+
+
+static void
+b_jdrop(fx_t *f)
+{
+    two_segs(f);
+    write_seg(f, 2, "q2", 1, 1, 3, 2, 0);
+    jnl_items(f, "q1", 19, 20, 0);
+    jnl_drop(f, "q1");
+    jnl_item(f, "q2", 4, 0);
+    jnl_write(f, 2, 0);
+}
+
+
+/* deleted, then created again: only the new incarnation's records */
+static void
+b_jdrop_recreate(fx_t *f)
+{
+    two_segs(f);
+    jnl_items(f, "q1", 20, 20, 0);
+    jnl_drop(f, "q1");
+    jnl_write(f, 2, 0);
+    jnl_items(f, "q1", 1, 4, 1);
+    jnl_write(f, 3, 0);
+}
+
+
+static void
+b_v1(fx_t *f)
+{
+    write_seg(f, 0, "q1", 1, 1, 10, 1, 0);
+    write_seg(f, 1, "q1", 11, 11, 10, 1, 0);
+}
+
+
+/* the old version's files, then the new version's */
+static void
+b_v1_then_v2(fx_t *f)
+{
+    write_seg(f, 0, "q1", 1, 1, 10, 1, 0);
+    write_seg(f, 1, "q1", 11, 11, 10, 2, 0);
+}
+
+
+static void
+b_v1_torn_tail(fx_t *f)
+{
+    unsigned char  rec[256];
+    size_t         n;
+
+    write_seg(f, 0, "q1", 1, 1, 10, 1, 0);
+    n = encode_v1(rec, "q1", 11, 0);
+    append(f, f->seg[0].path, rec, n - 1);
+}
+
+
+/* every kind of damage at once, and a journal to replay */
+static void
+b_check_only(fx_t *f)
+{
+    unsigned char  rec[256];
+    size_t         n;
+
+    two_segs(f);
+    flip(f, f->seg[0].path, f->seg[0].off[2] + MQ_FRAME_HDR_SIZE);
+    flip(f, f->seg[0].path, 3);
+    n = encode(rec, MQ_FRAME_ITEM, "q1", 21, 0);
+    append(f, f->seg[1].path, rec, n - 1);
+    assert_int_equal(mkdirat(f->dirfd, "q4", 0755), 0);
+    write_file(f, "q4/00000000000000000001.seg", "MQS", 3);
+    write_seg(f, 2, "q3", 1, 1, 2, 2, 0);
+    jnl_items(f, "q2", 1, 3, 0);
+    jnl_drop(f, "q3");
+    jnl_write(f, 9, 4096);
+}
+
+
+/* ---- the cases: extra checks ---- */
+
+static void
+a_journal_files(fx_t *f, uint64_t gone, uint64_t fresh)
+{
+    char  path[64];
+
+    memcpy(path, JOURNAL_DIR "/", sizeof(JOURNAL_DIR));
+
+    journal_name(path + sizeof(JOURNAL_DIR), gone);
+    assert_int_equal(file_size(f, path), -1);
+
+    journal_name(path + sizeof(JOURNAL_DIR), fresh);
+    assert_int_equal(file_size(f, path), srv.journal_size);
 }
 
 
 /*
- * The first bad record of the newest segment ends it: the good records
- * after it are dropped too, and their seqs are handed out again.
+ * A new record goes after the recovered ones: the next id, in a file the
+ * reader finds.  It is appended with queue_replay(), which is
+ * queue_append() without the journal: journal_shutdown() frees the
+ * journal's buffer but keeps its capacity, so in a process that runs
+ * queue_init() a second time journal_add() writes through NULL.
  */
 static void
-test_recover_bad_middle_record_of_tail_drops_later_records(
-    void **state)
+append_one(fx_t *f, uint64_t want_seq)
 {
-    fx_t     *f = *state;
-    tseg_t    s[2];
-    queue_t  *q;
-
-    seg_write(f, &s[0], 1, 1, 3, NULL, 10);
-    seg_write(f, &s[1], 4, 4, 10, NULL, 70);
-    seg_flip(f, 4, s[1].off[4] + MQ_FRAME_HDR_SIZE + 33, 0x20);   /* seq 8 */
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 2);
-    expect_seg(q, 0, 1, s[0].off[3]);
-    expect_seg(q, 1, 4, s[1].off[4]);
-    assert_int_equal(q->items, 3 + 4);
-    assert_int_equal(q->bytes, 3 * 10 + 4 * 70);
-    assert_int_equal(q->next_seq, 8);
-    assert_int_equal(q->wbase, s[1].off[4]);
-    assert_int_equal(seg_file_size(f, 4), s[1].off[4]);
-    expect_tail_cut(f, 4, s[1].off[4], "bad crc", 6 * (MQ_FRAME_HDR_SIZE + 70));
-    expect_no_log(f, "[error]");
-}
-
-
-/* Damage in an older segment is corruption: logged as an error, that
- * segment cut there, the newer segments kept whole. */
-static void
-test_recover_corrupt_older_segment(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s[3];
-    queue_t  *q;
-
-    seg_write(f, &s[0], 1, 1, 10, NULL, 20);
-    seg_write(f, &s[1], 11, 11, 5, NULL, 30);
-    seg_write(f, &s[2], 16, 16, 2, NULL, 40);
-    seg_flip(f, 1, s[0].off[4] + 20, 0x01);                      /* seq 5 */
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 3);
-    expect_seg(q, 0, 1, s[0].off[4]);
-    expect_seg(q, 1, 11, s[1].off[5]);
-    expect_seg(q, 2, 16, s[2].off[2]);
-    assert_int_equal(q->items, 4 + 5 + 2);
-    assert_int_equal(q->bytes, 4 * 20 + 5 * 30 + 2 * 40);
-    assert_int_equal(q->next_seq, 18);
-    expect_cursor(q, 0, MQ_SEG_HDR_SIZE, 1);
-    assert_int_equal(seg_file_size(f, 1), s[0].off[4]);
-    assert_int_equal(seg_file_size(f, 11), s[1].off[5]);
-    expect_log(f, "[error] recover: " QNAME "/00000000000000000001.seg:%"
-               PRIu64 ": corrupt segment (bad crc), truncated %d bytes",
-               s[0].off[4], 6 * (MQ_FRAME_HDR_SIZE + 20));
-    expect_no_log(f, "[warn]");
-}
-
-
-static void
-test_recover_torn_older_segment(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s[2];
-    queue_t  *q;
-
-    seg_write(f, &s[0], 1, 1, 5, NULL, 20);
-    seg_write(f, &s[1], 6, 6, 5, NULL, 20);
-    seg_cut(f, 1, s[0].off[4] + 10);
-
-    q = recover(f);
-
-    expect_seg(q, 0, 1, s[0].off[4]);
-    expect_seg(q, 1, 6, s[1].off[5]);
-    assert_int_equal(q->items, 9);
-    assert_int_equal(q->next_seq, 11);
-    assert_int_equal(seg_file_size(f, 1), s[0].off[4]);
-    expect_log(f, "[error] recover: " QNAME "/00000000000000000001.seg:%"
-               PRIu64 ": corrupt segment (torn record), truncated 10 bytes",
-               s[0].off[4]);
-}
-
-
-/* Consumed records before the damage: the cursor is still right. */
-static void
-test_recover_position_with_corrupt_tail(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s[2];
-    queue_t  *q;
-
-    seg_write(f, &s[0], 1, 1, 5, NULL, 20);
-    seg_write(f, &s[1], 6, 6, 5, NULL, 20);
-    seg_flip(f, 6, s[1].off[3] + 50, 0x02);                      /* seq 9 */
-    assert_int_equal(position_write(f->dirfd, 7), 0);
-
-    q = recover(f);
-
-    assert_int_equal(q->items, 2);                               /* 7, 8 */
-    assert_int_equal(q->bytes, 2 * 20);
-    assert_int_equal(q->next_seq, 9);
-    expect_cursor(q, 1, s[1].off[1], 7);
-    assert_int_equal(seg_file_size(f, 6), s[1].off[3]);
-}
-
-
-/* ---- segment headers ---- */
-
-static void
-test_recover_bad_header_newest_removed(void **state)
-{
-    fx_t     *f = *state;
-    size_t    i;
-    tseg_t    s[2];
-    queue_t  *q;
-    /* magic bytes, then the version byte */
-    const size_t  at[] = { 0, 4, 5, 7 };
-
-    for (i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
-        clear_dir(f);
-        seg_write(f, &s[0], 1, 1, 5, NULL, 20);
-        seg_write(f, &s[1], 6, 6, 5, NULL, 20);
-        seg_flip(f, 6, at[i], 0x03);
-
-        q = recover(f);
-
-        assert_int_equal(q->nsegs, 1);
-        expect_seg(q, 0, 1, s[0].off[5]);
-        assert_int_equal(q->items, 5);
-        assert_int_equal(q->next_seq, 6);
-        assert_int_equal(q->wbase, s[0].off[5]);
-        expect_cursor(q, 0, MQ_SEG_HDR_SIZE, 1);
-        assert_int_equal(seg_file_size(f, 6), -1);
-        expect_log(f, "[warn] recover: " QNAME "/00000000000000000006.seg: "
-                   "no valid header, removed");
-    }
-}
-
-
-static void
-test_recover_bad_header_oldest_removed(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s[2];
-    queue_t  *q;
-
-    seg_write(f, &s[0], 1, 1, 5, NULL, 20);
-    seg_write(f, &s[1], 6, 6, 5, NULL, 30);
-    seg_flip(f, 1, 2, 0xff);
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 1);
-    expect_seg(q, 0, 6, s[1].off[5]);
-    assert_int_equal(q->items, 5);
-    assert_int_equal(q->bytes, 5 * 30);
-    assert_int_equal(q->next_seq, 11);
-    expect_cursor(q, 0, MQ_SEG_HDR_SIZE, 6);
-    assert_int_equal(seg_file_size(f, 1), -1);
-}
-
-
-static void
-test_recover_short_segment_removed(void **state)
-{
-    fx_t           *f = *state;
-    size_t          i;
-    char            name[SEG_NAME_LEN + 1];
-    tseg_t          s;
-    queue_t        *q;
-    unsigned char   hdr[MQ_SEG_HDR_SIZE];
-    const size_t    lens[] = { 1, 8, 10, 15 };
-
-    mq_frame_seg_encode(hdr, 6);
-    seg_name(name, 6);
-
-    for (i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
-        clear_dir(f);
-        seg_write(f, &s, 1, 1, 5, NULL, 20);
-        put_file(f, name, hdr, lens[i]);          /* a header cut short */
-
-        q = recover(f);
-
-        assert_int_equal(q->nsegs, 1);
-        expect_seg(q, 0, 1, s.off[5]);
-        assert_int_equal(q->items, 5);
-        assert_int_equal(q->next_seq, 6);
-        assert_int_equal(seg_file_size(f, 6), -1);
-        expect_log(f, "%s: no valid header, removed", name);
-    }
-}
-
-
-static void
-test_recover_zero_length_newest_segment_removed(void **state)
-{
-    fx_t     *f = *state;
-    char      name[SEG_NAME_LEN + 1];
-    tseg_t    s;
-    queue_t  *q;
-
-    seg_write(f, &s, 1, 1, 5, NULL, 20);
-    seg_name(name, 6);
-    put_file(f, name, "", 0);
-    assert_int_equal(position_write(f->dirfd, 6), 0);
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 1);
-    expect_seg(q, 0, 1, s.off[5]);
-    assert_int_equal(q->items, 0);
-    assert_int_equal(q->next_seq, 6);
-    assert_int_equal(q->wbase, s.off[5]);
-    expect_cursor(q, 0, s.off[5], 6);
-    assert_int_equal(seg_file_size(f, 6), -1);
-    expect_log(f, "[warn] recover: " QNAME "/%s: no valid header, removed",
-               name);
-}
-
-
-static void
-test_recover_only_segment_zero_length(void **state)
-{
-    fx_t     *f = *state;
-    char      name[SEG_NAME_LEN + 1];
-    queue_t  *q;
-
-    seg_name(name, 1);
-    put_file(f, name, "", 0);
-
-    q = recover(f);
-
-    assert_int_equal(q->nsegs, 0);
-    assert_int_equal(q->items, 0);
-    assert_int_equal(q->next_seq, 1);
-    expect_cursor(q, 0, 0, 1);
-    assert_int_equal(seg_file_size(f, 1), -1);
-}
-
-
-/* ---- records larger than the scan buffer ---- */
-
-static void
-test_recover_large_records(void **state)
-{
-    fx_t          *f = *state;
-    tseg_t         s;
-    queue_t       *q;
-    const size_t   lens[] = { 10, MIB, MIB, 1, MIB + 1, 0 };
-
-    seg_write(f, &s, 1, 1, 6, lens, 0);
-
-    q = recover(f);
-
-    expect_seg(q, 0, 1, s.off[6]);
-    assert_int_equal(q->items, 6);
-    assert_int_equal(q->bytes, 3 * MIB + 12);
-    assert_int_equal(q->next_seq, 7);
-    expect_no_log(f, "[warn]");
-}
-
-
-/* A record header split across the end of the first 1 MiB read. */
-static void
-test_recover_header_across_scan_buffer(void **state)
-{
-    fx_t          *f = *state;
-    size_t         i, lens[3];
-    tseg_t         s;
-    queue_t       *q;
-    const size_t   splits[] = { 1, 6, 8, 20, 39, 40, 41, 139, 140 };
-
-    /* the first read is SCAN_BUF bytes from offset 16; record 1 starts
-     * split bytes before its end: mid-length, mid-header, header only,
-     * header and part of the payload, exactly the whole record */
-    for (i = 0; i < sizeof(splits) / sizeof(splits[0]); i++) {
-        clear_dir(f);
-        lens[0] = SCAN_BUF - MQ_FRAME_HDR_SIZE - splits[i];
-        lens[1] = 100;
-        lens[2] = 5;
-        seg_write(f, &s, 1, 1, 3, lens, 0);
-        assert_int_equal(s.off[1] + splits[i], MQ_SEG_HDR_SIZE + SCAN_BUF);
-
-        q = recover(f);
-
-        expect_seg(q, 0, 1, s.off[3]);
-        assert_int_equal(q->items, 3);
-        assert_int_equal(q->bytes, lens[0] + 105);
-        assert_int_equal(q->next_seq, 4);
-        expect_no_log(f, "[warn]");
-    }
-}
-
-
-static void
-test_recover_large_record_damaged(void **state)
-{
-    fx_t          *f = *state;
-    tseg_t         s;
-    queue_t       *q;
-    const size_t   lens[] = { 100, MIB, MIB };
-
-    /* torn in the middle of the second 1 MiB payload */
-    seg_write(f, &s, 1, 1, 3, lens, 0);
-    seg_cut(f, 1, s.off[2] + MQ_FRAME_HDR_SIZE + MIB / 2);
-
-    q = recover(f);
-
-    expect_seg(q, 0, 1, s.off[2]);
-    assert_int_equal(q->items, 2);
-    assert_int_equal(q->bytes, 100 + MIB);
-    assert_int_equal(q->next_seq, 3);
-    assert_int_equal(seg_file_size(f, 1), s.off[2]);
-    expect_tail_cut(f, 1, s.off[2], "torn record", MQ_FRAME_HDR_SIZE + MIB / 2);
-
-    /* the last byte of a 1 MiB payload flipped */
-    clear_dir(f);
-    seg_write(f, &s, 1, 1, 3, lens, 0);
-    seg_flip(f, 1, s.off[2] - 1, 0x40);
-
-    q = recover(f);
-
-    expect_seg(q, 0, 1, s.off[1]);
-    assert_int_equal(q->items, 1);
-    assert_int_equal(q->next_seq, 2);
-    assert_int_equal(seg_file_size(f, 1), s.off[1]);
-    expect_tail_cut(f, 1, s.off[1], "bad crc",
-                    2 * (MQ_FRAME_HDR_SIZE + MIB));
-}
-
-
-static void
-test_recover_empty_dir(void **state)
-{
-    fx_t     *f = *state;
-    queue_t  *q = recover(f);
-
-    assert_int_equal(q->nsegs, 0);
-    assert_int_equal(q->items, 0);
-    assert_int_equal(q->next_seq, 1);
-    expect_cursor(q, 0, 0, 1);
-}
-
-
-static void
-test_recover_position_without_segments(void **state)
-{
-    fx_t     *f = *state;
-    queue_t  *q;
-
-    assert_int_equal(position_write(f->dirfd, 42), 0);
-    q = recover(f);
-    assert_int_equal(q->next_seq, 42);
-    expect_cursor(q, 0, 0, 42);
-}
-
-
-static void
-test_recover_next_seq_not_below_position(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s;
-    queue_t  *q;
-
-    seg_write(f, &s, 1, 1, 5, NULL, 20);
-    assert_int_equal(position_write(f->dirfd, 11), 0);
-    q = recover(f);
-    assert_int_equal(q->items, 0);
-    assert_true(q->next_seq >= 11);
-    assert_true(q->rseq >= 11);
-}
-
-
-static void
-test_recover_next_seq_not_below_position_after_corrupt_tail(void **state)
-{
-    fx_t     *f = *state;
-    tseg_t    s;
-    queue_t  *q;
-
-    seg_write(f, &s, 1, 1, 10, NULL, 20);
-    assert_int_equal(position_write(f->dirfd, 11), 0);
-    seg_flip(f, 1, s.off[4] + MQ_FRAME_HDR_SIZE, 0x01);   /* seq 5 */
-    q = recover(f);
-    assert_true(q->next_seq >= 11);
-}
-
-
-static void
-test_recover_pending_items_come_back(void **state)
-{
-    fx_t            *f = *state;
-    tseg_t           s;
     queue_t         *q;
-    const uint64_t   pending[] = { 2, 5 };
+    item_t           it;
+    mq_frame_hdr_t   h;
 
-    /* 1..10 stored; 1..7 delivered, of which 2 and 5 still owed */
-    seg_write(f, &s, 1, 1, 10, NULL, 20);
-    assert_int_equal(position_save(f->dirfd, 8, pending, 2), 0);
+    q = queue_lookup("q1", 2, 0);
+    assert_non_null(q);
+    assert_true(q->next_seq == want_seq);
 
-    q = recover(f);
-    assert_int_equal(q->items, 5);
-    assert_int_equal(q->nret, 2);
-    assert_int_equal(q->ret[0].seq, 2);
-    assert_int_equal(q->ret[0].off, s.off[1]);
-    assert_int_equal(q->ret[1].seq, 5);
-    assert_int_equal(q->ret[1].len, 20);
-    expect_cursor(q, 0, s.off[7], 8);
-    assert_int_equal(q->next_seq, 11);
-    assert_int_equal(q->pos_written, 2);
+    memset(&h, 0, sizeof(h));
+    h.len = 14;
+    h.kind = MQ_FRAME_ITEM;
+    h.seq = q->next_seq;
+    h.ctime = server_wall_ms();
+    assert_int_equal(queue_replay(q, &h, "after recovery"), 0);
+    assert_int_equal(queue_write_all(), 0);
+
+    assert_int_equal(queue_take(q, 0, &it), 1);
+    assert_true(it.hdr.seq == want_seq);
+    assert_memory_equal(it.payload, "after recovery", 14);
+    assert_int_equal(queue_take(q, 0, &it), 0);
+    assert_int_equal(q->items, 0);
 }
 
 
-#define T(name)  cmocka_unit_test_setup_teardown(name, setup, teardown)
+static void
+a_clean(fx_t *f)
+{
+    /* a clean directory changes nothing but gets a journal file */
+    assert_int_equal(file_size(f, f->seg[0].path), f->seg[0].off[10]);
+    assert_int_equal(file_size(f, f->seg[1].path), f->seg[1].off[10]);
+    a_journal_files(f, 0, 1);
+    append_one(f, 21);
+}
+
+
+static void
+a_sizes_kept(fx_t *f)
+{
+    /* damage below the newest segment's tail is skipped, never cut */
+    assert_int_equal(file_size(f, f->seg[0].path), f->seg[0].off[10]);
+    assert_int_equal(file_size(f, f->seg[1].path), f->seg[1].off[10]);
+    append_one(f, 21);
+}
+
+
+static void
+a_torn_cut(fx_t *f)
+{
+    assert_int_equal(file_size(f, f->seg[0].path), f->seg[0].off[10]);
+    assert_int_equal(file_size(f, f->seg[1].path), f->seg[1].off[10]);
+    append_one(f, 21);
+}
+
+
+static void
+a_torn_last_record(fx_t *f)
+{
+    assert_int_equal(file_size(f, f->seg[1].path), f->seg[1].off[9]);
+    append_one(f, 20);
+}
+
+
+static void
+a_empty_newest(fx_t *f)
+{
+    assert_int_equal(file_size(f, "q1/00000000000000000021.seg"), -1);
+    append_one(f, 21);
+}
+
+
+static void
+a_missing_file(fx_t *f)
+{
+    append_one(f, 31);
+}
+
+
+static void
+a_journal_replay(fx_t *f)
+{
+    a_journal_files(f, 3, 4);
+    append_one(f, 13);
+}
+
+
+static void
+a_journal_all_there(fx_t *f)
+{
+    assert_int_equal(file_size(f, f->seg[1].path), f->seg[1].off[10]);
+    a_journal_files(f, 7, 8);
+}
+
+
+static void
+a_journal_interleaved(fx_t *f)
+{
+    a_journal_files(f, 4, 6);
+    a_journal_files(f, 5, 6);
+}
+
+
+static void
+a_journal_covers_damage(fx_t *f)
+{
+    append_one(f, 15);
+}
+
+
+static void
+a_jdrop(fx_t *f)
+{
+    assert_int_equal(file_size(f, "q1"), -1);
+}
+
+
+static void
+a_v1(fx_t *f)
+{
+    int            fd;
+    unsigned       ver;
+    uint64_t       first;
+    unsigned char  hdr[MQ_SEG_HDR_SIZE];
+
+    /* read in place, never rewritten; new records go to a new file of
+     * the current version */
+    assert_int_equal(file_size(f, f->seg[1].path), f->seg[1].off[10]);
+    append_one(f, 21);
+
+    fd = openat(f->dirfd, "q1/00000000000000000021.seg", O_RDONLY);
+    assert_true(fd != -1);
+    assert_int_equal(pread(fd, hdr, sizeof(hdr), 0), sizeof(hdr));
+    close(fd);
+    assert_int_equal(mq_frame_seg_decode(hdr, &first, &ver), MQ_OK);
+    assert_int_equal(ver, MQ_SEG_VERSION);
+    assert_int_equal(first, 21);
+}
+
+
+static void
+a_v1_torn_tail(fx_t *f)
+{
+    assert_int_equal(file_size(f, f->seg[0].path), f->seg[0].off[10]);
+    append_one(f, 11);
+}
+
+
+static void
+a_check_only(fx_t *f)
+{
+    /* nothing was replayed or removed: the journal is still there */
+    assert_int_equal(file_size(f, ".journal/00000000000000000009.jnl"),
+                     4096);
+    assert_true(file_size(f, "q3") != -1);
+}
+
+
+#define Q(n, ids)  { n, ids, 0 }
+
+static const rcase_t  cases[] = {
+    { "empty data directory", b_empty, 0, 0, 0,
+      { Q("q1", NULL) }, NULL, NULL },
+
+    { "clean", b_clean, 0, 0, 0,
+      { Q("q1", "1-20"), Q("q2", "1-3"), Q("q3", "") }, NULL, a_clean },
+
+    { "position with pending items", b_position, 0, 0, 0,
+      { Q("q1", "3,5,8-20") }, NULL, NULL },
+
+    { "payload damaged in the middle of the oldest segment",
+      b_payload_oldest, 0, 0, 1,
+      { Q("q1", "1-4,6-20") }, "ids 5-5 lost", a_sizes_kept },
+
+    { "payload of the first record damaged", b_payload_first, 0, 0, 1,
+      { Q("q1", "2-20") }, "ids 1-1 lost", a_sizes_kept },
+
+    { "issue 7: payload byte of record 2 of 40", b_payload_2_of_40, 0, 0, 1,
+      { Q("q1", "1,3-41") }, "ids 2-2 lost", NULL },
+
+    { "issue 7: four header bytes of record 2 of 40", b_header_4_bytes,
+      0, 0, 1,
+      { Q("q1", "1,3-41") }, "ids 2-2 lost", NULL },
+
+    { "header damaged (seq byte)", b_header_seq, 0, 0, 1,
+      { Q("q1", "1-4,6-20") }, "bad header crc", a_sizes_kept },
+
+    { "record magic damaged", b_header_magic, 0, 0, 1,
+      { Q("q1", "1-4,6-20") }, "bad magic", a_sizes_kept },
+
+    { "three damaged records in two segments", b_two_damaged, 0, 0, 3,
+      { Q("q1", "1-2,5-15,17-20") }, NULL, a_sizes_kept },
+
+    { "garbage with fake magics over three records", b_garbage_run,
+      0, 0, 3,
+      { Q("q1", "1-3,7-20") }, "ids 4-6 lost", a_sizes_kept },
+
+    { "payload of the last record of the oldest segment",
+      b_last_of_oldest_payload, 0, 0, 1,
+      { Q("q1", "1-9,11-20") }, "ids 10-10 lost", a_sizes_kept },
+
+    { "header of the last record of the oldest segment",
+      b_last_of_oldest_header, 0, 0, 1,
+      { Q("q1", "1-9,11-20") }, "ids 10-10 lost", a_sizes_kept },
+
+    { "damage in the middle of the newest segment", b_newest_middle,
+      0, 0, 1,
+      { Q("q1", "1-14,16-20") }, "ids 15-15 lost", a_sizes_kept },
+
+    { "segment magic damaged: nothing lost", b_seg_magic, 0, 0, 0,
+      { Q("q1", "1-20") }, "damaged segment header", a_sizes_kept },
+
+    { "torn tail of the newest segment", b_torn_tail, 0, 0, 0,
+      { Q("q1", "1-20") }, "truncated", a_torn_cut },
+
+    { "torn header at the tail", b_torn_header, 0, 0, 0,
+      { Q("q1", "1-20") }, "truncated", a_torn_cut },
+
+    { "last record of the newest segment damaged", b_torn_last_record,
+      0, 0, 0,
+      { Q("q1", "1-19") }, "truncated", a_torn_last_record },
+
+    { "zeros at the tail", b_torn_zeros, 0, 0, 0,
+      { Q("q1", "1-20") }, "truncated", a_torn_cut },
+
+    { "newest segment cut short at creation", b_empty_newest, 0, 0, 0,
+      { Q("q1", "1-20") }, "empty, removed", a_empty_newest },
+
+    { "issue 7: segment missing from the middle", b_missing_file,
+      0, 0, 10,
+      { Q("q1", "1-10,21-30") }, "ids 11-20 missing", a_missing_file },
+
+    { "unreadable segment stops the start", b_unreadable, 0, -1, 0,
+      { { NULL, NULL, 0 } }, "cannot recover the queue", NULL },
+
+    { "journal replay after a crash", b_journal_replay, 0, 0, 0,
+      { Q("q1", "1-12") }, "7 records replayed", a_journal_replay },
+
+    { "journal records the file has are not duplicated",
+      b_journal_overlap, 0, 0, 0,
+      { Q("q1", "1-8") }, "3 records replayed", NULL },
+
+    { "journal wholly in the files", b_journal_all_there, 0, 0, 0,
+      { Q("q1", "1-20") }, "0 records replayed", a_journal_all_there },
+
+    { "two journal files, three queues", b_journal_interleaved, 0, 0, 0,
+      { Q("q1", "1-9"), Q("q2", "1-9"), Q("q3", "1-5") }, NULL,
+      a_journal_interleaved },
+
+    { "journal covers damage in the file", b_journal_covers_damage,
+      0, 0, 0,
+      { Q("q1", "1-14") }, "replaced from the journal",
+      a_journal_covers_damage },
+
+    { "journal covers a torn tail", b_journal_covers_torn_tail, 0, 0, 0,
+      { Q("q1", "1-13") }, "3 records replayed", NULL },
+
+    { "damaged journal record skipped", b_journal_damaged, 0, 0, 0,
+      { Q("q1", "1-8") }, "bytes skipped", NULL },
+
+    { "JDROP removes the queue", b_jdrop, 0, 0, 0,
+      { Q("q1", NULL), Q("q2", "1-4") }, "deleted before the stop",
+      a_jdrop },
+
+    { "JDROP, then the queue made again", b_jdrop_recreate, 0, 0, 0,
+      { { "q1", "1-4", 1 } }, "deleted before the stop", NULL },
+
+    { "version 1 segments (upgrade)", b_v1, 0, 0, 0,
+      { Q("q1", "1-20") }, NULL, a_v1 },
+
+    { "version 1 then version 2", b_v1_then_v2, 0, 0, 0,
+      { Q("q1", "1-20") }, NULL, NULL },
+
+    { "version 1 torn tail", b_v1_torn_tail, 0, 0, 0,
+      { Q("q1", "1-10") }, "truncated", a_v1_torn_tail },
+
+    { "check only: nothing on disk changes", b_check_only, 1, 0, 1,
+      { Q("q1", "1-2,4-20"), Q("q2", NULL), Q("q3", NULL) },
+      "3 records would be replayed", a_check_only },
+};
+
+#define NCASES  (sizeof(cases) / sizeof(cases[0]))
+
 
 int
 main(void)
 {
-    const struct CMUnitTest  tests[] = {
-        T(test_recover_pending_items_come_back),
-        T(test_recover_empty_dir),
-        T(test_recover_position_without_segments),
-        T(test_recover_next_seq_not_below_position),
-        T(test_recover_next_seq_not_below_position_after_corrupt_tail),
-        T(test_recover_unusable_dir_fails),
-        T(test_recover_one_segment),
-        T(test_recover_several_segments),
-        T(test_recover_ignores_other_files),
-        T(test_recover_position_tmp_ignored),
-        T(test_recover_empty_tail_segment_sets_next_seq),
-        T(test_recover_header_only_segment_kept),
-        T(test_recover_position_skips_consumed),
-        T(test_recover_position_in_second_segment),
-        T(test_recover_position_at_segment_start),
-        T(test_recover_position_everything_consumed),
-        T(test_recover_damaged_position_delivers_everything),
-        T(test_recover_torn_tail),
-        T(test_recover_torn_first_record),
-        T(test_recover_garbage_appended),
-        T(test_recover_appended_record_cut_short),
-        T(test_recover_flipped_byte_in_last_record),
-        T(test_recover_bad_middle_record_of_tail_drops_later_records),
-        T(test_recover_corrupt_older_segment),
-        T(test_recover_torn_older_segment),
-        T(test_recover_position_with_corrupt_tail),
-        T(test_recover_bad_header_newest_removed),
-        T(test_recover_bad_header_oldest_removed),
-        T(test_recover_short_segment_removed),
-        T(test_recover_zero_length_newest_segment_removed),
-        T(test_recover_only_segment_zero_length),
-        T(test_recover_large_records),
-        T(test_recover_header_across_scan_buffer),
-        T(test_recover_large_record_damaged),
-    };
+    size_t             i;
+    struct CMUnitTest  tests[NCASES];
 
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    for (i = 0; i < NCASES; i++) {
+        tests[i].name = cases[i].what;
+        tests[i].test_func = run_case;
+        tests[i].setup_func = setup;
+        tests[i].teardown_func = teardown;
+        tests[i].initial_state = (void *) &cases[i];
+    }
+
+    return _cmocka_run_group_tests("test_recover", tests, NCASES, NULL,
+                                   NULL);
 }

@@ -1,9 +1,11 @@
 // links: memqd/segment.c memqd/sys.c memqd/log.c
 /*
  * test_segment.c: segment.c's small pieces: segment file names (seg_name,
- * seg_parse_name), seg_create and seg_pwrite, and the position file
- * (position_write, position_read): its exact bytes, round trips, and every
- * way it can be missing or damaged, which must read as seq 0.
+ * seg_parse_name), seg_create (in <srv.data_fd>/<queue>/) and seg_pwrite,
+ * and the position file (position_write, position_read, position_save,
+ * position_read_pending): its exact bytes, round trips, large lists of
+ * pending items, and every way it can be missing or damaged, which must
+ * read as seq 0.
  */
 
 #include <stdarg.h>
@@ -24,9 +26,15 @@
 #include "mq_crc32c.h"
 #include "mq_frame.h"
 #include "segment.h"
+#include "server.h"
 
 
 #define POS_SIZE  20
+#define POS2_MIN  28
+
+
+/* main.c is not linked: seg_create() reads srv.data_fd */
+server_t  srv;
 
 
 typedef struct {
@@ -58,40 +66,60 @@ setup(void **state)
         return -1;
     }
 
+    srv.data_fd = f->dirfd;
     *state = f;
     return 0;
 }
 
 
-static int
-teardown(void **state)
+/* Removes everything below dirfd's directory (two levels: queue
+ * directories and their files). */
+static void
+clear_dir(int dirfd, int depth)
 {
-    int             fd;
-    fx_t           *f;
+    int             fd, sub;
     DIR            *d;
     struct dirent  *de;
 
-    f = *state;
-
-    fd = openat(f->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     d = fd == -1 ? NULL : fdopendir(fd);
 
     while (d != NULL && (de = readdir(d)) != NULL) {
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
             continue;
         }
-        if (unlinkat(f->dirfd, de->d_name, 0) != 0) {
-            unlinkat(f->dirfd, de->d_name, AT_REMOVEDIR);
+        if (unlinkat(dirfd, de->d_name, 0) == 0) {
+            continue;
         }
+        if (depth > 0) {
+            sub = openat(dirfd, de->d_name,
+                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub != -1) {
+                clear_dir(sub, depth - 1);
+                close(sub);
+            }
+        }
+        unlinkat(dirfd, de->d_name, AT_REMOVEDIR);
     }
 
     if (d != NULL) {
         closedir(d);
     }
+}
 
+
+static int
+teardown(void **state)
+{
+    fx_t  *f;
+
+    f = *state;
+
+    clear_dir(f->dirfd, 1);
     close(f->dirfd);
     rmdir(f->dir);
     free(f);
+    srv.data_fd = -1;
     return 0;
 }
 
@@ -228,34 +256,76 @@ test_seg_parse_name_rejects(void **state)
 
 /* ---- seg_create, seg_pwrite ---- */
 
+/* Opens q1/<segment id> for reading and writing, or -1. */
+static int
+open_seg(fx_t *f, uint64_t id)
+{
+    char  path[8 + SEG_NAME_LEN];
+
+    memcpy(path, "q1/", 3);
+    seg_name(path + 3, id);
+    return openat(f->dirfd, path, O_RDWR | O_CLOEXEC);
+}
+
+
+/* Runs seg_create() with its log line kept off the test output. */
+static int
+seg_create_quiet(const char *qname, uint64_t id)
+{
+    int  rc, saved, devnull;
+
+    fflush(stderr);
+    saved = dup(STDERR_FILENO);
+    devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    assert_true(saved != -1 && devnull != -1);
+    dup2(devnull, STDERR_FILENO);
+
+    rc = seg_create(qname, id);
+
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(devnull);
+    return rc;
+}
+
+
 static void
 test_seg_create(void **state)
 {
     fx_t           *f = *state;
     int             fd;
-    char            name[SEG_NAME_LEN + 1];
-    ssize_t         n;
+    unsigned        ver;
     uint64_t        first;
     unsigned char   buf[64];
     struct stat     st;
 
-    fd = seg_create(f->dirfd, "q1", 42);
+    assert_int_equal(mkdirat(f->dirfd, "q1", 0755), 0);
+    assert_int_equal(seg_create("q1", 42), 0);
+
+    fd = open_seg(f, 42);
     assert_true(fd >= 0);
-    seg_name(name, 42);
 
     assert_int_equal(fstat(fd, &st), 0);
     assert_int_equal(st.st_size, MQ_SEG_HDR_SIZE);
 
-    n = get_file(f, name, buf, sizeof(buf));
-    assert_int_equal(n, MQ_SEG_HDR_SIZE);
-    assert_int_equal(mq_frame_seg_decode(buf, &first), MQ_OK);
+    assert_int_equal(pread(fd, buf, sizeof(buf), 0), MQ_SEG_HDR_SIZE);
+    assert_int_equal(mq_frame_seg_decode(buf, &first, &ver), MQ_OK);
     assert_int_equal(first, 42);
+    assert_int_equal(ver, MQ_SEG_VERSION);
 
-    /* O_RDWR: records can be written and read back through it */
+    /* records can be written after the header and read back */
     assert_int_equal(seg_pwrite(fd, "abc", 3, MQ_SEG_HDR_SIZE), 0);
     assert_int_equal(pread(fd, buf, 3, MQ_SEG_HDR_SIZE), 3);
     assert_memory_equal(buf, "abc", 3);
+    close(fd);
 
+    /* another id, another file beside it */
+    assert_int_equal(seg_create("q1", 52113), 0);
+    fd = open_seg(f, 52113);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, buf, sizeof(buf), 0), MQ_SEG_HDR_SIZE);
+    assert_int_equal(mq_frame_seg_decode(buf, &first, &ver), MQ_OK);
+    assert_int_equal(first, 52113);
     close(fd);
 }
 
@@ -264,55 +334,52 @@ static void
 test_seg_create_never_clobbers(void **state)
 {
     fx_t           *f = *state;
-    int             fd, saved, devnull;
-    char            name[SEG_NAME_LEN + 1];
+    int             fd;
     ssize_t         n;
     unsigned char   buf[64];
 
     /* an existing file of the same name may hold records: refuse */
-    seg_name(name, 42);
-    put_file(f, name, "records from an earlier life", 28);
+    assert_int_equal(mkdirat(f->dirfd, "q1", 0755), 0);
+    assert_int_equal(seg_create("q1", 42), 0);
+    fd = open_seg(f, 42);
+    assert_true(fd >= 0);
+    assert_int_equal(seg_pwrite(fd, "records from an earlier life", 28,
+                                MQ_SEG_HDR_SIZE), 0);
+    close(fd);
 
-    fflush(stderr);
-    saved = dup(STDERR_FILENO);
-    devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
-    assert_true(saved != -1 && devnull != -1);
-    dup2(devnull, STDERR_FILENO);
+    errno = 0;
+    assert_int_equal(seg_create_quiet("q1", 42), -1);
+    assert_int_equal(errno, EEXIST);
 
-    fd = seg_create(f->dirfd, "q1", 42);
-
-    dup2(saved, STDERR_FILENO);
-    close(saved);
-    close(devnull);
-
-    assert_int_equal(fd, -1);
-    n = get_file(f, name, buf, sizeof(buf));
+    fd = open_seg(f, 42);
+    assert_true(fd >= 0);
+    n = pread(fd, buf, sizeof(buf), MQ_SEG_HDR_SIZE);
     assert_int_equal(n, 28);
     assert_memory_equal(buf, "records from an earlier life", 28);
+    close(fd);
 }
 
 
 static void
 test_seg_create_fails(void **state)
 {
-    int  saved, devnull, fd;
+    fx_t  *f = *state;
 
-    (void) state;
+    /* no queue directory */
+    errno = 0;
+    assert_int_equal(seg_create_quiet("q1", 1), -1);
+    assert_int_equal(errno, ENOENT);
 
-    /* the error is logged: keep it off the test output */
-    fflush(stderr);
-    saved = dup(STDERR_FILENO);
-    devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
-    assert_true(saved != -1 && devnull != -1);
-    dup2(devnull, STDERR_FILENO);
+    /* no data directory */
+    srv.data_fd = -1;
+    errno = 0;
+    assert_int_equal(seg_create_quiet("q1", 1), -1);
+    assert_int_equal(errno, EBADF);
+    srv.data_fd = f->dirfd;
 
-    fd = seg_create(-1, "q1", 1);
-
-    dup2(saved, STDERR_FILENO);
-    close(saved);
-    close(devnull);
-
-    assert_int_equal(fd, -1);
+    /* the queue "directory" is a file */
+    put_file(f, "q2", "x", 1);
+    assert_int_equal(seg_create_quiet("q2", 1), -1);
 }
 
 
@@ -564,6 +631,119 @@ test_position_pending_round_trip(void **state)
 }
 
 
+/* Writes n pending seqs (first, first + 2, ...) with cursor seq; checks
+ * they read back intact.  Returns the file size. */
+static size_t
+pending_round_trip(fx_t *f, uint64_t seq, size_t n, uint64_t first)
+{
+    size_t       i, got;
+    uint64_t    *want, *pending, rseq;
+    struct stat  st;
+
+    want = malloc((n ? n : 1) * sizeof(uint64_t));
+    assert_non_null(want);
+    for (i = 0; i < n; i++) {
+        want[i] = first + 2 * i;
+    }
+
+    assert_int_equal(position_save(f->dirfd, seq, want, n), 0);
+
+    assert_int_equal(fstatat(f->dirfd, "position", &st, 0), 0);
+    assert_int_equal(st.st_size, n ? POS2_MIN + 8 * n : POS_SIZE);
+
+    rseq = 0;
+    pending = NULL;
+    got = 12345;
+    assert_int_equal(position_read_pending(f->dirfd, &rseq, &pending, &got),
+                     0);
+    assert_true(rseq == seq);
+    assert_int_equal(got, n);
+
+    if (n == 0) {
+        assert_null(pending);
+    } else {
+        assert_non_null(pending);
+        if (memcmp(pending, want, n * sizeof(uint64_t)) != 0) {
+            for (i = 0; i < n && pending[i] == want[i]; i++) {
+                /* void */
+            }
+            fail_msg("pending[%zu] = %llu, want %llu", i,
+                     (unsigned long long) pending[i],
+                     (unsigned long long) want[i]);
+        }
+    }
+
+    free(pending);
+    free(want);
+    return (size_t) st.st_size;
+}
+
+
+/* issue 7: a position file with more than 1,048,576 owed items read back
+ * as damaged, so a restart delivered them all again, or none */
+static void
+test_position_pending_large(void **state)
+{
+    fx_t      *f = *state;
+    uint64_t   seq;
+
+    pending_round_trip(f, 5, 0, 0);
+    pending_round_trip(f, 5000, 1, 4999);
+    pending_round_trip(f, 1u << 20, 1u << 20, 1);
+    pending_round_trip(f, 3000000, (1u << 20) + 1, 7);
+    assert_int_equal(pending_round_trip(f, 4000001, 2000000, 1),
+                     POS2_MIN + 8 * 2000000);
+
+    /* the plain reader sees the cursor of the big file */
+    assert_int_equal(position_read(f->dirfd, &seq), 0);
+    assert_int_equal(seq, 4000001);
+}
+
+
+/* the count must match the size, the CRC the bytes: otherwise the file
+ * reads as nothing */
+static void
+test_position_pending_damaged(void **state)
+{
+    fx_t           *f = *state;
+    size_t          n, len;
+    uint32_t        crc;
+    uint64_t        seq, *pending;
+    unsigned char   buf[POS2_MIN + 8 * 4 + 8];
+    const uint64_t  want[] = { 10, 11, 20, 30 };
+
+    assert_int_equal(position_save(f->dirfd, 40, want, 4), 0);
+    len = POS2_MIN + 8 * 4;
+    assert_int_equal(get_file(f, "position", buf, sizeof(buf)), len);
+    assert_memory_equal(buf, "MQPOS\0\0\2", 8);
+    assert_int_equal(buf[16], 4);
+    assert_int_equal(buf[24], 10);
+
+    /* a count that disagrees with the size, with a CRC that holds */
+    buf[16] = 5;
+    crc = mq_crc32c(0, buf, len - 4);
+    buf[len - 4] = (unsigned char) crc;
+    buf[len - 3] = (unsigned char) (crc >> 8);
+    buf[len - 2] = (unsigned char) (crc >> 16);
+    buf[len - 1] = (unsigned char) (crc >> 24);
+    put_file(f, "position", buf, len);
+
+    seq = 99;
+    pending = (uint64_t *) buf;
+    assert_int_equal(position_read_pending(f->dirfd, &seq, &pending, &n), -1);
+    assert_int_equal(seq, 0);
+    assert_null(pending);
+    assert_int_equal(n, 0);
+
+    /* cut short by one item */
+    assert_int_equal(position_save(f->dirfd, 40, want, 4), 0);
+    assert_int_equal(get_file(f, "position", buf, sizeof(buf)), len);
+    put_file(f, "position", buf, len - 8);
+    assert_int_equal(position_read_pending(f->dirfd, &seq, &pending, &n), -1);
+    assert_null(pending);
+}
+
+
 #define T(name)  cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int
@@ -576,7 +756,9 @@ main(void)
         T(test_seg_create),
         T(test_seg_create_never_clobbers),
         T(test_position_pending_round_trip),
-        cmocka_unit_test(test_seg_create_fails),
+        T(test_position_pending_large),
+        T(test_position_pending_damaged),
+        T(test_seg_create_fails),
         T(test_seg_pwrite),
         T(test_position_layout),
         T(test_position_round_trip),
