@@ -133,6 +133,9 @@ do_set(conn_t *c, const char *key, size_t key_len, uint32_t flags,
     if (srv.sync_mode == SYNC_ALWAYS) {
         /* STORED and what follows wait for the fsync, see sync.c */
         conn_park(c, sync_next_ticket());
+        if (c->closed) {
+            return;                 /* it could not wait: never STORED */
+        }
     }
 
     conn_out_str(c, RPL_STORED);

@@ -184,9 +184,16 @@ conn_park(conn_t *c, uint64_t ticket)
         cap = c->holds_cap ? c->holds_cap * 2 : 4;
         nh = realloc(c->holds, cap * sizeof(hold_t));
         if (nh == NULL) {
-            /* cannot track it: wait for this ticket for all of it */
+            /* cannot track it: wait for this ticket for all of it; with
+             * nothing held yet the STORED could not wait at all, so the
+             * connection goes (the client never sees STORED) */
             if (c->nholds > 0) {
                 c->holds[c->nholds - 1].ticket = ticket;
+            } else {
+                log_error("conn", "fd %d: out of memory holding a reply",
+                          c->io.fd);
+                c->out_len = c->out_ready;
+                conn_close(c);
             }
             return;
         }

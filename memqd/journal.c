@@ -47,6 +47,8 @@ static jfile_t         old[OLD_MAX];     /* full files, oldest first */
 static size_t          nold;
 static uint64_t        oldest;           /* lowest number on disk */
 static uint64_t        ckpt_wanted;      /* files below it may go */
+static uint64_t        ckpt_covered;     /* a checkpoint synced the
+                                            records of files below it */
 static unsigned char  *buf;
 static size_t          len;
 static size_t          cap;
@@ -232,13 +234,15 @@ journal_add(uint32_t kind, const char *name, size_t nlen,
     jh.len = (uint32_t) (1 + nlen + dlen);
     mq_frame_encode(p, &jh, p + MQ_FRAME_HDR_SIZE);
     len += need;
-
-    if (len >= JBUF_FLUSH) {
-        /* written now, made durable by the commit before the loop sleeps */
-        return journal_commit(0);
-    }
-
     return 0;
+}
+
+
+int
+journal_flush_big(void)
+{
+    /* written now, made durable by the commit before the loop sleeps */
+    return len >= JBUF_FLUSH ? journal_commit(0) : 0;
 }
 
 
@@ -362,7 +366,7 @@ journal_commit(int sync)
          * this commit, and a new file is fsynced with its metadata */
         n = 0;
         for (i = 0; i < nold; i++) {
-            if (old[i].ticket == UINT64_MAX) {
+            if (old[i].ticket == UINT64_MAX && old[i].fd != -1) {
                 fds[n++] = old[i].fd;
             }
         }
@@ -386,6 +390,31 @@ journal_commit(int sync)
 }
 
 
+/* Unlinks the full files a finished checkpoint covered whose descriptors
+ * are closed (oldest first: a gap would make replay skip a file). */
+static void
+remove_covered(void)
+{
+    char    name[32];
+    size_t  i, k;
+
+    for (k = 0; k < nold && old[k].number < ckpt_covered && old[k].fd == -1;
+         k++)
+    {
+        journal_name(name, old[k].number);
+        if (unlinkat(jdir, name, 0) != 0 && errno != ENOENT) {
+            log_warn("journal", "%s: unlink: %s", name, strerror(errno));
+        }
+        oldest = old[k].number + 1;
+    }
+
+    for (i = k; i < nold; i++) {
+        old[i - k] = old[i];
+    }
+    nold -= k;
+}
+
+
 void
 journal_durable(uint64_t durable)
 {
@@ -399,50 +428,46 @@ journal_durable(uint64_t durable)
             old[i].fd = -1;
         }
     }
+
+    remove_covered();
 }
 
 
 void
 journal_checkpoint_done(uint64_t token, int failed)
 {
-    char    name[32];
-    size_t  i, k;
+    size_t  i;
 
     if (failed) {
-        /* keep the files: a later checkpoint tries again */
-        if (token > ckpt_wanted) {
-            ckpt_wanted = token;
-        }
+        /* the kernel reports a writeback error once: a retry that then
+         * succeeds proves nothing.  Keep every journal file for the
+         * replay at the next start, and stop taking writes. */
+        errno = EIO;
+        fail("checkpoint", cur.number);
         return;
     }
 
-    for (k = 0; k < nold && old[k].number < token; k++) {
-        if (old[k].fd != -1) {
-            /* its commit is not over yet: keep it for the next round */
-            break;
+    if (token > ckpt_covered) {
+        ckpt_covered = token;
+    }
+
+    for (i = 0; i < nold && old[i].number < token; i++) {
+        if (old[i].fd != -1 && old[i].ticket == UINT64_MAX) {
+            /* never handed to the commit thread, and synced now by the
+             * checkpoint: its commit is not needed any more */
+            close(old[i].fd);
+            old[i].fd = -1;
+            old[i].ticket = 0;
         }
-        journal_name(name, old[k].number);
-        if (unlinkat(jdir, name, 0) != 0 && errno != ENOENT) {
-            log_warn("journal", "%s: unlink: %s", name, strerror(errno));
-        }
-        oldest = old[k].number + 1;
     }
 
-    for (i = k; i < nold; i++) {
-        old[i - k] = old[i];
-    }
-    nold -= k;
-
-    if (nold > 0 && ckpt_wanted < token) {
-        ckpt_wanted = token;
-    }
-
-    ask_checkpoint();
+    /* the others go when their commit is over (journal_durable) */
+    remove_covered();
 }
 
 
 void
-journal_shutdown(void)
+journal_shutdown(int keep)
 {
     char      name[32];
     size_t    i;
@@ -452,7 +477,7 @@ journal_shutdown(void)
         return;
     }
 
-    if (journal_commit(0) != 0 || broken || srv.readonly) {
+    if (journal_commit(0) != 0 || broken || srv.readonly || keep) {
         /* a write failed somewhere: keep the files, recovery replays
          * them into the queue files */
         return;

@@ -34,6 +34,10 @@ int journal_init(uint64_t last);
 int journal_add(uint32_t kind, const char *name, size_t nlen,
     const mq_frame_hdr_t *h, const void *data, size_t len);
 
+/* Writes the buffer early when it has grown large (called between
+ * requests, never in the middle of one).  0 or -1. */
+int journal_flush_big(void);
+
 /* Writes what is buffered (switching files when the current one is full)
  * and, when `sync` is set, submits a commit for it.  0 or -1 after a write
  * failure (logged; srv.readonly is set). */
@@ -44,8 +48,9 @@ void journal_durable(uint64_t durable);
 void journal_checkpoint_done(uint64_t token, int failed);
 
 /* Clean stop: everything written, every queue file synced, the journal
- * files removed (a clean restart has nothing to replay). */
-void journal_shutdown(void);
+ * files removed (a clean restart has nothing to replay) unless `keep`:
+ * some records are in no queue file. */
+void journal_shutdown(int keep);
 
 /* Journal file name of `number` (24 bytes and a NUL). */
 void journal_name(char *buf, uint64_t number);

@@ -82,6 +82,18 @@ mark_dirty(queue_t *q)
 }
 
 
+static int
+cmp_u64(const void *a, const void *b)
+{
+    uint64_t  x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+    return x < y ? -1 : x > y;
+}
+
+
+static void return_ref(queue_t *q, const item_ref_t *ref);
+
+
 static uint64_t
 now_s(void)
 {
@@ -209,6 +221,8 @@ queue_free(queue_t *q)
 
     fdcache_drop_queue(q);
     rbuf_put(q);
+    wbuf_bytes -= q->wlen;
+    free(q->rec_pending);
     free(q->skips);
     free(q->segs);
     free(q->wbuf);
@@ -311,6 +325,13 @@ queue_init(void)
     }
 
     recover_journal_done(js, 1);
+
+    for (q = queue_next(NULL); q; q = queue_next(q)) {
+        free(q->rec_pending);
+        q->rec_pending = NULL;
+        q->rec_npending = 0;
+        q->rec_first = 0;
+    }
 
     return srv.check_only ? 0 : journal_init(last);
 
@@ -641,7 +662,7 @@ skip_damage(queue_t *q, size_t si, uint64_t off, uint64_t *next,
     seg_t                *s;
     size_t                at, want;
     ssize_t               n;
-    uint64_t              limit, pos;
+    uint64_t              limit, pos, hi;
     const char           *err;
     mq_frame_hdr_t        h;
     const unsigned char  *p;
@@ -650,6 +671,7 @@ skip_damage(queue_t *q, size_t si, uint64_t off, uint64_t *next,
     limit = si == q->nsegs - 1 ? q->wbase : s->size;
     *next = si == q->nsegs - 1 ? s->size : limit;
     *next_seq = 0;
+    hi = si + 1 < q->nsegs ? q->segs[si + 1].id - 1 : q->next_seq - 1;
 
     if (s->ver == 1 || rbuf_get(q) != 0) {
         return s->ver == 1 ? 0 : -1;
@@ -672,13 +694,19 @@ skip_damage(queue_t *q, size_t si, uint64_t off, uint64_t *next,
         q->rbuf_off = pos;
         q->rlen = (size_t) n;
 
-        at = mq_frame_resync(q->rbuf, 0, q->rlen, UINT32_MAX - 64);
-        if (at < q->rlen) {
+        /* a frame a client wrote inside a payload may check too: only
+         * an id between the cursor's and the next file's counts */
+        for (at = mq_frame_resync(q->rbuf, 0, q->rlen, UINT32_MAX - 64);
+             at < q->rlen;
+             at = mq_frame_resync(q->rbuf, at + 1, q->rlen, UINT32_MAX - 64))
+        {
             p = q->rbuf + at;
-            decode(s->ver, p, q->rlen - at, &h, &err);
-            *next = pos + at;
-            *next_seq = h.seq;
-            return 0;
+            mq_frame_decode(p, q->rlen - at, UINT32_MAX - 64, &h, &err);
+            if (h.kind == MQ_FRAME_ITEM && h.seq >= q->rseq && h.seq <= hi) {
+                *next = pos + at;
+                *next_seq = h.seq;
+                return 0;
+            }
         }
 
         if ((size_t) n < want || want < RBUF_SIZE) {
@@ -728,10 +756,10 @@ static int
 append_record(queue_t *q, mq_frame_hdr_t *h, const void *data, int journal)
 {
     int             rc, fd;
-    size_t          reclen;
+    size_t          reclen, ncap;
     seg_t          *tail;
     struct iovec    iov[2];
-    unsigned char   hdr[MQ_FRAME_HDR_SIZE];
+    unsigned char  *nb, hdr[MQ_FRAME_HDR_SIZE];
 
     reclen = MQ_FRAME_HDR_SIZE + (size_t) h->len;
 
@@ -753,56 +781,59 @@ append_record(queue_t *q, mq_frame_hdr_t *h, const void *data, int journal)
         return rc == QUEUE_NOFD ? QUEUE_NOFD : QUEUE_IO;
     }
 
-    /* journaled first: a record that cannot be journaled is not stored
-     * at all */
+    tail = &q->segs[q->nsegs - 1];
+    fd = -1;
+
+    /* everything that can fail for want of resources comes before the
+     * journal: a record the journal holds must be stored, or a later one
+     * would take its id and replay would keep the wrong one */
+    if (reclen > WBUF_SIZE) {
+        fd = fdcache_get(q, tail->id, &tail->slot);
+        if (fd == -1) {
+            return errno == EMFILE || errno == ENFILE ? QUEUE_NOFD : QUEUE_IO;
+        }
+
+    } else if (q->wlen + reclen > q->wcap) {
+        /* grown as needed: ten thousand queues written in one iteration
+         * must not each cost WBUF_SIZE */
+        ncap = q->wcap ? q->wcap : 1024;
+        while (ncap < q->wlen + reclen) {
+            ncap *= 2;
+        }
+        nb = realloc(q->wbuf, ncap);
+        if (nb == NULL) {
+            return QUEUE_NOFD;
+        }
+        q->wbuf = nb;
+        q->wcap = ncap;
+    }
+
     if (journal && journal_add(MQ_FRAME_JITEM, q->name, q->name_len, h, data,
                                h->len) != 0)
     {
         return QUEUE_NOFD;
     }
 
-    tail = &q->segs[q->nsegs - 1];
-
-    if (reclen > WBUF_SIZE) {
+    if (fd != -1) {
         mq_frame_encode(hdr, h, data);
         iov[0].iov_base = hdr;
         iov[0].iov_len = sizeof(hdr);
         iov[1].iov_base = (void *) data;
         iov[1].iov_len = h->len;
 
-        fd = fdcache_get(q, tail->id, &tail->slot);
-        if (fd == -1) {
-            return errno == EMFILE || errno == ENFILE ? QUEUE_NOFD : QUEUE_IO;
-        }
-
         if (sys.pwritev(fd, iov, 2, (off_t) q->wbase) != (ssize_t) reclen) {
+            /* the node stops taking writes; the journal keeps the record
+             * and its id for the replay */
             log_error("queue", "%s: write: %s; refusing further writes",
                       q->name, strerror(errno));
             srv.readonly = 1;
+            q->next_seq = h->seq + 1;
             return QUEUE_IO;
         }
 
         q->wbase += reclen;
 
     } else {
-        if (q->wlen + reclen > q->wcap) {
-            /* grown as needed: ten thousand queues written in one
-             * iteration must not each cost WBUF_SIZE */
-            size_t          ncap;
-            unsigned char  *nb;
-
-            ncap = q->wcap ? q->wcap : 1024;
-            while (ncap < q->wlen + reclen) {
-                ncap *= 2;
-            }
-            nb = realloc(q->wbuf, ncap);
-            if (nb == NULL) {
-                return QUEUE_NOFD;
-            }
-            q->wbuf = nb;
-            q->wcap = ncap;
-        }
-
         memcpy(q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE, data, h->len);
         mq_frame_encode(q->wbuf + q->wlen, h,
                         q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE);
@@ -820,6 +851,12 @@ append_record(queue_t *q, mq_frame_hdr_t *h, const void *data, int journal)
 
     if (q->wait_head != NULL) {
         conn_wake(q->wait_head);
+    }
+
+    /* after the record is in place: an early write may switch journal
+     * files, which writes every queue file first */
+    if (journal && journal_flush_big() != 0) {
+        return QUEUE_IO;
     }
 
     return QUEUE_OK;
@@ -865,11 +902,44 @@ queue_append(queue_t *q, uint32_t flags, int64_t exptime, const void *data,
 int
 queue_replay(queue_t *q, const mq_frame_hdr_t *jh, const void *data)
 {
+    int             at_end, consumed;
+    item_ref_t      ref;
     mq_frame_hdr_t  h;
 
     h = *jh;
     h.kind = MQ_FRAME_ITEM;
-    return append_record(q, &h, data, 0) == QUEUE_OK ? 0 : -1;
+
+    consumed = h.seq < q->rec_first
+               && bsearch(&h.seq, q->rec_pending, q->rec_npending,
+                          sizeof(uint64_t), cmp_u64) == NULL;
+    at_end = q->nsegs == 0 || (q->rseg == q->nsegs - 1
+                               && q->roff >= q->segs[q->rseg].size);
+
+    if (append_record(q, &h, data, 0) != QUEUE_OK) {
+        return -1;
+    }
+
+    if (h.seq < q->rec_first && at_end) {
+        /* below the position file's cursor: in the file for
+         * completeness, behind the cursor as before; an owed one goes
+         * back to the head, as recovery does for owed items in files */
+        ref.seq = h.seq;
+        ref.seg = q->segs[q->nsegs - 1].id;
+        ref.off = q->segs[q->nsegs - 1].size - MQ_FRAME_HDR_SIZE - h.len;
+        ref.len = h.len;
+
+        q->rseg = q->nsegs - 1;
+        q->roff = q->segs[q->rseg].size;
+        q->rseq = h.seq + 1;
+        q->items -= q->items ? 1 : 0;
+        q->bytes -= q->bytes < h.len ? q->bytes : h.len;
+
+        if (!consumed) {
+            return_ref(q, &ref);
+        }
+    }
+
+    return 0;
 }
 
 
@@ -1590,7 +1660,15 @@ queue_totals(uint64_t *items, uint64_t *bytes)
 static uint64_t
 log_cursor(queue_t *q)
 {
-    return q->items == q->nret - q->rhead ? q->next_seq : q->rseq;
+    /* from where the cursor is, never from the item counter: damage can
+     * make the counter wrong, and this value decides what is deleted */
+    if (q->nsegs == 0
+        || (q->rseg == q->nsegs - 1 && q->roff >= q->segs[q->rseg].size))
+    {
+        return q->next_seq;
+    }
+
+    return q->rseq;
 }
 
 
@@ -1614,15 +1692,6 @@ watermark(queue_t *q)
     }
 
     return w;
-}
-
-
-static int
-cmp_u64(const void *a, const void *b)
-{
-    uint64_t  x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-
-    return x < y ? -1 : x > y;
 }
 
 
@@ -1833,7 +1902,9 @@ queue_before_sleep(void)
 void
 queue_sync_all(int wait)
 {
-    if (!srv.readonly && queue_write_all() == 0) {
+    /* the journal makes the appends durable, whatever the queue files */
+    if (!srv.readonly) {
+        queue_write_all();
         journal_commit(1);
     }
 }
@@ -1842,7 +1913,7 @@ queue_sync_all(int wait)
 void
 queue_shutdown(void)
 {
-    int       i;
+    int       i, unwritten;
     size_t    k;
     queue_t  *q, *next;
 
@@ -1857,11 +1928,11 @@ queue_shutdown(void)
         }
     }
 
-    if (!srv.readonly) {
-        queue_write_all();
-    }
+    unwritten = srv.readonly || queue_write_all() != 0;
     sync_shutdown();
-    journal_shutdown();
+
+    /* records still only in the journal keep it for the next start */
+    journal_shutdown(unwritten);
 
     for (k = 0; k < HASH_SIZE; k++) {
         for (q = hash[k]; q; q = next) {

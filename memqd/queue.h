@@ -106,6 +106,10 @@ struct queue_s {
 
     openset_t   *opensets;
 
+    uint64_t     rec_first;     /* recovery only: the position file's */
+    uint64_t    *rec_pending;   /*   cursor and owed items (ascending) */
+    size_t       rec_npending;
+
     skip_t      *skips;         /* in file order, skips[skip_head..] */
     size_t       nskips;
     size_t       skip_head;

@@ -74,6 +74,7 @@ typedef struct {
     size_t     next_pending; /* index of the next pending seq to meet */
     uint64_t   seg;          /* id of the segment being scanned */
     uint64_t   last_seq;     /* highest seq seen (or first - 1) */
+    uint64_t   files_last;   /* highest seq decoded from the files */
     uint64_t   jfirst;       /* the journal holds ids from here, 0 none */
     uint64_t   next_first;   /* first id of the next segment file, 0 */
     int        cursor_set;   /* the cursor points at the first record at
@@ -216,12 +217,14 @@ read_at(int fd, unsigned char **buf, size_t *cap, size_t want, uint64_t off)
 
 
 /*
- * Finds the next good version 2 record of a file after offset `from`:
- * its offset (fsize if none) and seq.  0 or -1 on a read error.
+ * Finds the next good version 2 record of a file after offset `from`
+ * whose id lies in [lo, hi]: its offset (fsize if none) and seq (0 if
+ * none).  The bounds keep a frame that a client wrote inside a payload
+ * from passing for a record with an absurd id.  0 or -1 on a read error.
  */
 static int
-find_next(int fd, uint64_t from, uint64_t fsize, unsigned char **buf,
-    size_t *cap, uint64_t *next, uint64_t *next_seq)
+find_next(int fd, uint64_t from, uint64_t fsize, uint64_t lo, uint64_t hi,
+    unsigned char **buf, size_t *cap, uint64_t *next, uint64_t *next_seq)
 {
     size_t          at, want;
     uint64_t        pos;
@@ -239,12 +242,15 @@ find_next(int fd, uint64_t from, uint64_t fsize, unsigned char **buf,
             return -1;
         }
 
-        at = mq_frame_resync(*buf, 0, want, MAX_LEN);
-        if (at < want) {
+        for (at = mq_frame_resync(*buf, 0, want, MAX_LEN); at < want;
+             at = mq_frame_resync(*buf, at + 1, want, MAX_LEN))
+        {
             mq_frame_decode(*buf + at, want - at, MAX_LEN, &h, &err);
-            *next = pos + at;
-            *next_seq = h.seq;
-            return 0;
+            if (h.seq >= lo && h.seq <= hi && h.kind == MQ_FRAME_ITEM) {
+                *next = pos + at;
+                *next_seq = h.seq;
+                return 0;
+            }
         }
 
         if (want < SCAN_BUF) {
@@ -290,6 +296,10 @@ count_record(queue_t *q, scan_t *sc, uint64_t off, const mq_frame_hdr_t *h)
         sc->last_seq = h->seq;
     }
 
+    if (h->seq > sc->files_last) {
+        sc->files_last = h->seq;
+    }
+
     return 0;
 }
 
@@ -332,8 +342,10 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
 {
     int             rc;
     off_t           fsize;
+    int             trusted;
     size_t          hsz, want, avail;
-    uint64_t        off, seg_first, next, next_seq, lost, boff, blen;
+    uint64_t        off, seg_first, next, next_seq, lost, boff, blen, lo,
+                    hi;
     const unsigned char  *p;
     const char     *err;
     struct stat     st;
@@ -370,6 +382,7 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
 
     boff = 0;
     blen = 0;
+    trusted = 1;        /* off was reached by decoding, not by a search */
 
     while ((off_t) off < fsize) {
         if (off < boff || off + hsz > boff + blen
@@ -417,6 +430,7 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
                 return -1;
             }
             off += hsz + h.len;
+            trusted = 1;
             continue;
         }
 
@@ -424,28 +438,44 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
             err = "torn record";
         }
 
-        /* damage at off: where does the good data start again? */
-        if (rc == MQ_DECLINED) {
+        /* damage at off: where does the good data start again?  Ids
+         * after it lie above the last one seen and below the next file's
+         * first (or within what the rest of the file can hold) */
+        /* the first id the damage may hide: after the last one decoded
+         * in this queue's files (not the position cursor: owed items
+         * below it are in the files too) */
+        lo = sc->files_last + 1 > sc->seg ? sc->files_last + 1 : sc->seg;
+        hi = sc->next_first ? sc->next_first - 1
+             : lo + ((uint64_t) fsize - off) / MQ_FRAME_HDR_SIZE;
+
+        if (rc == MQ_DECLINED && trusted) {
+            /* a good header where a record was due: its length holds, and
+             * the damage is that one record */
+            lo = h.seq;
             next = off + hsz + h.len;
             next_seq = h.seq + 1;
-            if ((off_t) next < fsize && find_next(fd, next, (uint64_t) fsize,
-                                                  buf, cap, &next, &next_seq)
-                                        != 0)
+            if ((off_t) next < fsize
+                && find_next(fd, next, (uint64_t) fsize, h.seq + 1, hi, buf,
+                             cap, &next, &next_seq) != 0)
             {
                 return -1;
             }
         } else if (*ver == 1) {
             next = (uint64_t) fsize;
             next_seq = 0;
-        } else if (find_next(fd, off + 1, (uint64_t) fsize, buf, cap, &next,
-                             &next_seq) != 0)
+        } else if (find_next(fd, off + 1, (uint64_t) fsize, lo, hi, buf, cap,
+                             &next, &next_seq) != 0)
         {
             return -1;
         }
 
+        trusted = 0;
+
         blen = 0;      /* find_next() used the buffer */
 
-        if (sc->jfirst && sc->last_seq + 1 >= sc->jfirst) {
+        if (sc->jfirst && (sc->files_last + 1 > sc->seg
+                           ? sc->files_last + 1 : sc->seg) >= sc->jfirst)
+        {
             /* everything from here is in the journal */
             sc->cut = 1;
             log_warn("recover", "%s/%s:%" PRIu64 ": %s, %" PRIu64 " bytes "
@@ -464,19 +494,24 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
             return (int64_t) off;
         }
 
-        /* real damage: it costs the damaged records only; damage to the
-         * end of the file ends where the next file begins */
-        if (next_seq == 0 && sc->next_first > sc->last_seq + 1) {
+        /* real damage: it costs the damaged records only, ids lo up to
+         * the next good record's; damage to the end of the file ends
+         * where the next file begins */
+        if (next_seq == 0 && sc->next_first > lo) {
             next_seq = sc->next_first;
         }
-        lost = next_seq > sc->last_seq + 1 ? next_seq - sc->last_seq - 1
-               : next_seq == 0 ? 0 : 1;
+        lost = next_seq > lo ? next_seq - lo : 1;
         log_error("recover", "%s/%s:%" PRIu64 ": %s, %" PRIu64 " bytes "
                   "skipped, ids %" PRIu64 "-%" PRIu64 " lost%s", q->name,
-                  fname, off, err, next - off, sc->last_seq + 1,
-                  sc->last_seq + (lost ? lost : 1),
+                  fname, off, err, next - off, lo, lo + lost - 1,
                   next_seq == 0 ? " (to the end of the file)" : "");
-        srv.corrupt_records += lost ? lost : 1;
+        srv.corrupt_records += lost;
+
+        /* undelivered ones among them were counted by nobody: the items
+         * counter only counts records decoded */
+        if (lo + lost - 1 > sc->files_last) {
+            sc->files_last = lo + lost - 1;
+        }
 
         if (sc->cursor_set
             && push_skip(q, sc->seg, off, next, next_seq) != 0)
@@ -508,7 +543,7 @@ recover_queue(queue_t *q, uint64_t jfirst)
     seg_t          *s;
     int64_t         size;
     unsigned        ver;
-    uint64_t       *ids;
+    uint64_t       *ids, from;
     scan_t          sc;
     unsigned char  *buf;
 
@@ -606,6 +641,21 @@ recover_queue(queue_t *q, uint64_t jfirst)
 
     q->next_seq = sc.last_seq + 1;
 
+    if (jfirst != 0) {
+        /*
+         * What the files do not hold comes from the journal, even below
+         * the position file's cursor: that cursor may be ahead of the
+         * files (open items, a position renamed without fsync), and an
+         * item owed to a consumer must come back.  Items consumed before
+         * the crash may so be delivered again, which at-least-once
+         * allows.
+         */
+        from = sc.files_last + 1 > jfirst ? sc.files_last + 1 : jfirst;
+        if (from < q->next_seq) {
+            q->next_seq = from;
+        }
+    }
+
     if (!sc.cursor_set) {
         /* nothing undelivered: cursor at the end of the tail */
         q->rseg = q->nsegs ? q->nsegs - 1 : 0;
@@ -626,6 +676,13 @@ recover_queue(queue_t *q, uint64_t jfirst)
                  " bytes, next seq %" PRIu64, q->name, q->nsegs, q->items,
                  q->bytes, q->next_seq);
     }
+
+    /* the replay needs them: records below the cursor were consumed,
+     * unless owed */
+    q->rec_first = sc.first;
+    q->rec_pending = sc.pending;
+    q->rec_npending = sc.npending;
+    sc.pending = NULL;
 
     rc = 0;
 
