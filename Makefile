@@ -25,7 +25,7 @@ SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer \
 FUZZ_SECONDS ?= 60
 
 .PHONY: all memqd bench unit fuzz asan module deps run test test-unit \
-        test-fuzz test-integration test-asan clean
+        test-fuzz test-integration test-asan soak clean
 
 all: memqd bench unit module $(B)/fsync-designs
 
@@ -112,6 +112,11 @@ test-integration: $(B)/memqd module
 	    --ignore=tests/integration/gateway
 	@if [ -d tests/integration/gateway ]; then \
 	    MEMQD=$(B)/memqd $(PYTEST) tests/integration/gateway; fi
+
+# longer crash loops than `make test` runs (MEMQ_SOAK_ROUNDS, default 2000)
+soak: $(B)/memqd
+	MEMQ_SOAK=1 MEMQD=$(B)/memqd $(PYTEST) tests/integration/test_crash.py \
+	    -k soak
 
 clean:
 	rm -rf $(B)

@@ -416,7 +416,7 @@ main(int argc, char **argv)
     mallopt(M_TRIM_THRESHOLD, 16 * 1024 * 1024);
 
     if (loop_init() != 0 || open_data_dir() != 0) {
-        return 1;
+        return srv.check_only ? 2 : 1;
     }
 
     if (queue_init() != 0) {

@@ -342,7 +342,7 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
 {
     int             rc;
     off_t           fsize;
-    int             trusted;
+    int             trusted, suspect;
     size_t          hsz, want, avail;
     uint64_t        off, seg_first, next, next_seq, lost, boff, blen, lo,
                     hi;
@@ -370,11 +370,28 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
         return -1;
     }
 
-    if (mq_frame_seg_decode(*buf, &seg_first, ver) != MQ_OK) {
-        /* the records carry their own framing: read them anyway */
+    suspect = mq_frame_seg_decode(*buf, &seg_first, ver) != MQ_OK
+              || seg_first != sc->seg;
+
+    if (!suspect && *ver == 1 && fsize >= MQ_SEG_HDR_SIZE + MQ_FRAME_HDR_SIZE) {
+        /* a version byte damaged into 1: the first record tells */
+        if (read_at(fd, buf, cap, MQ_SEG_HDR_SIZE + MQ_FRAME_HDR_SIZE, 0)
+            != 0)
+        {
+            return -1;
+        }
+        suspect = mq_frame_resync(*buf, MQ_SEG_HDR_SIZE,
+                                  MQ_SEG_HDR_SIZE + MQ_FRAME_HDR_SIZE,
+                                  MAX_LEN) == MQ_SEG_HDR_SIZE;
+    }
+
+    if (suspect) {
+        /* the records carry their own framing: read them anyway, and cut
+         * nothing off a file whose header cannot be trusted */
         log_error("recover", "%s/%s: damaged segment header, records read "
                   "by their own framing", q->name, fname);
         *ver = MQ_SEG_VERSION;
+        last = 0;
     }
 
     hsz = *ver == 1 ? MQ_FRAME_V1_HDR_SIZE : MQ_FRAME_HDR_SIZE;
@@ -544,6 +561,7 @@ recover_queue(queue_t *q, uint64_t jfirst)
     int64_t         size;
     unsigned        ver;
     uint64_t       *ids, from;
+    struct stat     st;
     scan_t          sc;
     unsigned char  *buf;
 
@@ -590,10 +608,17 @@ recover_queue(queue_t *q, uint64_t jfirst)
         }
 
         fd = openat(dirfd, fname,
-                    (srv.check_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+                    (srv.check_only ? O_RDONLY : O_RDWR) | O_CLOEXEC
+                    | O_NOFOLLOW | O_NONBLOCK);
+        if (fd != -1 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+            close(fd);
+            fd = -1;
+            errno = EINVAL;
+        }
+
         if (fd == -1) {
-            log_error("recover", "%s/%s: open: %s", q->name, fname,
-                      strerror(errno));
+            log_error("recover", "%s/%s: open: %s (not a readable regular "
+                      "file)", q->name, fname, strerror(errno));
             goto done;
         }
 
@@ -1052,6 +1077,15 @@ replay_visit(jscan_t *js, uint64_t rec, const mq_frame_hdr_t *h,
     if (h->seq < q->next_seq) {
         /* its queue file has it */
         return 0;
+    }
+
+    if (h->seq > q->next_seq && q->on_disk && q->next_seq > 1) {
+        /* journal records between were damaged, and no queue file has
+         * them: acknowledged items are gone, and that is said */
+        log_error("recover", "%s: ids %" PRIu64 "-%" PRIu64 " lost: their "
+                  "journal records are damaged and no queue file has them",
+                  q->name, q->next_seq, h->seq - 1);
+        srv.corrupt_records += h->seq - q->next_seq;
     }
 
     ih = *h;
