@@ -58,12 +58,12 @@ $(B)/memq-bench: $(BENCH) $(COMMON) $(HDRS) $(wildcard bench/*.h)
 # test file
 LINKS    := sed -n '/^\/\/ links:/!q; s|^// links:||p'
 
-$(B)/unit/%: tests/unit/%.c $(COMMON) $(HDRS)
+$(B)/unit/%: tests/unit/%.c $(COMMON) $(MEMQD) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Imemqd -O1 -g $(SAN) $(WARN) -o $@ $< $(COMMON) \
 	    $$($(LINKS) $<) $(LDLIBS) -lcmocka
 
-$(B)/fuzz/%: tests/fuzz/%.c $(COMMON) $(HDRS)
+$(B)/fuzz/%: tests/fuzz/%.c $(COMMON) $(MEMQD) $(HDRS)
 	@mkdir -p $(@D)
 	$(CLANG) $(CPPFLAGS) -Imemqd -O1 -g -fsanitize=fuzzer,address,undefined \
 	    -o $@ $< $(COMMON) $$($(LINKS) $<) $(LDLIBS)

@@ -47,11 +47,13 @@ fdcache_init(void)
         nslots = FDCACHE_MIN;
     }
 
+    free(slots);
     slots = calloc((size_t) nslots, sizeof(slot_t));
     if (slots == NULL) {
         return -1;
     }
 
+    hand = 0;
     for (i = 0; i < nslots; i++) {
         slots[i].fd = -1;
     }

@@ -167,7 +167,19 @@ journal_init(uint64_t last)
         return -1;
     }
 
-    reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    /* a fresh start (tests start more than once in one process) */
+    nold = 0;
+    oldest = 0;
+    ckpt_wanted = 0;
+    ckpt_covered = 0;
+    broken = 0;
+    unsynced = 0;
+    switched = 0;
+    len = 0;
+
+    if (reserve == -1) {
+        reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
 
     cur.number = last + 1;
     cur_size = srv.journal_size;
@@ -398,6 +410,10 @@ remove_covered(void)
     char    name[32];
     size_t  i, k;
 
+    if (broken) {
+        return;     /* after a failure nothing is removed: replay needs it */
+    }
+
     for (k = 0; k < nold && old[k].number < ckpt_covered && old[k].fd == -1;
          k++)
     {
@@ -508,4 +524,10 @@ journal_shutdown(int keep)
     jdir = -1;
     free(buf);
     buf = NULL;
+    cap = 0;
+    len = 0;
+    if (reserve != -1) {
+        close(reserve);
+        reserve = -1;
+    }
 }

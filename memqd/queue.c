@@ -1950,4 +1950,7 @@ queue_shutdown(void)
     }
 
     free(scratch);
+    scratch = NULL;
+    scratch_cap = 0;
+    wbuf_bytes = 0;
 }

@@ -345,7 +345,7 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
     int             trusted, suspect;
     size_t          hsz, want, avail;
     uint64_t        off, seg_first, next, next_seq, lost, boff, blen, lo,
-                    hi;
+                    hi, end;
     const unsigned char  *p;
     const char     *err;
     struct stat     st;
@@ -386,12 +386,26 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
     }
 
     if (suspect) {
-        /* the records carry their own framing: read them anyway, and cut
-         * nothing off a file whose header cannot be trusted */
+        /* the records carry their own framing: read them anyway (in the
+         * format the first record shows), and cut nothing off a file
+         * whose header cannot be trusted */
         log_error("recover", "%s/%s: damaged segment header, records read "
                   "by their own framing", q->name, fname);
         *ver = MQ_SEG_VERSION;
         last = 0;
+
+        want = (size_t) fsize < SCAN_BUF ? (size_t) fsize : SCAN_BUF;
+        if (read_at(fd, buf, cap, want, 0) != 0) {
+            return -1;
+        }
+        if (mq_frame_resync(*buf, MQ_SEG_HDR_SIZE, want, MAX_LEN)
+            != MQ_SEG_HDR_SIZE
+            && mq_frame_decode_v1(*buf + MQ_SEG_HDR_SIZE,
+                                  want - MQ_SEG_HDR_SIZE, MAX_LEN, &h, &err)
+               == MQ_OK)
+        {
+            *ver = 1;
+        }
     }
 
     hsz = *ver == 1 ? MQ_FRAME_V1_HDR_SIZE : MQ_FRAME_HDR_SIZE;
@@ -490,10 +504,19 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
 
         blen = 0;      /* find_next() used the buffer */
 
-        if (sc->jfirst && (sc->files_last + 1 > sc->seg
-                           ? sc->files_last + 1 : sc->seg) >= sc->jfirst)
-        {
-            /* everything from here is in the journal */
+        /* the last id the damage may hide */
+        end = next_seq ? next_seq - 1
+              : sc->next_first ? sc->next_first - 1 : UINT64_MAX;
+
+        if (sc->jfirst && end >= sc->jfirst) {
+            /* the journal has everything from its first id on: ids below
+             * it that the damage hides are lost, the rest comes back */
+            if (lo < sc->jfirst) {
+                log_error("recover", "%s/%s:%" PRIu64 ": %s, ids %" PRIu64
+                          "-%" PRIu64 " lost", q->name, fname, off, err, lo,
+                          sc->jfirst - 1);
+                srv.corrupt_records += sc->jfirst - lo;
+            }
             sc->cut = 1;
             log_warn("recover", "%s/%s:%" PRIu64 ": %s, %" PRIu64 " bytes "
                      "replaced from the journal", q->name, fname, off, err,
@@ -514,20 +537,27 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
         /* real damage: it costs the damaged records only, ids lo up to
          * the next good record's; damage to the end of the file ends
          * where the next file begins */
-        if (next_seq == 0 && sc->next_first > lo) {
+        if (next_seq == 0 && sc->next_first >= lo) {
             next_seq = sc->next_first;
         }
-        lost = next_seq > lo ? next_seq - lo : 1;
-        log_error("recover", "%s/%s:%" PRIu64 ": %s, %" PRIu64 " bytes "
-                  "skipped, ids %" PRIu64 "-%" PRIu64 " lost%s", q->name,
-                  fname, off, err, next - off, lo, lo + lost - 1,
-                  next_seq == 0 ? " (to the end of the file)" : "");
-        srv.corrupt_records += lost;
+        lost = next_seq > lo ? next_seq - lo : next_seq == 0 ? 1 : 0;
+        if (lost == 0) {
+            /* bytes between records that hide no id */
+            log_error("recover", "%s/%s:%" PRIu64 ": %s, %" PRIu64 " bytes "
+                      "skipped, no id lost", q->name, fname, off, err,
+                      next - off);
+        } else {
+            log_error("recover", "%s/%s:%" PRIu64 ": %s, %" PRIu64 " bytes "
+                      "skipped, ids %" PRIu64 "-%" PRIu64 " lost%s",
+                      q->name, fname, off, err, next - off, lo,
+                      lo + lost - 1,
+                      next_seq == 0 ? " (to the end of the file)" : "");
+            srv.corrupt_records += lost;
 
-        /* undelivered ones among them were counted by nobody: the items
-         * counter only counts records decoded */
-        if (lo + lost - 1 > sc->files_last) {
-            sc->files_last = lo + lost - 1;
+            /* the items counter only counts records decoded */
+            if (lo + lost - 1 > sc->files_last) {
+                sc->files_last = lo + lost - 1;
+            }
         }
 
         if (sc->cursor_set
@@ -622,6 +652,30 @@ recover_queue(queue_t *q, uint64_t jfirst)
             goto done;
         }
 
+        if (i > 0 && sc.jfirst && ids[i] > sc.files_last + 1
+            && ids[i] - 1 >= sc.jfirst)
+        {
+            /* the file before ended short of this one's first id (its
+             * tail never reached the disk): the journal has the ids from
+             * its first on, and everything after them */
+            close(fd);
+            if (sc.files_last + 1 < sc.jfirst) {
+                log_error("recover", "%s: ids %" PRIu64 "-%" PRIu64 " lost "
+                          "before %s", q->name, sc.files_last + 1,
+                          sc.jfirst - 1, fname);
+                srv.corrupt_records += sc.jfirst - 1 - sc.files_last;
+                sc.files_last = sc.jfirst - 1;
+            }
+            log_warn("recover", "%s: ids %" PRIu64 "-%" PRIu64 " missing "
+                     "before %s, taken from the journal with what follows",
+                     q->name, sc.files_last + 1, ids[i] - 1, fname);
+            sc.cut = 1;
+            if (!srv.check_only) {
+                unlinkat(dirfd, fname, 0);
+            }
+            continue;
+        }
+
         if (i > 0 && ids[i] > sc.last_seq + 1 && !sc.jfirst) {
             log_error("recover", "%s: ids %" PRIu64 "-%" PRIu64 " missing "
                       "before %s (file removed?)", q->name, sc.last_seq + 1,
@@ -645,7 +699,11 @@ recover_queue(queue_t *q, uint64_t jfirst)
             goto done;
         }
 
-        if (size < MQ_SEG_HDR_SIZE) {
+        if (size < MQ_SEG_HDR_SIZE
+            || (ver == 1 && size == MQ_SEG_HDR_SIZE && i + 1 == nids))
+        {
+            /* (an empty old-format tail would stand in the way of the
+             * new-format segment the next append starts at its id) */
             if (i + 1 == nids || sc.cut) {
                 /* the newest segment's creation was cut short */
                 log_warn("recover", "%s/%s: empty, removed", q->name, fname);
