@@ -431,7 +431,7 @@ main(int argc, char **argv)
         return srv.corrupt_records ? 1 : 0;
     }
 
-    if (sync_init(queue_sync_done, journal_checkpoint_done) != 0) {
+    if (sync_init(queue_sync_done) != 0) {
         return 1;
     }
 

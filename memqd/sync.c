@@ -1,7 +1,8 @@
 /*
  * sync.c: see sync.h.  Shared state is under `mu`; the loop learns about
  * progress through an eventfd and reads the published values under `mu`
- * too, so "durable" and "failed" are always seen together.
+ * too, so "durable" and "failed" are always seen together.  Jobs queued
+ * at shutdown still run before the background thread ends.
  *
  * A failed sync never publishes its ticket: the replies waiting for it are
  * failed instead, and the thread refuses every later commit (it does not
@@ -25,9 +26,9 @@
 
 static pthread_mutex_t  mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t   cv = PTHREAD_COND_INITIALIZER;
-static pthread_cond_t   ckcv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t   jobcv = PTHREAD_COND_INITIALIZER;
 static pthread_t        commit_thread;
-static pthread_t        ckpt_thread;
+static pthread_t        job_thread;
 static int              started;
 
 /* shared under mu */
@@ -38,11 +39,9 @@ static int              pending_dir = -1;
 static uint64_t         pending_ticket;          /* highest submitted */
 static uint64_t         durable;                 /* highest synced */
 static int              failed;                  /* a sync failed */
-static int              ck_fd = -1;              /* checkpoint wanted */
-static uint64_t         ck_token;
-static int              ck_busy;
-static int              ck_done;                 /* result not yet seen */
-static int              ck_failed;
+static sync_job_t      *jobs;                    /* queued, FIFO */
+static sync_job_t      *jobs_tail;
+static sync_job_t      *finished;                /* done() not yet run */
 static int              stop;
 
 /* loop thread only */
@@ -50,7 +49,6 @@ static uint64_t         next_ticket = 1;
 static uint64_t         seen_durable;
 static loop_io_t        wake_io;
 static sync_done_pt     done_handler;
-static sync_ckpt_pt     ckpt_handler;
 
 
 static void
@@ -138,34 +136,36 @@ commit_main(void *arg)
 
 
 static void *
-ckpt_main(void *arg)
+job_main(void *arg)
 {
-    int  fd, rc;
+    int          rc;
+    sync_job_t  *job;
 
     pthread_mutex_lock(&mu);
 
     for ( ;; ) {
-        while (ck_fd == -1 && !stop) {
-            pthread_cond_wait(&ckcv, &mu);
+        while (jobs == NULL && !stop) {
+            pthread_cond_wait(&jobcv, &mu);
         }
 
-        if (ck_fd == -1) {
+        if (jobs == NULL) {
             break;
         }
 
-        fd = ck_fd;
+        job = jobs;
+        jobs = job->next;
+        if (jobs == NULL) {
+            jobs_tail = NULL;
+        }
         pthread_mutex_unlock(&mu);
 
-        rc = syncfs(fd);
-        if (rc != 0) {
-            log_error("sync", "syncfs: %s; journal files are kept",
-                      strerror(errno));
-        }
+        rc = job->run(job);
 
         pthread_mutex_lock(&mu);
-        ck_fd = -1;
-        ck_done = 1;
-        ck_failed = rc != 0;
+        job->rc = rc;
+        job->finished = 1;
+        job->next = finished;
+        finished = job;
         wake_loop();
     }
 
@@ -177,8 +177,9 @@ ckpt_main(void *arg)
 static void
 wake_handler(loop_io_t *io, unsigned events)
 {
-    int       f, cd, cf;
-    uint64_t  v, d, token;
+    int          f;
+    uint64_t     v, d;
+    sync_job_t  *job, *list;
 
     if (read(io->fd, &v, sizeof(v)) < 0) {
         /* spurious: look anyway */
@@ -187,13 +188,8 @@ wake_handler(loop_io_t *io, unsigned events)
     pthread_mutex_lock(&mu);
     d = durable;
     f = failed;
-    cd = ck_done;
-    cf = ck_failed;
-    token = ck_token;
-    if (cd) {
-        ck_done = 0;
-        ck_busy = 0;
-    }
+    list = finished;
+    finished = NULL;
     pthread_mutex_unlock(&mu);
 
     if (d != seen_durable || f) {
@@ -201,19 +197,21 @@ wake_handler(loop_io_t *io, unsigned events)
         done_handler(d, f);
     }
 
-    if (cd) {
-        ckpt_handler(token, cf);
+    while ((job = list) != NULL) {
+        list = job->next;
+        job->finished = 0;
+        job->busy = 0;
+        job->done(job, job->rc);
     }
 }
 
 
 int
-sync_init(sync_done_pt done, sync_ckpt_pt ckpt_done)
+sync_init(sync_done_pt done)
 {
     int  rc;
 
     done_handler = done;
-    ckpt_handler = ckpt_done;
 
     wake_io.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_io.fd == -1) {
@@ -228,7 +226,7 @@ sync_init(sync_done_pt done, sync_ckpt_pt ckpt_done)
 
     rc = pthread_create(&commit_thread, NULL, commit_main, NULL);
     if (rc == 0) {
-        rc = pthread_create(&ckpt_thread, NULL, ckpt_main, NULL);
+        rc = pthread_create(&job_thread, NULL, job_main, NULL);
         if (rc != 0) {
             pthread_mutex_lock(&mu);
             stop = 1;
@@ -305,19 +303,24 @@ sync_submit(const int *fds, size_t n, int full, int dirfd)
 
 
 int
-sync_checkpoint(int fd, uint64_t token)
+sync_job(sync_job_t *job)
 {
-    pthread_mutex_lock(&mu);
-
-    if (ck_busy) {
-        pthread_mutex_unlock(&mu);
+    if (job->busy) {
         return -1;
     }
 
-    ck_busy = 1;
-    ck_fd = fd;
-    ck_token = token;
-    pthread_cond_signal(&ckcv);
+    job->busy = 1;
+    job->finished = 0;
+    job->next = NULL;
+
+    pthread_mutex_lock(&mu);
+    if (jobs_tail != NULL) {
+        jobs_tail->next = job;
+    } else {
+        jobs = job;
+    }
+    jobs_tail = job;
+    pthread_cond_signal(&jobcv);
     pthread_mutex_unlock(&mu);
     return 0;
 }
@@ -333,11 +336,11 @@ sync_shutdown(void)
     pthread_mutex_lock(&mu);
     stop = 1;
     pthread_cond_signal(&cv);
-    pthread_cond_signal(&ckcv);
+    pthread_cond_signal(&jobcv);
     pthread_mutex_unlock(&mu);
 
     pthread_join(commit_thread, NULL);
-    pthread_join(ckpt_thread, NULL);
+    pthread_join(job_thread, NULL);
     started = 0;
 
     /* results the loop has not seen: hand them over now */

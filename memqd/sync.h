@@ -8,9 +8,10 @@
  * releases every reply parked at or below it.  One fsync serves every
  * writer of every queue that arrived meanwhile.
  *
- * The checkpoint thread makes the queue files durable (syncfs of the data
- * directory's file system) so that journal files behind a checkpoint can
- * be removed; it never delays a commit.
+ * The background thread runs the slow jobs the journal hands it, one at a
+ * time: checkpoints (syncfs of the data directory's file system, so that
+ * journal files behind them can be removed) and the zero-filling of the
+ * next journal file.  It never delays a commit.
  *
  * Descriptors handed over are borrowed: the loop keeps them open until the
  * ticket that covers them is durable (sync_durable()).
@@ -26,10 +27,21 @@
  * ticket not yet durable never will be) */
 typedef void (*sync_done_pt)(uint64_t durable, int failed);
 
-/* token: as given to sync_checkpoint(); failed: the syncfs failed */
-typedef void (*sync_ckpt_pt)(uint64_t token, int failed);
+/* A background job: run() in the background thread, then done(job, rc)
+ * in the loop.  The job is the caller's; it is busy from sync_job() until
+ * done() is called. */
+typedef struct sync_job_s  sync_job_t;
 
-int sync_init(sync_done_pt done, sync_ckpt_pt ckpt_done);
+struct sync_job_s {
+    int          (*run)(sync_job_t *job);
+    void         (*done)(sync_job_t *job, int rc);
+    int            busy;
+    int            rc;
+    int            finished;      /* run() is over, done() not yet called */
+    sync_job_t    *next;          /* (sync.c) queue of jobs */
+};
+
+int sync_init(sync_done_pt done);
 
 /* The ticket the next submission will get: replies parked with it wait
  * for the next commit. */
@@ -45,11 +57,10 @@ uint64_t sync_durable(void);
  */
 uint64_t sync_submit(const int *fds, size_t n, int full, int dirfd);
 
-/* Asks for a checkpoint of the file system of fd; ckpt_done(token) runs in
- * the loop when it is over.  One at a time: 0, or -1 when one is running. */
-int sync_checkpoint(int fd, uint64_t token);
+/* Queues a background job: 0, or -1 when it is busy already. */
+int sync_job(sync_job_t *job);
 
-/* Waits for every submitted commit and checkpoint, stops the threads. */
+/* Waits for every submitted commit and job, stops the threads. */
 void sync_shutdown(void);
 
 #endif /* MEMQD_SYNC_H */
