@@ -236,6 +236,10 @@ journal_add(uint32_t kind, const char *name, size_t nlen,
     unsigned char  *p, *nb;
     mq_frame_hdr_t  jh;
 
+    if (jdir == -1) {
+        return 0;           /* no journal: --sync interval or none */
+    }
+
     if (broken) {
         return -1;
     }
@@ -398,7 +402,10 @@ static sync_job_t      prep_job = { prep_run, prep_done, 0, 0, 0, NULL };
 static void
 ask_prepare(void)
 {
-    if (!prep_job.busy && !prep_ready && prep_number != cur.number + 1
+    /* only fdatasync per batch gains from it: under interval and none it
+     * would be a third write of every byte for nothing */
+    if (srv.sync_mode == SYNC_ALWAYS
+        && !prep_job.busy && !prep_ready && prep_number != cur.number + 1
         && cur_off > cur_size / 2 && srv.journal_size >= 1024 * 1024)
     {
         prep_number = cur.number + 1;
@@ -514,6 +521,10 @@ journal_commit(int sync)
     int       fds[OLD_MAX + 1];
     size_t    i, n;
     uint64_t  ticket;
+
+    if (jdir == -1) {
+        return 0;           /* no journal: --sync interval or none */
+    }
 
     if (broken) {
         len = 0;

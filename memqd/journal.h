@@ -25,7 +25,8 @@
 #define JOURNAL_DIR  ".journal"
 
 /* Creates the journal directory and a new file numbered after `last`
- * (the highest number recovery saw, 0 if none).  0 or -1 (logged). */
+ * (the highest number recovery saw, 0 if none).  0 or -1 (logged).
+ * Without it (--sync interval or none) the other calls do nothing. */
 int journal_init(uint64_t last);
 
 /* Buffers one record: JITEM (h describes the item, data its bytes) or

@@ -333,7 +333,11 @@ queue_init(void)
         q->rec_first = 0;
     }
 
-    return srv.check_only ? 0 : journal_init(last);
+    if (srv.check_only || srv.sync_mode != SYNC_ALWAYS) {
+        return 0;
+    }
+
+    return journal_init(last);
 
 failed:
 
@@ -398,8 +402,20 @@ queue_release(queue_t *q)
 }
 
 
+static int flush_wbuf_keep(queue_t *q, int keep);
+
+
 static int
 flush_wbuf(queue_t *q)
+{
+    return flush_wbuf_keep(q, 0);
+}
+
+
+/* Writes q's buffered appends to its tail segment; keep: the queue is
+ * busy, keep the buffer for the next appends. */
+static int
+flush_wbuf_keep(queue_t *q, int keep)
 {
     int  fd;
 
@@ -428,10 +444,13 @@ flush_wbuf(queue_t *q)
     wbuf_bytes -= q->wlen;
     q->wlen = 0;
 
-    /* idle queues hold no buffer */
-    free(q->wbuf);
-    q->wbuf = NULL;
-    q->wcap = 0;
+    if (!keep) {
+        /* idle queues hold no buffer */
+        free(q->wbuf);
+        q->wbuf = NULL;
+        q->wcap = 0;
+    }
+
     return 0;
 }
 
@@ -777,7 +796,7 @@ append_record(queue_t *q, mq_frame_hdr_t *h, const void *data, int journal)
         }
     }
 
-    if (q->wlen + reclen > WBUF_SIZE && (rc = flush_wbuf(q)) != 0) {
+    if (q->wlen + reclen > WBUF_SIZE && (rc = flush_wbuf_keep(q, 1)) != 0) {
         return rc == QUEUE_NOFD ? QUEUE_NOFD : QUEUE_IO;
     }
 
@@ -1831,7 +1850,10 @@ queue_before_sleep(void)
      * switches files (journal.c), where a checkpoint must find every
      * record of the full file in its queue file.
      */
-    if (!srv.readonly && (pos_due || wbuf_bytes > WBUF_BUDGET)) {
+    if (!srv.readonly && (pos_due || wbuf_bytes > WBUF_BUDGET
+                          || srv.sync_mode != SYNC_ALWAYS))
+    {
+        /* (without a journal, the files are the only copy: at once) */
         queue_write_all();
     }
 
@@ -1899,13 +1921,39 @@ queue_before_sleep(void)
 }
 
 
+/* --sync interval: every queue file written so far, and the directories,
+ * made durable by one syncfs in the background thread */
+static int
+interval_run(sync_job_t *job)
+{
+    if (syncfs(srv.data_fd) != 0) {
+        log_error("sync", "syncfs: %s", strerror(errno));
+        return -1;
+    }
+
+    return 0;
+}
+
+
+static void
+interval_done(sync_job_t *job, int rc)
+{
+    if (rc != 0) {
+        srv.readonly = 1;
+    }
+}
+
+
+static sync_job_t  interval_job = { interval_run, interval_done, 0, 0, 0,
+                                    NULL };
+
+
 void
 queue_sync_all(int wait)
 {
-    /* the journal makes the appends durable, whatever the queue files */
     if (!srv.readonly) {
         queue_write_all();
-        journal_commit(1);
+        sync_job(&interval_job);     /* (one at a time: busy is fine) */
     }
 }
 
