@@ -346,11 +346,9 @@ static int             prep_ready;
 static int
 prep_run(sync_job_t *job)
 {
-    int             fd, rc;
-    char            name[32];
-    uint64_t        off;
-    size_t          n;
-    static unsigned char  zeros[1024 * 1024];
+    int            fd, rc;
+    char           name[32];
+    unsigned char  hdr[MQ_SEG_HDR_SIZE];
 
     journal_name(name, prep_number);
 
@@ -359,25 +357,11 @@ prep_run(sync_job_t *job)
         return -1;
     }
 
-    rc = 0;
-    for (off = 0; off < prep_size && rc == 0; off += n) {
-        n = prep_size - off < sizeof(zeros) ? (size_t) (prep_size - off)
-                                            : sizeof(zeros);
-        if (pwrite(fd, zeros, n, (off_t) off) != (ssize_t) n) {
-            rc = -1;
-        }
-    }
+    mq_frame_jnl_encode(hdr, prep_number);
 
-    mq_frame_jnl_encode(zeros, prep_number);
-    if (rc == 0 && pwrite(fd, zeros, MQ_SEG_HDR_SIZE, 0) != MQ_SEG_HDR_SIZE)
-    {
-        rc = -1;
-    }
-    memset(zeros, 0, MQ_SEG_HDR_SIZE);
-
-    if (rc == 0 && (fsync(fd) != 0 || fsync(jdir) != 0)) {
-        rc = -1;
-    }
+    rc = pwrite(fd, hdr, sizeof(hdr), 0) == (ssize_t) sizeof(hdr)
+         && zero_fill(fd, prep_size) == 0
+         && fsync(fd) == 0 && fsync(jdir) == 0 ? 0 : -1;
 
     close(fd);
 

@@ -1025,7 +1025,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(&srv, 0, sizeof(srv));
     srv.data_dir = dir;
     srv.data_fd = dirfd;
-    srv.sync_mode = SYNC_NONE;
+    srv.sync_mode = SYNC_ALWAYS;      /* (the journal exists only then) */
     srv.max_item_size = 1024 * 1024;
     srv.segment_size = 4096;
     srv.journal_size = 4096;

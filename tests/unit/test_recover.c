@@ -18,8 +18,8 @@
  *     sizes after a truncation, journal files removed, a queue directory
  *     removed, nothing changed on disk under srv.check_only).
  *
- * queue_shutdown() ends every case (SYNC_NONE: the commit threads are not
- * started, and it does not need them).
+ * queue_shutdown() ends every case (SYNC_ALWAYS, for the journal; the
+ * commit threads are not started, and it does not need them).
  *
  * Payload and flags of a record depend on its queue, its id and a
  * generation number, so a record delivered from the wrong place, twice,
@@ -558,7 +558,7 @@ setup(void **state)
     memset(&srv, 0, sizeof(srv));
     srv.data_dir = f->dir;
     srv.data_fd = f->dirfd;
-    srv.sync_mode = SYNC_NONE;
+    srv.sync_mode = SYNC_ALWAYS;      /* (the journal exists only then) */
     srv.max_item_size = 1024 * 1024;
     srv.segment_size = 64 * 1024;
     srv.journal_size = 64 * 1024;
