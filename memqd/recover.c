@@ -399,12 +399,22 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
             return -1;
         }
         if (mq_frame_resync(*buf, MQ_SEG_HDR_SIZE, want, MAX_LEN)
-            != MQ_SEG_HDR_SIZE
-            && mq_frame_decode_v1(*buf + MQ_SEG_HDR_SIZE,
-                                  want - MQ_SEG_HDR_SIZE, MAX_LEN, &h, &err)
-               == MQ_OK)
+            != MQ_SEG_HDR_SIZE)
         {
-            *ver = 1;
+            /* not a version 2 record where the first belongs: a version 1
+             * record there, or further on when that one is damaged too
+             * (its CRC covers header and payload: it does not happen to
+             * check), tells an old file */
+            for (boff = MQ_SEG_HDR_SIZE;
+                 boff + MQ_FRAME_V1_HDR_SIZE <= want && *ver != 1; boff++)
+            {
+                if (mq_frame_decode_v1(*buf + boff, want - boff, MAX_LEN, &h,
+                                       &err) == MQ_OK
+                    && h.seq >= sc->seg)
+                {
+                    *ver = 1;
+                }
+            }
         }
     }
 
@@ -720,6 +730,18 @@ recover_queue(queue_t *q, uint64_t jfirst)
         s->size = (uint64_t) size;
         s->slot = -1;
         s->ver = ver;
+    }
+
+    /* an old-format tail left without records (cut, or empty) would stand
+     * where the next append starts its new-format segment */
+    while (q->nsegs > 0 && q->segs[q->nsegs - 1].ver == 1
+           && q->segs[q->nsegs - 1].size <= MQ_SEG_HDR_SIZE)
+    {
+        seg_name(fname, q->segs[q->nsegs - 1].id);
+        if (!srv.check_only) {
+            unlinkat(dirfd, fname, 0);
+        }
+        q->nsegs--;
     }
 
     q->next_seq = sc.last_seq + 1;

@@ -557,20 +557,52 @@ forged_v2(const tfile_t *t, int whole)
 }
 
 
-/* The segment's format as recovery will read it. */
+/*
+ * The segment's format as recovery will read it (recover.c
+ * scan_segment): the header's, unless the header does not decode, names
+ * another first id, or says 1 where a version 2 record starts; then
+ * version 2 if one starts where the first record belongs, else 1 if a
+ * version 1 record of this file's ids decodes somewhere in the first
+ * MiB, else 2.
+ */
 static unsigned
 read_as(const tfile_t *t)
 {
-    unsigned  ver;
-    uint64_t  first;
+    size_t          at;
+    unsigned        ver;
+    uint64_t        first;
+    const char     *err;
+    mq_frame_hdr_t  h;
 
-    if (t->len < MQ_SEG_HDR_SIZE
-        || mq_frame_seg_decode(t->buf, &first, &ver) != MQ_OK)
+    if (t->len < MQ_SEG_HDR_SIZE) {
+        return 2;
+    }
+
+    if (mq_frame_seg_decode(t->buf, &first, &ver) == MQ_OK
+        && first == t->id
+        && !(ver == 1 && t->len >= MQ_SEG_HDR_SIZE + MQ_FRAME_HDR_SIZE
+             && mq_frame_resync(t->buf, MQ_SEG_HDR_SIZE,
+                                MQ_SEG_HDR_SIZE + MQ_FRAME_HDR_SIZE, MAX_LEN)
+                == MQ_SEG_HDR_SIZE))
+    {
+        return ver;
+    }
+
+    if (mq_frame_resync(t->buf, MQ_SEG_HDR_SIZE, t->len, MAX_LEN)
+        == MQ_SEG_HDR_SIZE)
     {
         return 2;
     }
 
-    return ver;
+    for (at = MQ_SEG_HDR_SIZE; at + MQ_FRAME_V1_HDR_SIZE <= t->len; at++) {
+        if (mq_frame_decode_v1(t->buf + at, t->len - at, MAX_LEN, &h, &err)
+            == MQ_OK && h.seq >= t->id)
+        {
+            return 1;
+        }
+    }
+
+    return 2;
 }
 
 
