@@ -214,6 +214,7 @@ struct ngx_http_memq_conn_s {
     unsigned                       connecting:1;
     unsigned                       waiting:1;   /* request sent, reply due */
     unsigned                       pooled:1;
+    unsigned                       reset:1;     /* closed in use: RST */
 };
 
 

@@ -207,6 +207,7 @@ ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc)
 
     } else {
         (void) ngx_atomic_fetch_add(&sn->pool_busy, -1);
+        mc->reset = 1;
     }
 
     ngx_http_memq_conn_free(mc);
@@ -226,12 +227,15 @@ ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc)
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "memq node connection close: %V", &mc->node->addr);
 
-    if (c->read->timedout || c->write->timedout) {
+    if (c->read->timedout || c->write->timedout || mc->reset) {
         /*
          * A reset, as nginx's reset_timedout_connection does: the kernel
          * drops what it still holds for the node, so a request we gave
          * up on (and retried elsewhere) is not delivered and stored late
-         * when the node becomes reachable again.
+         * when the node becomes reachable again.  A connection closed in
+         * use (client abort, error) is reset too: memqd keeps answering
+         * a client that only half-closed (FIN), so a long poll would
+         * otherwise live on until its own timeout.
          */
         l.l_onoff = 1;
         l.l_linger = 0;
