@@ -294,12 +294,11 @@ journal_flush_big(void)
 static uint64_t        ckpt_token;       /* files below it, when it ends */
 
 
-static int
-ckpt_run(sync_job_t *job)
+int
+journal_syncfs(sync_job_t *job)
 {
     if (syncfs(srv.data_fd) != 0) {
-        log_error("sync", "syncfs: %s; journal files are kept",
-                  strerror(errno));
+        log_error("sync", "syncfs: %s", strerror(errno));
         return -1;
     }
 
@@ -314,7 +313,8 @@ ckpt_done(sync_job_t *job, int rc)
 }
 
 
-static sync_job_t      ckpt_job = { ckpt_run, ckpt_done, 0, 0, 0, NULL };
+static sync_job_t      ckpt_job = { journal_syncfs, ckpt_done, 0, 0, 0,
+                                    NULL };
 
 
 static void

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "mq_frame.h"
+#include "sync.h"
 
 #define JOURNAL_DIR  ".journal"
 
@@ -52,6 +53,10 @@ void journal_checkpoint_done(uint64_t token, int failed);
  * files removed (a clean restart has nothing to replay) unless `keep`:
  * some records are in no queue file. */
 void journal_shutdown(int keep);
+
+/* A background job (sync.h): syncfs of the data directory's file system,
+ * logged when it fails.  Checkpoints run it, and so does --sync interval. */
+int journal_syncfs(sync_job_t *job);
 
 /* Journal file name of `number` (24 bytes and a NUL). */
 void journal_name(char *buf, uint64_t number);

@@ -1922,19 +1922,7 @@ queue_before_sleep(void)
 
 
 /* --sync interval: every queue file written so far, and the directories,
- * made durable by one syncfs in the background thread */
-static int
-interval_run(sync_job_t *job)
-{
-    if (syncfs(srv.data_fd) != 0) {
-        log_error("sync", "syncfs: %s", strerror(errno));
-        return -1;
-    }
-
-    return 0;
-}
-
-
+ * made durable by one syncfs in the background thread (journal_syncfs) */
 static void
 interval_done(sync_job_t *job, int rc)
 {
@@ -1944,7 +1932,7 @@ interval_done(sync_job_t *job, int rc)
 }
 
 
-static sync_job_t  interval_job = { interval_run, interval_done, 0, 0, 0,
+static sync_job_t  interval_job = { journal_syncfs, interval_done, 0, 0, 0,
                                     NULL };
 
 
