@@ -521,6 +521,12 @@ def test_connection_churn_leaks_nothing(memqd_factory):
     c = s.connect()
     q = qname()
     c.store(q, b"kept")
+    # The queue file is written lazily (at most 100 ms after the journal)
+    # and its descriptor then stays in the node's descriptor cache: the
+    # baseline is taken once that has happened and a read has used it.
+    wait_for(lambda: any(f.stat().st_size > 48 for f in s.segments(q)),
+             timeout=5, what="queue file written")
+    assert c.getdata(q + "/peek") == b"kept"
     wait_for(lambda: int(c.stats()["curr_connections"]) == 1, timeout=5,
              what="probe connection gone")
     fds = _fd_count(s.proc.pid)
