@@ -10,6 +10,9 @@
  */
 
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
 
 #include "mq_crc32c.h"
 #include "mq_frame.h"
@@ -20,7 +23,7 @@ static const unsigned char  mq_seg_magic[8] = {
 };
 
 static const unsigned char  mq_jnl_magic[8] = {
-    'M', 'Q', 'J', 'N', 'L', 0, 0, 1
+    'M', 'Q', 'J', 'N', 'L', 0, 0, MQ_JNL_VERSION
 };
 
 
@@ -58,7 +61,8 @@ mq_get_le64(const unsigned char *p)
 
 
 void
-mq_frame_encode(unsigned char *dst, mq_frame_hdr_t *h, const void *payload)
+mq_frame_encode(unsigned char *dst, mq_frame_hdr_t *h, const void *payload,
+    uint32_t mark)
 {
     h->crc = mq_crc32c(0, payload, h->len);
 
@@ -70,7 +74,8 @@ mq_frame_encode(unsigned char *dst, mq_frame_hdr_t *h, const void *payload)
     mq_put_le64(dst + 24, h->seq);
     mq_put_le64(dst + 32, h->ctime);
     mq_put_le64(dst + 40, (uint64_t) h->exptime);
-    mq_put_le32(dst + 4, mq_crc32c(0, dst + 8, MQ_FRAME_HDR_SIZE - 8));
+    mq_put_le32(dst + 4,
+                mq_crc32c(0, dst + 8, MQ_FRAME_HDR_SIZE - 8) ^ mark);
 }
 
 
@@ -83,14 +88,16 @@ mq_kind_known(uint32_t kind)
 
 /* Checks a whole version 2 header at buf: MQ_OK or MQ_ERROR with *err. */
 static int
-mq_header_check(const unsigned char *buf, uint32_t max_len, const char **err)
+mq_header_check(const unsigned char *buf, uint32_t max_len, uint32_t mark,
+    const char **err)
 {
     if (mq_get_le32(buf) != MQ_FRAME_MAGIC) {
         *err = "bad magic";
         return MQ_ERROR;
     }
 
-    if (mq_get_le32(buf + 4) != mq_crc32c(0, buf + 8, MQ_FRAME_HDR_SIZE - 8))
+    if (mq_get_le32(buf + 4)
+        != (mq_crc32c(0, buf + 8, MQ_FRAME_HDR_SIZE - 8) ^ mark))
     {
         *err = "bad header crc";
         return MQ_ERROR;
@@ -112,7 +119,7 @@ mq_header_check(const unsigned char *buf, uint32_t max_len, const char **err)
 
 int
 mq_frame_decode(const unsigned char *buf, size_t avail, uint32_t max_len,
-    mq_frame_hdr_t *h, const char **err)
+    uint32_t mark, mq_frame_hdr_t *h, const char **err)
 {
     memset(h, 0, sizeof(*h));
 
@@ -127,7 +134,7 @@ mq_frame_decode(const unsigned char *buf, size_t avail, uint32_t max_len,
         return MQ_AGAIN;
     }
 
-    if (mq_header_check(buf, max_len, err) != MQ_OK) {
+    if (mq_header_check(buf, max_len, mark, err) != MQ_OK) {
         return MQ_ERROR;
     }
 
@@ -206,7 +213,7 @@ mq_frame_decode_v1(const unsigned char *buf, size_t avail, uint32_t max_len,
 
 size_t
 mq_frame_resync(const unsigned char *buf, size_t from, size_t len,
-    uint32_t max_len)
+    uint32_t max_len, uint32_t mark)
 {
     size_t                i;
     const char           *err;
@@ -220,7 +227,7 @@ mq_frame_resync(const unsigned char *buf, size_t from, size_t len,
 
         i = (size_t) (p - buf);
 
-        if (mq_header_check(p, max_len, &err) == MQ_OK) {
+        if (mq_header_check(p, max_len, mark, &err) == MQ_OK) {
             return i;
         }
     }
@@ -229,48 +236,200 @@ mq_frame_resync(const unsigned char *buf, size_t from, size_t len,
 }
 
 
-void
-mq_frame_seg_encode(unsigned char *dst, uint64_t first_seq)
+/* The mark of the whole record at buf (avail bytes present) when its
+ * payload CRC holds: MQ_OK, else MQ_ERROR. */
+static int
+mq_record_mark(const unsigned char *buf, size_t avail, uint32_t max_len,
+    uint32_t *mark)
 {
-    memcpy(dst, mq_seg_magic, sizeof(mq_seg_magic));
-    mq_put_le64(dst + 8, first_seq);
-}
+    uint32_t  len;
 
+    if (avail < MQ_FRAME_HDR_SIZE || mq_get_le32(buf) != MQ_FRAME_MAGIC) {
+        return MQ_ERROR;
+    }
 
-int
-mq_frame_seg_decode(const unsigned char *buf, uint64_t *first_seq,
-    unsigned *version)
-{
-    /* the magic without its last byte, which is the version */
-    if (memcmp(buf, mq_seg_magic, sizeof(mq_seg_magic) - 1) != 0
-        || buf[7] < 1 || buf[7] > MQ_SEG_VERSION)
+    len = mq_get_le32(buf + 8);
+    if (len > max_len || len > avail - MQ_FRAME_HDR_SIZE
+        || !mq_kind_known(mq_get_le32(buf + 16))
+        || mq_crc32c(0, buf + MQ_FRAME_HDR_SIZE, len) != mq_get_le32(buf + 20))
     {
         return MQ_ERROR;
     }
 
-    *version = buf[7];
-    *first_seq = mq_get_le64(buf + 8);
+    *mark = mq_get_le32(buf + 4) ^ mq_crc32c(0, buf + 8, MQ_FRAME_HDR_SIZE - 8);
+
+    return MQ_OK;
+}
+
+
+int
+mq_frame_mark_vote(const unsigned char *buf, size_t from, size_t len,
+    uint32_t max_len, uint32_t *mark)
+{
+    size_t                i, k, n, best, next, work;
+    uint32_t              m, marks[MQ_MARK_VOTES];
+    unsigned              votes[MQ_MARK_VOTES];
+    const unsigned char  *p;
+
+    if (from >= len) {
+        return MQ_ERROR;
+    }
+
+    /* A record whose header is damaged (in a field other than length and
+     * kind) and whose payload is intact gives a wrong mark: no mark is
+     * taken from one record alone while others say otherwise.  The first
+     * record is inside no payload: read with the mark its header gives,
+     * it leads to the second; when that one checks with the same mark,
+     * that is the mark. */
+    if (len - from >= MQ_FRAME_HDR_SIZE
+        && mq_get_le32(buf + from) == MQ_FRAME_MAGIC)
+    {
+        m = mq_get_le32(buf + from + 4)
+            ^ mq_crc32c(0, buf + from + 8, MQ_FRAME_HDR_SIZE - 8);
+        next = from + MQ_FRAME_HDR_SIZE + mq_get_le32(buf + from + 8);
+        if (next > from && next < len
+            && mq_record_mark(buf + next, len - next, max_len, mark) == MQ_OK
+            && *mark == m)
+        {
+            return MQ_OK;
+        }
+    }
+
+    /* Else every record that checks votes.  Bytes a client wrote may vote
+     * too, so the payload bytes checked are bounded (a file of crafted
+     * headers must not make a start slow). */
+    n = 0;
+    work = 0;
+
+    for (i = from; i + MQ_FRAME_HDR_SIZE <= len && work < MQ_MARK_WORK; i++) {
+        p = memchr(buf + i, 'M', len - MQ_FRAME_HDR_SIZE + 1 - i);
+        if (p == NULL) {
+            break;
+        }
+        i = (size_t) (p - buf);
+
+        if (mq_get_le32(p) == MQ_FRAME_MAGIC) {
+            work += MQ_FRAME_HDR_SIZE + mq_get_le32(p + 8);
+        }
+
+        if (mq_record_mark(p, len - i, max_len, &m) != MQ_OK) {
+            continue;
+        }
+
+        for (k = 0; k < n && marks[k] != m; k++) {
+            /* void */
+        }
+
+        if (k == n) {
+            if (n == MQ_MARK_VOTES) {
+                continue;
+            }
+            marks[n] = m;
+            votes[n++] = 0;
+        }
+        votes[k]++;
+    }
+
+    /* the most votes (the first met on a tie), if two records agree on it
+     * or no record says otherwise */
+    best = 0;
+    for (k = 1; k < n; k++) {
+        if (votes[k] > votes[best]) {
+            best = k;
+        }
+    }
+
+    if (n == 0 || (votes[best] < 2 && n > 1)) {
+        return MQ_ERROR;
+    }
+
+    *mark = marks[best];
+
+    return MQ_OK;
+}
+
+
+uint32_t
+mq_frame_new_mark(void)
+{
+    uint32_t         m;
+    struct timespec  ts;
+
+    if (getrandom(&m, sizeof(m), GRND_NONBLOCK) == (ssize_t) sizeof(m)) {
+        return m;
+    }
+
+    /* no entropy yet (early boot): unpredictable enough to tell files
+     * apart, and a client still never sees it */
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return mq_crc32c((uint32_t) getpid(), &ts, sizeof(ts));
+}
+
+
+/* A file header: magic (version in its last byte), mark, CRC of both. */
+static void
+mq_file_hdr_encode(unsigned char *dst, const unsigned char *magic,
+    uint32_t mark)
+{
+    memcpy(dst, magic, 8);
+    mq_put_le32(dst + 8, mark);
+    mq_put_le32(dst + 12, mq_crc32c(0, dst, 12));
+}
+
+
+void
+mq_frame_seg_encode(unsigned char *dst, uint32_t mark)
+{
+    mq_file_hdr_encode(dst, mq_seg_magic, mark);
+}
+
+
+int
+mq_frame_seg_decode(const unsigned char *buf, unsigned *version,
+    uint32_t *mark)
+{
+    /* the magic without its last byte, which is the version */
+    if (memcmp(buf, mq_seg_magic, sizeof(mq_seg_magic) - 1) != 0) {
+        return MQ_ERROR;
+    }
+
+    if (buf[7] == 1) {
+        /* version 1: the first sequence number follows, no mark */
+        *version = 1;
+        *mark = 0;
+        return MQ_OK;
+    }
+
+    if (buf[7] != MQ_SEG_VERSION
+        || mq_get_le32(buf + 12) != mq_crc32c(0, buf, 12))
+    {
+        return MQ_ERROR;
+    }
+
+    *version = MQ_SEG_VERSION;
+    *mark = mq_get_le32(buf + 8);
 
     return MQ_OK;
 }
 
 
 void
-mq_frame_jnl_encode(unsigned char *dst, uint64_t number)
+mq_frame_jnl_encode(unsigned char *dst, uint32_t mark)
 {
-    memcpy(dst, mq_jnl_magic, sizeof(mq_jnl_magic));
-    mq_put_le64(dst + 8, number);
+    mq_file_hdr_encode(dst, mq_jnl_magic, mark);
 }
 
 
 int
-mq_frame_jnl_decode(const unsigned char *buf, uint64_t *number)
+mq_frame_jnl_decode(const unsigned char *buf, uint32_t *mark)
 {
-    if (memcmp(buf, mq_jnl_magic, sizeof(mq_jnl_magic)) != 0) {
+    if (memcmp(buf, mq_jnl_magic, sizeof(mq_jnl_magic)) != 0
+        || mq_get_le32(buf + 12) != mq_crc32c(0, buf, 12))
+    {
         return MQ_ERROR;
     }
 
-    *number = mq_get_le64(buf + 8);
+    *mark = mq_get_le32(buf + 8);
 
     return MQ_OK;
 }

@@ -74,9 +74,27 @@ slot_close(slot_t *s)
 
 
 int
+fdcache_shed(void)
+{
+    int  i;
+
+    for (i = 0; i < nslots && slots[hand].fd == -1; i++) {
+        hand = (hand + 1) % nslots;
+    }
+    if (slots[hand].fd == -1) {
+        errno = EMFILE;
+        return -1;
+    }
+
+    slot_close(&slots[hand]);
+    return 0;
+}
+
+
+int
 fdcache_get(const queue_t *q, uint64_t seg, int *hint)
 {
-    int      fd, i, tries;
+    int      fd, tries;
     char     path[MQ_NAME_MAX + SEG_NAME_LEN + 2];
     slot_t  *s;
 
@@ -99,14 +117,9 @@ fdcache_get(const queue_t *q, uint64_t seg, int *hint)
         }
 
         /* out of descriptors: give one of ours back and try again */
-        for (i = 0; i < nslots && slots[hand].fd == -1; i++) {
-            hand = (hand + 1) % nslots;
-        }
-        if (slots[hand].fd == -1) {
-            errno = EMFILE;
+        if (fdcache_shed() != 0) {
             return -1;
         }
-        slot_close(&slots[hand]);
     }
 
     s = &slots[hand];

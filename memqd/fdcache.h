@@ -26,6 +26,11 @@ int fdcache_init(void);
  */
 int fdcache_get(const queue_t *q, uint64_t seg, int *hint);
 
+/* Closes one cached descriptor (the clock hand's) for a caller that ran
+ * out: 0, or -1 (EMFILE) when the cache holds none.  The cache is sized
+ * from the descriptor limit at start, which may have been lowered since. */
+int fdcache_shed(void);
+
 /* Closes the segment's descriptor if it is open (file removed). */
 void fdcache_drop(const queue_t *q, uint64_t seg, int hint);
 

@@ -43,6 +43,9 @@ static int             reserve = -1;     /* a descriptor kept for a new
                                             took all the others */
 static jfile_t         cur = { 0, -1, 0 };
 static uint64_t        cur_off;          /* write position in cur */
+/* every file this process creates carries this mark (mq_frame.h): records
+ * are encoded before it is known which file they land in */
+static uint32_t        jmark;
 static uint64_t        cur_size;         /* bytes allocated to cur */
 static jfile_t         old[OLD_MAX];     /* full files, oldest first */
 static size_t          nold;
@@ -149,7 +152,7 @@ create_file(uint64_t number, uint64_t size)
         return -1;
     }
 
-    mq_frame_jnl_encode(hdr, number);
+    mq_frame_jnl_encode(hdr, jmark);
 
     if (fallocate(fd, 0, 0, (off_t) size) != 0
         && errno != EOPNOTSUPP && errno != ENOSYS)
@@ -189,6 +192,7 @@ journal_init(uint64_t last)
     }
 
     /* a fresh start (tests start more than once in one process) */
+    jmark = mq_frame_new_mark();
     nold = 0;
     oldest = 0;
     ckpt_wanted = 0;
@@ -275,7 +279,7 @@ journal_add(uint32_t kind, const char *name, size_t nlen,
 
     jh.kind = kind;
     jh.len = (uint32_t) (1 + nlen + dlen);
-    mq_frame_encode(p, &jh, p + MQ_FRAME_HDR_SIZE);
+    mq_frame_encode(p, &jh, p + MQ_FRAME_HDR_SIZE, jmark);
     len += need;
     return 0;
 }
@@ -357,7 +361,7 @@ prep_run(sync_job_t *job)
         return -1;
     }
 
-    mq_frame_jnl_encode(hdr, prep_number);
+    mq_frame_jnl_encode(hdr, jmark);
 
     rc = pwrite(fd, hdr, sizeof(hdr), 0) == (ssize_t) sizeof(hdr)
          && zero_fill(fd, prep_size) == 0

@@ -475,6 +475,7 @@ push_segment(queue_t *q, uint64_t id)
     q->segs[q->nsegs].size = MQ_SEG_HDR_SIZE;
     q->segs[q->nsegs].slot = -1;
     q->segs[q->nsegs].ver = MQ_SEG_VERSION;
+    q->segs[q->nsegs].mark = mq_frame_new_mark();
     q->nsegs++;
     return 0;
 }
@@ -493,7 +494,13 @@ rotate_at(queue_t *q, uint64_t first)
         return QUEUE_NOFD;
     }
 
-    if (seg_create(q->name, first) != 0) {
+    while ((rc = seg_create(q->name, first, q->segs[q->nsegs - 1].mark))
+           != 0 && (errno == EMFILE || errno == ENFILE) && fdcache_shed() == 0)
+    {
+        /* void: a cached descriptor was given back, try again */
+    }
+
+    if (rc != 0) {
         q->nsegs--;
         if (errno == EMFILE || errno == ENFILE) {
             return QUEUE_NOFD;
@@ -523,16 +530,16 @@ rotate_at(queue_t *q, uint64_t first)
 
 
 static int
-decode(unsigned ver, const unsigned char *p, size_t avail,
+decode(const seg_t *s, const unsigned char *p, size_t avail,
     mq_frame_hdr_t *h, const char **err)
 {
     int  rc;
 
-    if (ver == 1) {
+    if (s->ver == 1) {
         return mq_frame_decode_v1(p, avail, UINT32_MAX - 64, h, err);
     }
 
-    rc = mq_frame_decode(p, avail, UINT32_MAX - 64, h, err);
+    rc = mq_frame_decode(p, avail, UINT32_MAX - 64, s->mark, h, err);
     if (rc == MQ_OK && h->kind != MQ_FRAME_ITEM) {
         *err = "not an item";
         return MQ_ERROR;
@@ -582,7 +589,7 @@ read_record(queue_t *q, size_t si, uint64_t off, mq_frame_hdr_t *h,
 
     if (si == q->nsegs - 1 && off >= q->wbase) {
         p = q->wbuf + (off - q->wbase);
-        rc = decode(s->ver, p, q->wlen - (size_t) (off - q->wbase), h, &err);
+        rc = decode(s, p, q->wlen - (size_t) (off - q->wbase), h, &err);
         if (rc == MQ_OK) {
             *payload = p + hsz;
         }
@@ -596,7 +603,7 @@ read_record(queue_t *q, size_t si, uint64_t off, mq_frame_hdr_t *h,
     {
         p = q->rbuf + (off - q->rbuf_off);
         avail = q->rlen - (size_t) (off - q->rbuf_off);
-        rc = decode(s->ver, p, avail, h, &err);
+        rc = decode(s, p, avail, h, &err);
         if (rc == MQ_OK) {
             *payload = p + hsz;
             return RD_OK;
@@ -629,7 +636,7 @@ read_record(queue_t *q, size_t si, uint64_t off, mq_frame_hdr_t *h,
     q->rbuf_off = off;
     q->rlen = (size_t) n;
 
-    rc = decode(s->ver, q->rbuf, q->rlen, h, &err);
+    rc = decode(s, q->rbuf, q->rlen, h, &err);
     if (rc == MQ_OK) {
         *payload = q->rbuf + hsz;
         return RD_OK;
@@ -656,7 +663,7 @@ read_record(queue_t *q, size_t si, uint64_t off, mq_frame_hdr_t *h,
         return RD_BUSY;
     }
 
-    if ((size_t) n == want && decode(s->ver, scratch, want, h, &err) == MQ_OK)
+    if ((size_t) n == want && decode(s, scratch, want, h, &err) == MQ_OK)
     {
         *payload = scratch + hsz;
         return RD_OK;
@@ -713,14 +720,17 @@ skip_damage(queue_t *q, size_t si, uint64_t off, uint64_t *next,
         q->rbuf_off = pos;
         q->rlen = (size_t) n;
 
-        /* a frame a client wrote inside a payload may check too: only
-         * an id between the cursor's and the next file's counts */
-        for (at = mq_frame_resync(q->rbuf, 0, q->rlen, UINT32_MAX - 64);
+        /* the file's mark keeps clients' bytes from checking; the id
+         * range is a second guard */
+        for (at = mq_frame_resync(q->rbuf, 0, q->rlen, UINT32_MAX - 64,
+                                  s->mark);
              at < q->rlen;
-             at = mq_frame_resync(q->rbuf, at + 1, q->rlen, UINT32_MAX - 64))
+             at = mq_frame_resync(q->rbuf, at + 1, q->rlen, UINT32_MAX - 64,
+                                  s->mark))
         {
             p = q->rbuf + at;
-            mq_frame_decode(p, q->rlen - at, UINT32_MAX - 64, &h, &err);
+            mq_frame_decode(p, q->rlen - at, UINT32_MAX - 64, s->mark, &h,
+                            &err);
             if (h.kind == MQ_FRAME_ITEM && h.seq >= q->rseq && h.seq <= hi) {
                 *next = pos + at;
                 *next_seq = h.seq;
@@ -737,7 +747,7 @@ skip_damage(queue_t *q, size_t si, uint64_t off, uint64_t *next,
         /* the unwritten tail starts at wbase with a good record */
         *next = limit;
         if (q->wlen > 0) {
-            decode(s->ver, q->wbuf, q->wlen, &h, &err);
+            decode(s, q->wbuf, q->wlen, &h, &err);
             *next_seq = h.seq;
         }
     }
@@ -834,7 +844,7 @@ append_record(queue_t *q, mq_frame_hdr_t *h, const void *data, int journal)
     }
 
     if (fd != -1) {
-        mq_frame_encode(hdr, h, data);
+        mq_frame_encode(hdr, h, data, tail->mark);
         iov[0].iov_base = hdr;
         iov[0].iov_len = sizeof(hdr);
         iov[1].iov_base = (void *) data;
@@ -855,7 +865,7 @@ append_record(queue_t *q, mq_frame_hdr_t *h, const void *data, int journal)
     } else {
         memcpy(q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE, data, h->len);
         mq_frame_encode(q->wbuf + q->wlen, h,
-                        q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE);
+                        q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE, tail->mark);
         q->wlen += reclen;
         wbuf_bytes += reclen;
     }
@@ -1591,7 +1601,7 @@ head_ctime(queue_t *q, uint64_t *ctime)
     s = &q->segs[si];
 
     if (si == q->nsegs - 1 && off >= q->wbase) {
-        if (decode(s->ver, q->wbuf + (off - q->wbase),
+        if (decode(s, q->wbuf + (off - q->wbase),
                    q->wlen - (size_t) (off - q->wbase), &h, &err) != MQ_OK)
         {
             return -1;
@@ -1605,7 +1615,7 @@ head_ctime(queue_t *q, uint64_t *ctime)
             return -1;
         }
         /* the header alone: MQ_AGAIN with h filled in is what we want */
-        if (decode(s->ver, b, hdr_size(s), &h, &err) == MQ_ERROR) {
+        if (decode(s, b, hdr_size(s), &h, &err) == MQ_ERROR) {
             return -1;
         }
     }

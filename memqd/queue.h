@@ -42,6 +42,7 @@ typedef struct {
     uint64_t  size;      /* bytes, including unwritten wbuf of the tail */
     int       slot;      /* fdcache hint, -1 */
     unsigned  ver;       /* format version (mq_frame.h); 1 is read only */
+    uint32_t  mark;      /* the file's mark (mq_frame.h); 0 for version 1 */
 } seg_t;
 
 /* damage found at start in a segment that stays: the reader jumps over

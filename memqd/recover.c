@@ -57,6 +57,7 @@ typedef struct {
     uint64_t        number;
     unsigned char  *map;    /* the whole file, read only */
     size_t          size;
+    uint32_t        mark;   /* its records' mark (mq_frame.h) */
 } jfile_t;
 
 struct jscan_s {
@@ -224,7 +225,8 @@ read_at(int fd, unsigned char **buf, size_t *cap, size_t want, uint64_t off)
  */
 static int
 find_next(int fd, uint64_t from, uint64_t fsize, uint64_t lo, uint64_t hi,
-    unsigned char **buf, size_t *cap, uint64_t *next, uint64_t *next_seq)
+    uint32_t mark, unsigned char **buf, size_t *cap, uint64_t *next,
+    uint64_t *next_seq)
 {
     size_t          at, want;
     uint64_t        pos;
@@ -242,10 +244,10 @@ find_next(int fd, uint64_t from, uint64_t fsize, uint64_t lo, uint64_t hi,
             return -1;
         }
 
-        for (at = mq_frame_resync(*buf, 0, want, MAX_LEN); at < want;
-             at = mq_frame_resync(*buf, at + 1, want, MAX_LEN))
+        for (at = mq_frame_resync(*buf, 0, want, MAX_LEN, mark); at < want;
+             at = mq_frame_resync(*buf, at + 1, want, MAX_LEN, mark))
         {
-            mq_frame_decode(*buf + at, want - at, MAX_LEN, &h, &err);
+            mq_frame_decode(*buf + at, want - at, MAX_LEN, mark, &h, &err);
             if (h.seq >= lo && h.seq <= hi && h.kind == MQ_FRAME_ITEM) {
                 *next = pos + at;
                 *next_seq = h.seq;
@@ -338,14 +340,13 @@ peek_len(const unsigned char *p, unsigned ver)
  */
 static int64_t
 scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
-    unsigned *ver, unsigned char **buf, size_t *cap)
+    unsigned *ver, uint32_t *mark, unsigned char **buf, size_t *cap)
 {
     int             rc;
     off_t           fsize;
     int             trusted, suspect;
     size_t          hsz, want, avail;
-    uint64_t        off, seg_first, next, next_seq, lost, boff, blen, lo,
-                    hi, end;
+    uint64_t        off, next, next_seq, lost, boff, blen, lo, hi, end;
     const unsigned char  *p;
     const char     *err;
     struct stat     st;
@@ -357,6 +358,7 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
     fsize = st.st_size;
 
     *ver = MQ_SEG_VERSION;
+    *mark = 0;
 
     if (fsize < MQ_SEG_HDR_SIZE) {
         if (read_at(fd, buf, cap, (size_t) fsize, 0) != 0) {
@@ -370,51 +372,69 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
         return -1;
     }
 
-    suspect = mq_frame_seg_decode(*buf, &seg_first, ver) != MQ_OK
-              || seg_first != sc->seg;
+    suspect = mq_frame_seg_decode(*buf, ver, mark) != MQ_OK;
 
-    if (!suspect && *ver == 1 && fsize >= MQ_SEG_HDR_SIZE + MQ_FRAME_HDR_SIZE) {
-        /* a version byte damaged into 1: the first record tells */
-        if (read_at(fd, buf, cap, MQ_SEG_HDR_SIZE + MQ_FRAME_HDR_SIZE, 0)
-            != 0)
-        {
-            return -1;
-        }
-        suspect = mq_frame_resync(*buf, MQ_SEG_HDR_SIZE,
-                                  MQ_SEG_HDR_SIZE + MQ_FRAME_HDR_SIZE,
-                                  MAX_LEN) == MQ_SEG_HDR_SIZE;
-    }
-
-    if (suspect) {
-        /* the records carry their own framing: read them anyway (in the
-         * format the first record shows), and cut nothing off a file
-         * whose header cannot be trusted */
-        log_error("recover", "%s/%s: damaged segment header, records read "
-                  "by their own framing", q->name, fname);
-        *ver = MQ_SEG_VERSION;
-        last = 0;
-
+    if (!suspect && *ver == 1) {
+        /* a version byte damaged into 1: a version 2 record tells (a
+         * version 1 file, written before marks, holds none that checks) */
         want = (size_t) fsize < SCAN_BUF ? (size_t) fsize : SCAN_BUF;
         if (read_at(fd, buf, cap, want, 0) != 0) {
             return -1;
         }
-        if (mq_frame_resync(*buf, MQ_SEG_HDR_SIZE, want, MAX_LEN)
-            != MQ_SEG_HDR_SIZE)
+        suspect = mq_frame_mark_vote(*buf, MQ_SEG_HDR_SIZE, want, MAX_LEN,
+                                     mark) == MQ_OK;
+        *mark = 0;
+    }
+
+    if (suspect) {
+        /* the records carry their own framing (and the mark): read them
+         * anyway, in the format they show, and cut nothing off a file
+         * whose header cannot be trusted */
+        log_error("recover", "%s/%s: damaged segment header, records read "
+                  "by their own framing", q->name, fname);
+        *ver = 0;
+        last = 0;
+
+        /* a record bigger than the first window: one more, large enough
+         * for the largest item */
+        for (want = SCAN_BUF; *ver == 0;
+             want = SCAN_BUF + (size_t) srv.max_item_size + MQ_FRAME_HDR_SIZE)
         {
-            /* not a version 2 record where the first belongs: a version 1
-             * record there, or further on when that one is damaged too
-             * (its CRC covers header and payload: it does not happen to
-             * check), tells an old file */
-            for (boff = MQ_SEG_HDR_SIZE;
-                 boff + MQ_FRAME_V1_HDR_SIZE <= want && *ver != 1; boff++)
-            {
-                if (mq_frame_decode_v1(*buf + boff, want - boff, MAX_LEN, &h,
-                                       &err) == MQ_OK
-                    && h.seq >= sc->seg)
-                {
-                    *ver = 1;
-                }
+            if ((off_t) want > fsize) {
+                want = (size_t) fsize;
             }
+            if (read_at(fd, buf, cap, want, 0) != 0) {
+                return -1;
+            }
+            if (mq_frame_mark_vote(*buf, MQ_SEG_HDR_SIZE, want, MAX_LEN,
+                                   mark) == MQ_OK)
+            {
+                *ver = MQ_SEG_VERSION;
+            } else if (want == (size_t) fsize || want > SCAN_BUF) {
+                break;
+            }
+        }
+
+        /* no version 2 record: a version 1 record (its CRC covers header
+         * and payload: it does not happen to check) tells an old file */
+        if (want > SCAN_BUF) {
+            want = SCAN_BUF;
+        }
+        for (boff = MQ_SEG_HDR_SIZE;
+             *ver == 0 && boff + MQ_FRAME_V1_HDR_SIZE <= want; boff++)
+        {
+            if (mq_frame_decode_v1(*buf + boff, want - boff, MAX_LEN, &h,
+                                   &err) == MQ_OK
+                && h.seq >= sc->seg)
+            {
+                *ver = 1;
+            }
+        }
+
+        if (*ver == 0) {
+            /* nothing in it reads: every record counts as damaged */
+            *ver = MQ_SEG_VERSION;
+            *mark = 0;
         }
     }
 
@@ -444,7 +464,7 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
         avail = (size_t) (boff + blen - off);
 
         rc = *ver == 1 ? mq_frame_decode_v1(p, avail, MAX_LEN, &h, &err)
-                       : mq_frame_decode(p, avail, MAX_LEN, &h, &err);
+                       : mq_frame_decode(p, avail, MAX_LEN, *mark, &h, &err);
 
         if (rc == MQ_AGAIN && h.len > 0 && (off_t) (off + hsz + h.len)
                                             <= fsize)
@@ -458,7 +478,7 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
             p = *buf;
             rc = *ver == 1
                  ? mq_frame_decode_v1(p, blen, MAX_LEN, &h, &err)
-                 : mq_frame_decode(p, blen, MAX_LEN, &h, &err);
+                 : mq_frame_decode(p, blen, MAX_LEN, *mark, &h, &err);
         }
 
         if (rc == MQ_OK && h.kind != MQ_FRAME_ITEM) {
@@ -496,16 +516,16 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
             next = off + hsz + h.len;
             next_seq = h.seq + 1;
             if ((off_t) next < fsize
-                && find_next(fd, next, (uint64_t) fsize, h.seq + 1, hi, buf,
-                             cap, &next, &next_seq) != 0)
+                && find_next(fd, next, (uint64_t) fsize, h.seq + 1, hi,
+                             *mark, buf, cap, &next, &next_seq) != 0)
             {
                 return -1;
             }
         } else if (*ver == 1) {
             next = (uint64_t) fsize;
             next_seq = 0;
-        } else if (find_next(fd, off + 1, (uint64_t) fsize, lo, hi, buf, cap,
-                             &next, &next_seq) != 0)
+        } else if (find_next(fd, off + 1, (uint64_t) fsize, lo, hi, *mark,
+                             buf, cap, &next, &next_seq) != 0)
         {
             return -1;
         }
@@ -600,6 +620,7 @@ recover_queue(queue_t *q, uint64_t jfirst)
     seg_t          *s;
     int64_t         size;
     unsigned        ver;
+    uint32_t        mark;
     uint64_t       *ids, from;
     struct stat     st;
     scan_t          sc;
@@ -699,8 +720,8 @@ recover_queue(queue_t *q, uint64_t jfirst)
 
         sc.seg = ids[i];
         sc.next_first = i + 1 < nids ? ids[i + 1] : 0;
-        size = scan_segment(q, fd, fname, i + 1 == nids, &sc, &ver, &buf,
-                            &cap);
+        size = scan_segment(q, fd, fname, i + 1 == nids, &sc, &ver, &mark,
+                            &buf, &cap);
         close(fd);
 
         if (size < 0) {
@@ -730,6 +751,7 @@ recover_queue(queue_t *q, uint64_t jfirst)
         s->size = (uint64_t) size;
         s->slot = -1;
         s->ver = ver;
+        s->mark = mark;
     }
 
     /* an old-format tail left without records (cut, or empty) would stand
@@ -925,8 +947,8 @@ jwalk(jscan_t *js, jvisit_pt visit, int report)
         off = MQ_SEG_HDR_SIZE;
 
         while (off < f->size) {
-            rc = mq_frame_decode(f->map + off, f->size - off, MAX_LEN, &h,
-                                 &err);
+            rc = mq_frame_decode(f->map + off, f->size - off, MAX_LEN,
+                                 f->mark, &h, &err);
 
             if (rc == MQ_OK && h.kind != MQ_FRAME_ITEM
                 && jrecord(&h, f->map + off + MQ_FRAME_HDR_SIZE, &name,
@@ -939,7 +961,8 @@ jwalk(jscan_t *js, jvisit_pt visit, int report)
                 continue;
             }
 
-            next = mq_frame_resync(f->map, off + 1, f->size, MAX_LEN);
+            next = mq_frame_resync(f->map, off + 1, f->size, MAX_LEN,
+                                   f->mark);
             if (next == f->size) {
                 /* zeros or a torn write: the end of what was written */
                 break;
@@ -990,7 +1013,8 @@ recover_journal_scan(jscan_t **jsp, uint64_t *last)
     DIR            *d;
     void           *m;
     size_t          cap;
-    uint64_t        number, hnum;
+    uint32_t        mark;
+    uint64_t        number;
     jscan_t        *js;
     jfile_t        *f, *nf;
     struct stat     st;
@@ -1055,7 +1079,12 @@ recover_journal_scan(jscan_t **jsp, uint64_t *last)
             goto failed;
         }
 
-        if (mq_frame_jnl_decode(m, &hnum) != MQ_OK || hnum != number) {
+        if (mq_frame_jnl_decode(m, &mark) != MQ_OK) {
+            /* the records tell the mark; none that checks: nothing to
+             * read in it */
+            mark = 0;
+            mq_frame_mark_vote(m, MQ_SEG_HDR_SIZE, (size_t) st.st_size,
+                               MAX_LEN, &mark);
             log_warn("recover", "journal %s: bad header, records read by "
                      "their own framing", de->d_name);
         }
@@ -1074,6 +1103,7 @@ recover_journal_scan(jscan_t **jsp, uint64_t *last)
         f->number = number;
         f->map = m;
         f->size = (size_t) st.st_size;
+        f->mark = mark;
     }
 
     closedir(d);

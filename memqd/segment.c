@@ -113,7 +113,7 @@ seg_pwrite(int fd, const void *buf, size_t len, uint64_t off)
 
 
 int
-seg_create(const char *qname, uint64_t id)
+seg_create(const char *qname, uint64_t id, uint32_t mark)
 {
     int            fd, err;
     char           path[MQ_NAME_MAX + SEG_NAME_LEN + 2];
@@ -130,7 +130,7 @@ seg_create(const char *qname, uint64_t id)
         return -1;
     }
 
-    mq_frame_seg_encode(hdr, id);
+    mq_frame_seg_encode(hdr, mark);
 
     if (seg_pwrite(fd, hdr, sizeof(hdr), 0) != 0) {
         err = errno;

@@ -41,7 +41,7 @@ int seg_parse_name(const char *name, uint64_t *id);
 
 /* Creates segment `id` of queue qname with its header written; 0, or -1
  * (logged, errno kept). */
-int seg_create(const char *qname, uint64_t id);
+int seg_create(const char *qname, uint64_t id, uint32_t mark);
 
 /* pwrite() of all bytes, retrying short writes; 0 or -1 with errno. */
 int seg_pwrite(int fd, const void *buf, size_t len, uint64_t off);

@@ -26,6 +26,7 @@
 
 
 #define MAX_LEN  256
+#define MARK     0x5eedf00du     /* records are decoded as of this file */
 
 #define check(cond)  do { if (!(cond)) __builtin_trap(); } while (0)
 
@@ -42,7 +43,7 @@ good_header(const uint8_t *p)
     const char     *err;
     mq_frame_hdr_t  h;
 
-    rc = mq_frame_decode(p, MQ_FRAME_HDR_SIZE, MAX_LEN, &h, &err);
+    rc = mq_frame_decode(p, MQ_FRAME_HDR_SIZE, MAX_LEN, MARK, &h, &err);
     return rc != MQ_ERROR;
 }
 
@@ -62,17 +63,17 @@ scan_v2(const uint8_t *data, size_t size)
         left = size - off;
 
         err = NULL;
-        rc = mq_frame_decode(data + off, left, MAX_LEN, &h, &err);
+        rc = mq_frame_decode(data + off, left, MAX_LEN, MARK, &h, &err);
 
         if (rc == MQ_OK || rc == MQ_DECLINED) {
             check(h.len <= MAX_LEN);
             check(h.kind >= MQ_FRAME_ITEM && h.kind <= MQ_FRAME_JDROP);
             check(MQ_FRAME_HDR_SIZE + (size_t) h.len <= left);
-            check(mq_frame_resync(data, off, size, MAX_LEN) == off);
+            check(mq_frame_resync(data, off, size, MAX_LEN, MARK) == off);
 
             if (rc == MQ_OK) {
                 e = h;
-                mq_frame_encode(hdr, &e, data + off + MQ_FRAME_HDR_SIZE);
+                mq_frame_encode(hdr, &e, data + off + MQ_FRAME_HDR_SIZE, MARK);
                 check(e.crc == h.crc);
                 check(memcmp(hdr, data + off, MQ_FRAME_HDR_SIZE) == 0);
 
@@ -95,19 +96,19 @@ scan_v2(const uint8_t *data, size_t size)
                 /* a good header whose payload is cut off */
                 check(h.len <= MAX_LEN && h.len > 0);
                 check(left < MQ_FRAME_HDR_SIZE + (size_t) h.len);
-                check(mq_frame_resync(data, off, size, MAX_LEN) == off);
+                check(mq_frame_resync(data, off, size, MAX_LEN, MARK) == off);
             }
 
         } else {
             check(rc == MQ_ERROR && err != NULL);
             check(h.len == 0);
             check(left < MQ_FRAME_HDR_SIZE
-                  || mq_frame_resync(data, off, size, MAX_LEN) != off);
+                  || mq_frame_resync(data, off, size, MAX_LEN, MARK) != off);
         }
 
         /* pass over it the way a reader does after damage: the next good
          * header, and no good header before it */
-        next = mq_frame_resync(data, off + 1, size, MAX_LEN);
+        next = mq_frame_resync(data, off + 1, size, MAX_LEN, MARK);
         check(next > off && next <= size);
 
         for (p = off + 1; p < next && p + MQ_FRAME_HDR_SIZE <= size; p++) {
@@ -163,23 +164,31 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     unsigned        ver;
-    uint64_t        seq, num;
+    uint32_t        mark, vote;
     unsigned char   b[MQ_SEG_HDR_SIZE];
 
     check(mq_crc32c(0, data, size) == mq_crc32c_sw(0, data, size));
 
     if (size >= MQ_SEG_HDR_SIZE) {
-        if (mq_frame_seg_decode(data, &seq, &ver) == MQ_OK) {
+        if (mq_frame_seg_decode(data, &ver, &mark) == MQ_OK) {
             check(ver == 1 || ver == MQ_SEG_VERSION);
-            mq_frame_seg_encode(b, seq);
-            b[7] = (unsigned char) ver;
-            check(memcmp(b, data, MQ_SEG_HDR_SIZE) == 0);
+            if (ver == MQ_SEG_VERSION) {
+                mq_frame_seg_encode(b, mark);
+                check(memcmp(b, data, MQ_SEG_HDR_SIZE) == 0);
+            } else {
+                check(mark == 0);
+            }
         }
 
-        if (mq_frame_jnl_decode(data, &num) == MQ_OK) {
-            mq_frame_jnl_encode(b, num);
+        if (mq_frame_jnl_decode(data, &mark) == MQ_OK) {
+            mq_frame_jnl_encode(b, mark);
             check(memcmp(b, data, MQ_SEG_HDR_SIZE) == 0);
         }
+    }
+
+    /* a vote names a mark some record in the input checks with */
+    if (mq_frame_mark_vote(data, 0, size, MAX_LEN, &vote) == MQ_OK) {
+        check(mq_frame_resync(data, 0, size, MAX_LEN, vote) < size);
     }
 
     scan_v2(data, size);

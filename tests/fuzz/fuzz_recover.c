@@ -79,6 +79,7 @@
 #define MAX_OPS    24             /* damage operations */
 #define MAX_LEN    (UINT32_MAX - 64)
 #define CTIME0     1764000000000ull
+#define MARK       0x5eedf00du    /* the mark every file is written with */
 
 #define QN         2              /* queues: q1, q2 */
 
@@ -289,7 +290,7 @@ put_record(tfile_t *f, int q, uint64_t seq)
         }
         memcpy(b + MQ_FRAME_HDR_SIZE + pre, p->data, p->len);
         h.len = p->len + (uint32_t) pre;
-        mq_frame_encode(b, &h, b + MQ_FRAME_HDR_SIZE);
+        mq_frame_encode(b, &h, b + MQ_FRAME_HDR_SIZE, MARK);
         n = MQ_FRAME_HDR_SIZE + h.len;
     }
 
@@ -402,8 +403,14 @@ build(const uint8_t *data, size_t size)
         t->journal = 0;
         t->id = first;
         t->ver = (k == 0 && (layout & 8)) ? 1 : 2;
-        mq_frame_seg_encode(t->buf, first);
-        t->buf[7] = (unsigned char) t->ver;
+        mq_frame_seg_encode(t->buf, MARK);
+        if (t->ver == 1) {
+            /* the first writer's header: magic, first id */
+            t->buf[7] = 1;
+            for (seq = 0; seq < 8; seq++) {
+                t->buf[8 + seq] = (unsigned char) (first >> (8 * seq));
+            }
+        }
         t->len = MQ_SEG_HDR_SIZE;
 
         for (seq = first; seq <= cuts[k]; seq++) {
@@ -419,7 +426,7 @@ build(const uint8_t *data, size_t size)
         t->journal = 1;
         t->id = 1;
         t->ver = 2;
-        mq_frame_jnl_encode(t->buf, 1);
+        mq_frame_jnl_encode(t->buf, MARK);
         t->len = MQ_SEG_HDR_SIZE;
         nq2 = 0;
 
@@ -524,8 +531,8 @@ forged_v2(const tfile_t *t, int whole)
     const rec_t    *r;
     mq_frame_hdr_t  h;
 
-    for (at = mq_frame_resync(t->buf, 0, t->len, MAX_LEN); at < t->len;
-         at = mq_frame_resync(t->buf, at + 1, t->len, MAX_LEN))
+    for (at = mq_frame_resync(t->buf, 0, t->len, MAX_LEN, MARK); at < t->len;
+         at = mq_frame_resync(t->buf, at + 1, t->len, MAX_LEN, MARK))
     {
         r = whole ? NULL : rec_at(t, at);
 
@@ -533,7 +540,7 @@ forged_v2(const tfile_t *t, int whole)
             && memcmp(t->buf + at, t->orig + at, MQ_FRAME_HDR_SIZE) == 0)
         {
             if (!intact(t, r)
-                && mq_frame_decode(t->buf + at, t->len - at, MAX_LEN, &h,
+                && mq_frame_decode(t->buf + at, t->len - at, MAX_LEN, MARK, &h,
                                    &err) == MQ_OK)
             {
                 return 1;
@@ -559,18 +566,19 @@ forged_v2(const tfile_t *t, int whole)
 
 /*
  * The segment's format as recovery will read it (recover.c
- * scan_segment): the header's, unless the header does not decode, names
- * another first id, or says 1 where a version 2 record starts; then
- * version 2 if one starts where the first record belongs, else 1 if a
- * version 1 record of this file's ids decodes somewhere in the first
- * MiB, else 2.
+ * scan_segment): the header's, unless the header does not check, or says
+ * 1 while a version 2 record votes for a mark; then version 2 if a record
+ * votes, else 1 if a version 1 record of this file's ids decodes, else 2.
+ * 0 when the mark recovery reads with is not the one the records were
+ * written with (raw bytes or damaged headers outvoted them), or no mark
+ * could be trusted: nothing is promised then.
  */
 static unsigned
 read_as(const tfile_t *t)
 {
     size_t          at;
     unsigned        ver;
-    uint64_t        first;
+    uint32_t        mark;
     const char     *err;
     mq_frame_hdr_t  h;
 
@@ -578,20 +586,17 @@ read_as(const tfile_t *t)
         return 2;
     }
 
-    if (mq_frame_seg_decode(t->buf, &first, &ver) == MQ_OK
-        && first == t->id
-        && !(ver == 1 && t->len >= MQ_SEG_HDR_SIZE + MQ_FRAME_HDR_SIZE
-             && mq_frame_resync(t->buf, MQ_SEG_HDR_SIZE,
-                                MQ_SEG_HDR_SIZE + MQ_FRAME_HDR_SIZE, MAX_LEN)
-                == MQ_SEG_HDR_SIZE))
+    if (mq_frame_seg_decode(t->buf, &ver, &mark) == MQ_OK
+        && !(ver == 1 && mq_frame_mark_vote(t->buf, MQ_SEG_HDR_SIZE, t->len,
+                                            MAX_LEN, &mark) == MQ_OK))
     {
-        return ver;
+        return ver == 2 && mark != MARK ? 0 : ver;
     }
 
-    if (mq_frame_resync(t->buf, MQ_SEG_HDR_SIZE, t->len, MAX_LEN)
-        == MQ_SEG_HDR_SIZE)
+    if (mq_frame_mark_vote(t->buf, MQ_SEG_HDR_SIZE, t->len, MAX_LEN, &mark)
+        == MQ_OK)
     {
-        return 2;
+        return mark == MARK ? 2 : 0;
     }
 
     for (at = MQ_SEG_HDR_SIZE; at + MQ_FRAME_V1_HDR_SIZE <= t->len; at++) {
@@ -602,7 +607,27 @@ read_as(const tfile_t *t)
         }
     }
 
-    return 2;
+    /* no mark to trust: records of a version 2 file that stayed intact
+     * are not read (and the journal's copies are) */
+    return t->ver == 2 ? 0 : 2;
+}
+
+
+/* Whether recovery reads journal file t with the mark its records have. */
+static int
+jnl_mark_ok(const tfile_t *t)
+{
+    uint32_t  mark;
+
+    if (t->len >= MQ_SEG_HDR_SIZE
+        && mq_frame_jnl_decode(t->buf, &mark) == MQ_OK)
+    {
+        return mark == MARK;
+    }
+
+    mark = 0;
+    mq_frame_mark_vote(t->buf, MQ_SEG_HDR_SIZE, t->len, MAX_LEN, &mark);
+    return mark == MARK;
 }
 
 
@@ -658,7 +683,7 @@ expect(void)
         t = &files[k];
 
         if (t->journal) {
-            if (forged_v2(t, 0)) {
+            if (forged_v2(t, 0) || !jnl_mark_ok(t)) {
                 return 0;
             }
             for (i = 0; i < t->nrecs; i++) {
@@ -675,7 +700,7 @@ expect(void)
 
         ver = read_as(t);
 
-        if (ver == 2 && forged_v2(t, t->ver != 2)) {
+        if (ver == 0 || (ver == 2 && forged_v2(t, t->ver != 2))) {
             return 0;
         }
 

@@ -537,14 +537,37 @@ Record = namedtuple("Record", "offset crc len flags kind seq ctime exptime "
                               "payload ok")
 
 
+def file_mark(raw):
+    """The mark of a segment or journal file's header (common/mq_frame.h):
+    every record's header CRC is XORed with it."""
+    mark, crc = struct.unpack_from("<II", raw, 8)
+    assert crc32c(raw[:12]) == crc, "file header CRC does not hold"
+    return mark
+
+
+def header_crc(hdr, mark):
+    """The stored header CRC of a version 2 record header (48 bytes, the
+    CRC field's value ignored) in a file with this mark."""
+    return crc32c(hdr[8:REC_HDR]) ^ mark
+
+
+def encode_record(mark, payload, seq, kind=1, flags=0, ctime=0, exptime=0):
+    """A version 2 record, as memqd writes it into a file with this
+    mark."""
+    body = struct.pack("<IIIIQQq", len(payload), flags, kind,
+                       crc32c(payload), seq, ctime, exptime)
+    return REC_MAGIC + struct.pack("<I", crc32c(body) ^ mark) + body + payload
+
+
 def parse_segment(path, check_crc=True):
     """Reads a segment file (common/mq_frame.h).  Returns (first_seq,
-    records, tail) where records are the well-formed records from the start
-    and tail is the offset where they stop (end of file when all is
-    well)."""
+    records, tail) where first_seq comes from the file's name, records are
+    the well-formed records from the start and tail is the offset where
+    they stop (end of file when all is well)."""
     raw = Path(path).read_bytes()
     assert raw[:8] == SEG_MAGIC, "%s: bad magic %r" % (path, raw[:8])
-    first_seq = struct.unpack_from("<Q", raw, 8)[0]
+    first_seq = int(Path(path).name[:20])
+    mark = file_mark(raw) if check_crc else 0
     recs = []
     off = SEG_HDR
     while off + REC_HDR <= len(raw):
@@ -552,7 +575,7 @@ def parse_segment(path, check_crc=True):
             struct.unpack_from("<4sIIIIIQQq", raw, off)
         if magic != REC_MAGIC:
             break                       # zero fill past the last record
-        if check_crc and crc32c(raw[off + 8:off + REC_HDR]) != hcrc:
+        if check_crc and header_crc(raw[off:off + REC_HDR], mark) != hcrc:
             break
         if off + REC_HDR + ln > len(raw):
             break

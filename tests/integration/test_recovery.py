@@ -13,7 +13,8 @@ import struct
 
 import pytest
 
-from memqlib import REC_HDR, REC_MAGIC, crc32c, parse_segment, qname
+from memqlib import (REC_HDR, REC_MAGIC, crc32c, file_mark, header_crc,
+                     parse_segment, qname)
 
 N = 20
 
@@ -124,12 +125,13 @@ def _good_records(path):
     """(offset, seq, len) of every good record of a segment file, found by
     magic and header CRC past any damage, whose payload CRC holds."""
     raw = path.read_bytes()
+    mark = file_mark(raw)
     out = []
     off = raw.find(REC_MAGIC, 16)
     while 0 <= off and off + REC_HDR <= len(raw):
         _, hcrc, ln, _, _, pcrc, seq = struct.unpack_from("<4sIIIIIQ", raw,
                                                           off)
-        if crc32c(raw[off + 8:off + REC_HDR]) == hcrc and \
+        if header_crc(raw[off:off + REC_HDR], mark) == hcrc and \
                 off + REC_HDR + ln <= len(raw):
             if crc32c(raw[off + REC_HDR:off + REC_HDR + ln]) == pcrc:
                 out.append((off, seq, ln))

@@ -13,20 +13,13 @@ import subprocess
 import time
 
 
-from memqlib import Closed, crc32c, parse_segment, qname, wait_for
+from memqlib import Closed, encode_record, parse_segment, qname, wait_for
 
 REC_HDR = 48
 
 
 def _fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def _frame(seq, payload, flags=0, kind=1, ctime=0, exptime=0):
-    """One version 2 record (common/mq_frame.h), header CRC and all."""
-    body = struct.pack("<IIIIQQq", len(payload), flags, kind,
-                       crc32c(payload), seq, ctime, exptime)
-    return b"MQR2" + struct.pack("<I", crc32c(body)) + body + payload
 
 
 def _position(qdir):
@@ -251,7 +244,7 @@ def test_review_forged_frame_in_a_payload_does_not_wrap_ids(memqd_factory):
     before older ones)."""
     s = memqd_factory(args=["--sync", "always"])
     q = qname("forge")
-    forged = _frame(2 ** 64 - 2, b"forged-item")
+    forged = encode_record(0, b"forged-item", seq=2 ** 64 - 2)
     c = s.connect()
     c.store(q, b"A-first")
     c.store(q, b"P" * 100 + forged)           # record 2 carries the frame

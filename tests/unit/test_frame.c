@@ -18,6 +18,7 @@
 
 
 #define MAX_LEN   4096
+#define MARK      0x5eedf00du     /* the mark of the file under test */
 #define NELTS(a)  (sizeof(a) / sizeof((a)[0]))
 
 
@@ -61,7 +62,7 @@ make_record(unsigned char *buf, mq_frame_hdr_t *h, uint32_t kind,
     h->exptime = -5;
 
     memcpy(buf + MQ_FRAME_HDR_SIZE, payload, len);
-    mq_frame_encode(buf, h, buf + MQ_FRAME_HDR_SIZE);
+    mq_frame_encode(buf, h, buf + MQ_FRAME_HDR_SIZE, MARK);
 
     return MQ_FRAME_HDR_SIZE + len;
 }
@@ -71,7 +72,7 @@ make_record(unsigned char *buf, mq_frame_hdr_t *h, uint32_t kind,
 static void
 reseal(unsigned char *buf)
 {
-    put_le32(buf + 4, mq_crc32c(0, buf + 8, MQ_FRAME_HDR_SIZE - 8));
+    put_le32(buf + 4, mq_crc32c(0, buf + 8, MQ_FRAME_HDR_SIZE - 8) ^ MARK);
 }
 
 
@@ -141,13 +142,13 @@ test_frame_round_trip(void **state)
             assert_int_equal(h.crc, mq_crc32c(0, payload, lens[i]));
 
             err = NULL;
-            rc = mq_frame_decode(buf, n, MAX_LEN, &d, &err);
+            rc = mq_frame_decode(buf, n, MAX_LEN, MARK, &d, &err);
             assert_int_equal(rc, MQ_OK);
             assert_null(err);
             assert_hdr_equal(&d, &h);
 
             /* trailing bytes (the next record) do not matter */
-            rc = mq_frame_decode(buf, sizeof(buf), MAX_LEN, &d, &err);
+            rc = mq_frame_decode(buf, sizeof(buf), MAX_LEN, MARK, &d, &err);
             assert_int_equal(rc, MQ_OK);
             assert_hdr_equal(&d, &h);
         }
@@ -184,7 +185,7 @@ test_frame_layout(void **state)
     h.ctime = 0x2010;
     h.exptime = -1;
 
-    mq_frame_encode(buf, &h, "abc");
+    mq_frame_encode(buf, &h, "abc", MARK);
 
     assert_int_equal(get_le32(buf), MQ_FRAME_MAGIC);
     assert_memory_equal(buf, expect, 4);
@@ -194,7 +195,7 @@ test_frame_layout(void **state)
     assert_int_equal(h.crc, mq_crc32c(0, "abc", 3));
     assert_int_equal(get_le32(buf + 20), h.crc);
     assert_int_equal(get_le32(buf + 4),
-                     mq_crc32c(0, buf + 8, MQ_FRAME_HDR_SIZE - 8));
+                     mq_crc32c(0, buf + 8, MQ_FRAME_HDR_SIZE - 8) ^ MARK);
 }
 
 
@@ -253,7 +254,7 @@ test_frame_damage_table(void **state)
 
         err = NULL;
         memset(&d, 0xee, sizeof(d));
-        rc = mq_frame_decode(buf, n, 64, &d, &err);
+        rc = mq_frame_decode(buf, n, 64, MARK, &d, &err);
 
         if (rc != cases[i].rc || err == NULL
             || strcmp(err, cases[i].err) != 0)
@@ -273,12 +274,12 @@ test_frame_damage_table(void **state)
         }
 
         /* with more bytes after it the answer is the same */
-        rc = mq_frame_decode(buf, sizeof(buf), 64, &d, &err);
+        rc = mq_frame_decode(buf, sizeof(buf), 64, MARK, &d, &err);
         assert_int_equal(rc, cases[i].rc);
     }
 
     /* and the good record is good */
-    assert_int_equal(mq_frame_decode(good, n, 64, &d, &err), MQ_OK);
+    assert_int_equal(mq_frame_decode(good, n, 64, MARK, &d, &err), MQ_OK);
 }
 
 
@@ -302,7 +303,7 @@ test_frame_bit_flips(void **state)
         buf[bit / 8] ^= (unsigned char) (1u << (bit % 8));
 
         err = NULL;
-        rc = mq_frame_decode(buf, n, MAX_LEN, &d, &err);
+        rc = mq_frame_decode(buf, n, MAX_LEN, MARK, &d, &err);
 
         if (bit < MQ_FRAME_HDR_SIZE * 8) {
             if (rc != MQ_ERROR) {
@@ -323,7 +324,7 @@ test_frame_bit_flips(void **state)
         buf[bit / 8] ^= (unsigned char) (1u << (bit % 8));
     }
 
-    assert_int_equal(mq_frame_decode(buf, n, MAX_LEN, &d, &err), MQ_OK);
+    assert_int_equal(mq_frame_decode(buf, n, MAX_LEN, MARK, &d, &err), MQ_OK);
 }
 
 
@@ -339,10 +340,11 @@ test_frame_bad_length(void **state)
     make_record(buf, &h, MQ_FRAME_ITEM, "0123456789", 10);
 
     /* exactly max_len is fine, one more is not */
-    assert_int_equal(mq_frame_decode(buf, sizeof(buf), 10, &d, &err), MQ_OK);
+    assert_int_equal(mq_frame_decode(buf, sizeof(buf), 10, MARK, &d, &err),
+                     MQ_OK);
 
     err = NULL;
-    assert_int_equal(mq_frame_decode(buf, sizeof(buf), 9, &d, &err),
+    assert_int_equal(mq_frame_decode(buf, sizeof(buf), 9, MARK, &d, &err),
                      MQ_ERROR);
     assert_string_equal(err, "bad length");
 
@@ -351,17 +353,17 @@ test_frame_bad_length(void **state)
     put_le32(buf + 8, 0xfffffff0);
     reseal(buf);
     err = NULL;
-    assert_int_equal(mq_frame_decode(buf, MQ_FRAME_HDR_SIZE, MAX_LEN, &d,
+    assert_int_equal(mq_frame_decode(buf, MQ_FRAME_HDR_SIZE, MAX_LEN, MARK, &d,
                                      &err), MQ_ERROR);
     assert_string_equal(err, "bad length");
     assert_int_equal(d.len, 0);
 
     /* max_len 0: only empty records */
     make_record(buf, &h, MQ_FRAME_JDROP, "", 0);
-    assert_int_equal(mq_frame_decode(buf, MQ_FRAME_HDR_SIZE, 0, &d, &err),
+    assert_int_equal(mq_frame_decode(buf, MQ_FRAME_HDR_SIZE, 0, MARK, &d, &err),
                      MQ_OK);
     make_record(buf, &h, MQ_FRAME_ITEM, "x", 1);
-    assert_int_equal(mq_frame_decode(buf, MQ_FRAME_HDR_SIZE + 1, 0, &d,
+    assert_int_equal(mq_frame_decode(buf, MQ_FRAME_HDR_SIZE + 1, 0, MARK, &d,
                                      &err), MQ_ERROR);
 }
 
@@ -381,7 +383,7 @@ test_frame_short_input(void **state)
 
     for (avail = 0; avail < n; avail++) {
         memset(&d, 0xee, sizeof(d));
-        rc = mq_frame_decode(buf, avail, MAX_LEN, &d, &err);
+        rc = mq_frame_decode(buf, avail, MAX_LEN, MARK, &d, &err);
         assert_int_equal(rc, MQ_AGAIN);
 
         if (avail < MQ_FRAME_HDR_SIZE) {
@@ -394,14 +396,14 @@ test_frame_short_input(void **state)
         }
     }
 
-    assert_int_equal(mq_frame_decode(buf, n, MAX_LEN, &d, &err), MQ_OK);
+    assert_int_equal(mq_frame_decode(buf, n, MAX_LEN, MARK, &d, &err), MQ_OK);
 
     /* a damaged header is told as soon as the header is there, not when
      * the payload would be */
     buf[30] ^= 0x40;
-    assert_int_equal(mq_frame_decode(buf, MQ_FRAME_HDR_SIZE - 1, MAX_LEN,
+    assert_int_equal(mq_frame_decode(buf, MQ_FRAME_HDR_SIZE - 1, MAX_LEN, MARK,
                                      &d, &err), MQ_AGAIN);
-    assert_int_equal(mq_frame_decode(buf, MQ_FRAME_HDR_SIZE, MAX_LEN, &d,
+    assert_int_equal(mq_frame_decode(buf, MQ_FRAME_HDR_SIZE, MAX_LEN, MARK, &d,
                                      &err), MQ_ERROR);
 }
 
@@ -422,7 +424,7 @@ test_frame_zeros_garbage(void **state)
 
     for (avail = 4; avail <= sizeof(buf); avail++) {
         err = NULL;
-        assert_int_equal(mq_frame_decode(buf, avail, MAX_LEN, &d, &err),
+        assert_int_equal(mq_frame_decode(buf, avail, MAX_LEN, MARK, &d, &err),
                          MQ_ERROR);
         assert_string_equal(err, "bad magic");
         assert_int_equal(d.len, 0);
@@ -430,21 +432,23 @@ test_frame_zeros_garbage(void **state)
 
     /* fewer than four bytes cannot be told yet */
     for (avail = 0; avail < 4; avail++) {
-        assert_int_equal(mq_frame_decode(buf, avail, MAX_LEN, &d, &err),
+        assert_int_equal(mq_frame_decode(buf, avail, MAX_LEN, MARK, &d, &err),
                          MQ_AGAIN);
     }
 
     for (i = 0; i < sizeof(buf); i++) {
         buf[i] = (unsigned char) (i * 37 + 11);
     }
-    assert_int_equal(mq_frame_decode(buf, 4, MAX_LEN, &d, &err), MQ_ERROR);
+    assert_int_equal(mq_frame_decode(buf, 4, MAX_LEN, MARK, &d, &err),
+                     MQ_ERROR);
 
     /* the magic alone followed by zeros: the header CRC fails */
     memset(buf, 0, sizeof(buf));
     put_le32(buf, MQ_FRAME_MAGIC);
-    assert_int_equal(mq_frame_decode(buf, 4, MAX_LEN, &d, &err), MQ_AGAIN);
+    assert_int_equal(mq_frame_decode(buf, 4, MAX_LEN, MARK, &d, &err),
+                     MQ_AGAIN);
     err = NULL;
-    assert_int_equal(mq_frame_decode(buf, sizeof(buf), MAX_LEN, &d, &err),
+    assert_int_equal(mq_frame_decode(buf, sizeof(buf), MAX_LEN, MARK, &d, &err),
                      MQ_ERROR);
     assert_string_equal(err, "bad header crc");
 }
@@ -468,14 +472,14 @@ test_frame_sequence(void **state)
         h.kind = MQ_FRAME_ITEM;
         h.seq = 100 + i;
         memcpy(buf + off + MQ_FRAME_HDR_SIZE, "abcdefgh", i);
-        mq_frame_encode(buf + off, &h, buf + off + MQ_FRAME_HDR_SIZE);
+        mq_frame_encode(buf + off, &h, buf + off + MQ_FRAME_HDR_SIZE, MARK);
         off += MQ_FRAME_HDR_SIZE + i;
     }
     n = off;
 
     off = 0;
     for (i = 0; i < 5; i++) {
-        rc = mq_frame_decode(buf + off, n - off, MAX_LEN, &d, &err);
+        rc = mq_frame_decode(buf + off, n - off, MAX_LEN, MARK, &d, &err);
         assert_int_equal(rc, MQ_OK);
         assert_true(d.seq == 100 + i);
         assert_int_equal(d.len, i);
@@ -483,7 +487,7 @@ test_frame_sequence(void **state)
     }
 
     assert_int_equal(off, n);
-    assert_int_equal(mq_frame_decode(buf + off, 0, MAX_LEN, &d, &err),
+    assert_int_equal(mq_frame_decode(buf + off, 0, MAX_LEN, MARK, &d, &err),
                      MQ_AGAIN);
 }
 
@@ -521,7 +525,7 @@ test_frame_v1_decode(void **state)
         assert_int_equal(d.crc, get_le32(buf));
 
         /* a v1 record is not a v2 one */
-        assert_int_equal(mq_frame_decode(buf, n, MAX_LEN, &d, &err),
+        assert_int_equal(mq_frame_decode(buf, n, MAX_LEN, MARK, &d, &err),
                          MQ_ERROR);
     }
 
@@ -590,26 +594,26 @@ test_frame_resync(void **state)
     memcpy(buf + 300, rec, n);
     end = 300 + n;
 
-    assert_int_equal(mq_frame_resync(buf, 0, end, MAX_LEN), 300);
-    assert_int_equal(mq_frame_resync(buf, 299, end, MAX_LEN), 300);
-    assert_int_equal(mq_frame_resync(buf, 300, end, MAX_LEN), 300);
-    assert_int_equal(mq_frame_resync(buf, 301, end, MAX_LEN), end);
+    assert_int_equal(mq_frame_resync(buf, 0, end, MAX_LEN, MARK), 300);
+    assert_int_equal(mq_frame_resync(buf, 299, end, MAX_LEN, MARK), 300);
+    assert_int_equal(mq_frame_resync(buf, 300, end, MAX_LEN, MARK), 300);
+    assert_int_equal(mq_frame_resync(buf, 301, end, MAX_LEN, MARK), end);
 
     /* the header alone is enough: a record whose payload is damaged, or
      * cut off, is still found (its header tells where it ends) */
     buf[300 + MQ_FRAME_HDR_SIZE + 2] ^= 0xff;
-    assert_int_equal(mq_frame_resync(buf, 0, end, MAX_LEN), 300);
+    assert_int_equal(mq_frame_resync(buf, 0, end, MAX_LEN, MARK), 300);
     assert_int_equal(mq_frame_resync(buf, 0, 300 + MQ_FRAME_HDR_SIZE,
-                                     MAX_LEN), 300);
+                                     MAX_LEN, MARK), 300);
 
     /* a header cut off by the end of the buffer is not found */
     for (i = 1; i < MQ_FRAME_HDR_SIZE; i++) {
-        assert_int_equal(mq_frame_resync(buf, 0, 300 + i, MAX_LEN),
+        assert_int_equal(mq_frame_resync(buf, 0, 300 + i, MAX_LEN, MARK),
                          300 + i);
     }
 
     /* over max_len: not a header we accept */
-    assert_int_equal(mq_frame_resync(buf, 0, end, 18), end);
+    assert_int_equal(mq_frame_resync(buf, 0, end, 18, MARK), end);
 
     /* a fake magic whose header CRC is wrong is skipped: the real record
      * after it is found */
@@ -617,23 +621,24 @@ test_frame_resync(void **state)
     memcpy(buf + 10, rec, MQ_FRAME_HDR_SIZE);
     buf[10 + 30] ^= 0x01;                 /* seq changed, CRC now wrong */
     memcpy(buf + 100, rec, n);
-    at = mq_frame_resync(buf, 0, sizeof(buf), MAX_LEN);
+    at = mq_frame_resync(buf, 0, sizeof(buf), MAX_LEN, MARK);
     assert_int_equal(at, 100);
 
     /* records back to back: each is found from its own offset */
     memset(buf, 0, sizeof(buf));
     memcpy(buf + 1, rec, n);
     memcpy(buf + 1 + n, rec, n);
-    assert_int_equal(mq_frame_resync(buf, 0, sizeof(buf), MAX_LEN), 1);
-    assert_int_equal(mq_frame_resync(buf, 2, sizeof(buf), MAX_LEN), 1 + n);
+    assert_int_equal(mq_frame_resync(buf, 0, sizeof(buf), MAX_LEN, MARK), 1);
+    assert_int_equal(mq_frame_resync(buf, 2, sizeof(buf), MAX_LEN, MARK),
+                     1 + n);
 
     /* nothing there, empty ranges, `from` past the end */
     memset(buf, 'M', sizeof(buf));
-    assert_int_equal(mq_frame_resync(buf, 0, sizeof(buf), MAX_LEN),
+    assert_int_equal(mq_frame_resync(buf, 0, sizeof(buf), MAX_LEN, MARK),
                      sizeof(buf));
-    assert_int_equal(mq_frame_resync(buf, 0, 0, MAX_LEN), 0);
-    assert_int_equal(mq_frame_resync(buf, 10, 20, MAX_LEN), 20);
-    assert_int_equal(mq_frame_resync(buf, 30, 20, MAX_LEN), 20);
+    assert_int_equal(mq_frame_resync(buf, 0, 0, MAX_LEN, MARK), 0);
+    assert_int_equal(mq_frame_resync(buf, 10, 20, MAX_LEN, MARK), 20);
+    assert_int_equal(mq_frame_resync(buf, 30, 20, MAX_LEN, MARK), 20);
 }
 
 
@@ -644,58 +649,65 @@ test_seg_header(void **state)
 {
     size_t         i;
     unsigned       ver;
-    uint64_t       seq;
+    uint32_t       mark;
     unsigned char  buf[MQ_SEG_HDR_SIZE];
 
-    static const unsigned char  expect[MQ_SEG_HDR_SIZE] = {
+    static const unsigned char  expect[12] = {
         'M', 'Q', 'S', 'E', 'G', 0, 0, 2,
-        0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01
+        0x0d, 0xf0, 0xed, 0x5e
     };
 
     (void) state;
 
-    mq_frame_seg_encode(buf, 0x0123456789abcdefull);
+    mq_frame_seg_encode(buf, MARK);
     assert_memory_equal(buf, expect, sizeof(expect));
+    assert_int_equal(get_le32(buf + 12), mq_crc32c(0, buf, 12));
 
-    seq = 0;
+    mark = 0;
     ver = 0;
-    assert_int_equal(mq_frame_seg_decode(buf, &seq, &ver), MQ_OK);
-    assert_true(seq == 0x0123456789abcdefull);
+    assert_int_equal(mq_frame_seg_decode(buf, &ver, &mark), MQ_OK);
+    assert_int_equal(mark, MARK);
     assert_int_equal(ver, 2);
 
     mq_frame_seg_encode(buf, 0);
-    assert_int_equal(mq_frame_seg_decode(buf, &seq, &ver), MQ_OK);
-    assert_true(seq == 0);
+    assert_int_equal(mq_frame_seg_decode(buf, &ver, &mark), MQ_OK);
+    assert_int_equal(mark, 0);
 
-    /* version 1, as the first writer laid it out, is read */
+    /* version 1, as the first writer laid it out (a first sequence
+     * number, no CRC), is read, with no mark */
     buf[7] = 1;
     put_le64(buf + 8, 52113);
-    assert_int_equal(mq_frame_seg_decode(buf, &seq, &ver), MQ_OK);
+    mark = 7;
+    assert_int_equal(mq_frame_seg_decode(buf, &ver, &mark), MQ_OK);
     assert_int_equal(ver, 1);
-    assert_true(seq == 52113);
+    assert_int_equal(mark, 0);
 
     /* versions we do not know are refused */
+    mq_frame_seg_encode(buf, MARK);
     buf[7] = 0;
-    assert_int_equal(mq_frame_seg_decode(buf, &seq, &ver), MQ_ERROR);
+    assert_int_equal(mq_frame_seg_decode(buf, &ver, &mark), MQ_ERROR);
     buf[7] = 3;
-    assert_int_equal(mq_frame_seg_decode(buf, &seq, &ver), MQ_ERROR);
+    assert_int_equal(mq_frame_seg_decode(buf, &ver, &mark), MQ_ERROR);
     buf[7] = 0xff;
-    assert_int_equal(mq_frame_seg_decode(buf, &seq, &ver), MQ_ERROR);
+    assert_int_equal(mq_frame_seg_decode(buf, &ver, &mark), MQ_ERROR);
 
-    /* any change to the magic is refused */
-    mq_frame_seg_encode(buf, 9);
-    for (i = 0; i < 7; i++) {
+    /* any other change is refused: magic by its bytes, mark and CRC by
+     * the CRC */
+    for (i = 0; i < MQ_SEG_HDR_SIZE; i++) {
+        if (i == 7) {
+            continue;
+        }
+        mq_frame_seg_encode(buf, MARK);
         buf[i] ^= 0x01;
-        assert_int_equal(mq_frame_seg_decode(buf, &seq, &ver), MQ_ERROR);
-        buf[i] ^= 0x01;
+        assert_int_equal(mq_frame_seg_decode(buf, &ver, &mark), MQ_ERROR);
     }
 
     memset(buf, 0, sizeof(buf));
-    assert_int_equal(mq_frame_seg_decode(buf, &seq, &ver), MQ_ERROR);
+    assert_int_equal(mq_frame_seg_decode(buf, &ver, &mark), MQ_ERROR);
 
     /* a journal header is not a segment header */
-    mq_frame_jnl_encode(buf, 9);
-    assert_int_equal(mq_frame_seg_decode(buf, &seq, &ver), MQ_ERROR);
+    mq_frame_jnl_encode(buf, MARK);
+    assert_int_equal(mq_frame_seg_decode(buf, &ver, &mark), MQ_ERROR);
 }
 
 
@@ -703,38 +715,124 @@ static void
 test_jnl_header(void **state)
 {
     size_t          i;
-    uint64_t        num;
+    uint32_t        mark;
     unsigned char   buf[MQ_SEG_HDR_SIZE];
 
-    static const unsigned char  expect[MQ_SEG_HDR_SIZE] = {
-        'M', 'Q', 'J', 'N', 'L', 0, 0, 1,
-        0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01
+    static const unsigned char  expect[12] = {
+        'M', 'Q', 'J', 'N', 'L', 0, 0, 2,
+        0x0d, 0xf0, 0xed, 0x5e
     };
-    static const uint64_t  nums[] = { 0, 1, 7, 1ull << 40, UINT64_MAX };
+    static const uint32_t  marks[] = { 0, 1, 7, MARK, UINT32_MAX };
 
     (void) state;
 
-    mq_frame_jnl_encode(buf, 0x0102030405060708ull);
+    mq_frame_jnl_encode(buf, MARK);
     assert_memory_equal(buf, expect, sizeof(expect));
+    assert_int_equal(get_le32(buf + 12), mq_crc32c(0, buf, 12));
 
-    for (i = 0; i < NELTS(nums); i++) {
-        mq_frame_jnl_encode(buf, nums[i]);
-        num = 12345;
-        assert_int_equal(mq_frame_jnl_decode(buf, &num), MQ_OK);
-        assert_true(num == nums[i]);
+    for (i = 0; i < NELTS(marks); i++) {
+        mq_frame_jnl_encode(buf, marks[i]);
+        mark = 12345;
+        assert_int_equal(mq_frame_jnl_decode(buf, &mark), MQ_OK);
+        assert_int_equal(mark, marks[i]);
     }
 
-    for (i = 0; i < 8; i++) {
+    for (i = 0; i < MQ_SEG_HDR_SIZE; i++) {
         mq_frame_jnl_encode(buf, 3);
         buf[i] ^= 0x20;
-        assert_int_equal(mq_frame_jnl_decode(buf, &num), MQ_ERROR);
+        assert_int_equal(mq_frame_jnl_decode(buf, &mark), MQ_ERROR);
     }
 
     memset(buf, 0, sizeof(buf));
-    assert_int_equal(mq_frame_jnl_decode(buf, &num), MQ_ERROR);
+    assert_int_equal(mq_frame_jnl_decode(buf, &mark), MQ_ERROR);
 
     mq_frame_seg_encode(buf, 3);
-    assert_int_equal(mq_frame_jnl_decode(buf, &num), MQ_ERROR);
+    assert_int_equal(mq_frame_jnl_decode(buf, &mark), MQ_ERROR);
+}
+
+
+/* A record a client could write: all of it, as the payload of a record. */
+static void
+test_frame_mark_forgery(void **state)
+{
+    size_t          n, at;
+    uint32_t        mark;
+    mq_frame_hdr_t  h, d;
+    const char     *err;
+    unsigned char   forged[MQ_FRAME_HDR_SIZE + 5];
+    unsigned char   buf[3 * MQ_FRAME_HDR_SIZE + sizeof(forged) + 8];
+
+    (void) state;
+
+    /* the client knows the format, not the file's mark: its best guess */
+    memset(&h, 0, sizeof(h));
+    h.len = 5;
+    h.kind = MQ_FRAME_ITEM;
+    h.seq = 7;
+    memcpy(forged + MQ_FRAME_HDR_SIZE, "evil!", 5);
+    mq_frame_encode(forged, &h, forged + MQ_FRAME_HDR_SIZE, 0);
+
+    /* it checks in a file whose mark it guessed, and in no other */
+    assert_int_equal(mq_frame_decode(forged, sizeof(forged), MAX_LEN, 0, &d,
+                                     &err), MQ_OK);
+    assert_int_equal(mq_frame_decode(forged, sizeof(forged), MAX_LEN, MARK,
+                                     &d, &err), MQ_ERROR);
+    assert_string_equal(err, "bad header crc");
+
+    /* stored as a payload: the search for the next record after damage
+     * does not stop inside it */
+    n = make_record(buf, &h, MQ_FRAME_ITEM, forged, sizeof(forged));
+    buf[0] ^= 0xff;
+    at = mq_frame_resync(buf, 1, n, MAX_LEN, MARK);
+    assert_int_equal(at, n);
+    assert_int_equal(mq_frame_resync(buf, 1, n, MAX_LEN, 0),
+                     MQ_FRAME_HDR_SIZE);
+
+    /* one good record and the forged one inside it: two marks, one vote
+     * each, none to trust */
+    buf[0] ^= 0xff;
+    assert_int_equal(mq_frame_mark_vote(buf, 0, n, MAX_LEN, &mark),
+                     MQ_ERROR);
+
+    /* a second record that checks with the first one's mark settles it */
+    n += make_record(buf + n, &h, MQ_FRAME_ITEM, "x", 1);
+    mark = 0;
+    assert_int_equal(mq_frame_mark_vote(buf, 0, n, MAX_LEN, &mark), MQ_OK);
+    assert_int_equal(mark, MARK);
+
+    /* a first record whose payload is damaged still gives its mark when
+     * the record after it checks with it, however many forged records
+     * a later payload holds */
+    {
+        size_t          m, k;
+        unsigned char   big[8 * sizeof(forged) + 4 * MQ_FRAME_HDR_SIZE];
+        unsigned char   stuffed[6 * sizeof(forged)];
+
+        for (k = 0; k < 6; k++) {
+            memcpy(stuffed + k * sizeof(forged), forged, sizeof(forged));
+        }
+        m = make_record(big, &h, MQ_FRAME_ITEM, "first", 5);
+        m += make_record(big + m, &h, MQ_FRAME_ITEM, "second", 6);
+        m += make_record(big + m, &h, MQ_FRAME_ITEM, stuffed,
+                         sizeof(stuffed));
+        big[MQ_FRAME_HDR_SIZE] ^= 1;                  /* "first" damaged */
+        mark = 0;
+        assert_int_equal(mq_frame_mark_vote(big, 0, m, MAX_LEN, &mark),
+                         MQ_OK);
+        assert_int_equal(mark, MARK);
+    }
+
+    /* nothing that checks: no vote */
+    buf[MQ_FRAME_HDR_SIZE + MQ_FRAME_HDR_SIZE] ^= 1;   /* forged payload */
+    buf[n - 1] ^= 1;                                   /* last payload */
+    buf[MQ_FRAME_HDR_SIZE + 2] ^= 1;                   /* first payload */
+    assert_int_equal(mq_frame_mark_vote(buf, 0, n, MAX_LEN, &mark),
+                     MQ_ERROR);
+    assert_int_equal(mq_frame_mark_vote(buf, 0, 0, MAX_LEN, &mark),
+                     MQ_ERROR);
+
+    /* two new marks differ (2^-32 that they do not) */
+    assert_true(mq_frame_new_mark() != mq_frame_new_mark());
 }
 
 
@@ -754,6 +852,7 @@ main(void)
         cmocka_unit_test(test_frame_resync),
         cmocka_unit_test(test_seg_header),
         cmocka_unit_test(test_jnl_header),
+        cmocka_unit_test(test_frame_mark_forgery),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -280,7 +280,7 @@ seg_create_quiet(const char *qname, uint64_t id)
     assert_true(saved != -1 && devnull != -1);
     dup2(devnull, STDERR_FILENO);
 
-    rc = seg_create(qname, id);
+    rc = seg_create(qname, id, 0x5eedf00du);
 
     dup2(saved, STDERR_FILENO);
     close(saved);
@@ -295,12 +295,12 @@ test_seg_create(void **state)
     fx_t           *f = *state;
     int             fd;
     unsigned        ver;
-    uint64_t        first;
+    uint32_t        mark;
     unsigned char   buf[64];
     struct stat     st;
 
     assert_int_equal(mkdirat(f->dirfd, "q1", 0755), 0);
-    assert_int_equal(seg_create("q1", 42), 0);
+    assert_int_equal(seg_create("q1", 42, 0x5eedf00du), 0);
 
     fd = open_seg(f, 42);
     assert_true(fd >= 0);
@@ -309,8 +309,8 @@ test_seg_create(void **state)
     assert_int_equal(st.st_size, MQ_SEG_HDR_SIZE);
 
     assert_int_equal(pread(fd, buf, sizeof(buf), 0), MQ_SEG_HDR_SIZE);
-    assert_int_equal(mq_frame_seg_decode(buf, &first, &ver), MQ_OK);
-    assert_int_equal(first, 42);
+    assert_int_equal(mq_frame_seg_decode(buf, &ver, &mark), MQ_OK);
+    assert_int_equal(mark, 0x5eedf00du);
     assert_int_equal(ver, MQ_SEG_VERSION);
 
     /* records can be written after the header and read back */
@@ -320,12 +320,12 @@ test_seg_create(void **state)
     close(fd);
 
     /* another id, another file beside it */
-    assert_int_equal(seg_create("q1", 52113), 0);
+    assert_int_equal(seg_create("q1", 52113, 0x5eedf00du), 0);
     fd = open_seg(f, 52113);
     assert_true(fd >= 0);
     assert_int_equal(pread(fd, buf, sizeof(buf), 0), MQ_SEG_HDR_SIZE);
-    assert_int_equal(mq_frame_seg_decode(buf, &first, &ver), MQ_OK);
-    assert_int_equal(first, 52113);
+    assert_int_equal(mq_frame_seg_decode(buf, &ver, &mark), MQ_OK);
+    assert_int_equal(mark, 0x5eedf00du);
     close(fd);
 }
 
@@ -340,7 +340,7 @@ test_seg_create_never_clobbers(void **state)
 
     /* an existing file of the same name may hold records: refuse */
     assert_int_equal(mkdirat(f->dirfd, "q1", 0755), 0);
-    assert_int_equal(seg_create("q1", 42), 0);
+    assert_int_equal(seg_create("q1", 42, 0x5eedf00du), 0);
     fd = open_seg(f, 42);
     assert_true(fd >= 0);
     assert_int_equal(seg_pwrite(fd, "records from an earlier life", 28,
