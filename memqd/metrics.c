@@ -190,9 +190,9 @@ render_node(prom_buf_t *b)
 
     queue_totals(&items, &bytes);
 
-    single(b, "memqd_connections", "gauge",
+    single(b, "memqd_open_connections", "gauge",
            "Memcache client connections open now.", srv.curr_conns);
-    single(b, "memqd_connections_total", "counter",
+    single(b, "memqd_accepted_connections_total", "counter",
            "Memcache client connections accepted since start.",
            srv.total_conns);
 
@@ -215,7 +215,7 @@ render_node(prom_buf_t *b)
            "Items waiting, over every queue.", items);
     single(b, "memqd_item_bytes", "gauge",
            "Payload bytes of the items waiting, over every queue.", bytes);
-    single(b, "memqd_items_total", "counter",
+    single(b, "memqd_stored_items_total", "counter",
            "Items stored since start.", srv.total_items);
     single(b, "memqd_waiters", "gauge",
            "Long polls waiting, on any queue.", srv.curr_waiters);

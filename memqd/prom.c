@@ -80,7 +80,7 @@ grow(prom_buf_t *b, size_t n)
 void
 prom_mem(prom_buf_t *b, const char *s, size_t n)
 {
-    if (grow(b, n) != 0) {
+    if (n == 0 || grow(b, n) != 0) {
         return;
     }
 
