@@ -6,6 +6,8 @@
  * It must never be a way to hurt the node:
  *   - at most METRICS_MAX_CONNS connections; more are accepted and closed
  *     at once, so they neither queue in the backlog nor hold a descriptor;
+ *     when accept() itself fails (no descriptors) the listener rests for
+ *     METRICS_BACKOFF_MS rather than spin;
  *   - the request (line and headers) must fit in METRICS_REQ_MAX bytes
  *     and arrive within METRICS_READ_MS of the accept, else 431 / close;
  *   - the answer is rendered once into a buffer and written without
@@ -48,6 +50,7 @@
 #define METRICS_READ_MS     5000
 #define METRICS_WRITE_MS    10000
 #define METRICS_LINGER_MS   2000
+#define METRICS_BACKOFF_MS  100       /* accept() failing: pause */
 #define METRICS_OUT_MAX     ((size_t) 256 * 1024 * 1024)
 #define METRICS_PATH        "/metrics"
 #define METRICS_CTYPE       "text/plain; version=0.0.4; charset=utf-8"
@@ -115,6 +118,7 @@ static const char  *cmd_names[] = {
 metrics_t           metrics;
 
 static loop_io_t    listen_io;
+static loop_timer_t listen_backoff;   /* armed while accept() fails */
 static mconn_t     *conns;
 static unsigned     nconns;
 
@@ -580,8 +584,14 @@ accept_handler(loop_io_t *io, unsigned events)
             if (errno == EINTR || errno == ECONNABORTED) {
                 continue;
             }
-            /* EAGAIN, or out of descriptors: the memcache listeners
-             * report that; scrapes wait for the next readiness */
+            if (errno != EAGAIN) {
+                /* out of descriptors or memory: the connection stays in
+                 * the backlog and the listener would be ready again at
+                 * once, for ever; look again later (the memcache
+                 * listeners log the shortage) */
+                loop_mod(&listen_io, 0);
+                loop_timer_add(&listen_backoff, METRICS_BACKOFF_MS);
+            }
             return;
         }
 
@@ -621,6 +631,13 @@ accept_handler(loop_io_t *io, unsigned events)
 }
 
 
+static void
+accept_resume(loop_timer_t *t)
+{
+    loop_mod(&listen_io, LOOP_READ);
+}
+
+
 int
 metrics_listen(const char *addr)
 {
@@ -630,6 +647,7 @@ metrics_listen(const char *addr)
     }
 
     listen_io.handler = accept_handler;
+    listen_backoff.handler = accept_resume;
     if (loop_add(&listen_io, LOOP_READ) != 0) {
         close(listen_io.fd);
         listen_io.fd = -1;
@@ -649,6 +667,7 @@ metrics_shutdown(void)
     }
 
     if (listen_io.handler != NULL && listen_io.fd != -1) {
+        loop_timer_del(&listen_backoff);
         loop_del(&listen_io);
         close(listen_io.fd);
         listen_io.fd = -1;
