@@ -28,6 +28,7 @@
  */
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,7 @@
 #define METRICS_WRITE_MS    10000
 #define METRICS_LINGER_MS   2000
 #define METRICS_BACKOFF_MS  100       /* accept() failing: pause */
+#define METRICS_HDR_ROOM    256       /* status line and headers */
 #define METRICS_OUT_MAX     ((size_t) 256 * 1024 * 1024)
 #define METRICS_PATH        "/metrics"
 #define METRICS_CTYPE       "text/plain; version=0.0.4; charset=utf-8"
@@ -121,6 +123,7 @@ static loop_io_t    listen_io;
 static loop_timer_t listen_backoff;   /* armed while accept() fails */
 static mconn_t     *conns;
 static unsigned     nconns;
+static size_t       last_size;        /* of the last 200 answer */
 
 static void mconn_close(mconn_t *mc);
 static void mconn_write(mconn_t *mc);
@@ -249,59 +252,114 @@ render_node(prom_buf_t *b)
 }
 
 
+/*
+ * The per-queue families.  The queues are listed once (queue_next() walks
+ * the hash table) and the list is read once per family.
+ */
 static void
 render_queues(prom_buf_t *b)
 {
-    size_t                 i;
+    size_t                 i, j, n, cap;
     uint64_t               v;
-    queue_t               *q;
+    queue_t               *q, **qs, **nq;
     const queue_metric_t  *m;
+
+    qs = NULL;
+    n = 0;
+    cap = 0;
+
+    for (q = queue_next(NULL); q; q = queue_next(q)) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 1024;
+            nq = realloc(qs, cap * sizeof(queue_t *));
+            if (nq == NULL) {
+                b->failed = 1;
+                free(qs);
+                return;
+            }
+            qs = nq;
+        }
+        qs[n++] = q;
+    }
 
     for (i = 0; i < sizeof(queue_metrics) / sizeof(queue_metrics[0]); i++) {
         m = &queue_metrics[i];
         prom_family(b, m->name, m->type, m->help);
 
-        for (q = queue_next(NULL); q && !b->failed; q = queue_next(q)) {
+        for (j = 0; j < n && !b->failed; j++) {
+            q = qs[j];
             v = m->value ? m->value(q)
                          : *(const uint64_t *) ((const char *) q + m->field);
             prom_sample(b, m->name, "queue", q->name, q->name_len, v,
                         m->scale);
         }
     }
+
+    free(qs);
 }
 
 
-/* Puts the whole answer into mc->out: status line, headers, body. */
+/*
+ * Puts the whole answer into mc->out: the body is rendered after
+ * METRICS_HDR_ROOM bytes left free, then the status line and headers are
+ * written just before it, so a big body is never copied.
+ */
 static void
 respond(mconn_t *mc, int status, const char *reason, int head)
 {
-    char        hdr[256];
+    char        hdr[METRICS_HDR_ROOM];
     int         n;
-    prom_buf_t  body;
+    size_t      body;
+    uint64_t    start;
+    prom_buf_t *b;
 
-    memset(&body, 0, sizeof(body));
-    body.max = METRICS_OUT_MAX;
+    b = &mc->out;
+    memset(b, 0, sizeof(prom_buf_t));
+    b->max = METRICS_OUT_MAX;
+
+    /* about the size of the last answer: few reallocations */
+    if (status == 200 && last_size > 0) {
+        b->p = malloc(last_size + last_size / 8);
+        b->cap = b->p ? last_size + last_size / 8 : 0;
+    }
+
+    memset(hdr, ' ', sizeof(hdr));
+    prom_mem(b, hdr, sizeof(hdr));
 
     if (status == 200) {
-        render_node(&body);
-        render_queues(&body);
+        start = loop_now_us();
+        render_node(b);
+        render_queues(b);
+        log_debug("metrics", "fd %d: %zu bytes rendered in %" PRIu64 " us",
+                  mc->io.fd, b->len, loop_now_us() - start);
 
-        if (body.failed) {
+        if (b->failed) {
             log_warn("metrics", "answer larger than %zu bytes or out of "
                      "memory: 500", (size_t) METRICS_OUT_MAX);
-            prom_buf_free(&body);
+            prom_buf_free(b);
+            b->max = METRICS_OUT_MAX;
+            prom_mem(b, hdr, sizeof(hdr));
             status = 500;
             reason = "Internal Server Error";
         } else {
             metrics.scrapes++;
+            last_size = b->len;
         }
     }
 
     if (status != 200) {
-        prom_str(&body, reason);
-        prom_str(&body, "\n");
+        prom_str(b, reason);
+        prom_str(b, "\n");
     }
 
+    if (b->failed) {
+        mconn_close(mc);
+        return;
+    }
+
+    body = b->len - sizeof(hdr);
+
+    /* at most about 150 bytes: the reasons and types are ours */
     n = snprintf(hdr, sizeof(hdr),
                  "HTTP/1.1 %d %s\r\n"
                  "Content-Type: %s\r\n"
@@ -310,20 +368,14 @@ respond(mconn_t *mc, int status, const char *reason, int head)
                  "Connection: close\r\n\r\n",
                  status, reason,
                  status == 200 ? METRICS_CTYPE : "text/plain",
-                 body.len,
+                 body,
                  status == 405 ? "Allow: GET, HEAD\r\n" : "");
 
-    memset(&mc->out, 0, sizeof(mc->out));
-    mc->out.max = METRICS_OUT_MAX + sizeof(hdr);
-    prom_mem(&mc->out, hdr, (size_t) n);
-    if (!head) {
-        prom_mem(&mc->out, body.p, body.len);
-    }
-    prom_buf_free(&body);
+    mc->out_sent = sizeof(hdr) - (size_t) n;
+    memcpy(b->p + mc->out_sent, hdr, (size_t) n);
 
-    if (mc->out.failed) {
-        mconn_close(mc);
-        return;
+    if (head) {
+        b->len = sizeof(hdr);
     }
 
     mc->state = MC_WRITE;
