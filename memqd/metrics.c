@@ -12,7 +12,8 @@
  *     and arrive within METRICS_READ_MS of the accept, else 431 / close;
  *   - the answer is rendered once into a buffer and written without
  *     blocking as the client takes it; a client that takes nothing for
- *     METRICS_WRITE_MS is closed;
+ *     METRICS_WRITE_MS is closed, and no connection lives longer than
+ *     METRICS_TOTAL_MS, however slowly it reads;
  *   - every answer closes the connection (no keep-alive): after the last
  *     byte the write side is shut and input is drained for at most
  *     METRICS_LINGER_MS, so the close does not reset the answer away.
@@ -50,6 +51,7 @@
 #define METRICS_REQ_MAX     8192
 #define METRICS_READ_MS     5000
 #define METRICS_WRITE_MS    10000
+#define METRICS_TOTAL_MS    60000     /* a connection's whole life */
 #define METRICS_LINGER_MS   2000
 #define METRICS_BACKOFF_MS  100       /* accept() failing: pause */
 #define METRICS_HDR_ROOM    256       /* status line and headers */
@@ -69,6 +71,7 @@ struct mconn_s {
     loop_io_t       io;
     loop_timer_t    timer;        /* the deadline of the current state */
     mconn_state_e   state;
+    uint64_t        deadline;     /* loop_now() past which it is closed */
     char            in[METRICS_REQ_MAX];
     size_t          in_len;
     prom_buf_t      out;          /* the whole answer, headers included */
@@ -127,6 +130,7 @@ static size_t       last_size;        /* of the last 200 answer */
 
 static void mconn_close(mconn_t *mc);
 static void mconn_write(mconn_t *mc);
+static void mconn_arm(mconn_t *mc, uint64_t ms);
 
 
 static uint64_t
@@ -379,7 +383,7 @@ respond(mconn_t *mc, int status, const char *reason, int head)
     }
 
     mc->state = MC_WRITE;
-    loop_timer_add(&mc->timer, METRICS_WRITE_MS);
+    mconn_arm(mc, METRICS_WRITE_MS);
     loop_mod(&mc->io, LOOP_WRITE);
     mconn_write(mc);
 }
@@ -534,7 +538,7 @@ mconn_write(mconn_t *mc)
             }
             if (errno == EAGAIN) {
                 /* the client reads slowly: its deadline starts again */
-                loop_timer_add(&mc->timer, METRICS_WRITE_MS);
+                mconn_arm(mc, METRICS_WRITE_MS);
                 return;
             }
             mconn_close(mc);
@@ -546,7 +550,7 @@ mconn_write(mconn_t *mc)
     prom_buf_free(&mc->out);
     shutdown(mc->io.fd, SHUT_WR);
     mc->state = MC_LINGER;
-    loop_timer_add(&mc->timer, METRICS_LINGER_MS);
+    mconn_arm(mc, METRICS_LINGER_MS);
     loop_mod(&mc->io, LOOP_READ);
 }
 
@@ -592,6 +596,21 @@ mconn_io(loop_io_t *io, unsigned events)
         mconn_linger(mc);
         break;
     }
+}
+
+
+/* Arms mc's timer for ms, never past its deadline. */
+static void
+mconn_arm(mconn_t *mc, uint64_t ms)
+{
+    uint64_t  now;
+
+    now = loop_now();
+    if (now + ms > mc->deadline) {
+        ms = mc->deadline > now ? mc->deadline - now : 0;
+    }
+
+    loop_timer_add(&mc->timer, ms);
 }
 
 
@@ -678,7 +697,8 @@ accept_handler(loop_io_t *io, unsigned events)
         conns = mc;
         nconns++;
 
-        loop_timer_add(&mc->timer, METRICS_READ_MS);
+        mc->deadline = loop_now() + METRICS_TOTAL_MS;
+        mconn_arm(mc, METRICS_READ_MS);
     }
 }
 
