@@ -14,6 +14,7 @@
 
 #include "cmd.h"
 #include "log.h"
+#include "metrics.h"
 #include "mq_proto.h"
 #include "server.h"
 #include "sync.h"
@@ -83,7 +84,9 @@ abs_exptime(int64_t exptime)
 }
 
 
-static void
+/* 1 when the reply waits for an fsync (its latency is measured when it
+ * is released, see conn.c), else 0. */
+static int
 do_set(conn_t *c, const char *key, size_t key_len, uint32_t flags,
     int64_t exptime, const unsigned char *data, size_t len, int noreply)
 {
@@ -94,59 +97,65 @@ do_set(conn_t *c, const char *key, size_t key_len, uint32_t flags,
 
     if (data[len] != '\r' || data[len + 1] != '\n') {
         conn_out_str(c, RPL_BAD_CHUNK);
-        return;
+        return 0;
     }
 
     if (srv.readonly) {
         conn_out_str(c, RPL_WRITE_FAILED);
-        return;
+        return 0;
     }
 
     q = queue_lookup(key, key_len, 2);
     if (q == NULL) {
         conn_out_str(c, RPL_WRITE_FAILED);
-        return;
+        return 0;
     }
 
     rc = queue_append(q, flags, abs_exptime(exptime), data, len);
 
     if (rc == QUEUE_FULL) {
         conn_out_str(c, RPL_FULL);
-        return;
+        return 0;
     }
 
     if (rc == QUEUE_NOFD) {
         /* descriptors or memory short: this request fails, not the node */
         conn_out_str(c, RPL_NO_RESOURCES);
-        return;
+        return 0;
     }
 
     if (rc != QUEUE_OK) {
         conn_out_str(c, RPL_WRITE_FAILED);
-        return;
+        return 0;
     }
 
     if (noreply) {
-        return;
+        return 0;
     }
 
     if (srv.sync_mode == SYNC_ALWAYS) {
         /* STORED and what follows wait for the fsync, see sync.c */
         conn_park(c, sync_next_ticket());
         if (c->closed) {
-            return;                 /* it could not wait: never STORED */
+            return 0;               /* it could not wait: never STORED */
         }
+        conn_out_str(c, RPL_STORED);
+        return 1;
     }
 
     conn_out_str(c, RPL_STORED);
+    return 0;
 }
 
 
 void
 cmd_set_complete(conn_t *c)
 {
-    do_set(c, c->set_key, c->set_key_len, c->set_flags, c->set_exptime,
-           c->val, c->val_need - 2, c->set_noreply);
+    if (!do_set(c, c->set_key, c->set_key_len, c->set_flags, c->set_exptime,
+                c->val, c->val_need - 2, c->set_noreply))
+    {
+        metrics_latency(METRICS_LAT_SET, c->cmd_start, 1);
+    }
 }
 
 
@@ -180,9 +189,12 @@ start_set(conn_t *c, mq_request_t *req, const char *after, size_t avail,
 
     if (avail >= req->bytes + 2) {
         /* the whole block is already here: no copy */
-        do_set(c, req->key, req->key_len, req->flags, req->exptime,
-               (const unsigned char *) after, (size_t) req->bytes,
-               req->noreply);
+        if (!do_set(c, req->key, req->key_len, req->flags, req->exptime,
+                    (const unsigned char *) after, (size_t) req->bytes,
+                    req->noreply))
+        {
+            metrics_latency(METRICS_LAT_SET, c->cmd_start, 1);
+        }
         *used = (size_t) req->bytes + 2;
         return CMD_DONE;
     }
@@ -572,6 +584,11 @@ cmd_execute(conn_t *c, const char *line, size_t len, const char *after,
     log_debug("cmd", "fd %d: %.*s", c->io.fd, (int) (len > 80 ? 80 : len),
               line);
 
+    if (c->wait_deadline == 0) {
+        /* a long poll run again was counted when it came in */
+        metrics_command(req.cmd);
+    }
+
     if (rc != MQ_OK) {
         if (req.has_data) {
             /* framing is intact: skip the block, then answer */
@@ -608,7 +625,11 @@ cmd_execute(conn_t *c, const char *line, size_t len, const char *after,
 
     case MQ_CMD_GET:
     case MQ_CMD_GETS:
-        return do_get(c, &req, req.cmd == MQ_CMD_GETS);
+        rc = do_get(c, &req, req.cmd == MQ_CMD_GETS);
+        if (rc != CMD_WAIT) {
+            metrics_latency(METRICS_LAT_GET, c->cmd_start, 1);
+        }
+        return rc;
 
     case MQ_CMD_DELETE:
         q = queue_lookup(req.key, req.key_len, 0);

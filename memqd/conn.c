@@ -32,7 +32,9 @@
 #include "cmd.h"
 #include "conn.h"
 #include "log.h"
+#include "metrics.h"
 #include "mq_proto.h"
+#include "net.h"
 #include "server.h"
 
 #define OUT_HIGH       (4 * 1024 * 1024)
@@ -177,6 +179,7 @@ conn_park(conn_t *c, uint64_t ticket)
     size_t   cap;
 
     if (c->nholds > 0 && c->holds[c->nholds - 1].ticket == ticket) {
+        c->holds[c->nholds - 1].nsets++;
         return;                     /* the held region just grows */
     }
 
@@ -189,6 +192,7 @@ conn_park(conn_t *c, uint64_t ticket)
              * connection goes (the client never sees STORED) */
             if (c->nholds > 0) {
                 c->holds[c->nholds - 1].ticket = ticket;
+                c->holds[c->nholds - 1].nsets++;
             } else {
                 log_error("conn", "fd %d: out of memory holding a reply",
                           c->io.fd);
@@ -203,6 +207,8 @@ conn_park(conn_t *c, uint64_t ticket)
 
     c->holds[c->nholds].off = c->out_len;
     c->holds[c->nholds].ticket = ticket;
+    c->holds[c->nholds].start = c->cmd_start;
+    c->holds[c->nholds].nsets = 1;
     c->nholds++;
 
     if (!c->parked) {
@@ -220,7 +226,8 @@ release_holds(conn_t *c, uint64_t durable)
     size_t  i;
 
     for (i = 0; i < c->nholds && c->holds[i].ticket <= durable; i++) {
-        /* void */
+        metrics_latency(METRICS_LAT_SET, c->holds[i].start,
+                        c->holds[i].nsets);
     }
 
     if (i > 0) {
@@ -528,6 +535,7 @@ conn_write(conn_t *c)
             return -1;
         }
         c->out_sent += (size_t) n;
+        metrics.bytes_written += (size_t) n;
     }
 
     /* items delivered are acknowledged; those just taken whose bytes
@@ -896,6 +904,11 @@ conn_process(conn_t *c)
             break;
         }
 
+        if (c->wait_deadline == 0) {
+            /* not a long poll run again: a new command */
+            c->cmd_start = loop_now_us();
+        }
+
         rc = cmd_execute(c, c->in + c->in_start, line_len,
                          c->in + c->in_start + consumed,
                          c->in_end - c->in_start - consumed, &used);
@@ -1022,6 +1035,7 @@ conn_io(loop_io_t *io, unsigned events)
             }
 
             c->in_end += (size_t) n;
+            metrics.bytes_read += (size_t) n;
 
             conn_process(c);
             if (c->closed || c->lingering) {
@@ -1197,62 +1211,18 @@ accept_handler(loop_io_t *io, unsigned events)
 int
 conn_listen(const char *addr)
 {
-    int               fd, one, rc;
-    char              host[256], *colon;
-    const char       *port;
-    listener_t       *l;
-    struct addrinfo   hints, *res;
+    int          fd;
+    listener_t  *l;
 
-    if (nlisteners == MAX_LISTENERS || strlen(addr) >= sizeof(host)) {
-        log_error("conn", "%s: too many listeners or bad address", addr);
+    if (nlisteners == MAX_LISTENERS) {
+        log_error("conn", "%s: too many listeners", addr);
         return -1;
     }
 
-    strcpy(host, addr);
-    colon = strrchr(host, ':');
-    if (colon == NULL) {
-        log_error("conn", "%s: expected ADDR:PORT", addr);
-        return -1;
-    }
-    *colon = '\0';
-    port = colon + 1;
-
-    if (host[0] == '[' && colon > host && colon[-1] == ']') {
-        colon[-1] = '\0';
-        memmove(host, host + 1, strlen(host));
-    }
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-
-    rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
-    if (rc != 0) {
-        log_error("conn", "%s: %s", addr, gai_strerror(rc));
-        return -1;
-    }
-
-    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                0);
+    fd = net_listen(addr, "conn");
     if (fd == -1) {
-        freeaddrinfo(res);
         return -1;
     }
-
-    one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-
-    if (bind(fd, res->ai_addr, res->ai_addrlen) != 0
-        || listen(fd, 1024) != 0)
-    {
-        log_error("conn", "%s: %s", addr, strerror(errno));
-        freeaddrinfo(res);
-        close(fd);
-        return -1;
-    }
-
-    freeaddrinfo(res);
 
     l = &listeners[nlisteners++];
     l->io.fd = fd;

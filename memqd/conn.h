@@ -52,6 +52,9 @@ typedef enum {
 typedef struct {
     size_t          off;          /* start of the held region in out */
     uint64_t        ticket;       /* fsync ticket it waits for */
+    uint64_t        start;        /* receipt of its first set, us (its
+                                     sets all came in one iteration) */
+    uint64_t        nsets;        /* STOREDs it holds, for metrics */
 } hold_t;
 
 /* an item of a plain get whose bytes are not all delivered yet */
@@ -111,6 +114,10 @@ struct conn_s {
     size_t          sending_open;
     size_t          nsending;
     size_t          sending_cap;
+
+    uint64_t        cmd_start;    /* loop_now_us() at the receipt of the
+                                     command being run (a long poll keeps
+                                     its first one) */
 
     queue_t        *wait_q;       /* (ref) CONN_WAIT: the queue */
     uint64_t        wait_deadline;/* monotonic ms, 0 = not waiting */

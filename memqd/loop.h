@@ -49,6 +49,10 @@ void loop_timer_del(loop_timer_t *t);
 uint64_t loop_now(void);
 uint64_t loop_update_time(void);
 
+/* Monotonic microseconds, read now; safe in any thread (latency
+ * measurements). */
+uint64_t loop_now_us(void);
+
 /* Runs until loop_stop(); before_sleep runs before every wait and returns
  * 1 when it wants the next wait not to block. */
 void loop_run(int (*before_sleep)(void));

@@ -38,6 +38,16 @@ loop_update_time(void)
 
 
 uint64_t
+loop_now_us(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+
+uint64_t
 loop_now(void)
 {
     return now_ms;

@@ -32,6 +32,7 @@
 #include "journal.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "queue.h"
 #include "server.h"
 #include "sync.h"
@@ -68,7 +69,8 @@ usage(FILE *f)
         "             [--max-connections N] [--shutdown-timeout S] [-v]\n"
         "             [--etcd URL[,URL...] --advertise HOST:PORT "
         "--cluster NAME\n"
-        "              [--weight N]]\n");
+        "              [--weight N]]\n"
+        "             [--metrics ADDR:PORT]\n");
 }
 
 
@@ -263,6 +265,7 @@ main(int argc, char **argv)
     uint64_t             v;
     sigset_t             mask;
     const char          *listen_addrs[MAX_LISTEN];
+    const char          *metrics_addr;
 
     static struct option  longopts[] = {
         { "listen",          required_argument, NULL, 'l' },
@@ -279,6 +282,7 @@ main(int argc, char **argv)
         { "advertise",       required_argument, NULL, ETCD_OPT_ADVERTISE },
         { "cluster",         required_argument, NULL, ETCD_OPT_CLUSTER },
         { "weight",          required_argument, NULL, ETCD_OPT_WEIGHT },
+        { "metrics",         required_argument, NULL, 'P' },
         { "verbose",         no_argument,       NULL, 'v' },
         { "help",            no_argument,       NULL, 'h' },
         { NULL, 0, NULL, 0 }
@@ -292,6 +296,7 @@ main(int argc, char **argv)
     srv.max_conns = 10000;
     srv.shutdown_timeout = 10000;
     nlisten = 0;
+    metrics_addr = NULL;
 
     while ((opt = getopt_long(argc, argv, "l:d:s:m:S:J:Kc:C:vh", longopts,
                               NULL)) != -1)
@@ -369,6 +374,9 @@ main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'P':
+            metrics_addr = optarg;
+            break;
         case 'v':
             log_max_level = LOG_DEBUG;
             break;
@@ -441,6 +449,10 @@ main(int argc, char **argv)
         }
     }
 
+    if (metrics_addr != NULL && metrics_listen(metrics_addr) != 0) {
+        return 1;
+    }
+
     sig_io.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     sig_io.handler = signal_handler;
     if (sig_io.fd == -1 || loop_add(&sig_io, LOOP_READ) != 0) {
@@ -468,6 +480,7 @@ main(int argc, char **argv)
     loop_run(before_sleep);
 
     etcd_stop();
+    metrics_shutdown();
     conn_shutdown();
     queue_shutdown();
     log_info("main", "stopped");

@@ -18,6 +18,7 @@
 
 #include "log.h"
 #include "loop.h"
+#include "prom.h"
 #include "sync.h"
 #include "sys.h"
 
@@ -39,6 +40,7 @@ static int              pending_dir = -1;
 static uint64_t         pending_ticket;          /* highest submitted */
 static uint64_t         durable;                 /* highest synced */
 static int              failed;                  /* a sync failed */
+static prom_hist_t      fsync_hist;              /* time of each commit */
 static sync_job_t      *jobs;                    /* queued, FIFO */
 static sync_job_t      *jobs_tail;
 static sync_job_t      *finished;                /* done() not yet run */
@@ -84,7 +86,7 @@ commit_main(void *arg)
 {
     int       fds[SYNC_FDS_MAX], full, dirfd, bad;
     size_t    i, n;
-    uint64_t  ticket;
+    uint64_t  ticket, start;
 
     pthread_mutex_lock(&mu);
 
@@ -109,6 +111,8 @@ commit_main(void *arg)
 
         pthread_mutex_unlock(&mu);
 
+        start = loop_now_us();
+
         for (i = 0; i < n && !bad; i++) {
             bad = sync_one(fds[i], full) != 0;
         }
@@ -117,7 +121,13 @@ commit_main(void *arg)
             bad = sync_one(dirfd, 1) != 0;
         }
 
+        start = loop_now_us() - start;
+
         pthread_mutex_lock(&mu);
+
+        if (n > 0 || dirfd != -1) {
+            prom_hist_observe(&fsync_hist, start);
+        }
 
         if (bad) {
             failed = 1;
@@ -345,4 +355,13 @@ sync_shutdown(void)
 
     /* results the loop has not seen: hand them over now */
     wake_handler(&wake_io, 0);
+}
+
+
+void
+sync_fsync_hist(prom_hist_t *out)
+{
+    pthread_mutex_lock(&mu);
+    *out = fsync_hist;
+    pthread_mutex_unlock(&mu);
 }

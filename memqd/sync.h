@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "prom.h"
+
 /* durable: highest ticket made durable; failed: a sync failed (every
  * ticket not yet durable never will be) */
 typedef void (*sync_done_pt)(uint64_t durable, int failed);
@@ -59,6 +61,10 @@ uint64_t sync_submit(const int *fds, size_t n, int full, int dirfd);
 
 /* Queues a background job: 0, or -1 when it is busy already. */
 int sync_job(sync_job_t *job);
+
+/* A copy of the histogram of commit times: every fsync/fdatasync of one
+ * commit, from the commit thread's start to its end (metrics.c). */
+void sync_fsync_hist(prom_hist_t *out);
 
 /* Waits for every submitted commit and job, stops the threads. */
 void sync_shutdown(void);

@@ -70,6 +70,10 @@ static void ngx_http_memq_sb_printf(ngx_http_memq_sb_t *sb,
     const char *fmt, ...);
 static void ngx_http_memq_sb_json(ngx_http_memq_sb_t *sb, u_char *s,
     size_t len);
+static void ngx_http_memq_sb_family(ngx_http_memq_sb_t *sb,
+    const char *name, const char *type, const char *help);
+static void ngx_http_memq_sb_label(ngx_http_memq_sb_t *sb, u_char *s,
+    size_t len);
 
 
 static ngx_str_t  ngx_http_memq_qfields[] = {
@@ -585,11 +589,19 @@ ngx_http_memq_status_json(ngx_http_memq_status_ctx_t *ctx,
 }
 
 
+/*
+ * Prometheus text format 0.0.4: every family opens with `# HELP` and
+ * `# TYPE`; label values (cluster names, node addresses from a nodes file
+ * or etcd, queue names from the nodes' stats) are escaped, so no value can
+ * end a label or a line.  Families without a sample (etcd, queues) are
+ * left out altogether.
+ */
 static void
 ngx_http_memq_status_prometheus(ngx_http_memq_status_ctx_t *ctx,
     ngx_http_memq_sb_t *sb)
 {
     ngx_uint_t                i, j, m;
+    ngx_atomic_uint_t         v;
     ngx_http_memq_sh_t       *sh;
     ngx_http_memq_qstat_t    *qs;
     ngx_http_memq_cstat_t    *cs;
@@ -598,17 +610,24 @@ ngx_http_memq_status_prometheus(ngx_http_memq_status_ctx_t *ctx,
 
     static const char  *metrics[] = {
         "memq_node_up", "gauge",
+        "1 when the gateway counts the node as usable, 0 while it is "
+        "marked down.",
         "memq_node_messages_in_total", "counter",
+        "Messages published to the node through the gateway.",
         "memq_node_messages_out_total", "counter",
+        "Messages consumed from the node through the gateway.",
         "memq_node_failures_total", "counter",
+        "Failures of the node seen by the gateway (connect, timeout, "
+        "broken reply).",
         "memq_pool_idle_connections", "gauge",
+        "Idle keepalive connections to the node, over all workers.",
     };
 
     cs = ctx->clusters.elts;
 
-    for (m = 0; m < sizeof(metrics) / sizeof(metrics[0]); m += 2) {
-        ngx_http_memq_sb_printf(sb, "# TYPE %s %s\n", metrics[m],
-                                metrics[m + 1]);
+    for (m = 0; m < sizeof(metrics) / sizeof(metrics[0]); m += 3) {
+        ngx_http_memq_sb_family(sb, metrics[m], metrics[m + 1],
+                                metrics[m + 2]);
 
         for (i = 0; i < ctx->clusters.nelts; i++) {
             cl = cs[i].cluster;
@@ -621,25 +640,29 @@ ngx_http_memq_status_prometheus(ngx_http_memq_status_ctx_t *ctx,
                     continue;
                 }
 
-                ngx_http_memq_sb_printf(sb, "%s{cluster=\"%V\",node=\"%*s\"} "
-                                        "%uA\n", metrics[m], &cl->name,
-                                        sn->addr_len, sn->addr,
-                                        m == 0 ? (ngx_atomic_uint_t)
-                                                 ngx_http_memq_node_up(sn)
-                                        : m == 2 ? sn->msgs_in
-                                        : m == 4 ? sn->msgs_out
-                                        : m == 6 ? sn->failures
-                                        : sn->pool_idle);
+                v = m == 0 ? (ngx_atomic_uint_t) ngx_http_memq_node_up(sn)
+                    : m == 3 ? sn->msgs_in
+                    : m == 6 ? sn->msgs_out
+                    : m == 9 ? sn->failures
+                    : sn->pool_idle;
+
+                ngx_http_memq_sb_printf(sb, "%s{cluster=\"", metrics[m]);
+                ngx_http_memq_sb_label(sb, cl->name.data, cl->name.len);
+                ngx_http_memq_sb_printf(sb, "\",node=\"");
+                ngx_http_memq_sb_label(sb, sn->addr, sn->addr_len);
+                ngx_http_memq_sb_printf(sb, "\"} %uA\n", v);
             }
         }
     }
 
-    ngx_http_memq_sb_printf(sb, "# TYPE memq_streams_active gauge\n");
+    ngx_http_memq_sb_family(sb, "memq_streams_active", "gauge",
+                            "Consume streams open now, over all workers.");
 
     for (i = 0; i < ctx->clusters.nelts; i++) {
         cl = cs[i].cluster;
-        ngx_http_memq_sb_printf(sb, "memq_streams_active{cluster=\"%V\"} "
-                                "%uA\n", &cl->name,
+        ngx_http_memq_sb_printf(sb, "memq_streams_active{cluster=\"");
+        ngx_http_memq_sb_label(sb, cl->name.data, cl->name.len);
+        ngx_http_memq_sb_printf(sb, "\"} %uA\n",
                                 cl->sh ? cl->sh->streams_active : 0);
     }
 
@@ -653,14 +676,20 @@ ngx_http_memq_status_prometheus(ngx_http_memq_status_ctx_t *ctx,
             }
 
             if (j++ == 0) {
-                ngx_http_memq_sb_printf(sb, "# TYPE %s gauge\n",
-                                        m ? "memq_etcd_nodes"
-                                          : "memq_etcd_up");
+                if (m) {
+                    ngx_http_memq_sb_family(sb, "memq_etcd_nodes", "gauge",
+                        "Usable nodes in etcd's last answer (kept while "
+                        "etcd is unreachable).");
+                } else {
+                    ngx_http_memq_sb_family(sb, "memq_etcd_up", "gauge",
+                        "1 when the last poll of etcd was answered.");
+                }
             }
 
-            ngx_http_memq_sb_printf(sb, "%s{cluster=\"%V\"} %ui\n",
-                                    m ? "memq_etcd_nodes" : "memq_etcd_up",
-                                    &cl->name,
+            ngx_http_memq_sb_printf(sb, "%s{cluster=\"",
+                                    m ? "memq_etcd_nodes" : "memq_etcd_up");
+            ngx_http_memq_sb_label(sb, cl->name.data, cl->name.len);
+            ngx_http_memq_sb_printf(sb, "\"} %ui\n",
                                     m ? sh->etcd.nodes
                                     : (ngx_uint_t) (sh->etcd.state
                                                 == NGX_HTTP_MEMQ_ETCD_UP));
@@ -671,17 +700,60 @@ ngx_http_memq_status_prometheus(ngx_http_memq_status_ctx_t *ctx,
         return;
     }
 
-    ngx_http_memq_sb_printf(sb, "# TYPE memq_queue_items gauge\n");
+    ngx_http_memq_sb_family(sb, "memq_queue_items", "gauge",
+                            "Items waiting in the queue, summed over the "
+                            "nodes that answered.");
 
     for (i = 0; i < ctx->clusters.nelts; i++) {
         qs = cs[i].queues.elts;
 
         for (j = 0; j < cs[i].queues.nelts; j++) {
-            ngx_http_memq_sb_printf(sb, "memq_queue_items{cluster=\"%V\","
-                                    "queue=\"%V\"} %uL\n",
-                                    &cs[i].cluster->name, &qs[j].name,
-                                    qs[j].items);
+            ngx_http_memq_sb_printf(sb, "memq_queue_items{cluster=\"");
+            ngx_http_memq_sb_label(sb, cs[i].cluster->name.data,
+                                   cs[i].cluster->name.len);
+            ngx_http_memq_sb_printf(sb, "\",queue=\"");
+            ngx_http_memq_sb_label(sb, qs[j].name.data, qs[j].name.len);
+            ngx_http_memq_sb_printf(sb, "\"} %uL\n", qs[j].items);
         }
+    }
+}
+
+
+/* `# HELP` and `# TYPE` of a family; help has no '\\' nor line feed */
+static void
+ngx_http_memq_sb_family(ngx_http_memq_sb_t *sb, const char *name,
+    const char *type, const char *help)
+{
+    ngx_http_memq_sb_printf(sb, "# HELP %s %s\n# TYPE %s %s\n", name, help,
+                            name, type);
+}
+
+
+/* a Prometheus label value, without its quotes: '\\', '"' and line feed
+ * escaped, every other byte as it is */
+static void
+ngx_http_memq_sb_label(ngx_http_memq_sb_t *sb, u_char *s, size_t len)
+{
+    u_char  *p, *end, *from;
+
+    end = s + len;
+
+    for (p = s, from = s; p < end; p++) {
+        if (*p != '\\' && *p != '"' && *p != '\n') {
+            continue;
+        }
+
+        if (p > from) {
+            ngx_http_memq_sb_printf(sb, "%*s", (size_t) (p - from), from);
+        }
+
+        ngx_http_memq_sb_printf(sb, "%s", *p == '\\' ? "\\\\"
+                                          : *p == '"' ? "\\\"" : "\\n");
+        from = p + 1;
+    }
+
+    if (p > from) {
+        ngx_http_memq_sb_printf(sb, "%*s", (size_t) (p - from), from);
     }
 }
 

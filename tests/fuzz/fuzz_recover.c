@@ -2,6 +2,7 @@
 // links: memqd/fdcache.c memqd/journal.c memqd/log.c memqd/loop_epoll.c
 // links: memqd/queue.c memqd/recover.c memqd/segment.c memqd/sync.c
 // links: memqd/sys.c
+// links: memqd/metrics.c memqd/net.c memqd/prom.c
 /*
  * fuzz_recover.c: libFuzzer target for start-up recovery.  Each input
  * becomes a data directory (/tmp/memq-fuzz-recover-<pid>, removed before

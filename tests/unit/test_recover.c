@@ -2,6 +2,7 @@
 // links: memqd/fdcache.c memqd/journal.c memqd/log.c memqd/loop_epoll.c
 // links: memqd/queue.c memqd/recover.c memqd/segment.c memqd/sync.c
 // links: memqd/sys.c
+// links: memqd/metrics.c memqd/net.c memqd/prom.c
 /*
  * test_recover.c: start-up recovery, driven the way memqd drives it:
  * queue_init() over a synthetic data directory, then every queue drained

@@ -2,6 +2,7 @@
 // links: memqd/fdcache.c memqd/journal.c memqd/log.c memqd/loop_epoll.c
 // links: memqd/queue.c memqd/recover.c memqd/segment.c memqd/sync.c
 // links: memqd/sys.c
+// links: memqd/metrics.c memqd/net.c memqd/prom.c
 /*
  * test_storage_review.c: the journal's checkpoint bookkeeping, driven
  * directly (the checkpoint thread is not started: its results are handed

@@ -4,8 +4,12 @@
 
 import threading
 
-from gwutil import (Client, fill, node_addr, qname, read_headers,
-                    wait_for)
+import pytest
+
+from gwutil import (Client, ScriptedNode, fill, node_addr, qname,
+                    read_headers, wait_for)
+
+parser = pytest.importorskip("prometheus_client.parser")
 
 NODE_FIELDS = {"addr", "source", "state", "weight", "fails", "last_error",
                "pool_idle", "pool_busy", "msgs_in", "msgs_out", "bytes_in",
@@ -95,6 +99,79 @@ def test_prometheus(gw, nodes3):
     total = sum(int(l.rsplit(" ", 1)[1]) for l in text.splitlines()
                 if l.startswith("memq_node_messages_in_total{"))
     assert total == 1
+
+
+def prom_families(text):
+    """{name: Metric} of Prometheus text read with the Prometheus client
+    library's parser; every family has HELP and TYPE (a sample outside a
+    declared family would come back untyped, without documentation)."""
+    fams = {}
+    for f in parser.text_string_to_metric_families(text):
+        assert f.type in ("counter", "gauge"), "%s has no TYPE" % f.name
+        assert f.documentation, "%s has no HELP" % f.name
+        assert f.name not in fams, "family %s twice" % f.name
+        fams[f.name] = f
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            name = line.split()[2]
+            assert "# HELP %s " % name in text, name
+    return fams
+
+
+def test_prometheus_parses(gw, nodes3):
+    """Read with a real Prometheus parser; values agree with the JSON."""
+    q1, q2 = qname("pa"), qname("pb.c-d_e")
+    fill(nodes3, q1, 6)
+    fill(nodes3[:1], q2, 4)
+    for i in range(3):
+        assert gw.publish(q2, b"p%d" % i).status_code == 201
+    fams = prom_families(gw.status(format="prometheus", queues="1").text)
+    st = gw.status().json()["clusters"][0]
+    for name in ("memq_node_up", "memq_node_messages_in",
+                 "memq_node_messages_out", "memq_node_failures",
+                 "memq_pool_idle_connections", "memq_streams_active",
+                 "memq_queue_items"):
+        assert name in fams, name
+    ups = {s.labels["node"]: s.value for s in fams["memq_node_up"].samples}
+    assert ups == {n["addr"]: 1 for n in st["nodes"]}
+    ins = {s.labels["node"]: s.value
+           for s in fams["memq_node_messages_in"].samples}
+    assert ins == {n["addr"]: n["msgs_in"] for n in st["nodes"]}
+    assert sum(ins.values()) == 3
+    items = {s.labels["queue"]: s.value
+             for s in fams["memq_queue_items"].samples}
+    assert items[q1] == 6 and items[q2] == 7
+    assert all(s.labels["cluster"] == "main"
+               for f in fams.values() for s in f.samples)
+
+
+def test_prometheus_label_escaping(gateway_factory, memqd_factory):
+    """A node's stats are input: a queue name with a quote and a
+    backslash (a real node never has one) is escaped in its label and the
+    text still parses, with the name intact."""
+    real = memqd_factory()
+    odd = 'we"ird\\q'
+
+    def answer(line, n):
+        if line == b"stats":
+            return 0, (b"STAT pid 1\r\nSTAT queue_%s_items 5\r\n"
+                       b"STAT queue_%s_open_items 0\r\nEND\r\n"
+                       % (odd.encode(), odd.encode()))
+        if line.startswith(b"get "):
+            return 0, b"END\r\n"
+        return 0, b"ERROR\r\n"
+
+    fake = ScriptedNode(answer)
+    try:
+        g = gateway_factory([fake.addr, real])
+        text = g.status(format="prometheus", queues="1").text
+        assert 'queue="we\\"ird\\\\q"' in text
+        fams = prom_families(text)
+        items = {s.labels["queue"]: s.value
+                 for s in fams["memq_queue_items"].samples}
+        assert items[odd] == 5
+    finally:
+        fake.close()
 
 
 def test_reload_keeps_zone(gw, nodes3):
