@@ -251,6 +251,9 @@ raise_fd_limit(void)
 static const char *
 set_listen(const opt_t *o, const char *v)
 {
+    if (*v == '\0') {
+        return "empty";
+    }
     if (nlisten == MAX_LISTEN) {
         return "too many addresses (at most 16)";
     }

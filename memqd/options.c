@@ -122,11 +122,8 @@ options_parse(const opt_t *table, size_t n, int argc, char **argv)
             return 2;
         }
 
-        if (from[i] == FROM_ARGV && !(table[i].flags & OPT_REPEAT)) {
-            fprintf(stderr, "memqd: --%s given twice\n", table[i].name);
-            return 2;
-        }
-
+        /* given twice: the last one wins, as wrappers that append an
+         * option expect */
         if (apply(i, optarg, FROM_ARGV) != 0) {
             return 2;
         }

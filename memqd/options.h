@@ -4,9 +4,10 @@
  * default) and the --config file's [memqd] section, where an option is a
  * key spelled like its long name with '_' or '-' ("data_dir = /x").
  *
- * Each option is set exactly once: the command line wins, then the config
- * file, then the table's default (repeatable options collect every value
- * of the place that gives them, and take the default when none does).
+ * The command line wins, then the config file, then the table's default:
+ * an option is set from one of them only (on the command line the last of
+ * several values wins; a repeatable option collects every value of the
+ * place that gives it, and takes the default when none does).
  */
 
 #ifndef MEMQD_OPTIONS_H

@@ -209,11 +209,13 @@ def test_version_matches_the_protocol(memqd_factory):
     c.close()
 
 
-def test_option_given_twice_refused():
-    r = run_memqd(["--sync", "none", "--sync", "always", "--help"])
-    assert r.returncode == 2
-    assert "--sync given twice" in r.stderr
-    assert r.stdout == ""
+def test_option_given_twice_last_wins(memqd_factory):
+    s = memqd_factory(args=["--max-item-size", "1k", "--max-item-size", "2k"])
+    c = s.connect()
+    q = qname()
+    c.store(q, b"w" * 2048)
+    assert c.set(q, b"w" * 2049) == "SERVER_ERROR object too large for cache"
+    c.close()
 
 
 def conf_run(tmp_path, text, args=()):
