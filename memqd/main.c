@@ -109,7 +109,7 @@ signal_handler(loop_io_t *io, unsigned events)
             }
             log_info("main", "signal %u: stopping", si.ssi_signo);
             srv.stopping = 1;
-            notify("STOPPING=1");
+            notify_send("STOPPING=1");
             conn_close_listeners();
             etcd_stop_request();
             queue_wake_all_waiters();
@@ -281,36 +281,34 @@ set_sync(const opt_t *o, const char *v)
 }
 
 
-/* The size options (k, m, g suffixes), each within its bounds. */
+/* the size options (k, m, g suffixes): opt_t.code indexes this */
+enum { SIZE_ITEM, SIZE_SEGMENT, SIZE_JOURNAL, SIZE_CONNS };
+
+static const struct {
+    uint64_t     *to;       /* the setting */
+    uint64_t      min;
+    uint64_t      max;
+    const char   *why;      /* the reason a value out of bounds gets */
+} sizes[] = {
+    { &srv.max_item_size, 1, 1024 * 1024 * 1024, "1 to 1g" },
+    { &srv.segment_size, 4096, UINT64_MAX, "at least 4k" },
+    { &srv.journal_size, 65536, UINT64_MAX, "at least 64k" },
+    { &srv.max_conns, 1, UINT32_MAX, "a number, at least 1" },
+};
+
+
 static const char *
 set_size(const opt_t *o, const char *v)
 {
-    uint64_t   n, min, max, *to;
+    uint64_t  n;
 
-    switch (o->letter) {
-    case 'm':
-        to = &srv.max_item_size;  min = 1;  max = 1024 * 1024 * 1024;
-        break;
-    case 'S':
-        to = &srv.segment_size;  min = 4096;  max = UINT64_MAX;
-        break;
-    case 'J':
-        to = &srv.journal_size;  min = 65536;  max = UINT64_MAX;
-        break;
-    case 'C':
-        to = &srv.max_conns;  min = 1;  max = UINT32_MAX;
-        break;
-    default:
-        return "not a size option";
+    if (config_parse_size(v, &n) != 0 || n < sizes[o->code].min
+        || n > sizes[o->code].max)
+    {
+        return sizes[o->code].why;
     }
 
-    if (config_parse_size(v, &n) != 0 || n < min || n > max) {
-        return o->letter == 'S' ? "at least 4k"
-             : o->letter == 'J' ? "at least 64k"
-             : o->letter == 'm' ? "1 to 1g" : "a number, at least 1";
-    }
-
-    *to = n;
+    *sizes[o->code].to = n;
     return NULL;
 }
 
@@ -387,13 +385,13 @@ static const opt_t  options[] = {
       "when STORED: always (fsynced), interval=MS, none", 0, 0,
       set_sync },
     { "max-item-size", 'm', "SIZE", "1m",
-      "largest message (k, m, g: 1024-based)", 0, 0, set_size },
+      "largest message (k, m, g: 1024-based)", 0, SIZE_ITEM, set_size },
     { "segment-size", 'S', "SIZE", "64m",
-      "bytes of one segment file", 0, 0, set_size },
+      "bytes of one segment file", 0, SIZE_SEGMENT, set_size },
     { "journal-size", 'J', "SIZE", "64m",
-      "bytes of one journal file", 0, 0, set_size },
+      "bytes of one journal file", 0, SIZE_JOURNAL, set_size },
     { "max-connections", 'C', "N", "10000",
-      "connections past this are refused", 0, 0, set_size },
+      "connections past this are refused", 0, SIZE_CONNS, set_size },
     { "shutdown-timeout", 0, "S", "10",
       "seconds replies in flight get on SIGTERM", 0, 0,
       set_shutdown_timeout },
@@ -531,7 +529,7 @@ main(int argc, char **argv)
     }
 
     /* recovery is done and the listeners are open (systemd Type=notify) */
-    notify("READY=1");
+    notify_send("READY=1");
 
     loop_run(before_sleep);
 

@@ -15,7 +15,7 @@
 
 
 void
-notify(const char *state)
+notify_send(const char *state)
 {
     int                 fd;
     size_t              len;

@@ -9,6 +9,6 @@
 
 /* Sends state ("READY=1", "STOPPING=1") when $NOTIFY_SOCKET is set; a
  * failure is logged, never fatal. */
-void notify(const char *state);
+void notify_send(const char *state);
 
 #endif /* MEMQD_NOTIFY_H */

@@ -19,13 +19,13 @@
 typedef struct kept_s  kept_t;
 
 struct kept_s {
-    kept_t  *next;
-    char     s[];
+    kept_t  *next;      /* the value kept before */
+    char     s[];       /* the value, NUL-terminated */
 };
 
-static const opt_t    *opts;
+static const opt_t    *opts;                    /* (ref) main.c's table */
 static size_t          nopts;
-static unsigned char   from[OPTIONS_MAX];
+static unsigned char   from[OPTIONS_MAX];        /* FROM_* by option */
 static size_t          file_line[OPTIONS_MAX];   /* for "set twice" */
 static kept_t         *kept;
 
