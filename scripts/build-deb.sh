@@ -20,7 +20,8 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
 # what the packages are built from (tests and benchmarks' data are not)
-inputs=(Makefile debian common memqd bench ngx_memq conf docs)
+inputs=(Makefile debian common memqd bench ngx_memq conf docs
+        scripts/build-deb.sh)
 [ -e "$top/memqctl" ] && inputs+=(memqctl)
 
 up_to_date() {

@@ -48,6 +48,9 @@ FILES = {
     "memq-tools": ["/usr/bin/memq-bench",
                    "/usr/share/man/man1/memq-bench.1.gz"],
 }
+# memqctl ships with memq-tools when the tree has it (debian/rules)
+if (ROOT / "memqctl" / "memqctl").is_file():
+    FILES["memq-tools"].append("/usr/bin/memqctl")
 
 
 def run(args, timeout=60, **kw):
