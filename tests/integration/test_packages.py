@@ -12,8 +12,8 @@ newer than the sources (scripts/build-deb.sh).
 """
 
 import os
-import pwd
 import grp
+import pwd
 import re
 import resource
 import shlex
@@ -96,6 +96,14 @@ def user_exists(name):
         return False
 
 
+def group_exists(name):
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
 def nginx_t(conf=None):
     args = ["nginx", "-t", "-q"]
     if conf is not None:
@@ -128,6 +136,7 @@ def installed(debs):
     before = {
         "modules_enabled": sorted(os.listdir("/etc/nginx/modules-enabled")),
         "memq_user": user_exists("memq"),
+        "memq_group": group_exists("memq"),
     }
     assert not DATA.exists() and not CONF.exists(), \
         "memq files present without the packages"
@@ -349,6 +358,7 @@ def test_purge_leaves_the_machine_as_before(installed):
                  dsh / "multi-user.target.wants" / "memqd.service"):
         assert not os.path.lexists(path), "%s left after purge" % path
     assert user_exists("memq") == installed["memq_user"]
+    assert group_exists("memq") == installed["memq_group"]
     assert sorted(os.listdir("/etc/nginx/modules-enabled")) == \
         installed["modules_enabled"]
     # Debian's nginx stays, and its stock configuration still passes
