@@ -218,13 +218,16 @@ def test_option_given_twice_last_wins(memqd_factory):
     c.close()
 
 
-def conf_run(tmp_path, text, args=()):
+def conf_run(tmp_path, text, data_dir=True):
     """memqd --check with a config file: it reads every option, then the
-    (empty) data directory, and exits without serving."""
+    (empty) data directory, and exits without serving.  data_dir=False
+    leaves --data-dir to the file."""
     conf = tmp_path / "memqd.conf"
     conf.write_text(text)
-    return run_memqd(["--config", str(conf), "--check",
-                      "--data-dir", str(tmp_path / "data")] + list(args))
+    args = ["--config", str(conf), "--check"]
+    if data_dir:
+        args += ["--data-dir", str(tmp_path / "data")]
+    return run_memqd(args)
 
 
 def test_every_option_is_a_config_key(tmp_path):
@@ -235,14 +238,15 @@ def test_every_option_is_a_config_key(tmp_path):
     keys = [n for n, (_, _, t) in opts.items() if "(command line)" not in t]
     assert {"sync", "max-item-size", "verbose", "listen"} <= set(keys)
     for name in keys:
-        if name in ("listen", "data-dir"):
-            continue            # any string is an address or a path
         key = name.replace("-", "_")
-        r = conf_run(tmp_path, "# memqd\n[memqd]\n%s = @bad@\n" % key)
+        # any string is an address or a path, but not an empty one
+        bad = "" if name in ("listen", "data-dir") else "@bad@"
+        r = conf_run(tmp_path, "# memqd\n[memqd]\n%s = %s\n" % (key, bad),
+                     data_dir=(name != "data-dir"))
         assert r.returncode != 0, (key, r)
         assert "unknown key" not in r.stderr, (key, r.stderr)
-        assert "memqd.conf:3: bad %s \"@bad@\"" % key in r.stderr or \
-            "bad --%s \"@bad@\"" % name in r.stderr, (key, r.stderr)
+        assert "memqd.conf:3: bad %s \"%s\"" % (key, bad) in r.stderr, \
+            (key, r.stderr)
 
 
 def test_command_line_only_options_refused_in_config(tmp_path):
