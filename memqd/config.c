@@ -274,6 +274,11 @@ config_load(const char *path)
     lineno = 0;
     why = NULL;
 
+    if (option_handler != NULL) {
+        /* a new file: the handler forgets the keys of the last one */
+        option_handler(NULL, NULL, 0);
+    }
+
     while (why == NULL && fgets(buf, sizeof(buf), f) != NULL) {
         lineno++;
 

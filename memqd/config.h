@@ -36,7 +36,7 @@ int config_load(const char *path);
 
 /* Called for each "key = value" of [memqd] with its line number: returns
  * NULL, or why the line is refused (the load then fails, naming file and
- * line). */
+ * line).  Called with key NULL before each file is read. */
 typedef const char *(*config_option_pt)(const char *key, const char *value,
                                          size_t line);
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "options.h"
 
 /* where an option's value came from */
@@ -27,6 +28,7 @@ static const opt_t    *opts;                    /* (ref) main.c's table */
 static size_t          nopts;
 static unsigned char   from[OPTIONS_MAX];        /* FROM_* by option */
 static size_t          file_line[OPTIONS_MAX];   /* for "set twice" */
+static size_t          reload_line[OPTIONS_MAX]; /* the same, on SIGHUP */
 static kept_t         *kept;
 
 
@@ -217,6 +219,11 @@ options_config(const char *key, const char *value, size_t line)
     const opt_t  *o;
     static char   msg[512];
 
+    if (key == NULL) {
+        /* read once, at start */
+        return NULL;
+    }
+
     why = find_key(key, &i);
     if (why != NULL) {
         return why;
@@ -270,10 +277,33 @@ options_config(const char *key, const char *value, size_t line)
 const char *
 options_reload(const char *key, const char *value, size_t line)
 {
-    size_t  i;
+    size_t        i;
+    const char   *why;
+    static char   msg[256];
 
-    /* names are checked; values take effect at the next start */
-    return find_key(key, &i);
+    if (key == NULL) {
+        memset(reload_line, 0, sizeof(reload_line));
+        return NULL;
+    }
+
+    /* names are checked as at start; values take effect at the next */
+    why = find_key(key, &i);
+    if (why != NULL) {
+        return why;
+    }
+
+    if (reload_line[i] != 0 && !(opts[i].flags & OPT_REPEAT)) {
+        snprintf(msg, sizeof(msg), "%s set twice (first on line %zu)", key,
+                 reload_line[i]);
+        return msg;
+    }
+
+    if (reload_line[i] == 0) {
+        log_info("config", "[memqd] %s: applies at the next start", key);
+    }
+
+    reload_line[i] = line;
+    return NULL;
 }
 
 

@@ -334,9 +334,9 @@ def test_config_alone_sets_listen_and_data_dir(tmp_path):
 
 
 def test_sighup_checks_memqd_keys_and_applies_limits(memqd_factory):
-    """SIGHUP re-reads the queue limits; a [memqd] key it does not know
-    makes the reload fail (previous limits kept); known [memqd] keys are
-    accepted and take effect at the next start."""
+    """SIGHUP re-reads the queue limits; a [memqd] key it does not know,
+    or one set twice, makes the reload fail (previous limits kept); known
+    [memqd] keys are accepted and logged as applying at the next start."""
     s = memqd_factory(config="[memqd]\nsync = always\n"
                              "[defaults]\nmax_items = 1\n")
     c = s.connect()
@@ -349,10 +349,15 @@ def test_sighup_checks_memqd_keys_and_applies_limits(memqd_factory):
     wait_for(lambda: c.set(q, b"b") == "STORED", what="max_items = 2 "
              "after SIGHUP")
 
-    before = len(s.log_text())
-    s.write_config("[memqd]\nbogus = 1\n[defaults]\nmax_items = 9\n")
-    s.signal(1)
-    wait_for(lambda: 'unknown key "bogus"' in s.log_text()[before:],
-             what="the reload's error")
-    assert c.set(q, b"c") == "SERVER_ERROR queue full"
+    wait_for(lambda: "[memqd] sync: applies at the next start" in
+             s.log_text(), what="the note that sync waits for a restart")
+
+    for bad, why in (("bogus = 1\n", 'unknown key "bogus"'),
+                     ("sync = none\nsync = always\n", "sync set twice")):
+        before = len(s.log_text())
+        s.write_config("[memqd]\n%s[defaults]\nmax_items = 9\n" % bad)
+        s.signal(1)
+        wait_for(lambda: why in s.log_text()[before:],
+                 what="the reload's error %r" % why)
+        assert c.set(q, b"c") == "SERVER_ERROR queue full"
     c.close()

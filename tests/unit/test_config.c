@@ -658,6 +658,12 @@ record_option(const char *key, const char *value, size_t line)
     size_t  n;
 
     n = strlen(seen);
+    if (key == NULL) {
+        /* a file starts */
+        snprintf(seen + n, sizeof(seen) - n, "begin;");
+        return NULL;
+    }
+
     snprintf(seen + n, sizeof(seen) - n, "%zu:%s=%s;", line, key, value);
     seen_lines++;
     return strcmp(key, "refuse") == 0 ? "refused here" : NULL;
@@ -681,7 +687,8 @@ test_config_memqd_section_goes_to_handler(void **state)
         "[queue a]\nmax_bytes = 1k\n"), 0);
     config_set_option_handler(NULL);
 
-    assert_string_equal(seen, "4:data_dir=/var/lib/memq;"
+    assert_string_equal(seen, "begin;"
+                              "4:data_dir=/var/lib/memq;"
                               "5:listen=127.0.0.1:1;");
     /* the sections around it are read as before */
     expect_limits("a", 3, 1024, 0, 0);
