@@ -1,8 +1,10 @@
 """The Debian packages (DESIGN §6, Operations): `make deb` builds memqd,
 libnginx-mod-http-memq and memq-tools; lintian finds no error; they
 install with dpkg -i on this machine; memqd runs from the unit's ExecStart
-as the memq user and says READY; Debian's nginx loads the module through
-/etc/nginx/modules-enabled; dpkg --purge leaves the machine as it was.
+as the memq user and says READY; memq-bench and Debian's nginx with the
+module (loaded through /etc/nginx/modules-enabled) talk to it; nginx -t
+passes with the module enabled; dpkg --purge leaves the machine as it
+was.
 
 The tests of this file run in order on one installation (module fixture
 `installed`), the last one purges; the fixture purges too if a test
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from memqlib import ROOT, SLOW, Client, free_port, qname
+from memqlib import ROOT, SLOW, Client, free_port, qname, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="installs packages: needs root")
@@ -158,6 +160,64 @@ def unit_settings():
         k, _, v = line.partition("=")
         out.setdefault(k.strip(), []).append(v.strip())
     return out
+
+
+def gateway_round_trip(tmp_path, node_port, topic):
+    """Debian's nginx with the packaged module, loaded only through
+    /etc/nginx/modules-enabled, publishes to and drains the installed
+    memqd."""
+    import requests
+
+    for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp_path / d).mkdir()
+    port = free_port()
+    conf = tmp_path / "gateway.conf"
+    conf.write_text("""
+include /etc/nginx/modules-enabled/*.conf;
+user root;
+worker_processes 1;
+error_log {t}/error.log info;
+pid {t}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {t}/body;
+    proxy_temp_path {t}/proxy;
+    fastcgi_temp_path {t}/fastcgi;
+    uwsgi_temp_path {t}/uwsgi;
+    scgi_temp_path {t}/scgi;
+    memq_cluster main {{ node 127.0.0.1:{node}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /mq {{ memq_pass main; memq_key $arg_topic; }}
+    }}
+}}
+""".format(t=tmp_path, node=node_port, port=port))
+    # the default prefix: the snippet's "modules/..." is relative to it
+    err = tmp_path / "nginx.stderr"
+    with open(err, "wb") as f:
+        p = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"],
+                             stdin=subprocess.DEVNULL, stdout=f, stderr=f)
+    url = "http://127.0.0.1:%d/mq?topic=%s" % (port, topic)
+    try:
+        def publish():
+            assert p.poll() is None, err.read_text()
+            try:
+                return requests.post(url, data=b"through the gateway",
+                                     timeout=5 * SLOW)
+            except requests.ConnectionError:
+                return None
+        r = wait_for(publish, timeout=10, what="nginx with the module")
+        assert r.status_code == 201, r.text
+        assert r.json() == {"queued": 1, "node": "127.0.0.1:%d" % node_port}
+        r = requests.get(url, timeout=10 * SLOW)
+        assert r.status_code == 200
+        assert r.text == "through the gateway\n"
+    finally:
+        p.terminate()
+        p.wait(10 * SLOW)
+    log = (tmp_path / "error.log").read_text()
+    assert not re.search(r"\[(error|crit|alert|emerg)\]", log), log
 
 
 # --------------------------------------------------------------- build
@@ -302,6 +362,8 @@ def test_memqd_runs_from_unit_execstart(installed, tmp_path):
                  "-q", q, "-m", "consume", "-Q"])
         assert r.returncode == 0 and "msgs=200 " in r.stdout, r
         c.close()
+
+        gateway_round_trip(tmp_path, port, qname())
 
         p.terminate()
         assert note.recv(256) == b"STOPPING=1"
