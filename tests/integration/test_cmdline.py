@@ -1,6 +1,8 @@
 """Command line and logging: several --listen addresses, size suffixes,
 refused bad arguments, the log line format, -v, SIGTERM timing
-(DESIGN §1 Command line, §3)."""
+(DESIGN §1 Command line, §3); --help (every option with its default),
+--version, and every option as a key of the config file's [memqd] section,
+the command line winning, errors named with file and line (DESIGN §6)."""
 
 import re
 import subprocess
