@@ -32,16 +32,6 @@ static size_t          reload_line[OPTIONS_MAX]; /* the same, on SIGHUP */
 static kept_t         *kept;
 
 
-/* "--sync" or "[memqd] sync" refused, with set()'s reason when it gave
- * one. */
-static void
-print_refused(const opt_t *o, const char *value, const char *why)
-{
-    fprintf(stderr, "memqd: bad --%s \"%s\"%s%s\n", o->name,
-            value ? value : "", *why ? ": " : "", why);
-}
-
-
 static const char *
 short_options(void)
 {
@@ -63,8 +53,9 @@ short_options(void)
 }
 
 
+/* One value from argv; -1 after printing why it is refused. */
 static int
-apply(size_t i, const char *value, int where)
+apply_argv(size_t i, const char *value)
 {
     const opt_t  *o;
     const char   *why;
@@ -72,13 +63,12 @@ apply(size_t i, const char *value, int where)
     o = &opts[i];
     why = o->set(o, value);
     if (why != NULL) {
-        if (where == FROM_ARGV) {
-            print_refused(o, value, why);
-        }
+        fprintf(stderr, "memqd: bad --%s \"%s\"%s%s\n", o->name,
+                value ? value : "", *why ? ": " : "", why);
         return -1;
     }
 
-    from[i] = (unsigned char) where;
+    from[i] = FROM_ARGV;
     return 0;
 }
 
@@ -126,7 +116,7 @@ options_parse(const opt_t *table, size_t n, int argc, char **argv)
 
         /* given twice: the last one wins, as wrappers that append an
          * option expect */
-        if (apply(i, optarg, FROM_ARGV) != 0) {
+        if (apply_argv(i, optarg) != 0) {
             return 2;
         }
 
