@@ -1,5 +1,6 @@
 # memq: top-level build.  `make` builds everything, `make run` starts the
-# demo cluster, `make test` builds and runs every test.
+# demo cluster, `make test` builds and runs every test, `make deb` builds
+# the Debian packages into build/deb/.
 
 CC       ?= cc
 CLANG    ?= clang
@@ -25,7 +26,7 @@ SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer \
 FUZZ_SECONDS ?= 60
 
 .PHONY: all memqd bench unit fuzz asan module deps run test test-unit \
-        test-fuzz test-integration test-asan soak clean
+        test-fuzz test-integration test-asan soak deb clean
 
 all: memqd bench unit module $(B)/fsync-designs
 
@@ -37,7 +38,8 @@ asan: $(B)/asan/memqd
 
 $(B)/memqd: $(MEMQD) $(COMMON) $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(MEMQD) $(COMMON) $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $(MEMQD) $(COMMON) \
+	    $(LDLIBS)
 
 $(B)/asan/memqd: $(MEMQD) $(COMMON) $(HDRS)
 	@mkdir -p $(@D)
@@ -51,7 +53,8 @@ $(B)/fsync-designs: bench/fsync_designs.c
 
 $(B)/memq-bench: $(BENCH) $(COMMON) $(HDRS) $(wildcard bench/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(BENCH) $(COMMON) $(LDLIBS) -lm
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $(BENCH) $(COMMON) \
+	    $(LDLIBS) -lm
 
 # unit and fuzz tests link common/ and, when they test memqd code, the
 # memqd sources named in "// links: memqd/x.c ..." lines at the top of the
@@ -117,6 +120,12 @@ test-integration: $(B)/memqd module
 soak: $(B)/memqd
 	MEMQ_SOAK=1 MEMQD=$(B)/memqd $(PYTEST) tests/integration/test_crash.py \
 	    -k soak
+
+# memqd, libnginx-mod-http-memq and memq-tools (debian/), built with
+# dpkg-buildpackage in a copy of the tree; does nothing when build/deb/ is
+# newer than the sources
+deb:
+	@scripts/build-deb.sh $(B)/deb
 
 clean:
 	rm -rf $(B)

@@ -29,10 +29,19 @@ typedef struct {
 #define SET_AGE    0x4
 #define SET_OVF    0x8
 
-static rule_t    *rules;
-static size_t     nrules;
-static limits_t   defaults;
-uint64_t          config_generation;
+/* where the lines being read go */
+typedef struct {
+    limits_t  *ndef;     /* [defaults] of the file being read */
+    limits_t  *lim;      /* [defaults] or a [queue], NULL: none yet */
+    rule_t    *rule;     /* the [queue] being read, or NULL */
+    int        memqd;    /* inside [memqd] */
+} section_t;
+
+static rule_t             *rules;
+static size_t              nrules;
+static limits_t            defaults;
+static config_option_pt    option_handler;
+uint64_t                   config_generation;
 
 
 int
@@ -85,52 +94,169 @@ trim(char *s)
 }
 
 
-static int
+/* Returns NULL, or why the line is refused. */
+static const char *
 set_value(limits_t *lim, unsigned *set, const char *key, const char *val)
 {
+    uint64_t  *field;
+    unsigned   bit;
+
     if (strcmp(key, "max_items") == 0) {
-        *set |= SET_ITEMS;
-        return config_parse_size(val, &lim->max_items);
-    }
+        field = &lim->max_items;
+        bit = SET_ITEMS;
 
-    if (strcmp(key, "max_bytes") == 0) {
-        *set |= SET_BYTES;
-        return config_parse_size(val, &lim->max_bytes);
-    }
+    } else if (strcmp(key, "max_bytes") == 0) {
+        field = &lim->max_bytes;
+        bit = SET_BYTES;
 
-    if (strcmp(key, "max_age") == 0) {
-        *set |= SET_AGE;
-        return config_parse_size(val, &lim->max_age);
-    }
+    } else if (strcmp(key, "max_age") == 0) {
+        field = &lim->max_age;
+        bit = SET_AGE;
 
-    if (strcmp(key, "overflow") == 0) {
+    } else if (strcmp(key, "overflow") == 0) {
         *set |= SET_OVF;
         if (strcmp(val, "reject") == 0) {
             lim->drop_oldest = 0;
-            return 0;
+            return NULL;
         }
         if (strcmp(val, "drop_oldest") == 0) {
             lim->drop_oldest = 1;
-            return 0;
+            return NULL;
         }
-        return -1;
+        return "bad overflow (expected reject or drop_oldest)";
+
+    } else {
+        return "unknown key (expected max_items, max_bytes, max_age or "
+               "overflow)";
     }
 
-    return -1;
+    *set |= bit;
+    if (config_parse_size(val, field) != 0) {
+        return "bad number (expected digits, with k, m or g)";
+    }
+
+    return NULL;
+}
+
+
+void
+config_set_option_handler(config_option_pt handler)
+{
+    option_handler = handler;
+}
+
+
+/*
+ * Reads one "[...]" section header line and
+ * points the section state at it.  Returns NULL or why it is refused.
+ */
+static const char *
+section(char *line, rule_t **nr, size_t *n, size_t *cap, section_t *sec)
+{
+    char    *p;
+    rule_t  *r, *tmp;
+
+    p = strchr(line, ']');
+    if (p == NULL || p[1] != '\0') {
+        return "bad section header (expected [memqd], [defaults] or "
+               "[queue NAME])";
+    }
+    *p = '\0';
+    line = trim(line + 1);
+
+    sec->rule = NULL;
+    sec->lim = NULL;
+    sec->memqd = 0;
+
+    if (strcmp(line, "memqd") == 0) {
+        sec->memqd = 1;
+        return NULL;
+    }
+
+    if (strcmp(line, "defaults") == 0) {
+        sec->lim = sec->ndef;
+        return NULL;
+    }
+
+    if (strncmp(line, "queue", 5) != 0
+        || !isspace((unsigned char) line[5]))
+    {
+        return "unknown section (expected [memqd], [defaults] or "
+               "[queue NAME])";
+    }
+
+    line = trim(line + 5);
+    if (*line == '\0' || strlen(line) >= RULE_NAME_MAX) {
+        return "bad queue name in section header";
+    }
+
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 8;
+        tmp = realloc(*nr, *cap * sizeof(rule_t));
+        if (tmp == NULL) {
+            return "out of memory";
+        }
+        *nr = tmp;
+    }
+
+    r = &(*nr)[(*n)++];
+    memset(r, 0, sizeof(rule_t));
+    r->len = strlen(line);
+    memcpy(r->name, line, r->len + 1);
+    if (line[r->len - 1] == '*') {
+        r->wildcard = 1;
+        r->name[--r->len] = '\0';
+    }
+
+    sec->rule = r;
+    sec->lim = &r->lim;
+    return NULL;
+}
+
+
+/* One "key = value" line of the current section.  NULL or why not. */
+static const char *
+key_value(char *line, size_t lineno, section_t *sec)
+{
+    char      *eq, *key, *val;
+    unsigned   dummy;
+
+    eq = strchr(line, '=');
+    if (eq == NULL) {
+        return "expected \"key = value\" or a [section]";
+    }
+    *eq = '\0';
+    key = trim(line);
+    val = trim(eq + 1);
+
+    if (sec->memqd) {
+        /* daemon settings apply at start only; a reload skips them */
+        return option_handler ? option_handler(key, val, lineno) : NULL;
+    }
+
+    if (sec->lim == NULL) {
+        return "key outside a section";
+    }
+
+    return set_value(sec->lim, sec->rule ? &sec->rule->set : &dummy, key,
+                     val);
 }
 
 
 int
 config_load(const char *path)
 {
-    FILE      *f;
-    char       buf[1024], *line, *eq, *p;
-    rule_t    *nr, *cur_rule, *tmp;
-    size_t     n, cap, lineno;
-    limits_t   ndef, *cur;
-    unsigned   dummy;
+    FILE        *f;
+    char         buf[1024], *line, *p;
+    rule_t      *nr;
+    size_t       n, cap, lineno;
+    limits_t     ndef;
+    section_t    sec;
+    const char  *why;
 
     memset(&ndef, 0, sizeof(ndef));
+    memset(&sec, 0, sizeof(sec));
+    sec.ndef = &ndef;
     nr = NULL;
     n = 0;
     cap = 0;
@@ -145,17 +271,21 @@ config_load(const char *path)
         return -1;
     }
 
-    cur = NULL;
-    cur_rule = NULL;
     lineno = 0;
+    why = NULL;
 
-    while (fgets(buf, sizeof(buf), f) != NULL) {
+    if (option_handler != NULL) {
+        /* a new file: the handler forgets the keys of the last one */
+        option_handler(NULL, NULL, 0);
+    }
+
+    while (why == NULL && fgets(buf, sizeof(buf), f) != NULL) {
         lineno++;
 
         if (strchr(buf, '\n') == NULL && !feof(f)) {
-            /* a line longer than the buffer: never parse its tail as a
-             * line of its own */
-            goto bad;
+            /* never parse the tail of a long line as a line of its own */
+            why = "line too long";
+            break;
         }
 
         p = strchr(buf, '#');
@@ -168,66 +298,11 @@ config_load(const char *path)
             continue;
         }
 
-        if (*line == '[') {
-            p = strchr(line, ']');
-            if (p == NULL || p[1] != '\0') {
-                goto bad;
-            }
-            *p = '\0';
-            line = trim(line + 1);
-
-            if (strcmp(line, "defaults") == 0) {
-                cur = &ndef;
-                cur_rule = NULL;
-                continue;
-            }
-
-            if (strncmp(line, "queue", 5) != 0
-                || !isspace((unsigned char) line[5]))
-            {
-                goto bad;
-            }
-
-            line = trim(line + 5);
-            if (*line == '\0' || strlen(line) >= RULE_NAME_MAX) {
-                goto bad;
-            }
-
-            if (n == cap) {
-                cap = cap ? cap * 2 : 8;
-                tmp = realloc(nr, cap * sizeof(rule_t));
-                if (tmp == NULL) {
-                    goto bad;
-                }
-                nr = tmp;
-            }
-
-            cur_rule = &nr[n++];
-            memset(cur_rule, 0, sizeof(rule_t));
-            cur_rule->len = strlen(line);
-            memcpy(cur_rule->name, line, cur_rule->len + 1);
-            if (line[cur_rule->len - 1] == '*') {
-                cur_rule->wildcard = 1;
-                cur_rule->name[--cur_rule->len] = '\0';
-            }
-            cur = &cur_rule->lim;
-            continue;
-        }
-
-        eq = strchr(line, '=');
-        if (eq == NULL || cur == NULL) {
-            goto bad;
-        }
-        *eq = '\0';
-
-        if (set_value(cur, cur_rule ? &cur_rule->set : &dummy,
-                      trim(line), trim(eq + 1)) != 0)
-        {
-            goto bad;
-        }
+        why = (*line == '[') ? section(line, &nr, &n, &cap, &sec)
+                             : key_value(line, lineno, &sec);
     }
 
-    if (ferror(f)) {
+    if (why == NULL && ferror(f)) {
         /* a read error is not the end of the file */
         log_error("config", "%s: read error", path);
         fclose(f);
@@ -236,6 +311,13 @@ config_load(const char *path)
     }
 
     fclose(f);
+
+    if (why != NULL) {
+        log_error("config", "%s:%zu: %s; configuration not changed", path,
+                  lineno, why);
+        free(nr);
+        return -1;
+    }
 
 done:
 
@@ -250,14 +332,6 @@ done:
     }
 
     return 0;
-
-bad:
-
-    log_error("config", "%s:%zu: bad line, configuration not changed",
-              path, lineno);
-    fclose(f);
-    free(nr);
-    return -1;
 }
 
 

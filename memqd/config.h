@@ -10,6 +10,11 @@
  *   overflow = drop_oldest  # or reject (default)
  *
  * Sizes take k/m/g suffixes (1024-based).  0 means no limit.
+ *
+ * A [memqd] section sets daemon options (main.c's option table); its
+ * lines go to the handler set with config_set_option_handler() (at start
+ * one that applies them, on SIGHUP one that only checks them), and are
+ * skipped when no handler is set.
  */
 
 #ifndef MEMQD_CONFIG_H
@@ -28,6 +33,15 @@ typedef struct {
 /* Loads path (NULL = no file: everything unlimited).  On error logs the
  * file, line and reason, keeps the previous configuration, returns -1. */
 int config_load(const char *path);
+
+/* Called for each "key = value" of [memqd] with its line number: returns
+ * NULL, or why the line is refused (the load then fails, naming file and
+ * line).  Called with key NULL before each file is read. */
+typedef const char *(*config_option_pt)(const char *key, const char *value,
+                                         size_t line);
+
+/* Sets (or with NULL clears) the [memqd] handler of later loads. */
+void config_set_option_handler(config_option_pt handler);
 
 /* Limits for a queue name under the current configuration. */
 void config_limits(const char *name, size_t len, limits_t *out);

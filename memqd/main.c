@@ -12,7 +12,6 @@
 #include <malloc.h>
 #include <inttypes.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -33,6 +32,8 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "notify.h"
+#include "options.h"
 #include "queue.h"
 #include "server.h"
 #include "sync.h"
@@ -47,6 +48,10 @@ static loop_io_t     sig_io;
 static loop_timer_t  interval_timer;
 static loop_timer_t  stop_timer;
 
+static const char   *listen_addrs[MAX_LISTEN];
+static size_t        nlisten;
+static const char   *metrics_addr;
+
 
 uint64_t
 server_wall_ms(void)
@@ -55,22 +60,6 @@ server_wall_ms(void)
 
     gettimeofday(&tv, NULL);
     return (uint64_t) tv.tv_sec * 1000 + (uint64_t) tv.tv_usec / 1000;
-}
-
-
-static void
-usage(FILE *f)
-{
-    fprintf(f,
-        "usage: memqd [--listen ADDR:PORT]... [--data-dir DIR]\n"
-        "             [--sync always|interval=MS|none] [--max-item-size N]\n"
-        "             [--segment-size N] [--journal-size N] [--config FILE]\n"
-        "             [--check]\n"
-        "             [--max-connections N] [--shutdown-timeout S] [-v]\n"
-        "             [--etcd URL[,URL...] --advertise HOST:PORT "
-        "--cluster NAME\n"
-        "              [--weight N]]\n"
-        "             [--metrics ADDR:PORT]\n");
 }
 
 
@@ -122,6 +111,7 @@ signal_handler(loop_io_t *io, unsigned events)
             }
             log_info("main", "signal %u: stopping", si.ssi_signo);
             srv.stopping = 1;
+            notify_send("STOPPING=1");
             conn_close_listeners();
             etcd_stop_request();
             queue_wake_all_waiters();
@@ -257,149 +247,234 @@ raise_fd_limit(void)
 }
 
 
+/* ------------------------------------------------------------ options */
+
+
+static const char *
+set_listen(const opt_t *o, const char *v)
+{
+    if (*v == '\0') {
+        return "empty";
+    }
+    if (nlisten == MAX_LISTEN) {
+        return "too many addresses (at most 16)";
+    }
+    listen_addrs[nlisten++] = v;
+    return NULL;
+}
+
+
+static const char *
+set_metrics(const opt_t *o, const char *v)
+{
+    if (*v == '\0') {
+        return "empty";
+    }
+    metrics_addr = v;
+    return NULL;
+}
+
+
+static const char *
+set_data_dir(const opt_t *o, const char *v)
+{
+    if (*v == '\0') {
+        return "empty";
+    }
+    srv.data_dir = v;
+    return NULL;
+}
+
+
+static const char *
+set_sync(const opt_t *o, const char *v)
+{
+    return parse_sync(v) == 0 ? NULL
+                              : "expected always, interval=MS or none";
+}
+
+
+/* the size options (k, m, g suffixes): opt_t.code indexes this */
+enum { SIZE_ITEM, SIZE_SEGMENT, SIZE_JOURNAL, SIZE_CONNS };
+
+static const struct {
+    uint64_t     *to;       /* the setting */
+    uint64_t      min;
+    uint64_t      max;
+    const char   *why;      /* the reason a value out of bounds gets */
+} sizes[] = {
+    { &srv.max_item_size, 1, 1024 * 1024 * 1024, "1 to 1g" },
+    { &srv.segment_size, 4096, UINT64_MAX, "at least 4k" },
+    { &srv.journal_size, 65536, UINT64_MAX, "at least 64k" },
+    { &srv.max_conns, 1, UINT32_MAX, "a number, at least 1" },
+};
+
+
+static const char *
+set_size(const opt_t *o, const char *v)
+{
+    uint64_t  n;
+
+    if (config_parse_size(v, &n) != 0 || n < sizes[o->code].min
+        || n > sizes[o->code].max)
+    {
+        return sizes[o->code].why;
+    }
+
+    *sizes[o->code].to = n;
+    return NULL;
+}
+
+
+static const char *
+set_shutdown_timeout(const opt_t *o, const char *v)
+{
+    uint64_t  s;
+
+    if (parse_seconds(v, &s) != 0 || s > SHUTDOWN_TIMEOUT_MAX) {
+        return "seconds, 0 to 86400";
+    }
+    srv.shutdown_timeout = s * 1000;
+    return NULL;
+}
+
+
+static const char *
+set_check(const opt_t *o, const char *v)
+{
+    srv.check_only = (v == NULL);
+    return NULL;
+}
+
+
+static const char *
+set_config(const opt_t *o, const char *v)
+{
+    srv.config_path = v;
+    return NULL;
+}
+
+
+static const char *
+set_etcd(const opt_t *o, const char *v)
+{
+    /* etcd_option() prints its own reason */
+    return etcd_option(o->code, v) == 0 ? NULL : "";
+}
+
+
+static const char *
+set_verbose(const opt_t *o, const char *v)
+{
+    log_max_level = (v == NULL) ? LOG_DEBUG : LOG_INFO;
+    return NULL;
+}
+
+
+static const char *
+set_help(const opt_t *o, const char *v)
+{
+    options_usage(stdout);
+    return NULL;
+}
+
+
+static const char *
+set_version(const opt_t *o, const char *v)
+{
+    printf("memqd %s\n", MEMQD_VERSION);
+    return NULL;
+}
+
+
+/* Every option of memqd: the command line, --help and [memqd] of the
+ * config file all read this table (options.h).  Defaults live here. */
+static const opt_t  options[] = {
+    { "listen", 'l', "ADDR:PORT", "127.0.0.1:22201",
+      "serve here; repeat for more addresses", OPT_REPEAT, 0, set_listen },
+    { "data-dir", 'd', "DIR", "./memq-data",
+      "queue files", 0, 0, set_data_dir },
+    { "sync", 's', "MODE", "always",
+      "when STORED: always (fsynced), interval=MS, none", 0, 0,
+      set_sync },
+    { "max-item-size", 'm', "SIZE", "1m",
+      "largest message (k, m, g: 1024-based)", 0, SIZE_ITEM, set_size },
+    { "segment-size", 'S', "SIZE", "64m",
+      "bytes of one segment file", 0, SIZE_SEGMENT, set_size },
+    { "journal-size", 'J', "SIZE", "64m",
+      "bytes of one journal file", 0, SIZE_JOURNAL, set_size },
+    { "max-connections", 'C', "N", "10000",
+      "connections past this are refused", 0, SIZE_CONNS, set_size },
+    { "shutdown-timeout", 0, "S", "10",
+      "seconds replies in flight get on SIGTERM", 0, 0,
+      set_shutdown_timeout },
+    { "etcd", 0, "URL[,URL]", NULL,
+      "register in etcd (http://HOST[:PORT])", 0, ETCD_OPT_URLS, set_etcd },
+    { "advertise", 0, "HOST:PORT", NULL,
+      "with --etcd: the address gateways connect to", 0, ETCD_OPT_ADVERTISE,
+      set_etcd },
+    { "cluster", 0, "NAME", NULL,
+      "with --etcd: the cluster to join", 0, ETCD_OPT_CLUSTER, set_etcd },
+    { "weight", 0, "N", "1",
+      "with --etcd: the node's weight, 1 to 1000", 0, ETCD_OPT_WEIGHT,
+      set_etcd },
+    { "metrics", 0, "ADDR:PORT", NULL,
+      "serve Prometheus text at http://ADDR:PORT/metrics", 0, 0,
+      set_metrics },
+    { "verbose", 'v', NULL, "off",
+      "log every command (debug level)", OPT_FLAG, 0, set_verbose },
+    { "config", 'c', "FILE", NULL,
+      "queue limits and options (SIGHUP: limits)", OPT_CMDLINE, 0,
+      set_config },
+    { "check", 'K', NULL, "off",
+      "check the data directory and exit", OPT_FLAG
+      | OPT_CMDLINE, 0, set_check },
+    { "help", 'h', NULL, NULL,
+      "print this and exit", OPT_FLAG | OPT_CMDLINE | OPT_EXIT, 0,
+      set_help },
+    { "version", 0, NULL, NULL,
+      "print \"memqd VERSION\" and exit", OPT_FLAG | OPT_CMDLINE | OPT_EXIT,
+      0, set_version },
+};
+
+
+/* The command line, then --config's [memqd], then the defaults.  Returns
+ * -1 to go on, else the exit status. */
+static int
+read_options(int argc, char **argv)
+{
+    int  rc;
+
+    rc = options_parse(options, sizeof(options) / sizeof(options[0]), argc,
+                       argv);
+    if (rc != 0) {
+        return rc == 1 ? 0 : 2;
+    }
+
+    /* the file's [memqd] applies at start only: SIGHUP re-reads the
+     * queue limits and checks its keys */
+    config_set_option_handler(options_config);
+    rc = config_load(srv.config_path);
+    config_set_option_handler(options_reload);
+    if (rc != 0) {
+        return 1;
+    }
+
+    options_defaults();
+
+    return etcd_check() == 0 ? -1 : 2;
+}
+
+
 int
 main(int argc, char **argv)
 {
-    int                  opt, i;
-    size_t               nlisten;
-    uint64_t             v;
-    sigset_t             mask;
-    const char          *listen_addrs[MAX_LISTEN];
-    const char          *metrics_addr;
+    int       i, rc;
+    sigset_t  mask;
 
-    static struct option  longopts[] = {
-        { "listen",          required_argument, NULL, 'l' },
-        { "data-dir",        required_argument, NULL, 'd' },
-        { "sync",            required_argument, NULL, 's' },
-        { "max-item-size",   required_argument, NULL, 'm' },
-        { "segment-size",    required_argument, NULL, 'S' },
-        { "journal-size",    required_argument, NULL, 'J' },
-        { "check",           no_argument,       NULL, 'K' },
-        { "config",          required_argument, NULL, 'c' },
-        { "max-connections", required_argument, NULL, 'C' },
-        { "shutdown-timeout", required_argument, NULL, 'T' },
-        { "etcd",            required_argument, NULL, ETCD_OPT_URLS },
-        { "advertise",       required_argument, NULL, ETCD_OPT_ADVERTISE },
-        { "cluster",         required_argument, NULL, ETCD_OPT_CLUSTER },
-        { "weight",          required_argument, NULL, ETCD_OPT_WEIGHT },
-        { "metrics",         required_argument, NULL, 'P' },
-        { "verbose",         no_argument,       NULL, 'v' },
-        { "help",            no_argument,       NULL, 'h' },
-        { NULL, 0, NULL, 0 }
-    };
-
-    srv.data_dir = "./memq-data";
-    srv.sync_mode = SYNC_ALWAYS;
-    srv.max_item_size = 1024 * 1024;
-    srv.segment_size = 64 * 1024 * 1024;
-    srv.journal_size = 64 * 1024 * 1024;
-    srv.max_conns = 10000;
-    srv.shutdown_timeout = 10000;
-    nlisten = 0;
-    metrics_addr = NULL;
-
-    while ((opt = getopt_long(argc, argv, "l:d:s:m:S:J:Kc:C:vh", longopts,
-                              NULL)) != -1)
-    {
-        switch (opt) {
-        case 'l':
-            if (nlisten == MAX_LISTEN) {
-                fprintf(stderr, "memqd: at most %d --listen\n", MAX_LISTEN);
-                return 2;
-            }
-            listen_addrs[nlisten++] = optarg;
-            break;
-        case 'd':
-            srv.data_dir = optarg;
-            break;
-        case 's':
-            if (parse_sync(optarg) != 0) {
-                fprintf(stderr, "memqd: bad --sync \"%s\"\n", optarg);
-                return 2;
-            }
-            break;
-        case 'm':
-            if (config_parse_size(optarg, &v) != 0 || v == 0
-                || v > 1024 * 1024 * 1024)
-            {
-                fprintf(stderr, "memqd: bad --max-item-size \"%s\"\n",
-                        optarg);
-                return 2;
-            }
-            srv.max_item_size = v;
-            break;
-        case 'S':
-            if (config_parse_size(optarg, &v) != 0 || v < 4096) {
-                fprintf(stderr, "memqd: bad --segment-size \"%s\" "
-                        "(at least 4k)\n", optarg);
-                return 2;
-            }
-            srv.segment_size = v;
-            break;
-        case 'J':
-            if (config_parse_size(optarg, &v) != 0 || v < 65536) {
-                fprintf(stderr, "memqd: bad --journal-size \"%s\" "
-                        "(at least 64k)\n", optarg);
-                return 2;
-            }
-            srv.journal_size = v;
-            break;
-        case 'K':
-            srv.check_only = 1;
-            break;
-        case 'c':
-            srv.config_path = optarg;
-            break;
-        case 'C':
-            if (config_parse_size(optarg, &v) != 0 || v == 0) {
-                fprintf(stderr, "memqd: bad --max-connections \"%s\"\n",
-                        optarg);
-                return 2;
-            }
-            srv.max_conns = v;
-            break;
-        case 'T':
-            if (parse_seconds(optarg, &v) != 0 || v > SHUTDOWN_TIMEOUT_MAX) {
-                fprintf(stderr, "memqd: bad --shutdown-timeout \"%s\" "
-                        "(seconds, 0 to %d)\n", optarg, SHUTDOWN_TIMEOUT_MAX);
-                return 2;
-            }
-            srv.shutdown_timeout = v * 1000;
-            break;
-        case ETCD_OPT_URLS:
-        case ETCD_OPT_ADVERTISE:
-        case ETCD_OPT_CLUSTER:
-        case ETCD_OPT_WEIGHT:
-            if (etcd_option(opt, optarg) != 0) {
-                return 2;
-            }
-            break;
-        case 'P':
-            metrics_addr = optarg;
-            break;
-        case 'v':
-            log_max_level = LOG_DEBUG;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-
-    if (optind != argc) {
-        usage(stderr);
-        return 2;
-    }
-
-    if (etcd_check() != 0) {
-        return 2;
-    }
-
-    if (nlisten == 0) {
-        listen_addrs[nlisten++] = "127.0.0.1:22201";
+    rc = read_options(argc, argv);
+    if (rc != -1) {
+        return rc;
     }
 
     signal(SIGPIPE, SIG_IGN);
@@ -411,10 +486,6 @@ main(int argc, char **argv)
     sigaddset(&mask, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &mask, NULL);
     srv.start_time = (uint64_t) time(NULL);
-
-    if (config_load(srv.config_path) != 0) {
-        return 1;
-    }
 
     raise_fd_limit();
     sys_init();
@@ -476,6 +547,9 @@ main(int argc, char **argv)
     if (etcd_start() != 0) {
         return 1;
     }
+
+    /* recovery is done and the listeners are open (systemd Type=notify) */
+    notify_send("READY=1");
 
     loop_run(before_sleep);
 

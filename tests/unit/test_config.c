@@ -2,7 +2,8 @@
 /*
  * test_config.c: the --config file: config_parse_size(), and config_load()
  * of files written here ([defaults], [queue NAME], [queue prefix*], the
- * longest match, comments and spacing), every kind of bad line (the
+ * longest match, comments and spacing), the [memqd] section handed to the
+ * option handler, every kind of bad line and its reason (the
  * previous configuration must stay in force), config_load(NULL) and
  * config_generation.
  *
@@ -528,7 +529,7 @@ test_config_error_names_file_and_line(void **state)
         "max_items = 1\n"
         "max_items = one\n"), -1);
 
-    snprintf(want, sizeof(want), "[error] config: %s:5: bad line", f->path);
+    snprintf(want, sizeof(want), "[error] config: %s:5: bad number", f->path);
     assert_non_null(strstr(f->log, want));
 }
 
@@ -645,6 +646,118 @@ test_config_long_comment_line(void **state)
 }
 
 
+/* ---- [memqd]: lines go to the option handler, with their numbers ---- */
+
+static char    seen[256];
+static size_t  seen_lines;
+
+
+static const char *
+record_option(const char *key, const char *value, size_t line)
+{
+    size_t  n;
+
+    n = strlen(seen);
+    if (key == NULL) {
+        /* a file starts */
+        snprintf(seen + n, sizeof(seen) - n, "begin;");
+        return NULL;
+    }
+
+    snprintf(seen + n, sizeof(seen) - n, "%zu:%s=%s;", line, key, value);
+    seen_lines++;
+    return strcmp(key, "refuse") == 0 ? "refused here" : NULL;
+}
+
+
+static void
+test_config_memqd_section_goes_to_handler(void **state)
+{
+    fx_t  *f = *state;
+
+    seen[0] = '\0';
+    seen_lines = 0;
+    config_set_option_handler(record_option);
+
+    assert_int_equal(load_text(f,
+        "[defaults]\nmax_items = 3\n"
+        "[memqd]\n"
+        "  data_dir =  /var/lib/memq   # trailing comment\n"
+        "listen = 127.0.0.1:1\n"
+        "[queue a]\nmax_bytes = 1k\n"), 0);
+    config_set_option_handler(NULL);
+
+    assert_string_equal(seen, "begin;"
+                              "4:data_dir=/var/lib/memq;"
+                              "5:listen=127.0.0.1:1;");
+    /* the sections around it are read as before */
+    expect_limits("a", 3, 1024, 0, 0);
+    expect_limits("b", 3, 0, 0, 0);
+
+    /* without a handler (none set) the section is skipped */
+    seen_lines = 0;
+    assert_int_equal(load_text(f, "[memqd]\nanything = at all\n"
+                                  "[defaults]\nmax_items = 4\n"), 0);
+    assert_int_equal(seen_lines, 0);
+    expect_limits("a", 4, 0, 0, 0);
+}
+
+
+static void
+test_config_memqd_handler_refusal_names_file_and_line(void **state)
+{
+    fx_t      *f = *state;
+    char       want[256];
+    uint64_t   gen;
+
+    assert_int_equal(load_text(f, "[defaults]\nmax_items = 6\n"), 0);
+    gen = config_generation;
+
+    config_set_option_handler(record_option);
+    assert_int_equal(load_text(f,
+        "[defaults]\nmax_items = 1\n[memqd]\nsync = none\nrefuse = 1\n"),
+        -1);
+    config_set_option_handler(NULL);
+
+    snprintf(want, sizeof(want), "[error] config: %s:5: refused here; "
+             "configuration not changed", f->path);
+    assert_non_null(strstr(f->log, want));
+    assert_int_equal(config_generation, gen);
+    expect_limits("q", 6, 0, 0, 0);
+}
+
+
+static void
+test_config_errors_say_why(void **state)
+{
+    fx_t        *f = *state;
+    size_t       i;
+    char         want[256];
+
+    static const struct {
+        const char  *text;
+        const char  *why;
+    } cases[] = {
+        { "[defaults]\nmax_itemz = 1\n", ":2: unknown key" },
+        { "max_items = 1\n", ":1: key outside a section" },
+        { "[nope]\n", ":1: unknown section" },
+        { "[defaults\n", ":1: bad section header" },
+        { "[defaults]\nmax_items\n", ":2: expected \"key = value\"" },
+        { "[defaults]\noverflow = later\n", ":2: bad overflow" },
+        { "[defaults]\nmax_age = -1\n", ":2: bad number" },
+    };
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(load_text(f, cases[i].text), -1);
+        snprintf(want, sizeof(want), "%s%s", f->path, cases[i].why);
+        if (strstr(f->log, want) == NULL) {
+            print_error("want \"%s\" in: %s\n", want, f->log);
+            fail();
+        }
+    }
+}
+
+
 #define T(name)  cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int
@@ -671,6 +784,9 @@ main(void)
         T(test_config_reload_replaces_rules),
         T(test_config_generation),
         T(test_config_limits_uses_length),
+        T(test_config_memqd_section_goes_to_handler),
+        T(test_config_memqd_handler_refusal_names_file_and_line),
+        T(test_config_errors_say_why),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
