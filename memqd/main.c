@@ -250,11 +250,43 @@ raise_fd_limit(void)
 /* ------------------------------------------------------------ options */
 
 
+/* ADDR:PORT as --listen and --metrics take it: NULL, or what is wrong
+ * (the address itself is resolved when the listener opens) */
+static const char *
+addr_port_check(const char *v)
+{
+    char           *end;
+    const char     *colon;
+    unsigned long   port;
+
+    if (*v == '\0') {
+        return "empty";
+    }
+
+    colon = strrchr(v, ':');
+    if (colon == NULL || colon[1] == '\0') {
+        return "expected ADDR:PORT";
+    }
+
+    errno = 0;
+    port = strtoul(colon + 1, &end, 10);
+    if (*end != '\0' || errno != 0 || port > 65535 || colon[1] == '-'
+        || colon[1] == '+' || colon[1] == ' ')
+    {
+        return "bad port";
+    }
+
+    return NULL;
+}
+
+
 static const char *
 set_listen(const opt_t *o, const char *v)
 {
-    if (*v == '\0') {
-        return "empty";
+    const char  *bad;
+
+    if ((bad = addr_port_check(v)) != NULL) {
+        return bad;
     }
     if (nlisten == MAX_LISTEN) {
         return "too many addresses (at most 16)";
@@ -267,8 +299,10 @@ set_listen(const opt_t *o, const char *v)
 static const char *
 set_metrics(const opt_t *o, const char *v)
 {
-    if (*v == '\0') {
-        return "empty";
+    const char  *bad;
+
+    if ((bad = addr_port_check(v)) != NULL) {
+        return bad;
     }
     metrics_addr = v;
     return NULL;
