@@ -14,6 +14,14 @@
  *
  * The origin is checked at load time: `*`, or `http[s]://host[:port]`
  * without a path, so no byte of it can break a header.
+ *
+ * A GET or POST to a memq_pass location that carries an Origin header
+ * which memq_cors does not allow, and which is not the gateway's own
+ * origin (the Host header), is refused with 403 before any node is asked:
+ * the browser would hide the answer from the page anyway, so a consume
+ * would take messages nobody reads, and a publish would let any page the
+ * user visits write into the queues.  Clients that are not browsers send
+ * no Origin and are not affected.
  */
 
 #include "ngx_http_memq_module.h"
@@ -181,6 +189,94 @@ ngx_http_memq_cors_preflight(ngx_http_request_t *r)
     ngx_http_clear_accept_ranges(r);
 
     return ngx_http_send_header(r);
+}
+
+
+/*
+ * NGX_OK when the request may be served: no Origin header, an origin that
+ * memq_cors allows, or the gateway's own (Origin "http[s]://" + Host).
+ * NGX_DECLINED otherwise.
+ */
+ngx_int_t
+ngx_http_memq_cors_check(ngx_http_request_t *r)
+{
+    u_char                    *p;
+    size_t                     len;
+    ngx_uint_t                 i;
+    ngx_list_part_t           *part;
+    ngx_table_elt_t           *h, *origin;
+    ngx_http_memq_loc_conf_t  *mlcf;
+
+    origin = NULL;
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == 6
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "origin", 6) == 0)
+        {
+            origin = &h[i];
+            break;
+        }
+    }
+
+    if (origin == NULL) {
+        return NGX_OK;
+    }
+
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_memq_module);
+
+    if (mlcf->cors.len == 1 && mlcf->cors.data[0] == '*') {
+        return NGX_OK;
+    }
+
+    if (mlcf->cors.len == origin->value.len
+        && ngx_strncasecmp(mlcf->cors.data, origin->value.data,
+                           origin->value.len) == 0)
+    {
+        return NGX_OK;
+    }
+
+    /* the gateway's own origin: the scheme does not matter here */
+    p = origin->value.data;
+    len = origin->value.len;
+
+    if (len > 7 && ngx_strncasecmp(p, (u_char *) "http://", 7) == 0) {
+        p += 7;
+        len -= 7;
+
+    } else if (len > 8 && ngx_strncasecmp(p, (u_char *) "https://", 8) == 0) {
+        p += 8;
+        len -= 8;
+
+    } else {
+        len = 0;
+    }
+
+    if (len && r->headers_in.host
+        && r->headers_in.host->value.len == len
+        && ngx_strncasecmp(r->headers_in.host->value.data, p, len) == 0)
+    {
+        return NGX_OK;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "memq: refused a request from origin \"%*s\" "
+                  "(not allowed by memq_cors)",
+                  ngx_min(origin->value.len, 128), origin->value.data);
+
+    return NGX_DECLINED;
 }
 
 

@@ -217,6 +217,15 @@ ngx_http_memq_handler(ngx_http_request_t *r)
 {
     ngx_int_t  rc;
 
+    if ((r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST))
+        && ngx_http_memq_cors_check(r) != NGX_OK)
+    {
+        /* a browser page of an origin memq_cors does not allow */
+        r->main->count++;
+        ngx_http_memq_json_error(r, NGX_HTTP_FORBIDDEN, "origin not allowed");
+        return NGX_DONE;
+    }
+
     if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)) {
         return ngx_http_memq_consume(r);
     }

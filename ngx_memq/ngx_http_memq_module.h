@@ -295,6 +295,7 @@ char *ngx_http_memq_cors_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_int_t ngx_http_memq_cors_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_memq_cors_preflight(ngx_http_request_t *r);
+ngx_int_t ngx_http_memq_cors_check(ngx_http_request_t *r);
 ngx_int_t ngx_http_memq_header_add(ngx_http_request_t *r, const char *key,
     ngx_str_t *value);
 
