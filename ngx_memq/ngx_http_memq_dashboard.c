@@ -33,7 +33,7 @@ static ngx_str_t  ngx_http_memq_dashboard_headers[] = {
     ngx_string("X-Content-Type-Options"), ngx_string("nosniff"),
     ngx_string("Content-Security-Policy"),
     ngx_string("default-src 'none'; script-src 'unsafe-inline'; "
-               "style-src 'unsafe-inline'; connect-src *; "
+               "style-src 'unsafe-inline'; img-src data:; connect-src *; "
                "base-uri 'none'; form-action 'none'"),
     ngx_null_string, ngx_null_string
 };

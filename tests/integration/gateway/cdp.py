@@ -105,6 +105,9 @@ class Page:
     def __init__(self, ws_url):
         self.ws = WebSocket(ws_url)
         self.next_id = 0
+        self.events = []
+        self.call("Inspector.enable")
+        self.call("Page.enable")
 
     def call(self, method, **params):
         self.next_id += 1
@@ -113,6 +116,8 @@ class Page:
                                  "params": params}))
         while True:
             m = json.loads(self.ws.recv())
+            if "method" in m:
+                self.events.append((m["method"], str(m.get("params"))[:300]))
             if m.get("id") == mid:
                 if "error" in m:
                     raise AssertionError("%s: %r" % (method, m["error"]))
@@ -138,8 +143,18 @@ class Page:
         try:
             gwutil.wait_for(check, timeout=timeout, what=expr)
         except AssertionError as e:
-            raise AssertionError("%s (last value %r)" % (e, last)) from None
+            text = self.eval("location.href + ' ' + (document.body ? document.body.getAttribute('data-samples') + ' ' + document.body.textContent : '')")
+            raise AssertionError("%s (last value %r); the page says:\n%s\n"
+                                 "events: %r"
+                                 % (e, last, (text or "")[:3000],
+                                    self.events[-20:])) from None
         return last[0]
+
+    def leave(self):
+        """Navigates away, so the page holds no connection (streams)
+        when the servers stop."""
+        self.call("Page.navigate", url="about:blank")
+        self.wait("location.href", "about:blank")
 
     def close(self):
         self.ws.close()
