@@ -168,6 +168,7 @@ static ngx_int_t ngx_http_memq_flush(ngx_http_memq_ctx_t *ctx,
 static ngx_int_t ngx_http_memq_send_header(ngx_http_memq_ctx_t *ctx);
 static void ngx_http_memq_finish(ngx_http_memq_ctx_t *ctx);
 static ngx_int_t ngx_http_memq_tell_failed(ngx_http_memq_ctx_t *ctx);
+static ngx_uint_t ngx_http_memq_chunked(ngx_http_request_t *r);
 static void ngx_http_memq_abort(ngx_http_memq_ctx_t *ctx, ngx_int_t rc);
 static void ngx_http_memq_check_broken(ngx_http_request_t *r);
 static void ngx_http_memq_writer(ngx_http_request_t *r);
@@ -1275,7 +1276,9 @@ ngx_http_memq_send_header(ngx_http_memq_ctx_t *ctx)
 
         ngx_add_timer(&ctx->heartbeat, ctx->conf->sse_heartbeat);
 
-    } else if (r->http_version >= NGX_HTTP_VERSION_11) {
+    } else if (r->http_version >= NGX_HTTP_VERSION_11
+               && ngx_http_memq_chunked(r))
+    {
         /* nodes that could not be reached are named in a trailer */
         h = ngx_list_push(&r->headers_out.headers);
         if (h == NULL) {
@@ -1303,6 +1306,18 @@ ngx_http_memq_send_header(ngx_http_memq_ctx_t *ctx)
     }
 
     return NGX_OK;
+}
+
+
+/* 1 when nginx will send the stream chunked, so it can carry trailers */
+static ngx_uint_t
+ngx_http_memq_chunked(ngx_http_request_t *r)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    return clcf->chunked_transfer_encoding ? 1 : 0;
 }
 
 

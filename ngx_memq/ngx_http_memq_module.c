@@ -1138,7 +1138,7 @@ ngx_http_memq_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_str_t                 *value;
     ngx_http_core_loc_conf_t  *clcf;
 
-    if (mlcf->pass.len || mlcf->status == 1) {
+    if (mlcf->pass.len || mlcf->status == 1 || mlcf->dashboard.len) {
         return "is duplicate";
     }
 
@@ -1159,7 +1159,9 @@ ngx_http_memq_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_http_core_loc_conf_t  *clcf;
 
-    if (mlcf->status != NGX_CONF_UNSET || mlcf->pass.len) {
+    if (mlcf->status != NGX_CONF_UNSET || mlcf->pass.len
+        || mlcf->dashboard.len)
+    {
         return "is duplicate";
     }
 
