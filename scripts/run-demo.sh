@@ -62,7 +62,7 @@ wait_gone() {
 }
 
 stop() {
-    trap - INT TERM EXIT
+    trap - INT TERM HUP EXIT
     echo
     if [ -n "$gw_pid" ]; then
         say "stopping nginx"
@@ -88,7 +88,7 @@ stop() {
     rm -f "$run"/pids/*.pid
     say "stopped"
 }
-trap stop INT TERM EXIT
+trap stop INT TERM HUP EXIT
 
 register=""
 etcd_url=http://127.0.0.1:$etcd_port
