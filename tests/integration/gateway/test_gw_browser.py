@@ -15,7 +15,7 @@ the DOM of the live pages:
 import pytest
 
 import cdp
-from gwutil import ROOT, free_port, node_addr, qname, wait_for
+from gwutil import ROOT, free_port, node_addr, node_items, qname, wait_for
 
 pytestmark = pytest.mark.skipif(not cdp.have_chromium(),
                                 reason="chromium is not installed")
@@ -57,10 +57,12 @@ def test_dashboard_live(browser, gateway_factory, nodes3):
               lambda v: v is not None and v[0].isdigit())
     assert page.eval("document.getElementById('problem').className") == ""
 
-    # a node killed: the page shows it down with its error
-    port = nodes3[1].port
-    nodes3[1].kill()
-    row = 'tr[data-node="%s"]' % addrs[1]
+    # a node that holds some of them killed: the page shows it down with
+    # its error
+    victim = next(n for n in nodes3 if node_items(n, q)[0] > 0)
+    port = victim.port
+    victim.kill()
+    row = 'tr[data-node="%s"]' % node_addr(victim)
     page.wait("document.querySelector('%s').dataset.state" % row, "down")
     assert page.eval(text_of(row + " td.err .current"))
     # its messages are out of the sum while it is away
@@ -68,7 +70,7 @@ def test_dashboard_live(browser, gateway_factory, nodes3):
               lambda v: v is not None and int(v) < 5)
 
     # back: up again, the error kept as history with its time
-    nodes3[1].start(port=port)
+    victim.start(port=port)
     page.wait("document.querySelector('%s').dataset.state" % row, "up")
     page.wait(text_of(row + " td.err .current"), None)
     assert page.eval(text_of(row + " td.err")).startswith("last: ")
