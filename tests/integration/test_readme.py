@@ -379,6 +379,12 @@ def test_readme_tours(demo):
     assert any("topic=news" in c for c in ran)
     assert any(c.startswith("kill ") for c in ran)
 
+    # the home page is the dashboard, next to the tour
+    g = "http://127.0.0.1:%s" % demo.ports[0]
+    page = demo.sh("curl -sf %s/" % g).stdout
+    assert '<meta name="memq-status" content="/mq/status">' in page
+    assert "new EventSource(" in demo.sh("curl -sf %s/tour.html" % g).stdout
+
     run = demo.run
     demo.stop()
     wait_for(lambda: not demo.leftovers(), timeout=10,
