@@ -31,12 +31,16 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from memqlib import SLOW, free_port, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "gateway"))
+import cdp  # noqa: E402  (the DevTools client of the gateway suite)
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -384,6 +388,17 @@ def test_readme_tours(demo):
     page = demo.sh("curl -sf %s/" % g).stdout
     assert '<meta name="memq-status" content="/mq/status">' in page
     assert "new EventSource(" in demo.sh("curl -sf %s/tour.html" % g).stdout
+    if cdp.have_chromium():
+        # in a browser: the demo's three nodes, and the queue the tour left
+        # (the 2 MB message of "big")
+        with cdp.Browser(demo.cwd) as b:
+            p = b.open(g + "/")
+            p.wait("Array.from(document.querySelectorAll('tr[data-node]'))"
+                   ".map(function (e) { return e.dataset.node + ' ' + "
+                   "e.dataset.state; })",
+                   ["127.0.0.1:%s up" % port for port in demo.ports[1:4]])
+            p.wait("(document.querySelector('tr[data-queue=\"big\"] "
+                   "td.depth') || {}).textContent", "1")
 
     run = demo.run
     demo.stop()
