@@ -77,7 +77,10 @@ module:
 deps:
 	@scripts/deps.sh
 
-run: deps memqd bench module
+# the demo runs memqd and the module only: no sanitizer copy, no bench
+run: deps memqd
+	@echo "build: the gateway module (nginx-dev tree in $(B)/nginx-src)"
+	@MEMQ_NO_ASAN=1 ngx_memq/build.sh $(B)
 	@scripts/run-demo.sh
 
 test: deps all fuzz asan

@@ -59,6 +59,11 @@ build_tree() {
         echo "$stamp" >"$tree/.memq-stamp"
     fi
 
+    # the dashboard page as a C header (rewritten only when it changed)
+    sh "$mod/embed.sh" "$mod/dashboard.html" \
+        "$tree/objs/addon/memq/ngx_http_memq_dashboard_html.h" \
+        ngx_http_memq_dashboard_html
+
     make -s -C "$tree" -f objs/Makefile -j"$(nproc)" modules
     mkdir -p "$(dirname "$out")"
     cp "$tree/objs/ngx_http_memq_module.so" "$out.tmp"

@@ -868,6 +868,7 @@ ngx_http_memq_etcd_state(ngx_http_memq_etcd_t *et, ngx_uint_t state,
     if (err) {
         se->last_error_len = ngx_min(len, NGX_HTTP_MEMQ_ERR_LEN);
         ngx_memcpy(se->last_error, err, se->last_error_len);
+        se->last_error_at = ngx_time();
     }
 
     ngx_shmtx_unlock(&cl->shpool->mutex);

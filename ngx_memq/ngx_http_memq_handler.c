@@ -117,6 +117,9 @@ struct ngx_http_memq_ctx_s {
     ngx_msec_t                  last_out;  /* last message or ping */
     ngx_http_memq_snode_t      *nodes;
     ngx_uint_t                  nnodes;
+    ngx_http_memq_node_t      **skipped;   /* listed but marked down at the
+                                              start: named at the end */
+    ngx_uint_t                  nskipped;
 
     ngx_chain_t                *out;       /* ready for the output filter */
     ngx_chain_t               **last_out_cl;
@@ -164,6 +167,8 @@ static ngx_int_t ngx_http_memq_flush(ngx_http_memq_ctx_t *ctx,
     ngx_uint_t last);
 static ngx_int_t ngx_http_memq_send_header(ngx_http_memq_ctx_t *ctx);
 static void ngx_http_memq_finish(ngx_http_memq_ctx_t *ctx);
+static ngx_int_t ngx_http_memq_tell_failed(ngx_http_memq_ctx_t *ctx);
+static ngx_uint_t ngx_http_memq_chunked(ngx_http_request_t *r);
 static void ngx_http_memq_abort(ngx_http_memq_ctx_t *ctx, ngx_int_t rc);
 static void ngx_http_memq_check_broken(ngx_http_request_t *r);
 static void ngx_http_memq_writer(ngx_http_request_t *r);
@@ -281,6 +286,22 @@ ngx_http_memq_consume(ngx_http_request_t *r)
 
     for (i = 0; i < cl->nodes.nelts; i++) {
         if (!ngx_http_memq_node_usable(np[i])) {
+            if (np[i]->sources == 0) {
+                continue;
+            }
+
+            if (ctx->skipped == NULL) {
+                ctx->skipped = ngx_palloc(r->pool, cl->nodes.nelts
+                                          * sizeof(ngx_http_memq_node_t *));
+                if (ctx->skipped == NULL) {
+                    ctx->done = 1;
+                    ngx_http_finalize_request(r,
+                                              NGX_HTTP_INTERNAL_SERVER_ERROR);
+                    return NGX_DONE;
+                }
+            }
+
+            ctx->skipped[ctx->nskipped++] = np[i];
             continue;
         }
 
@@ -1254,6 +1275,20 @@ ngx_http_memq_send_header(ngx_http_memq_ctx_t *ctx)
         ngx_str_set(&h->value, "no");
 
         ngx_add_timer(&ctx->heartbeat, ctx->conf->sse_heartbeat);
+
+    } else if (r->http_version >= NGX_HTTP_VERSION_11
+               && ngx_http_memq_chunked(r))
+    {
+        /* nodes that could not be reached are named in a trailer */
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Trailer");
+        ngx_str_set(&h->value, "Memq-Nodes-Failed");
+        r->expect_trailers = 1;
     }
 
     ctx->header_sent = 1;
@@ -1271,6 +1306,18 @@ ngx_http_memq_send_header(ngx_http_memq_ctx_t *ctx)
     }
 
     return NGX_OK;
+}
+
+
+/* 1 when nginx will send the stream chunked, so it can carry trailers */
+static ngx_uint_t
+ngx_http_memq_chunked(ngx_http_request_t *r)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    return clcf->chunked_transfer_encoding ? 1 : 0;
 }
 
 
@@ -1309,11 +1356,137 @@ ngx_http_memq_finish(ngx_http_memq_ctx_t *ctx)
         return;
     }
 
-    rc = ngx_http_memq_flush(ctx, 1);
+    if (ngx_http_memq_tell_failed(ctx) != NGX_OK) {
+        rc = NGX_ERROR;
+
+    } else {
+        rc = ngx_http_memq_flush(ctx, 1);
+    }
 
     ctx->done = 1;
 
     ngx_http_finalize_request(r, rc == NGX_ERROR ? NGX_ERROR : NGX_OK);
+}
+
+
+/*
+ * At the end of a stream, names the nodes that could not be reached (failed
+ * during it, or marked down at its start): SSE gets a last event
+ *
+ *   event: memq
+ *   data: {"nodes_failed":["host:port",...]}
+ *
+ * ndjson and raw get the trailer "Memq-Nodes-Failed: host:port, ..."
+ * (announced by a Trailer header; sent only with chunked encoding, so not
+ * to an HTTP/1.0 client).  Nothing is added when every node took part.
+ */
+static ngx_int_t
+ngx_http_memq_tell_failed(ngx_http_memq_ctx_t *ctx)
+{
+    u_char                *p, *start;
+    size_t                 len;
+    ngx_uint_t             i, n;
+    ngx_table_elt_t       *h;
+    ngx_http_request_t    *r;
+    ngx_http_memq_node_t  *node, **list;
+
+    r = ctx->request;
+
+    list = ngx_palloc(r->pool, (ctx->nnodes + ctx->nskipped + 1)
+                               * sizeof(ngx_http_memq_node_t *));
+    if (list == NULL) {
+        return NGX_ERROR;
+    }
+
+    n = 0;
+    len = 0;
+
+    for (i = 0; i < ctx->nnodes + ctx->nskipped; i++) {
+        if (i < ctx->nnodes) {
+            if (ctx->nodes[i].state != NGX_HTTP_MEMQ_SN_FAILED) {
+                continue;
+            }
+
+            node = ctx->nodes[i].node;
+
+        } else {
+            node = ctx->skipped[i - ctx->nnodes];
+        }
+
+        list[n++] = node;
+        len += node->addr.len + ngx_escape_json(NULL, node->addr.data,
+                                                node->addr.len) + 3;
+    }
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    if (ctx->format == NGX_HTTP_MEMQ_FMT_SSE) {
+        len += sizeof("event: memq\ndata: {\"nodes_failed\":[]}\n\n");
+
+        start = ngx_http_memq_reserve(ctx, len);
+        if (start == NULL) {
+            return NGX_ERROR;
+        }
+
+        p = ngx_cpymem(start, "event: memq\ndata: {\"nodes_failed\":[",
+                       sizeof("event: memq\ndata: {\"nodes_failed\":[") - 1);
+
+        for (i = 0; i < n; i++) {
+            if (i) {
+                *p++ = ',';
+            }
+
+            *p++ = '"';
+            p = (u_char *) ngx_escape_json(p, list[i]->addr.data,
+                                           list[i]->addr.len);
+            *p++ = '"';
+        }
+
+        p = ngx_cpymem(p, "]}\n\n", sizeof("]}\n\n") - 1);
+        ctx->cur->buf->last = p;
+
+        return NGX_OK;
+    }
+
+    if (!r->expect_trailers) {
+        return NGX_OK;
+    }
+
+    start = ngx_pnalloc(r->pool, len);
+    if (start == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = start;
+
+    for (i = 0; i < n; i++) {
+        if (i) {
+            *p++ = ',';
+            *p++ = ' ';
+        }
+
+        /* addresses are host:port text; keep a header line whole anyway */
+        for (len = 0; len < list[i]->addr.len; len++) {
+            *p++ = (list[i]->addr.data[len] < 0x21
+                    || list[i]->addr.data[len] == 0x7f
+                    || list[i]->addr.data[len] == ',')
+                   ? '?' : list[i]->addr.data[len];
+        }
+    }
+
+    h = ngx_list_push(&r->headers_out.trailers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Memq-Nodes-Failed");
+    h->value.data = start;
+    h->value.len = p - start;
+
+    return NGX_OK;
 }
 
 

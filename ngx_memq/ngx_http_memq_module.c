@@ -140,13 +140,27 @@ static ngx_command_t  ngx_http_memq_commands[] = {
       0,
       NULL },
 
+    { ngx_string("memq_cors"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_memq_cors_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_memq_loc_conf_t, cors),
+      NULL },
+
+    { ngx_string("memq_dashboard"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
+      ngx_http_memq_dashboard_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
       ngx_null_command
 };
 
 
 static ngx_http_module_t  ngx_http_memq_module_ctx = {
     ngx_http_memq_add_variables,           /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_memq_cors_init,               /* postconfiguration */
 
     ngx_http_memq_create_main_conf,        /* create main configuration */
     NULL,                                  /* init main configuration */
@@ -201,12 +215,30 @@ static ngx_http_variable_t  ngx_http_memq_vars[] = {
 static ngx_int_t
 ngx_http_memq_handler(ngx_http_request_t *r)
 {
+    ngx_int_t  rc;
+
+    if ((r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST))
+        && ngx_http_memq_cors_check(r) != NGX_OK)
+    {
+        /* a browser page of an origin memq_cors does not allow */
+        r->main->count++;
+        ngx_http_memq_json_error(r, NGX_HTTP_FORBIDDEN, "origin not allowed");
+        return NGX_DONE;
+    }
+
     if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)) {
         return ngx_http_memq_consume(r);
     }
 
     if (r->method & NGX_HTTP_POST) {
         return ngx_http_memq_publish(r);
+    }
+
+    if (r->method & NGX_HTTP_OPTIONS) {
+        rc = ngx_http_memq_cors_preflight(r);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
     }
 
     r->main->count++;
@@ -797,6 +829,7 @@ ngx_http_memq_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->sse_heartbeat, prev->sse_heartbeat,
                               15000);
     ngx_conf_merge_value(conf->status, prev->status, 0);
+    ngx_conf_merge_str_value(conf->cors, prev->cors, "");
 
     if (conf->sse_heartbeat == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -1105,7 +1138,7 @@ ngx_http_memq_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_str_t                 *value;
     ngx_http_core_loc_conf_t  *clcf;
 
-    if (mlcf->pass.len || mlcf->status == 1) {
+    if (mlcf->pass.len || mlcf->status == 1 || mlcf->dashboard.len) {
         return "is duplicate";
     }
 
@@ -1126,7 +1159,9 @@ ngx_http_memq_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_http_core_loc_conf_t  *clcf;
 
-    if (mlcf->status != NGX_CONF_UNSET || mlcf->pass.len) {
+    if (mlcf->status != NGX_CONF_UNSET || mlcf->pass.len
+        || mlcf->dashboard.len)
+    {
         return "is duplicate";
     }
 

@@ -86,6 +86,8 @@ typedef struct {
     ngx_atomic_t            inflate_errors;
     size_t                  last_error_len;
     u_char                  last_error[NGX_HTTP_MEMQ_ERR_LEN];
+    time_t                  last_error_at; /* 0: never */
+    ngx_uint_t              erring;       /* no success since last_error */
 } ngx_http_memq_shnode_t;
 
 
@@ -99,6 +101,7 @@ typedef struct {
     u_char                  endpoint[NGX_HTTP_MEMQ_ADDR_LEN];
     size_t                  last_error_len;
     u_char                  last_error[NGX_HTTP_MEMQ_ERR_LEN];
+    time_t                  last_error_at; /* 0: never */
 } ngx_http_memq_shetcd_t;
 
 
@@ -178,6 +181,9 @@ typedef struct {
     size_t                    compress_min_size;
     ngx_msec_t                sse_heartbeat;
     ngx_flag_t                status;
+    ngx_str_t                 cors;        /* memq_cors origin; empty: off */
+    ngx_str_t                 dashboard;   /* memq_dashboard page; empty:
+                                              none */
 } ngx_http_memq_loc_conf_t;
 
 
@@ -283,5 +289,18 @@ void ngx_http_memq_etcd_init_process(ngx_http_memq_cluster_t *cl,
 
 /* ngx_http_memq_status.c */
 ngx_int_t ngx_http_memq_status_handler(ngx_http_request_t *r);
+
+/* ngx_http_memq_cors.c */
+char *ngx_http_memq_cors_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_memq_cors_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_memq_cors_preflight(ngx_http_request_t *r);
+ngx_int_t ngx_http_memq_cors_check(ngx_http_request_t *r);
+ngx_int_t ngx_http_memq_header_add(ngx_http_request_t *r, const char *key,
+    ngx_str_t *value);
+
+/* ngx_http_memq_dashboard.c */
+char *ngx_http_memq_dashboard_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 #endif /* NGX_HTTP_MEMQ_MODULE_H */

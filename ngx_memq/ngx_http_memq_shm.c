@@ -264,6 +264,8 @@ ngx_http_memq_node_failed(ngx_http_memq_node_t *node, ngx_log_t *log,
     len = ngx_min(ngx_strlen(reason), NGX_HTTP_MEMQ_ERR_LEN);
     ngx_memcpy(sn->last_error, reason, len);
     sn->last_error_len = len;
+    sn->last_error_at = ngx_time();
+    sn->erring = 1;
 
     if (sn->down_until == 0 && cl->max_fails) {
         if (sn->fails == 0
@@ -296,7 +298,8 @@ ngx_http_memq_node_failed(ngx_http_memq_node_t *node, ngx_log_t *log,
 }
 
 
-/* a successful exchange with the node */
+/* a successful exchange with the node: its error is history (last_error
+ * and last_error_at stay, the status's "error" clears) */
 void
 ngx_http_memq_node_ok(ngx_http_memq_node_t *node)
 {
@@ -306,7 +309,9 @@ ngx_http_memq_node_ok(ngx_http_memq_node_t *node)
     cl = node->cluster;
     sn = ngx_http_memq_shnode(node);
 
-    if (sn == &ngx_http_memq_private_slot || sn->fails == 0) {
+    if (sn == &ngx_http_memq_private_slot
+        || (sn->fails == 0 && !sn->erring))
+    {
         return;
     }
 
@@ -315,6 +320,8 @@ ngx_http_memq_node_ok(ngx_http_memq_node_t *node)
     if (sn->down_until == 0) {
         sn->fails = 0;
     }
+
+    sn->erring = 0;
 
     ngx_shmtx_unlock(&cl->shpool->mutex);
 }

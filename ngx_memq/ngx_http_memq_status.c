@@ -23,6 +23,7 @@ typedef struct {
     uint64_t                   open_items;
     uint64_t                   bytes;
     uint64_t                   age_ms;
+    uint64_t                   total_items;  /* ever queued */
 } ngx_http_memq_qstat_t;
 
 
@@ -99,6 +100,13 @@ ngx_http_memq_status_handler(ngx_http_request_t *r)
     ngx_http_memq_cluster_t    **clp;
     ngx_http_memq_main_conf_t   *mmcf;
     ngx_http_memq_status_ctx_t  *ctx;
+
+    if (r->method & NGX_HTTP_OPTIONS) {
+        rc = ngx_http_memq_cors_preflight(r);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+    }
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -216,6 +224,8 @@ ngx_http_memq_status_next(ngx_http_memq_status_ctx_t *ctx)
         rc = ngx_http_memq_conn_get(node, ctx->request->connection->log,
                                     &ctx->mc);
         if (rc == NGX_ERROR) {
+            ngx_http_memq_node_failed(node, ctx->request->connection->log,
+                                      "connect failed");
             continue;
         }
 
@@ -286,6 +296,7 @@ ngx_http_memq_status_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     }
 
     mc->waiting = 0;
+    ngx_http_memq_node_ok(mc->node);
     ngx_http_memq_conn_release(mc);
     ctx->mc = NULL;
 
@@ -297,6 +308,9 @@ failed:
     ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
                   "memq node %V: stats failed", &mc->node->addr);
 
+    /* the status is a health check too: the dashboard polls it */
+    ngx_http_memq_node_failed(mc->node, ctx->request->connection->log,
+                              mc->err ? mc->err : "bad stats reply");
     ngx_http_memq_conn_close(mc);
     ctx->mc = NULL;
 
@@ -368,6 +382,9 @@ ngx_http_memq_status_qstat(ngx_http_memq_status_ctx_t *ctx, u_char *name,
     }
 
     switch (f - ngx_http_memq_qfields) {
+    case 0:
+        qs->total_items += n;
+        break;
     case 2:
         qs->open_items += n;
         break;
@@ -497,6 +514,28 @@ ngx_http_memq_node_up(ngx_http_memq_shnode_t *sn)
 }
 
 
+/*
+ * "<current error or empty>","last_error":"<text>","last_error_at":<unix
+ * seconds or null>: the last error stays with its time once the node (or
+ * etcd) recovered, the current one clears
+ */
+static void
+ngx_http_memq_status_error(ngx_http_memq_sb_t *sb, ngx_uint_t current,
+    u_char *text, size_t len, time_t at)
+{
+    ngx_http_memq_sb_json(sb, text, current ? len : 0);
+    ngx_http_memq_sb_printf(sb, ",\"last_error\":");
+    ngx_http_memq_sb_json(sb, text, len);
+
+    if (at) {
+        ngx_http_memq_sb_printf(sb, ",\"last_error_at\":%T", at);
+
+    } else {
+        ngx_http_memq_sb_printf(sb, ",\"last_error_at\":null");
+    }
+}
+
+
 static void
 ngx_http_memq_status_json(ngx_http_memq_status_ctx_t *ctx,
     ngx_http_memq_sb_t *sb)
@@ -534,11 +573,13 @@ ngx_http_memq_status_json(ngx_http_memq_status_ctx_t *ctx,
             ngx_http_memq_sb_json(sb, sn->addr, sn->addr_len);
             ngx_http_memq_sb_printf(sb,
                 ",\"source\":\"%s\",\"state\":\"%s\",\"weight\":%ui,"
-                "\"fails\":%uA,\"last_error\":",
+                "\"fails\":%uA,\"error\":",
                 ngx_http_memq_source_name(sn),
                 ngx_http_memq_node_up(sn) ? "up" : "down",
                 sn->weight, sn->failures);
-            ngx_http_memq_sb_json(sb, sn->last_error, sn->last_error_len);
+            ngx_http_memq_status_error(sb, sn->erring, sn->last_error,
+                                       sn->last_error_len,
+                                       sn->last_error_at);
             ngx_http_memq_sb_printf(sb,
                 ",\"pool_idle\":%uA,\"pool_busy\":%uA,\"msgs_in\":%uA,"
                 "\"msgs_out\":%uA,\"bytes_in\":%uA,\"bytes_out\":%uA,"
@@ -558,9 +599,11 @@ ngx_http_memq_status_json(ngx_http_memq_status_ctx_t *ctx,
                 sh->etcd.polls, sh->etcd.failures);
             ngx_http_memq_sb_json(sb, sh->etcd.endpoint,
                                   sh->etcd.endpoint_len);
-            ngx_http_memq_sb_printf(sb, ",\"last_error\":");
-            ngx_http_memq_sb_json(sb, sh->etcd.last_error,
-                                  sh->etcd.last_error_len);
+            ngx_http_memq_sb_printf(sb, ",\"error\":");
+            ngx_http_memq_status_error(sb,
+                sh->etcd.state != NGX_HTTP_MEMQ_ETCD_UP,
+                sh->etcd.last_error, sh->etcd.last_error_len,
+                sh->etcd.last_error_at);
             ngx_http_memq_sb_printf(sb, "}");
         }
 
@@ -574,9 +617,9 @@ ngx_http_memq_status_json(ngx_http_memq_status_ctx_t *ctx,
                 ngx_http_memq_sb_json(sb, qs[j].name.data, qs[j].name.len);
                 ngx_http_memq_sb_printf(sb,
                     ":{\"items\":%uL,\"open_items\":%uL,\"bytes\":%uL,"
-                    "\"age_ms\":%uL}",
+                    "\"age_ms\":%uL,\"total_items\":%uL}",
                     qs[j].items, qs[j].open_items, qs[j].bytes,
-                    qs[j].age_ms);
+                    qs[j].age_ms, qs[j].total_items);
             }
 
             ngx_http_memq_sb_printf(sb, "}");

@@ -5,7 +5,7 @@ set -e
 PKGS="build-essential clang libclang-rt-14-dev libcmocka-dev zlib1g-dev
 nginx nginx-dev python3 python3-pytest python3-pymemcache python3-requests
 memcached redis-server beanstalkd etcd-server etcd-client curl netcat-openbsd wrk
-iproute2 procps strace util-linux python3-prometheus-client
+iproute2 procps strace util-linux python3-prometheus-client chromium
 debhelper dpkg-dev fakeroot lintian adduser systemd"
 missing=""
 for p in $PKGS; do

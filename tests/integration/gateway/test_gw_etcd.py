@@ -428,6 +428,8 @@ def test_gw_etcd_unreachable_keeps_last_list(gateway_factory, memqd_factory,
                       timeout=5, what="etcd unreachable in the status")
         assert st["nodes"] == 2
         assert st["last_error"].startswith(etcd.url), st
+        assert st["error"] == st["last_error"], st
+        assert isinstance(st["last_error_at"], int), st
         assert set(_nodes(g)) == ab
         prom = g.status(format="prometheus").text
         assert 'memq_etcd_up{cluster="main"} 0' in prom, prom
@@ -441,6 +443,11 @@ def test_gw_etcd_unreachable_keeps_last_list(gateway_factory, memqd_factory,
         etcd.start()
         wait_for(lambda: _etcd_state(g)["state"] == "up", timeout=10,
                  what="etcd up again in the status")
+        # the error is history now, kept with its time
+        back = _etcd_state(g)
+        assert back["error"] == "", back
+        assert back["last_error"].startswith(etcd.url), back
+        assert back["last_error_at"] >= st["last_error_at"], back
     finally:
         stop.set()
         tp.join(30)

@@ -76,7 +76,8 @@ def test_queues(gw, nodes3):
     assert qs[q1]["items"] == 8 and qs[q1]["open_items"] == 1
     assert qs[q1]["bytes"] == 8 * 3
     assert qs[q2] == {"items": 2, "open_items": 0, "bytes": 10,
-                      "age_ms": qs[q2]["age_ms"]}
+                      "age_ms": qs[q2]["age_ms"], "total_items": 2}
+    assert qs[q1]["total_items"] == 9
     assert qs[q2]["age_ms"] >= 0
     c.close()
     text = gw.status(queues="1", format="prometheus").text
