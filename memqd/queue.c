@@ -942,8 +942,9 @@ queue_replay(queue_t *q, const mq_frame_hdr_t *jh, const void *data)
     h = *jh;
     h.kind = MQ_FRAME_ITEM;
 
-    owed = bsearch(&h.seq, q->rec_pending, q->rec_npending,
-                   sizeof(uint64_t), cmp_u64);
+    owed = q->rec_npending == 0 ? NULL
+           : bsearch(&h.seq, q->rec_pending, q->rec_npending,
+                     sizeof(uint64_t), cmp_u64);
     consumed = h.seq < q->rec_first && owed == NULL;
     at_end = q->nsegs == 0 || (q->rseg == q->nsegs - 1
                                && q->roff >= q->segs[q->rseg].size);

@@ -17,10 +17,10 @@
  *   (ascending), n x u32 delivery counts (same order), u32 CRC32C.
  * Version 1 is written when nothing is pending, version 2 when no pending
  * item was delivered yet (every count 0), version 3 otherwise.  Changing
- * the format: a new version byte; keep reading the old ones.  The file is replaced,
- * never edited: write position.tmp, rename over position.  A missing or
- * damaged file reads as seq 0: everything still in the segments is
- * delivered again, never the other way round.
+ * the format: a new version byte; keep reading the old ones.  The file
+ * is replaced, never edited: write position.tmp, rename over position.
+ * A missing or damaged file reads as seq 0: everything still in the
+ * segments is delivered again, never the other way round.
  */
 
 #ifndef MEMQD_SEGMENT_H
