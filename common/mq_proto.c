@@ -463,6 +463,7 @@ mq_split_id(mq_request_t *req, const mq_tok_t *t, const char **err)
     }
 
     if (!mq_name_valid(req->key, req->key_len)) {
+        req->key_len = t->len;          /* the token as sent */
         *err = MQ_ERR_NAME;
         return MQ_ERROR;
     }

@@ -329,7 +329,7 @@ def test_unsupported_pipelined(client):
     assert [i.data for i in client.read_values()] == [b"cd"]
 
 
-@pytest.mark.parametrize("line", ["foo", "incr q 1", "decr q 1", "touch q 1",
+@pytest.mark.parametrize("line", ["foo", "incr q 1", "decr q 1", "touchx q/1 1",
                                   "gat 0 q", "verbosity 1", "GET q",
                                   "Set q 0 0 1", "stat", "getx q",
                                   "flushall", "versions", "quitx"])
