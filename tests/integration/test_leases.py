@@ -320,10 +320,12 @@ def test_clean_restart(memqd_factory):
     assert [i.data for i in c.drain(q)] == [b"m3", b"m4"]
 
 
-def test_deleted_is_durable_across_kill(memqd_factory):
-    """DELETED waits for the fsync of its journal record: a kill -9 right
-    after it does not bring the item back.  More than 4096 items are owed,
-    so the position file alone cannot hold the acknowledgements."""
+@pytest.mark.parametrize("how", ["delete", "ack"])
+def test_deleted_is_durable_across_kill(memqd_factory, how):
+    """DELETED (and the reply of a get with /ack=) waits for the fsync of
+    the journal records: a kill -9 right after it does not bring the items
+    back.  More than 4096 items are owed, so the position file alone
+    cannot hold the acknowledgements."""
     s = memqd_factory()
     c = s.connect(timeout=30)
     q = qname()
@@ -337,10 +339,15 @@ def test_deleted_is_durable_across_kill(memqd_factory):
         ids += [i.cas for i in _lease(c, q, LONG, n=1000)]
     assert ids == list(range(1, n + 1))
     acked = ids[::2]
-    body = b"".join(b"delete %s/%d noreply\r\n" % (q.encode(), i)
-                    for i in acked[:-1])
-    body += b"delete %s/%d\r\n" % (q.encode(), acked[-1])
-    assert pipeline(c, body, len(b"DELETED\r\n")) == b"DELETED\r\n"
+    if how == "delete":
+        body = b"".join(b"delete %s/%d noreply\r\n" % (q.encode(), i)
+                        for i in acked[:-1])
+        body += b"delete %s/%d\r\n" % (q.encode(), acked[-1])
+        assert pipeline(c, body, len(b"DELETED\r\n")) == b"DELETED\r\n"
+    else:
+        for k in range(0, len(acked), 300):
+            ack = ",".join(str(i) for i in acked[k:k + 300])
+            assert c.get_items("%s/ack=%s" % (q, ack)) == []
     s.kill()
     s.start()
     c = s.connect(timeout=30)
