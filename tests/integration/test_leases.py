@@ -10,7 +10,8 @@ import pytest
 
 from memqlib import SLOW, pipeline, qname, wait_for
 
-SHORT = 200        # ms: leases the tests wait to run out
+SHORT = int(250 * SLOW)  # ms: leases the tests wait to run out; the
+#                          commands before they run out get that long
 LONG = 600000      # ms: leases that must not run out during a test
 
 DLQ_CONFIG = """
@@ -83,7 +84,10 @@ def test_lease_bounds(client):
         assert client.cmd("get %s/lease=%s" % (q, bad)) == \
             "CLIENT_ERROR bad option"
     assert [i.data for i in _lease(client, q, 1)] == [b"m0"]
-    assert [i.data for i in _lease(client, q, 43200000)] == [b"m1"]
+    _wait_stat(client, q, "items", 2)          # 1 ms: back at once
+    got = _lease(client, q, 43200000, n=2)
+    assert [(i.data, i.cas) for i in got] == [(b"m0", 1), (b"m1", 2)]
+    assert client.qstats(q)["leased_items"] == 2
 
 
 def test_lease_long_poll(server, connect):
