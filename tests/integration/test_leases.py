@@ -103,8 +103,17 @@ def test_lease_long_poll(server, connect):
     assert [(i.data, i.cas) for i in got] == [(b"late", 2)]
     st = c.qstats(q)
     assert st["leased_items"] == 2 and st["waiters"] == 0
+    # /ack= with a long poll: acknowledged at once, the reply waits for
+    # the next item
+    poller.send("get %s/ack=1,2/lease=%d/t=10000\r\n" % (q, LONG))
+    wait_for(lambda: c.qstats(q).get("waiters") == 1, what="poller waits")
+    assert c.qstats(q)["leased_items"] == 0
+    c.store(q, b"later")
+    got = poller.read_values(timeout=10)
+    assert [(i.data, i.cas) for i in got] == [(b"later", 3)]
     poller.close()
-    assert c.cmd("delete %s/2" % q) == "DELETED"
+    assert c.cmd("delete %s/3" % q) == "DELETED"
+    assert c.cmd("delete %s/2" % q) == "NOT_FOUND"
 
 
 # 2. delete <q>/<id>
