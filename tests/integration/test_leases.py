@@ -333,6 +333,31 @@ def test_clean_restart(memqd_factory):
     assert [i.data for i in c.drain(q)] == [b"m3", b"m4"]
 
 
+@pytest.mark.parametrize("sync", ["interval=100", "none"])
+def test_clean_restart_without_journal(memqd_factory, sync):
+    """--sync interval and none keep no journal: the position file alone
+    carries acknowledgements, leases and counts over a clean restart."""
+    s = memqd_factory(args=["--sync", sync], config=DLQ_CONFIG)
+    c = s.connect()
+    q = qname("dl")
+    _fill(c, q, 4)
+    got = _lease(c, q, LONG, n=3)
+    assert c.cmd("delete %s/%d" % (q, got[0].cas)) == "DELETED"
+    c.close()
+    s.restart()
+    c = s.connect()
+    st = c.qstats(q)
+    assert st["items"] == 3 and st["leased_items"] == 0
+    got = _lease(c, q, LONG, n=3)
+    assert [i.cas for i in got] == [2, 3, 4]
+    for i in got:
+        assert c.cmd("touch %s/%d 0" % (q, i.cas)) == "TOUCHED"
+    # 2 and 3 delivered twice (once before the restart): dead letters
+    st = c.qstats(q)
+    assert st["dead_lettered_items"] == 2 and st["items"] == 1
+    assert [i.data for i in c.drain(q + ".dlq")] == [b"m1", b"m2"]
+
+
 @pytest.mark.parametrize("how", ["delete", "ack"])
 def test_deleted_is_durable_across_kill(memqd_factory, how):
     """DELETED (and the reply of a get with /ack=) waits for the fsync of
