@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "mq_name.h"
 
 #define RULE_NAME_MAX  256
 
@@ -21,6 +22,7 @@ typedef struct {
     size_t    len;
     int       wildcard;             /* name ended in '*' */
     limits_t  lim;
+    char      dlq[MQ_NAME_MAX + 1]; /* dead_letter, "" when not set */
     unsigned  set;                  /* which fields this section sets */
 } rule_t;
 
@@ -28,11 +30,14 @@ typedef struct {
 #define SET_BYTES  0x2
 #define SET_AGE    0x4
 #define SET_OVF    0x8
+#define SET_DELIV  0x10
 
 /* where the lines being read go */
 typedef struct {
     limits_t  *ndef;     /* [defaults] of the file being read */
+    char      *ndef_dlq; /* its dead_letter */
     limits_t  *lim;      /* [defaults] or a [queue], NULL: none yet */
+    char      *dlq;      /* the dead_letter of that section */
     rule_t    *rule;     /* the [queue] being read, or NULL */
     int        memqd;    /* inside [memqd] */
 } section_t;
@@ -40,6 +45,7 @@ typedef struct {
 static rule_t             *rules;
 static size_t              nrules;
 static limits_t            defaults;
+static char                defaults_dlq[MQ_NAME_MAX + 1];
 static config_option_pt    option_handler;
 uint64_t                   config_generation;
 
@@ -96,12 +102,26 @@ trim(char *s)
 
 /* Returns NULL, or why the line is refused. */
 static const char *
-set_value(limits_t *lim, unsigned *set, const char *key, const char *val)
+set_value(limits_t *lim, char *dlq, unsigned *set, const char *key,
+    const char *val)
 {
     uint64_t  *field;
     unsigned   bit;
 
-    if (strcmp(key, "max_items") == 0) {
+    if (strcmp(key, "dead_letter") == 0) {
+        /* a queue name: it becomes a directory name */
+        if (!mq_name_valid(val, strlen(val))) {
+            return "bad dead_letter (expected a queue name)";
+        }
+        memcpy(dlq, val, strlen(val) + 1);
+        return NULL;
+    }
+
+    if (strcmp(key, "max_deliveries") == 0) {
+        field = &lim->max_deliveries;
+        bit = SET_DELIV;
+
+    } else if (strcmp(key, "max_items") == 0) {
         field = &lim->max_items;
         bit = SET_ITEMS;
 
@@ -126,8 +146,8 @@ set_value(limits_t *lim, unsigned *set, const char *key, const char *val)
         return "bad overflow (expected reject or drop_oldest)";
 
     } else {
-        return "unknown key (expected max_items, max_bytes, max_age or "
-               "overflow)";
+        return "unknown key (expected max_items, max_bytes, max_age, "
+               "overflow, max_deliveries or dead_letter)";
     }
 
     *set |= bit;
@@ -175,6 +195,7 @@ section(char *line, rule_t **nr, size_t *n, size_t *cap, section_t *sec)
 
     if (strcmp(line, "defaults") == 0) {
         sec->lim = sec->ndef;
+        sec->dlq = sec->ndef_dlq;
         return NULL;
     }
 
@@ -210,6 +231,7 @@ section(char *line, rule_t **nr, size_t *n, size_t *cap, section_t *sec)
 
     sec->rule = r;
     sec->lim = &r->lim;
+    sec->dlq = r->dlq;
     return NULL;
 }
 
@@ -238,8 +260,8 @@ key_value(char *line, size_t lineno, section_t *sec)
         return "key outside a section";
     }
 
-    return set_value(sec->lim, sec->rule ? &sec->rule->set : &dummy, key,
-                     val);
+    return set_value(sec->lim, sec->dlq, sec->rule ? &sec->rule->set : &dummy,
+                     key, val);
 }
 
 
@@ -250,13 +272,16 @@ config_load(const char *path)
     char         buf[1024], *line, *p;
     rule_t      *nr;
     size_t       n, cap, lineno;
+    char         ndef_dlq[MQ_NAME_MAX + 1];
     limits_t     ndef;
     section_t    sec;
     const char  *why;
 
     memset(&ndef, 0, sizeof(ndef));
+    ndef_dlq[0] = '\0';
     memset(&sec, 0, sizeof(sec));
     sec.ndef = &ndef;
+    sec.ndef_dlq = ndef_dlq;
     nr = NULL;
     n = 0;
     cap = 0;
@@ -325,6 +350,7 @@ done:
     rules = nr;
     nrules = n;
     defaults = ndef;
+    memcpy(defaults_dlq, ndef_dlq, sizeof(defaults_dlq));
     config_generation++;
 
     if (path != NULL) {
@@ -335,13 +361,13 @@ done:
 }
 
 
-void
-config_limits(const char *name, size_t len, limits_t *out)
+/* The rule that applies to a queue name, or NULL. */
+static rule_t *
+best_rule(const char *name, size_t len)
 {
     size_t   i, best_len;
     rule_t  *r, *best;
 
-    *out = defaults;
     best = NULL;
     best_len = 0;
 
@@ -365,6 +391,48 @@ config_limits(const char *name, size_t len, limits_t *out)
         }
     }
 
+    return best;
+}
+
+
+size_t
+config_dead_letter(const char *name, size_t len, char *out)
+{
+    size_t   n;
+    rule_t  *best;
+
+    best = best_rule(name, len);
+
+    if (best != NULL && best->dlq[0] != '\0') {
+        n = strlen(best->dlq);
+        memcpy(out, best->dlq, n + 1);
+        return n;
+    }
+
+    if (defaults_dlq[0] != '\0') {
+        n = strlen(defaults_dlq);
+        memcpy(out, defaults_dlq, n + 1);
+        return n;
+    }
+
+    if (len + 4 > MQ_NAME_MAX) {
+        return 0;
+    }
+
+    memcpy(out, name, len);
+    memcpy(out + len, ".dlq", 5);
+    return len + 4;
+}
+
+
+void
+config_limits(const char *name, size_t len, limits_t *out)
+{
+    rule_t  *best;
+
+    *out = defaults;
+    best = best_rule(name, len);
+
     if (best == NULL) {
         return;
     }
@@ -380,5 +448,8 @@ config_limits(const char *name, size_t len, limits_t *out)
     }
     if (best->set & SET_OVF) {
         out->drop_oldest = best->lim.drop_oldest;
+    }
+    if (best->set & SET_DELIV) {
+        out->max_deliveries = best->lim.max_deliveries;
     }
 }

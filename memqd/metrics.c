@@ -109,6 +109,15 @@ static const queue_metric_t  queue_metrics[] = {
     QFIELD("memqd_queue_expired_total", "counter",
            "Items of the queue dropped because they expired.",
            expired_items),
+    QFIELD("memqd_queue_leased_items", "gauge",
+           "Items leased (get /lease=) and not acknowledged yet.",
+           leased_items),
+    QFIELD("memqd_queue_redelivered_total", "counter",
+           "Deliveries of items that had been delivered before.",
+           redelivered_items),
+    QFIELD("memqd_queue_dead_lettered_total", "counter",
+           "Items moved to the dead-letter queue after max_deliveries.",
+           dead_lettered_items),
     { "memqd_queue_head_age_seconds", "gauge",
       "Age of the item at the head of the queue, 0 when it is empty.",
       0, queue_age, 1000 },
@@ -155,6 +164,9 @@ metrics_command(int mq_cmd)
         break;
     case MQ_CMD_DELETE:
         k = METRICS_CMD_DELETE;
+        break;
+    case MQ_CMD_TOUCH:
+        k = METRICS_CMD_TOUCH;
         break;
     case MQ_CMD_STATS:
         k = METRICS_CMD_STATS;

@@ -24,6 +24,8 @@ typedef struct {
     uint64_t                   bytes;
     uint64_t                   age_ms;
     uint64_t                   total_items;  /* ever queued */
+    uint64_t                   leased_items;
+    uint64_t                   dead_lettered_items;
 } ngx_http_memq_qstat_t;
 
 
@@ -77,7 +79,12 @@ static void ngx_http_memq_sb_label(ngx_http_memq_sb_t *sb, u_char *s,
     size_t len);
 
 
+/* longest first where one ends another: "_leased_items" is not a queue
+ * "<q>_leased" with "_items" */
 static ngx_str_t  ngx_http_memq_qfields[] = {
+    ngx_string("_leased_items"),
+    ngx_string("_redelivered_items"),
+    ngx_string("_dead_lettered_items"),
     ngx_string("_total_items"),
     ngx_string("_expired_items"),
     ngx_string("_open_items"),
@@ -383,18 +390,24 @@ ngx_http_memq_status_qstat(ngx_http_memq_status_ctx_t *ctx, u_char *name,
 
     switch (f - ngx_http_memq_qfields) {
     case 0:
-        qs->total_items += n;
+        qs->leased_items += n;
         break;
     case 2:
-        qs->open_items += n;
+        qs->dead_lettered_items += n;
         break;
     case 3:
-        qs->items += n;
+        qs->total_items += n;
         break;
-    case 4:
-        qs->bytes += n;
+    case 5:
+        qs->open_items += n;
         break;
     case 6:
+        qs->items += n;
+        break;
+    case 7:
+        qs->bytes += n;
+        break;
+    case 9:
         qs->age_ms = ngx_max(qs->age_ms, (uint64_t) n);
         break;
     default:
@@ -617,9 +630,11 @@ ngx_http_memq_status_json(ngx_http_memq_status_ctx_t *ctx,
                 ngx_http_memq_sb_json(sb, qs[j].name.data, qs[j].name.len);
                 ngx_http_memq_sb_printf(sb,
                     ":{\"items\":%uL,\"open_items\":%uL,\"bytes\":%uL,"
-                    "\"age_ms\":%uL,\"total_items\":%uL}",
+                    "\"age_ms\":%uL,\"total_items\":%uL,"
+                    "\"leased_items\":%uL,\"dead_lettered_items\":%uL}",
                     qs[j].items, qs[j].open_items, qs[j].bytes,
-                    qs[j].age_ms, qs[j].total_items);
+                    qs[j].age_ms, qs[j].total_items, qs[j].leased_items,
+                    qs[j].dead_lettered_items);
             }
 
             ngx_http_memq_sb_printf(sb, "}");

@@ -76,12 +76,34 @@ def test_queues(gw, nodes3):
     assert qs[q1]["items"] == 8 and qs[q1]["open_items"] == 1
     assert qs[q1]["bytes"] == 8 * 3
     assert qs[q2] == {"items": 2, "open_items": 0, "bytes": 10,
-                      "age_ms": qs[q2]["age_ms"], "total_items": 2}
+                      "age_ms": qs[q2]["age_ms"], "total_items": 2,
+                      "leased_items": 0, "dead_lettered_items": 0}
     assert qs[q1]["total_items"] == 9
     assert qs[q2]["age_ms"] >= 0
     c.close()
     text = gw.status(queues="1", format="prometheus").text
     assert 'memq_queue_items{cluster="main",queue="%s"} 2' % q2 in text
+    # a lease is counted apart from open items
+    c = Client(nodes3[0].addr)
+    assert c.get(q2 + "/lease=60000") is not None
+    qs = gw.status(queues="1").json()["clusters"][0]["queues"]
+    assert qs[q2]["leased_items"] == 1 and qs[q2]["items"] == 1
+    c.close()
+
+
+def test_queues_with_leases(gw, nodes3):
+    """A node's lease stats (queue_<q>_leased_items and the like) are
+    fields of <q>, never queues of their own named <q>_leased."""
+    q = qname("st_l")
+    fill(nodes3[:1], q, 4, fmt="%02d")
+    c = Client(nodes3[0].addr)
+    assert len(c.get_items(q + "/lease=600000/n=3")) == 3
+    st = gw.status(queues="1").json()["clusters"][0]
+    qs = st["queues"]
+    assert qs[q]["items"] == 1 and qs[q]["bytes"] == 2
+    for name in (q + "_leased", q + "_redelivered", q + "_dead_lettered"):
+        assert name not in qs, name
+    c.close()
 
 
 def test_prometheus(gw, nodes3):
