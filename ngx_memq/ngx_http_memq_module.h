@@ -215,6 +215,9 @@ struct ngx_http_memq_conn_s {
     unsigned                       waiting:1;   /* request sent, reply due */
     unsigned                       pooled:1;
     unsigned                       reset:1;     /* closed in use: RST */
+    unsigned                       local:1;     /* err is a shortage of
+                                                   this worker, not the
+                                                   node's failure */
 };
 
 
@@ -248,6 +251,7 @@ ngx_int_t ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
     ngx_http_memq_conn_t **mcp);
 void ngx_http_memq_conn_send(ngx_http_memq_conn_t *mc, ngx_buf_t *out,
     ngx_msec_t reply_timeout);
+void ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc);
 ngx_http_memq_node_t *ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,

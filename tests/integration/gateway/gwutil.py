@@ -332,6 +332,40 @@ http {{
         assert r.status_code == 200, (r.status_code, r.text)
         return r.content.split(b"\n")[:-1]
 
+    def stream(self, topic, timeout=30, headers=b"", **params):
+        """GET /mq?topic=.. on a raw socket, read to the end: (status,
+        body, ended).  ended: the stream ended normally (last chunk);
+        False when the connection was closed without it (a cut stream,
+        which requests would raise for)."""
+        from urllib.parse import urlencode
+        p = {"topic": topic}
+        p.update({k: str(v) for k, v in params.items()})
+        s = self.raw_request("/mq?" + urlencode(p), headers=headers)
+        s.settimeout(timeout * SLOW)
+        try:
+            status, hdrs, rest = read_headers(s)
+            if hdrs.get("transfer-encoding") != "chunked":
+                n = int(hdrs.get("content-length", "0"))
+                while len(rest) < n:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    rest += chunk
+                return status, rest, len(rest) == n
+            d = Dechunker()
+            d.feed(rest)
+            while not d.done:
+                try:
+                    chunk = s.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    break
+                d.feed(chunk)
+            return status, d.data, d.done
+        finally:
+            s.close()
+
     def status(self, **params):
         r = requests.get(self.url("/mq/status"), params=params,
                          timeout=10 * SLOW)
