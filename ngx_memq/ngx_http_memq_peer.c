@@ -223,6 +223,10 @@ ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc)
     c = mc->pc.connection;
     mc->waiting = 0;
 
+    /* a later write event (epoll reports writability too) must not take
+     * the old request for a new one and start waiting again */
+    mc->out = NULL;
+
     if (c->read->timer_set) {
         ngx_del_timer(c->read);
     }

@@ -109,7 +109,7 @@ class Gateway:
 
     def __init__(self, tmp, nodes, cluster_extra="", loc_extra="",
                  loc=None, server_extra="", http_extra="", workers=2,
-                 weights=None, listen_extra="",
+                 weights=None, listen_extra="", worker_connections=1024,
                  timeouts="connect_timeout 1s; read_timeout 2s;"):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -125,6 +125,7 @@ class Gateway:
         self.listen_extra = listen_extra
         self.timeouts = timeouts
         self.workers = workers
+        self.worker_connections = worker_connections
         self.port = None
         self.proc = None
         self.errors_expected = False
@@ -148,7 +149,7 @@ user root;
 worker_processes {workers};
 error_log {t}/logs/error.log info;
 pid {t}/nginx.pid;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {wc}; }}
 http {{
     log_format memq '{fmt}';
     access_log {t}/logs/access.log memq;
@@ -175,6 +176,7 @@ http {{
     }}
 }}
 """.format(module=MODULE, workers=self.workers, t=t, fmt=ACCESS_FORMAT,
+           wc=self.worker_connections,
            http_extra=self.http_extra, nodes="\n        ".join(lines),
            cluster_extra=self.cluster_extra, port=self.port,
            server_extra=self.server_extra, loc=self.loc,
@@ -533,7 +535,8 @@ class ScriptedNode:
     scripts, for timings a real node cannot be made to show.  answer(line,
     n) gets each request line (bytes, without CRLF) and its number on the
     connection (from 1) and returns (delay_seconds, reply_bytes), or None
-    to never answer.  Every line received is kept in self.lines."""
+    to never answer; (delay, reply, True) closes the connection after the
+    reply.  Every line received is kept in self.lines."""
 
     def __init__(self, answer):
         import threading
@@ -588,11 +591,13 @@ class ScriptedNode:
                     a = self.answer(line, n)
                     if a is None:
                         continue
-                    delay, reply = a
+                    delay, reply = a[0], a[1]
                     end = time.monotonic() + delay
                     while time.monotonic() < end and not self.closed:
                         time.sleep(0.01)
                     c.sendall(reply)
+                    if len(a) > 2 and a[2]:
+                        return
         except OSError:
             pass
         finally:
