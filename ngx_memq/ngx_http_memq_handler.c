@@ -114,6 +114,7 @@ struct ngx_http_memq_ctx_s {
     ngx_msec_t                  wait;      /* 0: drain */
     ngx_uint_t                  max;       /* 0: unlimited */
     ngx_uint_t                  reserved;  /* items asked for, not in yet */
+    ngx_uint_t                  marked;    /* nodes failed by their fault */
     ngx_msec_t                  deadline;  /* long poll: idle until */
     ngx_msec_t                  last_out;  /* last message or ping */
     ngx_http_memq_snode_t      *nodes;
@@ -1041,6 +1042,7 @@ ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn, const char *reason,
     ctx->stat.nodes_failed++;
 
     if (mark) {
+        ctx->marked++;
         ngx_http_memq_node_failed(sn->node, ctx->request->connection->log,
                                   reason);
     }
@@ -1348,7 +1350,7 @@ static void
 ngx_http_memq_finish(ngx_http_memq_ctx_t *ctx)
 {
     ngx_int_t            rc;
-    ngx_uint_t           i;
+    ngx_uint_t           i, level;
     ngx_http_request_t  *r;
 
     r = ctx->request;
@@ -1368,9 +1370,11 @@ ngx_http_memq_finish(ngx_http_memq_ctx_t *ctx)
     }
 
     if (!ctx->header_sent) {
-        /* no node ever answered */
+        /* no node ever answered: failed, or (a warning) short of
+         * connections, theirs or ours */
         ctx->done = 1;
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+        level = ctx->marked ? NGX_LOG_ERR : NGX_LOG_WARN;
+        ngx_log_error(level, r->connection->log, 0,
                       "memq cluster \"%V\": no node answered",
                       &ctx->cluster->name);
         ngx_http_memq_json_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,

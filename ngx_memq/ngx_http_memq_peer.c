@@ -477,6 +477,7 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
 {
     ssize_t            n;
     ngx_buf_t         *b;
+    ngx_uint_t         progress;
     ngx_event_t       *wev;
     ngx_connection_t  *c;
 
@@ -516,12 +517,15 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
     }
 
     mc->log.action = "sending to memq node";
+    progress = 0;
 
     while (b->pos < b->last) {
         n = c->send(c, b->pos, b->last - b->pos);
 
         if (n == NGX_AGAIN) {
-            if (!wev->timer_set) {
+            /* the send timer bounds a node that takes nothing: it starts
+             * again whenever the node took some */
+            if (progress || !wev->timer_set) {
                 ngx_add_timer(wev, mc->node->cluster->read_timeout);
             }
 
@@ -538,6 +542,7 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
         }
 
         b->pos += n;
+        progress = 1;
     }
 
     if (wev->timer_set) {

@@ -291,10 +291,10 @@ def test_worker_connections_shortage_marks_nothing(gateway_factory,
     g = gateway_factory([node], workers=1, worker_connections=4,
                         cluster_extra="max_fails 1; fail_timeout 60s;")
     q = qname()
-    # listener + two clients mid-request (not reusable) + the publisher:
-    # no connection left for the node
+    # listener + channel to the master + a client mid-request (not
+    # reusable) + the publisher: no connection left for the node
     held = []
-    for _ in range(2):
+    for _ in range(1):
         h = socket.create_connection(("127.0.0.1", g.port))
         h.sendall(b"GET /mq?topic=")
         held.append(h)
