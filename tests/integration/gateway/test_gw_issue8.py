@@ -307,3 +307,116 @@ def test_worker_connections_shortage_marks_nothing(gateway_factory,
              what="publish once connections are free")
     _nodes_healthy(g, [node])
     assert "worker_connections are not enough" in g.error_text()
+
+
+def _set_script(per_set):
+    """A ScriptedNode answer for publishes: per_set(k) gives the reply to
+    the k-th set (from 1): bytes, or None to close the connection."""
+    count = {"sets": 0}
+
+    def answer(line, n):
+        if not line.startswith(b"set "):
+            return None          # a data block
+        count["sets"] += 1
+        r = per_set(count["sets"])
+        if r is None:
+            return 0, b"", True
+        return 0, r
+    return answer
+
+
+def test_batch_refused_part_way_says_what_was_stored(gateway_factory):
+    def per_set(k):
+        if k == 3:
+            return b"SERVER_ERROR object too large for cache\r\n"
+        return b"STORED\r\n"
+    fake = ScriptedNode(_set_script(per_set))
+    try:
+        g = gateway_factory([fake.addr])
+        r = g.publish(qname(), b"a\nb\nc\nd\n", ndjson=True)
+        assert r.status_code == 413, r.text
+        assert r.json() == {"error": "message too large", "status": 413,
+                            "queued": 3, "stored": [[1, 2], [4, 4]]}
+        assert g.node_status(node_addr(fake.addr))["fails"] == 0
+    finally:
+        fake.close()
+
+
+def test_partial_failure_stores_nothing_twice(gateway_factory, memqd_factory):
+    """A node stores 5 lines of a batch and dies: the answer says exactly
+    that, and nothing is sent again to another node."""
+    real = memqd_factory()
+    fake = ScriptedNode(_set_script(
+        lambda k: b"STORED\r\n" if k <= 5 else None))
+    try:
+        g = gateway_factory([fake.addr, real], workers=1,
+                            weights={node_addr(fake.addr): 9})
+        g.expect_errors()
+        q = qname()
+        body = b"".join(b"line%d\n" % i for i in range(20))
+        r = g.publish(q, body, ndjson=True)
+        assert r.status_code == 503, r.text
+        js = r.json()
+        assert js["queued"] == 5 and js["stored"] == [[1, 5]], js
+        assert js["unknown"][0] == 6 and js["unknown"][1] <= 20, js
+        assert node_items(real, q) == (0, 0)
+    finally:
+        fake.close()
+
+
+def test_queue_full_batch_moves_on_exactly(gateway_factory, memqd_factory):
+    conf = "[queue full*]\nmax_items = 2\n"
+    nodes = [memqd_factory(config=conf), memqd_factory(config=conf)]
+    g = gateway_factory(nodes, workers=1)
+    q = "full" + qname()
+    r = g.publish(q, b"l1\nl2\nl3\nl4\nl5\n", ndjson=True)
+    assert r.status_code == 507, r.text
+    assert r.json() == {"error": "queue full", "status": 507, "queued": 4,
+                        "stored": [[1, 4]]}
+    got = []
+    for n in nodes:
+        c = Client(n.addr)
+        got += [i.data for i in c.drain(q)]
+        c.close()
+    assert sorted(got) == [b"l1", b"l2", b"l3", b"l4"]
+
+
+def _worker_rss(g):
+    import os
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    total = 0
+    for p in pids:
+        try:
+            st = open("/proc/%d/status" % p).read()
+        except OSError:
+            continue
+        if "\nPPid:\t%d\n" % g.proc.pid in st:
+            for l in st.splitlines():
+                if l.startswith("VmRSS:"):
+                    total += int(l.split()[1]) * 1024
+    return total
+
+
+def test_million_line_publish_bounded_memory(gateway_factory, memqd_factory):
+    """1,000,000 ndjson lines in one POST: sent in windows while replies
+    are read (no deadlock against the node's unread-reply limit), every
+    line stored exactly once on one node, worker RSS grows < 64 MiB."""
+    node = memqd_factory()
+    g = gateway_factory([node], workers=1,
+                        loc_extra="client_max_body_size 64m;"
+                                  "client_body_buffer_size 16m;")
+    q = qname()
+    # warm the worker up (first request allocations)
+    assert g.publish(q, b"warm").status_code == 201
+    before = _worker_rss(g)
+    n = 1000000
+    body = b"x\n" * n
+    r = g.publish(q, body, ndjson=True, timeout=120)
+    assert r.status_code == 201, r.text[:300]
+    assert r.json()["queued"] == n
+    grown = _worker_rss(g) - before
+    assert grown < 64 * 1024 * 1024, grown
+    c = Client(node.addr)
+    st = c.qstats(q)
+    c.close()
+    assert st["items"] == n + 1, st
