@@ -94,6 +94,8 @@ typedef struct {
     ngx_uint_t              rounds;       /* requests sent */
     mq_reply_t              value;        /* header of the value being read */
     ngx_buf_t               req;          /* request line, in line[] */
+    ngx_str_t               sent_key;     /* its key, in line[]: every
+                                             VALUE must echo it */
     u_char                  line[NGX_HTTP_MEMQ_LINE_SIZE];
     unsigned                open:1;       /* items open on the connection */
     unsigned                in_value:1;   /* reading a data block */
@@ -761,6 +763,10 @@ ngx_http_memq_send_line(ngx_http_memq_snode_t *sn, u_char *last,
         sn->mc->owner_conn = ctx->request->connection;
     }
 
+    /* "get[s] <key>\r\n": the key is what the node must echo */
+    sn->sent_key.data = (u_char *) ngx_strlchr(sn->line, last, ' ') + 1;
+    sn->sent_key.len = last - 2 - sn->sent_key.data;
+
     sn->req.start = sn->line;
     sn->req.pos = sn->line;
     sn->req.last = last;
@@ -888,6 +894,13 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                           b->pos - reply.consumed);
             err = "unexpected reply";
             goto failed;
+        }
+
+        if (reply.key_len != sn->sent_key.len
+            || ngx_strncmp(reply.key, sn->sent_key.data, reply.key_len) != 0)
+        {
+            err = "VALUE for a key not asked for";
+            goto bad;
         }
 
         sn->value = reply;
