@@ -272,6 +272,8 @@ ngx_http_memq_consume(ngx_http_request_t *r)
         return NGX_DONE;
     }
 
+    ngx_http_memq_etcd_seed(cl, r->connection->log);
+
     /* the nodes usable now take part */
     np = cl->nodes.elts;
     n = 0;

@@ -146,7 +146,7 @@ static ngx_command_t  ngx_http_memq_commands[] = {
 
 static ngx_http_module_t  ngx_http_memq_module_ctx = {
     ngx_http_memq_add_variables,           /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_memq_errpage_init,            /* postconfiguration */
 
     ngx_http_memq_create_main_conf,        /* create main configuration */
     NULL,                                  /* init main configuration */

@@ -286,6 +286,10 @@ char *ngx_http_memq_etcd_conf(ngx_conf_t *cf, ngx_http_memq_cluster_t *cl);
 void ngx_http_memq_etcd_init_zone(ngx_http_memq_cluster_t *cl);
 void ngx_http_memq_etcd_init_process(ngx_http_memq_cluster_t *cl,
     ngx_cycle_t *cycle);
+void ngx_http_memq_etcd_seed(ngx_http_memq_cluster_t *cl, ngx_log_t *log);
+
+/* ngx_http_memq_errpage.c */
+ngx_int_t ngx_http_memq_errpage_init(ngx_conf_t *cf);
 
 /* ngx_http_memq_status.c */
 ngx_int_t ngx_http_memq_status_handler(ngx_http_request_t *r);

@@ -223,6 +223,8 @@ ngx_http_memq_publish_body(ngx_http_request_t *r)
 
     ctx->more = (ctx->body.len > 0);
 
+    ngx_http_memq_etcd_seed(ctx->conf->cluster, r->connection->log);
+
     /* a body without any message is the client's mistake: say so before
      * anything is sent */
     if (ngx_http_memq_publish_next_msg(ctx, &m) != NGX_OK) {

@@ -381,7 +381,8 @@ def test_queue_full_batch_moves_on_exactly(gateway_factory, memqd_factory):
     assert sorted(got) == [b"l1", b"l2", b"l3", b"l4"]
 
 
-def _worker_rss(g):
+def _worker_peak_rss(g):
+    """The workers' peak resident size (VmHWM), summed."""
     import os
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     total = 0
@@ -392,7 +393,7 @@ def _worker_rss(g):
             continue
         if "\nPPid:\t%d\n" % g.proc.pid in st:
             for l in st.splitlines():
-                if l.startswith("VmRSS:"):
+                if l.startswith("VmHWM:"):
                     total += int(l.split()[1]) * 1024
     return total
 
@@ -408,15 +409,106 @@ def test_million_line_publish_bounded_memory(gateway_factory, memqd_factory):
     q = qname()
     # warm the worker up (first request allocations)
     assert g.publish(q, b"warm").status_code == 201
-    before = _worker_rss(g)
+    before = _worker_peak_rss(g)
     n = 1000000
     body = b"x\n" * n
     r = g.publish(q, body, ndjson=True, timeout=120)
     assert r.status_code == 201, r.text[:300]
     assert r.json()["queued"] == n
-    grown = _worker_rss(g) - before
+    grown = _worker_peak_rss(g) - before
     assert grown < 64 * 1024 * 1024, grown
     c = Client(node.addr)
     st = c.qstats(q)
     c.close()
     assert st["items"] == n + 1, st
+
+
+def test_nginx_own_errors_are_json(gateway_factory, memqd_factory):
+    node = memqd_factory()
+    g = gateway_factory([node], loc_extra="client_max_body_size 1k;")
+    g.expect_errors()      # nginx logs the refused bodies at [error]
+    q = qname()
+    r = g.publish(q, b"x" * 4096)
+    assert r.status_code == 413
+    assert r.headers["Content-Type"] == "application/json"
+    assert r.json() == {"error": "request too large", "status": 413}
+    # a broken chunked body: nginx's own 400, found in the location
+    s = socket.create_connection(("127.0.0.1", g.port))
+    s.sendall(b"POST /mq?topic=" + q.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
+    status, hdrs, rest = read_headers(s)
+    while len(rest) < int(hdrs["content-length"]):
+        rest += s.recv(4096)
+    s.close()
+    assert status == 400 and hdrs["content-type"] == "application/json"
+    assert rest == b'{"error":"bad request","status":400}\n'
+    # the module's own answers are untouched
+    import requests
+    r = requests.delete(g.url("/mq?topic=" + q), timeout=10)
+    assert r.json() == {"error": "method not allowed", "status": 405}
+    assert g.publish(q, b"ok").status_code == 201
+
+
+def _write_file(path, text):
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    import os
+    os.replace(tmp, path)
+
+
+def _file_nodes(g):
+    return {n["addr"] for n in g.status().json()["clusters"][0]["nodes"]}
+
+
+def test_nodes_file_same_size_same_second(gateway_factory, memqd_factory,
+                                          tmp_path):
+    import os
+    a, b = memqd_factory(), memqd_factory()
+    la, lb = node_addr(a), node_addr(b)
+    width = max(len(la), len(lb))
+    nf = tmp_path / "same.nodes"
+    _write_file(nf, la.ljust(width) + "\n")
+    g = gateway_factory([], cluster_extra="nodes_file %s;" % nf)
+    wait_for(lambda: _file_nodes(g) == {la}, timeout=5, what="first list")
+    st = os.stat(nf)
+    # the same size, and an mtime in the same second as before
+    _write_file(nf, lb.ljust(width) + "\n")
+    sec = st.st_mtime_ns // 10**9
+    os.utime(nf, ns=(st.st_atime_ns, sec * 10**9 + (st.st_mtime_ns + 1)
+                     % 10**9))
+    assert os.stat(nf).st_size == st.st_size
+    assert os.stat(nf).st_mtime_ns // 10**9 == sec
+    wait_for(lambda: _file_nodes(g) == {lb}, timeout=5,
+             what="the rewritten list in use")
+
+
+def test_nodes_file_names_are_not_resolved(gateway_factory, memqd_factory,
+                                           tmp_path):
+    a = memqd_factory()
+    nf = tmp_path / "names.nodes"
+    _write_file(nf, "localhost:%d\n%s\n" % (a.port, node_addr(a)))
+    g = gateway_factory([], cluster_extra="nodes_file %s;" % nf)
+    assert _file_nodes(g) == {node_addr(a)}
+    assert "host names are not resolved" in g.error_text()
+
+
+def test_value_for_another_key_is_a_broken_reply(gateway_factory,
+                                                 memqd_factory):
+    real = memqd_factory()
+
+    def answer(line, n):
+        return 0, b"VALUE other 0 5\r\nspoof\r\nEND\r\n"
+    fake = ScriptedNode(answer)
+    try:
+        g = gateway_factory([fake.addr, real])
+        g.expect_errors()
+        q = qname()
+        sent = fill([real], q, 3)
+        status, body, ended = g.stream(q)
+        assert status == 200 and not ended
+        assert set(body.split(b"\n")[:-1]) == sent
+        st = g.node_status(node_addr(fake.addr))
+        assert st["fails"] >= 1 and "key" in st["last_error"], st
+    finally:
+        fake.close()
