@@ -588,8 +588,6 @@ ngx_http_memq_etcd_apply(ngx_http_memq_etcd_t *et, ngx_str_t *json)
     ngx_int_t                 rc, weight;
     ngx_str_t                 kvs, kv, addr, err, hdr;
     ngx_uint_t                i, n, log_bad, bit;
-    ngx_queue_t              *q;
-    ngx_http_memq_conn_t     *mc;
     ngx_http_memq_node_t    **np, *node;
     ngx_http_memq_cluster_t  *cl;
 
@@ -701,11 +699,7 @@ ngx_http_memq_etcd_apply(ngx_http_memq_etcd_t *et, ngx_str_t *json)
         }
 
         /* no new work: its pooled connections go now */
-        while (!ngx_queue_empty(&node->idle)) {
-            q = ngx_queue_head(&node->idle);
-            mc = ngx_queue_data(q, ngx_http_memq_conn_t, queue);
-            ngx_http_memq_conn_close(mc);
-        }
+        ngx_http_memq_conn_close_idle(node);
     }
 
     ngx_http_memq_shm_sources(cl);

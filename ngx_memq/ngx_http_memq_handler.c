@@ -319,6 +319,11 @@ ngx_http_memq_consume(ngx_http_request_t *r)
     cln->handler = ngx_http_memq_cleanup;
     cln->data = ctx;
 
+    /* the stream holds its nodes until cleanup: none is reused meanwhile */
+    for (i = 0; i < ctx->nnodes; i++) {
+        ctx->nodes[i].node->refs++;
+    }
+
     if (cl->sh) {
         (void) ngx_atomic_fetch_add(&cl->sh->streams_active, 1);
         ctx->counted = 1;
@@ -1629,6 +1634,12 @@ ngx_http_memq_cleanup(void *data)
 
         sn->mc = NULL;
     }
+
+    for (i = 0; i < ctx->nnodes; i++) {
+        ctx->nodes[i].node->refs--;
+    }
+
+    ctx->nnodes = 0;
 
     if (ctx->counted) {
         (void) ngx_atomic_fetch_add(&ctx->cluster->sh->streams_active, -1);

@@ -154,6 +154,9 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
         return (rc == NGX_DECLINED) ? NGX_ERROR : NGX_BUSY;
     }
 
+    /* the node is not reused while a connection to it lives */
+    node->refs++;
+
     c = mc->pc.connection;
     c->data = mc;
     c->pool = pool;
@@ -264,6 +267,7 @@ ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc)
 
     c = mc->pc.connection;
     pool = mc->pool;
+    mc->node->refs--;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "memq node connection close: %V", &mc->node->addr);
@@ -299,6 +303,21 @@ ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc)
 
     ngx_close_connection(c);
     ngx_destroy_pool(pool);
+}
+
+
+/* a node left every source: its pooled connections go now */
+void
+ngx_http_memq_conn_close_idle(ngx_http_memq_node_t *node)
+{
+    ngx_queue_t           *q;
+    ngx_http_memq_conn_t  *mc;
+
+    while (!ngx_queue_empty(&node->idle)) {
+        q = ngx_queue_head(&node->idle);
+        mc = ngx_queue_data(q, ngx_http_memq_conn_t, queue);
+        ngx_http_memq_conn_close(mc);
+    }
 }
 
 

@@ -512,3 +512,32 @@ def test_value_for_another_key_is_a_broken_reply(gateway_factory,
         assert st["fails"] >= 1 and "key" in st["last_error"], st
     finally:
         fake.close()
+
+
+def test_node_table_reused_past_64_addresses(gateway_factory, memqd_factory,
+                                             tmp_path):
+    """Nodes come and go through nodes_file: 120 distinct addresses over
+    the worker's life (one memqd listening on every loopback address), the
+    table and the shared slots are reused, the status lists the live ones."""
+    node = memqd_factory(wait=False)
+    node.host = "0.0.0.0"
+    node.start()
+    port = node.port
+    nf = tmp_path / "many.nodes"
+    g = gateway_factory([], workers=1, cluster_extra="nodes_file %s;" % nf)
+    q = qname()
+    published = 0
+    for gen in range(3):
+        addrs = ["127.0.0.%d:%d" % (2 + gen * 40 + i, port)
+                 for i in range(40)]
+        _write_file(nf, "\n".join(addrs) + "\n")
+        wait_for(lambda: _file_nodes(g) == set(addrs), timeout=5,
+                 what="generation %d of nodes in the status" % gen)
+        r = g.publish(q, b"gen%d" % gen)
+        assert r.status_code == 201, r.text
+        assert r.json()["node"] in addrs
+        published += 1
+        status, body, ended = g.stream(q)
+        assert status == 200 and ended
+        assert body == b"gen%d\n" % gen
+    assert "too many nodes" not in g.error_text()
