@@ -42,6 +42,10 @@
 #define NGX_HTTP_MEMQ_LINE_SIZE  384
 #define NGX_HTTP_MEMQ_TOO_MANY   "too many connections"
 
+/* inflated output a stream may have waiting for its client before it
+ * stops reading node replies (one more value may exceed it) */
+#define NGX_HTTP_MEMQ_INFLATE_BUDGET  65536
+
 /* per-node states in a stream: name, enum member */
 #define NGX_HTTP_MEMQ_SN_STATES(X)                                           \
     X("idle",   NGX_HTTP_MEMQ_SN_IDLE)                                       \
@@ -103,6 +107,8 @@ typedef struct {
     unsigned                last_empty:1; /* the last reply had no item */
     unsigned                waiting:1;    /* the request has /t= */
     unsigned                give_back:1;  /* the item read is beyond max */
+    unsigned                paused:1;     /* reply held: inflated output
+                                             over budget */
 } ngx_http_memq_snode_t;
 
 
@@ -130,6 +136,8 @@ struct ngx_http_memq_ctx_s {
 
     u_char                     *scratch;   /* inflated values */
     size_t                      scratch_cap;
+    size_t                      inflated;  /* inflated bytes in output not
+                                              yet written to the socket */
 
     ngx_event_t                 heartbeat;
     ngx_queue_t                 queue;     /* in ngx_http_memq_streams */
@@ -497,6 +505,21 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
 
     flushed = (rc == NGX_OK);
 
+    if (flushed) {
+        /* the client took the inflated output: held replies read on */
+        for (i = 0; i < ctx->nnodes; i++) {
+            sn = &ctx->nodes[i];
+
+            if (sn->paused) {
+                sn->paused = 0;
+
+                if (sn->mc && sn->state == NGX_HTTP_MEMQ_SN_BUSY) {
+                    ngx_http_memq_conn_resume(sn->mc);
+                }
+            }
+        }
+    }
+
     busy = 0;
     live = 0;
     idle = 0;
@@ -836,6 +859,28 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                 goto bad;
             }
 
+            if (ctx->inflated >= NGX_HTTP_MEMQ_INFLATE_BUDGET
+                && ctx->conf->inflate
+                && (sn->value.flags & ctx->conf->compress_flag)
+                && !sn->give_back)
+            {
+                /*
+                 * Inflated output waits for the client already: stop
+                 * here (the value stays in the buffer, the node is not
+                 * timed) until the client took it, so memory per stream
+                 * is one batch of values plus the budget and one value.
+                 */
+                if (ngx_http_memq_send_header(ctx) != NGX_OK) {
+                    ngx_http_memq_abort(ctx, NGX_ERROR);
+                    return NGX_DONE;
+                }
+
+                sn->paused = 1;
+                ngx_http_memq_conn_hold(mc);
+                ngx_http_memq_run(ctx);
+                return NGX_DONE;
+            }
+
             if (sn->reserved) {
                 /* a reserved item: its place in max becomes a message, so
                  * messages + reserved never exceeds max */
@@ -1100,6 +1145,7 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
         if (rc == NGX_OK) {
             data = ctx->scratch;
             len = dlen;
+            ctx->inflated += dlen;
 
         } else {
             /* passed through untouched, and counted */
@@ -1255,6 +1301,7 @@ ngx_http_memq_flush(ngx_http_memq_ctx_t *ctx, ngx_uint_t last)
     if (ctx->out == NULL && ctx->busy == NULL && !c->buffered
         && !r->buffered)
     {
+        ctx->inflated = 0;
         return NGX_OK;
     }
 
@@ -1297,6 +1344,8 @@ ngx_http_memq_flush(ngx_http_memq_ctx_t *ctx, ngx_uint_t last)
     if (c->write->timer_set && !c->write->delayed) {
         ngx_del_timer(c->write);
     }
+
+    ctx->inflated = 0;
 
     return NGX_OK;
 }

@@ -228,6 +228,10 @@ struct ngx_http_memq_conn_s {
     unsigned                       waiting:1;   /* request sent, reply due */
     unsigned                       pooled:1;
     unsigned                       reset:1;     /* closed in use: RST */
+    unsigned                       held:1;      /* the owner reads no more
+                                                   for now */
+    unsigned                       resumed:1;   /* handler first, then
+                                                   read */
     unsigned                       local:1;     /* err is a shortage of
                                                    this worker, not the
                                                    node's failure */
@@ -265,6 +269,8 @@ ngx_int_t ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
 void ngx_http_memq_conn_send(ngx_http_memq_conn_t *mc, ngx_buf_t *out,
     ngx_msec_t reply_timeout);
 void ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc);
+void ngx_http_memq_conn_hold(ngx_http_memq_conn_t *mc);
+void ngx_http_memq_conn_resume(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close_idle(ngx_http_memq_node_t *node);

@@ -236,6 +236,41 @@ ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc)
 }
 
 
+/*
+ * The owner stops reading the reply for a while (its client has not taken
+ * what came before): nothing more is read and the node is not timed: the
+ * node is not what is waited for.
+ */
+void
+ngx_http_memq_conn_hold(ngx_http_memq_conn_t *mc)
+{
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+    mc->held = 1;
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+}
+
+
+/* the owner reads on: the bytes already in go to the handler first, from
+ * the event loop */
+void
+ngx_http_memq_conn_resume(ngx_http_memq_conn_t *mc)
+{
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+    mc->held = 0;
+    mc->resumed = 1;
+
+    ngx_add_timer(c->read, mc->node->cluster->read_timeout);
+    ngx_post_event(c->read, &ngx_posted_events);
+}
+
+
 /* closes the connection and frees it; memqd gives back its open items */
 void
 ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc)
@@ -603,9 +638,25 @@ ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc)
         return;
     }
 
-    if (!mc->waiting) {
-        /* readable while we still send: look later */
+    if (!mc->waiting || mc->held) {
+        /* readable while we still send, or the owner holds the reply
+         * back: look later (conn_resume() posts this event again) */
         return;
+    }
+
+    if (mc->resumed) {
+        /* bytes read before the hold come first */
+        mc->resumed = 0;
+
+        if (b->pos != b->last) {
+            if (mc->handler(mc, NGX_OK) != NGX_OK) {
+                return;
+            }
+
+            if (!mc->waiting || mc->held) {
+                return;
+            }
+        }
     }
 
     for ( ;; ) {
@@ -640,6 +691,10 @@ ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc)
         ngx_add_timer(rev, mc->node->cluster->read_timeout);
 
         if (mc->handler(mc, NGX_OK) != NGX_OK) {
+            return;
+        }
+
+        if (mc->held) {
             return;
         }
 

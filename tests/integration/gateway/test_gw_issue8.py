@@ -541,3 +541,30 @@ def test_node_table_reused_past_64_addresses(gateway_factory, memqd_factory,
         assert status == 200 and ended
         assert body == b"gen%d\n" % gen
     assert "too many nodes" not in g.error_text()
+
+
+def test_inflate_output_bounded_per_stream(gateway_factory, memqd_factory):
+    """One reply of 48 values that each inflate to 1 MiB: the stream holds
+    the reply while its client takes the inflated output, so the worker
+    does not hold 48 MiB at once; every value arrives inflated."""
+    import zlib
+    node = memqd_factory()
+    g = gateway_factory([node], workers=1,
+                        loc_extra="memq_batch 64; memq_inflate_max_size 2m;")
+    q = qname()
+    size = 1024 * 1024
+    c = Client(node.addr)
+    for i in range(48):
+        c.store(q, zlib.compress(b"%02d" % i + b"z" * (size - 2)), flags=1)
+    c.close()
+    assert g.publish(qname(), b"warm").status_code == 201
+    before = _worker_peak_rss(g)
+    status, body, ended = g.stream(q)
+    assert status == 200 and ended
+    lines = body.split(b"\n")[:-1]
+    assert len(lines) == 48
+    assert sorted(l[:2] for l in lines) == [b"%02d" % i for i in range(48)]
+    assert all(len(l) == size for l in lines)
+    grown = _worker_peak_rss(g) - before
+    assert grown < 24 * 1024 * 1024, grown
+    assert node_items(node, q) == (0, 0)
