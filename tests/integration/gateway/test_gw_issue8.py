@@ -568,3 +568,86 @@ def test_inflate_output_bounded_per_stream(gateway_factory, memqd_factory):
     grown = _worker_peak_rss(g) - before
     assert grown < 24 * 1024 * 1024, grown
     assert node_items(node, q) == (0, 0)
+
+
+class _OnceEtcd:
+    """An etcd v3 JSON gateway stand-in that answers the first range poll
+    with one node and then never answers again (a worker polling later
+    waits for its read timeout): only one worker learns the list from
+    etcd itself."""
+
+    def __init__(self, addr):
+        import base64
+        import json
+        key = "/memq/main/nodes/" + addr
+        self.body = json.dumps({
+            "header": {"revision": "1"},
+            "kvs": [{"key": base64.b64encode(key.encode()).decode(),
+                     "value": base64.b64encode(json.dumps(
+                         {"addr": addr, "weight": 1}).encode()).decode()}],
+            "count": "1"}).encode()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.answered = threading.Event()
+        self.held = []
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.sock.settimeout(0.1)
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if self.answered.is_set():
+                self.held.append(c)
+                continue
+            c.settimeout(5)
+            buf = b""
+            try:
+                while b"\r\n\r\n" not in buf:
+                    buf += c.recv(4096)
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json"
+                          b"\r\nContent-Length: %d\r\n\r\n%s"
+                          % (len(self.body), self.body))
+            finally:
+                c.close()
+            self.answered.set()
+
+    def close(self):
+        self.closed = True
+        self.thread.join(2)
+        for c in self.held:
+            c.close()
+        self.sock.close()
+
+
+def test_etcd_worker_seeded_from_sibling(gateway_factory, memqd_factory):
+    node = memqd_factory()
+    etcd = _OnceEtcd(node_addr(node))
+    try:
+        g = gateway_factory(
+            [], workers=2, listen_extra="reuseport",
+            timeouts="connect_timeout 1s; read_timeout 30s;",
+            cluster_extra="etcd http://127.0.0.1:%d interval=100ms;"
+                          % etcd.port)
+        assert etcd.answered.wait(10 * SLOW)
+        wait_for(lambda: _file_nodes(g) == {node_addr(node)}, timeout=5,
+                 what="the node from etcd in the status")
+        q = qname()
+        # fresh connections spread over both workers (reuseport): the one
+        # without an answer of its own serves its sibling's list
+        codes = [g.publish(q, b"m%d" % i).status_code for i in range(40)]
+        assert codes == [201] * 40, codes
+        c = Client(node.addr)
+        assert c.qstats(q)["items"] == 40
+        c.close()
+    finally:
+        etcd.close()
