@@ -270,7 +270,9 @@ def test_queue_full_is_507_and_marks_nothing(gateway_factory,
 def test_node_connection_limit_marks_nothing(gateway_factory,
                                              memqd_factory):
     node = memqd_factory(args=["--max-connections", "1"])
-    g = gateway_factory([node], cluster_extra="max_fails 1; fail_timeout 60s;")
+    # one worker: its pooled connection is the node's only one
+    g = gateway_factory([node], workers=1,
+                        cluster_extra="max_fails 1; fail_timeout 60s;")
     q = qname()
     holder = Client(node.addr)
     holder.store(q, b"held")
