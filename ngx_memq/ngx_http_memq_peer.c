@@ -591,7 +591,19 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
         }
 
         if (n == NGX_ERROR) {
-            ngx_http_memq_conn_fail(mc, "send failed");
+            /*
+             * The node may have answered and closed before it read the
+             * rest ("SERVER_ERROR too many connections" is said at
+             * accept): what it said is read first, and decides; a node
+             * that said nothing fails on the read ("closed", "recv").
+             */
+            if (wev->timer_set) {
+                ngx_del_timer(wev);
+            }
+
+            mc->waiting = 1;
+            ngx_add_timer(c->read, mc->node->cluster->read_timeout);
+            ngx_http_memq_conn_read(mc);
             return;
         }
 
