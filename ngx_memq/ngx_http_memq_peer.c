@@ -423,6 +423,8 @@ ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc)
     mc->data = NULL;
     mc->owner_conn = NULL;
     mc->need = 0;
+    mc->held = 0;
+    mc->resumed = 0;
     mc->in->pos = mc->in->start;
     mc->in->last = mc->in->start;
     mc->pooled = 1;
