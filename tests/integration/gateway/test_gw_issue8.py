@@ -500,7 +500,9 @@ def test_value_for_another_key_is_a_broken_reply(gateway_factory,
     real = memqd_factory()
 
     def answer(line, n):
-        return 0, b"VALUE other 0 5\r\nspoof\r\nEND\r\n"
+        if n == 1:
+            return 0, b"VALUE other 0 5\r\nspoof\r\nEND\r\n"
+        return 0, b"END\r\n"
     fake = ScriptedNode(answer)
     try:
         g = gateway_factory([fake.addr, real])
