@@ -691,3 +691,35 @@ def test_chunked_bodies_empty_and_in_pieces(gateway_factory, memqd_factory):
     got = [i.data for i in c.drain(q)]
     c.close()
     assert got == lines
+
+
+def test_publish_to_a_slow_reader_is_not_timed_out(gateway_factory):
+    """A node that takes a big batch slowly but steadily: windows go out
+    while replies come, every timer starts again on progress, so a batch
+    that takes several read_timeouts to go out is stored, not failed
+    half-way.  (The seed passes this too: loopback's send buffers took its
+    whole batch at once; it guards the windowed sender.)"""
+    count = {"sets": 0}
+
+    def answer(line, n):
+        if not line.startswith(b"set "):
+            return None
+        count["sets"] += 1
+        return 0, b"STORED\r\n"
+
+    # 64 KiB every 50 ms: the 3 MB batch takes about 2.5 s to go out, the
+    # kernel takes the first 1-2 MB at once, read_timeout is 0.5 s
+    fake = ScriptedNode(answer, recv_size=65536, recv_pause=0.05,
+                        rcvbuf=65536)
+    try:
+        g = gateway_factory([fake.addr], workers=1,
+                            timeouts="connect_timeout 1s; read_timeout 500ms;",
+                            loc_extra="client_max_body_size 8m;")
+        body = b"".join(b"%04d" % i + b"p" * 1020 + b"\n" for i in range(3072))
+        r = g.publish(qname(), body, ndjson=True, timeout=30)
+        assert r.status_code == 201, r.text
+        assert r.json()["queued"] == 3072
+        assert count["sets"] == 3072
+        assert g.node_status(node_addr(fake.addr))["fails"] == 0
+    finally:
+        fake.close()
