@@ -401,9 +401,10 @@ def _worker_peak_rss(g):
 
 
 def test_million_line_publish_bounded_memory(gateway_factory, memqd_factory):
-    """1,000,000 ndjson lines in one POST: sent in windows while replies
-    are read (no deadlock against the node's unread-reply limit), every
-    line stored exactly once on one node, worker RSS grows < 64 MiB."""
+    """2,000,000 one-byte ndjson lines in one POST (the issue's 4 MB body;
+    the seed deadlocked on it against the node's unread-reply limit and
+    answered 503): sent in windows while replies are read, every line
+    stored exactly once on one node, worker RSS grows < 64 MiB."""
     node = memqd_factory()
     g = gateway_factory([node], workers=1,
                         loc_extra="client_max_body_size 64m;"
@@ -412,7 +413,7 @@ def test_million_line_publish_bounded_memory(gateway_factory, memqd_factory):
     # warm the worker up (first request allocations)
     assert g.publish(q, b"warm").status_code == 201
     before = _worker_peak_rss(g)
-    n = 1000000
+    n = 2000000
     body = b"x\n" * n
     r = g.publish(q, body, ndjson=True, timeout=120)
     assert r.status_code == 201, r.text[:300]
