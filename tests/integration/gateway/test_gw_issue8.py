@@ -303,6 +303,8 @@ def test_worker_connections_shortage_marks_nothing(gateway_factory,
     r = g.publish(q, b"x")
     assert r.status_code == 503, r.text
     assert r.json()["error"] == "no node took the message"
+    r = g.consume(q)
+    assert r.status_code == 503, r.text
     for h in held:
         h.close()
     wait_for(lambda: g.publish(q, b"y").status_code == 201, timeout=5,
