@@ -644,7 +644,23 @@ ngx_http_memq_etcd_apply(ngx_http_memq_etcd_t *et, ngx_str_t *json)
         np[i]->sources &= ~NGX_HTTP_MEMQ_SRC_ETCD;
     }
 
+    /*
+     * Two passes, as for a nodes_file: known nodes get their bit back
+     * first, so none is taken for a node that left (and reused for a new
+     * address) before its own entry is read.
+     */
     n = 0;
+    pos = NULL;
+
+    while (ngx_http_memq_json_next(&kvs, &pos, &kv) == NGX_OK) {
+        if (ngx_http_memq_etcd_entry(et, &kv, &addr, &weight, &err) == NGX_OK
+            && ngx_http_memq_node_find(cl, addr.data, addr.len) != NULL)
+        {
+            (void) ngx_http_memq_node_add(cl, ngx_cycle->pool, &addr, weight,
+                                          NGX_HTTP_MEMQ_SRC_ETCD, &err);
+        }
+    }
+
     pos = NULL;
 
     while (ngx_http_memq_json_next(&kvs, &pos, &kv) == NGX_OK) {

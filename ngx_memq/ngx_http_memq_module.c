@@ -426,7 +426,7 @@ ngx_http_memq_read_nodes_file(ngx_http_memq_cluster_t *cl, ngx_log_t *log,
     ngx_fd_t                fd;
     ngx_int_t               weight;
     ngx_str_t               line, addr, err;
-    ngx_uint_t              i, lineno;
+    ngx_uint_t              i, lineno, pass;
     ngx_file_info_t         fi;
     ngx_http_memq_node_t  **np, *node;
 
@@ -490,39 +490,57 @@ ngx_http_memq_read_nodes_file(ngx_http_memq_cluster_t *cl, ngx_log_t *log,
         np[i]->sources &= ~NGX_HTTP_MEMQ_SRC_FILE;
     }
 
-    p = buf;
-    last = buf + n;
-    lineno = 0;
+    /*
+     * Two passes: the nodes already known get their bit back first, so a
+     * node listed further down is never taken for a node that left (and
+     * reused for a new address) before its own line is read.
+     */
+    for (pass = 0; pass < 2; pass++) {
+        p = buf;
+        last = buf + n;
+        lineno = 0;
 
-    while (p < last) {
-        lineno++;
+        while (p < last) {
+            lineno++;
 
-        eol = ngx_strlchr(p, last, '\n');
-        if (eol == NULL) {
-            eol = last;
-        }
+            eol = ngx_strlchr(p, last, '\n');
+            if (eol == NULL) {
+                eol = last;
+            }
 
-        line.data = p;
-        line.len = eol - p;
-        p = eol + 1;
+            line.data = p;
+            line.len = eol - p;
+            p = eol + 1;
 
-        if (ngx_http_memq_parse_node_line(&line, &addr, &weight) != NGX_OK) {
-            ngx_log_error(NGX_LOG_WARN, log, 0,
-                          "memq cluster \"%V\": %V:%ui: bad line \"%V\"",
-                          &cl->name, &cl->nodes_file, lineno, &line);
-            continue;
-        }
+            if (ngx_http_memq_parse_node_line(&line, &addr, &weight)
+                != NGX_OK)
+            {
+                if (pass) {
+                    ngx_log_error(NGX_LOG_WARN, log, 0,
+                                  "memq cluster \"%V\": %V:%ui: bad line "
+                                  "\"%V\"", &cl->name, &cl->nodes_file,
+                                  lineno, &line);
+                }
 
-        if (addr.len == 0) {
-            continue;
-        }
+                continue;
+            }
 
-        node = ngx_http_memq_node_add(cl, ngx_cycle->pool, &addr, weight,
-                                      NGX_HTTP_MEMQ_SRC_FILE, &err);
-        if (node == NULL) {
-            ngx_log_error(NGX_LOG_WARN, log, 0,
-                          "memq cluster \"%V\": %V:%ui: %V",
-                          &cl->name, &cl->nodes_file, lineno, &err);
+            if (addr.len == 0
+                || (pass == 0
+                    && ngx_http_memq_node_find(cl, addr.data, addr.len)
+                       == NULL))
+            {
+                continue;
+            }
+
+            node = ngx_http_memq_node_add(cl, ngx_cycle->pool, &addr,
+                                          weight, NGX_HTTP_MEMQ_SRC_FILE,
+                                          &err);
+            if (node == NULL && pass) {
+                ngx_log_error(NGX_LOG_WARN, log, 0,
+                              "memq cluster \"%V\": %V:%ui: %V",
+                              &cl->name, &cl->nodes_file, lineno, &err);
+            }
         }
     }
 

@@ -726,3 +726,27 @@ def test_publish_to_a_slow_reader_is_not_timed_out(gateway_factory):
         assert g.node_status(node_addr(fake.addr))["fails"] == 0
     finally:
         fake.close()
+
+
+def test_full_node_table_keeps_nodes_still_listed(gateway_factory,
+                                                  memqd_factory, tmp_path):
+    """64 nodes known, a new one comes first in the file and one leaves:
+    only the one that left makes room; the others keep their slot and
+    counters (a node further down the file is not taken for gone)."""
+    node = memqd_factory(wait=False)
+    node.host = "0.0.0.0"
+    node.start()
+    old = ["127.0.1.%d:%d" % (i + 1, node.port) for i in range(64)]
+    nf = tmp_path / "full.nodes"
+    _write_file(nf, "%s weight=1000\n" % old[0] + "\n".join(old[1:]) + "\n")
+    g = gateway_factory([], workers=1, cluster_extra="nodes_file %s;" % nf)
+    wait_for(lambda: _file_nodes(g) == set(old), timeout=5, what="64 nodes")
+    r = g.publish(qname(), b"to the heavy one")
+    assert r.json()["node"] == old[0], r.text
+    new = "127.0.2.1:%d" % node.port
+    _write_file(nf, new + "\n" + "\n".join(old[:63]) + "\n")
+    wait_for(lambda: _file_nodes(g) == set(old[:63]) | {new}, timeout=5,
+             what="the new list")
+    st = g.node_status(old[0])
+    assert st["msgs_in"] == 1, st
+    assert "too many nodes" not in g.error_text()
