@@ -40,6 +40,11 @@
 
 #define NGX_HTTP_MEMQ_OUT_SIZE   32768
 #define NGX_HTTP_MEMQ_LINE_SIZE  384
+#define NGX_HTTP_MEMQ_TOO_MANY   "too many connections"
+
+/* inflated output a stream may have waiting for its client before it
+ * stops reading node replies (one more value may exceed it) */
+#define NGX_HTTP_MEMQ_INFLATE_BUDGET  65536
 
 /* per-node states in a stream: name, enum member */
 #define NGX_HTTP_MEMQ_SN_STATES(X)                                           \
@@ -93,6 +98,8 @@ typedef struct {
     ngx_uint_t              rounds;       /* requests sent */
     mq_reply_t              value;        /* header of the value being read */
     ngx_buf_t               req;          /* request line, in line[] */
+    ngx_str_t               sent_key;     /* its key, in line[]: every
+                                             VALUE must echo it */
     u_char                  line[NGX_HTTP_MEMQ_LINE_SIZE];
     unsigned                open:1;       /* items open on the connection */
     unsigned                in_value:1;   /* reading a data block */
@@ -100,6 +107,8 @@ typedef struct {
     unsigned                last_empty:1; /* the last reply had no item */
     unsigned                waiting:1;    /* the request has /t= */
     unsigned                give_back:1;  /* the item read is beyond max */
+    unsigned                paused:1;     /* reply held: inflated output
+                                             over budget */
 } ngx_http_memq_snode_t;
 
 
@@ -113,6 +122,7 @@ struct ngx_http_memq_ctx_s {
     ngx_msec_t                  wait;      /* 0: drain */
     ngx_uint_t                  max;       /* 0: unlimited */
     ngx_uint_t                  reserved;  /* items asked for, not in yet */
+    ngx_uint_t                  marked;    /* nodes failed by their fault */
     ngx_msec_t                  deadline;  /* long poll: idle until */
     ngx_msec_t                  last_out;  /* last message or ping */
     ngx_http_memq_snode_t      *nodes;
@@ -129,6 +139,8 @@ struct ngx_http_memq_ctx_s {
 
     u_char                     *scratch;   /* inflated values */
     size_t                      scratch_cap;
+    size_t                      inflated;  /* inflated bytes in output not
+                                              yet written to the socket */
 
     ngx_event_t                 heartbeat;
     ngx_queue_t                 queue;     /* in ngx_http_memq_streams */
@@ -159,7 +171,9 @@ static ngx_int_t ngx_http_memq_send_line(ngx_http_memq_snode_t *sn,
 static ngx_int_t ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc,
     ngx_int_t rc);
 static void ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn,
-    const char *reason);
+    const char *reason, ngx_uint_t mark);
+static void ngx_http_memq_send_failed(ngx_http_memq_snode_t *sn,
+    ngx_int_t rc);
 static ngx_int_t ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data,
     size_t len);
 static u_char *ngx_http_memq_reserve(ngx_http_memq_ctx_t *ctx, size_t need);
@@ -271,6 +285,8 @@ ngx_http_memq_consume(ngx_http_request_t *r)
         return NGX_DONE;
     }
 
+    ngx_http_memq_etcd_seed(cl, r->connection->log);
+
     /* the nodes usable now take part */
     np = cl->nodes.elts;
     n = 0;
@@ -331,6 +347,11 @@ ngx_http_memq_consume(ngx_http_request_t *r)
 
     cln->handler = ngx_http_memq_cleanup;
     cln->data = ctx;
+
+    /* the stream holds its nodes until cleanup: none is reused meanwhile */
+    for (i = 0; i < ctx->nnodes; i++) {
+        ctx->nodes[i].node->refs++;
+    }
 
     if (cl->sh) {
         (void) ngx_atomic_fetch_add(&cl->sh->streams_active, 1);
@@ -505,6 +526,21 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
 
     flushed = (rc == NGX_OK);
 
+    if (flushed) {
+        /* the client took the inflated output: held replies read on */
+        for (i = 0; i < ctx->nnodes; i++) {
+            sn = &ctx->nodes[i];
+
+            if (sn->paused) {
+                sn->paused = 0;
+
+                if (sn->mc && sn->state == NGX_HTTP_MEMQ_SN_BUSY) {
+                    ngx_http_memq_conn_resume(sn->mc);
+                }
+            }
+        }
+    }
+
     busy = 0;
     live = 0;
     idle = 0;
@@ -584,10 +620,10 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
             }
 
             if (sn->open) {
-                if (ngx_http_memq_ask_line(sn, "close", NGX_HTTP_MEMQ_SN_ACK)
-                    != NGX_OK)
-                {
-                    ngx_http_memq_node_fail(sn, "connect failed");
+                rc = ngx_http_memq_ask_line(sn, "close",
+                                            NGX_HTTP_MEMQ_SN_ACK);
+                if (rc != NGX_OK) {
+                    ngx_http_memq_send_failed(sn, rc);
                 }
 
                 continue;
@@ -609,7 +645,9 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
             }
         }
 
-        if (flushed) {
+        if (flushed || !ctx->header_sent) {
+            /* without a header nothing can be flushed: no node answered
+             * completely, and none is left to wait for (503) */
             ngx_http_memq_finish(ctx);
         }
 
@@ -647,11 +685,11 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
                 n = 1;
 
             } else {
-                left = ctx->max - ctx->stat.messages - ctx->reserved;
-
-                if (left == 0) {
+                if (ctx->stat.messages + ctx->reserved >= ctx->max) {
                     continue;
                 }
+
+                left = ctx->max - ctx->stat.messages - ctx->reserved;
 
                 /* share what max still allows among the nodes asked */
                 n = ngx_min(n, ngx_max(1, left / idle));
@@ -660,8 +698,9 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
             }
         }
 
-        if (ngx_http_memq_ask(sn, n, sn->open, waiting, reserve) != NGX_OK) {
-            ngx_http_memq_node_fail(sn, "connect failed");
+        rc = ngx_http_memq_ask(sn, n, sn->open, waiting, reserve);
+        if (rc != NGX_OK) {
+            ngx_http_memq_send_failed(sn, rc);
             continue;
         }
 
@@ -692,6 +731,7 @@ ngx_http_memq_ask(ngx_http_memq_snode_t *sn, ngx_uint_t n, ngx_uint_t close,
     ngx_uint_t waiting, ngx_uint_t reserve)
 {
     u_char               *p;
+    ngx_int_t             rc;
     ngx_msec_t            t;
     ngx_http_memq_ctx_t  *ctx;
 
@@ -711,8 +751,9 @@ ngx_http_memq_ask(ngx_http_memq_snode_t *sn, ngx_uint_t n, ngx_uint_t close,
     *p++ = '\r';
     *p++ = '\n';
 
-    if (ngx_http_memq_send_line(sn, p, t) != NGX_OK) {
-        return NGX_ERROR;
+    rc = ngx_http_memq_send_line(sn, p, t);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
     sn->asked = n;
@@ -731,12 +772,14 @@ static ngx_int_t
 ngx_http_memq_ask_line(ngx_http_memq_snode_t *sn, const char *opt,
     ngx_uint_t state)
 {
-    u_char  *p;
+    u_char     *p;
+    ngx_int_t   rc;
 
     p = ngx_sprintf(sn->line, "get %V/%s\r\n", &sn->ctx->key, opt);
 
-    if (ngx_http_memq_send_line(sn, p, 0) != NGX_OK) {
-        return NGX_ERROR;
+    rc = ngx_http_memq_send_line(sn, p, 0);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
     sn->asked = 0;
@@ -762,14 +805,18 @@ ngx_http_memq_send_line(ngx_http_memq_snode_t *sn, u_char *last,
     if (sn->mc == NULL) {
         rc = ngx_http_memq_conn_get(sn->node,
                                     ctx->request->connection->log, &sn->mc);
-        if (rc == NGX_ERROR) {
-            return NGX_ERROR;
+        if (rc == NGX_ERROR || rc == NGX_BUSY) {
+            return rc;
         }
 
         sn->mc->handler = ngx_http_memq_node_reply;
         sn->mc->data = sn;
         sn->mc->owner_conn = ctx->request->connection;
     }
+
+    /* "get[s] <key>\r\n": the key is what the node must echo */
+    sn->sent_key.data = (u_char *) ngx_strlchr(sn->line, last, ' ') + 1;
+    sn->sent_key.len = last - 2 - sn->sent_key.data;
 
     sn->req.start = sn->line;
     sn->req.pos = sn->line;
@@ -800,6 +847,7 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 {
     size_t                  need;
     ngx_int_t               prc;
+    ngx_uint_t              take;
     ngx_buf_t              *b;
     const char             *err;
     mq_reply_t              reply;
@@ -810,7 +858,7 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     ctx = sn->ctx;
 
     if (rc == NGX_ERROR) {
-        ngx_http_memq_node_fail(sn, mc->err);
+        ngx_http_memq_node_fail(sn, mc->err, !mc->local);
         ngx_http_memq_run(ctx);
         return NGX_DONE;
     }
@@ -832,14 +880,48 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                 goto bad;
             }
 
-            if (sn->reserved == 0 && ctx->max
-                && ctx->stat.messages + ctx->reserved >= ctx->max)
+            if (ctx->inflated >= NGX_HTTP_MEMQ_INFLATE_BUDGET
+                && ctx->conf->inflate
+                && (sn->value.flags & ctx->conf->compress_flag)
+                && !sn->give_back)
+            {
+                /*
+                 * Inflated output waits for the client already: stop
+                 * here (the value stays in the buffer, the node is not
+                 * timed) until the client took it, so memory per stream
+                 * is one batch of values plus the budget and one value.
+                 */
+                if (ngx_http_memq_send_header(ctx) != NGX_OK) {
+                    ngx_http_memq_abort(ctx, NGX_ERROR);
+                    return NGX_DONE;
+                }
+
+                sn->paused = 1;
+                ngx_http_memq_conn_hold(mc);
+                ngx_http_memq_run(ctx);
+                return NGX_DONE;
+            }
+
+            if (sn->reserved) {
+                /* a reserved item: its place in max becomes a message, so
+                 * messages + reserved never exceeds max */
+                sn->reserved--;
+                ctx->reserved--;
+                take = 1;
+
+            } else if (ctx->max
+                       && ctx->stat.messages + ctx->reserved >= ctx->max)
             {
                 /* an unreserved item beyond max: it goes back */
                 sn->give_back = 1;
+                take = 0;
 
-            } else if (ngx_http_memq_emit(sn, b->pos, sn->value.bytes)
-                       != NGX_OK)
+            } else {
+                take = 1;
+            }
+
+            if (take
+                && ngx_http_memq_emit(sn, b->pos, sn->value.bytes) != NGX_OK)
             {
                 ngx_http_memq_abort(ctx, NGX_ERROR);
                 return NGX_DONE;
@@ -868,6 +950,14 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             break;
         }
 
+        if (reply.type == MQ_REPLY_SERVER_ERROR
+            && reply.text_len == sizeof(NGX_HTTP_MEMQ_TOO_MANY) - 1
+            && ngx_strncmp(reply.text, NGX_HTTP_MEMQ_TOO_MANY,
+                           reply.text_len) == 0)
+        {
+            goto busy;
+        }
+
         if (reply.type != MQ_REPLY_VALUE || sn->state != NGX_HTTP_MEMQ_SN_BUSY
             || sn->got >= sn->asked)
         {
@@ -877,6 +967,13 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                           b->pos - reply.consumed);
             err = "unexpected reply";
             goto failed;
+        }
+
+        if (reply.key_len != sn->sent_key.len
+            || ngx_strncmp(reply.key, sn->sent_key.data, reply.key_len) != 0)
+        {
+            err = "VALUE for a key not asked for";
+            goto bad;
         }
 
         sn->value = reply;
@@ -889,8 +986,9 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         goto bad;
     }
 
-    /* a complete reply */
-    mc->waiting = 0;
+    /* a complete reply: whatever happens next, the node is not waited for
+     * (its read timer goes) until the next request is sent */
+    ngx_http_memq_conn_replied(mc);
     sn->answered = 1;
     ngx_http_memq_node_ok(sn->node);
 
@@ -920,10 +1018,9 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
          * waiting) once max has room, or end */
         sn->last_empty = 0;
 
-        if (ngx_http_memq_ask_line(sn, "abort", NGX_HTTP_MEMQ_SN_ABORT)
-            != NGX_OK)
-        {
-            ngx_http_memq_node_fail(sn, "send failed");
+        rc = ngx_http_memq_ask_line(sn, "abort", NGX_HTTP_MEMQ_SN_ABORT);
+        if (rc != NGX_OK) {
+            ngx_http_memq_send_failed(sn, rc);
         }
 
         ngx_http_memq_run(ctx);
@@ -968,21 +1065,54 @@ bad:
 
 failed:
 
-    ngx_http_memq_node_fail(sn, err);
+    ngx_http_memq_node_fail(sn, err, 1);
+    ngx_http_memq_run(ctx);
+    return NGX_DONE;
+
+busy:
+
+    /* the node works but has no room for us: its shortage, not a failure */
+    ngx_log_error(NGX_LOG_WARN, &mc->log, 0,
+                  "memq node %V answered \"%*s\"", &sn->node->addr,
+                  ngx_min(reply.consumed, 128) - 2, b->pos - reply.consumed);
+
+    ngx_http_memq_node_fail(sn, "too many connections", 0);
     ngx_http_memq_run(ctx);
     return NGX_DONE;
 }
 
 
-/* the node failed: close, count, and go on with the others */
+/* a request could not be sent: rc is what the connection attempt said */
 static void
-ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn, const char *reason)
+ngx_http_memq_send_failed(ngx_http_memq_snode_t *sn, ngx_int_t rc)
 {
+    if (rc == NGX_BUSY) {
+        ngx_http_memq_node_fail(sn, "no free connection in this worker", 0);
+
+    } else {
+        ngx_http_memq_node_fail(sn, "connect failed", 1);
+    }
+}
+
+
+/*
+ * The node leaves this stream: close, count, and go on with the others.
+ * mark: the node's own failure (connect, timeout, broken reply), counted
+ * against its health; a shortage (ours, or the node's connection limit)
+ * is not.  Either way the stream can no longer say that every node is
+ * drained.
+ */
+static void
+ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn, const char *reason,
+    ngx_uint_t mark)
+{
+    ngx_uint_t            level;
     ngx_http_memq_ctx_t  *ctx;
 
     ctx = sn->ctx;
+    level = mark ? NGX_LOG_ERR : NGX_LOG_WARN;
 
-    ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+    ngx_log_error(level, ctx->request->connection->log, 0,
                   "memq node %V failed: %s", &sn->node->addr, reason);
 
     if (sn->mc) {
@@ -994,9 +1124,15 @@ ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn, const char *reason)
     sn->reserved = 0;
 
     sn->open = 0;
+    sn->in_value = 0;
     ctx->stat.nodes_failed++;
-    ngx_http_memq_node_failed(sn->node, ctx->request->connection->log,
-                              reason);
+
+    if (mark) {
+        ctx->marked++;
+        ngx_http_memq_node_failed(sn->node, ctx->request->connection->log,
+                                  reason);
+    }
+
     ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_FAILED);
 }
 
@@ -1030,6 +1166,7 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
         if (rc == NGX_OK) {
             data = ctx->scratch;
             len = dlen;
+            ctx->inflated += dlen;
 
         } else {
             /* passed through untouched, and counted */
@@ -1185,6 +1322,7 @@ ngx_http_memq_flush(ngx_http_memq_ctx_t *ctx, ngx_uint_t last)
     if (ctx->out == NULL && ctx->busy == NULL && !c->buffered
         && !r->buffered)
     {
+        ctx->inflated = 0;
         return NGX_OK;
     }
 
@@ -1227,6 +1365,8 @@ ngx_http_memq_flush(ngx_http_memq_ctx_t *ctx, ngx_uint_t last)
     if (c->write->timer_set && !c->write->delayed) {
         ngx_del_timer(c->write);
     }
+
+    ctx->inflated = 0;
 
     return NGX_OK;
 }
@@ -1326,7 +1466,7 @@ static void
 ngx_http_memq_finish(ngx_http_memq_ctx_t *ctx)
 {
     ngx_int_t            rc;
-    ngx_uint_t           i;
+    ngx_uint_t           i, level;
     ngx_http_request_t  *r;
 
     r = ctx->request;
@@ -1346,9 +1486,11 @@ ngx_http_memq_finish(ngx_http_memq_ctx_t *ctx)
     }
 
     if (!ctx->header_sent) {
-        /* no node ever answered */
+        /* no node ever answered: failed, or (a warning) short of
+         * connections, theirs or ours */
         ctx->done = 1;
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+        level = ctx->marked ? NGX_LOG_ERR : NGX_LOG_WARN;
+        ngx_log_error(level, r->connection->log, 0,
                       "memq cluster \"%V\": no node answered",
                       &ctx->cluster->name);
         ngx_http_memq_json_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -1696,6 +1838,12 @@ ngx_http_memq_cleanup(void *data)
 
         sn->mc = NULL;
     }
+
+    for (i = 0; i < ctx->nnodes; i++) {
+        ctx->nodes[i].node->refs--;
+    }
+
+    ctx->nnodes = 0;
 
     if (ctx->counted) {
         (void) ngx_atomic_fetch_add(&ctx->cluster->sh->streams_active, -1);

@@ -23,6 +23,7 @@
 
 static ngx_int_t ngx_http_memq_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_memq_add_variables(ngx_conf_t *cf);
+static ngx_int_t ngx_http_memq_postconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_memq_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_memq_init_process(ngx_cycle_t *cycle);
@@ -160,7 +161,7 @@ static ngx_command_t  ngx_http_memq_commands[] = {
 
 static ngx_http_module_t  ngx_http_memq_module_ctx = {
     ngx_http_memq_add_variables,           /* preconfiguration */
-    ngx_http_memq_cors_init,               /* postconfiguration */
+    ngx_http_memq_postconfiguration,       /* postconfiguration */
 
     ngx_http_memq_create_main_conf,        /* create main configuration */
     NULL,                                  /* init main configuration */
@@ -319,6 +320,23 @@ ngx_http_memq_json_error(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+/*
+ * The module's filters: nginx's own error pages in memq locations become
+ * JSON (errpage), and every answer gets the CORS headers (cors).  The
+ * filter installed last runs first, so the CORS headers are added to
+ * whatever the error-page filter made of the answer.
+ */
+static ngx_int_t
+ngx_http_memq_postconfiguration(ngx_conf_t *cf)
+{
+    if (ngx_http_memq_errpage_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_memq_cors_init(cf);
+}
+
+
 static ngx_int_t
 ngx_http_memq_add_variables(ngx_conf_t *cf)
 {
@@ -458,7 +476,7 @@ ngx_http_memq_read_nodes_file(ngx_http_memq_cluster_t *cl, ngx_log_t *log,
     ngx_fd_t                fd;
     ngx_int_t               weight;
     ngx_str_t               line, addr, err;
-    ngx_uint_t              i, lineno;
+    ngx_uint_t              i, lineno, pass;
     ngx_file_info_t         fi;
     ngx_http_memq_node_t  **np, *node;
 
@@ -474,8 +492,12 @@ ngx_http_memq_read_nodes_file(ngx_http_memq_cluster_t *cl, ngx_log_t *log,
         return;
     }
 
+    /* mtime to the nanosecond and the inode too: a rewrite of the same
+     * size within the same second (or a rename over it) is a change */
     if (!force && cl->file_seen
         && ngx_file_mtime(&fi) == cl->file_mtime
+        && fi.st_mtim.tv_nsec == cl->file_mtime_ns
+        && fi.st_ino == cl->file_ino
         && ngx_file_size(&fi) == cl->file_size)
     {
         return;
@@ -508,6 +530,8 @@ ngx_http_memq_read_nodes_file(ngx_http_memq_cluster_t *cl, ngx_log_t *log,
 
     cl->file_seen = 1;
     cl->file_mtime = ngx_file_mtime(&fi);
+    cl->file_mtime_ns = fi.st_mtim.tv_nsec;
+    cl->file_ino = fi.st_ino;
     cl->file_size = ngx_file_size(&fi);
 
     /* clear the file bit, then set it again for every node listed */
@@ -516,43 +540,69 @@ ngx_http_memq_read_nodes_file(ngx_http_memq_cluster_t *cl, ngx_log_t *log,
         np[i]->sources &= ~NGX_HTTP_MEMQ_SRC_FILE;
     }
 
-    p = buf;
-    last = buf + n;
-    lineno = 0;
+    /*
+     * Two passes: the nodes already known get their bit back first, so a
+     * node listed further down is never taken for a node that left (and
+     * reused for a new address) before its own line is read.
+     */
+    for (pass = 0; pass < 2; pass++) {
+        p = buf;
+        last = buf + n;
+        lineno = 0;
 
-    while (p < last) {
-        lineno++;
+        while (p < last) {
+            lineno++;
 
-        eol = ngx_strlchr(p, last, '\n');
-        if (eol == NULL) {
-            eol = last;
-        }
+            eol = ngx_strlchr(p, last, '\n');
+            if (eol == NULL) {
+                eol = last;
+            }
 
-        line.data = p;
-        line.len = eol - p;
-        p = eol + 1;
+            line.data = p;
+            line.len = eol - p;
+            p = eol + 1;
 
-        if (ngx_http_memq_parse_node_line(&line, &addr, &weight) != NGX_OK) {
-            ngx_log_error(NGX_LOG_WARN, log, 0,
-                          "memq cluster \"%V\": %V:%ui: bad line \"%V\"",
-                          &cl->name, &cl->nodes_file, lineno, &line);
-            continue;
-        }
+            if (ngx_http_memq_parse_node_line(&line, &addr, &weight)
+                != NGX_OK)
+            {
+                if (pass) {
+                    ngx_log_error(NGX_LOG_WARN, log, 0,
+                                  "memq cluster \"%V\": %V:%ui: bad line "
+                                  "\"%V\"", &cl->name, &cl->nodes_file,
+                                  lineno, &line);
+                }
 
-        if (addr.len == 0) {
-            continue;
-        }
+                continue;
+            }
 
-        node = ngx_http_memq_node_add(cl, ngx_cycle->pool, &addr, weight,
-                                      NGX_HTTP_MEMQ_SRC_FILE, &err);
-        if (node == NULL) {
-            ngx_log_error(NGX_LOG_WARN, log, 0,
-                          "memq cluster \"%V\": %V:%ui: %V",
-                          &cl->name, &cl->nodes_file, lineno, &err);
+            if (addr.len == 0
+                || (pass == 0
+                    && ngx_http_memq_node_find(cl, addr.data, addr.len)
+                       == NULL))
+            {
+                continue;
+            }
+
+            node = ngx_http_memq_node_add(cl, ngx_cycle->pool, &addr,
+                                          weight, NGX_HTTP_MEMQ_SRC_FILE,
+                                          &err);
+            if (node == NULL && pass) {
+                ngx_log_error(NGX_LOG_WARN, log, 0,
+                              "memq cluster \"%V\": %V:%ui: %V",
+                              &cl->name, &cl->nodes_file, lineno, &err);
+            }
         }
     }
 
     ngx_free(buf);
+
+    /* nodes that left: no new work, their pooled connections go now */
+    np = cl->nodes.elts;
+    for (i = 0; i < cl->nodes.nelts; i++) {
+        if (np[i]->sources == 0) {
+            ngx_http_memq_conn_close_idle(np[i]);
+        }
+    }
 
     ngx_http_memq_shm_sources(cl);
 
@@ -648,13 +698,52 @@ ngx_http_memq_node_find(ngx_http_memq_cluster_t *cl, u_char *addr, size_t len)
 
 /*
  * Resolves "host:port" into node (sockaddr, addr text copied into pool).
+ * A host name is resolved only when resolve is set (the configuration is
+ * being read, in the master); at run time (nodes_file, etcd) a worker
+ * never blocks in getaddrinfo(), so only an IP address is taken there.
  * NGX_ERROR with *err set when the address is unusable.
  */
 ngx_int_t
 ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
-    ngx_http_memq_node_t *node, ngx_str_t *err)
+    ngx_http_memq_node_t *node, ngx_str_t *err, ngx_uint_t resolve)
 {
-    ngx_url_t  u;
+    ngx_url_t    u;
+    ngx_addr_t   a;
+    ngx_pool_t  *tmp;
+
+    if (text->len >= NGX_HTTP_MEMQ_ADDR_LEN) {
+        ngx_str_set(err, "node address too long");
+        return NGX_ERROR;
+    }
+
+    if (!resolve) {
+        /* parsed in a pool of its own: nothing is left behind per node
+         * in the long-lived pool */
+        tmp = ngx_create_pool(256, ngx_cycle->log);
+        if (tmp == NULL) {
+            ngx_str_set(err, "out of memory");
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(&a, sizeof(ngx_addr_t));
+
+        if (ngx_parse_addr_port(tmp, &a, text->data, text->len) != NGX_OK
+            || ngx_inet_get_port(a.sockaddr) == 0
+            || a.socklen > sizeof(ngx_sockaddr_t))
+        {
+            ngx_destroy_pool(tmp);
+            ngx_str_set(err, "bad node address (ip:port expected; "
+                             "host names are not resolved here)");
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(&node->sa, a.sockaddr, a.socklen);
+        node->sockaddr = &node->sa.sockaddr;
+        node->socklen = a.socklen;
+        ngx_destroy_pool(tmp);
+
+        goto addr;
+    }
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
@@ -668,20 +757,19 @@ ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
         return NGX_ERROR;
     }
 
-    if (text->len >= NGX_HTTP_MEMQ_ADDR_LEN) {
-        ngx_str_set(err, "node address too long");
+    if (u.addrs[0].socklen > sizeof(ngx_sockaddr_t)) {
+        ngx_str_set(err, "bad node address");
         return NGX_ERROR;
     }
 
-    node->sockaddr = u.addrs[0].sockaddr;
+    ngx_memcpy(&node->sa, u.addrs[0].sockaddr, u.addrs[0].socklen);
+    node->sockaddr = &node->sa.sockaddr;
     node->socklen = u.addrs[0].socklen;
 
-    node->addr.data = ngx_pstrdup(pool, text);
-    if (node->addr.data == NULL) {
-        ngx_str_set(err, "out of memory");
-        return NGX_ERROR;
-    }
+addr:
 
+    ngx_memcpy(node->addr_buf, text->data, text->len);
+    node->addr.data = node->addr_buf;
     node->addr.len = text->len;
 
     return NGX_OK;
@@ -696,7 +784,8 @@ ngx_http_memq_node_t *
 ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl, ngx_pool_t *pool,
     ngx_str_t *addr, ngx_int_t weight, ngx_uint_t source, ngx_str_t *err)
 {
-    ngx_http_memq_node_t  *node, **np;
+    ngx_uint_t              i;
+    ngx_http_memq_node_t   *node, **np;
 
     node = ngx_http_memq_node_find(cl, addr->data, addr->len);
 
@@ -717,34 +806,63 @@ ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl, ngx_pool_t *pool,
         return node;
     }
 
+    np = NULL;
+
     if (cl->nodes.nelts >= NGX_HTTP_MEMQ_MAX_NODES) {
-        ngx_str_set(err, "too many nodes");
-        return NULL;
+        /* a node that left and that nothing uses any more makes room */
+        np = cl->nodes.elts;
+
+        for (i = 0; i < cl->nodes.nelts; i++) {
+            /* only its own pooled connections may still refer to it */
+            if (np[i]->sources == 0 && np[i]->refs == np[i]->nidle) {
+                break;
+            }
+        }
+
+        if (i == cl->nodes.nelts) {
+            ngx_str_set(err, "too many nodes");
+            return NULL;
+        }
+
+        np = &np[i];
+        node = *np;
+
+        ngx_http_memq_conn_close_idle(node);
+        ngx_http_memq_shm_release(node);
+
+    } else {
+        node = ngx_palloc(pool, sizeof(ngx_http_memq_node_t));
+        if (node == NULL) {
+            ngx_str_set(err, "out of memory");
+            return NULL;
+        }
     }
 
-    node = ngx_pcalloc(pool, sizeof(ngx_http_memq_node_t));
-    if (node == NULL) {
-        ngx_str_set(err, "out of memory");
-        return NULL;
-    }
+    ngx_memzero(node, sizeof(ngx_http_memq_node_t));
+    node->cluster = cl;
+    node->slot = NGX_HTTP_MEMQ_MAX_NODES;
+    ngx_queue_init(&node->idle);
 
-    if (ngx_http_memq_node_parse(pool, addr, node, err) != NGX_OK) {
+    if (ngx_http_memq_node_parse(pool, addr, node, err,
+                                 source == NGX_HTTP_MEMQ_SRC_STATIC)
+        != NGX_OK)
+    {
+        /* a reused node stays a free one: no sources, no references */
         return NULL;
     }
 
     node->weight = weight;
     node->sources = source;
-    node->cluster = cl;
-    node->slot = NGX_HTTP_MEMQ_MAX_NODES;
-    ngx_queue_init(&node->idle);
 
-    np = ngx_array_push(&cl->nodes);
     if (np == NULL) {
-        ngx_str_set(err, "out of memory");
-        return NULL;
-    }
+        np = ngx_array_push(&cl->nodes);
+        if (np == NULL) {
+            ngx_str_set(err, "out of memory");
+            return NULL;
+        }
 
-    *np = node;
+        *np = node;
+    }
 
     if (cl->sh) {
         /* added at run time: find or take its slot now */

@@ -43,8 +43,11 @@ static void ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc);
 
 /*
  * Gives a connection to node: a pooled one (NGX_OK, connected) or a new one
- * (NGX_OK or NGX_AGAIN while connecting).  NGX_ERROR (with nothing to
- * clean up) when the connect failed at once; *mcp then is NULL.
+ * (NGX_OK or NGX_AGAIN while connecting).  With nothing to clean up and
+ * *mcp NULL: NGX_ERROR when the node refused the connect (its failure),
+ * NGX_BUSY when this worker is short of something (no free connection in
+ * worker_connections, no socket, no memory), which is not the node's
+ * fault and must not mark it.
  * The caller sets mc->handler, mc->data and mc->owner_conn next.
  */
 ngx_int_t
@@ -94,15 +97,26 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
         return NGX_OK;
     }
 
+    if (ngx_cycle->free_connection_n == 0
+        && ngx_queue_empty((ngx_queue_t *)
+                           &ngx_cycle->reusable_connections_queue))
+    {
+        /* nginx would only log an alert and fail */
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "memq node %V: worker_connections are not enough",
+                      &node->addr);
+        return NGX_BUSY;
+    }
+
     pool = ngx_create_pool(1024, log);
     if (pool == NULL) {
-        return NGX_ERROR;
+        return NGX_BUSY;
     }
 
     mc = ngx_pcalloc(pool, sizeof(ngx_http_memq_conn_t));
     if (mc == NULL) {
         ngx_destroy_pool(pool);
-        return NGX_ERROR;
+        return NGX_BUSY;
     }
 
     mc->pool = pool;
@@ -114,7 +128,7 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
     mc->in = ngx_create_temp_buf(pool, NGX_HTTP_MEMQ_IN_SIZE);
     if (mc->in == NULL) {
         ngx_destroy_pool(pool);
-        return NGX_ERROR;
+        return NGX_BUSY;
     }
 
     mc->pc.sockaddr = node->sockaddr;
@@ -134,8 +148,14 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
         }
 
         ngx_destroy_pool(pool);
-        return NGX_ERROR;
+
+        /* NGX_DECLINED: connect() itself failed (refused, unreachable);
+         * NGX_ERROR: socket(), a connection slot or an event failed here */
+        return (rc == NGX_DECLINED) ? NGX_ERROR : NGX_BUSY;
     }
+
+    /* the node is not reused while a connection to it lives */
+    node->refs++;
 
     c = mc->pc.connection;
     c->data = mc;
@@ -192,6 +212,65 @@ ngx_http_memq_conn_send(ngx_http_memq_conn_t *mc, ngx_buf_t *out,
 }
 
 
+/*
+ * The owner has the whole reply and keeps the connection (for the next
+ * request, or while it holds the node back for its client): the read timer
+ * is deleted, since nothing is due from the node any more.  A node never
+ * times out while the gateway does not wait for it.
+ */
+void
+ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc)
+{
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+    mc->waiting = 0;
+
+    /* a later write event (epoll reports writability too) must not take
+     * the old request for a new one and start waiting again */
+    mc->out = NULL;
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+}
+
+
+/*
+ * The owner stops reading the reply for a while (its client has not taken
+ * what came before): nothing more is read and the node is not timed: the
+ * node is not what is waited for.
+ */
+void
+ngx_http_memq_conn_hold(ngx_http_memq_conn_t *mc)
+{
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+    mc->held = 1;
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+}
+
+
+/* the owner reads on: the bytes already in go to the handler first, from
+ * the event loop */
+void
+ngx_http_memq_conn_resume(ngx_http_memq_conn_t *mc)
+{
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+    mc->held = 0;
+    mc->resumed = 1;
+
+    ngx_add_timer(c->read, mc->node->cluster->read_timeout);
+    ngx_post_event(c->read, &ngx_posted_events);
+}
+
+
 /* closes the connection and frees it; memqd gives back its open items */
 void
 ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc)
@@ -223,6 +302,7 @@ ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc)
 
     c = mc->pc.connection;
     pool = mc->pool;
+    mc->node->refs--;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "memq node connection close: %V", &mc->node->addr);
@@ -258,6 +338,21 @@ ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc)
 
     ngx_close_connection(c);
     ngx_destroy_pool(pool);
+}
+
+
+/* a node left every source: its pooled connections go now */
+void
+ngx_http_memq_conn_close_idle(ngx_http_memq_node_t *node)
+{
+    ngx_queue_t           *q;
+    ngx_http_memq_conn_t  *mc;
+
+    while (!ngx_queue_empty(&node->idle)) {
+        q = ngx_queue_head(&node->idle);
+        mc = ngx_queue_data(q, ngx_http_memq_conn_t, queue);
+        ngx_http_memq_conn_close(mc);
+    }
 }
 
 
@@ -328,6 +423,8 @@ ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc)
     mc->data = NULL;
     mc->owner_conn = NULL;
     mc->need = 0;
+    mc->held = 0;
+    mc->resumed = 0;
     mc->in->pos = mc->in->start;
     mc->in->last = mc->in->start;
     mc->pooled = 1;
@@ -436,6 +533,7 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
 {
     ssize_t            n;
     ngx_buf_t         *b;
+    ngx_uint_t         progress;
     ngx_event_t       *wev;
     ngx_connection_t  *c;
 
@@ -475,12 +573,15 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
     }
 
     mc->log.action = "sending to memq node";
+    progress = 0;
 
     while (b->pos < b->last) {
         n = c->send(c, b->pos, b->last - b->pos);
 
         if (n == NGX_AGAIN) {
-            if (!wev->timer_set) {
+            /* the send timer bounds a node that takes nothing: it starts
+             * again whenever the node took some */
+            if (progress || !wev->timer_set) {
                 ngx_add_timer(wev, mc->node->cluster->read_timeout);
             }
 
@@ -492,11 +593,24 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
         }
 
         if (n == NGX_ERROR) {
-            ngx_http_memq_conn_fail(mc, "send failed");
+            /*
+             * The node may have answered and closed before it read the
+             * rest ("SERVER_ERROR too many connections" is said at
+             * accept): what it said is read first, and decides; a node
+             * that said nothing fails on the read ("closed", "recv").
+             */
+            if (wev->timer_set) {
+                ngx_del_timer(wev);
+            }
+
+            mc->waiting = 1;
+            ngx_add_timer(c->read, mc->node->cluster->read_timeout);
+            ngx_http_memq_conn_read(mc);
             return;
         }
 
         b->pos += n;
+        progress = 1;
     }
 
     if (wev->timer_set) {
@@ -538,13 +652,30 @@ ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc)
         return;
     }
 
-    if (!mc->waiting) {
-        /* readable while we still send: look later */
+    if (!mc->waiting || mc->held) {
+        /* readable while we still send, or the owner holds the reply
+         * back: look later (conn_resume() posts this event again) */
         return;
+    }
+
+    if (mc->resumed) {
+        /* bytes read before the hold come first */
+        mc->resumed = 0;
+
+        if (b->pos != b->last) {
+            if (mc->handler(mc, NGX_OK) != NGX_OK) {
+                return;
+            }
+
+            if (!mc->waiting || mc->held) {
+                return;
+            }
+        }
     }
 
     for ( ;; ) {
         if (ngx_http_memq_conn_room(mc) != NGX_OK) {
+            mc->local = 1;
             ngx_http_memq_conn_fail(mc, "out of memory");
             return;
         }
@@ -574,6 +705,10 @@ ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc)
         ngx_add_timer(rev, mc->node->cluster->read_timeout);
 
         if (mc->handler(mc, NGX_OK) != NGX_OK) {
+            return;
+        }
+
+        if (mc->held) {
             return;
         }
 

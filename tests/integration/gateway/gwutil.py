@@ -109,7 +109,7 @@ class Gateway:
 
     def __init__(self, tmp, nodes, cluster_extra="", loc_extra="",
                  loc=None, server_extra="", http_extra="", workers=2,
-                 weights=None, listen_extra="",
+                 weights=None, listen_extra="", worker_connections=1024,
                  timeouts="connect_timeout 1s; read_timeout 2s;"):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -125,6 +125,7 @@ class Gateway:
         self.listen_extra = listen_extra
         self.timeouts = timeouts
         self.workers = workers
+        self.worker_connections = worker_connections
         self.port = None
         self.proc = None
         self.errors_expected = False
@@ -148,7 +149,7 @@ user root;
 worker_processes {workers};
 error_log {t}/logs/error.log info;
 pid {t}/nginx.pid;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {wc}; }}
 http {{
     log_format memq '{fmt}';
     access_log {t}/logs/access.log memq;
@@ -175,6 +176,7 @@ http {{
     }}
 }}
 """.format(module=MODULE, workers=self.workers, t=t, fmt=ACCESS_FORMAT,
+           wc=self.worker_connections,
            http_extra=self.http_extra, nodes="\n        ".join(lines),
            cluster_extra=self.cluster_extra, port=self.port,
            server_extra=self.server_extra, loc=self.loc,
@@ -332,6 +334,44 @@ http {{
         assert r.status_code == 200, (r.status_code, r.text)
         return r.content.split(b"\n")[:-1]
 
+    def stream(self, topic, timeout=30, headers=b"", **params):
+        """GET /mq?topic=.. on a raw socket, read to the end: (status,
+        body, ended).  ended: the stream ended as a drained queue does: its
+        last chunk came and it named no missing node (no Memq-Nodes-Failed
+        trailer, no `event: memq`); False when the connection was closed
+        without the last chunk (a cut stream, which requests would raise
+        for) or when the end reported nodes that were missing."""
+        from urllib.parse import urlencode
+        p = {"topic": topic}
+        p.update({k: str(v) for k, v in params.items()})
+        s = self.raw_request("/mq?" + urlencode(p), headers=headers)
+        s.settimeout(timeout * SLOW)
+        try:
+            status, hdrs, rest = read_headers(s)
+            if hdrs.get("transfer-encoding") != "chunked":
+                n = int(hdrs.get("content-length", "0"))
+                while len(rest) < n:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    rest += chunk
+                return status, rest, len(rest) == n
+            d = Dechunker()
+            d.feed(rest)
+            while not d.done:
+                try:
+                    chunk = s.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    break
+                d.feed(chunk)
+            return status, d.data, (d.done and
+                                    "memq-nodes-failed" not in d.trailers
+                                    and b"event: memq\n" not in d.data)
+        finally:
+            s.close()
+
     def status(self, **params):
         r = requests.get(self.url("/mq/status"), params=params,
                          timeout=10 * SLOW)
@@ -383,6 +423,7 @@ class Dechunker:
         self.raw = b""
         self.data = b""
         self.done = False
+        self.trailers = {}
 
     def feed(self, b):
         self.raw += b
@@ -392,6 +433,15 @@ class Dechunker:
                 return
             size = int(self.raw[:i].split(b";")[0], 16)
             if size == 0:
+                # the last chunk, then trailer fields up to an empty line
+                end = self.raw.find(b"\r\n\r\n", i)
+                if end < 0:
+                    return
+                for ln in self.raw[i + 2:end].split(b"\r\n"):
+                    k, sep, v = ln.partition(b":")
+                    if sep:
+                        self.trailers[k.strip().lower().decode()] = \
+                            v.strip().decode()
                 self.done = True
                 return
             if len(self.raw) < i + 2 + size + 2:
@@ -499,13 +549,23 @@ class ScriptedNode:
     scripts, for timings a real node cannot be made to show.  answer(line,
     n) gets each request line (bytes, without CRLF) and its number on the
     connection (from 1) and returns (delay_seconds, reply_bytes), or None
-    to never answer.  Every line received is kept in self.lines."""
+    to never answer; (delay, reply, True) closes the connection after the
+    reply.  Every line received is kept in self.lines.  recv_size and
+    recv_pause make a slow reader: at most recv_size bytes taken, then a
+    pause, each time (a node that takes its input slowly)."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, recv_size=65536, recv_pause=0.0,
+                 rcvbuf=None):
         import threading
         self.answer = answer
+        self.recv_size = recv_size
+        self.recv_pause = recv_pause
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf:
+            # accepted connections inherit it: a small window, so the
+            # gateway's sends block instead of filling the kernel
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.host, self.port = self.sock.getsockname()
@@ -541,11 +601,13 @@ class ScriptedNode:
         try:
             while not self.closed:
                 try:
-                    d = c.recv(65536)
+                    d = c.recv(self.recv_size)
                 except socket.timeout:
                     continue
                 if not d:
                     return
+                if self.recv_pause:
+                    time.sleep(self.recv_pause)
                 buf += d
                 while b"\r\n" in buf:
                     line, buf = buf.split(b"\r\n", 1)
@@ -554,11 +616,13 @@ class ScriptedNode:
                     a = self.answer(line, n)
                     if a is None:
                         continue
-                    delay, reply = a
+                    delay, reply = a[0], a[1]
                     end = time.monotonic() + delay
                     while time.monotonic() < end and not self.closed:
                         time.sleep(0.01)
                     c.sendall(reply)
+                    if len(a) > 2 and a[2]:
+                        return
         except OSError:
             pass
         finally:
