@@ -76,7 +76,10 @@ typedef struct {
     bench_reply_e         type;
     const char           *value;      /* (ref) item bytes, in the in buffer */
     size_t                value_len;
-    uint64_t              job_id;     /* beanstalk RESERVED <id> */
+    uint64_t              job_id;     /* beanstalk RESERVED <id>; memq
+                                         --lease: the item's id */
+    const char           *key;        /* (ref) memq VALUE key */
+    size_t                key_len;
     const char           *text;       /* (ref) error line */
     size_t                text_len;
 } bench_reply_t;
@@ -112,6 +115,8 @@ typedef struct {
     size_t                queue_len;
     unsigned              queues;     /* --queues: <queue>.<i> when > 1 */
     unsigned              ack:1;      /* memq: get q/close/open */
+    uint32_t              lease_ms;   /* memq: get q/lease=MS, acked by
+                                         delete q/<id> noreply; 0 = no */
     unsigned              verify:1;
     unsigned              quiet:1;
     int64_t               wait_ms;    /* consume: wait for items, -1 = no */

@@ -23,11 +23,13 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "mq_proto.h"
 
 
 enum {
     OPT_PROTO = 256,
     OPT_ACK,
+    OPT_LEASE,
     OPT_VERIFY,
     OPT_RUN_ID,
     OPT_WAIT,
@@ -49,6 +51,7 @@ static const struct option  options[] = {
     { "queues",   required_argument, NULL, OPT_QUEUES },
     { "duration", required_argument, NULL, 't' },
     { "ack",      no_argument,       NULL, OPT_ACK },
+    { "lease",    required_argument, NULL, OPT_LEASE },
     { "verify",   no_argument,       NULL, OPT_VERIFY },
     { "run-id",   required_argument, NULL, OPT_RUN_ID },
     { "wait",     required_argument, NULL, OPT_WAIT },
@@ -93,6 +96,8 @@ usage(FILE *f)
 "                   each, when N > conns (same N to produce and consume)\n"
 "  -t, --duration S stop sending new requests after S seconds\n"
 "  --ack            memq: consume with get q/close/open (at-least-once)\n"
+"  --lease MS       memq: consume with get q/lease=MS, acknowledge each\n"
+"                   item with a pipelined delete q/<id> noreply\n"
 "  --wait MS        consume: wait up to MS for an item (memq get q/t=MS,\n"
 "                   redis BRPOP, beanstalk reserve-with-timeout)\n"
 "  --verify         checkable payloads; consumers report lost/dup/corrupt\n"
@@ -273,6 +278,15 @@ main(int argc, char **argv)
             cf.ack = 1;
             break;
 
+        case OPT_LEASE:
+            if (parse_u64(optarg, &v, 0) != 0 || v == 0
+                || v > MQ_LEASE_MS_MAX)
+            {
+                return bad("--lease: 1..43200000 ms");
+            }
+            cf.lease_ms = (uint32_t) v;
+            break;
+
         case OPT_VERIFY:
             cf.verify = 1;
             break;
@@ -345,6 +359,10 @@ main(int argc, char **argv)
 
     if (cf.ack && cf.proto != &bench_proto_memq) {
         return bad("--ack is for --proto memq");
+    }
+
+    if (cf.lease_ms && (cf.proto != &bench_proto_memq || cf.ack)) {
+        return bad("--lease is for --proto memq, without --ack");
     }
 
     if (cf.verify) {

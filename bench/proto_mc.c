@@ -2,10 +2,13 @@
  * proto_mc.c: the memcache text protocol, as memq and as memcached.
  *
  * memq:      produce "set <q> 0 0 <size>", consume "get <q>" (with
- *            "/close/open" under --ack and "/t=<ms>" under --wait); the
- *            last requests of an --ack consumer are "get <q>/close", one
- *            for each queue it used, which acknowledge what it still has
- *            open there.
+ *            "/close/open" under --ack, "/lease=<ms>" under --lease and
+ *            "/t=<ms>" under --wait); the last requests of an --ack
+ *            consumer are "get <q>/close", one for each queue it used,
+ *            which acknowledge what it still has open there.  Under
+ *            --lease every item is acknowledged by a pipelined
+ *            "delete <q>/<id> noreply" as it arrives; the last "get
+ *            <q>/close" then answers once every one of them has run.
  * memcached: not a queue but the protocol's ceiling: produce
  *            "set k<i> 0 0 <size>", consume "get k<i>" over the same keys.
  *
@@ -84,17 +87,23 @@ static int
 memq_consume(bench_buf_t *out, const bench_conf_t *cf,
     const bench_queue_t *q, uint64_t id)
 {
-    char  wait[32];
+    char  wait[32], lease[32];
 
     wait[0] = '\0';
+    lease[0] = '\0';
 
     if (cf->wait_ms >= 0) {
         (void) snprintf(wait, sizeof(wait), "/t=%lld",
                         (long long) cf->wait_ms);
     }
 
-    return bench_buf_printf(out, "get %s%s%s" MC_CRLF, q->name,
-                            cf->ack ? "/close/open" : "", wait);
+    if (cf->lease_ms > 0) {
+        (void) snprintf(lease, sizeof(lease), "/lease=%lu",
+                        (unsigned long) cf->lease_ms);
+    }
+
+    return bench_buf_printf(out, "get %s%s%s%s" MC_CRLF, q->name,
+                            cf->ack ? "/close/open" : "", lease, wait);
 }
 
 
@@ -104,6 +113,30 @@ memcached_consume(bench_buf_t *out, const bench_conf_t *cf,
 {
     return bench_buf_printf(out, "get k%llu" MC_CRLF,
                             (unsigned long long) id);
+}
+
+
+/* --lease: the item is acknowledged with no reply to wait for */
+static int
+memq_ack(bench_buf_t *out, const bench_conf_t *cf, const bench_reply_t *r)
+{
+    size_t  n;
+
+    if (cf->lease_ms == 0) {
+        return 0;
+    }
+
+    for (n = 0; n < r->key_len && r->key[n] != '/'; n++) {
+        /* void */
+    }
+
+    if (bench_buf_printf(out, "delete %.*s/%llu noreply" MC_CRLF, (int) n,
+                         r->key, (unsigned long long) r->job_id) != 0)
+    {
+        return -1;
+    }
+
+    return 0;
 }
 
 
@@ -117,7 +150,7 @@ mc_ack(bench_buf_t *out, const bench_conf_t *cf, const bench_reply_t *r)
 static int
 memq_finish(bench_buf_t *out, const bench_conf_t *cf, const bench_queue_t *q)
 {
-    if (!cf->ack) {
+    if (!cf->ack && cf->lease_ms == 0) {
         return 0;
     }
 
@@ -217,6 +250,9 @@ mc_parse(const char *buf, size_t len, bench_reply_t *r)
     r->type = BENCH_REPLY_VALUE;
     r->value = data;
     r->value_len = (size_t) mr.bytes;
+    r->key = mr.key;
+    r->key_len = mr.key_len;
+    r->job_id = mr.cas;
 
     return (ssize_t) need;
 }
@@ -224,7 +260,7 @@ mc_parse(const char *buf, size_t len, bench_reply_t *r)
 
 const bench_proto_t  bench_proto_memq = {
     "memq", 1,
-    mc_select, memq_produce, memq_consume, mc_ack, memq_finish, mc_parse
+    mc_select, memq_produce, memq_consume, memq_ack, memq_finish, mc_parse
 };
 
 

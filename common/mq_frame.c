@@ -82,7 +82,7 @@ mq_frame_encode(unsigned char *dst, mq_frame_hdr_t *h, const void *payload,
 static int
 mq_kind_known(uint32_t kind)
 {
-    return kind >= MQ_FRAME_ITEM && kind <= MQ_FRAME_JDROP;
+    return kind >= MQ_FRAME_ITEM && kind <= MQ_FRAME_JACK;
 }
 
 

@@ -36,8 +36,8 @@
  *   4   u32 hcrc     CRC32C of header bytes 8..47, XOR the file's mark
  *   8   u32 len      payload length in bytes
  *   12  u32 flags    client flags, kept verbatim
- *   16  u32 kind     MQ_FRAME_ITEM in segments; MQ_FRAME_JITEM and
- *                    MQ_FRAME_JDROP in the journal
+ *   16  u32 kind     MQ_FRAME_ITEM in segments; MQ_FRAME_JITEM,
+ *                    MQ_FRAME_JDROP and MQ_FRAME_JACK in the journal
  *   20  u32 pcrc     CRC32C of the payload
  *   24  u64 seq      sequence number within the queue, +1 per record
  *   32  u64 ctime    when stored, unix milliseconds
@@ -49,7 +49,9 @@
  * the next record by looking for the magic and a header CRC that holds.
  *
  * Journal payloads start with the queue name: u8 name length, the name,
- * then (JITEM) the item's bytes.  JDROP marks a queue deleted.
+ * then (JITEM) the item's bytes.  JDROP marks a queue deleted.  JACK
+ * (no bytes after the name) acknowledges the leased item whose id is its
+ * seq: recovery never delivers that item again.
  *
  * Version 1 segments (magic "MQSEG\0\0\1", u64 first sequence number;
  * 40-byte record header: u32 crc over bytes 4..39 and
@@ -74,6 +76,7 @@
 #define MQ_FRAME_ITEM         1
 #define MQ_FRAME_JITEM        2
 #define MQ_FRAME_JDROP        3
+#define MQ_FRAME_JACK         4
 
 typedef struct {
     uint32_t  crc;       /* v1: record CRC; v2: payload CRC */

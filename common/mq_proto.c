@@ -32,6 +32,9 @@
 #define MQ_ERR_REPLY      "bad reply"
 #define MQ_ERR_TOO_LARGE  "value too large"
 #define MQ_ERR_LINE       "line too long"
+#define MQ_ERR_ID         "bad id"
+#define MQ_ERR_IDS        "too many ids"
+#define MQ_ERR_LEASE      "bad lease time"
 
 /* protocol words */
 #define MQ_WORD_NOREPLY   "noreply"
@@ -42,12 +45,15 @@
 #define MQ_OPT_PEEK       "peek"
 #define MQ_OPT_WAIT       "t="
 #define MQ_OPT_COUNT      "n="
+#define MQ_OPT_LEASE      "lease="
+#define MQ_OPT_ACK        "ack="
 
 #define MQ_REPLY_W_VALUE         "VALUE"
 #define MQ_REPLY_W_END           "END"
 #define MQ_REPLY_W_STORED        "STORED"
 #define MQ_REPLY_W_NOT_STORED    "NOT_STORED"
 #define MQ_REPLY_W_DELETED       "DELETED"
+#define MQ_REPLY_W_TOUCHED       "TOUCHED"
 #define MQ_REPLY_W_NOT_FOUND     "NOT_FOUND"
 #define MQ_REPLY_W_OK            "OK"
 #define MQ_REPLY_W_STAT          "STAT"
@@ -92,7 +98,9 @@ static const struct {
       MQ_REPLY_DELETED },
     { MQ_REPLY_W_NOT_FOUND, sizeof(MQ_REPLY_W_NOT_FOUND) - 1,
       MQ_REPLY_NOT_FOUND },
-    { MQ_REPLY_W_OK, sizeof(MQ_REPLY_W_OK) - 1, MQ_REPLY_OK }
+    { MQ_REPLY_W_OK, sizeof(MQ_REPLY_W_OK) - 1, MQ_REPLY_OK },
+    { MQ_REPLY_W_TOUCHED, sizeof(MQ_REPLY_W_TOUCHED) - 1,
+      MQ_REPLY_TOUCHED }
 };
 
 /* reply words followed by free text */
@@ -435,6 +443,43 @@ mq_parse_get(mq_request_t *req, const char *p, const char *end,
 }
 
 
+/*
+ * delete and touch: the key token is "<q>" or "<q>/<id>".  Sets key to
+ * the queue name and, with an id, has_id and id.  The name is checked
+ * later with the other commands' names; a bad id is MQ_ERROR "bad id".
+ */
+static int
+mq_split_id(mq_request_t *req, const mq_tok_t *t, const char **err)
+{
+    const char  *slash;
+
+    slash = memchr(t->p, '/', t->len);
+
+    req->key = t->p;
+    req->key_len = slash ? (size_t) (slash - t->p) : t->len;
+
+    if (slash == NULL) {
+        return MQ_OK;
+    }
+
+    if (!mq_name_valid(req->key, req->key_len)) {
+        req->key_len = t->len;          /* the token as sent */
+        *err = MQ_ERR_NAME;
+        return MQ_ERROR;
+    }
+
+    if (mq_parse_u64(slash + 1, (size_t) (t->p + t->len - slash - 1),
+                     &req->id) != MQ_OK)
+    {
+        *err = MQ_ERR_ID;
+        return MQ_ERROR;
+    }
+
+    req->has_id = 1;
+    return MQ_OK;
+}
+
+
 int
 mq_proto_parse_request(const char *line, size_t len, mq_request_t *req,
     const char **err)
@@ -511,8 +556,9 @@ mq_proto_parse_request(const char *line, size_t len, mq_request_t *req,
             goto format;
         }
 
-        req->key = t[1].p;
-        req->key_len = t[1].len;
+        if (mq_split_id(req, &t[1], err) != MQ_OK) {
+            return MQ_ERROR;
+        }
 
         if (n == 4) {
             if (mq_parse_u64(t[2].p, t[2].len, &zero) != MQ_OK || zero != 0
@@ -551,6 +597,42 @@ mq_proto_parse_request(const char *line, size_t len, mq_request_t *req,
             }
 
             req->noreply = 1;
+        }
+
+        break;
+
+    case MQ_CMD_TOUCH:
+        /* touch <q>/<id> <seconds> [noreply] */
+        if (n < 3 || n > 4) {
+            goto format;
+        }
+
+        if (mq_split_id(req, &t[1], err) != MQ_OK) {
+            return MQ_ERROR;
+        }
+
+        if (n == 4) {
+            if (!mq_is_noreply(&t[3])) {
+                goto format;
+            }
+
+            req->noreply = 1;
+        }
+
+        if (mq_parse_i64(t[2].p, t[2].len, &req->exptime) != MQ_OK
+            || req->exptime < 0)
+        {
+            goto format;
+        }
+
+        if (req->exptime > MQ_LEASE_MS_MAX / 1000) {
+            *err = MQ_ERR_LEASE;
+            return MQ_ERROR;
+        }
+
+        if (!req->has_id) {
+            *err = MQ_ERR_ID;
+            return MQ_ERROR;
         }
 
         break;
@@ -629,6 +711,42 @@ mq_proto_next_key(const char **p, const char *end, const char **key,
 }
 
 
+/* An /ack= list: decimal u64 ids separated by single commas, at least
+ * one, at most MQ_ACK_IDS_MAX; sets o->nacks. */
+static int
+mq_check_ids(mq_get_opts_t *o, const char **err)
+{
+    uint64_t     id;
+    const char  *p, *s, *end;
+
+    p = o->acks;
+    end = o->acks + o->acks_len;
+    o->nacks = 0;
+
+    for ( ;; ) {
+        for (s = p; s < end && *s != ','; s++) {
+            /* void */
+        }
+
+        if (mq_parse_u64(p, (size_t) (s - p), &id) != MQ_OK) {
+            *err = MQ_ERR_OPTION;
+            return MQ_ERROR;
+        }
+
+        if (++o->nacks > MQ_ACK_IDS_MAX) {
+            *err = MQ_ERR_IDS;
+            return MQ_ERROR;
+        }
+
+        if (s == end) {
+            return MQ_OK;
+        }
+
+        p = s + 1;
+    }
+}
+
+
 int
 mq_proto_parse_get_key(const char *key, size_t len, mq_get_opts_t *o,
     const char **err)
@@ -692,9 +810,37 @@ mq_proto_parse_get_key(const char *key, size_t len, mq_get_opts_t *o,
 
             o->count = (uint32_t) v;
 
+        } else if (olen > sizeof(MQ_OPT_LEASE) - 1
+                   && memcmp(opt, MQ_OPT_LEASE, sizeof(MQ_OPT_LEASE) - 1)
+                      == 0)
+        {
+            if (mq_parse_u64(opt + sizeof(MQ_OPT_LEASE) - 1,
+                             olen - (sizeof(MQ_OPT_LEASE) - 1), &v) != MQ_OK
+                || v == 0 || v > MQ_LEASE_MS_MAX)
+            {
+                goto bad;
+            }
+
+            o->lease_ms = (uint32_t) v;
+
+        } else if (olen > sizeof(MQ_OPT_ACK) - 1
+                   && memcmp(opt, MQ_OPT_ACK, sizeof(MQ_OPT_ACK) - 1) == 0
+                   && o->acks == NULL)
+        {
+            o->acks = opt + sizeof(MQ_OPT_ACK) - 1;
+            o->acks_len = olen - (sizeof(MQ_OPT_ACK) - 1);
+
+            if (mq_check_ids(o, err) != MQ_OK) {
+                return MQ_ERROR;
+            }
+
         } else {
             goto bad;
         }
+    }
+
+    if (o->lease_ms && (o->open || o->peek)) {
+        goto bad;
     }
 
     return MQ_OK;
@@ -703,6 +849,31 @@ bad:
 
     *err = MQ_ERR_OPTION;
     return MQ_ERROR;
+}
+
+
+int
+mq_proto_next_id(const char **p, const char *end, uint64_t *id)
+{
+    const char  *s, *e;
+
+    s = *p;
+    if (s >= end) {
+        return MQ_DECLINED;
+    }
+
+    for (e = s; e < end && *e != ','; e++) {
+        /* void */
+    }
+
+    if (mq_parse_u64(s, (size_t) (e - s), id) != MQ_OK) {
+        /* not reached for a list mq_check_ids() accepted */
+        *p = end;
+        return MQ_DECLINED;
+    }
+
+    *p = e < end ? e + 1 : e;
+    return MQ_OK;
 }
 
 

@@ -23,6 +23,8 @@
 #define MQ_KEYS_MAX        64        /* keys in one get line */
 #define MQ_BYTES_MAX       2147483647  /* largest data block a storage
                                           command may announce: 2^31 - 1 */
+#define MQ_LEASE_MS_MAX    43200000  /* longest /lease= (ms): 12 hours */
+#define MQ_ACK_IDS_MAX     1000      /* ids in one /ack= list */
 
 /* command name, enum member; one list so names and values never drift */
 #define MQ_CMD_LIST(X)                                                       \
@@ -32,6 +34,7 @@
     X("delete",    MQ_CMD_DELETE)                                            \
     X("flush",     MQ_CMD_FLUSH)                                             \
     X("flush_all", MQ_CMD_FLUSH_ALL)                                         \
+    X("touch",     MQ_CMD_TOUCH)                                             \
     X("stats",     MQ_CMD_STATS)                                             \
     X("version",   MQ_CMD_VERSION)                                           \
     X("quit",      MQ_CMD_QUIT)                                              \
@@ -60,9 +63,13 @@ typedef struct {
     size_t        rest_len;
     uint32_t      flags;      /* storage commands */
     int64_t       exptime;    /* storage commands, as sent; flush_all:
-                                 its optional delay (0 when absent) */
+                                 its optional delay (0 when absent);
+                                 touch: the lease in seconds */
     uint64_t      bytes;      /* storage commands: data block length,
                                  at most MQ_BYTES_MAX */
+    uint64_t      id;         /* delete <q>/<id>, touch <q>/<id>: the id;
+                                 key is then the queue name alone */
+    unsigned      has_id:1;   /* an id followed the queue name */
     unsigned      noreply:1;  /* "noreply" was the last token */
     unsigned      has_data:1; /* a data block of `bytes` + CRLF follows */
 } mq_request_t;
@@ -95,7 +102,10 @@ int mq_proto_find_line(const char *buf, size_t len, size_t *line_len,
  * ("bad queue name"); at most MQ_KEYS_MAX get keys ("too many keys").
  * get keys are checked by mq_proto_parse_get_key() (their length is
  * bounded only by the line).  noreply is set only where the command takes
- * it (storage commands, delete, flush, flush_all), never for get.
+ * it (storage commands, delete, flush, flush_all, touch), never for get.
+ * delete takes "<q>" or "<q>/<id>" ("bad id" when what follows the '/' is
+ * not a decimal u64); touch takes "<q>/<id> <seconds>" (seconds at most
+ * MQ_LEASE_MS_MAX / 1000: "bad lease time").
  */
 int mq_proto_parse_request(const char *line, size_t len, mq_request_t *req,
     const char **err);
@@ -113,14 +123,24 @@ typedef struct {
     unsigned      close:1;    /* /close */
     unsigned      abort:1;    /* /abort */
     unsigned      peek:1;     /* /peek */
+    uint32_t      lease_ms;   /* /lease=MS, 0 when absent */
+    const char   *acks;       /* (ref) /ack=: the id list, NULL if none */
+    size_t        acks_len;
+    uint32_t      nacks;      /* ids in it, 1..MQ_ACK_IDS_MAX */
 } mq_get_opts_t;
 
 /*
  * Splits a get key "name[/opt...]" into name and options.
- * MQ_ERROR with "bad queue name" or "bad option".
+ * MQ_ERROR with "bad queue name", "bad option" or "too many ids" (an
+ * /ack= list over MQ_ACK_IDS_MAX).  /lease= takes 1..MQ_LEASE_MS_MAX and
+ * excludes /open and /peek; /ack= takes comma-separated decimal ids.
  */
 int mq_proto_parse_get_key(const char *key, size_t len, mq_get_opts_t *o,
     const char **err);
+
+/* Iterates over the ids of an /ack= list that mq_proto_parse_get_key()
+ * accepted: MQ_OK with *id, MQ_DECLINED at the end. */
+int mq_proto_next_id(const char **p, const char *end, uint64_t *id);
 
 /* client side: reply header lines */
 typedef enum {
@@ -135,7 +155,8 @@ typedef enum {
     MQ_REPLY_VERSION,       /* VERSION <text> */
     MQ_REPLY_ERROR,         /* ERROR */
     MQ_REPLY_CLIENT_ERROR,  /* CLIENT_ERROR <text> */
-    MQ_REPLY_SERVER_ERROR   /* SERVER_ERROR <text> */
+    MQ_REPLY_SERVER_ERROR,  /* SERVER_ERROR <text> */
+    MQ_REPLY_TOUCHED
 } mq_reply_e;
 
 typedef struct {

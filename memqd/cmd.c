@@ -22,6 +22,7 @@
 #define RPL_END           "END\r\n"
 #define RPL_DELETED       "DELETED\r\n"
 #define RPL_NOT_FOUND     "NOT_FOUND\r\n"
+#define RPL_TOUCHED       "TOUCHED\r\n"
 #define RPL_OK            "OK\r\n"
 #define RPL_ERROR         "ERROR\r\n"
 #define RPL_TOO_LARGE     "SERVER_ERROR object too large for cache\r\n"
@@ -41,6 +42,7 @@
 #define GET_ITEMS       1               /* items added to the reply */
 #define GET_WAIT       -1               /* long poll: the connection waits */
 #define GET_FAILED     -2               /* a queue could not be read now */
+#define GET_REFUSED    -3               /* acks refused: writes refused */
 
 
 static log_rate_t    client_errors = { "cmd", 10, 0, 0, 0 };
@@ -286,6 +288,62 @@ give_back(conn_t *c, queue_t *q, const item_ref_t *ref)
 
 
 /*
+ * /ack=<ids>: acknowledges the leases it names (unknown ids are ignored).
+ * Under --sync always the reply that follows waits for the fsync of their
+ * journal records, as DELETED does: the connection remembers the ticket,
+ * so that a long poll run again later still waits for it.  -1 when the
+ * journal refuses writes.
+ */
+static int
+ack_list(conn_t *c, queue_t *q, const mq_get_opts_t *o)
+{
+    int          rc, acked;
+    uint64_t     id;
+    const char  *p, *end;
+
+    acked = 0;
+
+    if (q != NULL && q->on_disk) {
+        p = o->acks;
+        end = o->acks + o->acks_len;
+
+        while (mq_proto_next_id(&p, end, &id) == MQ_OK) {
+            rc = queue_ack(q, id);
+            if (rc < 0) {
+                return -1;
+            }
+            acked += rc;
+        }
+    }
+
+    if (acked && srv.sync_mode == SYNC_ALWAYS) {
+        c->ack_ticket = sync_next_ticket();
+    }
+
+    if (c->ack_ticket > sync_durable()) {
+        conn_park(c, c->ack_ticket);
+    }
+
+    return 0;
+}
+
+
+/* One more delivery of the item taken: its count goes with it wherever
+ * it goes next (given back, open, leased). */
+static void
+count_delivery(queue_t *q, item_t *it)
+{
+    if (it->ref.deliveries > 0) {
+        q->redelivered_items++;
+    }
+
+    if (it->ref.deliveries < UINT32_MAX) {
+        it->ref.deliveries++;
+    }
+}
+
+
+/*
  * One key of a get: GET_ITEMS if it added items to the reply, GET_NONE if
  * not, GET_WAIT if the connection must wait (single-key long poll),
  * GET_FAILED if the queue could not be read now and nothing was added.
@@ -308,6 +366,16 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
 
     q = queue_lookup(key, o->name_len, 0);
 
+    if (o->acks != NULL) {
+        if (ack_list(c, q, o) != 0) {
+            c->wait_deadline = 0;
+            return GET_REFUSED;
+        }
+        if (c->closed) {
+            return GET_NONE;        /* could not hold the reply back */
+        }
+    }
+
     if (q != NULL && q->on_disk) {
         if (o->close) {
             queue_close_open(q, c, &c->opensets);
@@ -317,7 +385,8 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
         }
     }
 
-    taking = o->open || o->peek || !(o->close || o->abort);
+    taking = o->open || o->peek || o->lease_ms
+             || !(o->close || o->abort || o->acks);
     got = 0;
 
     if (taking && q != NULL && q->on_disk) {
@@ -344,6 +413,17 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
                 break;
             }
 
+            if (!o->peek) {
+                count_delivery(q, &it);
+            }
+
+            if (o->lease_ms
+                && queue_lease(q, &it.ref, o->lease_ms) != 0)
+            {
+                /* no memory to track it: given back untouched */
+                break;
+            }
+
             if (o->open && !o->peek
                 && queue_open(q, c, &c->opensets, &it.ref) != 0)
             {
@@ -351,16 +431,19 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
                 break;
             }
 
-            if (out_value(c, key, key_len, &it, with_cas) != 0) {
+            if (out_value(c, key, key_len, &it,
+                          with_cas || o->lease_ms) != 0)
+            {
                 /* not in the reply: an open item goes back when the
-                 * connection closes, a taken one now */
-                if (!o->open && !o->peek) {
+                 * connection closes, a leased one when its lease runs
+                 * out, a taken one now */
+                if (!o->open && !o->peek && !o->lease_ms) {
                     give_back(c, q, &it.ref);
                 }
                 break;
             }
 
-            if (!o->open && !o->peek) {
+            if (!o->open && !o->peek && !o->lease_ms) {
                 /* acknowledged once its bytes are delivered; without
                  * memory to track that, delivered as before */
                 (void) conn_out_item(c, q, &it.ref);
@@ -404,7 +487,7 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
 
 
 static int
-do_get(conn_t *c, const mq_request_t *req, int with_cas)
+get_keys(conn_t *c, const mq_request_t *req, int with_cas)
 {
     int             rc, nkeys, got;
     size_t          key_len;
@@ -436,6 +519,18 @@ do_get(conn_t *c, const mq_request_t *req, int with_cas)
             return CMD_WAIT;
         }
 
+        if (c->closed) {
+            return CMD_DONE;
+        }
+
+        if (rc == GET_REFUSED) {
+            if (got == 0) {
+                conn_out_str(c, RPL_WRITE_FAILED);
+                return CMD_DONE;
+            }
+            break;
+        }
+
         if (rc == GET_FAILED) {
             if (got == 0) {
                 conn_out_str(c, RPL_NO_RESOURCES);
@@ -450,6 +545,75 @@ do_get(conn_t *c, const mq_request_t *req, int with_cas)
 
     conn_out_str(c, RPL_END);
     return CMD_DONE;
+}
+
+
+static int
+do_get(conn_t *c, const mq_request_t *req, int with_cas)
+{
+    int  rc;
+
+    rc = get_keys(c, req, with_cas);
+
+    if (rc != CMD_WAIT) {
+        /* a long poll runs its line again: it keeps the ticket */
+        c->ack_ticket = 0;
+    }
+
+    return rc;
+}
+
+
+/* delete <q>/<id>: acknowledges a lease.  DELETED waits for the fsync of
+ * its journal record under --sync always, as STORED does. */
+static void
+do_ack(conn_t *c, const mq_request_t *req)
+{
+    int       rc;
+    queue_t  *q;
+
+    q = queue_lookup(req->key, req->key_len, 0);
+    rc = q != NULL && q->on_disk ? queue_ack(q, req->id) : 0;
+
+    if (rc < 0) {
+        conn_out_str(c, RPL_WRITE_FAILED);
+        return;
+    }
+
+    if (req->noreply) {
+        return;
+    }
+
+    if (rc == 0) {
+        conn_out_str(c, RPL_NOT_FOUND);
+        return;
+    }
+
+    if (srv.sync_mode == SYNC_ALWAYS) {
+        conn_park(c, sync_next_ticket());
+        if (c->closed) {
+            return;
+        }
+    }
+
+    conn_out_str(c, RPL_DELETED);
+}
+
+
+/* touch <q>/<id> <seconds>: a new lease from now; 0 gives it back. */
+static void
+do_touch(conn_t *c, const mq_request_t *req)
+{
+    int       rc;
+    queue_t  *q;
+
+    q = queue_lookup(req->key, req->key_len, 0);
+    rc = q != NULL && q->on_disk
+         ? queue_touch(q, req->id, (uint64_t) req->exptime * 1000) : 0;
+
+    if (!req->noreply) {
+        conn_out_str(c, rc ? RPL_TOUCHED : RPL_NOT_FOUND);
+    }
 }
 
 
@@ -547,6 +711,9 @@ do_stats(conn_t *c)
         out_queue_stat(c, q, "total_items", q->total_items);
         out_queue_stat(c, q, "expired_items", q->expired_items);
         out_queue_stat(c, q, "open_items", q->open_items);
+        out_queue_stat(c, q, "leased_items", q->leased_items);
+        out_queue_stat(c, q, "redelivered_items", q->redelivered_items);
+        out_queue_stat(c, q, "dead_lettered_items", q->dead_lettered_items);
         out_queue_stat(c, q, "waiters", q->nwaiters);
         out_queue_stat(c, q, "age_ms", queue_age_ms(q));
     }
@@ -611,6 +778,10 @@ cmd_execute(conn_t *c, const char *line, size_t len, const char *after,
         return do_get(c, &req, req.cmd == MQ_CMD_GETS);
 
     case MQ_CMD_DELETE:
+        if (req.has_id) {
+            do_ack(c, &req);
+            return CMD_DONE;
+        }
         q = queue_lookup(req.key, req.key_len, 0);
         if (q == NULL || !q->on_disk) {
             if (!req.noreply) {
@@ -646,6 +817,10 @@ cmd_execute(conn_t *c, const char *line, size_t len, const char *after,
         if (!req.noreply) {
             conn_out_str(c, RPL_OK);
         }
+        return CMD_DONE;
+
+    case MQ_CMD_TOUCH:
+        do_touch(c, &req);
         return CMD_DONE;
 
     case MQ_CMD_STATS:

@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "mq_name.h"
 
 #define RULE_NAME_MAX  256
 
@@ -21,6 +22,7 @@ typedef struct {
     size_t    len;
     int       wildcard;             /* name ended in '*' */
     limits_t  lim;
+    char      dlq[MQ_NAME_MAX + 1]; /* dead_letter, "" when not set */
     unsigned  set;                  /* which fields this section sets */
 } rule_t;
 
@@ -28,10 +30,12 @@ typedef struct {
 #define SET_BYTES  0x2
 #define SET_AGE    0x4
 #define SET_OVF    0x8
+#define SET_DELIV  0x10
 
 static rule_t    *rules;
 static size_t     nrules;
 static limits_t   defaults;
+static char       defaults_dlq[MQ_NAME_MAX + 1];
 uint64_t          config_generation;
 
 
@@ -86,8 +90,23 @@ trim(char *s)
 
 
 static int
-set_value(limits_t *lim, unsigned *set, const char *key, const char *val)
+set_value(limits_t *lim, char *dlq, unsigned *set, const char *key,
+    const char *val)
 {
+    if (strcmp(key, "max_deliveries") == 0) {
+        *set |= SET_DELIV;
+        return config_parse_size(val, &lim->max_deliveries);
+    }
+
+    if (strcmp(key, "dead_letter") == 0) {
+        /* a queue name: it becomes a directory name */
+        if (!mq_name_valid(val, strlen(val))) {
+            return -1;
+        }
+        memcpy(dlq, val, strlen(val) + 1);
+        return 0;
+    }
+
     if (strcmp(key, "max_items") == 0) {
         *set |= SET_ITEMS;
         return config_parse_size(val, &lim->max_items);
@@ -127,10 +146,13 @@ config_load(const char *path)
     char       buf[1024], *line, *eq, *p;
     rule_t    *nr, *cur_rule, *tmp;
     size_t     n, cap, lineno;
+    char       ndef_dlq[MQ_NAME_MAX + 1], *cur_dlq;
     limits_t   ndef, *cur;
     unsigned   dummy;
 
     memset(&ndef, 0, sizeof(ndef));
+    ndef_dlq[0] = '\0';
+    cur_dlq = NULL;
     nr = NULL;
     n = 0;
     cap = 0;
@@ -178,6 +200,7 @@ config_load(const char *path)
 
             if (strcmp(line, "defaults") == 0) {
                 cur = &ndef;
+                cur_dlq = ndef_dlq;
                 cur_rule = NULL;
                 continue;
             }
@@ -211,6 +234,7 @@ config_load(const char *path)
                 cur_rule->name[--cur_rule->len] = '\0';
             }
             cur = &cur_rule->lim;
+            cur_dlq = cur_rule->dlq;
             continue;
         }
 
@@ -220,7 +244,7 @@ config_load(const char *path)
         }
         *eq = '\0';
 
-        if (set_value(cur, cur_rule ? &cur_rule->set : &dummy,
+        if (set_value(cur, cur_dlq, cur_rule ? &cur_rule->set : &dummy,
                       trim(line), trim(eq + 1)) != 0)
         {
             goto bad;
@@ -243,6 +267,7 @@ done:
     rules = nr;
     nrules = n;
     defaults = ndef;
+    memcpy(defaults_dlq, ndef_dlq, sizeof(defaults_dlq));
     config_generation++;
 
     if (path != NULL) {
@@ -261,13 +286,13 @@ bad:
 }
 
 
-void
-config_limits(const char *name, size_t len, limits_t *out)
+/* The rule that applies to a queue name, or NULL. */
+static rule_t *
+best_rule(const char *name, size_t len)
 {
     size_t   i, best_len;
     rule_t  *r, *best;
 
-    *out = defaults;
     best = NULL;
     best_len = 0;
 
@@ -291,6 +316,48 @@ config_limits(const char *name, size_t len, limits_t *out)
         }
     }
 
+    return best;
+}
+
+
+size_t
+config_dead_letter(const char *name, size_t len, char *out)
+{
+    size_t   n;
+    rule_t  *best;
+
+    best = best_rule(name, len);
+
+    if (best != NULL && best->dlq[0] != '\0') {
+        n = strlen(best->dlq);
+        memcpy(out, best->dlq, n + 1);
+        return n;
+    }
+
+    if (defaults_dlq[0] != '\0') {
+        n = strlen(defaults_dlq);
+        memcpy(out, defaults_dlq, n + 1);
+        return n;
+    }
+
+    if (len + 4 > MQ_NAME_MAX) {
+        return 0;
+    }
+
+    memcpy(out, name, len);
+    memcpy(out + len, ".dlq", 5);
+    return len + 4;
+}
+
+
+void
+config_limits(const char *name, size_t len, limits_t *out)
+{
+    rule_t  *best;
+
+    *out = defaults;
+    best = best_rule(name, len);
+
     if (best == NULL) {
         return;
     }
@@ -306,5 +373,8 @@ config_limits(const char *name, size_t len, limits_t *out)
     }
     if (best->set & SET_OVF) {
         out->drop_oldest = best->lim.drop_oldest;
+    }
+    if (best->set & SET_DELIV) {
+        out->max_deliveries = best->lim.max_deliveries;
     }
 }

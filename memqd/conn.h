@@ -99,6 +99,8 @@ struct conn_s {
     size_t          holds_cap;
 
     openset_t      *opensets;     /* items open on this connection */
+    uint64_t        ack_ticket;   /* get /ack=: the fsync ticket its
+                                     acknowledgements wait for, 0 none */
 
     sending_t      *sending;      /* sending[sending_head..nsending):
                                      items of replies not yet delivered,

@@ -446,6 +446,10 @@ switch_file(uint64_t need)
         return -1;
     }
 
+    /* acknowledgements of leases in the full file leave with it: the
+     * position files must hold them first (the checkpoint syncs them) */
+    queue_save_acked();
+
     if (reserve == -1) {
         reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }

@@ -23,6 +23,7 @@
 #include "conn.h"
 #include "fdcache.h"
 #include "journal.h"
+#include "lease.h"
 #include "log.h"
 #include "loop.h"
 #include "queue.h"
@@ -38,6 +39,7 @@
 #define HASH_SIZE      4096          /* buckets; chains stay short enough */
 #define POS_INTERVAL   100           /* ms between position file writes */
 #define POS_PENDING_MAX 4096         /* owed items listed in it, at most */
+#define EXPIRE_BATCH   4096          /* leases given back per sort */
 
 static queue_t        *hash[HASH_SIZE];
 static queue_t        *dirty_list;
@@ -46,6 +48,9 @@ static size_t          scratch_cap;
 static uint64_t        last_pos_flush;
 static loop_timer_t    pos_timer;     /* wakes the loop for deferred
                                          position writes */
+static loop_timer_t    lease_timer;   /* armed for the earliest lease
+                                         deadline, see arm_lease_timer() */
+static log_rate_t      dlq_warn = { "queue", 1, 0, 0, 0 };
 
 /* read-ahead buffers are lent to queues from a fixed pool, so memory does
  * not grow with the number of queues being read */
@@ -92,6 +97,8 @@ cmp_u64(const void *a, const void *b)
 
 
 static void return_ref(queue_t *q, const item_ref_t *ref);
+static uint64_t watermark(queue_t *q);
+static int save_position(queue_t *q, int precise);
 
 
 static uint64_t
@@ -221,8 +228,10 @@ queue_free(queue_t *q)
 
     fdcache_drop_queue(q);
     rbuf_put(q);
+    lease_drop_queue(q);
     wbuf_bytes -= q->wlen;
     free(q->rec_pending);
+    free(q->rec_counts);
     free(q->skips);
     free(q->segs);
     free(q->wbuf);
@@ -243,9 +252,10 @@ queue_init(void)
 {
     DIR            *d;
     int             dropped;
-    size_t          n;
+    size_t          n, nacks;
     queue_t        *q;
     uint64_t        last, first;
+    const uint64_t *acks;
     jscan_t        *js;
     struct stat     st;
     struct dirent  *de;
@@ -282,6 +292,7 @@ queue_init(void)
         }
 
         first = recover_journal_first(js, de->d_name, n, &dropped);
+        nacks = recover_journal_acks(js, de->d_name, n, &acks);
 
         if (dropped) {
             /* deleted before the crash: the journal says so */
@@ -294,7 +305,7 @@ queue_init(void)
             goto failed;
         }
 
-        if (recover_queue(q, first) != 0) {
+        if (recover_queue(q, first, acks, nacks) != 0) {
             /* refuse to start rather than serve without it: a later set
              * would write beside records we could not read */
             log_error("recover", "%s: cannot recover the queue", de->d_name);
@@ -328,7 +339,9 @@ queue_init(void)
 
     for (q = queue_next(NULL); q; q = queue_next(q)) {
         free(q->rec_pending);
+        free(q->rec_counts);
         q->rec_pending = NULL;
+        q->rec_counts = NULL;
         q->rec_npending = 0;
         q->rec_first = 0;
     }
@@ -932,15 +945,17 @@ int
 queue_replay(queue_t *q, const mq_frame_hdr_t *jh, const void *data)
 {
     int             at_end, consumed;
+    uint64_t       *owed;
     item_ref_t      ref;
     mq_frame_hdr_t  h;
 
     h = *jh;
     h.kind = MQ_FRAME_ITEM;
 
-    consumed = h.seq < q->rec_first
-               && bsearch(&h.seq, q->rec_pending, q->rec_npending,
-                          sizeof(uint64_t), cmp_u64) == NULL;
+    owed = q->rec_npending == 0 ? NULL
+           : bsearch(&h.seq, q->rec_pending, q->rec_npending,
+                     sizeof(uint64_t), cmp_u64);
+    consumed = h.seq < q->rec_first && owed == NULL;
     at_end = q->nsegs == 0 || (q->rseg == q->nsegs - 1
                                && q->roff >= q->segs[q->rseg].size);
 
@@ -956,6 +971,8 @@ queue_replay(queue_t *q, const mq_frame_hdr_t *jh, const void *data)
         ref.seg = q->segs[q->nsegs - 1].id;
         ref.off = q->segs[q->nsegs - 1].size - MQ_FRAME_HDR_SIZE - h.len;
         ref.len = h.len;
+        ref.deliveries = owed != NULL && q->rec_counts != NULL
+                         ? q->rec_counts[owed - q->rec_pending] : 0;
 
         q->rseg = q->nsegs - 1;
         q->roff = q->segs[q->rseg].size;
@@ -1122,6 +1139,7 @@ queue_take(queue_t *q, int peek, item_t *it)
         it->ref.seg = q->segs[si].id;
         it->ref.off = off;
         it->ref.len = it->hdr.len;
+        it->ref.deliveries = from_ret ? q->ret[q->rhead].deliveries : 0;
 
         q->age_seq = it->hdr.seq;
         q->age_ctime = it->hdr.ctime;
@@ -1301,36 +1319,34 @@ cmp_ref(const void *a, const void *b)
 }
 
 
-static void
-give_back(openset_t *os, openset_t **conn_sets)
+/*
+ * Merges refs[0..n) (sorted by seq) into the items given back: the head
+ * of q, in seq order.  0, or -1 when out of memory (nothing changed).
+ */
+static int
+merge_back(queue_t *q, const item_ref_t *refs, size_t n)
 {
-    size_t       i, j, k, n, total;
-    queue_t     *q;
+    size_t       i, j, k, total;
     item_ref_t  *merged;
 
-    q = os->q;
-    n = os->n;
+    if (n == 0) {
+        return 0;
+    }
 
-    qsort(os->refs, n, sizeof(item_ref_t), cmp_ref);
-
-    /* merge the sorted open items with the sorted items given back */
     total = q->nret - q->rhead + n;
-    merged = malloc((total ? total : 1) * sizeof(item_ref_t));
+    merged = malloc(total * sizeof(item_ref_t));
     if (merged == NULL) {
-        /* keep them open rather than lose them; they will come back on
-         * restart at the latest (the watermark still covers them) */
-        log_error("queue", "%s: out of memory giving items back", q->name);
-        return;
+        return -1;
     }
 
     i = q->rhead;
     j = 0;
     k = 0;
     while (i < q->nret || j < n) {
-        if (j == n || (i < q->nret && q->ret[i].seq < os->refs[j].seq)) {
+        if (j == n || (i < q->nret && q->ret[i].seq < refs[j].seq)) {
             merged[k++] = q->ret[i++];
         } else {
-            merged[k++] = os->refs[j++];
+            merged[k++] = refs[j++];
         }
     }
 
@@ -1341,20 +1357,148 @@ give_back(openset_t *os, openset_t **conn_sets)
     q->ret_cap = total;
 
     for (j = 0; j < n; j++) {
-        q->bytes += os->refs[j].len;
+        q->bytes += refs[j].len;
     }
 
     q->items += n;
-    q->open_items -= n;
     q->pos_dirty = 1;
     mark_dirty(q);
-
-    unlink_set(os, conn_sets);
 
     /* one waiter per item given back */
     for (j = 0; j < n && q->wait_head != NULL; j++) {
         conn_wake(q->wait_head);
     }
+
+    return 0;
+}
+
+
+/*
+ * Appends the item ref names to q's dead-letter queue: flags, bytes and
+ * expiry unchanged, journaled like a set.  0, or -1 when it cannot (no
+ * such queue name, the record unreadable, the queue full, writes
+ * refused): the caller gives the item back instead.
+ */
+static int
+dead_letter(queue_t *q, const item_ref_t *ref)
+{
+    int                   rc;
+    char                  name[MQ_NAME_MAX + 1];
+    size_t                len;
+    queue_t              *d;
+    unsigned char        *copy;
+    mq_frame_hdr_t        h;
+    const unsigned char  *payload;
+
+    len = config_dead_letter(q->name, q->name_len, name);
+
+    if (len == 0 || (len == q->name_len && memcmp(name, q->name, len) == 0)
+        || srv.readonly)
+    {
+        rc = QUEUE_IO;
+        goto failed;
+    }
+
+    if (read_record(q, seg_index(q, ref->seg), ref->off, &h, &payload)
+        != RD_OK)
+    {
+        rc = QUEUE_NOFD;
+        goto failed;
+    }
+
+    /* the payload lives in a buffer the append may reuse */
+    copy = malloc(h.len ? h.len : 1);
+    if (copy == NULL) {
+        rc = QUEUE_NOFD;
+        goto failed;
+    }
+    memcpy(copy, payload, h.len);
+
+    d = queue_lookup(name, len, 2);
+    rc = d ? queue_append(d, h.flags, h.exptime, copy, h.len) : QUEUE_IO;
+    free(copy);
+
+    if (rc != QUEUE_OK) {
+        goto failed;
+    }
+
+    q->dead_lettered_items++;
+    if (srv.sync_mode == SYNC_ALWAYS) {
+        /* the position file may drop the item only once the dead-letter
+         * queue's record is durable */
+        q->dlq_ticket = sync_next_ticket();
+    }
+    return 0;
+
+failed:
+
+    if (log_rate_ok(&dlq_warn, loop_now())) {
+        log_warn("queue", "%s: id %" PRIu64 " delivered %" PRIu32 " times "
+                 "stays: dead-letter queue %s %s", q->name, ref->seq,
+                 ref->deliveries, len ? name : "(name too long)",
+                 rc == QUEUE_FULL ? "full" : "not writable now");
+    }
+    return -1;
+}
+
+
+/* Moves the items of refs[0..n) that reached max_deliveries to the
+ * dead-letter queue; compacts the rest, in order.  Returns how many are
+ * left. */
+static size_t
+sort_out_dead(queue_t *q, item_ref_t *refs, size_t n)
+{
+    size_t  i, k;
+
+    refresh_limits(q);
+
+    if (q->lim.max_deliveries == 0) {
+        return n;
+    }
+
+    for (i = 0, k = 0; i < n; i++) {
+        if (refs[i].deliveries >= q->lim.max_deliveries
+            && dead_letter(q, &refs[i]) == 0)
+        {
+            continue;
+        }
+        refs[k++] = refs[i];
+    }
+
+    return k;
+}
+
+
+static void
+give_back(openset_t *os, openset_t **conn_sets)
+{
+    size_t    i, n, left;
+    queue_t  *q;
+
+    q = os->q;
+    n = os->n;
+
+    qsort(os->refs, n, sizeof(item_ref_t), cmp_ref);
+
+    left = sort_out_dead(q, os->refs, n);
+    q->open_items -= n - left;
+    os->n = left;
+
+    if (merge_back(q, os->refs, left) != 0) {
+        /* keep them open rather than lose them; they will come back on
+         * restart at the latest (the watermark still covers them) */
+        log_error("queue", "%s: out of memory giving items back", q->name);
+        os->min_seq = UINT64_MAX;
+        for (i = 0; i < left; i++) {
+            if (os->refs[i].seq < os->min_seq) {
+                os->min_seq = os->refs[i].seq;
+            }
+        }
+        return;
+    }
+
+    q->open_items -= left;
+    unlink_set(os, conn_sets);
 }
 
 
@@ -1381,6 +1525,210 @@ queue_abort_conn(openset_t **conn_sets)
             /* could not give back: drop the link, keep the watermark */
             *conn_sets = os->cnext;
             os->c = NULL;
+        }
+    }
+}
+
+
+/* ---- leases (lease.h holds the structures) ---- */
+
+
+/* Arms the lease timer for the earliest deadline when it is not armed
+ * for it or earlier already.  A lease acknowledged meanwhile leaves the
+ * timer early: it then finds nothing due and arms for the next. */
+static void
+arm_lease_timer(void)
+{
+    lease_t   *l;
+    uint64_t   now;
+
+    l = lease_min();
+    if (l == NULL) {
+        loop_timer_del(&lease_timer);
+        return;
+    }
+
+    if (lease_timer.index == 0 || lease_timer.deadline > l->deadline) {
+        now = loop_now();
+        loop_timer_add(&lease_timer, l->deadline > now ? l->deadline - now
+                                                       : 0);
+    }
+}
+
+
+/* Gives back refs[0..n) of q (sorted by seq), whose leases are over:
+ * dead letters first, the rest to the head of q. */
+static void
+give_back_refs(queue_t *q, item_ref_t *refs, size_t n)
+{
+    size_t  i;
+
+    q->pos_dirty = 1;
+    mark_dirty(q);
+    n = sort_out_dead(q, refs, n);
+
+    if (merge_back(q, refs, n) != 0) {
+        /* one at a time: the array grows by one each */
+        for (i = 0; i < n; i++) {
+            return_ref(q, &refs[i]);
+            if (q->wait_head != NULL) {
+                conn_wake(q->wait_head);
+            }
+        }
+    }
+}
+
+
+typedef struct {
+    queue_t     *q;          /* (ref) */
+    item_ref_t   ref;
+} expired_t;
+
+
+static int
+cmp_expired(const void *a, const void *b)
+{
+    const expired_t  *x = a, *y = b;
+
+    if (x->q != y->q) {
+        return (uintptr_t) x->q < (uintptr_t) y->q ? -1 : 1;
+    }
+
+    return x->ref.seq < y->ref.seq ? -1 : x->ref.seq > y->ref.seq;
+}
+
+
+/*
+ * Leases that ran out go back, EXPIRE_BATCH at a time: grouped by queue
+ * and sorted, so each queue merges them into its head in one pass (one
+ * at a time, 100,000 leases running out together would cost a memmove
+ * each).
+ */
+static void
+lease_timer_handler(loop_timer_t *t)
+{
+    size_t            n, i, j, k;
+    lease_t          *l;
+    uint64_t          now;
+    static expired_t   ex[EXPIRE_BATCH];
+    static item_ref_t  refs[EXPIRE_BATCH];
+
+    now = loop_now();
+
+    do {
+        n = 0;
+        while (n < EXPIRE_BATCH && (l = lease_min()) != NULL
+               && l->deadline <= now)
+        {
+            ex[n].q = l->q;
+            ex[n].ref = l->ref;
+            lease_remove(l);
+            n++;
+        }
+
+        qsort(ex, n, sizeof(expired_t), cmp_expired);
+
+        for (i = 0; i < n; i = j) {
+            for (j = i, k = 0; j < n && ex[j].q == ex[i].q; j++) {
+                refs[k++] = ex[j].ref;
+            }
+            give_back_refs(ex[i].q, refs, k);
+        }
+
+    } while (n == EXPIRE_BATCH);
+
+    arm_lease_timer();
+}
+
+
+int
+queue_lease(queue_t *q, const item_ref_t *ref, uint64_t ms)
+{
+    if (lease_add(q, ref, loop_now() + ms) == NULL) {
+        log_error("queue", "%s: out of memory for leases", q->name);
+        return_ref(q, ref);
+        return -1;
+    }
+
+    lease_timer.handler = lease_timer_handler;
+    arm_lease_timer();
+    return 0;
+}
+
+
+int
+queue_ack(queue_t *q, uint64_t seq)
+{
+    lease_t         *l;
+    mq_frame_hdr_t   h;
+
+    l = lease_find(q, seq);
+    if (l == NULL) {
+        return 0;
+    }
+
+    /* journaled: recovery after a crash never delivers it again */
+    memset(&h, 0, sizeof(h));
+    h.seq = seq;
+    if (journal_add(MQ_FRAME_JACK, q->name, q->name_len, &h, NULL, 0) != 0) {
+        return -1;
+    }
+
+    lease_remove(l);
+    q->acked = srv.sync_mode == SYNC_ALWAYS;
+    q->pos_dirty = 1;
+    mark_dirty(q);
+    return 1;
+}
+
+
+int
+queue_touch(queue_t *q, uint64_t seq, uint64_t ms)
+{
+    lease_t     *l;
+    item_ref_t   ref;
+
+    l = lease_find(q, seq);
+    if (l == NULL) {
+        return 0;
+    }
+
+    if (ms > 0) {
+        lease_renew(l, loop_now() + ms);
+        lease_timer.handler = lease_timer_handler;
+        arm_lease_timer();
+        return 1;
+    }
+
+    /* given back at once */
+    ref = l->ref;
+    lease_remove(l);
+    give_back_refs(q, &ref, 1);
+    arm_lease_timer();
+    return 1;
+}
+
+
+void
+queue_save_acked(void)
+{
+    size_t    k;
+    queue_t  *q;
+    uint64_t  w;
+
+    for (k = 0; k < HASH_SIZE; k++) {
+        for (q = hash[k]; q; q = q->hnext) {
+            if (!q->on_disk || !q->acked) {
+                continue;
+            }
+            w = watermark(q);
+            if (save_position(q, 1) != 0) {
+                log_warn("queue", "%s: position: %s; acknowledged leases "
+                         "may come back after a crash", q->name,
+                         strerror(errno));
+                continue;
+            }
+            q->pos_written = w;
         }
     }
 }
@@ -1701,6 +2049,17 @@ log_cursor(queue_t *q)
 }
 
 
+static void
+lease_min_seq(lease_t *l, void *arg)
+{
+    uint64_t  *w = arg;
+
+    if (l->ref.seq < *w) {
+        *w = l->ref.seq;
+    }
+}
+
+
 /* lowest seq still owed to a consumer: segments below it can go */
 static uint64_t
 watermark(queue_t *q)
@@ -1709,6 +2068,10 @@ watermark(queue_t *q)
     openset_t  *os;
 
     w = log_cursor(q);
+
+    if (q->leased_items > 0) {
+        lease_each(q, lease_min_seq, &w);
+    }
 
     if (q->rhead < q->nret && q->ret[q->rhead].seq < w) {
         w = q->ret[q->rhead].seq;
@@ -1724,20 +2087,61 @@ watermark(queue_t *q)
 }
 
 
+typedef struct {
+    uint64_t  seq;
+    uint32_t  deliveries;
+} owed_t;
+
+
+static int
+cmp_owed(const void *a, const void *b)
+{
+    uint64_t  x = ((const owed_t *) a)->seq, y = ((const owed_t *) b)->seq;
+
+    return x < y ? -1 : x > y;
+}
+
+
+static void
+lease_owed(lease_t *l, void *arg)
+{
+    owed_t  **o = arg;
+
+    (*o)->seq = l->ref.seq;
+    (*o)->deliveries = l->ref.deliveries;
+    (*o)++;
+}
+
+
 /*
  * Writes the position file: the log cursor plus every item still owed
- * (given back or open), so that a restart redelivers exactly those.  With
- * more than POS_PENDING_MAX owed items the file holds the watermark only,
- * unless `precise` (shutdown): a crash may then deliver consumed items
- * again, which at-least-once allows.
+ * (given back, open or leased) with its delivery count, so that a restart
+ * redelivers exactly those.  With more than POS_PENDING_MAX owed items the
+ * file holds the watermark only, unless `precise` (shutdown, a journal
+ * switch): a crash may then deliver consumed items again, which
+ * at-least-once allows.  But once a lease was acknowledged, a watermark
+ * alone would bring that item back after the journal that holds its
+ * acknowledgement is gone: the file is then left as it is (1 returned)
+ * until a precise write.  0 written, -1 failed.
  */
 static int
 save_position(queue_t *q, int precise)
 {
-    int         rc, dirfd;
-    size_t      n, k, i;
-    uint64_t   *seqs;
-    openset_t  *os;
+    int          rc, dirfd;
+    size_t       n, k, i;
+    owed_t      *owed, *o;
+    uint64_t    *seqs;
+    uint32_t    *counts;
+    openset_t   *os;
+
+    n = q->nret - q->rhead + q->leased_items;
+    for (os = q->opensets; os; os = os->qnext) {
+        n += os->n;
+    }
+
+    if (n > POS_PENDING_MAX && !precise && q->acked) {
+        return 1;
+    }
 
     dirfd = openat(srv.data_fd, q->name,
                    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -1745,38 +2149,52 @@ save_position(queue_t *q, int precise)
         return -1;
     }
 
-    n = q->nret - q->rhead;
-    for (os = q->opensets; os; os = os->qnext) {
-        n += os->n;
-    }
-
+    owed = NULL;
     seqs = NULL;
+    counts = NULL;
     if (n > 0 && (n <= POS_PENDING_MAX || precise)) {
+        owed = malloc(n * sizeof(owed_t));
         seqs = malloc(n * sizeof(uint64_t));
+        counts = malloc(n * sizeof(uint32_t));
     }
 
     if (n == 0) {
         rc = position_save(dirfd, log_cursor(q), NULL, 0);
+        q->acked = 0;
 
-    } else if (seqs == NULL) {
-        rc = position_save(dirfd, watermark(q), NULL, 0);
+    } else if (owed == NULL || seqs == NULL || counts == NULL) {
+        rc = q->acked ? -1 : position_save(dirfd, watermark(q), NULL, 0);
 
     } else {
-        k = 0;
-        for (i = q->rhead; i < q->nret; i++) {
-            seqs[k++] = q->ret[i].seq;
+        o = owed;
+        for (i = q->rhead; i < q->nret; i++, o++) {
+            o->seq = q->ret[i].seq;
+            o->deliveries = q->ret[i].deliveries;
         }
         for (os = q->opensets; os; os = os->qnext) {
-            for (i = 0; i < os->n; i++) {
-                seqs[k++] = os->refs[i].seq;
+            for (i = 0; i < os->n; i++, o++) {
+                o->seq = os->refs[i].seq;
+                o->deliveries = os->refs[i].deliveries;
             }
         }
+        lease_each(q, lease_owed, &o);
 
-        qsort(seqs, n, sizeof(uint64_t), cmp_u64);
-        rc = position_save(dirfd, log_cursor(q), seqs, n);
-        free(seqs);
+        k = (size_t) (o - owed);
+        qsort(owed, k, sizeof(owed_t), cmp_owed);
+        for (i = 0; i < k; i++) {
+            seqs[i] = owed[i].seq;
+            counts[i] = owed[i].deliveries;
+        }
+
+        rc = position_save_counts(dirfd, log_cursor(q), seqs, counts, k);
+        if (rc == 0) {
+            q->acked = 0;
+        }
     }
 
+    free(owed);
+    free(seqs);
+    free(counts);
     close(dirfd);
     return rc;
 }
@@ -1843,7 +2261,7 @@ queue_write_all(void)
 int
 queue_before_sleep(void)
 {
-    int       pos_due, woke;
+    int       pos_due, woke, rc;
     queue_t  *q, *next;
     uint64_t  w;
 
@@ -1906,15 +2324,26 @@ queue_before_sleep(void)
                 continue;
             }
 
+            if (q->dlq_ticket > sync_durable()) {
+                /* a dead letter's record is not durable yet: the file
+                 * still owes the item until it is */
+                mark_dirty(q);
+                if (pos_timer.index == 0) {
+                    loop_timer_add(&pos_timer, POS_INTERVAL);
+                }
+                continue;
+            }
+
             q->pos_dirty = 0;
             w = watermark(q);
 
-            if (save_position(q, 0) != 0) {
+            rc = save_position(q, 0);
+            if (rc < 0) {
                 log_warn("queue", "%s: position: %s", q->name,
                          strerror(errno));
                 q->pos_dirty = 1;
                 mark_dirty(q);
-            } else {
+            } else if (rc == 0) {
                 q->pos_written = w;
             }
 
@@ -1989,6 +2418,8 @@ queue_shutdown(void)
     }
 
     fdcache_close_all();
+    loop_timer_del(&lease_timer);
+    lease_shutdown();
 
     for (i = 0; i < RBUF_SLOTS; i++) {
         free(rbufs[i].buf);

@@ -12,6 +12,12 @@
  * back once (at-least-once).  Segments wholly below the watermark are
  * deleted.
  *
+ * Leased items (lease.h) are owed too: they count in the watermark and
+ * are listed in the position file like open items, and come back as
+ * waiting items after a restart.  An item carries its delivery count
+ * wherever it goes (given back, open, leased, listed in the position
+ * file); the log holds only items never delivered (count 0).
+ *
  * A queue that does not exist on disk can still have an object: a
  * "ghost" that holds long-poll waiters and is freed when they leave.
  */
@@ -29,12 +35,14 @@
 typedef struct conn_s     conn_t;
 typedef struct queue_s    queue_t;
 typedef struct openset_s  openset_t;
+typedef struct lease_s    lease_t;
 
 typedef struct {
     uint64_t  seq;       /* record sequence number */
     uint64_t  seg;       /* id of its segment (first seq of the segment) */
     uint64_t  off;       /* record offset in the segment file */
     uint32_t  len;       /* payload bytes */
+    uint32_t  deliveries;  /* times delivered so far (get, /open, /lease) */
 } item_ref_t;
 
 typedef struct {
@@ -107,8 +115,17 @@ struct queue_s {
 
     openset_t   *opensets;
 
+    lease_t    **lbuckets;      /* leased items by id (lease.c) */
+    size_t       lbuckets_n;    /* power of two, 0 = none yet */
+    uint64_t     dlq_ticket;    /* commit that makes its last dead
+                                   letter durable (--sync always) */
+    int          acked;         /* a lease was acknowledged since the
+                                   position file was last written in
+                                   full (see queue_save_acked()) */
+
     uint64_t     rec_first;     /* recovery only: the position file's */
     uint64_t    *rec_pending;   /*   cursor and owed items (ascending) */
+    uint32_t    *rec_counts;    /*   and their delivery counts, or NULL */
     size_t       rec_npending;
 
     skip_t      *skips;         /* in file order, skips[skip_head..] */
@@ -127,6 +144,10 @@ struct queue_s {
     uint64_t     total_items;
     uint64_t     expired_items;
     uint64_t     open_items;
+    uint64_t     leased_items;  /* leases held (lease.c keeps it) */
+    uint64_t     redelivered_items;  /* deliveries of an item delivered
+                                        before */
+    uint64_t     dead_lettered_items;  /* moved to the dead-letter queue */
     uint64_t     nwaiters;
 
     uint64_t     age_seq;       /* head seq whose ctime is age_ctime */
@@ -170,6 +191,30 @@ int queue_take(queue_t *q, int peek, item_t *it);
  * *conn_sets when new.  -1 on allocation failure (item given back). */
 int queue_open(queue_t *q, conn_t *c, openset_t **conn_sets,
     const item_ref_t *ref);
+
+/*
+ * Leases the item just taken (queue_take) for ms milliseconds: it belongs
+ * to no connection from now on.  -1 when out of memory (the item is
+ * given back to the head of q).
+ */
+int queue_lease(queue_t *q, const item_ref_t *ref, uint64_t ms);
+
+/*
+ * Acknowledges leased item `seq`: journaled (JACK) under --sync always,
+ * so the caller parks its reply behind the next ticket.  1 done, 0 not
+ * leased (acknowledged already, run out, never existed), -1 when the
+ * journal refused it (the lease stays).
+ */
+int queue_ack(queue_t *q, uint64_t seq);
+
+/* A new lease of ms from now; 0 gives the item back at once.  1 done, 0
+ * not leased. */
+int queue_touch(queue_t *q, uint64_t seq, uint64_t ms);
+
+/* Before the journal switches files: queues whose acknowledgements are
+ * in the full file get their position file written in full (see
+ * docs/memqd.md, Leases). */
+void queue_save_acked(void);
 
 /* Acknowledges / gives back everything c has open on q. */
 void queue_close_open(queue_t *q, conn_t *c, openset_t **conn_sets);

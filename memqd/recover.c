@@ -42,6 +42,8 @@
 #define SCAN_BUF   (1024 * 1024)
 #define JQ_HASH    1024
 #define MAX_LEN    (UINT32_MAX - 64)
+#define ACK_RANGE_MAX  (4 * 1024 * 1024)   /* ids made owed to honour
+                                              acks above the cursor */
 
 /* what the journal says about one queue */
 typedef struct jq_s  jq_t;
@@ -50,6 +52,10 @@ struct jq_s {
     size_t     len;
     uint64_t   first;       /* first id after the last drop, 0 if none */
     uint64_t   drop_rec;    /* record index of the last drop + 1, 0 none */
+    uint64_t  *acks;        /* leases acknowledged after the last drop */
+    size_t     nacks;
+    size_t     acks_cap;
+    int        acks_sorted; /* sorted, repeats removed */
     jq_t      *next;
 };
 
@@ -71,6 +77,7 @@ struct jscan_s {
 typedef struct {
     uint64_t   first;        /* position: records below were consumed... */
     uint64_t  *pending;      /* ...except these (ascending), still owed */
+    uint32_t  *counts;       /* their delivery counts, or NULL */
     size_t     npending;
     size_t     next_pending; /* index of the next pending seq to meet */
     uint64_t   seg;          /* id of the segment being scanned */
@@ -142,7 +149,7 @@ list_segments(int dirfd, uint64_t **ids, size_t *n)
  * goes back to the head of the queue (records are met in seq order). */
 static int
 give_back_pending(queue_t *q, uint64_t seg, uint64_t off,
-    const mq_frame_hdr_t *h)
+    const mq_frame_hdr_t *h, uint32_t deliveries)
 {
     size_t       cap;
     item_ref_t  *nr;
@@ -161,6 +168,7 @@ give_back_pending(queue_t *q, uint64_t seg, uint64_t off,
     q->ret[q->nret].seg = seg;
     q->ret[q->nret].off = off;
     q->ret[q->nret].len = h->len;
+    q->ret[q->nret].deliveries = deliveries;
     q->nret++;
     q->items++;
     q->bytes += h->len;
@@ -288,7 +296,9 @@ count_record(queue_t *q, scan_t *sc, uint64_t off, const mq_frame_hdr_t *h)
 
         if (sc->next_pending < sc->npending
             && sc->pending[sc->next_pending] == h->seq
-            && give_back_pending(q, sc->seg, off, h) != 0)
+            && give_back_pending(q, sc->seg, off, h,
+                                 sc->counts ? sc->counts[sc->next_pending]
+                                            : 0) != 0)
         {
             return -1;
         }
@@ -611,8 +621,88 @@ scan_segment(queue_t *q, int fd, const char *fname, int last, scan_t *sc,
 }
 
 
+/*
+ * Leases acknowledged in the journal (acks, ascending) leave the owed
+ * list.  An acknowledged id at or above the position's cursor means the
+ * file is older than the acknowledgement: the cursor moves past it, and
+ * every id between the old cursor and it that was not acknowledged
+ * becomes owed (it may have been delivered; at-least-once), up to
+ * ACK_RANGE_MAX ids.  0, or -1 when out of memory.
+ */
+static int
+apply_acks(queue_t *q, scan_t *sc, const uint64_t *acks, size_t nacks)
+{
+    int        range;
+    size_t     i, j, k, n;
+    uint64_t   amax, id, *np;
+    uint32_t  *nc;
+
+    if (nacks == 0) {
+        return 0;
+    }
+
+    amax = acks[nacks - 1];
+    range = amax >= sc->first;
+
+    if (range && amax - sc->first >= ACK_RANGE_MAX) {
+        log_warn("recover", "%s: ids %" PRIu64 "-%" PRIu64 " delivered "
+                 "again: the position file is too far behind the journal's "
+                 "acknowledgements", q->name, sc->first, amax);
+        range = 0;
+    }
+
+    n = sc->npending + (range ? (size_t) (amax - sc->first + 1) : 0);
+    np = malloc((n ? n : 1) * sizeof(uint64_t));
+    nc = malloc((n ? n : 1) * sizeof(uint32_t));
+    if (np == NULL || nc == NULL) {
+        free(np);
+        free(nc);
+        return -1;
+    }
+
+    /* owed before (all below the cursor), then the ids from the cursor
+     * up to the newest ack: ascending; minus the acks */
+    j = 0;
+    k = 0;
+    for (i = 0; i < n; i++) {
+        if (i < sc->npending) {
+            id = sc->pending[i];
+            if (range && id >= sc->first) {
+                continue;               /* in the range below anyway */
+            }
+        } else {
+            id = sc->first + (i - sc->npending);
+        }
+
+        while (j < nacks && acks[j] < id) {
+            j++;
+        }
+        if (j < nacks && acks[j] == id) {
+            continue;
+        }
+
+        np[k] = id;
+        nc[k] = i < sc->npending && sc->counts ? sc->counts[i] : 0;
+        k++;
+    }
+
+    free(sc->pending);
+    free(sc->counts);
+    sc->pending = np;
+    sc->counts = nc;
+    sc->npending = k;
+
+    if (range) {
+        sc->first = amax + 1;
+    }
+
+    return 0;
+}
+
+
 int
-recover_queue(queue_t *q, uint64_t jfirst)
+recover_queue(queue_t *q, uint64_t jfirst, const uint64_t *acks,
+    size_t nacks)
 {
     int             fd, dirfd, rc;
     char            fname[SEG_NAME_LEN + 1];
@@ -639,7 +729,13 @@ recover_queue(queue_t *q, uint64_t jfirst)
         return -1;
     }
 
-    position_read_pending(dirfd, &sc.first, &sc.pending, &sc.npending);
+    position_read_counts(dirfd, &sc.first, &sc.pending, &sc.counts,
+                         &sc.npending);
+
+    if (apply_acks(q, &sc, acks, nacks) != 0) {
+        log_error("recover", "%s: out of memory", q->name);
+        goto done;
+    }
 
     if (list_segments(dirfd, &ids, &nids) != 0) {
         log_error("recover", "%s: cannot list: %s", q->name, strerror(errno));
@@ -808,8 +904,10 @@ recover_queue(queue_t *q, uint64_t jfirst)
      * unless owed */
     q->rec_first = sc.first;
     q->rec_pending = sc.pending;
+    q->rec_counts = sc.counts;
     q->rec_npending = sc.npending;
     sc.pending = NULL;
+    sc.counts = NULL;
 
     rc = 0;
 
@@ -819,6 +917,7 @@ done:
     free(buf);
     free(ids);
     free(sc.pending);
+    free(sc.counts);
     return rc;
 }
 
@@ -997,6 +1096,20 @@ scan_visit(jscan_t *js, uint64_t rec, const mq_frame_hdr_t *h,
     if (h->kind == MQ_FRAME_JDROP) {
         j->drop_rec = rec + 1;
         j->first = 0;
+        j->nacks = 0;
+    } else if (h->kind == MQ_FRAME_JACK) {
+        if (j->nacks == j->acks_cap) {
+            uint64_t  *na;
+            size_t     cap = j->acks_cap ? j->acks_cap * 2 : 64;
+            na = realloc(j->acks, cap * sizeof(uint64_t));
+            if (na == NULL) {
+                return -1;
+            }
+            j->acks = na;
+            j->acks_cap = cap;
+        }
+        j->acks[j->nacks++] = h->seq;
+        j->acks_sorted = 0;
     } else if (j->first == 0) {
         j->first = h->seq;
     }
@@ -1151,6 +1264,35 @@ recover_journal_first(jscan_t *js, const char *name, size_t len,
 }
 
 
+size_t
+recover_journal_acks(jscan_t *js, const char *name, size_t len,
+    const uint64_t **acks)
+{
+    jq_t    *j;
+    size_t   i, k;
+
+    j = js != NULL ? jq_get(js, name, len, 0) : NULL;
+    if (j == NULL || j->nacks == 0) {
+        *acks = NULL;
+        return 0;
+    }
+
+    if (!j->acks_sorted) {
+        qsort(j->acks, j->nacks, sizeof(uint64_t), cmp_u64);
+        for (i = 1, k = 1; i < j->nacks; i++) {
+            if (j->acks[i] != j->acks[k - 1]) {
+                j->acks[k++] = j->acks[i];
+            }
+        }
+        j->nacks = k;
+        j->acks_sorted = 1;
+    }
+
+    *acks = j->acks;
+    return j->nacks;
+}
+
+
 static uint64_t  replayed;
 
 
@@ -1264,6 +1406,7 @@ recover_journal_done(jscan_t *js, int remove)
     for (k = 0; k < JQ_HASH; k++) {
         for (j = js->hash[k]; j; j = next) {
             next = j->next;
+            free(j->acks);
             free(j);
         }
     }

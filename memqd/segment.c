@@ -22,13 +22,16 @@
 #define POS_TMP       "position.tmp"
 #define POS_SIZE      20           /* version 1 */
 #define POS2_MIN      28           /* version 2 without pending items */
-#define POS_MAX_SIZE  (POS2_MIN + 8 * (uint64_t) 64 * 1024 * 1024)
+#define POS_MAX_SIZE  (POS2_MIN + 12 * (uint64_t) 64 * 1024 * 1024)
 
 static const unsigned char  pos_magic[8] = {
     'M', 'Q', 'P', 'O', 'S', 0, 0, 1
 };
 static const unsigned char  pos2_magic[8] = {
     'M', 'Q', 'P', 'O', 'S', 0, 0, 2
+};
+static const unsigned char  pos3_magic[8] = {
+    'M', 'Q', 'P', 'O', 'S', 0, 0, 3
 };
 
 
@@ -157,6 +160,17 @@ put_u64(unsigned char *p, uint64_t v)
 }
 
 
+static void
+put_u32(unsigned char *p, uint32_t v)
+{
+    int  i;
+
+    for (i = 0; i < 4; i++) {
+        p[i] = (unsigned char) (v >> (8 * i));
+    }
+}
+
+
 static uint64_t
 get_u64(const unsigned char *p)
 {
@@ -219,15 +233,18 @@ get_u32(const unsigned char *p)
 
 
 int
-position_read_pending(int dirfd, uint64_t *seq, uint64_t **pending,
-    size_t *npending)
+position_read_counts(int dirfd, uint64_t *seq, uint64_t **pending,
+    uint32_t **counts, size_t *npending)
 {
-    size_t          len, i;
+    int             v3;
+    size_t          len, i, each;
     uint64_t        n, *arr;
+    uint32_t       *cnt;
     unsigned char  *b;
 
     *seq = 0;
     *pending = NULL;
+    *counts = NULL;
     *npending = 0;
 
     if (read_all(dirfd, &b, &len) != 0) {
@@ -242,36 +259,60 @@ position_read_pending(int dirfd, uint64_t *seq, uint64_t **pending,
         return 0;
     }
 
-    if (len < POS2_MIN || memcmp(b, pos2_magic, 8) != 0
+    v3 = len >= POS2_MIN && memcmp(b, pos3_magic, 8) == 0;
+
+    if (len < POS2_MIN || (!v3 && memcmp(b, pos2_magic, 8) != 0)
         || get_u32(b + len - 4) != mq_crc32c(0, b, len - 4))
     {
         free(b);
         return -1;
     }
 
+    each = v3 ? 12 : 8;
     n = get_u64(b + 16);
-    if (n != (len - POS2_MIN) / 8 || (len - POS2_MIN) % 8 != 0) {
+    if (n != (len - POS2_MIN) / each || (len - POS2_MIN) % each != 0) {
         free(b);
         return -1;
     }
 
     arr = NULL;
+    cnt = NULL;
     if (n > 0) {
         arr = malloc((size_t) n * sizeof(uint64_t));
-        if (arr == NULL) {
+        cnt = v3 ? malloc((size_t) n * sizeof(uint32_t)) : NULL;
+        if (arr == NULL || (v3 && cnt == NULL)) {
+            free(arr);
+            free(cnt);
             free(b);
             return -1;
         }
         for (i = 0; i < n; i++) {
             arr[i] = get_u64(b + 24 + 8 * i);
+            if (v3) {
+                cnt[i] = get_u32(b + 24 + 8 * n + 4 * i);
+            }
         }
     }
 
     *seq = get_u64(b + 8);
     *pending = arr;
+    *counts = cnt;
     *npending = (size_t) n;
     free(b);
     return 0;
+}
+
+
+int
+position_read_pending(int dirfd, uint64_t *seq, uint64_t **pending,
+    size_t *npending)
+{
+    int        rc;
+    uint32_t  *counts;
+
+    rc = position_read_counts(dirfd, seq, pending, &counts, npending);
+    free(counts);
+    return rc;
 }
 
 
@@ -291,10 +332,26 @@ position_read(int dirfd, uint64_t *seq)
 int
 position_save(int dirfd, uint64_t seq, const uint64_t *pending, size_t n)
 {
+    return position_save_counts(dirfd, seq, pending, NULL, n);
+}
+
+
+int
+position_save_counts(int dirfd, uint64_t seq, const uint64_t *pending,
+    const uint32_t *counts, size_t n)
+{
     int             fd, rc;
     size_t          len, i;
     uint32_t        crc;
     unsigned char  *buf, small[POS_SIZE];
+
+    for (i = 0; counts != NULL && i < n && counts[i] == 0; i++) {
+        /* void */
+    }
+
+    if (counts != NULL && i == n) {
+        counts = NULL;          /* no item delivered yet: version 2 */
+    }
 
     if (n == 0) {
         /* version 1: the watermark alone */
@@ -304,16 +361,19 @@ position_save(int dirfd, uint64_t seq, const uint64_t *pending, size_t n)
         put_u64(buf + 8, seq);
 
     } else {
-        len = POS2_MIN + 8 * n;
+        len = POS2_MIN + (counts ? 12 : 8) * n;
         buf = malloc(len);
         if (buf == NULL) {
             return -1;
         }
-        memcpy(buf, pos2_magic, 8);
+        memcpy(buf, counts ? pos3_magic : pos2_magic, 8);
         put_u64(buf + 8, seq);
         put_u64(buf + 16, n);
         for (i = 0; i < n; i++) {
             put_u64(buf + 24 + 8 * i, pending[i]);
+        }
+        for (i = 0; counts != NULL && i < n; i++) {
+            put_u32(buf + 24 + 8 * n + 4 * i, counts[i]);
         }
     }
 

@@ -12,11 +12,15 @@
  * connection or given back, still owed to consumers).
  *   version 1, 20 bytes: "MQPOS\0\0\1", u64 seq, u32 CRC32C of the rest;
  *   version 2: "MQPOS\0\0\2", u64 seq, u64 n, n x u64 pending seqs
- *   (ascending), u32 CRC32C of everything before it.
- * Version 1 is written when nothing is pending.  The file is replaced,
- * never edited: write position.tmp, rename over position.  A missing or
- * damaged file reads as seq 0: everything still in the segments is
- * delivered again, never the other way round.
+ *   (ascending), u32 CRC32C of everything before it;
+ *   version 3: "MQPOS\0\0\3", u64 seq, u64 n, n x u64 pending seqs
+ *   (ascending), n x u32 delivery counts (same order), u32 CRC32C.
+ * Version 1 is written when nothing is pending, version 2 when no pending
+ * item was delivered yet (every count 0), version 3 otherwise.  Changing
+ * the format: a new version byte; keep reading the old ones.  The file
+ * is replaced, never edited: write position.tmp, rename over position.
+ * A missing or damaged file reads as seq 0: everything still in the
+ * segments is delivered again, never the other way round.
  */
 
 #ifndef MEMQD_SEGMENT_H
@@ -55,6 +59,13 @@ int position_read_pending(int dirfd, uint64_t *seq, uint64_t **pending,
 int position_save(int dirfd, uint64_t seq, const uint64_t *pending,
     size_t n);
 
+/* With delivery counts too (counts may be NULL: all 0); *counts is
+ * malloc()ed, NULL when the file has none (versions 1 and 2). */
+int position_read_counts(int dirfd, uint64_t *seq, uint64_t **pending,
+    uint32_t **counts, size_t *npending);
+int position_save_counts(int dirfd, uint64_t seq, const uint64_t *pending,
+    const uint32_t *counts, size_t n);
+
 /* Recovery (recover.c): the journal's view of the queues. */
 typedef struct jscan_s  jscan_t;
 
@@ -66,6 +77,11 @@ int recover_journal_scan(jscan_t **js, uint64_t *last);
 uint64_t recover_journal_first(jscan_t *js, const char *name, size_t len,
     int *dropped);
 
+/* The ids the journal acknowledged for a queue after its last drop
+ * (ascending, no repeats; *acks valid until recover_journal_done()). */
+size_t recover_journal_acks(jscan_t *js, const char *name, size_t len,
+    const uint64_t **acks);
+
 /* Appends every journal record its queue's files lack. */
 int recover_journal_replay(jscan_t *js);
 
@@ -74,8 +90,10 @@ int recover_journal_replay(jscan_t *js);
 void recover_journal_done(jscan_t *js, int remove);
 
 /* Rebuilds q (segments, cursor, counters) from its directory: see
- * recover.c.  0 on success, -1 when the directory is unusable. */
-int recover_queue(queue_t *q, uint64_t jfirst);
+ * recover.c; acks[0..nacks) (ascending) are leased items the journal
+ * acknowledged.  0 on success, -1 when the directory is unusable. */
+int recover_queue(queue_t *q, uint64_t jfirst, const uint64_t *acks,
+    size_t nacks);
 
 /* Removes a queue directory the journal says was deleted. */
 void recover_remove_queue(const char *name);

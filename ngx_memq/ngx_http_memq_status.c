@@ -72,7 +72,12 @@ static void ngx_http_memq_sb_json(ngx_http_memq_sb_t *sb, u_char *s,
     size_t len);
 
 
+/* longest first where one ends another: "_leased_items" is not a queue
+ * "<q>_leased" with "_items" */
 static ngx_str_t  ngx_http_memq_qfields[] = {
+    ngx_string("_leased_items"),
+    ngx_string("_redelivered_items"),
+    ngx_string("_dead_lettered_items"),
     ngx_string("_total_items"),
     ngx_string("_expired_items"),
     ngx_string("_open_items"),
@@ -364,16 +369,16 @@ ngx_http_memq_status_qstat(ngx_http_memq_status_ctx_t *ctx, u_char *name,
     }
 
     switch (f - ngx_http_memq_qfields) {
-    case 2:
+    case 5:
         qs->open_items += n;
         break;
-    case 3:
+    case 6:
         qs->items += n;
         break;
-    case 4:
+    case 7:
         qs->bytes += n;
         break;
-    case 6:
+    case 9:
         qs->age_ms = ngx_max(qs->age_ms, (uint64_t) n);
         break;
     default:

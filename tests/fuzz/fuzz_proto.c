@@ -27,6 +27,30 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 
+/* An accepted /ack= list: inside the key, and exactly nacks ids. */
+static void
+fuzz_ack_ids(const mq_get_opts_t *o, const char *k, size_t klen)
+{
+    size_t       n;
+    uint64_t     id;
+    const char  *p, *end;
+
+    check(o->acks_len > 0 && inside(o->acks, o->acks_len, k, klen));
+    check(o->nacks >= 1 && o->nacks <= MQ_ACK_IDS_MAX);
+
+    p = o->acks;
+    end = o->acks + o->acks_len;
+    n = 0;
+
+    while (mq_proto_next_id(&p, end, &id) == MQ_OK) {
+        check(p > o->acks && p <= end);
+        n++;
+    }
+
+    check(n == o->nacks && p == end);
+}
+
+
 static void
 fuzz_get_keys(const mq_request_t *req, const char *line, size_t len)
 {
@@ -59,6 +83,13 @@ fuzz_get_keys(const mq_request_t *req, const char *line, size_t len)
             check(o.name_len == klen || k[o.name_len] == '/');
             check(o.wait_ms >= -1 && o.wait_ms <= MQ_GET_WAIT_MAX);
             check(o.count >= 1 && o.count <= MQ_GET_COUNT_MAX);
+            check(o.lease_ms <= MQ_LEASE_MS_MAX);
+            check(!o.lease_ms || !(o.open || o.peek));
+            if (o.acks != NULL) {
+                fuzz_ack_ids(&o, k, klen);
+            } else {
+                check(o.nacks == 0);
+            }
 
         } else {
             check(rc == MQ_ERROR && err != NULL);
@@ -118,6 +149,14 @@ fuzz_request(const char *src, size_t len)
         case MQ_CMD_DELETE:
         case MQ_CMD_FLUSH:
             check(mq_name_valid(req.key, req.key_len));
+            check(!req.has_id || req.cmd == MQ_CMD_DELETE);
+            break;
+
+        case MQ_CMD_TOUCH:
+            check(mq_name_valid(req.key, req.key_len) && req.has_id);
+            check(req.key[req.key_len] == '/');
+            check(req.exptime >= 0
+                  && req.exptime <= MQ_LEASE_MS_MAX / 1000);
             break;
 
         case MQ_CMD_GET:
@@ -216,7 +255,7 @@ fuzz_replies(const char *buf, size_t size)
         check(rc == MQ_OK);
         check(r.consumed > 0 && r.consumed <= left);
         check(p[r.consumed - 1] == '\n');
-        check(r.type <= MQ_REPLY_SERVER_ERROR);
+        check(r.type <= MQ_REPLY_TOUCHED);
 
         if (r.key != NULL) {
             check(r.key_len > 0 && inside(r.key, r.key_len, p, r.consumed));

@@ -273,7 +273,8 @@ class Client:
 
 
 QUEUE_STATS = ("items", "bytes", "total_items", "expired_items",
-               "open_items", "waiters", "age_ms")
+               "open_items", "waiters", "age_ms", "leased_items",
+               "redelivered_items", "dead_lettered_items")
 
 
 def pipeline(client, data, reply_len, timeout=30.0):

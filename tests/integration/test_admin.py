@@ -223,7 +223,8 @@ def test_stats_per_queue(client, connect):
     client.store(q, b"gone", exptime=-1)
     st = client.qstats(q)
     assert set(st) == {"items", "bytes", "total_items", "expired_items",
-                       "open_items", "waiters", "age_ms"}, st
+                       "open_items", "waiters", "age_ms", "leased_items",
+                       "redelivered_items", "dead_lettered_items"}, st
     assert st["total_items"] == 4
     assert st["open_items"] == 0 and st["waiters"] == 0
     assert st["age_ms"] >= 0
@@ -328,7 +329,7 @@ def test_unsupported_pipelined(client):
     assert [i.data for i in client.read_values()] == [b"cd"]
 
 
-@pytest.mark.parametrize("line", ["foo", "incr q 1", "decr q 1", "touch q 1",
+@pytest.mark.parametrize("line", ["foo", "incr q 1", "decr q 1", "touchx q/1 1",
                                   "gat 0 q", "verbosity 1", "GET q",
                                   "Set q 0 0 1", "stat", "getx q",
                                   "flushall", "versions", "quitx"])

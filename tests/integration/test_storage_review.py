@@ -24,14 +24,15 @@ def _fd_count(pid):
 
 def _position(qdir):
     """(cursor, [owed seqs]) of a queue's position file, None if absent or
-    unreadable (segment.c: version 1 or 2)."""
+    unreadable (segment.c: version 1, 2, or 3 with delivery counts)."""
     try:
         b = (qdir / "position").read_bytes()
     except OSError:
         return None
     if len(b) == 20 and b[:8] == b"MQPOS\x00\x00\x01":
         return struct.unpack_from("<Q", b, 8)[0], []
-    if len(b) >= 28 and b[:8] == b"MQPOS\x00\x00\x02":
+    if len(b) >= 28 and b[:8] in (b"MQPOS\x00\x00\x02",
+                                  b"MQPOS\x00\x00\x03"):
         seq, n = struct.unpack_from("<QQ", b, 8)
         return seq, list(struct.unpack_from("<%dQ" % n, b, 24))
     return None

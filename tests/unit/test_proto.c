@@ -19,6 +19,9 @@
 #define NAME  "bad queue name"
 #define KEYS  "too many keys"
 #define OPT   "bad option"
+#define BADID "bad id"
+#define IDS   "too many ids"
+#define LEASE "bad lease time"
 #define BAD   "bad reply"
 #define BIG   "value too large"
 #define ANY   "*"                   /* key: not checked */
@@ -365,7 +368,7 @@ static const req_case_t  req_cases[] = {
     { "delete q 0 x", MQ_ERROR, MQ_CMD_DELETE, FMT, ANY, 0, 0, 0, 0, 0,
       NULL },
     { "delete", MQ_ERROR, MQ_CMD_DELETE, FMT, NULL, 0, 0, 0, 0, 0, NULL },
-    { "delete a/b", MQ_ERROR, MQ_CMD_DELETE, NAME, "a/b", 0, 0, 0, 0, 0,
+    { "delete a/b", MQ_ERROR, MQ_CMD_DELETE, BADID, "a", 0, 0, 0, 0, 0,
       NULL },
     { "delete ..", MQ_ERROR, MQ_CMD_DELETE, NAME, "..", 0, 0, 0, 0, 0,
       NULL },
@@ -436,7 +439,44 @@ static const req_case_t  req_cases[] = {
     { "getx q", MQ_OK, MQ_CMD_UNKNOWN, NULL, NULL, 0, 0, 0, 0, 0, NULL },
     { "ge q", MQ_OK, MQ_CMD_UNKNOWN, NULL, NULL, 0, 0, 0, 0, 0, NULL },
     { "incr q 1", MQ_OK, MQ_CMD_UNKNOWN, NULL, NULL, 0, 0, 0, 0, 0, NULL },
-    { "touch q 0", MQ_OK, MQ_CMD_UNKNOWN, NULL, NULL, 0, 0, 0, 0, 0, NULL },
+    /* leases: delete <q>/<id>, touch <q>/<id> <seconds> */
+    { "delete q/17", MQ_OK, MQ_CMD_DELETE, NULL, "q", 0, 0, 0, 0, 0, NULL },
+    { "delete q/17 noreply", MQ_OK, MQ_CMD_DELETE, NULL, "q", 0, 1, 0, 0, 0,
+      NULL },
+    { "delete q/", MQ_ERROR, MQ_CMD_DELETE, BADID, "q", 0, 0, 0, 0, 0,
+      NULL },
+    { "delete q/-1", MQ_ERROR, MQ_CMD_DELETE, BADID, "q", 0, 0, 0, 0, 0,
+      NULL },
+    { "delete q/18446744073709551616", MQ_ERROR, MQ_CMD_DELETE, BADID, "q",
+      0, 0, 0, 0, 0, NULL },
+    { "delete q/1/2", MQ_ERROR, MQ_CMD_DELETE, BADID, "q", 0, 0, 0, 0, 0,
+      NULL },
+    { "delete /1", MQ_ERROR, MQ_CMD_DELETE, NAME, ANY, 0, 0, 0, 0, 0,
+      NULL },
+    { "touch q/5 30", MQ_OK, MQ_CMD_TOUCH, NULL, "q", 0, 0, 0, 30, 0,
+      NULL },
+    { "touch q/5 0 noreply", MQ_OK, MQ_CMD_TOUCH, NULL, "q", 0, 1, 0, 0, 0,
+      NULL },
+    { "touch q/5 43200", MQ_OK, MQ_CMD_TOUCH, NULL, "q", 0, 0, 0, 43200, 0,
+      NULL },
+    { "touch q/5 43201", MQ_ERROR, MQ_CMD_TOUCH, LEASE, "q", 0, 0, 0, 0, 0,
+      NULL },
+    { "touch q 0", MQ_ERROR, MQ_CMD_TOUCH, BADID, "q", 0, 0, 0, 0, 0,
+      NULL },
+    { "touch q/x 0", MQ_ERROR, MQ_CMD_TOUCH, BADID, "q", 0, 0, 0, 0, 0,
+      NULL },
+    { "touch q/5", MQ_ERROR, MQ_CMD_TOUCH, FMT, ANY, 0, 0, 0, 0, 0, NULL },
+    { "touch", MQ_ERROR, MQ_CMD_TOUCH, FMT, NULL, 0, 0, 0, 0, 0, NULL },
+    { "touch q/5 -1", MQ_ERROR, MQ_CMD_TOUCH, FMT, ANY, 0, 0, 0, 0, 0,
+      NULL },
+    { "touch q/5 1x", MQ_ERROR, MQ_CMD_TOUCH, FMT, ANY, 0, 0, 0, 0, 0,
+      NULL },
+    { "touch q/5 1 later", MQ_ERROR, MQ_CMD_TOUCH, FMT, ANY, 0, 0, 0, 0, 0,
+      NULL },
+    { "touch q/5 1 noreply x", MQ_ERROR, MQ_CMD_TOUCH, FMT, NULL, 0, 0, 0,
+      0, 0, NULL },
+    { "touch b@d/5 1", MQ_ERROR, MQ_CMD_TOUCH, NAME, ANY, 0, 0, 0, 0, 0,
+      NULL },
     { "set\tq 0 0 1", MQ_OK, MQ_CMD_UNKNOWN, NULL, NULL, 0, 0, 0, 0, 0,
       NULL },
     { "\r", MQ_OK, MQ_CMD_UNKNOWN, NULL, NULL, 0, 0, 0, 0, 0, NULL },
@@ -874,6 +914,86 @@ test_get_key_table(void **state)
 }
 
 
+/* ids of delete/touch, and the /lease= and /ack= options */
+static void
+test_lease_forms(void **state)
+{
+    int             rc;
+    size_t          n, i;
+    uint64_t        id;
+    const char     *err, *p, *end;
+    char            key[2100];
+    mq_request_t    req;
+    mq_get_opts_t   o;
+
+    (void) state;
+
+    rc = mq_proto_parse_request("delete q/18446744073709551615", 29, &req,
+                                &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(req.has_id, 1);
+    assert_true(req.id == UINT64_MAX);
+
+    rc = mq_proto_parse_request("delete q", 8, &req, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(req.has_id, 0);
+
+    rc = mq_proto_parse_request("touch q/42 7", 12, &req, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(req.has_id, 1);
+    assert_int_equal(req.id, 42);
+    assert_int_equal(req.exptime, 7);
+
+    rc = mq_proto_parse_get_key("q/lease=5000/n=3", 16, &o, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(o.lease_ms, 5000);
+    assert_int_equal(o.count, 3);
+    assert_null(o.acks);
+
+    static const char  *bad[] = {
+        "q/lease=0", "q/lease=43200001", "q/lease=", "q/lease=-1",
+        "q/lease=1/open", "q/peek/lease=1", "q/ack=", "q/ack=1,",
+        "q/ack=,1", "q/ack=1,,2", "q/ack=a", "q/ack=1/ack=2",
+        "q/ack=18446744073709551616", "q/leasex=1", "q/ack"
+    };
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err = NULL;
+        rc = mq_proto_parse_get_key(bad[i], strlen(bad[i]), &o, &err);
+        if (rc != MQ_ERROR || strcmp(err, OPT) != 0) {
+            fail_msg("%s: rc %d err %s", bad[i], rc, err ? err : "-");
+        }
+    }
+
+    rc = mq_proto_parse_get_key("q/lease=43200000/ack=3,0,18446744073709551615"
+                                "/n=2", 49, &o, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(o.lease_ms, 43200000);
+    assert_int_equal(o.nacks, 3);
+    p = o.acks;
+    end = o.acks + o.acks_len;
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
+    assert_int_equal(id, 3);
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
+    assert_int_equal(id, 0);
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
+    assert_true(id == UINT64_MAX);
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_DECLINED);
+
+    /* MQ_ACK_IDS_MAX ids, then one more */
+    n = (size_t) sprintf(key, "q/ack=1");
+    for (i = 1; i < MQ_ACK_IDS_MAX; i++) {
+        n += (size_t) sprintf(key + n, ",%zu", i % 10);
+    }
+    rc = mq_proto_parse_get_key(key, n, &o, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(o.nacks, MQ_ACK_IDS_MAX);
+    n += (size_t) sprintf(key + n, ",9");
+    rc = mq_proto_parse_get_key(key, n, &o, &err);
+    assert_int_equal(rc, MQ_ERROR);
+    assert_string_equal(err, IDS);
+}
+
+
 static void
 test_get_key_long_name(void **state)
 {
@@ -1203,6 +1323,7 @@ main(void)
         cmocka_unit_test(test_cmd_names),
         cmocka_unit_test(test_get_key_table),
         cmocka_unit_test(test_get_key_long_name),
+        cmocka_unit_test(test_lease_forms),
         cmocka_unit_test(test_reply_table),
         cmocka_unit_test(test_reply_limits),
         cmocka_unit_test(test_reply_stream),

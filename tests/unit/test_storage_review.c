@@ -1,5 +1,6 @@
 // links: memqd/cmd.c memqd/config.c memqd/conn.c memqd/etcd.c
-// links: memqd/fdcache.c memqd/journal.c memqd/log.c memqd/loop_epoll.c
+// links: memqd/fdcache.c memqd/journal.c memqd/lease.c memqd/log.c
+// links: memqd/loop_epoll.c
 // links: memqd/queue.c memqd/recover.c memqd/segment.c memqd/sync.c
 // links: memqd/sys.c
 /*

@@ -1,0 +1,67 @@
+/*
+ * lease.h: leased items (get <q>/lease=MS): who holds them, and when
+ * each lease runs out.
+ *
+ *   per queue: lease_set_t, a hash table id -> lease (delete q/<id>,
+ *              touch q/<id>: one lookup each)
+ *   node-wide: a binary min-heap of every lease by deadline; the loop
+ *              timer is armed for its top, so a tick costs O(log n) per
+ *              lease that runs out, never a scan
+ *
+ *   lease_t ──hnext──► lease_t ...     (bucket chain of its queue's set)
+ *      ▲
+ *      └── heap[hidx]                  (node-wide, by deadline)
+ *
+ * A lease belongs to no connection.  This file owns the structures only:
+ * what happens to an item whose lease runs out (back to the head of its
+ * queue, or to its dead-letter queue) is queue.c's business.
+ */
+
+#ifndef MEMQD_LEASE_H
+#define MEMQD_LEASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "queue.h"
+
+typedef struct lease_s  lease_t;
+
+struct lease_s {
+    item_ref_t  ref;         /* the item, with its delivery count */
+    queue_t    *q;           /* (ref) its queue */
+    uint64_t    deadline;    /* monotonic ms */
+    size_t      hidx;        /* index in the heap */
+    lease_t    *hnext;       /* bucket chain of q's set */
+};
+
+/* Creates a lease of ref on q until `deadline` and links it into q's set
+ * and the heap.  NULL when out of memory (nothing changed). */
+lease_t *lease_add(queue_t *q, const item_ref_t *ref, uint64_t deadline);
+
+/* The lease of item `seq` on q, or NULL. */
+lease_t *lease_find(queue_t *q, uint64_t seq);
+
+/* Unlinks l from its set and the heap and frees it. */
+void lease_remove(lease_t *l);
+
+/* Moves l's deadline (either way). */
+void lease_renew(lease_t *l, uint64_t deadline);
+
+/* The lease with the earliest deadline, or NULL when there is none. */
+lease_t *lease_min(void);
+
+/* Every lease of q, unlinked and freed (the queue is deleted or freed). */
+void lease_drop_queue(queue_t *q);
+
+/* Calls fn(l, arg) for every lease of q, in no order; fn must not add
+ * or remove leases. */
+void lease_each(queue_t *q, void (*fn)(lease_t *l, void *arg), void *arg);
+
+/* Leases held node-wide. */
+size_t lease_count(void);
+
+/* Frees the heap (shutdown; every set must be dropped first). */
+void lease_shutdown(void);
+
+#endif /* MEMQD_LEASE_H */

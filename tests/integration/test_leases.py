@@ -1,0 +1,483 @@
+"""Leases: acknowledged delivery that does not hang on a connection
+(DESIGN §5 memqd): /lease=, delete <q>/<id>, touch, /ack=, expiry back to
+the head in id order, delivery counts, dead-letter queues, stats, restarts
+and crashes, bad input."""
+
+import signal
+import time
+
+import pytest
+
+from memqlib import SLOW, pipeline, qname, wait_for
+
+SHORT = 200        # ms: leases the tests wait to run out
+LONG = 600000      # ms: leases that must not run out during a test
+
+DLQ_CONFIG = """
+[queue dl*]
+max_deliveries = 2
+[queue named*]
+max_deliveries = 1
+dead_letter = graveyard
+[queue three*]
+max_deliveries = 3
+"""
+
+
+def _fill(c, q, n, fmt=b"m%d", flags=0):
+    for i in range(n):
+        c.store(q, fmt % i, flags=flags)
+
+
+def _lease(c, q, ms, n=1, extra=""):
+    return c.get_items("%s/lease=%d/n=%d%s" % (q, ms, n, extra))
+
+
+def _send_all(c, body, timeout=60):
+    """Sends body and a `version`; returns once its reply is read (every
+    command before it has run)."""
+    first = pipeline(c, body + b"version\r\n", 1, timeout=timeout)
+    line = first + c.readline(timeout=timeout)
+    assert line.startswith(b"VERSION"), line
+
+
+def _wait_stat(c, q, name, value, timeout=5):
+    wait_for(lambda: c.qstats(q).get(name) == value, timeout=timeout,
+             what="%s of %s == %r" % (name, q, value))
+
+
+# 1. /lease: ids in the cas field, belongs to no connection, long poll
+
+def test_lease_reply_carries_id_and_outlives_connection(server, connect):
+    c = connect()
+    q = qname()
+    _fill(c, q, 3, flags=7)
+    got = _lease(c, q, LONG, n=2)
+    key = "%s/lease=%d/n=2" % (q, LONG)
+    assert [(i.key, i.flags, i.data, i.cas) for i in got] == \
+        [(key, 7, b"m0", 1), (key, 7, b"m1", 2)]
+    # plain get answers without a cas field; /lease always has one
+    c.send("get %s/lease=%d\r\n" % (q, LONG))
+    assert c.line() == "VALUE %s/lease=%d 7 2 3" % (q, LONG)
+    assert c.read_exact(4) == b"m2\r\n" and c.line() == "END"
+    c.close()
+
+    other = connect()
+    st = other.qstats(q)
+    assert st["leased_items"] == 3 and st["items"] == 0
+    assert st["open_items"] == 0
+    assert other.get(q) is None, "a leased item was handed out again"
+    # the ids are the sequence numbers gets shows
+    other.store(q, b"m3")
+    assert other.get(q, cmd="gets").cas == 4
+    # acknowledged from another connection
+    for i in (1, 2, 3):
+        assert other.cmd("delete %s/%d" % (q, i)) == "DELETED"
+    assert other.qstats(q)["leased_items"] == 0
+
+
+def test_lease_bounds(client):
+    q = qname()
+    _fill(client, q, 2)
+    for bad in ("0", "43200001", "-1", "", "x"):
+        assert client.cmd("get %s/lease=%s" % (q, bad)) == \
+            "CLIENT_ERROR bad option"
+    assert [i.data for i in _lease(client, q, 1)] == [b"m0"]
+    assert [i.data for i in _lease(client, q, 43200000)] == [b"m1"]
+
+
+def test_lease_long_poll(server, connect):
+    c = connect()
+    q = qname()
+    c.store(q, b"first")
+    _lease(c, q, LONG)                         # the queue exists, empty
+    poller = connect(timeout=10)
+    poller.send("get %s/lease=%d/t=10000\r\n" % (q, LONG))
+    wait_for(lambda: c.qstats(q).get("waiters") == 1, what="poller waits")
+    c.store(q, b"late")
+    got = poller.read_values(timeout=10)
+    assert [(i.data, i.cas) for i in got] == [(b"late", 2)]
+    st = c.qstats(q)
+    assert st["leased_items"] == 2 and st["waiters"] == 0
+    poller.close()
+    assert c.cmd("delete %s/2" % q) == "DELETED"
+
+
+# 2. delete <q>/<id>
+
+def test_delete_acknowledges_once(client):
+    q = qname()
+    _fill(client, q, 3)
+    ids = [i.cas for i in _lease(client, q, LONG, n=2)]
+    assert client.cmd("delete %s/%d" % (q, ids[0])) == "DELETED"
+    assert client.cmd("delete %s/%d" % (q, ids[0])) == "NOT_FOUND"
+    assert client.cmd("delete %s/999" % q) == "NOT_FOUND"     # never was
+    assert client.cmd("delete %s/3" % q) == "NOT_FOUND"       # not leased
+    assert client.cmd("delete %s/%d noreply\r\nversion" % (q, ids[1])) \
+        .startswith("VERSION")
+    st = client.qstats(q)
+    assert st["leased_items"] == 0 and st["items"] == 1
+    assert client.getdata(q) == b"m2"
+
+
+def test_delete_after_lease_ran_out_is_not_found(client):
+    q = qname()
+    _fill(client, q, 1)
+    (it,) = _lease(client, q, SHORT)
+    _wait_stat(client, q, "items", 1)
+    assert client.cmd("delete %s/%d" % (q, it.cas)) == "NOT_FOUND"
+    assert client.getdata(q) == b"m0"
+
+
+def test_delete_queue_alone_still_drops_it(client):
+    q = qname()
+    _fill(client, q, 2)
+    (it,) = _lease(client, q, LONG)
+    assert client.cmd("delete %s" % q) == "DELETED"
+    assert client.qstats(q) == {}
+    assert client.cmd("delete %s/%d" % (q, it.cas)) == "NOT_FOUND"
+    client.store(q, b"new")
+    assert client.get(q, cmd="gets").data == b"new"
+
+
+# 3. touch
+
+def test_touch_extends_and_zero_gives_back(client):
+    q = qname()
+    _fill(client, q, 3)
+    a, b = _lease(client, q, SHORT, n=2)
+    assert client.cmd("touch %s/%d 60" % (q, a.cas)) == "TOUCHED"
+    # b runs out; a, touched, stays leased
+    _wait_stat(client, q, "items", 2)
+    st = client.qstats(q)
+    assert st["leased_items"] == 1
+    assert client.cmd("delete %s/%d" % (q, b.cas)) == "NOT_FOUND"
+    # touch 0: back at once, at the head
+    assert client.cmd("touch %s/%d 0" % (q, a.cas)) == "TOUCHED"
+    st = client.qstats(q)
+    assert st["leased_items"] == 0 and st["items"] == 3
+    assert client.cmd("touch %s/%d 5" % (q, a.cas)) == "NOT_FOUND"
+    assert client.cmd("touch %s/77 5" % q) == "NOT_FOUND"
+    assert client.cmd("touch nosuchqueue%s/1 5" % q) == "NOT_FOUND"
+    assert [i.data for i in client.drain(q)] == [b"m0", b"m1", b"m2"]
+
+
+def test_touch_noreply(client):
+    q = qname()
+    _fill(client, q, 1)
+    (it,) = _lease(client, q, LONG)
+    assert client.cmd("touch %s/%d 0 noreply\r\nversion" % (q, it.cas)) \
+        .startswith("VERSION")
+    assert client.qstats(q)["items"] == 1
+
+
+# 4. /ack= then /lease= in one round trip
+
+def test_ack_list_then_lease(client):
+    q = qname()
+    _fill(client, q, 6)
+    first = [i.cas for i in _lease(client, q, LONG, n=2)]
+    assert first == [1, 2]
+    got = client.get_items("%s/ack=1,2,999,1/lease=%d/n=2" % (q, LONG))
+    assert [(i.data, i.cas) for i in got] == [(b"m2", 3), (b"m3", 4)]
+    st = client.qstats(q)
+    assert st["leased_items"] == 2 and st["items"] == 2
+    assert client.cmd("delete %s/1" % q) == "NOT_FOUND"
+    # /ack= alone answers END and leases nothing
+    assert client.get_items("%s/ack=3,4" % q) == []
+    st = client.qstats(q)
+    assert st["leased_items"] == 0 and st["items"] == 2
+    # up to 1000 ids; one more is refused, the connection stays in sync
+    ids = ",".join(["7"] * 1000)          # (a line holds 2048 bytes)
+    assert client.get_items("%s/ack=%s" % (q, ids)) == []
+    ids = ",".join(["7"] * 1001)
+    assert client.cmd("get %s/ack=%s" % (q, ids)) == \
+        "CLIENT_ERROR too many ids"
+    assert client.qstats(q)["items"] == 2
+
+
+# 5. expiry and give-back: head of the queue, id order; delivery counts
+
+def test_expired_and_given_back_return_in_id_order(client):
+    q = qname()
+    _fill(client, q, 6)
+    got = _lease(client, q, SHORT, n=4)
+    assert [i.cas for i in got] == [1, 2, 3, 4]
+    assert client.cmd("delete %s/2" % q) == "DELETED"
+    assert client.cmd("touch %s/3 0" % q) == "TOUCHED"
+    _wait_stat(client, q, "items", 5)          # 1 and 4 ran out
+    assert client.qstats(q)["redelivered_items"] == 0
+    got = client.get_items("%s/n=10" % q, cmd="gets")
+    assert [(i.data, i.cas) for i in got] == \
+        [(b"m0", 1), (b"m2", 3), (b"m3", 4), (b"m4", 5), (b"m5", 6)]
+    st = client.qstats(q)
+    assert st["redelivered_items"] == 3 and st["leased_items"] == 0
+
+
+# 6. dead letters, through every way back
+
+def _give_back(path, s, c, q):
+    """Delivers q's head item once by `path` and makes it go back."""
+    if path == "expiry":
+        (it,) = _lease(c, q, SHORT)
+        wait_for(lambda: c.qstats(q).get("leased_items") == 0,
+                 what="lease of %s ran out" % q)
+    elif path == "touch0":
+        (it,) = _lease(c, q, LONG)
+        assert c.cmd("touch %s/%d 0" % (q, it.cas)) == "TOUCHED"
+    elif path == "abort":
+        assert c.get(q + "/open") is not None
+        assert c.get_items(q + "/abort") == []
+    elif path == "close":
+        o = s.connect()
+        assert o.get(q + "/open") is not None
+        o.close()
+        wait_for(lambda: c.qstats(q).get("open_items") == 0,
+                 what="open item of %s back" % q)
+    else:
+        raise AssertionError(path)
+
+
+@pytest.mark.parametrize("path", ["expiry", "touch0", "abort", "close"])
+def test_dead_letter_on_every_way_back(memqd_factory, path):
+    s = memqd_factory(config=DLQ_CONFIG)
+    c = s.connect()
+    q = qname("dl")
+    c.store(q, b"poison \x00\r\n", flags=0xfeedbeef)
+    c.store(q, b"fine", flags=3)
+    _give_back(path, s, c, q)               # delivered once: back
+    st = c.qstats(q)
+    assert st["items"] == 2 and st["dead_lettered_items"] == 0
+    _give_back(path, s, c, q)               # twice: dead letter
+    st = c.qstats(q)
+    assert st["items"] == 1 and st["dead_lettered_items"] == 1
+    assert st["leased_items"] == 0 and st["open_items"] == 0
+    dead = c.get(q + ".dlq")
+    assert (dead.flags, dead.data) == (0xfeedbeef, b"poison \x00\r\n")
+    assert c.get(q + ".dlq") is None
+    assert c.getdata(q) == b"fine"
+
+
+def test_dead_letter_named_queue_and_durable(memqd_factory):
+    s = memqd_factory(config=DLQ_CONFIG)
+    c = s.connect()
+    q = qname("named")
+    c.store(q, b"once", flags=9)
+    (it,) = _lease(c, q, LONG)
+    assert c.cmd("touch %s/%d 0" % (q, it.cas)) == "TOUCHED"
+    assert c.qstats(q)["dead_lettered_items"] == 1
+    assert c.qstats("graveyard")["items"] == 1
+    # journaled like a set: once a later STORED is out (its fsync covers
+    # every record before it), a crash keeps it
+    c.store(qname(), b"sync point")
+    s.kill()
+    s.start()
+    c = s.connect()
+    dead = c.get("graveyard")
+    assert (dead.flags, dead.data) == (9, b"once")
+
+
+def test_no_dead_letters_without_max_deliveries(client):
+    q = qname()
+    client.store(q, b"x")
+    for _ in range(5):
+        (it,) = _lease(client, q, LONG)
+        assert client.cmd("touch %s/%d 0" % (q, it.cas)) == "TOUCHED"
+    st = client.qstats(q)
+    assert st["items"] == 1 and st["dead_lettered_items"] == 0
+    assert st["redelivered_items"] == 4
+    assert client.qstats(q + ".dlq") == {}
+
+
+# 7. restarts and crashes (--sync always, the default)
+
+def test_clean_restart(memqd_factory):
+    s = memqd_factory(config=DLQ_CONFIG)
+    c = s.connect()
+    q = qname("dl")
+    _fill(c, q, 5)
+    got = _lease(c, q, LONG, n=3)
+    assert [i.cas for i in got] == [1, 2, 3]
+    assert c.cmd("delete %s/1" % q) == "DELETED"
+    c.close()
+    s.restart()
+    c = s.connect()
+    st = c.qstats(q)
+    # acknowledged: gone; leased, unacknowledged: waiting again
+    assert st["items"] == 4 and st["leased_items"] == 0
+    got = c.get_items("%s/n=10/lease=%d" % (q, SHORT))
+    assert [i.cas for i in got] == [2, 3, 4, 5]
+    # counts survived: 2 and 3 were delivered twice now (max 2), 4 and 5
+    # once
+    wait_for(lambda: c.qstats(q).get("leased_items") == 0,
+             what="leases ran out")
+    st = c.qstats(q)
+    assert st["dead_lettered_items"] == 2 and st["items"] == 2
+    assert [i.data for i in c.drain(q + ".dlq")] == [b"m1", b"m2"]
+    c.close()
+    s.restart()
+    c = s.connect()
+    assert [i.data for i in c.drain(q)] == [b"m3", b"m4"]
+
+
+def test_deleted_is_durable_across_kill(memqd_factory):
+    """DELETED waits for the fsync of its journal record: a kill -9 right
+    after it does not bring the item back.  More than 4096 items are owed,
+    so the position file alone cannot hold the acknowledgements."""
+    s = memqd_factory()
+    c = s.connect(timeout=30)
+    q = qname()
+    n = 5000
+    c.send(b"".join(b"set %s 0 0 6 noreply\r\n%06d\r\n" % (q.encode(), i)
+                    for i in range(n)))
+    wait_for(lambda: c.qstats(q).get("items") == n, timeout=20,
+             what="items stored")
+    ids = []
+    while len(ids) < n:
+        ids += [i.cas for i in _lease(c, q, LONG, n=1000)]
+    assert ids == list(range(1, n + 1))
+    acked = ids[::2]
+    body = b"".join(b"delete %s/%d noreply\r\n" % (q.encode(), i)
+                    for i in acked[:-1])
+    body += b"delete %s/%d\r\n" % (q.encode(), acked[-1])
+    assert pipeline(c, body, len(b"DELETED\r\n")) == b"DELETED\r\n"
+    s.kill()
+    s.start()
+    c = s.connect(timeout=30)
+    got = c.drain(q, timeout=30)
+    assert [int(i.data) + 1 for i in got] == ids[1::2]
+
+
+def test_crash_leased_come_back_counts_never_higher(memqd_factory):
+    s = memqd_factory(config=DLQ_CONFIG)
+    c = s.connect()
+    q = qname("three")
+    _fill(c, q, 3)
+    got = _lease(c, q, LONG, n=2)
+    assert c.cmd("delete %s/%d" % (q, got[0].cas)) == "DELETED"
+    c.store(q, b"sync point")           # a commit after the lease
+    s.kill()
+    s.start()
+    c = s.connect()
+    # the acknowledged one is gone, the leased one waits again
+    assert [i.data for i in c.get_items("%s/n=10/peek" % q)][:1] == [b"m1"]
+    st = c.qstats(q)
+    assert st["items"] == 3 and st["leased_items"] == 0
+    # m1 was delivered once before the crash: one delivery more cannot
+    # reach max_deliveries = 3 (a count may be lower, never higher)
+    (it,) = _lease(c, q, LONG)
+    assert it.data == b"m1"
+    assert c.cmd("touch %s/%d 0" % (q, it.cas)) == "TOUCHED"
+    st = c.qstats(q)
+    assert st["dead_lettered_items"] == 0 and st["items"] == 3
+
+
+# 8. stats are covered above; 9. bad input
+
+BAD = [
+    ("delete {q}/abc", "CLIENT_ERROR bad id"),
+    ("delete {q}/", "CLIENT_ERROR bad id"),
+    ("delete {q}/-1", "CLIENT_ERROR bad id"),
+    ("delete {q}/1x", "CLIENT_ERROR bad id"),
+    ("delete {q}/18446744073709551616", "CLIENT_ERROR bad id"),
+    ("delete {q}/1/2", "CLIENT_ERROR bad id"),
+    ("delete b@d/1", "CLIENT_ERROR bad queue name"),
+    ("delete {q}/1 1", "CLIENT_ERROR bad command line format"),
+    ("touch {q}/1", "CLIENT_ERROR bad command line format"),
+    ("touch {q}/1 -5", "CLIENT_ERROR bad command line format"),
+    ("touch {q}/1 abc", "CLIENT_ERROR bad command line format"),
+    ("touch {q}/1 99999999999999999999", "CLIENT_ERROR bad command line "
+     "format"),
+    ("touch {q}/1 43201", "CLIENT_ERROR bad lease time"),
+    ("touch {q}/1 5 later", "CLIENT_ERROR bad command line format"),
+    ("touch {q} 5", "CLIENT_ERROR bad id"),
+    ("touch {q}/x 5", "CLIENT_ERROR bad id"),
+    ("touch", "CLIENT_ERROR bad command line format"),
+    ("get {q}/lease=99999999999999999999999", "CLIENT_ERROR bad option"),
+    ("get {q}/lease=100/open", "CLIENT_ERROR bad option"),
+    ("get {q}/peek/lease=100", "CLIENT_ERROR bad option"),
+    ("get {q}/ack=1,,2", "CLIENT_ERROR bad option"),
+    ("get {q}/ack=,1", "CLIENT_ERROR bad option"),
+    ("get {q}/ack=1,", "CLIENT_ERROR bad option"),
+    ("get {q}/ack=x", "CLIENT_ERROR bad option"),
+    ("get {q}/ack=-1", "CLIENT_ERROR bad option"),
+    ("get {q}/ack=", "CLIENT_ERROR bad option"),
+    ("get {q}/ack=1/ack=2", "CLIENT_ERROR bad option"),
+    ("get {q}/ack=18446744073709551616", "CLIENT_ERROR bad option"),
+    ("get {q}/lease=100 {q}/ack=1,a", "CLIENT_ERROR bad option"),
+]
+
+
+def test_bad_input_costs_nothing(client, connect):
+    q = qname()
+    other = qname()
+    _fill(client, q, 3)
+    _fill(client, other, 1)
+    held = _lease(client, q, LONG, n=2)
+    assert [i.cas for i in held] == [1, 2]
+    for line, reply in BAD:
+        assert client.cmd(line.format(q=q)) == reply, line
+    # ids of another queue are not this queue's
+    assert client.cmd("delete %s/1" % other) == "NOT_FOUND"
+    assert client.cmd("touch %s/2 0" % other) == "NOT_FOUND"
+    assert client.get_items("%s/ack=1,2" % other) == []
+    # pipelined garbage between good commands: still in sync
+    reply = pipeline(client, ("delete %s/zz\r\nversion\r\ntouch %s/1\r\n"
+                              "get %s/ack=1,x\r\nversion\r\n"
+                              % (q, q, q)).encode(), 1)
+    rest = [reply + client.readline()] + [client.readline()
+                                          for _ in range(4)]
+    assert rest[0] == b"CLIENT_ERROR bad id"
+    assert rest[1].startswith(b"VERSION") and rest[4].startswith(b"VERSION")
+    # nothing lost, nothing acknowledged, the other client unaffected
+    st = client.qstats(q)
+    assert st["leased_items"] == 2 and st["items"] == 1
+    assert connect().getdata(other) == b"m0"
+    for i in held:
+        assert client.cmd("delete %s/%d" % (q, i.cas)) == "DELETED"
+    assert client.getdata(q) == b"m2"
+
+
+# scale: 100,000 outstanding leases
+
+def test_100k_leases_acknowledged_by_pipelined_deletes(memqd_factory):
+    s = memqd_factory()
+    c = s.connect(timeout=60)
+    q = qname()
+    n = 100000
+    lease_ms = int(1500 * SLOW)
+    qb = q.encode()
+    _send_all(c, b"".join(b"set %s 0 0 5 noreply\r\n%05d\r\n"
+                          % (qb, i % 99999) for i in range(n)))
+    assert c.qstats(q)["items"] == n
+    ids = []
+    key = "%s/lease=%d/n=1000" % (q, lease_ms)
+    while len(ids) < n:
+        got = c.get_items(key, timeout=30)
+        assert got
+        ids += [i.cas for i in got]
+    t_leased = time.monotonic()
+    assert sorted(ids) == list(range(1, n + 1))
+    st = c.qstats(q)
+    assert st["leased_items"] == n and st["items"] == 0
+    body = b"".join(b"delete %s/%d noreply\r\n" % (qb, i) for i in ids)
+    _send_all(c, body)
+    acked_in = time.monotonic() - t_leased
+    assert acked_in < lease_ms / 1000.0, \
+        "acknowledging took longer than the lease: the test needs longer"
+    st = c.qstats(q)
+    assert st["leased_items"] == 0 and st["items"] == 0
+    # a lease taken now runs out after every one of the 100,000 would
+    # have: when it is back, none of them came with it
+    c.store(q, b"sentinel")
+    (it,) = _lease(c, q, lease_ms)
+    wait_for(lambda: c.qstats(q).get("items") == 1,
+             timeout=lease_ms / 1000.0 / SLOW + 5, what="sentinel back")
+    assert c.getdata(q) == b"sentinel"
+    assert c.get(q) is None
+    c.close()
+    s.restart()
+    c = s.connect()
+    st = c.qstats(q)
+    assert st["items"] == 0 and st["leased_items"] == 0
+    assert c.get(q) is None
