@@ -40,6 +40,7 @@
 
 #define NGX_HTTP_MEMQ_OUT_SIZE   32768
 #define NGX_HTTP_MEMQ_LINE_SIZE  384
+#define NGX_HTTP_MEMQ_TOO_MANY   "too many connections"
 
 /* per-node states in a stream: name, enum member */
 #define NGX_HTTP_MEMQ_SN_STATES(X)                                           \
@@ -93,6 +94,8 @@ typedef struct {
     ngx_uint_t              rounds;       /* requests sent */
     mq_reply_t              value;        /* header of the value being read */
     ngx_buf_t               req;          /* request line, in line[] */
+    ngx_str_t               sent_key;     /* its key, in line[]: every
+                                             VALUE must echo it */
     u_char                  line[NGX_HTTP_MEMQ_LINE_SIZE];
     unsigned                open:1;       /* items open on the connection */
     unsigned                in_value:1;   /* reading a data block */
@@ -113,6 +116,7 @@ struct ngx_http_memq_ctx_s {
     ngx_msec_t                  wait;      /* 0: drain */
     ngx_uint_t                  max;       /* 0: unlimited */
     ngx_uint_t                  reserved;  /* items asked for, not in yet */
+    ngx_uint_t                  marked;    /* nodes failed by their fault */
     ngx_msec_t                  deadline;  /* long poll: idle until */
     ngx_msec_t                  last_out;  /* last message or ping */
     ngx_http_memq_snode_t      *nodes;
@@ -156,7 +160,9 @@ static ngx_int_t ngx_http_memq_send_line(ngx_http_memq_snode_t *sn,
 static ngx_int_t ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc,
     ngx_int_t rc);
 static void ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn,
-    const char *reason);
+    const char *reason, ngx_uint_t mark);
+static void ngx_http_memq_send_failed(ngx_http_memq_snode_t *sn,
+    ngx_int_t rc);
 static ngx_int_t ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data,
     size_t len);
 static u_char *ngx_http_memq_reserve(ngx_http_memq_ctx_t *ctx, size_t need);
@@ -563,10 +569,10 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
             }
 
             if (sn->open) {
-                if (ngx_http_memq_ask_line(sn, "close", NGX_HTTP_MEMQ_SN_ACK)
-                    != NGX_OK)
-                {
-                    ngx_http_memq_node_fail(sn, "connect failed");
+                rc = ngx_http_memq_ask_line(sn, "close",
+                                            NGX_HTTP_MEMQ_SN_ACK);
+                if (rc != NGX_OK) {
+                    ngx_http_memq_send_failed(sn, rc);
                 }
 
                 continue;
@@ -588,7 +594,9 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
             }
         }
 
-        if (flushed) {
+        if (flushed || !ctx->header_sent) {
+            /* without a header nothing can be flushed: no node answered
+             * completely, and none is left to wait for (503) */
             ngx_http_memq_finish(ctx);
         }
 
@@ -626,11 +634,11 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
                 n = 1;
 
             } else {
-                left = ctx->max - ctx->stat.messages - ctx->reserved;
-
-                if (left == 0) {
+                if (ctx->stat.messages + ctx->reserved >= ctx->max) {
                     continue;
                 }
+
+                left = ctx->max - ctx->stat.messages - ctx->reserved;
 
                 /* share what max still allows among the nodes asked */
                 n = ngx_min(n, ngx_max(1, left / idle));
@@ -639,8 +647,9 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
             }
         }
 
-        if (ngx_http_memq_ask(sn, n, sn->open, waiting, reserve) != NGX_OK) {
-            ngx_http_memq_node_fail(sn, "connect failed");
+        rc = ngx_http_memq_ask(sn, n, sn->open, waiting, reserve);
+        if (rc != NGX_OK) {
+            ngx_http_memq_send_failed(sn, rc);
             continue;
         }
 
@@ -671,6 +680,7 @@ ngx_http_memq_ask(ngx_http_memq_snode_t *sn, ngx_uint_t n, ngx_uint_t close,
     ngx_uint_t waiting, ngx_uint_t reserve)
 {
     u_char               *p;
+    ngx_int_t             rc;
     ngx_msec_t            t;
     ngx_http_memq_ctx_t  *ctx;
 
@@ -690,8 +700,9 @@ ngx_http_memq_ask(ngx_http_memq_snode_t *sn, ngx_uint_t n, ngx_uint_t close,
     *p++ = '\r';
     *p++ = '\n';
 
-    if (ngx_http_memq_send_line(sn, p, t) != NGX_OK) {
-        return NGX_ERROR;
+    rc = ngx_http_memq_send_line(sn, p, t);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
     sn->asked = n;
@@ -710,12 +721,14 @@ static ngx_int_t
 ngx_http_memq_ask_line(ngx_http_memq_snode_t *sn, const char *opt,
     ngx_uint_t state)
 {
-    u_char  *p;
+    u_char     *p;
+    ngx_int_t   rc;
 
     p = ngx_sprintf(sn->line, "get %V/%s\r\n", &sn->ctx->key, opt);
 
-    if (ngx_http_memq_send_line(sn, p, 0) != NGX_OK) {
-        return NGX_ERROR;
+    rc = ngx_http_memq_send_line(sn, p, 0);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
     sn->asked = 0;
@@ -741,14 +754,18 @@ ngx_http_memq_send_line(ngx_http_memq_snode_t *sn, u_char *last,
     if (sn->mc == NULL) {
         rc = ngx_http_memq_conn_get(sn->node,
                                     ctx->request->connection->log, &sn->mc);
-        if (rc == NGX_ERROR) {
-            return NGX_ERROR;
+        if (rc == NGX_ERROR || rc == NGX_BUSY) {
+            return rc;
         }
 
         sn->mc->handler = ngx_http_memq_node_reply;
         sn->mc->data = sn;
         sn->mc->owner_conn = ctx->request->connection;
     }
+
+    /* "get[s] <key>\r\n": the key is what the node must echo */
+    sn->sent_key.data = (u_char *) ngx_strlchr(sn->line, last, ' ') + 1;
+    sn->sent_key.len = last - 2 - sn->sent_key.data;
 
     sn->req.start = sn->line;
     sn->req.pos = sn->line;
@@ -779,6 +796,7 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 {
     size_t                  need;
     ngx_int_t               prc;
+    ngx_uint_t              take;
     ngx_buf_t              *b;
     const char             *err;
     mq_reply_t              reply;
@@ -789,7 +807,7 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     ctx = sn->ctx;
 
     if (rc == NGX_ERROR) {
-        ngx_http_memq_node_fail(sn, mc->err);
+        ngx_http_memq_node_fail(sn, mc->err, !mc->local);
         ngx_http_memq_run(ctx);
         return NGX_DONE;
     }
@@ -811,14 +829,26 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                 goto bad;
             }
 
-            if (sn->reserved == 0 && ctx->max
-                && ctx->stat.messages + ctx->reserved >= ctx->max)
+            if (sn->reserved) {
+                /* a reserved item: its place in max becomes a message, so
+                 * messages + reserved never exceeds max */
+                sn->reserved--;
+                ctx->reserved--;
+                take = 1;
+
+            } else if (ctx->max
+                       && ctx->stat.messages + ctx->reserved >= ctx->max)
             {
                 /* an unreserved item beyond max: it goes back */
                 sn->give_back = 1;
+                take = 0;
 
-            } else if (ngx_http_memq_emit(sn, b->pos, sn->value.bytes)
-                       != NGX_OK)
+            } else {
+                take = 1;
+            }
+
+            if (take
+                && ngx_http_memq_emit(sn, b->pos, sn->value.bytes) != NGX_OK)
             {
                 ngx_http_memq_abort(ctx, NGX_ERROR);
                 return NGX_DONE;
@@ -847,6 +877,14 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             break;
         }
 
+        if (reply.type == MQ_REPLY_SERVER_ERROR
+            && reply.text_len == sizeof(NGX_HTTP_MEMQ_TOO_MANY) - 1
+            && ngx_strncmp(reply.text, NGX_HTTP_MEMQ_TOO_MANY,
+                           reply.text_len) == 0)
+        {
+            goto busy;
+        }
+
         if (reply.type != MQ_REPLY_VALUE || sn->state != NGX_HTTP_MEMQ_SN_BUSY
             || sn->got >= sn->asked)
         {
@@ -856,6 +894,13 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                           b->pos - reply.consumed);
             err = "unexpected reply";
             goto failed;
+        }
+
+        if (reply.key_len != sn->sent_key.len
+            || ngx_strncmp(reply.key, sn->sent_key.data, reply.key_len) != 0)
+        {
+            err = "VALUE for a key not asked for";
+            goto bad;
         }
 
         sn->value = reply;
@@ -868,8 +913,9 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         goto bad;
     }
 
-    /* a complete reply */
-    mc->waiting = 0;
+    /* a complete reply: whatever happens next, the node is not waited for
+     * (its read timer goes) until the next request is sent */
+    ngx_http_memq_conn_replied(mc);
     sn->answered = 1;
     ngx_http_memq_node_ok(sn->node);
 
@@ -899,10 +945,9 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
          * waiting) once max has room, or end */
         sn->last_empty = 0;
 
-        if (ngx_http_memq_ask_line(sn, "abort", NGX_HTTP_MEMQ_SN_ABORT)
-            != NGX_OK)
-        {
-            ngx_http_memq_node_fail(sn, "send failed");
+        rc = ngx_http_memq_ask_line(sn, "abort", NGX_HTTP_MEMQ_SN_ABORT);
+        if (rc != NGX_OK) {
+            ngx_http_memq_send_failed(sn, rc);
         }
 
         ngx_http_memq_run(ctx);
@@ -947,21 +992,54 @@ bad:
 
 failed:
 
-    ngx_http_memq_node_fail(sn, err);
+    ngx_http_memq_node_fail(sn, err, 1);
+    ngx_http_memq_run(ctx);
+    return NGX_DONE;
+
+busy:
+
+    /* the node works but has no room for us: its shortage, not a failure */
+    ngx_log_error(NGX_LOG_WARN, &mc->log, 0,
+                  "memq node %V answered \"%*s\"", &sn->node->addr,
+                  ngx_min(reply.consumed, 128) - 2, b->pos - reply.consumed);
+
+    ngx_http_memq_node_fail(sn, "too many connections", 0);
     ngx_http_memq_run(ctx);
     return NGX_DONE;
 }
 
 
-/* the node failed: close, count, and go on with the others */
+/* a request could not be sent: rc is what the connection attempt said */
 static void
-ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn, const char *reason)
+ngx_http_memq_send_failed(ngx_http_memq_snode_t *sn, ngx_int_t rc)
 {
+    if (rc == NGX_BUSY) {
+        ngx_http_memq_node_fail(sn, "no free connection in this worker", 0);
+
+    } else {
+        ngx_http_memq_node_fail(sn, "connect failed", 1);
+    }
+}
+
+
+/*
+ * The node leaves this stream: close, count, and go on with the others.
+ * mark: the node's own failure (connect, timeout, broken reply), counted
+ * against its health; a shortage (ours, or the node's connection limit)
+ * is not.  Either way the stream can no longer say that every node is
+ * drained.
+ */
+static void
+ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn, const char *reason,
+    ngx_uint_t mark)
+{
+    ngx_uint_t            level;
     ngx_http_memq_ctx_t  *ctx;
 
     ctx = sn->ctx;
+    level = mark ? NGX_LOG_ERR : NGX_LOG_WARN;
 
-    ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+    ngx_log_error(level, ctx->request->connection->log, 0,
                   "memq node %V failed: %s", &sn->node->addr, reason);
 
     if (sn->mc) {
@@ -973,9 +1051,15 @@ ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn, const char *reason)
     sn->reserved = 0;
 
     sn->open = 0;
+    sn->in_value = 0;
     ctx->stat.nodes_failed++;
-    ngx_http_memq_node_failed(sn->node, ctx->request->connection->log,
-                              reason);
+
+    if (mark) {
+        ctx->marked++;
+        ngx_http_memq_node_failed(sn->node, ctx->request->connection->log,
+                                  reason);
+    }
+
     ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_FAILED);
 }
 
@@ -1279,7 +1363,7 @@ static void
 ngx_http_memq_finish(ngx_http_memq_ctx_t *ctx)
 {
     ngx_int_t            rc;
-    ngx_uint_t           i;
+    ngx_uint_t           i, level;
     ngx_http_request_t  *r;
 
     r = ctx->request;
@@ -1299,13 +1383,33 @@ ngx_http_memq_finish(ngx_http_memq_ctx_t *ctx)
     }
 
     if (!ctx->header_sent) {
-        /* no node ever answered */
+        /* no node ever answered: failed, or (a warning) short of
+         * connections, theirs or ours */
         ctx->done = 1;
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+        level = ctx->marked ? NGX_LOG_ERR : NGX_LOG_WARN;
+        ngx_log_error(level, r->connection->log, 0,
                       "memq cluster \"%V\": no node answered",
                       &ctx->cluster->name);
         ngx_http_memq_json_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                  "no healthy node");
+        return;
+    }
+
+    if (ctx->stat.nodes_failed
+        && !(ctx->max && ctx->stat.messages >= ctx->max))
+    {
+        /*
+         * A node left the stream without saying it was empty: what was
+         * sent is in the socket, but the normal end (the last chunk)
+         * would tell the client the queue is drained.  The connection is
+         * closed instead, so the client sees a cut stream and asks again.
+         */
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "memq stream cut after %ui messages: %ui nodes "
+                      "failed", ctx->stat.messages, ctx->stat.nodes_failed);
+        ctx->done = 1;
+        r->keepalive = 0;
+        ngx_http_finalize_request(r, NGX_ERROR);
         return;
     }
 

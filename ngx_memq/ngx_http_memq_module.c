@@ -442,8 +442,12 @@ ngx_http_memq_read_nodes_file(ngx_http_memq_cluster_t *cl, ngx_log_t *log,
         return;
     }
 
+    /* mtime to the nanosecond and the inode too: a rewrite of the same
+     * size within the same second (or a rename over it) is a change */
     if (!force && cl->file_seen
         && ngx_file_mtime(&fi) == cl->file_mtime
+        && fi.st_mtim.tv_nsec == cl->file_mtime_ns
+        && fi.st_ino == cl->file_ino
         && ngx_file_size(&fi) == cl->file_size)
     {
         return;
@@ -476,6 +480,8 @@ ngx_http_memq_read_nodes_file(ngx_http_memq_cluster_t *cl, ngx_log_t *log,
 
     cl->file_seen = 1;
     cl->file_mtime = ngx_file_mtime(&fi);
+    cl->file_mtime_ns = fi.st_mtim.tv_nsec;
+    cl->file_ino = fi.st_ino;
     cl->file_size = ngx_file_size(&fi);
 
     /* clear the file bit, then set it again for every node listed */
@@ -616,13 +622,39 @@ ngx_http_memq_node_find(ngx_http_memq_cluster_t *cl, u_char *addr, size_t len)
 
 /*
  * Resolves "host:port" into node (sockaddr, addr text copied into pool).
+ * A host name is resolved only when resolve is set (the configuration is
+ * being read, in the master); at run time (nodes_file, etcd) a worker
+ * never blocks in getaddrinfo(), so only an IP address is taken there.
  * NGX_ERROR with *err set when the address is unusable.
  */
 ngx_int_t
 ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
-    ngx_http_memq_node_t *node, ngx_str_t *err)
+    ngx_http_memq_node_t *node, ngx_str_t *err, ngx_uint_t resolve)
 {
-    ngx_url_t  u;
+    ngx_url_t   u;
+    ngx_addr_t  a;
+
+    if (text->len >= NGX_HTTP_MEMQ_ADDR_LEN) {
+        ngx_str_set(err, "node address too long");
+        return NGX_ERROR;
+    }
+
+    if (!resolve) {
+        ngx_memzero(&a, sizeof(ngx_addr_t));
+
+        if (ngx_parse_addr_port(pool, &a, text->data, text->len) != NGX_OK
+            || ngx_inet_get_port(a.sockaddr) == 0)
+        {
+            ngx_str_set(err, "bad node address (ip:port expected; "
+                             "host names are not resolved here)");
+            return NGX_ERROR;
+        }
+
+        node->sockaddr = a.sockaddr;
+        node->socklen = a.socklen;
+
+        goto addr;
+    }
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
@@ -636,13 +668,10 @@ ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
         return NGX_ERROR;
     }
 
-    if (text->len >= NGX_HTTP_MEMQ_ADDR_LEN) {
-        ngx_str_set(err, "node address too long");
-        return NGX_ERROR;
-    }
-
     node->sockaddr = u.addrs[0].sockaddr;
     node->socklen = u.addrs[0].socklen;
+
+addr:
 
     node->addr.data = ngx_pstrdup(pool, text);
     if (node->addr.data == NULL) {
@@ -696,7 +725,10 @@ ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl, ngx_pool_t *pool,
         return NULL;
     }
 
-    if (ngx_http_memq_node_parse(pool, addr, node, err) != NGX_OK) {
+    if (ngx_http_memq_node_parse(pool, addr, node, err,
+                                 source == NGX_HTTP_MEMQ_SRC_STATIC)
+        != NGX_OK)
+    {
         return NULL;
     }
 

@@ -142,6 +142,8 @@ struct ngx_http_memq_cluster_s {
     ngx_slab_pool_t          *shpool;      /* (ref) */
 
     time_t                    file_mtime;  /* nodes_file as last read */
+    long                      file_mtime_ns;
+    ino_t                     file_ino;
     off_t                     file_size;
     ngx_uint_t                file_seen;   /* read at least once */
     ngx_event_t               watch;       /* nodes_file timer */
@@ -215,6 +217,9 @@ struct ngx_http_memq_conn_s {
     unsigned                       waiting:1;   /* request sent, reply due */
     unsigned                       pooled:1;
     unsigned                       reset:1;     /* closed in use: RST */
+    unsigned                       local:1;     /* err is a shortage of
+                                                   this worker, not the
+                                                   node's failure */
 };
 
 
@@ -228,7 +233,7 @@ ngx_http_memq_node_t *ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl,
     ngx_pool_t *pool, ngx_str_t *addr, ngx_int_t weight, ngx_uint_t source,
     ngx_str_t *err);
 ngx_int_t ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
-    ngx_http_memq_node_t *node, ngx_str_t *err);
+    ngx_http_memq_node_t *node, ngx_str_t *err, ngx_uint_t resolve);
 void ngx_http_memq_json_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason);
 ngx_int_t ngx_http_memq_send_json(ngx_http_request_t *r, ngx_uint_t status,
@@ -248,6 +253,7 @@ ngx_int_t ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
     ngx_http_memq_conn_t **mcp);
 void ngx_http_memq_conn_send(ngx_http_memq_conn_t *mc, ngx_buf_t *out,
     ngx_msec_t reply_timeout);
+void ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc);
 ngx_http_memq_node_t *ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,

@@ -43,8 +43,11 @@ static void ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc);
 
 /*
  * Gives a connection to node: a pooled one (NGX_OK, connected) or a new one
- * (NGX_OK or NGX_AGAIN while connecting).  NGX_ERROR (with nothing to
- * clean up) when the connect failed at once; *mcp then is NULL.
+ * (NGX_OK or NGX_AGAIN while connecting).  With nothing to clean up and
+ * *mcp NULL: NGX_ERROR when the node refused the connect (its failure),
+ * NGX_BUSY when this worker is short of something (no free connection in
+ * worker_connections, no socket, no memory), which is not the node's
+ * fault and must not mark it.
  * The caller sets mc->handler, mc->data and mc->owner_conn next.
  */
 ngx_int_t
@@ -94,15 +97,26 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
         return NGX_OK;
     }
 
+    if (ngx_cycle->free_connection_n == 0
+        && ngx_queue_empty((ngx_queue_t *)
+                           &ngx_cycle->reusable_connections_queue))
+    {
+        /* nginx would only log an alert and fail */
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "memq node %V: worker_connections are not enough",
+                      &node->addr);
+        return NGX_BUSY;
+    }
+
     pool = ngx_create_pool(1024, log);
     if (pool == NULL) {
-        return NGX_ERROR;
+        return NGX_BUSY;
     }
 
     mc = ngx_pcalloc(pool, sizeof(ngx_http_memq_conn_t));
     if (mc == NULL) {
         ngx_destroy_pool(pool);
-        return NGX_ERROR;
+        return NGX_BUSY;
     }
 
     mc->pool = pool;
@@ -114,7 +128,7 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
     mc->in = ngx_create_temp_buf(pool, NGX_HTTP_MEMQ_IN_SIZE);
     if (mc->in == NULL) {
         ngx_destroy_pool(pool);
-        return NGX_ERROR;
+        return NGX_BUSY;
     }
 
     mc->pc.sockaddr = node->sockaddr;
@@ -134,7 +148,10 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
         }
 
         ngx_destroy_pool(pool);
-        return NGX_ERROR;
+
+        /* NGX_DECLINED: connect() itself failed (refused, unreachable);
+         * NGX_ERROR: socket(), a connection slot or an event failed here */
+        return (rc == NGX_DECLINED) ? NGX_ERROR : NGX_BUSY;
     }
 
     c = mc->pc.connection;
@@ -189,6 +206,30 @@ ngx_http_memq_conn_send(ngx_http_memq_conn_t *mc, ngx_buf_t *out,
     /* write from the event loop: the owner may still be setting up */
     c->write->ready = 1;
     ngx_post_event(c->write, &ngx_posted_events);
+}
+
+
+/*
+ * The owner has the whole reply and keeps the connection (for the next
+ * request, or while it holds the node back for its client): the read timer
+ * is deleted, since nothing is due from the node any more.  A node never
+ * times out while the gateway does not wait for it.
+ */
+void
+ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc)
+{
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+    mc->waiting = 0;
+
+    /* a later write event (epoll reports writability too) must not take
+     * the old request for a new one and start waiting again */
+    mc->out = NULL;
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
 }
 
 
@@ -436,6 +477,7 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
 {
     ssize_t            n;
     ngx_buf_t         *b;
+    ngx_uint_t         progress;
     ngx_event_t       *wev;
     ngx_connection_t  *c;
 
@@ -475,12 +517,15 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
     }
 
     mc->log.action = "sending to memq node";
+    progress = 0;
 
     while (b->pos < b->last) {
         n = c->send(c, b->pos, b->last - b->pos);
 
         if (n == NGX_AGAIN) {
-            if (!wev->timer_set) {
+            /* the send timer bounds a node that takes nothing: it starts
+             * again whenever the node took some */
+            if (progress || !wev->timer_set) {
                 ngx_add_timer(wev, mc->node->cluster->read_timeout);
             }
 
@@ -497,6 +542,7 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
         }
 
         b->pos += n;
+        progress = 1;
     }
 
     if (wev->timer_set) {
@@ -545,6 +591,7 @@ ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc)
 
     for ( ;; ) {
         if (ngx_http_memq_conn_room(mc) != NGX_OK) {
+            mc->local = 1;
             ngx_http_memq_conn_fail(mc, "out of memory");
             return;
         }

@@ -4,18 +4,67 @@
  * message, pipelined to one node.
  *
  * The key is validated before the body is read, so a bad key never reaches
- * a node.  The whole batch is built once as a run of "set" commands; the
- * node is chosen by smooth weighted round robin among usable nodes.  Replies
- * come back in order, so after a failure only the messages not yet STORED
- * are sent again, to the next node (at most NGX_HTTP_MEMQ_PUBLISH_TRIES
- * nodes in all).  "object too large" is the client's problem: 413, no retry.
+ * a node.  Messages are found in the body as they are sent: nothing is
+ * allocated per message.  "set" commands go out in windows of at most
+ * NGX_HTTP_MEMQ_PUB_WINDOW messages and NGX_HTTP_MEMQ_PUB_BYTES bytes (one
+ * bigger message goes alone); every message sent and not yet answered has
+ * an entry in a ring of that size, and a new window is built when half of
+ * the ring is answered, while the node's replies are read.  Memory per
+ * publish is the body (held once, as nginx read it), the ring and one
+ * window, whatever the number of lines.
  *
- *   201 {"queued":N,"node":"host:port"}   every message STORED
- *   400 bad or missing key, empty body    413 too large
- *   503 no node took it
+ *   SEND ──window sent──► replies read ──half answered──► SEND ...
+ *     │                        │
+ *     │                        ├─ STORED: the message is stored (exactly)
+ *     │                        ├─ queue full / too many connections:
+ *     │                        │    refused (exactly), kept for the next node
+ *     │                        └─ object too large: 413 once all answered
+ *     └─ a refusal stops new windows to this node (DRAIN) until every
+ *        message sent to it is answered; then the refused and the unsent
+ *        ones go to the next node (NGX_HTTP_MEMQ_PUBLISH_TRIES nodes).
+ *
+ * A node failure (connect refused or timed out before anything was sent)
+ * tries the next node.  A failure after sets were sent ends the publish:
+ * the messages in flight may or may not be stored, and sending them again
+ * elsewhere could store them twice, so the answer says exactly which lines
+ * were stored and which are unknown, and nothing is sent to another node.
+ *
+ *   201 {"queued":N,"node":"host:port"}   every message stored
+ *   400 bad or missing key, empty body
+ *   413 a message too large                 507 queue full (every try)
+ *   503 no node took it, or a node failed part-way
+ * An error answer after some lines were stored carries "queued":N and
+ * "stored":[[first,last],...], 1-based numbers of messages (non-blank
+ * lines) in the body; "unknown":[first,last] when a node failed with
+ * messages in flight.
  */
 
 #include "ngx_http_memq_module.h"
+
+#include <zlib.h>
+
+
+#define NGX_HTTP_MEMQ_PUB_WINDOW     1024          /* messages in flight */
+#define NGX_HTTP_MEMQ_PUB_BYTES      (256 * 1024)  /* window buffer */
+#define NGX_HTTP_MEMQ_PUB_RANGES     64            /* stored ranges told */
+#define NGX_HTTP_MEMQ_QUEUE_FULL     "queue full"
+#define NGX_HTTP_MEMQ_TOO_LARGE      "object too large"
+#define NGX_HTTP_MEMQ_CONN_LIMIT     "too many connections"
+
+
+/* a message of the body: where it is and what the client numbers it */
+typedef struct {
+    ngx_uint_t                  idx;        /* 0-based message number */
+    size_t                      off;        /* payload start in the body */
+    size_t                      len;        /* payload bytes */
+} ngx_http_memq_pub_msg_t;
+
+
+/* stored messages [start, end), kept sorted and merged */
+typedef struct {
+    ngx_uint_t                  start;
+    ngx_uint_t                  end;
+} ngx_http_memq_pub_range_t;
 
 
 typedef struct {
@@ -23,33 +72,71 @@ typedef struct {
     ngx_http_request_t         *request;
     ngx_http_memq_loc_conf_t   *conf;       /* (ref) */
     ngx_str_t                   key;
-    ngx_buf_t                   req;        /* all "set" commands */
-    size_t                     *offsets;    /* start of message i in req,
-                                               offsets[nmsgs] = end */
-    size_t                     *sizes;      /* payload bytes of message i */
-    ngx_uint_t                  nmsgs;
-    ngx_uint_t                  stored;     /* STORED so far, all tries */
+    ngx_str_t                   body;       /* (ref) nginx's or our copy */
+    ngx_uint_t                  ndjson;
+    size_t                      next;       /* body offset of the next
+                                               unsent line */
+    ngx_uint_t                  next_idx;   /* its message number */
+    ngx_uint_t                  more;       /* body has unsent messages */
+
+    ngx_http_memq_pub_msg_t    *ring;       /* sent, not answered */
+    ngx_uint_t                  head;       /* oldest in the ring */
+    ngx_uint_t                  inflight;
+
+    ngx_http_memq_pub_msg_t    *retry;      /* refused: for the next node */
+    ngx_uint_t                  nretry;
+    ngx_http_memq_pub_msg_t    *again;      /* to send before the body's
+                                               next: refused elsewhere */
+    ngx_http_memq_pub_msg_t    *again2;     /* the next again, built */
+    ngx_uint_t                  nagain;     /* at most 2 windows */
+    ngx_uint_t                  again_pos;  /* sent of them */
+
+    size_t                      node_next;  /* the body cursor when this */
+    ngx_uint_t                  node_idx;   /* node got its first window */
+    ngx_uint_t                  node_more;
+    ngx_uint_t                  windows;    /* built for this node */
+    ngx_uint_t                  replies;    /* read from this node */
+
+    ngx_buf_t                   win;        /* the window being sent */
+    u_char                     *zbuf;       /* deflate scratch */
+    size_t                      zcap;
+
+    ngx_array_t                 stored;     /* ngx_http_memq_pub_range_t */
+    ngx_uint_t                  nstored;
+    ngx_uint_t                  nmsgs;      /* messages seen so far */
+
     ngx_http_memq_node_t       *tried[NGX_HTTP_MEMQ_PUBLISH_TRIES];
     ngx_uint_t                  ntried;
     ngx_http_memq_conn_t       *mc;
+    ngx_http_memq_node_t       *last_node;  /* (ref) stored the last */
     const char                 *last_error;
+    ngx_uint_t                  refusal;    /* 0, 507 or 503 */
+    unsigned                    draining:1; /* no new window to this node */
+    unsigned                    too_large:1;
     unsigned                    done:1;
 } ngx_http_memq_pub_ctx_t;
 
 
 static void ngx_http_memq_publish_body(ngx_http_request_t *r);
-static ngx_int_t ngx_http_memq_publish_build(ngx_http_memq_pub_ctx_t *ctx,
-    u_char *body, size_t len, ngx_uint_t ndjson);
 static ngx_int_t ngx_http_memq_publish_body_bytes(ngx_http_request_t *r,
     ngx_str_t *body);
+static ngx_int_t ngx_http_memq_publish_next_msg(ngx_http_memq_pub_ctx_t *ctx,
+    ngx_http_memq_pub_msg_t *m);
+static ngx_int_t ngx_http_memq_publish_fill(ngx_http_memq_pub_ctx_t *ctx);
+static ngx_int_t ngx_http_memq_publish_add(ngx_http_memq_pub_ctx_t *ctx,
+    ngx_http_memq_pub_msg_t *m);
 static void ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx);
 static ngx_int_t ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc,
     ngx_int_t rc);
+static ngx_int_t ngx_http_memq_publish_answered(ngx_http_memq_pub_ctx_t *ctx,
+    ngx_http_memq_conn_t *mc);
+static ngx_int_t ngx_http_memq_publish_stored(ngx_http_memq_pub_ctx_t *ctx,
+    ngx_uint_t idx);
 static void ngx_http_memq_publish_fail(ngx_http_memq_pub_ctx_t *ctx,
     const char *reason);
 static void ngx_http_memq_publish_done(ngx_http_memq_pub_ctx_t *ctx);
 static void ngx_http_memq_publish_error(ngx_http_memq_pub_ctx_t *ctx,
-    ngx_uint_t status, const char *reason);
+    ngx_uint_t status, const char *reason, ngx_uint_t unknown);
 static void ngx_http_memq_publish_cleanup(void *data);
 
 
@@ -107,62 +194,86 @@ ngx_http_memq_publish(ngx_http_request_t *r)
 }
 
 
-/* the whole body is here: build the batch and send it */
+/* the whole body is here: find the first message and start sending */
 static void
 ngx_http_memq_publish_body(ngx_http_request_t *r)
 {
-    ngx_int_t                 rc;
-    ngx_str_t                 body;
-    ngx_uint_t                ndjson;
+    ngx_str_t                *ct;
+    ngx_http_memq_pub_msg_t   m;
     ngx_http_memq_pub_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_memq_module);
 
-    if (ngx_http_memq_publish_body_bytes(r, &body) != NGX_OK) {
+    if (ngx_http_memq_publish_body_bytes(r, &ctx->body) != NGX_OK) {
         ctx->done = 1;
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
 
-    ndjson = 0;
-
     if (r->headers_in.content_type) {
-        ngx_str_t  *ct = &r->headers_in.content_type->value;
+        ct = &r->headers_in.content_type->value;
 
         if (ct->len >= sizeof("application/x-ndjson") - 1
             && ngx_strncasecmp(ct->data, (u_char *) "application/x-ndjson",
                                sizeof("application/x-ndjson") - 1) == 0)
         {
-            ndjson = 1;
+            ctx->ndjson = 1;
         }
     }
 
-    rc = ngx_http_memq_publish_build(ctx, body.data, body.len, ndjson);
+    ctx->more = (ctx->body.len > 0);
 
-    if (rc == NGX_ERROR) {
+    /* a body without any message is the client's mistake: say so before
+     * anything is sent */
+    if (ngx_http_memq_publish_next_msg(ctx, &m) != NGX_OK) {
+        ngx_http_memq_publish_error(ctx, NGX_HTTP_BAD_REQUEST, "empty body",
+                                    0);
+        return;
+    }
+
+    ctx->next = 0;
+    ctx->next_idx = 0;
+    ctx->more = 1;
+    ctx->nmsgs = 0;
+
+    ctx->ring = ngx_palloc(r->pool, 2 * NGX_HTTP_MEMQ_PUB_WINDOW
+                                    * sizeof(ngx_http_memq_pub_msg_t));
+    ctx->win.start = ngx_palloc(r->pool, NGX_HTTP_MEMQ_PUB_BYTES);
+
+    if (ctx->ring == NULL || ctx->win.start == NULL
+        || ngx_array_init(&ctx->stored, r->pool, 4,
+                          sizeof(ngx_http_memq_pub_range_t))
+           != NGX_OK)
+    {
         ctx->done = 1;
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
 
-    if (rc == NGX_DECLINED) {
-        ngx_http_memq_publish_error(ctx, NGX_HTTP_BAD_REQUEST, "empty body");
-        return;
-    }
+    ctx->retry = ctx->ring + NGX_HTTP_MEMQ_PUB_WINDOW;
+    ctx->win.end = ctx->win.start + NGX_HTTP_MEMQ_PUB_BYTES;
+    ctx->win.pos = ctx->win.start;
+    ctx->win.last = ctx->win.start;
+    ctx->win.temporary = 1;
 
     ngx_http_memq_publish_try(ctx);
 }
 
 
-/* the request body as one piece of memory (read back when in a file) */
+/*
+ * The request body as one piece of memory: nginx's own buffer when the
+ * body is in one, else a copy (read back when nginx wrote it to a file).
+ * Empty buffers are skipped (their pointers may be NULL).
+ */
 static ngx_int_t
 ngx_http_memq_publish_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
 {
     u_char       *p;
-    size_t        len;
-    ssize_t       n;
+    size_t        len, n;
+    ssize_t       rd;
     ngx_buf_t    *b;
     ngx_chain_t  *cl;
+    ngx_uint_t    bufs;
 
     body->len = 0;
     body->data = (u_char *) "";
@@ -172,15 +283,33 @@ ngx_http_memq_publish_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
     }
 
     len = 0;
+    bufs = 0;
 
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
         b = cl->buf;
-        len += b->in_file ? (size_t) (b->file_last - b->file_pos)
-                          : (size_t) (b->last - b->pos);
+        n = b->in_file ? (size_t) (b->file_last - b->file_pos)
+                       : (size_t) (b->last - b->pos);
+
+        if (n) {
+            len += n;
+            bufs++;
+        }
     }
 
     if (len == 0) {
         return NGX_OK;
+    }
+
+    if (bufs == 1) {
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            b = cl->buf;
+
+            if (!b->in_file && b->last != b->pos) {
+                body->data = b->pos;
+                body->len = len;
+                return NGX_OK;
+            }
+        }
     }
 
     p = ngx_pnalloc(r->pool, len);
@@ -195,15 +324,20 @@ ngx_http_memq_publish_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
         b = cl->buf;
 
         if (b->in_file) {
-            n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
-                              b->file_pos);
-            if (n != b->file_last - b->file_pos) {
+            n = (size_t) (b->file_last - b->file_pos);
+
+            if (n == 0) {
+                continue;
+            }
+
+            rd = ngx_read_file(b->file, p, n, b->file_pos);
+            if (rd < 0 || (size_t) rd != n) {
                 return NGX_ERROR;
             }
 
             p += n;
 
-        } else {
+        } else if (b->last != b->pos) {
             p = ngx_cpymem(p, b->pos, b->last - b->pos);
         }
     }
@@ -213,157 +347,272 @@ ngx_http_memq_publish_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
 
 
 /*
- * Splits the body into messages and writes one "set" command each into
- * ctx->req, deflating those of at least memq_compress_min_size.
- * NGX_DECLINED when there is no message.
+ * The next message of the body after ctx->next (blank ndjson lines are
+ * skipped, a CR before LF dropped).  NGX_DECLINED when none is left.
  */
 static ngx_int_t
-ngx_http_memq_publish_build(ngx_http_memq_pub_ctx_t *ctx, u_char *body,
-    size_t len, ngx_uint_t ndjson)
+ngx_http_memq_publish_next_msg(ngx_http_memq_pub_ctx_t *ctx,
+    ngx_http_memq_pub_msg_t *m)
 {
-    u_char              *p, *last, *eol, *s, *e, *w;
-    size_t               total, hdr;
-    ngx_str_t            z, *msgs;
-    ngx_uint_t           i, n, *flags;
-    ngx_http_request_t  *r;
+    u_char  *p, *s, *e, *eol, *last;
 
-    r = ctx->request;
-    last = body + len;
-
-    /* count messages first */
-    n = 0;
-
-    if (ndjson) {
-        for (p = body; p < last; p = eol + 1) {
-            eol = ngx_strlchr(p, last, '\n');
-            if (eol == NULL) {
-                eol = last;
-            }
-
-            for (s = p; s < eol && (*s == ' ' || *s == '\t' || *s == '\r');
-                 s++)
-            { /* void */ }
-
-            if (s < eol) {
-                n++;
-            }
-        }
-
-    } else if (len) {
-        n = 1;
-    }
-
-    if (n == 0) {
+    if (!ctx->more) {
         return NGX_DECLINED;
     }
 
-    msgs = ngx_palloc(r->pool, n * sizeof(ngx_str_t));
-    flags = ngx_palloc(r->pool, n * sizeof(ngx_uint_t));
-    ctx->offsets = ngx_palloc(r->pool, (n + 1) * sizeof(size_t));
-    ctx->sizes = ngx_palloc(r->pool, n * sizeof(size_t));
-
-    if (msgs == NULL || flags == NULL || ctx->offsets == NULL
-        || ctx->sizes == NULL)
-    {
-        return NGX_ERROR;
+    if (!ctx->ndjson) {
+        ctx->more = 0;
+        m->idx = ctx->next_idx++;
+        m->off = 0;
+        m->len = ctx->body.len;
+        ctx->nmsgs = ctx->next_idx;
+        return NGX_OK;
     }
 
-    i = 0;
+    last = ctx->body.data + ctx->body.len;
 
-    if (ndjson) {
-        for (p = body; p < last; p = eol + 1) {
-            eol = ngx_strlchr(p, last, '\n');
-            if (eol == NULL) {
-                eol = last;
-            }
-
-            for (s = p; s < eol && (*s == ' ' || *s == '\t' || *s == '\r');
-                 s++)
-            { /* void */ }
-
-            if (s == eol) {
-                continue;
-            }
-
-            e = eol;
-            if (e > p && e[-1] == '\r') {
-                e--;
-            }
-
-            msgs[i].data = p;
-            msgs[i].len = e - p;
-            i++;
+    for (p = ctx->body.data + ctx->next; p < last; p = eol + 1) {
+        eol = ngx_strlchr(p, last, '\n');
+        if (eol == NULL) {
+            eol = last;
         }
 
-    } else {
-        msgs[0].data = body;
-        msgs[0].len = len;
+        for (s = p; s < eol && (*s == ' ' || *s == '\t' || *s == '\r'); s++)
+        { /* void */ }
+
+        if (s == eol) {
+            if (eol == last) {
+                break;
+            }
+
+            continue;
+        }
+
+        e = eol;
+        if (e > p && e[-1] == '\r') {
+            e--;
+        }
+
+        m->idx = ctx->next_idx++;
+        m->off = p - ctx->body.data;
+        m->len = e - p;
+
+        ctx->next = (eol == last) ? ctx->body.len
+                                  : (size_t) (eol + 1 - ctx->body.data);
+        ctx->more = (ctx->next < ctx->body.len);
+        ctx->nmsgs = ctx->next_idx;
+
+        return NGX_OK;
     }
 
-    total = 0;
-    hdr = sizeof("set  4294967295 0 \r\n\r\n") - 1 + ctx->key.len
-          + NGX_SIZE_T_LEN;
+    ctx->next = ctx->body.len;
+    ctx->more = 0;
 
-    for (i = 0; i < n; i++) {
-        ctx->sizes[i] = msgs[i].len;
-        flags[i] = 0;
+    return NGX_DECLINED;
+}
 
-        if (ctx->conf->compress_min_size
-            && msgs[i].len >= ctx->conf->compress_min_size)
-        {
-            if (ngx_http_memq_deflate(r->pool, msgs[i].data, msgs[i].len, &z)
-                != NGX_OK)
-            {
+
+/*
+ * Builds the next window in ctx->win: the messages refused by the node
+ * before first, then new ones from the body, while the ring has room and
+ * the window its bytes.  Returns the number of messages added (0: nothing
+ * left to send), or NGX_ERROR.
+ */
+static ngx_int_t
+ngx_http_memq_publish_fill(ngx_http_memq_pub_ctx_t *ctx)
+{
+    size_t                    off;
+    ngx_int_t                 rc, n;
+    ngx_uint_t                idx, more, again;
+    ngx_http_memq_pub_msg_t   m;
+
+    ctx->win.pos = ctx->win.start;
+    ctx->win.last = ctx->win.start;
+    n = 0;
+
+    while (ctx->inflight < NGX_HTTP_MEMQ_PUB_WINDOW) {
+
+        again = (ctx->again_pos < ctx->nagain);
+        off = ctx->next;
+        idx = ctx->next_idx;
+        more = ctx->more;
+
+        if (again) {
+            m = ctx->again[ctx->again_pos];
+
+        } else if (ngx_http_memq_publish_next_msg(ctx, &m) != NGX_OK) {
+            break;
+        }
+
+        rc = ngx_http_memq_publish_add(ctx, &m);
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (rc == NGX_DECLINED) {
+            /* the window is full: this message opens the next one */
+            ctx->next = off;
+            ctx->next_idx = idx;
+            ctx->more = more;
+            break;
+        }
+
+        if (again) {
+            ctx->again_pos++;
+        }
+
+        n++;
+    }
+
+    if (n) {
+        ctx->windows++;
+    }
+
+    return n;
+}
+
+
+/*
+ * Appends "set" for message m to the window (deflated when big enough)
+ * and puts m in the ring.  NGX_DECLINED when the window has no room left
+ * for it (an empty window grows to hold one big message).
+ */
+static ngx_int_t
+ngx_http_memq_publish_add(ngx_http_memq_pub_ctx_t *ctx,
+    ngx_http_memq_pub_msg_t *m)
+{
+    u_char              *data, *p;
+    size_t               len, need, size;
+    uLongf               zlen;
+    ngx_buf_t           *w;
+    ngx_uint_t           flags, slot;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    w = &ctx->win;
+    data = ctx->body.data + m->off;
+    len = m->len;
+    flags = 0;
+
+    if (ctx->conf->compress_min_size && len >= ctx->conf->compress_min_size)
+    {
+        zlen = compressBound(len);
+
+        if (zlen > ctx->zcap) {
+            if (ctx->zbuf) {
+                ngx_pfree(r->pool, ctx->zbuf);
+            }
+
+            ctx->zbuf = ngx_pnalloc(r->pool, zlen);
+            if (ctx->zbuf == NULL) {
+                ctx->zcap = 0;
                 return NGX_ERROR;
             }
 
-            msgs[i] = z;
-            flags[i] = ctx->conf->compress_flag;
+            ctx->zcap = zlen;
         }
 
-        total += hdr + msgs[i].len;
+        if (compress2(ctx->zbuf, &zlen, data, len, Z_DEFAULT_COMPRESSION)
+            != Z_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        data = ctx->zbuf;
+        len = zlen;
+        flags = ctx->conf->compress_flag;
     }
 
-    w = ngx_pnalloc(r->pool, total);
-    if (w == NULL) {
-        return NGX_ERROR;
+    need = sizeof("set  4294967295 0 \r\n\r\n") - 1 + ctx->key.len
+           + NGX_SIZE_T_LEN + len;
+
+    if ((size_t) (w->end - w->last) < need) {
+        if (w->last != w->start) {
+            return NGX_DECLINED;
+        }
+
+        /* one message bigger than a window: a buffer of its own size */
+        size = ngx_max(need, NGX_HTTP_MEMQ_PUB_BYTES);
+
+        ngx_pfree(r->pool, w->start);
+
+        w->start = ngx_palloc(r->pool, size);
+        if (w->start == NULL) {
+            return NGX_ERROR;
+        }
+
+        w->end = w->start + size;
+        w->pos = w->start;
+        w->last = w->start;
     }
 
-    ctx->req.start = w;
-    ctx->req.pos = w;
-    ctx->req.temporary = 1;
+    p = ngx_sprintf(w->last, "set %V %ui 0 %uz\r\n", &ctx->key, flags, len);
+    p = ngx_cpymem(p, data, len);
+    *p++ = '\r';
+    *p++ = '\n';
+    w->last = p;
 
-    p = w;
-
-    for (i = 0; i < n; i++) {
-        ctx->offsets[i] = p - w;
-        p = ngx_sprintf(p, "set %V %ui 0 %uz\r\n", &ctx->key, flags[i],
-                        msgs[i].len);
-        p = ngx_cpymem(p, msgs[i].data, msgs[i].len);
-        *p++ = '\r';
-        *p++ = '\n';
-    }
-
-    ctx->offsets[n] = p - w;
-    ctx->req.last = p;
-    ctx->req.end = p;
-    ctx->nmsgs = n;
+    slot = (ctx->head + ctx->inflight) % NGX_HTTP_MEMQ_PUB_WINDOW;
+    ctx->ring[slot] = *m;
+    ctx->inflight++;
 
     return NGX_OK;
 }
 
 
-/* sends what is not stored yet to the next node, or answers 503 */
+/* sends what is not stored yet to the next node, or answers */
 static void
 ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
 {
     ngx_int_t                 rc;
+    ngx_uint_t                level;
     ngx_http_request_t       *r;
     ngx_http_memq_node_t     *node;
+    ngx_http_memq_pub_msg_t  *swap;
     ngx_http_memq_cluster_t  *cl;
 
     r = ctx->request;
     cl = ctx->conf->cluster;
+
+    /* the refused ones go first, then those refused before that were not
+     * sent yet: at most one window each (a node's first window takes
+     * again's first ones), so again never holds more than two */
+    if (ctx->nretry) {
+        if (ctx->again == NULL) {
+            ctx->again = ngx_palloc(r->pool, 4 * NGX_HTTP_MEMQ_PUB_WINDOW
+                                            * sizeof(ngx_http_memq_pub_msg_t));
+            if (ctx->again == NULL) {
+                ngx_http_memq_publish_error(ctx,
+                                            NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                            "out of memory", 0);
+                return;
+            }
+
+            ctx->again2 = ctx->again + 2 * NGX_HTTP_MEMQ_PUB_WINDOW;
+        }
+
+        ngx_memcpy(ctx->again2, ctx->retry,
+                   ctx->nretry * sizeof(ngx_http_memq_pub_msg_t));
+        ngx_memcpy(ctx->again2 + ctx->nretry, ctx->again + ctx->again_pos,
+                   (ctx->nagain - ctx->again_pos)
+                   * sizeof(ngx_http_memq_pub_msg_t));
+
+        ctx->nagain = ctx->nretry + ctx->nagain - ctx->again_pos;
+        ctx->again_pos = 0;
+        ctx->nretry = 0;
+
+        swap = ctx->again;
+        ctx->again = ctx->again2;
+        ctx->again2 = swap;
+    }
+
+    ctx->draining = 0;
+    ctx->windows = 0;
+    ctx->replies = 0;
+    ctx->node_next = ctx->next;
+    ctx->node_idx = ctx->next_idx;
+    ctx->node_more = ctx->more;
 
     for ( ;; ) {
         if (ctx->ntried >= NGX_HTTP_MEMQ_PUBLISH_TRIES) {
@@ -379,6 +628,14 @@ ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
 
         rc = ngx_http_memq_conn_get(node, r->connection->log, &ctx->mc);
 
+        if (rc == NGX_BUSY) {
+            /* this worker is short of connections or memory: no other
+             * node would do better, and none is to blame */
+            ctx->last_error = "no free connection in this worker";
+            ctx->refusal = NGX_HTTP_SERVICE_UNAVAILABLE;
+            break;
+        }
+
         if (rc == NGX_ERROR) {
             ctx->stat.nodes_failed++;
             ctx->last_error = "connect failed";
@@ -391,23 +648,47 @@ ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
         ctx->mc->data = ctx;
         ctx->mc->owner_conn = r->connection;
 
-        ctx->req.pos = ctx->req.start + ctx->offsets[ctx->stored];
+        if (ngx_http_memq_publish_fill(ctx) <= 0) {
+            ngx_http_memq_conn_close(ctx->mc);
+            ctx->mc = NULL;
+            ngx_http_memq_publish_error(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                        "out of memory", 0);
+            return;
+        }
 
-        ngx_http_memq_conn_send(ctx->mc, &ctx->req, cl->read_timeout);
+        ngx_http_memq_conn_send(ctx->mc, &ctx->win, cl->read_timeout);
         return;
     }
 
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                  "memq cluster \"%V\": no node took the message (%s)",
-                  &cl->name, ctx->last_error ? ctx->last_error
-                                             : "no healthy node");
+    /* a full queue is the client's business, a shortage is not a fault */
+    if (ctx->refusal == NGX_HTTP_INSUFFICIENT_STORAGE) {
+        level = NGX_LOG_INFO;
+
+    } else {
+        level = ctx->refusal ? NGX_LOG_WARN : NGX_LOG_ERR;
+    }
+
+    ngx_log_error(level, r->connection->log, 0,
+                  "memq cluster \"%V\": no node took the message (%s), "
+                  "%ui stored", &cl->name,
+                  ctx->last_error ? ctx->last_error : "no healthy node",
+                  ctx->nstored);
+
+    if (ctx->refusal == NGX_HTTP_INSUFFICIENT_STORAGE) {
+        ngx_http_memq_publish_error(ctx, NGX_HTTP_INSUFFICIENT_STORAGE,
+                                    "queue full", 0);
+        return;
+    }
 
     ngx_http_memq_publish_error(ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                "no node took the message");
+                                "no node took the message", 0);
 }
 
 
-/* replies to the pipelined sets: one line each, in order */
+/*
+ * Replies to the pipelined sets: one line each, in order, for the oldest
+ * message in the ring.  Reads while windows are still being built.
+ */
 static ngx_int_t
 ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 {
@@ -415,6 +696,7 @@ ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     ngx_buf_t                *b;
     mq_reply_t                reply;
     const char               *err;
+    ngx_http_memq_pub_msg_t  *m;
     ngx_http_memq_shnode_t   *shn;
     ngx_http_memq_pub_ctx_t  *ctx;
 
@@ -428,7 +710,7 @@ ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     b = mc->in;
     shn = ngx_http_memq_shnode(mc->node);
 
-    for ( ;; ) {
+    while (ctx->inflight) {
         prc = mq_proto_parse_reply((const char *) b->pos, b->last - b->pos,
                                    0, &reply, &err);
 
@@ -444,77 +726,269 @@ ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             return NGX_DONE;
         }
 
-        b->pos += reply.consumed;
+        m = &ctx->ring[ctx->head];
+        ctx->replies++;
 
         if (reply.type == MQ_REPLY_STORED) {
-            (void) ngx_atomic_fetch_add(&shn->msgs_in, 1);
-            (void) ngx_atomic_fetch_add(&shn->bytes_in,
-                                        ctx->sizes[ctx->stored]);
-            ctx->stored++;
+            b->pos += reply.consumed;
 
-            if (ctx->stored == ctx->nmsgs) {
-                break;
+            (void) ngx_atomic_fetch_add(&shn->msgs_in, 1);
+            (void) ngx_atomic_fetch_add(&shn->bytes_in, m->len);
+
+            if (ngx_http_memq_publish_stored(ctx, m->idx) != NGX_OK) {
+                ngx_http_memq_publish_fail(ctx, "out of memory");
+                return NGX_DONE;
             }
 
-            continue;
-        }
+            ctx->last_node = mc->node;
 
-        if (reply.type == MQ_REPLY_SERVER_ERROR
-            && reply.text_len >= sizeof("object too large") - 1
-            && ngx_strncmp(reply.text, "object too large",
-                           sizeof("object too large") - 1) == 0)
+        } else if (reply.type == MQ_REPLY_SERVER_ERROR
+                   && reply.text_len == sizeof(NGX_HTTP_MEMQ_CONN_LIMIT) - 1
+                   && ngx_strncmp(reply.text, NGX_HTTP_MEMQ_CONN_LIMIT,
+                                  reply.text_len) == 0)
         {
-            /* the node is fine; the message is not */
-            ngx_http_memq_node_ok(mc->node);
+            /* said once, before the node read anything, and it closes:
+             * every message in flight is refused */
+            ngx_log_error(NGX_LOG_WARN, &mc->log, 0,
+                          "memq node %V: too many connections",
+                          &mc->node->addr);
+
+            while (ctx->inflight) {
+                ctx->retry[ctx->nretry++] = ctx->ring[ctx->head];
+                ctx->head = (ctx->head + 1) % NGX_HTTP_MEMQ_PUB_WINDOW;
+                ctx->inflight--;
+            }
+
+            ctx->last_error = NGX_HTTP_MEMQ_CONN_LIMIT;
+
+            if (ctx->refusal == 0) {
+                ctx->refusal = NGX_HTTP_SERVICE_UNAVAILABLE;
+            }
+
             ngx_http_memq_conn_close(mc);
             ctx->mc = NULL;
-            ngx_http_memq_publish_error(ctx, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                        "message too large");
+            ngx_http_memq_publish_try(ctx);
+            return NGX_DONE;
+
+        } else if (reply.type == MQ_REPLY_SERVER_ERROR
+                   && reply.text_len == sizeof(NGX_HTTP_MEMQ_QUEUE_FULL) - 1
+                   && ngx_strncmp(reply.text, NGX_HTTP_MEMQ_QUEUE_FULL,
+                                  reply.text_len) == 0)
+        {
+            /* the node is fine; this message was not stored, and no new
+             * window goes to this node */
+            b->pos += reply.consumed;
+            ctx->draining = 1;
+            ctx->retry[ctx->nretry++] = *m;
+            ctx->refusal = NGX_HTTP_INSUFFICIENT_STORAGE;
+            ctx->last_error = NGX_HTTP_MEMQ_QUEUE_FULL;
+
+        } else if (reply.type == MQ_REPLY_SERVER_ERROR
+                   && reply.text_len >= sizeof(NGX_HTTP_MEMQ_TOO_LARGE) - 1
+                   && ngx_strncmp(reply.text, NGX_HTTP_MEMQ_TOO_LARGE,
+                                  sizeof(NGX_HTTP_MEMQ_TOO_LARGE) - 1) == 0)
+        {
+            /* the client's message, not the node: 413 once the messages
+             * in flight are answered, no retry */
+            b->pos += reply.consumed;
+            ctx->draining = 1;
+            ctx->too_large = 1;
+
+        } else {
+            ngx_log_error(NGX_LOG_ERR, &mc->log, 0,
+                          "memq node %V answered \"%*s\" to set",
+                          &mc->node->addr, reply.consumed - 2, b->pos);
+
+            ngx_http_memq_publish_fail(ctx,
+                                       reply.type == MQ_REPLY_SERVER_ERROR
+                                       ? "server error" : "unexpected reply");
             return NGX_DONE;
         }
 
-        ngx_log_error(NGX_LOG_ERR, &mc->log, 0,
-                      "memq node %V answered \"%*s\" to set",
-                      &mc->node->addr, reply.consumed - 2,
-                      b->pos - reply.consumed);
-
-        ngx_http_memq_publish_fail(ctx, reply.type == MQ_REPLY_SERVER_ERROR
-                                        ? "server error" : "unexpected reply");
-        return NGX_DONE;
+        ctx->head = (ctx->head + 1) % NGX_HTTP_MEMQ_PUB_WINDOW;
+        ctx->inflight--;
     }
 
-    if (b->pos != b->last) {
+    return ngx_http_memq_publish_answered(ctx, mc);
+}
+
+
+/*
+ * Every reply read so far is handled: send the next window, wait, or
+ * (nothing in flight and nothing more for this node) move on.
+ */
+static ngx_int_t
+ngx_http_memq_publish_answered(ngx_http_memq_pub_ctx_t *ctx,
+    ngx_http_memq_conn_t *mc)
+{
+    ngx_int_t  n;
+
+    if (!ctx->draining && mc->waiting
+        && ctx->inflight <= NGX_HTTP_MEMQ_PUB_WINDOW / 2
+        && (ctx->more || ctx->again_pos < ctx->nagain))
+    {
+        /* the window went out and half of it is answered: the next one,
+         * while the rest of the replies come */
+        n = ngx_http_memq_publish_fill(ctx);
+
+        if (n == NGX_ERROR) {
+            ngx_http_memq_publish_fail(ctx, "out of memory");
+            return NGX_DONE;
+        }
+
+        if (n > 0) {
+            ngx_http_memq_conn_send(mc, &ctx->win,
+                                    ctx->conf->cluster->read_timeout);
+            return NGX_DONE;
+        }
+    }
+
+    if (ctx->inflight) {
+        return NGX_OK;
+    }
+
+    if (mc->in->pos != mc->in->last) {
         ngx_http_memq_publish_fail(ctx, "bytes after the last reply");
         return NGX_DONE;
     }
 
-    mc->waiting = 0;
+    if (!mc->waiting) {
+        /* the window is still going out */
+        return NGX_OK;
+    }
+
+    ngx_http_memq_conn_replied(mc);
     ngx_http_memq_node_ok(mc->node);
+
+    if (ctx->too_large) {
+        ngx_http_memq_conn_release(mc);
+        ctx->mc = NULL;
+        ngx_http_memq_publish_error(ctx, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                    "message too large", 0);
+        return NGX_DONE;
+    }
+
+    if (ctx->nretry || ctx->more || ctx->again_pos < ctx->nagain) {
+        /* refused here: the rest goes to the next node */
+        ngx_http_memq_conn_release(mc);
+        ctx->mc = NULL;
+        ngx_http_memq_publish_try(ctx);
+        return NGX_DONE;
+    }
+
     ngx_http_memq_publish_done(ctx);
 
     return NGX_DONE;
 }
 
 
+/* notes message idx as stored: the ranges stay sorted and merged */
+static ngx_int_t
+ngx_http_memq_publish_stored(ngx_http_memq_pub_ctx_t *ctx, ngx_uint_t idx)
+{
+    ngx_uint_t                  i, n;
+    ngx_http_memq_pub_range_t  *rg, *nr;
+
+    ctx->nstored++;
+    rg = ctx->stored.elts;
+    n = ctx->stored.nelts;
+
+    /* the usual case: right after the last range */
+    if (n && rg[n - 1].end == idx) {
+        rg[n - 1].end++;
+        return NGX_OK;
+    }
+
+    for (i = 0; i < n && rg[i].end < idx; i++) { /* void */ }
+
+    if (i < n && rg[i].end == idx) {
+        rg[i].end++;
+
+        if (i + 1 < n && rg[i + 1].start == rg[i].end) {
+            rg[i].end = rg[i + 1].end;
+            ngx_memmove(&rg[i + 1], &rg[i + 2],
+                        (n - i - 2) * sizeof(ngx_http_memq_pub_range_t));
+            ctx->stored.nelts--;
+        }
+
+        return NGX_OK;
+    }
+
+    if (i < n && rg[i].start == idx + 1) {
+        rg[i].start = idx;
+        return NGX_OK;
+    }
+
+    nr = ngx_array_push(&ctx->stored);
+    if (nr == NULL) {
+        return NGX_ERROR;
+    }
+
+    rg = ctx->stored.elts;
+    ngx_memmove(&rg[i + 1], &rg[i],
+                (n - i) * sizeof(ngx_http_memq_pub_range_t));
+    rg[i].start = idx;
+    rg[i].end = idx + 1;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The node failed.  Before anything was sent to it the next node is
+ * tried; after, the messages in flight are unknown and the publish ends.
+ */
 static void
 ngx_http_memq_publish_fail(ngx_http_memq_pub_ctx_t *ctx, const char *reason)
 {
+    ngx_uint_t             untouched, local;
     ngx_http_memq_node_t  *node;
+    ngx_http_memq_conn_t  *mc;
 
-    node = ctx->mc->node;
+    mc = ctx->mc;
+    node = mc->node;
+    local = mc->local;
+
+    /*
+     * The node failed before it answered anything (connect refused or
+     * timed out, no reply at all): as the design's retry says, its first
+     * window (nothing else went to it) goes whole to the next node; the
+     * reset that closes this connection keeps what the kernel still holds
+     * from being stored late.  Once it answered some, a failure is
+     * partial: what it stored is known, the rest in flight is not, and
+     * sending that elsewhere could store it twice.
+     */
+    untouched = (ctx->replies == 0);
 
     ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
-                  "memq node %V failed: %s, %ui of %ui messages stored",
-                  &node->addr, reason, ctx->stored, ctx->nmsgs);
+                  "memq node %V failed: %s, %ui messages stored, %ui in "
+                  "flight", &node->addr, reason, ctx->nstored,
+                  ctx->inflight);
 
-    ngx_http_memq_conn_close(ctx->mc);
+    ngx_http_memq_conn_close(mc);
     ctx->mc = NULL;
 
     ctx->stat.nodes_failed++;
     ctx->last_error = reason;
-    ngx_http_memq_node_failed(node, ctx->request->connection->log, reason);
 
-    ngx_http_memq_publish_try(ctx);
+    if (!local) {
+        ngx_http_memq_node_failed(node, ctx->request->connection->log,
+                                  reason);
+    }
+
+    if (untouched) {
+        ctx->inflight = 0;
+        ctx->head = 0;
+        ctx->again_pos = 0;
+        ctx->next = ctx->node_next;
+        ctx->next_idx = ctx->node_idx;
+        ctx->more = ctx->node_more;
+        ngx_http_memq_publish_try(ctx);
+        return;
+    }
+
+    ngx_http_memq_publish_error(ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                "node failed", 1);
 }
 
 
@@ -527,13 +1001,13 @@ ngx_http_memq_publish_done(ngx_http_memq_pub_ctx_t *ctx)
     u_char                 body[NGX_INT_T_LEN + NGX_HTTP_MEMQ_ADDR_LEN + 32];
 
     r = ctx->request;
-    node = ctx->mc->node;
+    node = ctx->last_node ? ctx->last_node : ctx->mc->node;
 
-    ctx->stat.messages = ctx->stored;
+    ctx->stat.messages = ctx->nstored;
     ctx->stat.nodes_ok = 1;
 
     p = ngx_snprintf(body, sizeof(body), "{\"queued\":%ui,\"node\":\"%V\"}\n",
-                     ctx->stored, &node->addr);
+                     ctx->nstored, &node->addr);
 
     ngx_http_memq_conn_release(ctx->mc);
     ctx->mc = NULL;
@@ -543,14 +1017,70 @@ ngx_http_memq_publish_done(ngx_http_memq_pub_ctx_t *ctx)
 }
 
 
+/*
+ * An error answer.  When some lines were stored it says which: "queued",
+ * and "stored" as ranges of 1-based message numbers (at most
+ * NGX_HTTP_MEMQ_PUB_RANGES of them, then "stored_more":true); unknown: the
+ * messages in flight when a node failed ("unknown":[first,last]).
+ */
 static void
 ngx_http_memq_publish_error(ngx_http_memq_pub_ctx_t *ctx, ngx_uint_t status,
-    const char *reason)
+    const char *reason, ngx_uint_t unknown)
 {
-    ctx->stat.messages = ctx->stored;
+    u_char                     *p, *body;
+    size_t                      size;
+    ngx_uint_t                  i, n, first, last;
+    ngx_http_request_t         *r;
+    ngx_http_memq_pub_range_t  *rg;
+
+    r = ctx->request;
+    ctx->stat.messages = ctx->nstored;
     ctx->done = 1;
 
-    ngx_http_memq_json_error(ctx->request, status, reason);
+    if (ctx->nstored == 0 && !(unknown && ctx->inflight)) {
+        ngx_http_memq_json_error(r, status, reason);
+        return;
+    }
+
+    n = ngx_min(ctx->stored.nelts, NGX_HTTP_MEMQ_PUB_RANGES);
+    size = 128 + 2 * NGX_INT_T_LEN + n * (2 * NGX_INT_T_LEN + 4)
+           + ngx_strlen(reason);
+
+    body = ngx_pnalloc(r->pool, size);
+    if (body == NULL) {
+        ngx_http_memq_json_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                 "out of memory");
+        return;
+    }
+
+    p = ngx_sprintf(body, "{\"error\":\"%s\",\"status\":%ui,\"queued\":%ui,"
+                    "\"stored\":[", reason, status, ctx->nstored);
+
+    rg = ctx->stored.elts;
+
+    for (i = 0; i < n; i++) {
+        p = ngx_sprintf(p, "%s[%ui,%ui]", i ? "," : "", rg[i].start + 1,
+                        rg[i].end);
+    }
+
+    *p++ = ']';
+
+    if (ctx->stored.nelts > n) {
+        p = ngx_cpymem(p, ",\"stored_more\":true", 19);
+    }
+
+    if (unknown && ctx->inflight) {
+        first = ctx->ring[ctx->head].idx + 1;
+        last = ctx->ring[(ctx->head + ctx->inflight - 1)
+                         % NGX_HTTP_MEMQ_PUB_WINDOW].idx + 1;
+        p = ngx_sprintf(p, ",\"unknown\":[%ui,%ui]", first, last);
+    }
+
+    *p++ = '}';
+    *p++ = '\n';
+
+    ngx_http_discard_request_body(r);
+    (void) ngx_http_memq_send_json(r, status, body, p - body);
 }
 
 

@@ -19,6 +19,9 @@
 #include <zlib.h>
 
 
+#define NGX_HTTP_MEMQ_UINT_MAX  ((size_t) UINT_MAX)     /* zlib's uInt */
+
+
 static void *ngx_http_memq_zalloc(void *opaque, u_int items, u_int size);
 static void ngx_http_memq_zfree(void *opaque, void *address);
 
@@ -176,8 +179,10 @@ ngx_http_memq_inflate(u_char *src, size_t len, u_char **dst, size_t *dlen,
 
     zs.next_in = src;
     zs.avail_in = len;
+    /* avail_out is a uInt: a memq_inflate_max_size of 4g or more must
+     * not wrap it (the loop below hands out the rest in turns) */
     zs.next_out = *dst;
-    zs.avail_out = ngx_min(*cap, max);
+    zs.avail_out = (uInt) ngx_min(ngx_min(*cap, max), NGX_HTTP_MEMQ_UINT_MAX);
 
     for ( ;; ) {
         rc = inflate(&zs, Z_NO_FLUSH);
@@ -219,7 +224,8 @@ ngx_http_memq_inflate(u_char *src, size_t len, u_char **dst, size_t *dlen,
         }
 
         zs.next_out = *dst + zs.total_out;
-        zs.avail_out = ngx_min(*cap, max) - zs.total_out;
+        zs.avail_out = (uInt) ngx_min(ngx_min(*cap, max) - zs.total_out,
+                                      NGX_HTTP_MEMQ_UINT_MAX);
     }
 
     *dlen = zs.total_out;

@@ -109,7 +109,7 @@ class Gateway:
 
     def __init__(self, tmp, nodes, cluster_extra="", loc_extra="",
                  loc=None, server_extra="", http_extra="", workers=2,
-                 weights=None, listen_extra="",
+                 weights=None, listen_extra="", worker_connections=1024,
                  timeouts="connect_timeout 1s; read_timeout 2s;"):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -125,6 +125,7 @@ class Gateway:
         self.listen_extra = listen_extra
         self.timeouts = timeouts
         self.workers = workers
+        self.worker_connections = worker_connections
         self.port = None
         self.proc = None
         self.errors_expected = False
@@ -148,7 +149,7 @@ user root;
 worker_processes {workers};
 error_log {t}/logs/error.log info;
 pid {t}/nginx.pid;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {wc}; }}
 http {{
     log_format memq '{fmt}';
     access_log {t}/logs/access.log memq;
@@ -175,6 +176,7 @@ http {{
     }}
 }}
 """.format(module=MODULE, workers=self.workers, t=t, fmt=ACCESS_FORMAT,
+           wc=self.worker_connections,
            http_extra=self.http_extra, nodes="\n        ".join(lines),
            cluster_extra=self.cluster_extra, port=self.port,
            server_extra=self.server_extra, loc=self.loc,
@@ -331,6 +333,40 @@ http {{
         r = self.consume(topic, **params)
         assert r.status_code == 200, (r.status_code, r.text)
         return r.content.split(b"\n")[:-1]
+
+    def stream(self, topic, timeout=30, headers=b"", **params):
+        """GET /mq?topic=.. on a raw socket, read to the end: (status,
+        body, ended).  ended: the stream ended normally (last chunk);
+        False when the connection was closed without it (a cut stream,
+        which requests would raise for)."""
+        from urllib.parse import urlencode
+        p = {"topic": topic}
+        p.update({k: str(v) for k, v in params.items()})
+        s = self.raw_request("/mq?" + urlencode(p), headers=headers)
+        s.settimeout(timeout * SLOW)
+        try:
+            status, hdrs, rest = read_headers(s)
+            if hdrs.get("transfer-encoding") != "chunked":
+                n = int(hdrs.get("content-length", "0"))
+                while len(rest) < n:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    rest += chunk
+                return status, rest, len(rest) == n
+            d = Dechunker()
+            d.feed(rest)
+            while not d.done:
+                try:
+                    chunk = s.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    break
+                d.feed(chunk)
+            return status, d.data, d.done
+        finally:
+            s.close()
 
     def status(self, **params):
         r = requests.get(self.url("/mq/status"), params=params,
@@ -499,7 +535,8 @@ class ScriptedNode:
     scripts, for timings a real node cannot be made to show.  answer(line,
     n) gets each request line (bytes, without CRLF) and its number on the
     connection (from 1) and returns (delay_seconds, reply_bytes), or None
-    to never answer.  Every line received is kept in self.lines."""
+    to never answer; (delay, reply, True) closes the connection after the
+    reply.  Every line received is kept in self.lines."""
 
     def __init__(self, answer):
         import threading
@@ -554,11 +591,13 @@ class ScriptedNode:
                     a = self.answer(line, n)
                     if a is None:
                         continue
-                    delay, reply = a
+                    delay, reply = a[0], a[1]
                     end = time.monotonic() + delay
                     while time.monotonic() < end and not self.closed:
                         time.sleep(0.01)
                     c.sendall(reply)
+                    if len(a) > 2 and a[2]:
+                        return
         except OSError:
             pass
         finally:

@@ -1,0 +1,422 @@
+"""Issue 8: nothing a client or a queue does marks a node down, a stream
+ends as drained only when every node said empty, max is exact, no hang
+when the only node fails before the header (DESIGN §2, §5 "gateway")."""
+
+import fcntl
+import socket
+import struct
+import termios
+import threading
+
+from gwutil import (SLOW, Client, Dechunker, ScriptedNode, fill, node_addr,
+                    node_items, qname, read_headers, wait_for)
+
+
+def _nodes_healthy(g, nodes):
+    for n in nodes:
+        st = g.node_status(node_addr(n))
+        assert st["state"] == "up" and st["fails"] == 0, st
+
+
+def test_paused_client_marks_no_node(gateway_factory, memqd_factory):
+    """A client that stops reading for longer than read_timeout: the nodes
+    it holds back never time out; after send_timeout its stream is closed
+    (not ended as drained) and the items it did not get are back at once;
+    other clients are served meanwhile."""
+    nodes = [memqd_factory(), memqd_factory()]
+    g = gateway_factory(nodes, workers=1, listen_extra="sndbuf=8k",
+                        timeouts="connect_timeout 1s; read_timeout 1s;",
+                        cluster_extra="max_fails 1; fail_timeout 60s;",
+                        loc_extra="memq_batch 16; send_timeout 2500ms;")
+    q = qname()
+    total = 300
+    fill(nodes, q, total, fmt="%04d-" + "x" * 1000)
+    s = g.raw_request("/mq?topic=%s" % q, rcvbuf=4096)
+    status, hdrs, rest = read_headers(s)
+    assert status == 200
+    # the client reads nothing more; the gateway's output backs up
+    line = g.wait_access(lambda l: q in l, timeout=15,
+                         what="the paused stream closed by send_timeout")
+    # well past read_timeout: nobody was marked, nobody else refused
+    _nodes_healthy(g, nodes)
+    assert g.publish(qname(), b"other client").status_code == 201
+    assert "client timed out" in g.error_text()
+    # what it never got went back at once: nothing stays open
+    waiting = 0
+    for n in nodes:
+        items, open_items = node_items(n, q)
+        assert open_items == 0, (items, open_items)
+        waiting += items
+    d = Dechunker()
+    d.feed(rest)
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        d.feed(chunk)
+    s.close()
+    assert not d.done, "a paused stream ended as drained"
+    got = d.data.count(b"\n")
+    # every message is with the client, in the queue, or was written to
+    # the sockets' buffers (acknowledged: write mode's definition)
+    assert waiting > 0 and got + waiting <= total
+    assert got < 100 and waiting > total - 100, (got, waiting, line)
+
+
+def test_only_node_dies_after_a_value_before_the_header(gateway_factory):
+    """The only node sends one complete value and closes before END: the
+    request must end (503), not hang without a timer."""
+    def answer(line, n):
+        key = line.split()[1]
+        return 0, b"VALUE %s 0 1\r\nx\r\n" % key, True
+
+    fake = ScriptedNode(answer)
+    try:
+        g = gateway_factory([fake.addr],
+                            timeouts="connect_timeout 1s; read_timeout 30s;")
+        g.expect_errors()
+        r = g.consume(qname(), timeout=10)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "no healthy node"
+    finally:
+        fake.close()
+
+
+def test_max_exact_with_a_reply_in_pieces(gateway_factory, memqd_factory):
+    """Two nodes, one reply arriving in pieces while the other completes:
+    max=10 delivers and acknowledges exactly 10."""
+    real = memqd_factory()
+    q = "gq" + qname()
+    fill([real], q, 100)
+    # the piecewise node: a raw listener of its own (the first piece, then
+    # wait for the test, then the rest)
+    lst = socket.socket()
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(8)
+    first_out = threading.Event()
+    release = threading.Event()
+    conns = []
+    a_state = {"pieces": None}
+
+    def serve_pieces():
+        lst.settimeout(0.2)
+        while not release.is_set() or not conns:
+            try:
+                c, _ = lst.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conns.append(c)
+            threading.Thread(target=piece_conn, args=(c,),
+                             daemon=True).start()
+            if len(conns) > 4:
+                return
+
+    def piece_conn(c):
+        buf = b""
+        first = True
+        c.settimeout(0.2)
+        try:
+            while True:
+                try:
+                    d = c.recv(4096)
+                except socket.timeout:
+                    if a_state.get("stop"):
+                        return
+                    continue
+                if not d:
+                    return
+                buf += d
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    key = line.split()[1]
+                    if first and b"/n=" in key:
+                        first = False
+                        count = int(key.split(b"/n=")[1].split(b"/")[0])
+                        vals = [b"VALUE %s 0 4\r\nf%03d\r\n" % (key, i)
+                                for i in range(count)]
+                        a_state["count"] = count
+                        c.sendall(b"".join(vals[:-1]))
+                        a_state["sock"] = c
+                        first_out.set()
+                        release.wait(30)
+                        c.sendall(vals[-1] + b"END\r\n")
+                    else:
+                        c.sendall(b"END\r\n")
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    # the real node's first reply is held until the pieces are in nginx
+    b_go = threading.Event()
+    plst = socket.socket()
+    plst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    plst.bind(("127.0.0.1", 0))
+    plst.listen(8)
+
+    def proxy():
+        plst.settimeout(0.2)
+        while not a_state.get("stop"):
+            try:
+                c, _ = plst.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            u = socket.create_connection(real.addr)
+            threading.Thread(target=pump, args=(c, u, None),
+                             daemon=True).start()
+            threading.Thread(target=pump, args=(u, c, b_go),
+                             daemon=True).start()
+
+    def pump(src, dst, gate):
+        try:
+            while True:
+                d = src.recv(65536)
+                if not d:
+                    break
+                if gate is not None:
+                    gate.wait(30)
+                dst.sendall(d)
+        except OSError:
+            pass
+        finally:
+            for x in (src, dst):
+                try:
+                    x.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    threads = [threading.Thread(target=serve_pieces, daemon=True),
+               threading.Thread(target=proxy, daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        g = gateway_factory([lst.getsockname(), plst.getsockname()],
+                            workers=1,
+                            timeouts="connect_timeout 1s; read_timeout 30s;")
+        s = g.raw_request("/mq?topic=%s&max=10" % q)
+        assert first_out.wait(10 * SLOW), "the piecewise node was not asked"
+        # the first piece is in nginx's socket (acknowledged by its kernel)
+        sock = a_state["sock"]
+
+        def unsent():
+            b = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+            return struct.unpack("i", b)[0] == 0
+        wait_for(unsent, timeout=5, what="first piece taken by nginx")
+        b_go.set()
+        status, hdrs, rest = read_headers(s)
+        assert status == 200
+        d = Dechunker()
+        d.feed(rest)
+        first = a_state["count"] - 1
+        # the real node's batch and the first piece reach the client;
+        # nothing more may be asked while the last piece is reserved
+        while d.data.count(b"\n") < 9:
+            chunk = s.recv(65536)
+            assert chunk, d.data
+            d.feed(chunk)
+        release.set()
+        while not d.done:
+            chunk = s.recv(65536)
+            assert chunk, "stream cut"
+            d.feed(chunk)
+        s.close()
+        lines = d.data.split(b"\n")[:-1]
+        assert len(lines) == 10, (len(lines), first)
+        from_real = [l for l in lines if not l.startswith(b"f")]
+        # exactly the delivered ones were acknowledged on the real node
+        wait_for(lambda: node_items(real, q) == (100 - len(from_real), 0),
+                 timeout=5, what="real node: only delivered items gone")
+    finally:
+        a_state["stop"] = True
+        release.set()
+        b_go.set()
+        lst.close()
+        plst.close()
+        for t in threads:
+            t.join(2)
+
+
+def test_queue_full_is_507_and_marks_nothing(gateway_factory,
+                                             memqd_factory):
+    conf = "[queue full*]\nmax_items = 2\n"
+    nodes = [memqd_factory(config=conf), memqd_factory(config=conf)]
+    g = gateway_factory(nodes, cluster_extra="max_fails 1; fail_timeout 60s;")
+    q = "full" + qname()
+    for n in nodes:
+        fill([n], q, 2)
+    for _ in range(3):
+        r = g.publish(q, b"one more")
+        assert r.status_code == 507, r.text
+        assert r.json()["error"] == "queue full"
+    _nodes_healthy(g, nodes)
+    assert g.publish(qname(), b"elsewhere").status_code == 201
+    # the next node is tried: room on one node takes it
+    c = Client(nodes[1].addr)
+    c.get(q)
+    c.close()
+    r = g.publish(q, b"fits")
+    assert r.status_code == 201, r.text
+    assert r.json()["node"] == node_addr(nodes[1])
+
+
+def test_node_connection_limit_marks_nothing(gateway_factory,
+                                             memqd_factory):
+    node = memqd_factory(args=["--max-connections", "1"])
+    g = gateway_factory([node], cluster_extra="max_fails 1; fail_timeout 60s;")
+    q = qname()
+    holder = Client(node.addr)
+    holder.store(q, b"held")
+    r = g.publish(q, b"x")
+    assert r.status_code == 503, r.text
+    r = g.consume(q)
+    assert r.status_code == 503, r.text
+    _nodes_healthy(g, [node])
+    holder.close()
+    wait_for(lambda: g.publish(q, b"y").status_code == 201, timeout=5,
+             what="publish once the node has room")
+    assert sorted(g.lines(q)) == [b"held", b"y"]
+
+
+def test_worker_connections_shortage_marks_nothing(gateway_factory,
+                                                   memqd_factory):
+    node = memqd_factory()
+    g = gateway_factory([node], workers=1, worker_connections=4,
+                        cluster_extra="max_fails 1; fail_timeout 60s;")
+    q = qname()
+    # listener + channel to the master + a client mid-request (not
+    # reusable) + the publisher: no connection left for the node
+    held = []
+    for _ in range(1):
+        h = socket.create_connection(("127.0.0.1", g.port))
+        h.sendall(b"GET /mq?topic=")
+        held.append(h)
+    r = g.publish(q, b"x")
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "no node took the message"
+    for h in held:
+        h.close()
+    wait_for(lambda: g.publish(q, b"y").status_code == 201, timeout=5,
+             what="publish once connections are free")
+    _nodes_healthy(g, [node])
+    assert "worker_connections are not enough" in g.error_text()
+
+
+def _set_script(per_set):
+    """A ScriptedNode answer for publishes: per_set(k) gives the reply to
+    the k-th set (from 1): bytes, or None to close the connection."""
+    count = {"sets": 0}
+
+    def answer(line, n):
+        if not line.startswith(b"set "):
+            return None          # a data block
+        count["sets"] += 1
+        r = per_set(count["sets"])
+        if r is None:
+            return 0, b"", True
+        return 0, r
+    return answer
+
+
+def test_batch_refused_part_way_says_what_was_stored(gateway_factory):
+    def per_set(k):
+        if k == 3:
+            return b"SERVER_ERROR object too large for cache\r\n"
+        return b"STORED\r\n"
+    fake = ScriptedNode(_set_script(per_set))
+    try:
+        g = gateway_factory([fake.addr])
+        r = g.publish(qname(), b"a\nb\nc\nd\n", ndjson=True)
+        assert r.status_code == 413, r.text
+        assert r.json() == {"error": "message too large", "status": 413,
+                            "queued": 3, "stored": [[1, 2], [4, 4]]}
+        assert g.node_status(node_addr(fake.addr))["fails"] == 0
+    finally:
+        fake.close()
+
+
+def test_partial_failure_stores_nothing_twice(gateway_factory, memqd_factory):
+    """A node stores 5 lines of a batch and dies: the answer says exactly
+    that, and nothing is sent again to another node."""
+    real = memqd_factory()
+    fake = ScriptedNode(_set_script(
+        lambda k: b"STORED\r\n" if k <= 5 else None))
+    try:
+        g = gateway_factory([fake.addr, real], workers=1,
+                            weights={node_addr(fake.addr): 9})
+        g.expect_errors()
+        q = qname()
+        body = b"".join(b"line%d\n" % i for i in range(20))
+        r = g.publish(q, body, ndjson=True)
+        assert r.status_code == 503, r.text
+        js = r.json()
+        assert js["queued"] == 5 and js["stored"] == [[1, 5]], js
+        assert js["unknown"][0] == 6 and js["unknown"][1] <= 20, js
+        assert node_items(real, q) == (0, 0)
+    finally:
+        fake.close()
+
+
+def test_queue_full_batch_moves_on_exactly(gateway_factory, memqd_factory):
+    conf = "[queue full*]\nmax_items = 2\n"
+    nodes = [memqd_factory(config=conf), memqd_factory(config=conf)]
+    g = gateway_factory(nodes, workers=1)
+    q = "full" + qname()
+    r = g.publish(q, b"l1\nl2\nl3\nl4\nl5\n", ndjson=True)
+    assert r.status_code == 507, r.text
+    assert r.json() == {"error": "queue full", "status": 507, "queued": 4,
+                        "stored": [[1, 4]]}
+    got = []
+    for n in nodes:
+        c = Client(n.addr)
+        got += [i.data for i in c.drain(q)]
+        c.close()
+    assert sorted(got) == [b"l1", b"l2", b"l3", b"l4"]
+
+
+def _worker_rss(g):
+    import os
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    total = 0
+    for p in pids:
+        try:
+            st = open("/proc/%d/status" % p).read()
+        except OSError:
+            continue
+        if "\nPPid:\t%d\n" % g.proc.pid in st:
+            for l in st.splitlines():
+                if l.startswith("VmRSS:"):
+                    total += int(l.split()[1]) * 1024
+    return total
+
+
+def test_million_line_publish_bounded_memory(gateway_factory, memqd_factory):
+    """1,000,000 ndjson lines in one POST: sent in windows while replies
+    are read (no deadlock against the node's unread-reply limit), every
+    line stored exactly once on one node, worker RSS grows < 64 MiB."""
+    node = memqd_factory()
+    g = gateway_factory([node], workers=1,
+                        loc_extra="client_max_body_size 64m;"
+                                  "client_body_buffer_size 16m;")
+    q = qname()
+    # warm the worker up (first request allocations)
+    assert g.publish(q, b"warm").status_code == 201
+    before = _worker_rss(g)
+    n = 1000000
+    body = b"x\n" * n
+    r = g.publish(q, body, ndjson=True, timeout=120)
+    assert r.status_code == 201, r.text[:300]
+    assert r.json()["queued"] == n
+    grown = _worker_rss(g) - before
+    assert grown < 64 * 1024 * 1024, grown
+    c = Client(node.addr)
+    st = c.qstats(q)
+    c.close()
+    assert st["items"] == n + 1, st
