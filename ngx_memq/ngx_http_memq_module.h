@@ -60,6 +60,11 @@ typedef enum {
 } ngx_http_memq_format_e;
 
 
+/* memq_ack: who ends a message's life */
+#define NGX_HTTP_MEMQ_ACK_WRITE       0        /* written to the socket */
+#define NGX_HTTP_MEMQ_ACK_CLIENT      1        /* the client's op=ack */
+
+
 typedef struct ngx_http_memq_cluster_s  ngx_http_memq_cluster_t;
 typedef struct ngx_http_memq_node_s     ngx_http_memq_node_t;
 typedef struct ngx_http_memq_conn_s     ngx_http_memq_conn_t;
@@ -179,6 +184,8 @@ typedef struct {
     size_t                    inflate_max_size;
     size_t                    compress_min_size;
     ngx_msec_t                sse_heartbeat;
+    ngx_uint_t                ack;         /* NGX_HTTP_MEMQ_ACK_* */
+    ngx_msec_t                lease;       /* client mode: default lease */
     ngx_flag_t                status;
 } ngx_http_memq_loc_conf_t;
 
@@ -245,8 +252,14 @@ ngx_int_t ngx_http_memq_get_key(ngx_http_request_t *r,
     ngx_http_memq_loc_conf_t *mlcf, ngx_str_t *key);
 void ngx_http_memq_streams_exiting(void);
 
+/* ngx_http_memq_ack.c */
+ngx_uint_t ngx_http_memq_ack_wanted(ngx_http_request_t *r);
+ngx_int_t ngx_http_memq_ack(ngx_http_request_t *r);
+ngx_int_t ngx_http_memq_parse_lease(ngx_str_t *v, ngx_msec_t *ms);
+
 /* ngx_http_memq_publish.c */
 ngx_int_t ngx_http_memq_publish(ngx_http_request_t *r);
+ngx_int_t ngx_http_memq_body_bytes(ngx_http_request_t *r, ngx_str_t *body);
 
 /* ngx_http_memq_peer.c */
 ngx_int_t ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
@@ -256,6 +269,7 @@ void ngx_http_memq_conn_send(ngx_http_memq_conn_t *mc, ngx_buf_t *out,
 void ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc);
+void ngx_http_memq_conn_close_fin(ngx_http_memq_conn_t *mc);
 ngx_http_memq_node_t *ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
     ngx_http_memq_node_t **skip, ngx_uint_t nskip);
 void ngx_http_memq_run_posted(ngx_connection_t *c);

@@ -10,6 +10,15 @@
  *           then "\n"
  *   raw     "<length>\r\n<bytes>\r\n", binary safe
  *
+ * With an id (memq_ack client: "<host:port>/<id>", the handle the client
+ * acknowledges with), ndjson and raw change shape:
+ *
+ *   ndjson  {"id":"<id>","data":"<message as a JSON string>"}\n, or
+ *           {"id":"<id>","data_b64":"<base64>"}\n when the message is not
+ *           valid UTF-8 (overlong forms, surrogates and code points past
+ *           U+10FFFF are not valid)
+ *   raw     "<id> <length>\r\n<bytes>\r\n"
+ *
  * Encoders write into memory the caller sized with encode_size(); they
  * neither allocate nor fail.
  */
@@ -22,6 +31,9 @@
 #define NGX_HTTP_MEMQ_UINT_MAX  ((size_t) UINT_MAX)     /* zlib's uInt */
 
 
+static size_t ngx_http_memq_json_size(u_char *data, size_t len);
+static u_char *ngx_http_memq_json_escape(u_char *dst, u_char *data,
+    size_t len);
 static void *ngx_http_memq_zalloc(void *opaque, u_int items, u_int size);
 static void ngx_http_memq_zfree(void *opaque, void *address);
 
@@ -50,11 +62,142 @@ ngx_http_memq_encode_size(ngx_uint_t format, u_char *data, size_t len,
                + lines * (sizeof("data: \n") - 1) + len + 1;
 
     case NGX_HTTP_MEMQ_FMT_RAW:
-        return NGX_SIZE_T_LEN + 4 + len;
+        return (id ? id->len + 1 : 0) + NGX_SIZE_T_LEN + 4 + len;
 
     default: /* NGX_HTTP_MEMQ_FMT_NDJSON */
-        return len + 1;
+        if (id == NULL) {
+            return len + 1;
+        }
+
+        lines = ngx_http_memq_json_size(data, len);
+
+        if (lines == (size_t) -1) {
+            lines = ngx_base64_encoded_length(len) + sizeof("_b64") - 1;
+        }
+
+        return sizeof("{\"id\":\"\",\"data\":\"\"}\n") - 1 + id->len + lines;
     }
+}
+
+
+/*
+ * The length of data as the contents of a JSON string, or (size_t) -1
+ * when data is not valid UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF, no truncated sequence).  Valid
+ * multi-byte sequences are copied as they are; '"', '\\' and control
+ * characters are escaped.
+ */
+static size_t
+ngx_http_memq_json_size(u_char *data, size_t len)
+{
+    u_char  *p, *last;
+    size_t   n, i, more;
+    u_char   lo, hi;
+
+    n = 0;
+    last = data + len;
+
+    for (p = data; p < last; /* void */) {
+
+        if (*p < 0x80) {
+            if (*p == '"' || *p == '\\' || *p == '\n' || *p == '\r'
+                || *p == '\t')
+            {
+                n += 2;
+
+            } else if (*p < 0x20) {
+                n += sizeof("\\u00XX") - 1;
+
+            } else {
+                n++;
+            }
+
+            p++;
+            continue;
+        }
+
+        /* the lead byte gives the length and the range of the second
+         * byte, which rules out overlong forms, surrogates and code
+         * points past U+10FFFF */
+        lo = 0x80;
+        hi = 0xbf;
+
+        if (*p >= 0xc2 && *p <= 0xdf) {
+            more = 1;
+
+        } else if (*p >= 0xe0 && *p <= 0xef) {
+            more = 2;
+            lo = (*p == 0xe0) ? 0xa0 : 0x80;
+            hi = (*p == 0xed) ? 0x9f : 0xbf;
+
+        } else if (*p >= 0xf0 && *p <= 0xf4) {
+            more = 3;
+            lo = (*p == 0xf0) ? 0x90 : 0x80;
+            hi = (*p == 0xf4) ? 0x8f : 0xbf;
+
+        } else {
+            return (size_t) -1;
+        }
+
+        if ((size_t) (last - p) <= more || p[1] < lo || p[1] > hi) {
+            return (size_t) -1;
+        }
+
+        for (i = 2; i <= more; i++) {
+            if (p[i] < 0x80 || p[i] > 0xbf) {
+                return (size_t) -1;
+            }
+        }
+
+        n += more + 1;
+        p += more + 1;
+    }
+
+    return n;
+}
+
+
+/* writes data as the contents of a JSON string; valid UTF-8 only */
+static u_char *
+ngx_http_memq_json_escape(u_char *dst, u_char *data, size_t len)
+{
+    u_char         *p, *last;
+    static u_char   hex[] = "0123456789abcdef";
+
+    last = data + len;
+
+    for (p = data; p < last; p++) {
+        switch (*p) {
+        case '"':
+        case '\\':
+            *dst++ = '\\';
+            *dst++ = *p;
+            break;
+        case '\n':
+            *dst++ = '\\';
+            *dst++ = 'n';
+            break;
+        case '\r':
+            *dst++ = '\\';
+            *dst++ = 'r';
+            break;
+        case '\t':
+            *dst++ = '\\';
+            *dst++ = 't';
+            break;
+        default:
+            if (*p < 0x20) {
+                dst = ngx_cpymem(dst, "\\u00", 4);
+                *dst++ = hex[*p >> 4];
+                *dst++ = hex[*p & 0x0f];
+
+            } else {
+                *dst++ = *p;
+            }
+        }
+    }
+
+    return dst;
 }
 
 
@@ -63,7 +206,8 @@ u_char *
 ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
     size_t len, ngx_str_t *id)
 {
-    u_char  *p, *last, *s;
+    u_char     *p, *last, *s;
+    ngx_str_t   b64, src;
 
     last = data + len;
 
@@ -110,6 +254,11 @@ ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
         return dst;
 
     case NGX_HTTP_MEMQ_FMT_RAW:
+        if (id) {
+            dst = ngx_cpymem(dst, id->data, id->len);
+            *dst++ = ' ';
+        }
+
         dst = ngx_sprintf(dst, "%uz\r\n", len);
         dst = ngx_cpymem(dst, data, len);
         *dst++ = '\r';
@@ -117,6 +266,27 @@ ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
         return dst;
 
     default: /* NGX_HTTP_MEMQ_FMT_NDJSON */
+        if (id) {
+            dst = ngx_cpymem(dst, "{\"id\":\"", 7);
+            dst = ngx_cpymem(dst, id->data, id->len);
+
+            if (ngx_http_memq_json_size(data, len) != (size_t) -1) {
+                dst = ngx_cpymem(dst, "\",\"data\":\"", 10);
+                dst = ngx_http_memq_json_escape(dst, data, len);
+
+            } else {
+                dst = ngx_cpymem(dst, "\",\"data_b64\":\"", 14);
+                b64.data = dst;
+                src.data = data;
+                src.len = len;
+                ngx_encode_base64(&b64, &src);
+                dst += b64.len;
+            }
+
+            dst = ngx_cpymem(dst, "\"}\n", 3);
+            return dst;
+        }
+
         for (p = data; p < last; p++) {
             *dst++ = (*p == '\r' || *p == '\n') ? ' ' : *p;
         }
