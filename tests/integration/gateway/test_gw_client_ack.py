@@ -17,6 +17,9 @@ import requests
 from gwutil import (SLOW, Client, Dechunker, fill, node_addr, qname,
                     read_headers, wait_for)
 
+LOOP_LEASE = 3
+PER_ROUND = 200
+
 CLIENT_LOC = """
             memq_pass main;
             memq_key $arg_topic;
@@ -289,3 +292,196 @@ def test_malformed_ack_bodies(gateway_factory, memqd_factory):
     i2 = ndjson_items(g.consume(q2).content)[0][0]
     assert ack(g, q, [i2]).json() == {"acked": 0, "not_found": 1}
     assert ack(g, q2, [i2]).json() == {"acked": 1, "not_found": 0}
+
+
+def test_max_is_exact_in_client_mode(gateway_factory, memqd_factory):
+    nodes = [memqd_factory(), memqd_factory()]
+    g = gateway_factory(nodes, loc=CLIENT_LOC)
+    q = qname()
+    sent = fill(nodes, q, 40)
+    items = ndjson_items(g.consume(q, max=5).content)
+    assert len(items) == 5
+    assert waiting(nodes, q) == 35 and leased(nodes, q) == 5
+    # a long poll under max: the rest, exactly
+    items += ndjson_items(g.consume(q, max=35, wait=1).content)
+    assert {d for _, d in items} == sent and len(items) == 40
+    assert ack(g, q, [i for i, _ in items]).json() == \
+        {"acked": 40, "not_found": 0}
+
+
+def _read_stream_after_close(s, rest):
+    d = Dechunker()
+    d.feed(rest)
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        d.feed(chunk)
+    s.close()
+    return d
+
+
+def test_paused_client_items_given_back_at_once(gateway_factory,
+                                                 memqd_factory):
+    """A client-mode client that stops reading: after send_timeout its
+    stream is closed and the items not written to its socket are waiting
+    again at once (the lease is 60 s), the others stay leased for it; no
+    node is marked."""
+    nodes = [memqd_factory(), memqd_factory()]
+    g = gateway_factory(nodes, workers=1, listen_extra="sndbuf=8k",
+                        loc=CLIENT_LOC,
+                        timeouts="connect_timeout 1s; read_timeout 1s;",
+                        cluster_extra="max_fails 1; fail_timeout 60s;",
+                        loc_extra="memq_batch 16; send_timeout 2500ms;")
+    q = qname()
+    total = 300
+    sent = fill(nodes, q, total, fmt="%04d-" + "x" * 1000)
+    s = g.raw_request("/mq?topic=%s&lease=60" % q, rcvbuf=4096)
+    status, hdrs, rest = read_headers(s)
+    assert status == 200
+    g.wait_access(lambda l: q in l, timeout=15,
+                  what="the paused stream closed by send_timeout")
+    assert "client timed out" in g.error_text()
+    assert "unwritten items given back" in g.error_text()
+    for n in nodes:
+        st = g.node_status(node_addr(n))
+        assert st["state"] == "up" and st["fails"] == 0, st
+    back = waiting(nodes, q)
+    held = leased(nodes, q)
+    assert back > 0 and back + held == total, (back, held)
+    d = _read_stream_after_close(s, rest)
+    assert not d.done, "a paused stream ended as drained"
+    got = ndjson_items(d.data[:d.data.rfind(b"\n") + 1])
+    # every leased item was written whole to the client's socket
+    r = ack(g, q, [i for i, _ in got])
+    assert r.json()["acked"] == held, (r.json(), held, len(got))
+    drained = drain_write(g, q)
+    assert len(drained) == back
+    assert set(drained) | {m for _, m in got} == sent
+    assert leased(nodes, q) == 0 and waiting(nodes, q) == 0
+
+
+def test_slow_client_gets_everything(gateway_factory, memqd_factory):
+    nodes = [memqd_factory(), memqd_factory()]
+    g = gateway_factory(nodes, workers=1, listen_extra="sndbuf=8k",
+                        loc=CLIENT_LOC,
+                        timeouts="connect_timeout 1s; read_timeout 1s;",
+                        loc_extra="memq_batch 8;")
+    q = qname()
+    sent = fill(nodes, q, 200, fmt="%04d-" + "y" * 1000)
+    s = g.raw_request("/mq?topic=%s&format=raw" % q, rcvbuf=4096)
+    status, hdrs, rest = read_headers(s)
+    assert status == 200
+    d = Dechunker()
+    d.feed(rest)
+    ev = threading.Event()
+    while not d.done:
+        ev.wait(0.002)              # a slow reader, not a condition
+        chunk = s.recv(700)
+        if not chunk:
+            break
+        d.feed(chunk)
+    s.close()
+    assert d.done
+    b, ids, got = d.data, [], []
+    while b:
+        head, b = b.split(b"\r\n", 1)
+        i, n = head.split(b" ")
+        got.append(b[:int(n)])
+        ids.append(i.decode())
+        b = b[int(n) + 2:]
+    assert set(got) == sent and len(got) == 200
+    assert leased(nodes, q) == 200
+    assert ack(g, q, ids).json() == {"acked": 200, "not_found": 0}
+    assert leased(nodes, q) == 0 and waiting(nodes, q) == 0
+    for n in nodes:
+        assert g.node_status(node_addr(n))["fails"] == 0
+
+
+def _curl_consumer(g, q, rng):
+    """One client-mode consumer: curl reads the stream; this reads some
+    of its lines, acknowledges some of those, and kills it at a random
+    moment.  Returns the acknowledged messages."""
+    # the lease outlives a round, so every acknowledgement is exact; a
+    # shorter one would let items come back to this very stream
+    url = g.url("/mq?topic=%s&ack=client&lease=%d" % (q, LOOP_LEASE))
+    p = subprocess.Popen(["curl", "-sN", "--no-buffer", url],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    acked = set()
+    try:
+        read = rng.choice([0, 1, rng.randrange(1, 40),
+                           rng.randrange(40, PER_ROUND + 10)])
+        lines = []
+        for _ in range(read):
+            line = p.stdout.readline()
+            if not line:
+                break
+            o = json.loads(line)
+            assert o["id"] not in {x["id"] for x in lines}
+            lines.append(o)
+            if rng.random() < 0.3:
+                # an acknowledgement while the stream runs
+                take = [o for o in lines if rng.random() < 0.7]
+                lines = [o for o in lines if o not in take]
+                if take:
+                    r = ack(g, q, [o["id"] for o in take])
+                    assert r.status_code == 200
+                    assert r.json()["acked"] == len(take), r.json()
+                    acked |= {o["data"].encode() for o in take}
+            if rng.random() < 0.05:
+                break
+        moment = rng.random()
+        if moment < 0.5:
+            # acknowledge part of the rest, then die
+            take = lines[:rng.randrange(0, len(lines) + 1)]
+            if take:
+                r = ack(g, q, [o["id"] for o in take], sep=",")
+                assert r.json()["acked"] == len(take), r.json()
+                acked |= {o["data"].encode() for o in take}
+        elif moment < 0.75:
+            # die with an acknowledgement in flight on another socket
+            take = lines
+            if take:
+                t = threading.Thread(target=lambda: acked.update(
+                    o["data"].encode() for o in take
+                    if ack(g, q, [o["id"]]).json()["acked"] == 1))
+                t.start()
+                p.kill()
+                t.join()
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.wait()
+        p.stdout.close()
+    return acked
+
+
+def test_killed_consumers_lose_nothing(gateway_factory, memqd_factory):
+    """Consumers killed at random moments (before the header, mid-batch,
+    after acknowledging some, with an acknowledgement in flight): after
+    their leases run out every message not acknowledged is back, and no
+    acknowledged one is."""
+    nodes = [memqd_factory(), memqd_factory()]
+    g = gateway_factory(nodes, loc=CLIENT_LOC, loc_extra="memq_batch 16;")
+    rng = random.Random(int(os.environ.get("MEMQ_SEED", "0")) or None)
+    rounds = []
+    for k in range(24):
+        q = qname("kill%d" % k)
+        # 800 KB a round: more than the pipe and the socket buffers take,
+        # so curl dies with items everywhere on the way
+        sent = fill(nodes, q, PER_ROUND, fmt="r%d-%%d-" % k + "z" * 4000)
+        acked = _curl_consumer(g, q, rng)
+        assert acked <= sent
+        rounds.append((q, sent, acked))
+    for q, sent, acked in rounds:
+        wait_for(lambda: leased(nodes, q) == 0
+                 and waiting(nodes, q) == len(sent) - len(acked),
+                 timeout=20, what="every lease of %s run out" % q)
+        back = drain_write(g, q)
+        assert len(back) == len(set(back))
+        assert set(back) | acked == sent, "lost: %r" % (
+            sent - acked - set(back))
+        assert not set(back) & acked
