@@ -17,6 +17,12 @@
 #            (-m consume, K connections x depth 16 against every node at
 #            once, as many connections per node as the gateway opens for K
 #            streams); ratio = gateway / direct
+#   client   consume with client acknowledgement (ack=client, leases) against
+#            write-mode consume, same run, alternating: DRAIN_N x 100 B on
+#            the 3 nodes of /n3, CLIENT_CONSUMERS streams; in client mode
+#            every stream acknowledges its ids with POST op=ack lists of
+#            ACK_BATCH ids (one POST in flight per stream) and the time
+#            runs to the last acknowledgement; ratio = client / write
 #   publish  wrk, PUB_CONNS keep-alive connections for PUB_SECS: single
 #            100 B messages a POST, and ndjson batches of 100 a POST, on /n3
 #            and on /a3 (--sync always)
@@ -40,7 +46,9 @@
 #   ROUNDS       wake-up rounds (200)
 #   LONGPOLLS    open long polls (1000)
 #   SLOW_N       slow-client backlog (500000); SLOW_SECS (20)
-#   PARTS        subset of "drain publish wakeup rss" (all)
+#   CLIENT_CONSUMERS  stream counts of the client cells ("1 10")
+#   ACK_BATCH    ids per op=ack POST (1000)
+#   PARTS        subset of "drain client publish wakeup rss" (all)
 #   BATCH        memq_batch of the locations (64, the module's default)
 #   RESULTS, MEMQD, BENCH, MODULE, NGINX
 #
@@ -63,7 +71,9 @@ NODES=${NODES:-1 3 8}
 CONSUMERS=${CONSUMERS:-1 10 100}
 BATCH=${BATCH:-64}
 PUB_CONNS=${PUB_CONNS:-50}
-PARTS=${PARTS:-drain publish wakeup rss}
+CLIENT_CONSUMERS=${CLIENT_CONSUMERS:-1 10}
+ACK_BATCH=${ACK_BATCH:-1000}
+PARTS=${PARTS:-drain client publish wakeup rss}
 part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 if [ "$QUICK" = 1 ]; then
@@ -338,6 +348,40 @@ for n in $NODES; do
     done
 done
 
+# -- client acknowledgement against write mode, same backlog, alternating
+
+declare -A CLBEST
+CLROWS=""
+part client || CLIENT_CONSUMERS=""
+for k in $CLIENT_CONSUMERS; do
+    for r in $(seq 1 "$REPEAT"); do
+        for mode in write client; do
+            topic="c${mode}_${k}_$r"
+            per=$((DRAIN_N / 3))
+            fill "$topic" "$((per * 3))" "${NPORT[1]}" "${NPORT[2]}" \
+                "${NPORT[3]}" || fail "fill $topic failed"
+            opt=""
+            [ "$mode" = client ] && opt="--ack-client --ack-batch $ACK_BATCH"
+            # shellcheck disable=SC2086  # opt is two words or none
+            line=$($LOAD drain --port "$GW" --path /n3 --topic "$topic" \
+                   --consumers "$k" $opt) || fail "client $topic: $line"
+            record "$line mode=$mode nodes=3 backlog=$((per * 3)) run=$r"
+            msgs=$(sed 's/.* msgs=\([0-9]*\) .*/\1/' <<<"$line")
+            rate=$(sed 's/.*msgs_per_sec=\([0-9]*\) .*/\1/' <<<"$line")
+            [ "$msgs" = "$((per * 3))" ] ||
+                fail "client $topic: $msgs of $((per * 3)) messages"
+            [ "${rate:-0}" -gt "${CLBEST[$mode.$k]:-0}" ] &&
+                CLBEST[$mode.$k]=$rate
+        done
+    done
+    w=${CLBEST[write.$k]:-0}
+    c=${CLBEST[client.$k]:-0}
+    ratio=$(echo "scale=2; $c / ($w + ($w == 0))" | bc -l)
+    record "CLIENTRATIO consumers=$k write=$w client=$c ratio=$ratio"
+    CLROWS="$CLROWS$(printf '%-10s %10s %10s %7s' "$k" "$w" "$c" "$ratio")
+"
+done
+
 # -- publish
 
 pub_run() {     # name path body-file content-type
@@ -438,6 +482,14 @@ for n in $NODES; do
                "ratio=$ratio"
     done
 done
+
+if [ -n "$CLROWS" ]; then
+    echo
+    echo "== client acknowledgement: $DRAIN_N x 100 B on 3 nodes; msgs/s," \
+         "best of $REPEAT; client mode acks with op=ack lists of $ACK_BATCH"
+    printf '%-10s %10s %10s %7s\n' consumers write client ratio
+    printf '%s' "$CLROWS"
+fi
 
 if [ -n "$PUBROWS" ]; then
     echo

@@ -1159,6 +1159,7 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
     u_char                  *p;
     size_t                   raw, dlen, need;
     ngx_int_t                rc;
+    ngx_uint_t               b64;
     ngx_str_t                id, *idp;
     ngx_http_memq_ctx_t     *ctx;
     ngx_http_memq_shnode_t  *shn;
@@ -1203,7 +1204,8 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
         idp = &id;
     }
 
-    need = ngx_http_memq_encode_size(ctx->format, data, len, idp);
+    b64 = 0;
+    need = ngx_http_memq_encode_size(ctx->format, data, len, idp, &b64);
 
     p = ngx_http_memq_reserve(ctx, need);
     if (p == NULL) {
@@ -1211,7 +1213,7 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
     }
 
     ctx->cur->buf->last = ngx_http_memq_encode(ctx->format, p, data, len,
-                                               idp);
+                                               idp, b64);
 
     if (ctx->client && sn->nids < ctx->conf->batch) {
         sn->ids[sn->nids++] = sn->value.cas;

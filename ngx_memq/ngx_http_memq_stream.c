@@ -38,10 +38,14 @@ static void *ngx_http_memq_zalloc(void *opaque, u_int items, u_int size);
 static void ngx_http_memq_zfree(void *opaque, void *address);
 
 
-/* upper bound of the bytes encode() writes for this message */
+/*
+ * Upper bound of the bytes encode() writes for this message.  *b64 tells
+ * encode() how an ndjson message with an id goes: set when it is not
+ * valid UTF-8 (base64), so the message is scanned once.
+ */
 size_t
 ngx_http_memq_encode_size(ngx_uint_t format, u_char *data, size_t len,
-    ngx_str_t *id)
+    ngx_str_t *id, ngx_uint_t *b64)
 {
     size_t   lines;
     u_char  *p, *last;
@@ -70,14 +74,32 @@ ngx_http_memq_encode_size(ngx_uint_t format, u_char *data, size_t len,
         }
 
         lines = ngx_http_memq_json_size(data, len);
+        *b64 = (lines == (size_t) -1);
 
-        if (lines == (size_t) -1) {
+        if (*b64) {
             lines = ngx_base64_encoded_length(len) + sizeof("_b64") - 1;
         }
 
         return sizeof("{\"id\":\"\",\"data\":\"\"}\n") - 1 + id->len + lines;
     }
 }
+
+
+/*
+ * JSON string contents, per byte below 0x80: 0 copied as it is, else the
+ * length of its escape ("\\n", "\\u0001"); bytes from 0x80 are UTF-8,
+ * copied once checked.
+ */
+static const u_char  ngx_http_memq_json_esc[128] = {
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 2, 2, 6, 6, 2, 6, 6,
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,
+    0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,   /* '"' */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0,   /* '\\' */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+};
 
 
 /*
@@ -94,24 +116,22 @@ ngx_http_memq_json_size(u_char *data, size_t len)
     size_t   n, i, more;
     u_char   lo, hi;
 
-    n = 0;
+    n = len;
     last = data + len;
 
     for (p = data; p < last; /* void */) {
 
+        /* the common case: a run of bytes copied as they are */
+        while (p < last && *p < 0x80 && ngx_http_memq_json_esc[*p] == 0) {
+            p++;
+        }
+
+        if (p == last) {
+            break;
+        }
+
         if (*p < 0x80) {
-            if (*p == '"' || *p == '\\' || *p == '\n' || *p == '\r'
-                || *p == '\t')
-            {
-                n += 2;
-
-            } else if (*p < 0x20) {
-                n += sizeof("\\u00XX") - 1;
-
-            } else {
-                n++;
-            }
-
+            n += ngx_http_memq_json_esc[*p] - 1;
             p++;
             continue;
         }
@@ -149,7 +169,6 @@ ngx_http_memq_json_size(u_char *data, size_t len)
             }
         }
 
-        n += more + 1;
         p += more + 1;
     }
 
@@ -161,53 +180,62 @@ ngx_http_memq_json_size(u_char *data, size_t len)
 static u_char *
 ngx_http_memq_json_escape(u_char *dst, u_char *data, size_t len)
 {
-    u_char         *p, *last;
+    u_char         *p, *s, *last;
     static u_char   hex[] = "0123456789abcdef";
 
     last = data + len;
 
-    for (p = data; p < last; p++) {
+    for (p = data; p < last; /* void */) {
+        s = p;
+
+        while (p < last && (*p >= 0x80 || ngx_http_memq_json_esc[*p] == 0))
+        {
+            p++;
+        }
+
+        dst = ngx_cpymem(dst, s, p - s);
+
+        if (p == last) {
+            break;
+        }
+
+        *dst++ = '\\';
+
         switch (*p) {
         case '"':
         case '\\':
-            *dst++ = '\\';
             *dst++ = *p;
             break;
         case '\n':
-            *dst++ = '\\';
             *dst++ = 'n';
             break;
         case '\r':
-            *dst++ = '\\';
             *dst++ = 'r';
             break;
         case '\t':
-            *dst++ = '\\';
             *dst++ = 't';
             break;
         default:
-            if (*p < 0x20) {
-                dst = ngx_cpymem(dst, "\\u00", 4);
-                *dst++ = hex[*p >> 4];
-                *dst++ = hex[*p & 0x0f];
-
-            } else {
-                *dst++ = *p;
-            }
+            dst = ngx_cpymem(dst, "u00", 3);
+            *dst++ = hex[*p >> 4];
+            *dst++ = hex[*p & 0x0f];
         }
+
+        p++;
     }
 
     return dst;
 }
 
 
-/* writes the framed message at dst, returns the end */
+/* writes the framed message at dst, returns the end; b64 as
+ * encode_size() said */
 u_char *
 ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
-    size_t len, ngx_str_t *id)
+    size_t len, ngx_str_t *id, ngx_uint_t b64)
 {
     u_char     *p, *last, *s;
-    ngx_str_t   b64, src;
+    ngx_str_t   enc, src;
 
     last = data + len;
 
@@ -270,17 +298,17 @@ ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
             dst = ngx_cpymem(dst, "{\"id\":\"", 7);
             dst = ngx_cpymem(dst, id->data, id->len);
 
-            if (ngx_http_memq_json_size(data, len) != (size_t) -1) {
+            if (!b64) {
                 dst = ngx_cpymem(dst, "\",\"data\":\"", 10);
                 dst = ngx_http_memq_json_escape(dst, data, len);
 
             } else {
                 dst = ngx_cpymem(dst, "\",\"data_b64\":\"", 14);
-                b64.data = dst;
+                enc.data = dst;
                 src.data = data;
                 src.len = len;
-                ngx_encode_base64(&b64, &src);
-                dst += b64.len;
+                ngx_encode_base64(&enc, &src);
+                dst += enc.len;
             }
 
             dst = ngx_cpymem(dst, "\"}\n", 3);
