@@ -38,9 +38,9 @@
 
 /* op names, enum members and the command each sends */
 #define NGX_HTTP_MEMQ_ACK_OPS(X)                                             \
-    X("ack",     NGX_HTTP_MEMQ_OP_ACK,     "delete")                         \
-    X("release", NGX_HTTP_MEMQ_OP_RELEASE, "touch")                          \
-    X("touch",   NGX_HTTP_MEMQ_OP_TOUCH,   "touch")
+    X("ack",     NGX_HTTP_MEMQ_OP_ACK,     "delete ")                        \
+    X("release", NGX_HTTP_MEMQ_OP_RELEASE, "touch ")                         \
+    X("touch",   NGX_HTTP_MEMQ_OP_TOUCH,   "touch ")
 
 typedef enum {
 #define NGX_HTTP_MEMQ_OP_ENUM(name, e, cmd) e,
@@ -100,6 +100,8 @@ struct ngx_http_memq_ack_ctx_s {
     ngx_uint_t                  acked;
     ngx_uint_t                  not_found;
     ngx_uint_t                  unknown;    /* ids of failed nodes */
+    ngx_str_t                   last_addr;  /* (ref) of the last id: the */
+    ngx_int_t                   last_node;  /* node found for it, -1 none */
     unsigned                    done:1;     /* finalized */
 };
 
@@ -354,18 +356,8 @@ ngx_http_memq_ack_parse(ngx_http_memq_ack_ctx_t *ctx, ngx_str_t *body,
     cl = ctx->conf->cluster;
     last = body->data + body->len;
 
-    /* a count first, so the ids take one allocation of the right size */
-    count = 1;
-
-    for (p = body->data; p < last; p++) {
-        if (*p == ',' || *p == '\n') {
-            count++;
-        }
-    }
-
-    if (count > NGX_HTTP_MEMQ_ACK_IDS_MAX + 1) {
-        count = NGX_HTTP_MEMQ_ACK_IDS_MAX + 1;
-    }
+    /* the shortest id, "a:1/1", and its separator take 6 bytes */
+    count = ngx_min(body->len / 6 + 1, NGX_HTTP_MEMQ_ACK_IDS_MAX);
 
     ctx->ids = ngx_palloc(r->pool, count * sizeof(ngx_http_memq_ack_id_t));
     ctx->nodes = ngx_pcalloc(r->pool, (cl->nodes.nelts + 1)
@@ -408,7 +400,7 @@ ngx_http_memq_ack_parse(ngx_http_memq_ack_ctx_t *ctx, ngx_str_t *body,
             continue;
         }
 
-        if (ctx->nids == NGX_HTTP_MEMQ_ACK_IDS_MAX) {
+        if (ctx->nids + ctx->not_found == NGX_HTTP_MEMQ_ACK_IDS_MAX) {
             *status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
             *err = "too many ids";
             return NGX_ERROR;
@@ -445,7 +437,7 @@ static ngx_int_t
 ngx_http_memq_ack_parse_id(ngx_http_memq_ack_ctx_t *ctx, u_char *p,
     u_char *last)
 {
-    u_char                    *slash, *q;
+    u_char                    *slash, *colon, *q;
     uint64_t                   id;
     ngx_uint_t                 i;
     ngx_http_memq_node_t      *node;
@@ -479,8 +471,27 @@ ngx_http_memq_ack_parse_id(ngx_http_memq_ack_ctx_t *ctx, u_char *p,
         }
     }
 
-    if (ngx_strlchr(p, slash, ':') == NULL) {
+    /* a host before the last ':', 1-5 digits of port after it: an id
+     * takes at least 5 bytes ("a:1/1"), which sizes ctx->ids */
+    colon = NULL;
+
+    for (q = slash; q > p; q--) {
+        if (q[-1] == ':') {
+            colon = q - 1;
+            break;
+        }
+    }
+
+    if (colon == NULL || colon == p || slash - colon - 1 < 1
+        || slash - colon - 1 > 5)
+    {
         return NGX_ERROR;
+    }
+
+    for (q = colon + 1; q < slash; q++) {
+        if (*q < '0' || *q > '9') {
+            return NGX_ERROR;
+        }
     }
 
     id = 0;
@@ -497,19 +508,31 @@ ngx_http_memq_ack_parse_id(ngx_http_memq_ack_ctx_t *ctx, u_char *p,
         id = id * 10 + (*q - '0');
     }
 
-    node = ngx_http_memq_node_find(ctx->conf->cluster, p, slash - p);
+    /* ids come in runs of one node: its lookup is kept */
+    if (ctx->last_addr.data == NULL
+        || ctx->last_addr.len != (size_t) (slash - p)
+        || ngx_memcmp(ctx->last_addr.data, p, slash - p) != 0)
+    {
+        ctx->last_addr.data = p;
+        ctx->last_addr.len = slash - p;
+        ctx->last_node = -1;
 
-    if (node == NULL || node->sources == 0) {
+        node = ngx_http_memq_node_find(ctx->conf->cluster, p, slash - p);
+
+        for (i = 0; node && node->sources && i < ctx->nnodes; i++) {
+            if (ctx->nodes[i].node == node) {
+                ctx->last_node = i;
+                break;
+            }
+        }
+    }
+
+    if (ctx->last_node < 0) {
         ctx->not_found++;
         return NGX_OK;
     }
 
-    for (i = 0; i < ctx->nnodes; i++) {
-        if (ctx->nodes[i].node == node) {
-            break;
-        }
-    }
-
+    i = ctx->last_node;
     an = &ctx->nodes[i];
     an->total++;
 
@@ -533,11 +556,13 @@ ngx_http_memq_ack_send(ngx_http_memq_ack_node_t *an)
     size_t                    size;
     ngx_int_t                 rc;
     ngx_uint_t                n, want;
+    size_t                    cmdlen;
     const char               *cmd;
     ngx_http_memq_ack_ctx_t  *ctx;
 
     ctx = an->ctx;
     cmd = ngx_http_memq_op_cmds[ctx->op];
+    cmdlen = ngx_strlen(cmd);
     want = ngx_min(an->total - an->settled, NGX_HTTP_MEMQ_ACK_WINDOW);
 
     if (an->out.start == NULL) {
@@ -574,16 +599,17 @@ ngx_http_memq_ack_send(ngx_http_memq_ack_node_t *an)
             continue;
         }
 
-        if (ctx->op == NGX_HTTP_MEMQ_OP_ACK) {
-            p = ngx_sprintf(p, "%s %V/%uL\r\n", cmd, &ctx->key,
-                            ctx->ids[an->cursor].id);
+        /* "<cmd> <key>/<id>[ <seconds>]\r\n" */
+        p = ngx_cpymem(p, cmd, cmdlen);
+        p = ngx_http_memq_write_id(p, &ctx->key, ctx->ids[an->cursor].id);
 
-        } else {
-            p = ngx_sprintf(p, "%s %V/%uL %ui\r\n", cmd, &ctx->key,
-                            ctx->ids[an->cursor].id,
-                            ctx->op == NGX_HTTP_MEMQ_OP_TOUCH
-                            ? ctx->seconds : 0);
+        if (ctx->op != NGX_HTTP_MEMQ_OP_ACK) {
+            p = ngx_sprintf(p, " %ui", ctx->op == NGX_HTTP_MEMQ_OP_TOUCH
+                                       ? ctx->seconds : 0);
         }
+
+        *p++ = '\r';
+        *p++ = '\n';
 
         n++;
     }

@@ -1199,8 +1199,8 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
         && sn->value.has_cas)
     {
         id.data = idbuf;
-        id.len = ngx_sprintf(idbuf, "%V/%uL", &sn->node->addr,
-                             sn->value.cas) - idbuf;
+        id.len = ngx_http_memq_write_id(idbuf, &sn->node->addr,
+                                        sn->value.cas) - idbuf;
         idp = &id;
     }
 

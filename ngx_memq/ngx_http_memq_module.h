@@ -279,6 +279,7 @@ size_t ngx_http_memq_encode_size(ngx_uint_t format, u_char *data, size_t len,
     ngx_str_t *id, ngx_uint_t *b64);
 u_char *ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
     size_t len, ngx_str_t *id, ngx_uint_t b64);
+u_char *ngx_http_memq_write_id(u_char *p, ngx_str_t *addr, uint64_t n);
 ngx_int_t ngx_http_memq_inflate(u_char *src, size_t len, u_char **dst,
     size_t *dlen, size_t *cap, size_t max, ngx_pool_t *pool);
 ngx_int_t ngx_http_memq_deflate(ngx_pool_t *pool, u_char *src, size_t len,

@@ -31,10 +31,36 @@
 #define NGX_HTTP_MEMQ_UINT_MAX  ((size_t) UINT_MAX)     /* zlib's uInt */
 
 
+static u_char *ngx_http_memq_json_plain(u_char *p, u_char *last);
 static size_t ngx_http_memq_json_size(u_char *data, size_t len);
 static u_char *ngx_http_memq_json_escape(u_char *dst, u_char *data,
     size_t len);
 static void *ngx_http_memq_zalloc(void *opaque, u_int items, u_int size);
+
+
+/*
+ * Writes "<addr>/<n>", an item's id, at p (NGX_HTTP_MEMQ_ADDR_LEN +
+ * NGX_INT64_LEN + 1 bytes are enough); returns the end.  Ids go out with
+ * every client-mode message and every acknowledgement, so not through
+ * ngx_sprintf().
+ */
+u_char *
+ngx_http_memq_write_id(u_char *p, ngx_str_t *addr, uint64_t n)
+{
+    u_char  *s, tmp[NGX_INT64_LEN];
+
+    p = ngx_cpymem(p, addr->data, addr->len);
+    *p++ = '/';
+
+    s = tmp + sizeof(tmp);
+
+    do {
+        *--s = (u_char) ('0' + n % 10);
+        n /= 10;
+    } while (n);
+
+    return ngx_cpymem(p, s, tmp + sizeof(tmp) - s);
+}
 static void ngx_http_memq_zfree(void *opaque, void *address);
 
 
@@ -102,6 +128,48 @@ static const u_char  ngx_http_memq_json_esc[128] = {
 };
 
 
+#define NGX_HTTP_MEMQ_ONES  0x0101010101010101ULL
+#define NGX_HTTP_MEMQ_HIGHS 0x8080808080808080ULL
+
+/* the high bit of a byte of w is set where that byte is 0 (a byte above
+ * the first such one may be set as well) */
+#define ngx_http_memq_zero_bytes(w)                                          \
+    (((w) - NGX_HTTP_MEMQ_ONES) & ~(w) & NGX_HTTP_MEMQ_HIGHS)
+
+/*
+ * The first byte from p on that is not copied as it is into a JSON string
+ * (below 0x20, '"', '\\', or 0x80 and above), or last.  Eight bytes are
+ * tested at a time; a word with such a byte, or a false alarm above it, is
+ * left to the byte loop, which decides.
+ */
+static u_char *
+ngx_http_memq_json_plain(u_char *p, u_char *last)
+{
+    uint64_t  w, t;
+
+    while (last - p >= 8) {
+        ngx_memcpy(&w, p, 8);
+
+        t = ((w - 0x20 * NGX_HTTP_MEMQ_ONES) & ~w)
+            | ngx_http_memq_zero_bytes(w ^ ('"' * NGX_HTTP_MEMQ_ONES))
+            | ngx_http_memq_zero_bytes(w ^ ('\\' * NGX_HTTP_MEMQ_ONES))
+            | w;
+
+        if (t & NGX_HTTP_MEMQ_HIGHS) {
+            break;
+        }
+
+        p += 8;
+    }
+
+    while (p < last && *p < 0x80 && ngx_http_memq_json_esc[*p] == 0) {
+        p++;
+    }
+
+    return p;
+}
+
+
 /*
  * The length of data as the contents of a JSON string, or (size_t) -1
  * when data is not valid UTF-8 (RFC 3629: no overlong forms, no
@@ -122,9 +190,7 @@ ngx_http_memq_json_size(u_char *data, size_t len)
     for (p = data; p < last; /* void */) {
 
         /* the common case: a run of bytes copied as they are */
-        while (p < last && *p < 0x80 && ngx_http_memq_json_esc[*p] == 0) {
-            p++;
-        }
+        p = ngx_http_memq_json_plain(p, last);
 
         if (p == last) {
             break;
@@ -188,10 +254,15 @@ ngx_http_memq_json_escape(u_char *dst, u_char *data, size_t len)
     for (p = data; p < last; /* void */) {
         s = p;
 
-        while (p < last && (*p >= 0x80 || ngx_http_memq_json_esc[*p] == 0))
-        {
-            p++;
-        }
+        /* plain runs and (checked) UTF-8 sequences are copied */
+        do {
+            p = ngx_http_memq_json_plain(p, last);
+
+            while (p < last && *p >= 0x80) {
+                p++;
+            }
+
+        } while (p < last && *p >= 0x20 && *p != '"' && *p != '\\');
 
         dst = ngx_cpymem(dst, s, p - s);
 

@@ -121,6 +121,41 @@ def test_ndjson_ids_utf8_and_base64_then_ack(gateway_factory, memqd_factory):
         x.close()
 
 
+def test_ndjson_random_messages_round_trip(gateway_factory, memqd_factory):
+    """Random text with quotes, backslashes, controls and multi-byte
+    characters at every offset, and random bytes: each line decodes to
+    exactly the message, as data when it is UTF-8, else as data_b64."""
+    nodes = [memqd_factory()]
+    g = gateway_factory(nodes, loc=CLIENT_LOC)
+    q = qname()
+    rng = random.Random(8)
+    alphabet = ['a', 'Z', '0', ' ', '"', '\\', '\n', '\r', '\t', '\x00',
+                '\x1f', '\x7f', '\u00e9', '\u20ac', '\U0001f600', '/']
+    msgs = []
+    for i in range(300):
+        if i % 5 == 4:
+            m = bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
+        else:
+            m = "".join(rng.choice(alphabet)
+                        for _ in range(rng.randrange(40))).encode()
+        msgs.append(m)
+    c = Client(nodes[0].addr)
+    for m in msgs:
+        c.store(q, m)
+    c.close()
+    r = g.consume(q)
+    got = ndjson_items(r.content)
+    assert [d for _, d in got] == msgs
+    for line, m in zip(r.content.split(b"\n"), msgs):
+        try:
+            m.decode("utf-8")
+            assert b'"data":' in line
+        except UnicodeDecodeError:
+            assert b'"data_b64":' in line
+    assert ack(g, q, [i for i, _ in got]).json() == \
+        {"acked": 300, "not_found": 0}
+
+
 def test_sse_and_raw_carry_ids(gateway_factory, memqd_factory):
     nodes = [memqd_factory(), memqd_factory()]
     g = gateway_factory(nodes, loc=CLIENT_LOC)
@@ -245,7 +280,8 @@ def test_malformed_ack_bodies(gateway_factory, memqd_factory):
                a0 + "/99999999999999999999", a0 + "/1 2", a0 + "/-1",
                a0 + "/+1", "a b:1/5", a0 + "\x00/1", "q/" + a0 + "/1x",
                "x" * 70 + ":1/1", a0 + "/" + "1" * 21, a0 + "/1;delete q",
-               a0 + "/1\r\ndelete " + q]
+               a0 + "/1\r\ndelete " + q, ":/1", ":1/1", "a:/1",
+               "a:123456/1", "a:1x/1", "a:1:/1"]
     for b in bad_ids:
         r = ack(g, q, [ids[0], b])
         assert r.status_code == 400, (b, r.status_code, r.text)
@@ -269,6 +305,10 @@ def test_malformed_ack_bodies(gateway_factory, memqd_factory):
     # bounded: 10,000 ids and 1 MiB of body
     r = ack(g, q, [a0 + "/1"] * 10001)
     assert r.status_code == 413 and r.json()["error"] == "too many ids"
+    r = ack(g, q, ["a:1/1"] * 10000, sep=",")
+    assert r.json() == {"acked": 0, "not_found": 10000}
+    r = ack(g, q, ["a:1/1"] * 10001, sep=",")
+    assert r.status_code == 413
     r = ack(g, q, [a0 + "/1" + " " * 1024 * 1024])
     assert r.status_code == 413
     assert leased(nodes, q) == 6
