@@ -5,7 +5,7 @@ set -e
 PKGS="build-essential clang libclang-rt-14-dev libcmocka-dev zlib1g-dev
 nginx nginx-dev python3 python3-pytest python3-pymemcache python3-requests
 memcached redis-server beanstalkd etcd-server etcd-client curl netcat-openbsd wrk
-iproute2 procps strace util-linux"
+iproute2 procps strace util-linux chromium"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \
