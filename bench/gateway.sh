@@ -169,9 +169,11 @@ start_node() {  # name sync: sets PORT
 
 NPORT=()
 APORT=()
+NPID=()
 for i in 1 2 3 4 5 6 7 8; do
     start_node "n$i" none
     NPORT[i]=$PORT
+    NPID[i]=$!
 done
 for i in 1 2 3; do
     start_node "a$i" always
@@ -350,6 +352,17 @@ done
 
 # -- client acknowledgement against write mode, same backlog, alternating
 
+# CPU ticks (user + system) of the processes given
+cpu_ticks() {
+    local p t=0 s
+    for p in "$@"; do
+        s=$(cut -d')' -f2- "/proc/$p/stat" 2>/dev/null) || continue
+        # fields after "(comm)": state is 1, utime 12, stime 13
+        t=$((t + $(awk '{print $12 + $13}' <<<"$s")))
+    done
+    echo "$t"
+}
+
 declare -A CLBEST
 CLROWS=""
 part client || CLIENT_CONSUMERS=""
@@ -362,10 +375,15 @@ for k in $CLIENT_CONSUMERS; do
                 "${NPORT[3]}" || fail "fill $topic failed"
             opt=""
             [ "$mode" = client ] && opt="--ack-client --ack-batch $ACK_BATCH"
+            m0=$(cpu_ticks "${NPID[1]}" "${NPID[2]}" "${NPID[3]}")
             # shellcheck disable=SC2086  # opt is two words or none
             line=$($LOAD drain --port "$GW" --path /n3 --topic "$topic" \
-                   --consumers "$k" $opt) || fail "client $topic: $line"
-            record "$line mode=$mode nodes=3 backlog=$((per * 3)) run=$r"
+                   --consumers "$k" --master "$NGINX_PID" $opt) ||
+                fail "client $topic: $line"
+            m1=$(cpu_ticks "${NPID[1]}" "${NPID[2]}" "${NPID[3]}")
+            record "$line mode=$mode nodes=3 backlog=$((per * 3)) run=$r" \
+                   "memqd_cpu_us_per_msg=$(echo "scale=2; ($m1 - $m0) * \
+1000000 / $(getconf CLK_TCK) / ($per * 3)" | bc -l)"
             msgs=$(sed 's/.* msgs=\([0-9]*\) .*/\1/' <<<"$line")
             rate=$(sed 's/.*msgs_per_sec=\([0-9]*\) .*/\1/' <<<"$line")
             [ "$msgs" = "$((per * 3))" ] ||
