@@ -525,3 +525,26 @@ def test_killed_consumers_lose_nothing(gateway_factory, memqd_factory):
         assert set(back) | acked == sent, "lost: %r" % (
             sent - acked - set(back))
         assert not set(back) & acked
+
+
+def test_ack_with_a_node_down_says_what_is_unknown(gateway_factory,
+                                                   memqd_factory):
+    nodes = [memqd_factory(), memqd_factory()]
+    g = gateway_factory(nodes, loc=CLIENT_LOC)
+    g.expect_errors()
+    q = qname()
+    fill(nodes, q, 10)
+    items = ndjson_items(g.consume(q, lease=60).content)
+    ids = [i for i, _ in items]
+    dead = node_addr(nodes[1])
+    on_dead = [i for i in ids if i.startswith(dead + "/")]
+    assert 0 < len(on_dead) < 10
+    nodes[1].kill()
+    r = ack(g, q, ids)
+    assert r.status_code == 503
+    assert r.json() == {"error": "node failed", "status": 503,
+                        "acked": 10 - len(on_dead), "not_found": 0,
+                        "unknown": len(on_dead)}
+    # the live node's share is settled; asking again is safe
+    r = ack(g, q, [i for i in ids if i not in on_dead])
+    assert r.json() == {"acked": 0, "not_found": 10 - len(on_dead)}
