@@ -21,8 +21,8 @@
 #            write-mode consume, same run, alternating: DRAIN_N x 100 B on
 #            the 3 nodes of /n3, CLIENT_CONSUMERS streams; in client mode
 #            every stream acknowledges its ids with POST op=ack lists of
-#            ACK_BATCH ids (one POST in flight per stream) and the time
-#            runs to the last acknowledgement; ratio = client / write
+#            ACK_BATCH ids (ACK_INFLIGHT POSTs in flight per stream) and the
+#            time runs to the last acknowledgement; ratio = client / write
 #   publish  wrk, PUB_CONNS keep-alive connections for PUB_SECS: single
 #            100 B messages a POST, and ndjson batches of 100 a POST, on /n3
 #            and on /a3 (--sync always)
@@ -47,7 +47,8 @@
 #   LONGPOLLS    open long polls (1000)
 #   SLOW_N       slow-client backlog (500000); SLOW_SECS (20)
 #   CLIENT_CONSUMERS  stream counts of the client cells ("1 10")
-#   ACK_BATCH    ids per op=ack POST (1000)
+#   ACK_BATCH    ids per op=ack POST (1000); ACK_INFLIGHT POSTs in flight
+#                per stream (4)
 #   PARTS        subset of "drain client publish wakeup rss" (all)
 #   BATCH        memq_batch of the locations (64, the module's default)
 #   RESULTS, MEMQD, BENCH, MODULE, NGINX
@@ -73,6 +74,7 @@ BATCH=${BATCH:-64}
 PUB_CONNS=${PUB_CONNS:-50}
 CLIENT_CONSUMERS=${CLIENT_CONSUMERS:-1 10}
 ACK_BATCH=${ACK_BATCH:-1000}
+ACK_INFLIGHT=${ACK_INFLIGHT:-4}
 PARTS=${PARTS:-drain client publish wakeup rss}
 part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 
@@ -504,7 +506,8 @@ done
 if [ -n "$CLROWS" ]; then
     echo
     echo "== client acknowledgement: $DRAIN_N x 100 B on 3 nodes; msgs/s," \
-         "best of $REPEAT; client mode acks with op=ack lists of $ACK_BATCH"
+         "best of $REPEAT; client mode acks with op=ack lists of" \
+         "$ACK_BATCH, $ACK_INFLIGHT in flight per stream"
     printf '%-10s %10s %10s %7s\n' consumers write client ratio
     printf '%s' "$CLROWS"
 fi

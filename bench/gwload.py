@@ -11,8 +11,9 @@ keyword (DRAIN, WAKEUP, LONGPOLL, SLOW, RSS) of key=value fields.
             queue; counts the messages (one ndjson line each) of all of them;
             with --ack-client the streams ask ack=client and every stream
             acknowledges its ids with POST op=ack lists of --ack-batch ids
-            (one POST in flight per stream, on its own keep-alive
-            connection); the time runs to the last acknowledgement
+            (--ack-inflight POSTs in flight per stream, each on a
+            keep-alive connection of its own); the time runs to the last
+            acknowledgement
   wakeup    a consumer waits with wait=30&max=1, a message is published
             (POST through the gateway, or `set` straight to a node), the
             time from the publish being sent to the line arriving; N rounds
@@ -189,7 +190,7 @@ ID_RE = re.compile(rb'\{"id":"([^"]+)')
 
 
 class Acker:
-    """POST op=ack lists for one stream, one request in flight, on a
+    """POST op=ack lists for a stream, one request in flight, on a
     keep-alive connection of its own."""
 
     def __init__(self, port, path, topic, sel):
@@ -267,20 +268,27 @@ def cmd_drain(a):
         sel.register(s.sock, selectors.EVENT_WRITE, s)
         if a.ack_client:
             s.ids = []
-            s.acker = Acker(a.port, a.path, a.topic, sel)
-            ackers.append(s.acker)
+            s.ack_pos = 0
+            s.ackers = [Acker(a.port, a.path, a.topic, sel)
+                        for _ in range(a.ack_inflight)]
+            ackers.extend(s.ackers)
 
     def ack_more(final):
         busy = 0
         for s in streams:
             if s.ids is None:
                 continue
-            k = s.acker
-            if not k.inflight and (len(s.ids) >= a.ack_batch
-                                   or (final and s.ids)):
-                k.send(s.ids[:a.ack_batch])
-                del s.ids[:a.ack_batch]
-            busy += bool(k.inflight)
+            for k in s.ackers:
+                left = len(s.ids) - s.ack_pos
+                if not k.inflight and (left >= a.ack_batch
+                                       or (final and left)):
+                    k.send(s.ids[s.ack_pos:s.ack_pos + a.ack_batch])
+                    s.ack_pos += a.ack_batch
+                    if s.ack_pos >= len(s.ids):
+                        # everything sent: start again (no copying)
+                        s.ids.clear()
+                        s.ack_pos = 0
+                busy += bool(k.inflight)
         return busy
 
     live = len(streams)
@@ -325,8 +333,9 @@ def cmd_drain(a):
              sum(s.body for s in streams) / secs / 1e6, bad, live, rss)
           + (" workers_cpu_us_per_msg=%.2f" % (cpu * 1e6 / lines)
              if a.master and lines else "")
-          + (" ack=client acked=%d ack_errors=%d ack_batch=%d"
-             % (acked, ack_errors, a.ack_batch) if a.ack_client else ""))
+          + (" ack=client acked=%d ack_errors=%d ack_batch=%d "
+             "ack_inflight=%d" % (acked, ack_errors, a.ack_batch,
+                                  a.ack_inflight) if a.ack_client else ""))
     if a.ack_client and (acked != lines or ack_errors):
         return 1
     return 0 if bad == 0 and live == 0 else 1
@@ -507,6 +516,8 @@ def main():
     d.add_argument("--ack-client", action="store_true",
                    help="ack=client, ids acknowledged with op=ack lists")
     d.add_argument("--ack-batch", type=int, default=1000)
+    d.add_argument("--ack-inflight", type=int, default=1,
+                   help="op=ack POSTs in flight per stream")
     d.add_argument("--lease", type=float, default=60)
     d.add_argument("--master", type=int, default=0,
                    help="nginx master: report the workers' VmRSS after")

@@ -460,40 +460,6 @@ ngx_http_memq_ack_parse_id(ngx_http_memq_ack_ctx_t *ctx, u_char *p,
         return NGX_ERROR;
     }
 
-    /* host:port as the gateway writes it: a name or an address, ':' and
-     * the port; anything else cannot be one of its nodes */
-    for (q = p; q < slash; q++) {
-        if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z')
-              || (*q >= '0' && *q <= '9') || *q == '.' || *q == ':'
-              || *q == '-' || *q == '_' || *q == '[' || *q == ']'))
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    /* a host before the last ':', 1-5 digits of port after it: an id
-     * takes at least 5 bytes ("a:1/1"), which sizes ctx->ids */
-    colon = NULL;
-
-    for (q = slash; q > p; q--) {
-        if (q[-1] == ':') {
-            colon = q - 1;
-            break;
-        }
-    }
-
-    if (colon == NULL || colon == p || slash - colon - 1 < 1
-        || slash - colon - 1 > 5)
-    {
-        return NGX_ERROR;
-    }
-
-    for (q = colon + 1; q < slash; q++) {
-        if (*q < '0' || *q > '9') {
-            return NGX_ERROR;
-        }
-    }
-
     id = 0;
 
     for (q = slash + 1; q < last; q++) {
@@ -508,11 +474,46 @@ ngx_http_memq_ack_parse_id(ngx_http_memq_ack_ctx_t *ctx, u_char *p,
         id = id * 10 + (*q - '0');
     }
 
-    /* ids come in runs of one node: its lookup is kept */
+    /* ids come in runs of one node: an address like the last one was
+     * checked and looked up already */
     if (ctx->last_addr.data == NULL
         || ctx->last_addr.len != (size_t) (slash - p)
         || ngx_memcmp(ctx->last_addr.data, p, slash - p) != 0)
     {
+        /* host:port as the gateway writes it: a name or an address, ':' and
+         * the port; anything else cannot be one of its nodes */
+        for (q = p; q < slash; q++) {
+            if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z')
+                  || (*q >= '0' && *q <= '9') || *q == '.' || *q == ':'
+                  || *q == '-' || *q == '_' || *q == '[' || *q == ']'))
+            {
+                return NGX_ERROR;
+            }
+        }
+
+        /* a host before the last ':', 1-5 digits of port after it: an id
+         * takes at least 5 bytes ("a:1/1"), which sizes ctx->ids */
+        colon = NULL;
+
+        for (q = slash; q > p; q--) {
+            if (q[-1] == ':') {
+                colon = q - 1;
+                break;
+            }
+        }
+
+        if (colon == NULL || colon == p || slash - colon - 1 < 1
+            || slash - colon - 1 > 5)
+        {
+            return NGX_ERROR;
+        }
+
+        for (q = colon + 1; q < slash; q++) {
+            if (*q < '0' || *q > '9') {
+                return NGX_ERROR;
+            }
+        }
+
         ctx->last_addr.data = p;
         ctx->last_addr.len = slash - p;
         ctx->last_node = -1;
