@@ -376,9 +376,10 @@ for k in $CLIENT_CONSUMERS; do
             fill "$topic" "$((per * 3))" "${NPORT[1]}" "${NPORT[2]}" \
                 "${NPORT[3]}" || fail "fill $topic failed"
             opt=""
-            [ "$mode" = client ] && opt="--ack-client --ack-batch $ACK_BATCH"
+            [ "$mode" = client ] && opt="--ack-client --ack-batch \
+$ACK_BATCH --ack-inflight $ACK_INFLIGHT"
             m0=$(cpu_ticks "${NPID[1]}" "${NPID[2]}" "${NPID[3]}")
-            # shellcheck disable=SC2086  # opt is two words or none
+            # shellcheck disable=SC2086  # opt is several words or none
             line=$($LOAD drain --port "$GW" --path /n3 --topic "$topic" \
                    --consumers "$k" --master "$NGINX_PID" $opt) ||
                 fail "client $topic: $line"
