@@ -4,8 +4,8 @@
  * Invariants: a lease is in exactly one queue's set and at heap[l->hidx];
  * heap[i]->deadline >= heap[(i - 1) / 2]->deadline; a set has a power-of-
  * two number of buckets, grown (doubled) when it holds more leases than
- * buckets and never shrunk while the queue lives, so a lookup walks a
- * chain of about one.  Ids of one queue are consecutive numbers: the low
+ * buckets, so a lookup walks a chain of about one; it is freed when its
+ * last lease goes.  Ids of one queue are consecutive numbers: the low
  * bits spread them over the buckets without hashing.
  */
 
@@ -205,6 +205,14 @@ lease_remove(lease_t *l)
     q->leased_items--;
     heap_remove(l);
     free(l);
+
+    if (q->leased_items == 0) {
+        /* a queue without leases holds no table: ten thousand queues
+         * that once had leases do not keep one each */
+        free(q->lbuckets);
+        q->lbuckets = NULL;
+        q->lbuckets_n = 0;
+    }
 }
 
 

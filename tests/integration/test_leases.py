@@ -10,7 +10,8 @@ import pytest
 
 from memqlib import SLOW, pipeline, qname, wait_for
 
-SHORT = 200        # ms: leases the tests wait to run out
+SHORT = int(250 * SLOW)  # ms: leases the tests wait to run out; the
+#                          commands before they run out get that long
 LONG = 600000      # ms: leases that must not run out during a test
 
 DLQ_CONFIG = """
@@ -83,7 +84,10 @@ def test_lease_bounds(client):
         assert client.cmd("get %s/lease=%s" % (q, bad)) == \
             "CLIENT_ERROR bad option"
     assert [i.data for i in _lease(client, q, 1)] == [b"m0"]
-    assert [i.data for i in _lease(client, q, 43200000)] == [b"m1"]
+    _wait_stat(client, q, "items", 2)          # 1 ms: back at once
+    got = _lease(client, q, 43200000, n=2)
+    assert [(i.data, i.cas) for i in got] == [(b"m0", 1), (b"m1", 2)]
+    assert client.qstats(q)["leased_items"] == 2
 
 
 def test_lease_long_poll(server, connect):
@@ -99,8 +103,17 @@ def test_lease_long_poll(server, connect):
     assert [(i.data, i.cas) for i in got] == [(b"late", 2)]
     st = c.qstats(q)
     assert st["leased_items"] == 2 and st["waiters"] == 0
+    # /ack= with a long poll: acknowledged at once, the reply waits for
+    # the next item
+    poller.send("get %s/ack=1,2/lease=%d/t=10000\r\n" % (q, LONG))
+    wait_for(lambda: c.qstats(q).get("waiters") == 1, what="poller waits")
+    assert c.qstats(q)["leased_items"] == 0
+    c.store(q, b"later")
+    got = poller.read_values(timeout=10)
+    assert [(i.data, i.cas) for i in got] == [(b"later", 3)]
     poller.close()
-    assert c.cmd("delete %s/2" % q) == "DELETED"
+    assert c.cmd("delete %s/3" % q) == "DELETED"
+    assert c.cmd("delete %s/2" % q) == "NOT_FOUND"
 
 
 # 2. delete <q>/<id>
@@ -320,10 +333,37 @@ def test_clean_restart(memqd_factory):
     assert [i.data for i in c.drain(q)] == [b"m3", b"m4"]
 
 
-def test_deleted_is_durable_across_kill(memqd_factory):
-    """DELETED waits for the fsync of its journal record: a kill -9 right
-    after it does not bring the item back.  More than 4096 items are owed,
-    so the position file alone cannot hold the acknowledgements."""
+@pytest.mark.parametrize("sync", ["interval=100", "none"])
+def test_clean_restart_without_journal(memqd_factory, sync):
+    """--sync interval and none keep no journal: the position file alone
+    carries acknowledgements, leases and counts over a clean restart."""
+    s = memqd_factory(args=["--sync", sync], config=DLQ_CONFIG)
+    c = s.connect()
+    q = qname("dl")
+    _fill(c, q, 4)
+    got = _lease(c, q, LONG, n=3)
+    assert c.cmd("delete %s/%d" % (q, got[0].cas)) == "DELETED"
+    c.close()
+    s.restart()
+    c = s.connect()
+    st = c.qstats(q)
+    assert st["items"] == 3 and st["leased_items"] == 0
+    got = _lease(c, q, LONG, n=3)
+    assert [i.cas for i in got] == [2, 3, 4]
+    for i in got:
+        assert c.cmd("touch %s/%d 0" % (q, i.cas)) == "TOUCHED"
+    # 2 and 3 delivered twice (once before the restart): dead letters
+    st = c.qstats(q)
+    assert st["dead_lettered_items"] == 2 and st["items"] == 1
+    assert [i.data for i in c.drain(q + ".dlq")] == [b"m1", b"m2"]
+
+
+@pytest.mark.parametrize("how", ["delete", "ack"])
+def test_deleted_is_durable_across_kill(memqd_factory, how):
+    """DELETED (and the reply of a get with /ack=) waits for the fsync of
+    the journal records: a kill -9 right after it does not bring the items
+    back.  More than 4096 items are owed, so the position file alone
+    cannot hold the acknowledgements."""
     s = memqd_factory()
     c = s.connect(timeout=30)
     q = qname()
@@ -337,10 +377,15 @@ def test_deleted_is_durable_across_kill(memqd_factory):
         ids += [i.cas for i in _lease(c, q, LONG, n=1000)]
     assert ids == list(range(1, n + 1))
     acked = ids[::2]
-    body = b"".join(b"delete %s/%d noreply\r\n" % (q.encode(), i)
-                    for i in acked[:-1])
-    body += b"delete %s/%d\r\n" % (q.encode(), acked[-1])
-    assert pipeline(c, body, len(b"DELETED\r\n")) == b"DELETED\r\n"
+    if how == "delete":
+        body = b"".join(b"delete %s/%d noreply\r\n" % (q.encode(), i)
+                        for i in acked[:-1])
+        body += b"delete %s/%d\r\n" % (q.encode(), acked[-1])
+        assert pipeline(c, body, len(b"DELETED\r\n")) == b"DELETED\r\n"
+    else:
+        for k in range(0, len(acked), 300):
+            ack = ",".join(str(i) for i in acked[k:k + 300])
+            assert c.get_items("%s/ack=%s" % (q, ack)) == []
     s.kill()
     s.start()
     c = s.connect(timeout=30)

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "mq_name.h"
 #include "log.h"
 
 
@@ -645,6 +646,60 @@ test_config_long_comment_line(void **state)
 }
 
 
+/* max_deliveries and dead_letter: per rule, defaults, the <q>.dlq name */
+static void
+test_config_dead_letters(void **state)
+{
+    fx_t    *f = *state;
+    char     name[MQ_NAME_MAX + 1], longq[MQ_NAME_MAX + 1];
+    size_t   n;
+
+    assert_int_equal(load_text(f,
+        "[defaults]\n"
+        "max_deliveries = 9\n"
+        "[queue jobs*]\n"
+        "max_deliveries = 3\n"
+        "dead_letter = jobs.failed\n"
+        "[queue mail]\n"
+        "max_items = 5\n"), 0);
+
+    assert_int_equal(limits("jobs.eu").max_deliveries, 3);
+    assert_int_equal(limits("mail").max_deliveries, 9);
+    assert_int_equal(limits("other").max_deliveries, 9);
+
+    n = config_dead_letter("jobs.eu", 7, name);
+    assert_int_equal(n, 11);
+    assert_string_equal(name, "jobs.failed");
+    n = config_dead_letter("mail", 4, name);
+    assert_int_equal(n, 8);
+    assert_string_equal(name, "mail.dlq");
+
+    /* a name with ".dlq" past 250 bytes has no dead-letter queue */
+    memset(longq, 'a', MQ_NAME_MAX);
+    assert_int_equal(config_dead_letter(longq, MQ_NAME_MAX - 4, name),
+                     MQ_NAME_MAX);
+    assert_int_equal(config_dead_letter(longq, MQ_NAME_MAX - 3, name), 0);
+
+    /* a dead_letter that is no queue name is a bad line */
+    assert_int_equal(load_text(f,
+        "[queue x]\n"
+        "dead_letter = ../etc\n"), -1);
+    assert_int_equal(load_text(f,
+        "[queue x]\n"
+        "max_deliveries = -1\n"), -1);
+    assert_int_equal(limits("jobs.eu").max_deliveries, 3);
+
+    /* a default dead_letter applies where no rule names one */
+    assert_int_equal(load_text(f,
+        "[defaults]\n"
+        "dead_letter = all.dead\n"), 0);
+    n = config_dead_letter("mail", 4, name);
+    assert_string_equal(name, "all.dead");
+    assert_int_equal(n, 8);
+    assert_int_equal(limits("mail").max_deliveries, 0);
+}
+
+
 #define T(name)  cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int
@@ -671,6 +726,7 @@ main(void)
         T(test_config_reload_replaces_rules),
         T(test_config_generation),
         T(test_config_limits_uses_length),
+        T(test_config_dead_letters),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -247,6 +247,9 @@ test_100k(void **state)
     }
     assert_true(q.leased_items == 0 && lease_count() == 0);
     assert_null(lease_min());
+    /* no lease left: no table either */
+    assert_null(q.lbuckets);
+    assert_true(q.lbuckets_n == 0);
 
     lease_drop_queue(&q);
     lease_shutdown();

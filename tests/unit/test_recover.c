@@ -385,6 +385,33 @@ jnl_drop(fx_t *f, const char *name)
 }
 
 
+/* A lease acknowledgement of (name, id): no bytes after the name. */
+static void
+jnl_ack(fx_t *f, const char *name, uint64_t id)
+{
+    size_t          nlen;
+    unsigned char  *p;
+    mq_frame_hdr_t  h;
+
+    if (f->jlen == 0) {
+        f->jlen = MQ_SEG_HDR_SIZE;
+    }
+
+    assert_true(f->jlen + 256 < JBUF_MAX);
+    p = f->jbuf + f->jlen;
+    nlen = strlen(name);
+    p[MQ_FRAME_HDR_SIZE] = (unsigned char) nlen;
+    memcpy(p + MQ_FRAME_HDR_SIZE + 1, name, nlen);
+
+    memset(&h, 0, sizeof(h));
+    h.kind = MQ_FRAME_JACK;
+    h.seq = id;
+    h.len = (uint32_t) (1 + nlen);
+    mq_frame_encode(p, &h, p + MQ_FRAME_HDR_SIZE);
+    f->jlen += MQ_FRAME_HDR_SIZE + h.len;
+}
+
+
 /* Writes the records built so far as journal file `number`, followed by
  * zeros up to `size` bytes (preallocated) when size is larger. */
 static void
@@ -812,6 +839,93 @@ b_position(fx_t *f)
     assert_true(dirfd != -1);
     assert_int_equal(position_save(dirfd, 8, pending, 2), 0);
     close(dirfd);
+}
+
+
+/* the position file: cursor 8, ids 3 and 5 owed (delivered 2 and 7
+ * times) */
+static void
+position_3_5(fx_t *f, int counts)
+{
+    int             dirfd;
+    const uint64_t  pending[] = { 3, 5 };
+    const uint32_t  deliveries[] = { 2, 7 };
+
+    two_segs(f);
+    dirfd = openat(f->dirfd, "q1", O_RDONLY | O_DIRECTORY);
+    assert_true(dirfd != -1);
+    assert_int_equal(position_save_counts(dirfd, 8, pending,
+                                          counts ? deliveries : NULL, 2),
+                     0);
+    close(dirfd);
+}
+
+
+/* acknowledged leases above the cursor: the file is older than them */
+static void
+b_acks_above(fx_t *f)
+{
+    position_3_5(f, 0);
+    jnl_ack(f, "q1", 3);
+    jnl_ack(f, "q1", 12);
+    jnl_ack(f, "q1", 9);
+    jnl_ack(f, "q1", 12);
+    jnl_ack(f, "q2", 15);           /* another queue's id */
+    jnl_write(f, 1, 4096);
+}
+
+
+static void
+b_acks_below(fx_t *f)
+{
+    position_3_5(f, 0);
+    jnl_ack(f, "q1", 5);
+    jnl_ack(f, "q1", 77);           /* never existed: a later lease of */
+    jnl_write(f, 1, 0);             /* nothing, ids up to it are owed */
+}
+
+
+/* an ack far above a cursor: not honoured past 4 Mi ids, said so */
+static void
+b_acks_too_far(fx_t *f)
+{
+    two_segs(f);
+    jnl_ack(f, "q1", 3);
+    jnl_ack(f, "q1", 5000000);
+    jnl_write(f, 1, 0);
+}
+
+
+static void
+b_counts(fx_t *f)
+{
+    position_3_5(f, 1);
+    jnl_ack(f, "q1", 9);
+    jnl_write(f, 1, 0);
+}
+
+
+/* counts from the position file go with the owed items; ids made owed
+ * by an ack above the cursor, and the log's items, have count 0 */
+static void
+a_counts(fx_t *f)
+{
+    size_t     i;
+    queue_t   *q;
+    item_t     it;
+
+    static const uint64_t  ids[] = { 3, 5, 8, 10, 11 };
+    static const uint32_t  counts[] = { 2, 7, 0, 0, 0 };
+
+    q = queue_lookup("q1", 2, 0);
+    assert_non_null(q);
+    assert_int_equal(q->items, 14);
+
+    for (i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        assert_int_equal(queue_take(q, 0, &it), 1);
+        assert_int_equal(it.hdr.seq, ids[i]);
+        assert_int_equal(it.ref.deliveries, counts[i]);
+    }
 }
 
 
@@ -1365,6 +1479,19 @@ static const rcase_t  cases[] = {
 
     { "position with pending items", b_position, 0, 0, 0,
       { Q("q1", "3,5,8-20") }, NULL, NULL },
+
+    { "journal acks above the position's cursor", b_acks_above, 0, 0, 0,
+      { Q("q1", "5,8,10,11,13-20") }, NULL, NULL },
+
+    { "journal acks below the position's cursor", b_acks_below, 0, 0, 0,
+      { Q("q1", "3,8-20") }, NULL, NULL },
+
+    /* (no position file: every id is above the cursor, 3 too) */
+    { "journal ack too far above the cursor", b_acks_too_far, 0, 0, 0,
+      { Q("q1", "1-20") }, "delivered again", NULL },
+
+    { "delivery counts in the position file", b_counts, 0, 0, 0,
+      { { NULL, NULL, 0 } }, NULL, a_counts },
 
     { "payload damaged in the middle of the oldest segment",
       b_payload_oldest, 0, 0, 1,

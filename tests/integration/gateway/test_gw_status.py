@@ -79,6 +79,21 @@ def test_queues(gw, nodes3):
     assert 'memq_queue_items{cluster="main",queue="%s"} 2' % q2 in text
 
 
+def test_queues_with_leases(gw, nodes3):
+    """A node's lease stats (queue_<q>_leased_items and the like) are
+    fields of <q>, never queues of their own named <q>_leased."""
+    q = qname("st_l")
+    fill(nodes3[:1], q, 4, fmt="%02d")
+    c = Client(nodes3[0].addr)
+    assert len(c.get_items(q + "/lease=600000/n=3")) == 3
+    st = gw.status(queues="1").json()["clusters"][0]
+    qs = st["queues"]
+    assert qs[q]["items"] == 1 and qs[q]["bytes"] == 2
+    for name in (q + "_leased", q + "_redelivered", q + "_dead_lettered"):
+        assert name not in qs, name
+    c.close()
+
+
 def test_prometheus(gw, nodes3):
     q = qname()
     assert gw.publish(q, b"x").status_code == 201

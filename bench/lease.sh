@@ -1,0 +1,124 @@
+#!/bin/bash
+# bench/lease.sh: consuming with leases against plain get, in the same
+# run, on one memqd.
+#
+# For each cell (queues x connections) N messages of SIZE bytes are
+# produced (not timed), then consumed three ways, each time after a fresh
+# produce:
+#
+#   get     plain get (at-most-once; nothing is written)
+#   lease   get q/lease=LEASE_MS, each item acknowledged by a pipelined
+#           "delete q/<id> noreply" (a JACK journal record each)
+#   ack     get q/close/open (the connection-bound at-least-once mode),
+#           for reference
+#
+# Connections use pipeline depth DEPTH (1 with one connection).  A check
+# run first: a --verify produce + lease consume over 16 queues, and the
+# node must then hold no leased item.
+#
+# Environment:
+#   QUICK=1     tiny counts: a smoke test in a few seconds
+#   N           messages per cell (200000; QUICK=1: 2000)
+#   N1          messages per cell with one connection (30000)
+#   SIZE        message bytes (100)
+#   SYNC        memqd --sync (always)
+#   LEASE_MS    lease (30000)
+#   DEPTH       pipeline depth with several connections (16)
+#   QUEUES      queue counts ("1 16")
+#   REPEAT      runs of each (produce, consume) pair (3); the table shows
+#               the best, since other load only ever slows a run down
+#   CONNS       connection counts ("1 16 50")
+#   MEMQD, BENCH  the binaries (build/memqd, build/memq-bench)
+#
+# Prints one table row per cell: msgs/s for get, lease and ack, and lease
+# as a ratio of get.  Exit status 1 when a run fails.
+
+set -u
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=${BENCH:-$ROOT/build/memq-bench}
+MEMQD=${MEMQD:-$ROOT/build/memqd}
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then N=${N:-2000}; else N=${N:-200000}; fi
+if [ "$QUICK" = 1 ]; then N1=${N1:-2000}; else N1=${N1:-30000}; fi
+SIZE=${SIZE:-100}
+SYNC=${SYNC:-always}
+LEASE_MS=${LEASE_MS:-30000}
+DEPTH=${DEPTH:-16}
+QUEUES=${QUEUES:-1 16}
+CONNS=${CONNS:-1 16 50}
+REPEAT=${REPEAT:-3}
+
+tmp=$(mktemp -d /tmp/memq-lease-bench.XXXXXX)
+pid=
+cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$MEMQD" --listen "127.0.0.1:$port" --data-dir "$tmp/data" --sync "$SYNC" \
+    2>"$tmp/memqd.log" &
+pid=$!
+for _ in $(seq 100); do
+    printf 'version\r\n' | timeout 1 nc -q1 127.0.0.1 "$port" 2>/dev/null \
+        | grep -q VERSION && break
+    sleep 0.05
+done
+
+fail() { echo "lease.sh: $*" >&2; exit 1; }
+
+# msgs/s of a RESULT line
+rate() {
+    awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^msgs=/) m = substr($i, 6);
+           for (i = 1; i <= NF; i++) if ($i ~ /^secs=/) s = substr($i, 6) }
+         END { if (s > 0) printf "%.0f", m / s; else print 0 }'
+}
+
+run() {
+    "$BENCH" -p "$port" -Q "$@" || fail "memq-bench $* failed"
+}
+
+# the check: every item once, none left leased
+run -c 4 -d 16 -n 20000 -q chk --queues 16 --verify --run-id lv >/dev/null
+out=$(run -c 4 -d 16 -n 20000 -q chk --queues 16 --verify --run-id lv \
+      -m consume --lease "$LEASE_MS") || exit 1
+echo "$out" | grep -q "lost=0 dup=0 corrupt=0" \
+    || fail "verify: $out"
+leased=$(printf 'stats\r\n' | timeout 2 nc -q1 127.0.0.1 "$port" \
+         | awk '/_leased_items / { n += $3 } END { print n + 0 }')
+[ "$leased" = 0 ] || fail "$leased items still leased after the check"
+
+printf '| queues | conns | depth | get msgs/s | lease msgs/s | ack msgs/s | lease / get |\n'
+printf '| --- | --- | --- | --- | --- | --- | --- |\n'
+cell=0
+for nq in $QUEUES; do
+    for c in $CONNS; do
+        d=$DEPTH
+        n=$N
+        [ "$c" = 1 ] && d=1 && n=$N1
+        cell=$((cell + 1))
+        declare -A r=()
+        r=([get]=0 [lease]=0 [ack]=0)
+        for rep in $(seq "$REPEAT"); do
+            # the three ways in turn, so that load from elsewhere hits
+            # them alike
+            for how in get lease ack; do
+                q="b$cell$how$rep"
+                run -c "$c" -d "$d" -s "$SIZE" -n "$n" -q "$q" \
+                    --queues "$nq" >/dev/null
+                extra=
+                [ "$how" = lease ] && extra="--lease $LEASE_MS"
+                [ "$how" = ack ] && extra="--ack"
+                # shellcheck disable=SC2086
+                v=$(run -c "$c" -d "$d" -s "$SIZE" -n "$n" -q "$q" \
+                    --queues "$nq" -m consume $extra | rate)
+                [ "$v" -gt "${r[$how]}" ] && r[$how]=$v
+            done
+        done
+        printf '| %s | %s | %s | %s | %s | %s | %.2f |\n' "$nq" "$c" "$d" \
+            "${r[get]}" "${r[lease]}" "${r[ack]}" \
+            "$(echo "${r[lease]} ${r[get]}" | awk '{ print $1 / $2 }')"
+    done
+done
