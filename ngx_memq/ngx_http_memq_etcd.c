@@ -106,10 +106,7 @@ void
 ngx_http_memq_etcd_init_process(ngx_http_memq_cluster_t *cl,
     ngx_cycle_t *cycle)
 {
-    ngx_str_t                 addr, err;
-    ngx_uint_t                i;
     ngx_http_memq_etcd_t     *et;
-    ngx_http_memq_shnode_t   *sn;
 
     et = cl->etcd;
 
@@ -117,27 +114,7 @@ ngx_http_memq_etcd_init_process(ngx_http_memq_cluster_t *cl,
     et->log.log_level = NGX_LOG_CRIT;
     et->log.next = NULL;
 
-    for (i = 0; cl->sh && i < NGX_HTTP_MEMQ_MAX_NODES; i++) {
-        sn = &cl->sh->nodes[i];
-
-        if (!sn->used || !(sn->sources & NGX_HTTP_MEMQ_SRC_ETCD)) {
-            continue;
-        }
-
-        addr.data = sn->addr;
-        addr.len = sn->addr_len;
-
-        if (ngx_http_memq_node_add(cl, cycle->pool, &addr, sn->weight,
-                                   NGX_HTTP_MEMQ_SRC_ETCD, &err)
-            == NULL)
-        {
-            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
-                          "memq cluster \"%V\": etcd node %V: %V",
-                          &cl->name, &addr, &err);
-        }
-    }
-
-    ngx_http_memq_shm_sources(cl);
+    ngx_http_memq_etcd_seed(cl, cycle->log);
 
     et->timer.handler = ngx_http_memq_etcd_timer;
     et->timer.data = et;
@@ -611,8 +588,6 @@ ngx_http_memq_etcd_apply(ngx_http_memq_etcd_t *et, ngx_str_t *json)
     ngx_int_t                 rc, weight;
     ngx_str_t                 kvs, kv, addr, err, hdr;
     ngx_uint_t                i, n, log_bad, bit;
-    ngx_queue_t              *q;
-    ngx_http_memq_conn_t     *mc;
     ngx_http_memq_node_t    **np, *node;
     ngx_http_memq_cluster_t  *cl;
 
@@ -724,11 +699,7 @@ ngx_http_memq_etcd_apply(ngx_http_memq_etcd_t *et, ngx_str_t *json)
         }
 
         /* no new work: its pooled connections go now */
-        while (!ngx_queue_empty(&node->idle)) {
-            q = ngx_queue_head(&node->idle);
-            mc = ngx_queue_data(q, ngx_http_memq_conn_t, queue);
-            ngx_http_memq_conn_close(mc);
-        }
+        ngx_http_memq_conn_close_idle(node);
     }
 
     ngx_http_memq_shm_sources(cl);
@@ -871,6 +842,64 @@ ngx_http_memq_etcd_state(ngx_http_memq_etcd_t *et, ngx_uint_t state,
     }
 
     ngx_shmtx_unlock(&cl->shpool->mutex);
+}
+
+
+/*
+ * Until this worker has applied an etcd answer of its own, it takes the
+ * etcd nodes its siblings (or the workers before a reload) put in the
+ * shared zone: a worker that starts after its sibling, or whose first
+ * poll failed, serves the known list instead of answering 503.  Called at
+ * start and before each request picks nodes; it costs nothing once an
+ * answer was applied.
+ */
+void
+ngx_http_memq_etcd_seed(ngx_http_memq_cluster_t *cl, ngx_log_t *log)
+{
+    size_t                   len;
+    ngx_str_t                addr, err;
+    ngx_int_t                weight;
+    ngx_uint_t               i, take;
+    ngx_http_memq_shnode_t  *sn;
+    u_char                   buf[NGX_HTTP_MEMQ_ADDR_LEN];
+
+    if (cl->etcd == NULL || cl->etcd->applied || cl->sh == NULL) {
+        return;
+    }
+
+    for (i = 0; i < NGX_HTTP_MEMQ_MAX_NODES; i++) {
+        sn = &cl->sh->nodes[i];
+
+        ngx_shmtx_lock(&cl->shpool->mutex);
+
+        take = (sn->used && (sn->sources & NGX_HTTP_MEMQ_SRC_ETCD));
+        len = ngx_min(sn->addr_len, sizeof(buf));
+        weight = sn->weight;
+
+        if (take) {
+            ngx_memcpy(buf, sn->addr, len);
+        }
+
+        ngx_shmtx_unlock(&cl->shpool->mutex);
+
+        if (!take) {
+            continue;
+        }
+
+        addr.data = buf;
+        addr.len = len;
+
+        if (ngx_http_memq_node_add(cl, ngx_cycle->pool, &addr, weight,
+                                   NGX_HTTP_MEMQ_SRC_ETCD, &err)
+            == NULL)
+        {
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "memq cluster \"%V\": etcd node %V: %V",
+                          &cl->name, &addr, &err);
+        }
+    }
+
+    ngx_http_memq_shm_sources(cl);
 }
 
 

@@ -55,6 +55,10 @@
 #define NGX_HTTP_MEMQ_LINE_SIZE  384
 #define NGX_HTTP_MEMQ_TOO_MANY   "too many connections"
 
+/* inflated output a stream may have waiting for its client before it
+ * stops reading node replies (one more value may exceed it) */
+#define NGX_HTTP_MEMQ_INFLATE_BUDGET  65536
+
 /* per-node states in a stream: name, enum member */
 #define NGX_HTTP_MEMQ_SN_STATES(X)                                           \
     X("idle",   NGX_HTTP_MEMQ_SN_IDLE)                                       \
@@ -121,6 +125,8 @@ typedef struct {
     unsigned                last_empty:1; /* the last reply had no item */
     unsigned                waiting:1;    /* the request has /t= */
     unsigned                give_back:1;  /* the item read is beyond max */
+    unsigned                paused:1;     /* reply held: inflated output
+                                             over budget */
 } ngx_http_memq_snode_t;
 
 
@@ -150,6 +156,8 @@ struct ngx_http_memq_ctx_s {
 
     u_char                     *scratch;   /* inflated values */
     size_t                      scratch_cap;
+    size_t                      inflated;  /* inflated bytes in output not
+                                              yet written to the socket */
 
     ngx_event_t                 heartbeat;
     ngx_queue_t                 queue;     /* in ngx_http_memq_streams */
@@ -293,6 +301,8 @@ ngx_http_memq_consume(ngx_http_request_t *r)
         return NGX_DONE;
     }
 
+    ngx_http_memq_etcd_seed(cl, r->connection->log);
+
     /* the nodes usable now take part */
     np = cl->nodes.elts;
     n = 0;
@@ -346,6 +356,11 @@ ngx_http_memq_consume(ngx_http_request_t *r)
 
     cln->handler = ngx_http_memq_cleanup;
     cln->data = ctx;
+
+    /* the stream holds its nodes until cleanup: none is reused meanwhile */
+    for (i = 0; i < ctx->nnodes; i++) {
+        ctx->nodes[i].node->refs++;
+    }
 
     if (cl->sh) {
         (void) ngx_atomic_fetch_add(&cl->sh->streams_active, 1);
@@ -543,6 +558,21 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
     }
 
     flushed = (rc == NGX_OK);
+
+    if (flushed) {
+        /* the client took the inflated output: held replies read on */
+        for (i = 0; i < ctx->nnodes; i++) {
+            sn = &ctx->nodes[i];
+
+            if (sn->paused) {
+                sn->paused = 0;
+
+                if (sn->mc && sn->state == NGX_HTTP_MEMQ_SN_BUSY) {
+                    ngx_http_memq_conn_resume(sn->mc);
+                }
+            }
+        }
+    }
 
     busy = 0;
     live = 0;
@@ -901,6 +931,28 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                 goto bad;
             }
 
+            if (ctx->inflated >= NGX_HTTP_MEMQ_INFLATE_BUDGET
+                && ctx->conf->inflate
+                && (sn->value.flags & ctx->conf->compress_flag)
+                && !sn->give_back)
+            {
+                /*
+                 * Inflated output waits for the client already: stop
+                 * here (the value stays in the buffer, the node is not
+                 * timed) until the client took it, so memory per stream
+                 * is one batch of values plus the budget and one value.
+                 */
+                if (ngx_http_memq_send_header(ctx) != NGX_OK) {
+                    ngx_http_memq_abort(ctx, NGX_ERROR);
+                    return NGX_DONE;
+                }
+
+                sn->paused = 1;
+                ngx_http_memq_conn_hold(mc);
+                ngx_http_memq_run(ctx);
+                return NGX_DONE;
+            }
+
             if (sn->reserved) {
                 /* a reserved item: its place in max becomes a message, so
                  * messages + reserved never exceeds max */
@@ -1182,6 +1234,7 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
         if (rc == NGX_OK) {
             data = ctx->scratch;
             len = dlen;
+            ctx->inflated += dlen;
 
         } else {
             /* passed through untouched, and counted */
@@ -1344,6 +1397,7 @@ ngx_http_memq_flush(ngx_http_memq_ctx_t *ctx, ngx_uint_t last)
     if (ctx->out == NULL && ctx->busy == NULL && !c->buffered
         && !r->buffered)
     {
+        ctx->inflated = 0;
         return NGX_OK;
     }
 
@@ -1386,6 +1440,8 @@ ngx_http_memq_flush(ngx_http_memq_ctx_t *ctx, ngx_uint_t last)
     if (c->write->timer_set && !c->write->delayed) {
         ngx_del_timer(c->write);
     }
+
+    ctx->inflated = 0;
 
     return NGX_OK;
 }
@@ -1726,6 +1782,12 @@ ngx_http_memq_cleanup(void *data)
 
         sn->mc = NULL;
     }
+
+    for (i = 0; i < ctx->nnodes; i++) {
+        ctx->nodes[i].node->refs--;
+    }
+
+    ctx->nnodes = 0;
 
     if (ctx->counted) {
         (void) ngx_atomic_fetch_add(&ctx->cluster->sh->streams_active, -1);

@@ -166,7 +166,7 @@ static ngx_command_t  ngx_http_memq_commands[] = {
 
 static ngx_http_module_t  ngx_http_memq_module_ctx = {
     ngx_http_memq_add_variables,           /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_memq_errpage_init,            /* postconfiguration */
 
     ngx_http_memq_create_main_conf,        /* create main configuration */
     NULL,                                  /* init main configuration */
@@ -553,6 +553,14 @@ ngx_http_memq_read_nodes_file(ngx_http_memq_cluster_t *cl, ngx_log_t *log,
 
     ngx_free(buf);
 
+    /* nodes that left: no new work, their pooled connections go now */
+    np = cl->nodes.elts;
+    for (i = 0; i < cl->nodes.nelts; i++) {
+        if (np[i]->sources == 0) {
+            ngx_http_memq_conn_close_idle(np[i]);
+        }
+    }
+
     ngx_http_memq_shm_sources(cl);
 
     ngx_log_error(NGX_LOG_INFO, log, 0,
@@ -656,8 +664,9 @@ ngx_int_t
 ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
     ngx_http_memq_node_t *node, ngx_str_t *err, ngx_uint_t resolve)
 {
-    ngx_url_t   u;
-    ngx_addr_t  a;
+    ngx_url_t    u;
+    ngx_addr_t   a;
+    ngx_pool_t  *tmp;
 
     if (text->len >= NGX_HTTP_MEMQ_ADDR_LEN) {
         ngx_str_set(err, "node address too long");
@@ -665,18 +674,30 @@ ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
     }
 
     if (!resolve) {
+        /* parsed in a pool of its own: nothing is left behind per node
+         * in the long-lived pool */
+        tmp = ngx_create_pool(256, ngx_cycle->log);
+        if (tmp == NULL) {
+            ngx_str_set(err, "out of memory");
+            return NGX_ERROR;
+        }
+
         ngx_memzero(&a, sizeof(ngx_addr_t));
 
-        if (ngx_parse_addr_port(pool, &a, text->data, text->len) != NGX_OK
-            || ngx_inet_get_port(a.sockaddr) == 0)
+        if (ngx_parse_addr_port(tmp, &a, text->data, text->len) != NGX_OK
+            || ngx_inet_get_port(a.sockaddr) == 0
+            || a.socklen > sizeof(ngx_sockaddr_t))
         {
+            ngx_destroy_pool(tmp);
             ngx_str_set(err, "bad node address (ip:port expected; "
                              "host names are not resolved here)");
             return NGX_ERROR;
         }
 
-        node->sockaddr = a.sockaddr;
+        ngx_memcpy(&node->sa, a.sockaddr, a.socklen);
+        node->sockaddr = &node->sa.sockaddr;
         node->socklen = a.socklen;
+        ngx_destroy_pool(tmp);
 
         goto addr;
     }
@@ -693,17 +714,19 @@ ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
         return NGX_ERROR;
     }
 
-    node->sockaddr = u.addrs[0].sockaddr;
+    if (u.addrs[0].socklen > sizeof(ngx_sockaddr_t)) {
+        ngx_str_set(err, "bad node address");
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(&node->sa, u.addrs[0].sockaddr, u.addrs[0].socklen);
+    node->sockaddr = &node->sa.sockaddr;
     node->socklen = u.addrs[0].socklen;
 
 addr:
 
-    node->addr.data = ngx_pstrdup(pool, text);
-    if (node->addr.data == NULL) {
-        ngx_str_set(err, "out of memory");
-        return NGX_ERROR;
-    }
-
+    ngx_memcpy(node->addr_buf, text->data, text->len);
+    node->addr.data = node->addr_buf;
     node->addr.len = text->len;
 
     return NGX_OK;
@@ -718,7 +741,8 @@ ngx_http_memq_node_t *
 ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl, ngx_pool_t *pool,
     ngx_str_t *addr, ngx_int_t weight, ngx_uint_t source, ngx_str_t *err)
 {
-    ngx_http_memq_node_t  *node, **np;
+    ngx_uint_t              i;
+    ngx_http_memq_node_t   *node, **np;
 
     node = ngx_http_memq_node_find(cl, addr->data, addr->len);
 
@@ -739,37 +763,63 @@ ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl, ngx_pool_t *pool,
         return node;
     }
 
+    np = NULL;
+
     if (cl->nodes.nelts >= NGX_HTTP_MEMQ_MAX_NODES) {
-        ngx_str_set(err, "too many nodes");
-        return NULL;
+        /* a node that left and that nothing uses any more makes room */
+        np = cl->nodes.elts;
+
+        for (i = 0; i < cl->nodes.nelts; i++) {
+            /* only its own pooled connections may still refer to it */
+            if (np[i]->sources == 0 && np[i]->refs == np[i]->nidle) {
+                break;
+            }
+        }
+
+        if (i == cl->nodes.nelts) {
+            ngx_str_set(err, "too many nodes");
+            return NULL;
+        }
+
+        np = &np[i];
+        node = *np;
+
+        ngx_http_memq_conn_close_idle(node);
+        ngx_http_memq_shm_release(node);
+
+    } else {
+        node = ngx_palloc(pool, sizeof(ngx_http_memq_node_t));
+        if (node == NULL) {
+            ngx_str_set(err, "out of memory");
+            return NULL;
+        }
     }
 
-    node = ngx_pcalloc(pool, sizeof(ngx_http_memq_node_t));
-    if (node == NULL) {
-        ngx_str_set(err, "out of memory");
-        return NULL;
-    }
+    ngx_memzero(node, sizeof(ngx_http_memq_node_t));
+    node->cluster = cl;
+    node->slot = NGX_HTTP_MEMQ_MAX_NODES;
+    ngx_queue_init(&node->idle);
 
     if (ngx_http_memq_node_parse(pool, addr, node, err,
                                  source == NGX_HTTP_MEMQ_SRC_STATIC)
         != NGX_OK)
     {
+        /* a reused node stays a free one: no sources, no references */
         return NULL;
     }
 
     node->weight = weight;
     node->sources = source;
-    node->cluster = cl;
-    node->slot = NGX_HTTP_MEMQ_MAX_NODES;
-    ngx_queue_init(&node->idle);
 
-    np = ngx_array_push(&cl->nodes);
     if (np == NULL) {
-        ngx_str_set(err, "out of memory");
-        return NULL;
-    }
+        np = ngx_array_push(&cl->nodes);
+        if (np == NULL) {
+            ngx_str_set(err, "out of memory");
+            return NULL;
+        }
 
-    *np = node;
+        *np = node;
+    }
 
     if (cl->sh) {
         /* added at run time: find or take its slot now */

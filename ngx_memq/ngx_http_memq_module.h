@@ -5,9 +5,11 @@
  *
  *   cf->pool        main conf, clusters, static nodes, location confs
  *   cycle->pool     nodes learnt from a nodes_file or etcd at run time (per
- *                   worker; a node is never freed, only marked inactive,
- *                   because running streams and pooled connections refer
- *                   to it)
+ *                   worker; a node is never freed, only marked inactive
+ *                   while running streams and connections refer to it;
+ *                   once unreferenced, its struct and its shared slot
+ *                   are reused for a new address, so the table never
+ *                   exceeds NGX_HTTP_MEMQ_MAX_NODES)
  *   per poll pool   an etcd poll's connection buffers and decoded answer
  *   shared zone     one per cluster: node health and counters, summed over
  *                   all workers (ngx_http_memq_sh_t, fixed size, no pointers)
@@ -89,6 +91,8 @@ typedef struct {
     ngx_atomic_t            bytes_in;
     ngx_atomic_t            bytes_out;
     ngx_atomic_t            inflate_errors;
+    ngx_uint_t              gen;          /* bumped when the slot is
+                                             taken for another address */
     size_t                  last_error_len;
     u_char                  last_error[NGX_HTTP_MEMQ_ERR_LEN];
 } ngx_http_memq_shnode_t;
@@ -123,9 +127,16 @@ struct ngx_http_memq_node_s {
     ngx_int_t                 current_weight;  /* smooth weighted RR */
     ngx_uint_t                sources;     /* NGX_HTTP_MEMQ_SRC_* */
     ngx_uint_t                slot;        /* index in sh->nodes */
+    ngx_uint_t                slot_gen;    /* its gen when taken */
     ngx_http_memq_cluster_t  *cluster;     /* (ref) */
     ngx_queue_t               idle;        /* pooled ngx_http_memq_conn_t */
     ngx_uint_t                nidle;
+    ngx_uint_t                refs;        /* streams and connections
+                                              using it: a node without
+                                              sources and refs may be
+                                              reused for another address */
+    ngx_sockaddr_t            sa;          /* sockaddr points here */
+    u_char                    addr_buf[NGX_HTTP_MEMQ_ADDR_LEN];
 };
 
 
@@ -224,6 +235,10 @@ struct ngx_http_memq_conn_s {
     unsigned                       waiting:1;   /* request sent, reply due */
     unsigned                       pooled:1;
     unsigned                       reset:1;     /* closed in use: RST */
+    unsigned                       held:1;      /* the owner reads no more
+                                                   for now */
+    unsigned                       resumed:1;   /* handler first, then
+                                                   read */
     unsigned                       local:1;     /* err is a shortage of
                                                    this worker, not the
                                                    node's failure */
@@ -267,9 +282,12 @@ ngx_int_t ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
 void ngx_http_memq_conn_send(ngx_http_memq_conn_t *mc, ngx_buf_t *out,
     ngx_msec_t reply_timeout);
 void ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc);
+void ngx_http_memq_conn_hold(ngx_http_memq_conn_t *mc);
+void ngx_http_memq_conn_resume(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close_fin(ngx_http_memq_conn_t *mc);
+void ngx_http_memq_conn_close_idle(ngx_http_memq_node_t *node);
 ngx_http_memq_node_t *ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
     ngx_http_memq_node_t **skip, ngx_uint_t nskip);
 void ngx_http_memq_run_posted(ngx_connection_t *c);
@@ -295,12 +313,17 @@ void ngx_http_memq_node_failed(ngx_http_memq_node_t *node, ngx_log_t *log,
 void ngx_http_memq_node_ok(ngx_http_memq_node_t *node);
 ngx_http_memq_shnode_t *ngx_http_memq_shnode(ngx_http_memq_node_t *node);
 void ngx_http_memq_shm_sources(ngx_http_memq_cluster_t *cl);
+void ngx_http_memq_shm_release(ngx_http_memq_node_t *node);
 
 /* ngx_http_memq_etcd.c */
 char *ngx_http_memq_etcd_conf(ngx_conf_t *cf, ngx_http_memq_cluster_t *cl);
 void ngx_http_memq_etcd_init_zone(ngx_http_memq_cluster_t *cl);
 void ngx_http_memq_etcd_init_process(ngx_http_memq_cluster_t *cl,
     ngx_cycle_t *cycle);
+void ngx_http_memq_etcd_seed(ngx_http_memq_cluster_t *cl, ngx_log_t *log);
+
+/* ngx_http_memq_errpage.c */
+ngx_int_t ngx_http_memq_errpage_init(ngx_conf_t *cf);
 
 /* ngx_http_memq_status.c */
 ngx_int_t ngx_http_memq_status_handler(ngx_http_request_t *r);

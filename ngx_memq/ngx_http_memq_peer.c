@@ -154,6 +154,9 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
         return (rc == NGX_DECLINED) ? NGX_ERROR : NGX_BUSY;
     }
 
+    /* the node is not reused while a connection to it lives */
+    node->refs++;
+
     c = mc->pc.connection;
     c->data = mc;
     c->pool = pool;
@@ -233,6 +236,41 @@ ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc)
 }
 
 
+/*
+ * The owner stops reading the reply for a while (its client has not taken
+ * what came before): nothing more is read and the node is not timed: the
+ * node is not what is waited for.
+ */
+void
+ngx_http_memq_conn_hold(ngx_http_memq_conn_t *mc)
+{
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+    mc->held = 1;
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+}
+
+
+/* the owner reads on: the bytes already in go to the handler first, from
+ * the event loop */
+void
+ngx_http_memq_conn_resume(ngx_http_memq_conn_t *mc)
+{
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
+    mc->held = 0;
+    mc->resumed = 1;
+
+    ngx_add_timer(c->read, mc->node->cluster->read_timeout);
+    ngx_post_event(c->read, &ngx_posted_events);
+}
+
+
 /* closes the connection and frees it; memqd gives back its open items */
 void
 ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc)
@@ -285,6 +323,7 @@ ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc)
 
     c = mc->pc.connection;
     pool = mc->pool;
+    mc->node->refs--;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "memq node connection close: %V", &mc->node->addr);
@@ -320,6 +359,21 @@ ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc)
 
     ngx_close_connection(c);
     ngx_destroy_pool(pool);
+}
+
+
+/* a node left every source: its pooled connections go now */
+void
+ngx_http_memq_conn_close_idle(ngx_http_memq_node_t *node)
+{
+    ngx_queue_t           *q;
+    ngx_http_memq_conn_t  *mc;
+
+    while (!ngx_queue_empty(&node->idle)) {
+        q = ngx_queue_head(&node->idle);
+        mc = ngx_queue_data(q, ngx_http_memq_conn_t, queue);
+        ngx_http_memq_conn_close(mc);
+    }
 }
 
 
@@ -390,6 +444,8 @@ ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc)
     mc->data = NULL;
     mc->owner_conn = NULL;
     mc->need = 0;
+    mc->held = 0;
+    mc->resumed = 0;
     mc->in->pos = mc->in->start;
     mc->in->last = mc->in->start;
     mc->pooled = 1;
@@ -558,7 +614,19 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
         }
 
         if (n == NGX_ERROR) {
-            ngx_http_memq_conn_fail(mc, "send failed");
+            /*
+             * The node may have answered and closed before it read the
+             * rest ("SERVER_ERROR too many connections" is said at
+             * accept): what it said is read first, and decides; a node
+             * that said nothing fails on the read ("closed", "recv").
+             */
+            if (wev->timer_set) {
+                ngx_del_timer(wev);
+            }
+
+            mc->waiting = 1;
+            ngx_add_timer(c->read, mc->node->cluster->read_timeout);
+            ngx_http_memq_conn_read(mc);
             return;
         }
 
@@ -605,9 +673,25 @@ ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc)
         return;
     }
 
-    if (!mc->waiting) {
-        /* readable while we still send: look later */
+    if (!mc->waiting || mc->held) {
+        /* readable while we still send, or the owner holds the reply
+         * back: look later (conn_resume() posts this event again) */
         return;
+    }
+
+    if (mc->resumed) {
+        /* bytes read before the hold come first */
+        mc->resumed = 0;
+
+        if (b->pos != b->last) {
+            if (mc->handler(mc, NGX_OK) != NGX_OK) {
+                return;
+            }
+
+            if (!mc->waiting || mc->held) {
+                return;
+            }
+        }
     }
 
     for ( ;; ) {
@@ -642,6 +726,10 @@ ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc)
         ngx_add_timer(rev, mc->node->cluster->read_timeout);
 
         if (mc->handler(mc, NGX_OK) != NGX_OK) {
+            return;
+        }
+
+        if (mc->held) {
             return;
         }
 

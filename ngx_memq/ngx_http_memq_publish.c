@@ -47,6 +47,10 @@
 #define NGX_HTTP_MEMQ_PUB_WINDOW     1024          /* messages in flight */
 #define NGX_HTTP_MEMQ_PUB_BYTES      (256 * 1024)  /* window buffer */
 #define NGX_HTTP_MEMQ_PUB_RANGES     64            /* stored ranges told */
+#define NGX_HTTP_MEMQ_PUB_HDR        (sizeof("set  4294967295 0 \r\n\r\n") \
+                                      + NGX_SIZE_T_LEN + 64)
+                                    /* a message's bytes beyond payload and
+                                       key, deflate's growth included */
 #define NGX_HTTP_MEMQ_QUEUE_FULL     "queue full"
 #define NGX_HTTP_MEMQ_TOO_LARGE      "object too large"
 #define NGX_HTTP_MEMQ_CONN_LIMIT     "too many connections"
@@ -80,6 +84,8 @@ typedef struct {
     ngx_uint_t                  more;       /* body has unsent messages */
 
     ngx_http_memq_pub_msg_t    *ring;       /* sent, not answered */
+    ngx_uint_t                  ring_size;  /* NGX_HTTP_MEMQ_PUB_WINDOW,
+                                               or fewer for a small body */
     ngx_uint_t                  head;       /* oldest in the ring */
     ngx_uint_t                  inflight;
 
@@ -196,7 +202,10 @@ ngx_http_memq_publish(ngx_http_request_t *r)
 static void
 ngx_http_memq_publish_body(ngx_http_request_t *r)
 {
+    u_char                   *p, *last;
+    size_t                    size;
     ngx_str_t                *ct;
+    ngx_uint_t                lines;
     ngx_http_memq_pub_msg_t   m;
     ngx_http_memq_pub_ctx_t  *ctx;
 
@@ -221,6 +230,8 @@ ngx_http_memq_publish_body(ngx_http_request_t *r)
 
     ctx->more = (ctx->body.len > 0);
 
+    ngx_http_memq_etcd_seed(ctx->conf->cluster, r->connection->log);
+
     /* a body without any message is the client's mistake: say so before
      * anything is sent */
     if (ngx_http_memq_publish_next_msg(ctx, &m) != NGX_OK) {
@@ -234,9 +245,34 @@ ngx_http_memq_publish_body(ngx_http_request_t *r)
     ctx->more = 1;
     ctx->nmsgs = 0;
 
-    ctx->ring = ngx_palloc(r->pool, 2 * NGX_HTTP_MEMQ_PUB_WINDOW
+    /*
+     * A small body gets a ring and a window of its size: a single message
+     * must not cost a 256 KiB allocation.  Upper bounds: one message per
+     * line, and per message its "set" line, CRLF and what deflate may add.
+     */
+    lines = 1;
+
+    if (ctx->ndjson) {
+        for (p = ctx->body.data, last = p + ctx->body.len;
+             p < last && lines < NGX_HTTP_MEMQ_PUB_WINDOW;
+             p++)
+        {
+            p = ngx_strlchr(p, last, '\n');
+            if (p == NULL) {
+                break;
+            }
+
+            lines++;
+        }
+    }
+
+    ctx->ring_size = lines;
+    size = ctx->body.len + lines * (ctx->key.len + NGX_HTTP_MEMQ_PUB_HDR);
+    size = ngx_min(size, NGX_HTTP_MEMQ_PUB_BYTES);
+
+    ctx->ring = ngx_palloc(r->pool, 2 * ctx->ring_size
                                     * sizeof(ngx_http_memq_pub_msg_t));
-    ctx->win.start = ngx_palloc(r->pool, NGX_HTTP_MEMQ_PUB_BYTES);
+    ctx->win.start = ngx_palloc(r->pool, size);
 
     if (ctx->ring == NULL || ctx->win.start == NULL
         || ngx_array_init(&ctx->stored, r->pool, 4,
@@ -248,8 +284,8 @@ ngx_http_memq_publish_body(ngx_http_request_t *r)
         return;
     }
 
-    ctx->retry = ctx->ring + NGX_HTTP_MEMQ_PUB_WINDOW;
-    ctx->win.end = ctx->win.start + NGX_HTTP_MEMQ_PUB_BYTES;
+    ctx->retry = ctx->ring + ctx->ring_size;
+    ctx->win.end = ctx->win.start + size;
     ctx->win.pos = ctx->win.start;
     ctx->win.last = ctx->win.start;
     ctx->win.temporary = 1;
@@ -429,7 +465,7 @@ ngx_http_memq_publish_fill(ngx_http_memq_pub_ctx_t *ctx)
     ctx->win.last = ctx->win.start;
     n = 0;
 
-    while (ctx->inflight < NGX_HTTP_MEMQ_PUB_WINDOW) {
+    while (ctx->inflight < ctx->ring_size) {
 
         again = (ctx->again_pos < ctx->nagain);
         off = ctx->next;
@@ -552,7 +588,7 @@ ngx_http_memq_publish_add(ngx_http_memq_pub_ctx_t *ctx,
     *p++ = '\n';
     w->last = p;
 
-    slot = (ctx->head + ctx->inflight) % NGX_HTTP_MEMQ_PUB_WINDOW;
+    slot = (ctx->head + ctx->inflight) % ctx->ring_size;
     ctx->ring[slot] = *m;
     ctx->inflight++;
 
@@ -579,7 +615,7 @@ ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
      * again's first ones), so again never holds more than two */
     if (ctx->nretry) {
         if (ctx->again == NULL) {
-            ctx->again = ngx_palloc(r->pool, 4 * NGX_HTTP_MEMQ_PUB_WINDOW
+            ctx->again = ngx_palloc(r->pool, 4 * ctx->ring_size
                                             * sizeof(ngx_http_memq_pub_msg_t));
             if (ctx->again == NULL) {
                 ngx_http_memq_publish_error(ctx,
@@ -588,7 +624,7 @@ ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
                 return;
             }
 
-            ctx->again2 = ctx->again + 2 * NGX_HTTP_MEMQ_PUB_WINDOW;
+            ctx->again2 = ctx->again + 2 * ctx->ring_size;
         }
 
         ngx_memcpy(ctx->again2, ctx->retry,
@@ -754,7 +790,7 @@ ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 
             while (ctx->inflight) {
                 ctx->retry[ctx->nretry++] = ctx->ring[ctx->head];
-                ctx->head = (ctx->head + 1) % NGX_HTTP_MEMQ_PUB_WINDOW;
+                ctx->head = (ctx->head + 1) % ctx->ring_size;
                 ctx->inflight--;
             }
 
@@ -804,7 +840,7 @@ ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             return NGX_DONE;
         }
 
-        ctx->head = (ctx->head + 1) % NGX_HTTP_MEMQ_PUB_WINDOW;
+        ctx->head = (ctx->head + 1) % ctx->ring_size;
         ctx->inflight--;
     }
 
@@ -823,7 +859,7 @@ ngx_http_memq_publish_answered(ngx_http_memq_pub_ctx_t *ctx,
     ngx_int_t  n;
 
     if (!ctx->draining && mc->waiting
-        && ctx->inflight <= NGX_HTTP_MEMQ_PUB_WINDOW / 2
+        && ctx->inflight <= ctx->ring_size / 2
         && (ctx->more || ctx->again_pos < ctx->nagain))
     {
         /* the window went out and half of it is answered: the next one,
@@ -1071,7 +1107,7 @@ ngx_http_memq_publish_error(ngx_http_memq_pub_ctx_t *ctx, ngx_uint_t status,
     if (unknown && ctx->inflight) {
         first = ctx->ring[ctx->head].idx + 1;
         last = ctx->ring[(ctx->head + ctx->inflight - 1)
-                         % NGX_HTTP_MEMQ_PUB_WINDOW].idx + 1;
+                         % ctx->ring_size].idx + 1;
         p = ngx_sprintf(p, ",\"unknown\":[%ui,%ui]", first, last);
     }
 

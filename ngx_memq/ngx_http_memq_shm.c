@@ -102,7 +102,7 @@ static ngx_int_t
 ngx_http_memq_shm_find(ngx_http_memq_sh_t *sh, ngx_str_t *addr,
     ngx_uint_t take)
 {
-    ngx_uint_t               i;
+    ngx_uint_t               i, gen, pass;
     ngx_http_memq_shnode_t  *sn;
 
     for (i = 0; i < NGX_HTTP_MEMQ_MAX_NODES; i++) {
@@ -119,11 +119,20 @@ ngx_http_memq_shm_find(ngx_http_memq_sh_t *sh, ngx_str_t *addr,
         return -1;
     }
 
-    for (i = 0; i < NGX_HTTP_MEMQ_MAX_NODES; i++) {
-        sn = &sh->nodes[i];
+    /* a free slot, else one no worker lists any more (a node that left):
+     * its gen changes, so a worker still holding the old node sees that
+     * the slot is no longer its own */
+    for (pass = 0; pass < 2; pass++) {
+        for (i = 0; i < NGX_HTTP_MEMQ_MAX_NODES; i++) {
+            sn = &sh->nodes[i];
 
-        if (!sn->used) {
+            if (pass == 0 ? sn->used : (sn->sources != 0)) {
+                continue;
+            }
+
+            gen = sn->gen + 1;
             ngx_memzero(sn, sizeof(ngx_http_memq_shnode_t));
+            sn->gen = gen;
             sn->used = 1;
             sn->addr_len = addr->len;
             ngx_memcpy(sn->addr, addr->data, addr->len);
@@ -147,7 +156,8 @@ ngx_http_memq_shm_slot(ngx_http_memq_cluster_t *cl, ngx_http_memq_node_t *node)
 
     ngx_shmtx_lock(&cl->shpool->mutex);
 
-    i = ngx_http_memq_shm_find(cl->sh, &node->addr, 1);
+    /* a node that left takes no slot: it only gives up its own */
+    i = ngx_http_memq_shm_find(cl->sh, &node->addr, node->sources != 0);
 
     if (i < 0) {
         ngx_shmtx_unlock(&cl->shpool->mutex);
@@ -157,6 +167,7 @@ ngx_http_memq_shm_slot(ngx_http_memq_cluster_t *cl, ngx_http_memq_node_t *node)
 
     node->slot = i;
     sn = &cl->sh->nodes[i];
+    node->slot_gen = sn->gen;
     sn->weight = node->weight;
     sn->sources = (sn->sources & ~NGX_HTTP_MEMQ_SRC_STATIC)
                   | (node->sources & NGX_HTTP_MEMQ_SRC_STATIC);
@@ -176,25 +187,60 @@ ngx_http_memq_shm_slot(ngx_http_memq_cluster_t *cl, ngx_http_memq_node_t *node)
 void
 ngx_http_memq_shm_sources(ngx_http_memq_cluster_t *cl)
 {
-    ngx_uint_t              i;
+    ngx_uint_t              i, pass;
     ngx_http_memq_node_t  **np;
 
     np = cl->nodes.elts;
 
-    for (i = 0; i < cl->nodes.nelts; i++) {
-        (void) ngx_http_memq_shm_slot(cl, np[i]);
+    /* the nodes that left first: the slots they give up are free for the
+     * nodes that joined */
+    for (pass = 0; pass < 2; pass++) {
+        for (i = 0; i < cl->nodes.nelts; i++) {
+            if ((np[i]->sources == 0) == (pass == 0)) {
+                (void) ngx_http_memq_shm_slot(cl, np[i]);
+            }
+        }
     }
+}
+
+
+/* a node struct is about to be reused: its slot no longer lists it */
+void
+ngx_http_memq_shm_release(ngx_http_memq_node_t *node)
+{
+    ngx_http_memq_shnode_t   *sn;
+    ngx_http_memq_cluster_t  *cl;
+
+    cl = node->cluster;
+    sn = ngx_http_memq_shnode(node);
+
+    if (cl == NULL || cl->sh == NULL || sn == &ngx_http_memq_private_slot) {
+        return;
+    }
+
+    ngx_shmtx_lock(&cl->shpool->mutex);
+    sn->sources = 0;
+    ngx_shmtx_unlock(&cl->shpool->mutex);
 }
 
 
 ngx_http_memq_shnode_t *
 ngx_http_memq_shnode(ngx_http_memq_node_t *node)
 {
+    ngx_http_memq_shnode_t  *sn;
+
     if (node->slot >= NGX_HTTP_MEMQ_MAX_NODES || node->cluster->sh == NULL) {
         return &ngx_http_memq_private_slot;
     }
 
-    return &node->cluster->sh->nodes[node->slot];
+    sn = &node->cluster->sh->nodes[node->slot];
+
+    if (sn->gen != node->slot_gen) {
+        /* the slot went to another address meanwhile */
+        return &ngx_http_memq_private_slot;
+    }
+
+    return sn;
 }
 
 

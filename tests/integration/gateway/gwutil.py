@@ -536,13 +536,22 @@ class ScriptedNode:
     n) gets each request line (bytes, without CRLF) and its number on the
     connection (from 1) and returns (delay_seconds, reply_bytes), or None
     to never answer; (delay, reply, True) closes the connection after the
-    reply.  Every line received is kept in self.lines."""
+    reply.  Every line received is kept in self.lines.  recv_size and
+    recv_pause make a slow reader: at most recv_size bytes taken, then a
+    pause, each time (a node that takes its input slowly)."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, recv_size=65536, recv_pause=0.0,
+                 rcvbuf=None):
         import threading
         self.answer = answer
+        self.recv_size = recv_size
+        self.recv_pause = recv_pause
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf:
+            # accepted connections inherit it: a small window, so the
+            # gateway's sends block instead of filling the kernel
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.host, self.port = self.sock.getsockname()
@@ -578,11 +587,13 @@ class ScriptedNode:
         try:
             while not self.closed:
                 try:
-                    d = c.recv(65536)
+                    d = c.recv(self.recv_size)
                 except socket.timeout:
                     continue
                 if not d:
                     return
+                if self.recv_pause:
+                    time.sleep(self.recv_pause)
                 buf += d
                 while b"\r\n" in buf:
                     line, buf = buf.split(b"\r\n", 1)
