@@ -1103,8 +1103,9 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 
     if (sn->got) {
         /* the /close of this request acknowledged the previous batch; now
-         * these are open until the client has them */
-        sn->open = 1;
+         * these are open until the client has them (leased items are open
+         * on no connection: nothing to close) */
+        sn->open = !ctx->client;
         ctx->deadline = ngx_current_msec + ctx->wait;
         ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_FLUSH);
 

@@ -548,3 +548,57 @@ def test_ack_with_a_node_down_says_what_is_unknown(gateway_factory,
     # the live node's share is settled; asking again is safe
     r = ack(g, q, [i for i in ids if i not in on_dead])
     assert r.json() == {"acked": 0, "not_found": 10 - len(on_dead)}
+
+
+def test_item_beyond_max_goes_back_with_touch(gateway_factory):
+    """max is exact in client mode: a long-poll item that arrives while the
+    rest of max is reserved by another node's request goes back at once
+    with "touch q/<id> 0" (fake nodes, to order the replies)."""
+    import threading
+    from gwutil import ScriptedNode
+    q = qname()
+    touched = threading.Event()
+    asked = {"a": 0}
+
+    def value(line, cas, data):
+        key = line.split(b" ")[1]
+        return b"VALUE %s 0 %d %d\r\n%s\r\nEND\r\n" % (key, len(data), cas,
+                                                      data)
+
+    def node_a(line, n):
+        if not line.startswith(b"get "):
+            return (0, b"ERROR\r\n")
+        asked["a"] += 1
+        if asked["a"] == 1:
+            return (0, value(line, 11, b"first"))
+        if asked["a"] == 2:
+            # the rest of max is reserved by this request until node b's
+            # item went back
+            touched.wait(10)
+            return (0, value(line, 12, b"second"))
+        return None
+
+    def node_b(line, n):
+        if line.startswith(b"touch "):
+            touched.set()
+            return (0, b"TOUCHED\r\n")
+        if b"/t=" in line and not touched.is_set():
+            return (0, value(line, 21, b"beyond max"))
+        if b"/t=" in line:
+            return None
+        return (0, b"END\r\n")
+
+    a, b = ScriptedNode(node_a), ScriptedNode(node_b)
+    try:
+        g = gateway_factory([a.addr, b.addr], loc=CLIENT_LOC)
+        r = g.consume(q, max=2, wait=5, lease=60)
+        assert r.status_code == 200
+        items = ndjson_items(r.content)
+        assert items == [("%s/11" % node_addr(a.addr), b"first"),
+                         ("%s/12" % node_addr(a.addr), b"second")]
+        assert ("touch %s/21 0" % q).encode() in b.lines
+        # a lease request, never /open or /close
+        assert all(b"/lease=60000/" in l for l in a.lines), a.lines
+    finally:
+        a.close()
+        b.close()
