@@ -499,9 +499,51 @@ def _curl_consumer(g, q, rng):
     return acked
 
 
+def _socket_consumer(g, q, rng):
+    """One client-mode consumer on a raw socket speaking SSE: reads some
+    events, acknowledges some, then vanishes with a reset (SO_LINGER 0) at
+    a random moment.  Returns the acknowledged messages."""
+    import struct
+    s = g.raw_request("/mq?topic=%s&ack=client&lease=%d&format=sse"
+                      % (q, LOOP_LEASE), rcvbuf=rng.choice([None, 8192]))
+    acked = set()
+    try:
+        status, hdrs, rest = read_headers(s)
+        assert status == 200
+        d = Dechunker()
+        d.feed(rest)
+        want = rng.randrange(0, PER_ROUND)
+        events = []
+        while len(events) < want and not d.done:
+            if b"\n\n" not in d.data:
+                chunk = s.recv(rng.choice([100, 4096, 65536]))
+                if not chunk:
+                    break
+                d.feed(chunk)
+                continue
+            ev, d.data = d.data.split(b"\n\n", 1)
+            if ev.startswith(b":"):
+                continue
+            lines = ev.split(b"\n")
+            assert lines[0].startswith(b"id: ")
+            events.append((lines[0][4:].decode(),
+                           b"\n".join(l[6:] for l in lines[1:])))
+        take = [e for e in events if rng.random() < 0.6]
+        if take:
+            r = ack(g, q, [i for i, _ in take])
+            assert r.json()["acked"] == len(take), r.json()
+            acked |= {m for _, m in take}
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                     struct.pack("ii", 1, 0))
+        s.close()
+    return acked
+
+
 def test_killed_consumers_lose_nothing(gateway_factory, memqd_factory):
     """Consumers killed at random moments (before the header, mid-batch,
-    after acknowledging some, with an acknowledgement in flight): after
+    after acknowledging some, with an acknowledgement in flight; curl
+    killed, or a raw socket reset): after
     their leases run out every message not acknowledged is back, and no
     acknowledged one is."""
     nodes = [memqd_factory(), memqd_factory()]
@@ -513,7 +555,9 @@ def test_killed_consumers_lose_nothing(gateway_factory, memqd_factory):
         # 800 KB a round: more than the pipe and the socket buffers take,
         # so curl dies with items everywhere on the way
         sent = fill(nodes, q, PER_ROUND, fmt="r%d-%%d-" % k + "z" * 4000)
-        acked = _curl_consumer(g, q, rng)
+        # curl killed (FIN from the kernel), or a socket reset mid-read
+        consumer = _curl_consumer if k % 2 == 0 else _socket_consumer
+        acked = consumer(g, q, rng)
         assert acked <= sent
         rounds.append((q, sent, acked))
     for q, sent, acked in rounds:
