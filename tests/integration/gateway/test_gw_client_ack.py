@@ -646,3 +646,22 @@ def test_item_beyond_max_goes_back_with_touch(gateway_factory):
     finally:
         a.close()
         b.close()
+
+
+def test_memq_lease_is_the_default_lease(gateway_factory, memqd_factory):
+    """memq_lease 1s: what a stream delivered and nobody acknowledged is
+    back after about a second (30 s, the built-in default, would miss the
+    deadline)."""
+    nodes = [memqd_factory()]
+    g = gateway_factory(nodes, loc=CLIENT_LOC, loc_extra="memq_lease 1s;")
+    q = qname()
+    sent = fill(nodes, q, 5)
+    assert {d for _, d in ndjson_items(g.consume(q, max=3).content)} < sent
+    assert leased(nodes, q) == 3
+    wait_for(lambda: waiting(nodes, q) == 5 and leased(nodes, q) == 0,
+             timeout=15, what="memq_lease 1s ran out")
+    items = ndjson_items(g.consume(q).content)
+    assert {d for _, d in items} == sent
+    assert leased(nodes, q) == 5
+    assert ack(g, q, [i for i, _ in items]).json() == \
+        {"acked": 5, "not_found": 0}
