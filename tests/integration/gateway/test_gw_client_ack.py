@@ -665,3 +665,81 @@ def test_memq_lease_is_the_default_lease(gateway_factory, memqd_factory):
     assert leased(nodes, q) == 5
     assert ack(g, q, [i for i, _ in items]).json() == \
         {"acked": 5, "not_found": 0}
+
+
+def test_acks_pipelined_on_one_connection_per_node(gateway_factory):
+    """A fake node records its connections: the deletes of one request
+    come on one connection, in order (three windows of at most 1000);
+    DELETED and NOT_FOUND are counted exactly; a reply that is neither
+    answers 503 with the rest unknown."""
+    import threading
+    from gwutil import ScriptedNode
+    q = qname()
+    conns = {}
+    lock = threading.Lock()
+
+    def answer(line, n):
+        with lock:
+            conns.setdefault(threading.get_ident(), []).append(line)
+        if line.startswith(b"delete "):
+            num = int(line.rsplit(b"/", 1)[1])
+            if num == 999999:
+                return (0, b"SERVER_ERROR out of disk\r\n")
+            return (0, b"DELETED\r\n" if num % 3 else b"NOT_FOUND\r\n")
+        return (0, b"END\r\n")
+
+    fake = ScriptedNode(answer)
+    try:
+        g = gateway_factory([fake.addr], loc=CLIENT_LOC)
+        g.expect_errors()
+        a = node_addr(fake.addr)
+        ids = ["%s/%d" % (a, i) for i in range(1, 2501)]
+        r = ack(g, q, ids)
+        assert r.json() == {"acked": 2500 - 833, "not_found": 833}
+        deletes = [l for ls in conns.values() for l in ls
+                   if l.startswith(b"delete ")]
+        assert len(deletes) == 2500
+        assert len([c for c in conns.values()
+                    if any(l.startswith(b"delete ") for l in c)]) == 1
+        assert deletes == [("delete %s/%d" % (q, i)).encode()
+                           for i in range(1, 2501)]
+        # a node error part-way: what was answered counts, the rest is
+        # unknown
+        r = ack(g, q, ["%s/3" % a, "%s/4" % a, "%s/999999" % a,
+                       "%s/5" % a])
+        assert r.status_code == 503
+        assert r.json() == {"error": "node failed", "status": 503,
+                            "acked": 1, "not_found": 1, "unknown": 2}
+    finally:
+        fake.close()
+
+
+def test_random_ack_bodies(gateway_factory, memqd_factory):
+    """Hostile bodies: every answer is JSON 200, 400 or 413, nothing that
+    was not listed whole is acknowledged, the gateway stays up."""
+    nodes = [memqd_factory()]
+    g = gateway_factory(nodes, loc=CLIENT_LOC)
+    q = qname()
+    fill(nodes, q, 20)
+    items = ndjson_items(g.consume(q, lease=600).content)
+    ids = [i for i, _ in items]
+    rng = random.Random(11)
+    pieces = [",", "\n", "\r\n", " ", "\t", "/", ":", "0", "9", "a", "\x00",
+              "\xff", "[::1]:80", node_addr(nodes[0]), "18446744073709551615",
+              "18446744073709551616", "%", "\"", "\\"] + ids[:10]
+    for _ in range(300):
+        body = "".join(rng.choice(pieces)
+                       for _ in range(rng.randrange(0, 30)))
+        r = requests.post(g.url("/mq"), params={"topic": q, "op": "ack"},
+                          data=body.encode("utf-8", "surrogateescape"),
+                          timeout=10 * SLOW)
+        assert r.status_code in (200, 400, 413), (body, r.status_code)
+        assert r.headers["Content-Type"] == "application/json"
+        j = r.json()
+        if r.status_code == 200:
+            assert set(j) == {"acked", "not_found"}
+    # the ten ids never given whole may have been acked; the other ten
+    # are untouched
+    assert leased(nodes, q) >= 10
+    r = ack(g, q, ids[10:])
+    assert r.json() == {"acked": 10, "not_found": 0}
