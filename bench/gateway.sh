@@ -17,6 +17,12 @@
 #            (-m consume, K connections x depth 16 against every node at
 #            once, as many connections per node as the gateway opens for K
 #            streams); ratio = gateway / direct
+#   client   consume with client acknowledgement (ack=client, leases) against
+#            write-mode consume, same run, alternating: DRAIN_N x 100 B on
+#            the 3 nodes of /n3, CLIENT_CONSUMERS streams; in client mode
+#            every stream acknowledges its ids with POST op=ack lists of
+#            ACK_BATCH ids (ACK_INFLIGHT POSTs in flight per stream) and the
+#            time runs to the last acknowledgement; ratio = client / write
 #   publish  wrk, PUB_CONNS keep-alive connections for PUB_SECS: single
 #            100 B messages a POST, and ndjson batches of 100 a POST, on /n3
 #            and on /a3 (--sync always)
@@ -40,7 +46,10 @@
 #   ROUNDS       wake-up rounds (200)
 #   LONGPOLLS    open long polls (1000)
 #   SLOW_N       slow-client backlog (500000); SLOW_SECS (20)
-#   PARTS        subset of "drain publish wakeup rss" (all)
+#   CLIENT_CONSUMERS  stream counts of the client cells ("1 10")
+#   ACK_BATCH    ids per op=ack POST (1000); ACK_INFLIGHT POSTs in flight
+#                per stream (4)
+#   PARTS        subset of "drain client publish wakeup rss" (all)
 #   BATCH        memq_batch of the locations (64, the module's default)
 #   RESULTS, MEMQD, BENCH, MODULE, NGINX
 #
@@ -63,7 +72,10 @@ NODES=${NODES:-1 3 8}
 CONSUMERS=${CONSUMERS:-1 10 100}
 BATCH=${BATCH:-64}
 PUB_CONNS=${PUB_CONNS:-50}
-PARTS=${PARTS:-drain publish wakeup rss}
+CLIENT_CONSUMERS=${CLIENT_CONSUMERS:-1 10}
+ACK_BATCH=${ACK_BATCH:-1000}
+ACK_INFLIGHT=${ACK_INFLIGHT:-4}
+PARTS=${PARTS:-drain client publish wakeup rss}
 part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 if [ "$QUICK" = 1 ]; then
@@ -159,9 +171,11 @@ start_node() {  # name sync: sets PORT
 
 NPORT=()
 APORT=()
+NPID=()
 for i in 1 2 3 4 5 6 7 8; do
     start_node "n$i" none
     NPORT[i]=$PORT
+    NPID[i]=$!
 done
 for i in 1 2 3; do
     start_node "a$i" always
@@ -338,6 +352,57 @@ for n in $NODES; do
     done
 done
 
+# -- client acknowledgement against write mode, same backlog, alternating
+
+# CPU ticks (user + system) of the processes given
+cpu_ticks() {
+    local p t=0 s
+    for p in "$@"; do
+        s=$(cut -d')' -f2- "/proc/$p/stat" 2>/dev/null) || continue
+        # fields after "(comm)": state is 1, utime 12, stime 13
+        t=$((t + $(awk '{print $12 + $13}' <<<"$s")))
+    done
+    echo "$t"
+}
+
+declare -A CLBEST
+CLROWS=""
+part client || CLIENT_CONSUMERS=""
+for k in $CLIENT_CONSUMERS; do
+    for r in $(seq 1 "$REPEAT"); do
+        for mode in write client; do
+            topic="c${mode}_${k}_$r"
+            per=$((DRAIN_N / 3))
+            fill "$topic" "$((per * 3))" "${NPORT[1]}" "${NPORT[2]}" \
+                "${NPORT[3]}" || fail "fill $topic failed"
+            opt=""
+            [ "$mode" = client ] && opt="--ack-client --ack-batch \
+$ACK_BATCH --ack-inflight $ACK_INFLIGHT"
+            m0=$(cpu_ticks "${NPID[1]}" "${NPID[2]}" "${NPID[3]}")
+            # shellcheck disable=SC2086  # opt is several words or none
+            line=$($LOAD drain --port "$GW" --path /n3 --topic "$topic" \
+                   --consumers "$k" --master "$NGINX_PID" $opt) ||
+                fail "client $topic: $line"
+            m1=$(cpu_ticks "${NPID[1]}" "${NPID[2]}" "${NPID[3]}")
+            record "$line mode=$mode nodes=3 backlog=$((per * 3)) run=$r" \
+                   "memqd_cpu_us_per_msg=$(echo "scale=2; ($m1 - $m0) * \
+1000000 / $(getconf CLK_TCK) / ($per * 3)" | bc -l)"
+            msgs=$(sed 's/.* msgs=\([0-9]*\) .*/\1/' <<<"$line")
+            rate=$(sed 's/.*msgs_per_sec=\([0-9]*\) .*/\1/' <<<"$line")
+            [ "$msgs" = "$((per * 3))" ] ||
+                fail "client $topic: $msgs of $((per * 3)) messages"
+            [ "${rate:-0}" -gt "${CLBEST[$mode.$k]:-0}" ] &&
+                CLBEST[$mode.$k]=$rate
+        done
+    done
+    w=${CLBEST[write.$k]:-0}
+    c=${CLBEST[client.$k]:-0}
+    ratio=$(echo "scale=2; $c / ($w + ($w == 0))" | bc -l)
+    record "CLIENTRATIO consumers=$k write=$w client=$c ratio=$ratio"
+    CLROWS="$CLROWS$(printf '%-10s %10s %10s %7s' "$k" "$w" "$c" "$ratio")
+"
+done
+
 # -- publish
 
 pub_run() {     # name path body-file content-type
@@ -438,6 +503,15 @@ for n in $NODES; do
                "ratio=$ratio"
     done
 done
+
+if [ -n "$CLROWS" ]; then
+    echo
+    echo "== client acknowledgement: $DRAIN_N x 100 B on 3 nodes; msgs/s," \
+         "best of $REPEAT; client mode acks with op=ack lists of" \
+         "$ACK_BATCH, $ACK_INFLIGHT in flight per stream"
+    printf '%-10s %10s %10s %7s\n' consumers write client ratio
+    printf '%s' "$CLROWS"
+fi
 
 if [ -n "$PUBROWS" ]; then
     echo

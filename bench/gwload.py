@@ -8,7 +8,12 @@ C by the interpreter).  Every subcommand prints one line starting with a
 keyword (DRAIN, WAKEUP, LONGPOLL, SLOW, RSS) of key=value fields.
 
   drain     K concurrent GET streams (drain mode, wait=0, ndjson) of one
-            queue; counts the messages (one ndjson line each) of all of them
+            queue; counts the messages (one ndjson line each) of all of them;
+            with --ack-client the streams ask ack=client and every stream
+            acknowledges its ids with POST op=ack lists of --ack-batch ids
+            (--ack-inflight POSTs in flight per stream, each on a
+            keep-alive connection of its own); the time runs to the last
+            acknowledgement
   wakeup    a consumer waits with wait=30&max=1, a message is published
             (POST through the gateway, or `set` straight to a node), the
             time from the publish being sent to the line arriving; N rounds
@@ -23,7 +28,9 @@ master (--master PID).
 """
 
 import argparse
+import json
 import os
+import re
 import resource
 import selectors
 import socket
@@ -64,6 +71,20 @@ def workers_rss_kb(master):
     return total
 
 
+def workers_cpu_secs(master):
+    """user + system CPU seconds of the nginx workers so far."""
+    ticks = 0
+    for pid in worker_pids(master):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rfind(")") + 2:].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -92,6 +113,8 @@ class Stream:
         self.body = 0
         self.done = False
         self.first = None     # time the first body line arrived
+        self.ids = None       # client mode: ids not yet acknowledged
+        self.tail = b""       # client mode: a line not complete yet
 
     def feed(self, data):
         if self.status is None:
@@ -131,25 +154,30 @@ class Stream:
                 self.skip -= take
                 pos += take
                 continue
-            # a chunk-size line, possibly split across reads
-            self.buf += data[pos:]
-            pos = n
-            while not self.in_chunk and not self.done:
-                i = self.buf.find(b"\r\n")
-                if i < 0:
-                    break
-                size = int(self.buf[:i].split(b";")[0], 16)
-                rest = self.buf[i + 2:]
+            # a chunk-size line, possibly split across reads (only then is
+            # anything copied: a read holds many chunks)
+            if self.buf:
+                data = self.buf + data[pos:]
                 self.buf = b""
-                if size == 0:
-                    self.done = True
-                    break
-                self.in_chunk = size
-                # the rest goes through the data path again
-                data, pos, n = rest, 0, len(rest)
+                pos, n = 0, len(data)
+            i = data.find(b"\r\n", pos)
+            if i < 0:
+                self.buf = data[pos:]
                 break
+            size = int(data[pos:i].split(b";")[0], 16)
+            pos = i + 2
+            if size == 0:
+                self.done = True
+                break
+            self.in_chunk = size
 
     def count(self, data):
+        if data and self.ids is not None:
+            data = self.tail + data
+            end = data.rfind(b"\n") + 1
+            self.tail = data[end:]
+            self.ids.extend(ID_RE.findall(data, 0, end))
+            data = data[:end]
         if data:
             c = data.count(b"\n")
             if c and self.first is None:
@@ -158,25 +186,122 @@ class Stream:
             self.body += len(data)
 
 
+ID_RE = re.compile(rb'\{"id":"([^"]+)')
+
+
+class Acker:
+    """POST op=ack lists for a stream, one request in flight, on a
+    keep-alive connection of its own."""
+
+    def __init__(self, port, path, topic, sel):
+        self.port = port
+        self.path = "%s?topic=%s&op=ack" % (path, topic)
+        self.sel = sel
+        self.sock = None
+        self.inflight = 0
+        self.buf = b""
+        self.acked = 0
+        self.not_found = 0
+        self.errors = 0
+
+    def send(self, ids):
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.setblocking(False)
+        body = b"\n".join(ids)
+        req = ("POST %s HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n"
+               "\r\n" % (self.path, len(body))).encode() + body
+        self.sock.setblocking(True)
+        self.sock.sendall(req)
+        self.sock.setblocking(False)
+        self.inflight = len(ids)
+        self.sel.register(self.sock, selectors.EVENT_READ, self)
+
+    def readable(self):
+        try:
+            d = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not d:
+            self.errors += 1
+            self.sel.unregister(self.sock)
+            self.sock.close()
+            self.sock = None
+            self.inflight = 0
+            return
+        self.buf += d
+        i = self.buf.find(b"\r\n\r\n")
+        if i < 0:
+            return
+        head = self.buf[:i].decode("latin1")
+        n = int(re.search(r"(?i)content-length: *(\d+)", head).group(1))
+        if len(self.buf) < i + 4 + n:
+            return
+        body = self.buf[i + 4:i + 4 + n]
+        self.buf = self.buf[i + 4 + n:]
+        if " 200 " not in head.split("\r\n")[0] + " ":
+            self.errors += 1
+        else:
+            r = json.loads(body)
+            self.acked += r["acked"]
+            self.not_found += r["not_found"]
+        self.inflight = 0
+        self.sel.unregister(self.sock)
+
+
 def cmd_drain(a):
     raise_nofile()
     sel = selectors.DefaultSelector()
     path = "%s?topic=%s" % (a.path, a.topic)
     if a.max:
         path += "&max=%d" % a.max
+    if a.ack_client:
+        path += "&ack=client&lease=%g" % a.lease
+    cpu0 = workers_cpu_secs(a.master) if a.master else 0
     t0 = time.perf_counter()
     streams = []
+    ackers = []
     for _ in range(a.consumers):
         s = Stream(a.port, path)
         streams.append(s)
         sel.register(s.sock, selectors.EVENT_WRITE, s)
+        if a.ack_client:
+            s.ids = []
+            s.ack_pos = 0
+            s.ackers = [Acker(a.port, a.path, a.topic, sel)
+                        for _ in range(a.ack_inflight)]
+            ackers.extend(s.ackers)
+
+    def ack_more(final):
+        busy = 0
+        for s in streams:
+            if s.ids is None:
+                continue
+            for k in s.ackers:
+                left = len(s.ids) - s.ack_pos
+                if not k.inflight and (left >= a.ack_batch
+                                       or (final and left)):
+                    k.send(s.ids[s.ack_pos:s.ack_pos + a.ack_batch])
+                    s.ack_pos += a.ack_batch
+                    if s.ack_pos >= len(s.ids):
+                        # everything sent: start again (no copying)
+                        s.ids.clear()
+                        s.ack_pos = 0
+                busy += bool(k.inflight)
+        return busy
+
     live = len(streams)
     deadline = t0 + a.timeout
-    while live:
+    while live or ack_more(True):
         if time.perf_counter() > deadline:
             break
+        ack_more(False)
         for key, ev in sel.select(1.0):
             s = key.data
+            if isinstance(s, Acker):
+                s.readable()
+                continue
             if ev & selectors.EVENT_WRITE and not s.sent:
                 s.sock.send(s.req)
                 s.sent = True
@@ -199,10 +324,20 @@ def cmd_drain(a):
     bad = sum(1 for s in streams if s.status != 200 or not s.done)
     secs = t1 - t0
     rss = workers_rss_kb(a.master) if a.master else 0
+    cpu = workers_cpu_secs(a.master) - cpu0 if a.master else 0
+    acked = sum(k.acked for k in ackers)
+    ack_errors = sum(k.errors + k.not_found for k in ackers)
     print("DRAIN consumers=%d msgs=%d secs=%.3f msgs_per_sec=%.0f "
           "mb_per_sec=%.2f bad_streams=%d timed_out=%d workers_rss_kb=%d"
           % (a.consumers, lines, secs, lines / secs if secs else 0,
-             sum(s.body for s in streams) / secs / 1e6, bad, live, rss))
+             sum(s.body for s in streams) / secs / 1e6, bad, live, rss)
+          + (" workers_cpu_us_per_msg=%.2f" % (cpu * 1e6 / lines)
+             if a.master and lines else "")
+          + (" ack=client acked=%d ack_errors=%d ack_batch=%d "
+             "ack_inflight=%d" % (acked, ack_errors, a.ack_batch,
+                                  a.ack_inflight) if a.ack_client else ""))
+    if a.ack_client and (acked != lines or ack_errors):
+        return 1
     return 0 if bad == 0 and live == 0 else 1
 
 
@@ -378,6 +513,12 @@ def main():
     d.add_argument("--consumers", type=int, default=1)
     d.add_argument("--max", type=int, default=0)
     d.add_argument("--timeout", type=float, default=120)
+    d.add_argument("--ack-client", action="store_true",
+                   help="ack=client, ids acknowledged with op=ack lists")
+    d.add_argument("--ack-batch", type=int, default=1000)
+    d.add_argument("--ack-inflight", type=int, default=1,
+                   help="op=ack POSTs in flight per stream")
+    d.add_argument("--lease", type=float, default=60)
     d.add_argument("--master", type=int, default=0,
                    help="nginx master: report the workers' VmRSS after")
 

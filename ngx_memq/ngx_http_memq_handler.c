@@ -31,6 +31,19 @@
  * When the client goes away, node connections that hold open items or a
  * request in flight are closed, and memqd gives those items back.
  *
+ * Client mode (memq_ack client, or ack=client): items are taken with
+ * "get q/lease=MS/n=N" instead, nothing is acknowledged (the client does
+ * that with POST op=ack, ngx_http_memq_ack.c), and every message carries
+ * its id "<host:port>/<id>".  The states are the same; a node has no open
+ * items, so the end needs no /close, and an item beyond max goes back with
+ * "touch q/<id> 0" (state ABORT, answered TOUCHED or NOT_FOUND).  The ids
+ * of the batch in nginx's output (state FLUSH) are kept: when the stream
+ * ends before they reached the socket (send_timeout, client abort, error),
+ * the cleanup gives them back at once with "touch q/<id> 0 noreply" on
+ * the node's connection, which is then closed with a FIN (not reset), so
+ * memqd still reads them.  Items whose get was in flight when the stream
+ * ended come back when their lease runs out.
+ *
  * Every way out ends in exactly one ngx_http_finalize_request(); the
  * cleanup handler closes whatever node connection is still attached.
  */
@@ -96,6 +109,11 @@ typedef struct {
     ngx_uint_t              reserved;     /* of it, reserved against max */
     ngx_uint_t              got;          /* VALUEs in the current reply */
     ngx_uint_t              rounds;       /* requests sent */
+    uint64_t               *ids;          /* client mode: the ids of the
+                                             batch in the output */
+    ngx_uint_t              nids;
+    uint64_t                give_id;      /* client mode: the item beyond
+                                             max, to give back */
     mq_reply_t              value;        /* header of the value being read */
     ngx_buf_t               req;          /* request line, in line[] */
     ngx_str_t               sent_key;     /* its key, in line[]: every
@@ -121,6 +139,8 @@ struct ngx_http_memq_ctx_s {
     ngx_uint_t                  format;
     ngx_msec_t                  wait;      /* 0: drain */
     ngx_uint_t                  max;       /* 0: unlimited */
+    ngx_uint_t                  client;    /* ack=client: leases */
+    ngx_msec_t                  lease;     /* client mode: /lease= */
     ngx_uint_t                  reserved;  /* items asked for, not in yet */
     ngx_uint_t                  marked;    /* nodes failed by their fault */
     ngx_msec_t                  deadline;  /* long poll: idle until */
@@ -188,6 +208,7 @@ static void ngx_http_memq_check_broken(ngx_http_request_t *r);
 static void ngx_http_memq_writer(ngx_http_request_t *r);
 static void ngx_http_memq_heartbeat(ngx_event_t *ev);
 static void ngx_http_memq_cleanup(void *data);
+static void ngx_http_memq_give_back(ngx_http_memq_snode_t *sn);
 static void ngx_http_memq_set_state(ngx_http_memq_snode_t *sn,
     ngx_uint_t state);
 
@@ -325,6 +346,15 @@ ngx_http_memq_consume(ngx_http_request_t *r)
         sn->ctx = ctx;
         sn->node = np[i];
         sn->state = NGX_HTTP_MEMQ_SN_IDLE;
+
+        if (ctx->client) {
+            sn->ids = ngx_palloc(r->pool, mlcf->batch * sizeof(uint64_t));
+            if (sn->ids == NULL) {
+                ctx->done = 1;
+                ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+                return NGX_DONE;
+            }
+        }
     }
 
     ctx->nnodes = n;
@@ -444,6 +474,30 @@ ngx_http_memq_parse_args(ngx_http_request_t *r, ngx_http_memq_ctx_t *ctx,
         ctx->max = n;
     }
 
+    ctx->client = (ctx->conf->ack == NGX_HTTP_MEMQ_ACK_CLIENT);
+
+    if (ngx_http_arg(r, (u_char *) "ack", 3, &v) == NGX_OK) {
+        if (v.len == 6 && ngx_strncmp(v.data, "client", 6) == 0) {
+            ctx->client = 1;
+
+        } else if (v.len == 5 && ngx_strncmp(v.data, "write", 5) == 0) {
+            ctx->client = 0;
+
+        } else {
+            *err = "bad ack";
+            return NGX_ERROR;
+        }
+    }
+
+    ctx->lease = ctx->conf->lease;
+
+    if (ngx_http_arg(r, (u_char *) "lease", 5, &v) == NGX_OK
+        && ngx_http_memq_parse_lease(&v, &ctx->lease) != NGX_OK)
+    {
+        *err = "bad lease";
+        return NGX_ERROR;
+    }
+
     return NGX_OK;
 }
 
@@ -549,7 +603,9 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
         sn = &ctx->nodes[i];
 
         if (flushed && sn->state == NGX_HTTP_MEMQ_SN_FLUSH) {
-            /* the client has its items: the next /close may go */
+            /* the client has its items: the next /close may go (in
+             * client mode: they are the client's to acknowledge) */
+            sn->nids = 0;
             ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_IDLE);
         }
 
@@ -737,9 +793,16 @@ ngx_http_memq_ask(ngx_http_memq_snode_t *sn, ngx_uint_t n, ngx_uint_t close,
 
     ctx = sn->ctx;
 
-    p = ngx_sprintf(sn->line, "%s %V%s/open/n=%ui",
-                    ctx->format == NGX_HTTP_MEMQ_FMT_SSE ? "gets" : "get",
-                    &ctx->key, close ? "/close" : "", n);
+    if (ctx->client) {
+        /* leased items belong to no connection: nothing to close */
+        p = ngx_sprintf(sn->line, "get %V/lease=%M/n=%ui", &ctx->key,
+                        ctx->lease, n);
+
+    } else {
+        p = ngx_sprintf(sn->line, "%s %V%s/open/n=%ui",
+                        ctx->format == NGX_HTTP_MEMQ_FMT_SSE ? "gets" : "get",
+                        &ctx->key, close ? "/close" : "", n);
+    }
 
     t = 0;
 
@@ -767,7 +830,10 @@ ngx_http_memq_ask(ngx_http_memq_snode_t *sn, ngx_uint_t n, ngx_uint_t close,
 }
 
 
-/* "get q/close" (state ACK) or "get q/abort" (state ABORT) */
+/*
+ * "get q/close" (state ACK) or "get q/abort" (state ABORT); in client
+ * mode the abort is "touch q/<give_id> 0".
+ */
 static ngx_int_t
 ngx_http_memq_ask_line(ngx_http_memq_snode_t *sn, const char *opt,
     ngx_uint_t state)
@@ -775,7 +841,13 @@ ngx_http_memq_ask_line(ngx_http_memq_snode_t *sn, const char *opt,
     u_char     *p;
     ngx_int_t   rc;
 
-    p = ngx_sprintf(sn->line, "get %V/%s\r\n", &sn->ctx->key, opt);
+    if (sn->ctx->client && state == NGX_HTTP_MEMQ_SN_ABORT) {
+        p = ngx_sprintf(sn->line, "touch %V/%uL 0\r\n", &sn->ctx->key,
+                        sn->give_id);
+
+    } else {
+        p = ngx_sprintf(sn->line, "get %V/%s\r\n", &sn->ctx->key, opt);
+    }
 
     rc = ngx_http_memq_send_line(sn, p, 0);
     if (rc != NGX_OK) {
@@ -912,8 +984,10 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             } else if (ctx->max
                        && ctx->stat.messages + ctx->reserved >= ctx->max)
             {
-                /* an unreserved item beyond max: it goes back */
+                /* an unreserved item beyond max: it goes back (the only
+                 * one of its reply: an unreserved request asks for one) */
                 sn->give_back = 1;
+                sn->give_id = sn->value.cas;
                 take = 0;
 
             } else {
@@ -950,6 +1024,15 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             break;
         }
 
+        if (ctx->client && sn->state == NGX_HTTP_MEMQ_SN_ABORT
+            && (reply.type == MQ_REPLY_TOUCHED
+                || reply.type == MQ_REPLY_NOT_FOUND))
+        {
+            /* the touch that gave back an item beyond max; NOT_FOUND: its
+             * lease ran out meanwhile, it is back already */
+            break;
+        }
+
         if (reply.type == MQ_REPLY_SERVER_ERROR
             && reply.text_len == sizeof(NGX_HTTP_MEMQ_TOO_MANY) - 1
             && ngx_strncmp(reply.text, NGX_HTTP_MEMQ_TOO_MANY,
@@ -973,6 +1056,11 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             || ngx_strncmp(reply.key, sn->sent_key.data, reply.key_len) != 0)
         {
             err = "VALUE for a key not asked for";
+            goto bad;
+        }
+
+        if (ctx->client && !reply.has_cas) {
+            err = "VALUE without a lease id";
             goto bad;
         }
 
@@ -1036,8 +1124,9 @@ ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 
     if (sn->got) {
         /* the /close of this request acknowledged the previous batch; now
-         * these are open until the client has them */
-        sn->open = 1;
+         * these are open until the client has them (leased items are open
+         * on no connection: nothing to close) */
+        sn->open = !ctx->client;
         ctx->deadline = ngx_current_msec + ctx->wait;
         ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_FLUSH);
 
@@ -1144,6 +1233,7 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
     u_char                  *p;
     size_t                   raw, dlen, need;
     ngx_int_t                rc;
+    ngx_uint_t               b64;
     ngx_str_t                id, *idp;
     ngx_http_memq_ctx_t     *ctx;
     ngx_http_memq_shnode_t  *shn;
@@ -1180,14 +1270,17 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
 
     idp = NULL;
 
-    if (ctx->format == NGX_HTTP_MEMQ_FMT_SSE && sn->value.has_cas) {
+    if ((ctx->client || ctx->format == NGX_HTTP_MEMQ_FMT_SSE)
+        && sn->value.has_cas)
+    {
         id.data = idbuf;
-        id.len = ngx_sprintf(idbuf, "%V/%uL", &sn->node->addr,
-                             sn->value.cas) - idbuf;
+        id.len = ngx_http_memq_write_id(idbuf, &sn->node->addr,
+                                        sn->value.cas) - idbuf;
         idp = &id;
     }
 
-    need = ngx_http_memq_encode_size(ctx->format, data, len, idp);
+    b64 = 0;
+    need = ngx_http_memq_encode_size(ctx->format, data, len, idp, &b64);
 
     p = ngx_http_memq_reserve(ctx, need);
     if (p == NULL) {
@@ -1195,7 +1288,11 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
     }
 
     ctx->cur->buf->last = ngx_http_memq_encode(ctx->format, p, data, len,
-                                               idp);
+                                               idp, b64);
+
+    if (ctx->client && sn->nids < ctx->conf->batch) {
+        sn->ids[sn->nids++] = sn->value.cas;
+    }
 
     ctx->stat.messages++;
     ctx->last_out = ngx_current_msec;
@@ -1832,6 +1929,9 @@ ngx_http_memq_cleanup(void *data)
         if (sn->state == NGX_HTTP_MEMQ_SN_IDLE && !sn->open) {
             ngx_http_memq_conn_release(sn->mc);
 
+        } else if (sn->state == NGX_HTTP_MEMQ_SN_FLUSH && sn->nids) {
+            ngx_http_memq_give_back(sn);
+
         } else {
             ngx_http_memq_conn_close(sn->mc);
         }
@@ -1854,6 +1954,56 @@ ngx_http_memq_cleanup(void *data)
         ngx_queue_remove(&ctx->queue);
         ctx->listed = 0;
     }
+}
+
+
+/*
+ * Client mode, the stream ended with a batch of this node not known to be
+ * in the socket: its items are given back now ("touch q/<id> 0 noreply",
+ * written at once on the node's idle connection, whose reply was read in
+ * full), and the connection is closed with a FIN so memqd reads them all.
+ * What the socket does not take at once is left to the leases.
+ */
+static void
+ngx_http_memq_give_back(ngx_http_memq_snode_t *sn)
+{
+    u_char              *p, *last;
+    ssize_t              n;
+    ngx_uint_t           i, sent;
+    ngx_connection_t    *c;
+    ngx_http_memq_ctx_t *ctx;
+    u_char               buf[4096];
+
+    ctx = sn->ctx;
+    c = sn->mc->pc.connection;
+    sent = 0;
+    i = 0;
+
+    /* a line is at most "touch " + 250 + "/" + 20 + " 0 noreply\r\n" */
+    while (i < sn->nids) {
+        p = buf;
+        last = buf + sizeof(buf) - NGX_HTTP_MEMQ_LINE_SIZE;
+
+        while (i < sn->nids && p < last) {
+            p = ngx_sprintf(p, "touch %V/%uL 0 noreply\r\n", &ctx->key,
+                            sn->ids[i++]);
+        }
+
+        n = c->send(c, buf, p - buf);
+
+        if (n != p - buf) {
+            break;
+        }
+
+        sent = i;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
+                  "memq: %ui of %ui unwritten items given back to %V",
+                  sent, sn->nids, &sn->node->addr);
+
+    sn->nids = 0;
+    ngx_http_memq_conn_close_fin(sn->mc);
 }
 
 

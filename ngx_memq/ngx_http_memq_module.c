@@ -61,6 +61,12 @@ static ngx_conf_num_bounds_t  ngx_http_memq_flag_bounds = {
     ngx_http_memq_check_bounds, 1, 0x7fffffff
 };
 
+static ngx_conf_enum_t  ngx_http_memq_ack_modes[] = {
+    { ngx_string("write"), NGX_HTTP_MEMQ_ACK_WRITE },
+    { ngx_string("client"), NGX_HTTP_MEMQ_ACK_CLIENT },
+    { ngx_null_string, 0 }
+};
+
 
 static ngx_command_t  ngx_http_memq_commands[] = {
 
@@ -132,6 +138,20 @@ static ngx_command_t  ngx_http_memq_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_memq_loc_conf_t, sse_heartbeat),
+      NULL },
+
+    { ngx_string("memq_ack"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_memq_loc_conf_t, ack),
+      &ngx_http_memq_ack_modes },
+
+    { ngx_string("memq_lease"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_memq_loc_conf_t, lease),
       NULL },
 
     { ngx_string("memq_status"),
@@ -232,6 +252,11 @@ ngx_http_memq_handler(ngx_http_request_t *r)
     }
 
     if (r->method & NGX_HTTP_POST) {
+        /* POST ...&op=ack|release|touch settles leased items */
+        if (r->args.len && ngx_http_memq_ack_wanted(r)) {
+            return ngx_http_memq_ack(r);
+        }
+
         return ngx_http_memq_publish(r);
     }
 
@@ -919,6 +944,8 @@ ngx_http_memq_create_loc_conf(ngx_conf_t *cf)
     conf->inflate_max_size = NGX_CONF_UNSET_SIZE;
     conf->compress_min_size = NGX_CONF_UNSET_SIZE;
     conf->sse_heartbeat = NGX_CONF_UNSET_MSEC;
+    conf->ack = NGX_CONF_UNSET_UINT;
+    conf->lease = NGX_CONF_UNSET_MSEC;
     conf->status = NGX_CONF_UNSET;
 
     return conf;
@@ -946,12 +973,21 @@ ngx_http_memq_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               prev->compress_min_size, 0);
     ngx_conf_merge_msec_value(conf->sse_heartbeat, prev->sse_heartbeat,
                               15000);
+    ngx_conf_merge_uint_value(conf->ack, prev->ack,
+                              NGX_HTTP_MEMQ_ACK_WRITE);
+    ngx_conf_merge_msec_value(conf->lease, prev->lease, 30000);
     ngx_conf_merge_value(conf->status, prev->status, 0);
     ngx_conf_merge_str_value(conf->cors, prev->cors, "");
 
     if (conf->sse_heartbeat == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"memq_sse_heartbeat\" must be positive");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->lease == 0 || conf->lease > MQ_LEASE_MS_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"memq_lease\" must be between 1ms and 12h");
         return NGX_CONF_ERROR;
     }
 

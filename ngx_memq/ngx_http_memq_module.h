@@ -62,6 +62,11 @@ typedef enum {
 } ngx_http_memq_format_e;
 
 
+/* memq_ack: who ends a message's life */
+#define NGX_HTTP_MEMQ_ACK_WRITE       0        /* written to the socket */
+#define NGX_HTTP_MEMQ_ACK_CLIENT      1        /* the client's op=ack */
+
+
 typedef struct ngx_http_memq_cluster_s  ngx_http_memq_cluster_t;
 typedef struct ngx_http_memq_node_s     ngx_http_memq_node_t;
 typedef struct ngx_http_memq_conn_s     ngx_http_memq_conn_t;
@@ -193,6 +198,8 @@ typedef struct {
     size_t                    inflate_max_size;
     size_t                    compress_min_size;
     ngx_msec_t                sse_heartbeat;
+    ngx_uint_t                ack;         /* NGX_HTTP_MEMQ_ACK_* */
+    ngx_msec_t                lease;       /* client mode: default lease */
     ngx_flag_t                status;
     ngx_str_t                 cors;        /* memq_cors origin; empty: off */
     ngx_str_t                 dashboard;   /* memq_dashboard page; empty:
@@ -266,8 +273,14 @@ ngx_int_t ngx_http_memq_get_key(ngx_http_request_t *r,
     ngx_http_memq_loc_conf_t *mlcf, ngx_str_t *key);
 void ngx_http_memq_streams_exiting(void);
 
+/* ngx_http_memq_ack.c */
+ngx_uint_t ngx_http_memq_ack_wanted(ngx_http_request_t *r);
+ngx_int_t ngx_http_memq_ack(ngx_http_request_t *r);
+ngx_int_t ngx_http_memq_parse_lease(ngx_str_t *v, ngx_msec_t *ms);
+
 /* ngx_http_memq_publish.c */
 ngx_int_t ngx_http_memq_publish(ngx_http_request_t *r);
+ngx_int_t ngx_http_memq_body_bytes(ngx_http_request_t *r, ngx_str_t *body);
 
 /* ngx_http_memq_peer.c */
 ngx_int_t ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
@@ -279,6 +292,7 @@ void ngx_http_memq_conn_hold(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_resume(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc);
+void ngx_http_memq_conn_close_fin(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close_idle(ngx_http_memq_node_t *node);
 ngx_http_memq_node_t *ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
     ngx_http_memq_node_t **skip, ngx_uint_t nskip);
@@ -286,9 +300,10 @@ void ngx_http_memq_run_posted(ngx_connection_t *c);
 
 /* ngx_http_memq_stream.c */
 size_t ngx_http_memq_encode_size(ngx_uint_t format, u_char *data, size_t len,
-    ngx_str_t *id);
+    ngx_str_t *id, ngx_uint_t *b64);
 u_char *ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
-    size_t len, ngx_str_t *id);
+    size_t len, ngx_str_t *id, ngx_uint_t b64);
+u_char *ngx_http_memq_write_id(u_char *p, ngx_str_t *addr, uint64_t n);
 ngx_int_t ngx_http_memq_inflate(u_char *src, size_t len, u_char **dst,
     size_t *dlen, size_t *cap, size_t max, ngx_pool_t *pool);
 ngx_int_t ngx_http_memq_deflate(ngx_pool_t *pool, u_char *src, size_t len,

@@ -293,6 +293,27 @@ ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc)
 }
 
 
+/*
+ * Closes a connection in use, whose reply was read in full, with a FIN:
+ * what was written to it is still read and done by the node.
+ */
+void
+ngx_http_memq_conn_close_fin(ngx_http_memq_conn_t *mc)
+{
+    ngx_http_memq_shnode_t  *sn;
+
+    sn = ngx_http_memq_shnode(mc->node);
+
+    if (mc->pooled) {
+        ngx_http_memq_conn_close(mc);
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&sn->pool_busy, -1);
+    ngx_http_memq_conn_free(mc);
+}
+
+
 static void
 ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc)
 {

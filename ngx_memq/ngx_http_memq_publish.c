@@ -124,8 +124,6 @@ typedef struct {
 
 
 static void ngx_http_memq_publish_body(ngx_http_request_t *r);
-static ngx_int_t ngx_http_memq_publish_body_bytes(ngx_http_request_t *r,
-    ngx_str_t *body);
 static ngx_int_t ngx_http_memq_publish_next_msg(ngx_http_memq_pub_ctx_t *ctx,
     ngx_http_memq_pub_msg_t *m);
 static ngx_int_t ngx_http_memq_publish_fill(ngx_http_memq_pub_ctx_t *ctx);
@@ -213,7 +211,7 @@ ngx_http_memq_publish_body(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_memq_module);
 
-    if (ngx_http_memq_publish_body_bytes(r, &ctx->body) != NGX_OK) {
+    if (ngx_http_memq_body_bytes(r, &ctx->body) != NGX_OK) {
         ctx->done = 1;
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
@@ -299,10 +297,11 @@ ngx_http_memq_publish_body(ngx_http_request_t *r)
 /*
  * The request body as one piece of memory: nginx's own buffer when the
  * body is in one, else a copy (read back when nginx wrote it to a file).
- * Empty buffers are skipped (their pointers may be NULL).
+ * Empty buffers are skipped (their pointers may be NULL).  Also used by
+ * the op=ack requests (ngx_http_memq_ack.c).
  */
-static ngx_int_t
-ngx_http_memq_publish_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
+ngx_int_t
+ngx_http_memq_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
 {
     u_char       *p;
     size_t        len, n;

@@ -10,6 +10,15 @@
  *           then "\n"
  *   raw     "<length>\r\n<bytes>\r\n", binary safe
  *
+ * With an id (memq_ack client: "<host:port>/<id>", the handle the client
+ * acknowledges with), ndjson and raw change shape:
+ *
+ *   ndjson  {"id":"<id>","data":"<message as a JSON string>"}\n, or
+ *           {"id":"<id>","data_b64":"<base64>"}\n when the message is not
+ *           valid UTF-8 (overlong forms, surrogates and code points past
+ *           U+10FFFF are not valid)
+ *   raw     "<id> <length>\r\n<bytes>\r\n"
+ *
  * Encoders write into memory the caller sized with encode_size(); they
  * neither allocate nor fail.
  */
@@ -22,14 +31,47 @@
 #define NGX_HTTP_MEMQ_UINT_MAX  ((size_t) UINT_MAX)     /* zlib's uInt */
 
 
+static u_char *ngx_http_memq_json_plain(u_char *p, u_char *last);
+static size_t ngx_http_memq_json_size(u_char *data, size_t len);
+static u_char *ngx_http_memq_json_escape(u_char *dst, u_char *data,
+    size_t len);
 static void *ngx_http_memq_zalloc(void *opaque, u_int items, u_int size);
+
+
+/*
+ * Writes "<addr>/<n>", an item's id, at p (NGX_HTTP_MEMQ_ADDR_LEN +
+ * NGX_INT64_LEN + 1 bytes are enough); returns the end.  Ids go out with
+ * every client-mode message and every acknowledgement, so not through
+ * ngx_sprintf().
+ */
+u_char *
+ngx_http_memq_write_id(u_char *p, ngx_str_t *addr, uint64_t n)
+{
+    u_char  *s, tmp[NGX_INT64_LEN];
+
+    p = ngx_cpymem(p, addr->data, addr->len);
+    *p++ = '/';
+
+    s = tmp + sizeof(tmp);
+
+    do {
+        *--s = (u_char) ('0' + n % 10);
+        n /= 10;
+    } while (n);
+
+    return ngx_cpymem(p, s, tmp + sizeof(tmp) - s);
+}
 static void ngx_http_memq_zfree(void *opaque, void *address);
 
 
-/* upper bound of the bytes encode() writes for this message */
+/*
+ * Upper bound of the bytes encode() writes for this message.  *b64 tells
+ * encode() how an ndjson message with an id goes: set when it is not
+ * valid UTF-8 (base64), so the message is scanned once.
+ */
 size_t
 ngx_http_memq_encode_size(ngx_uint_t format, u_char *data, size_t len,
-    ngx_str_t *id)
+    ngx_str_t *id, ngx_uint_t *b64)
 {
     size_t   lines;
     u_char  *p, *last;
@@ -50,20 +92,221 @@ ngx_http_memq_encode_size(ngx_uint_t format, u_char *data, size_t len,
                + lines * (sizeof("data: \n") - 1) + len + 1;
 
     case NGX_HTTP_MEMQ_FMT_RAW:
-        return NGX_SIZE_T_LEN + 4 + len;
+        return (id ? id->len + 1 : 0) + NGX_SIZE_T_LEN + 4 + len;
 
     default: /* NGX_HTTP_MEMQ_FMT_NDJSON */
-        return len + 1;
+        if (id == NULL) {
+            return len + 1;
+        }
+
+        lines = ngx_http_memq_json_size(data, len);
+        *b64 = (lines == (size_t) -1);
+
+        if (*b64) {
+            lines = ngx_base64_encoded_length(len) + sizeof("_b64") - 1;
+        }
+
+        return sizeof("{\"id\":\"\",\"data\":\"\"}\n") - 1 + id->len + lines;
     }
 }
 
 
-/* writes the framed message at dst, returns the end */
+/*
+ * JSON string contents, per byte below 0x80: 0 copied as it is, else the
+ * length of its escape ("\\n", "\\u0001"); bytes from 0x80 are UTF-8,
+ * copied once checked.
+ */
+static const u_char  ngx_http_memq_json_esc[128] = {
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 2, 2, 6, 6, 2, 6, 6,
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,
+    0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,   /* '"' */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0,   /* '\\' */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+};
+
+
+#define NGX_HTTP_MEMQ_ONES  0x0101010101010101ULL
+#define NGX_HTTP_MEMQ_HIGHS 0x8080808080808080ULL
+
+/* the high bit of a byte of w is set where that byte is 0 (a byte above
+ * the first such one may be set as well) */
+#define ngx_http_memq_zero_bytes(w)                                          \
+    (((w) - NGX_HTTP_MEMQ_ONES) & ~(w) & NGX_HTTP_MEMQ_HIGHS)
+
+/*
+ * The first byte from p on that is not copied as it is into a JSON string
+ * (below 0x20, '"', '\\', or 0x80 and above), or last.  Eight bytes are
+ * tested at a time; a word with such a byte, or a false alarm above it, is
+ * left to the byte loop, which decides.
+ */
+static u_char *
+ngx_http_memq_json_plain(u_char *p, u_char *last)
+{
+    uint64_t  w, t;
+
+    while (last - p >= 8) {
+        ngx_memcpy(&w, p, 8);
+
+        t = ((w - 0x20 * NGX_HTTP_MEMQ_ONES) & ~w)
+            | ngx_http_memq_zero_bytes(w ^ ('"' * NGX_HTTP_MEMQ_ONES))
+            | ngx_http_memq_zero_bytes(w ^ ('\\' * NGX_HTTP_MEMQ_ONES))
+            | w;
+
+        if (t & NGX_HTTP_MEMQ_HIGHS) {
+            break;
+        }
+
+        p += 8;
+    }
+
+    while (p < last && *p < 0x80 && ngx_http_memq_json_esc[*p] == 0) {
+        p++;
+    }
+
+    return p;
+}
+
+
+/*
+ * The length of data as the contents of a JSON string, or (size_t) -1
+ * when data is not valid UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF, no truncated sequence).  Valid
+ * multi-byte sequences are copied as they are; '"', '\\' and control
+ * characters are escaped.
+ */
+static size_t
+ngx_http_memq_json_size(u_char *data, size_t len)
+{
+    u_char  *p, *last;
+    size_t   n, i, more;
+    u_char   lo, hi;
+
+    n = len;
+    last = data + len;
+
+    for (p = data; p < last; /* void */) {
+
+        /* the common case: a run of bytes copied as they are */
+        p = ngx_http_memq_json_plain(p, last);
+
+        if (p == last) {
+            break;
+        }
+
+        if (*p < 0x80) {
+            n += ngx_http_memq_json_esc[*p] - 1;
+            p++;
+            continue;
+        }
+
+        /* the lead byte gives the length and the range of the second
+         * byte, which rules out overlong forms, surrogates and code
+         * points past U+10FFFF */
+        lo = 0x80;
+        hi = 0xbf;
+
+        if (*p >= 0xc2 && *p <= 0xdf) {
+            more = 1;
+
+        } else if (*p >= 0xe0 && *p <= 0xef) {
+            more = 2;
+            lo = (*p == 0xe0) ? 0xa0 : 0x80;
+            hi = (*p == 0xed) ? 0x9f : 0xbf;
+
+        } else if (*p >= 0xf0 && *p <= 0xf4) {
+            more = 3;
+            lo = (*p == 0xf0) ? 0x90 : 0x80;
+            hi = (*p == 0xf4) ? 0x8f : 0xbf;
+
+        } else {
+            return (size_t) -1;
+        }
+
+        if ((size_t) (last - p) <= more || p[1] < lo || p[1] > hi) {
+            return (size_t) -1;
+        }
+
+        for (i = 2; i <= more; i++) {
+            if (p[i] < 0x80 || p[i] > 0xbf) {
+                return (size_t) -1;
+            }
+        }
+
+        p += more + 1;
+    }
+
+    return n;
+}
+
+
+/* writes data as the contents of a JSON string; valid UTF-8 only */
+static u_char *
+ngx_http_memq_json_escape(u_char *dst, u_char *data, size_t len)
+{
+    u_char         *p, *s, *last;
+    static u_char   hex[] = "0123456789abcdef";
+
+    last = data + len;
+
+    for (p = data; p < last; /* void */) {
+        s = p;
+
+        /* plain runs and (checked) UTF-8 sequences are copied */
+        do {
+            p = ngx_http_memq_json_plain(p, last);
+
+            while (p < last && *p >= 0x80) {
+                p++;
+            }
+
+        } while (p < last && *p >= 0x20 && *p != '"' && *p != '\\');
+
+        dst = ngx_cpymem(dst, s, p - s);
+
+        if (p == last) {
+            break;
+        }
+
+        *dst++ = '\\';
+
+        switch (*p) {
+        case '"':
+        case '\\':
+            *dst++ = *p;
+            break;
+        case '\n':
+            *dst++ = 'n';
+            break;
+        case '\r':
+            *dst++ = 'r';
+            break;
+        case '\t':
+            *dst++ = 't';
+            break;
+        default:
+            dst = ngx_cpymem(dst, "u00", 3);
+            *dst++ = hex[*p >> 4];
+            *dst++ = hex[*p & 0x0f];
+        }
+
+        p++;
+    }
+
+    return dst;
+}
+
+
+/* writes the framed message at dst, returns the end; b64 as
+ * encode_size() said */
 u_char *
 ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
-    size_t len, ngx_str_t *id)
+    size_t len, ngx_str_t *id, ngx_uint_t b64)
 {
-    u_char  *p, *last, *s;
+    u_char     *p, *last, *s;
+    ngx_str_t   enc, src;
 
     last = data + len;
 
@@ -110,6 +353,11 @@ ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
         return dst;
 
     case NGX_HTTP_MEMQ_FMT_RAW:
+        if (id) {
+            dst = ngx_cpymem(dst, id->data, id->len);
+            *dst++ = ' ';
+        }
+
         dst = ngx_sprintf(dst, "%uz\r\n", len);
         dst = ngx_cpymem(dst, data, len);
         *dst++ = '\r';
@@ -117,6 +365,27 @@ ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
         return dst;
 
     default: /* NGX_HTTP_MEMQ_FMT_NDJSON */
+        if (id) {
+            dst = ngx_cpymem(dst, "{\"id\":\"", 7);
+            dst = ngx_cpymem(dst, id->data, id->len);
+
+            if (!b64) {
+                dst = ngx_cpymem(dst, "\",\"data\":\"", 10);
+                dst = ngx_http_memq_json_escape(dst, data, len);
+
+            } else {
+                dst = ngx_cpymem(dst, "\",\"data_b64\":\"", 14);
+                enc.data = dst;
+                src.data = data;
+                src.len = len;
+                ngx_encode_base64(&enc, &src);
+                dst += enc.len;
+            }
+
+            dst = ngx_cpymem(dst, "\"}\n", 3);
+            return dst;
+        }
+
         for (p = data; p < last; p++) {
             *dst++ = (*p == '\r' || *p == '\n') ? ' ' : *p;
         }

@@ -102,6 +102,7 @@ def normalize(line):
     line = line.rstrip("\r")
     line = re.sub(r'"node":"127\.0\.0\.1:\d+"', '"node":"NODE"', line)
     line = re.sub(r"^id: 127\.0\.0\.1:\d+/\d+$", "id: NODE/N", line)
+    line = re.sub(r'"id":"127\.0\.0\.1:\d+/\d+"', '"id":"NODE/N"', line)
     line = re.sub(r"^STAT pid \d+$", "STAT pid N", line)
     line = re.sub(r"^Date: .*", "Date: D", line)
     return line
