@@ -25,7 +25,12 @@
 #            time runs to the last acknowledgement; ratio = client / write
 #   publish  wrk, PUB_CONNS keep-alive connections for PUB_SECS: single
 #            100 B messages a POST, and ndjson batches of 100 a POST, on /n3
-#            and on /a3 (--sync always)
+#            and on /a3 (--sync always); and the two references the single
+#            POSTs are held to: the same POST answered by `return 201` in
+#            the same nginx (/r201: what nginx costs without memq), and
+#            memq-bench producing 100 B straight to the three --sync always
+#            nodes over PUB_CONNS connections in all, one set at a time
+#            (what the nodes give without the gateway)
 #   wakeup   a consumer long-polls (wait=30&max=1) on /n3; a 100 B message
 #            is published through the gateway, or with `set` straight to a
 #            node; time from the publish to the line at the consumer, ROUNDS
@@ -248,6 +253,7 @@ $(location /n3 n3)
 $(location /n8 n8)
 $(location /a3 a3)
         location = /status { memq_status; }
+        location = /r201 { return 201 '{"queued":1,"node":"-"}'; }
     }
 }
 EOF
@@ -432,7 +438,10 @@ EOF
     PUBROWS="$PUBROWS$(printf '%-28s %10s %12s %10s %10s' "$name" \
         "${rps:-0}" "$msgs" "${lat% *}" "${lat#* }")
 "
+    PUBMSGS[$name]=$msgs
 }
+
+declare -A PUBMSGS
 
 PUBROWS=""
 head -c 100 /dev/zero | tr '\0' 'x' >"$TMP/one.body"
@@ -446,6 +455,29 @@ elif command -v wrk >/dev/null; then
     pub_run "batch100_none" /n3 "$TMP/batch.body" ndjson
     pub_run "single_always" /a3 "$TMP/one.body" octet
     pub_run "batch100_always" /a3 "$TMP/batch.body" ndjson
+    pub_run "single_return201" /r201 "$TMP/one.body" octet
+    # straight to the --sync always nodes: PUB_CONNS connections in all
+    dpids=()
+    for p in "${APORT[@]}"; do
+        "$BENCH" -p "$p" -c $(( (PUB_CONNS + 2) / 3 )) -d 1 -s 100 \
+            -n 100000000 -t "$PUB_SECS" -q pub_direct -Q --timeout 60 \
+            >"$TMP/pubdirect.$p" 2>&1 &
+        dpids+=($!)
+    done
+    for p in "${dpids[@]}"; do
+        wait "$p" || fail "publish direct: memq-bench failed"
+    done
+    dmsgs=0
+    for p in "${APORT[@]}"; do
+        m=$(sed -n 's/^RESULT.* msgs_per_sec=\([0-9]*\) .*/\1/p' \
+            "$TMP/pubdirect.$p")
+        dmsgs=$((dmsgs + ${m:-0}))
+    done
+    record "PUBLISH name=direct_always conns=$PUB_CONNS msgs_per_sec=$dmsgs"
+    PUBMSGS[direct_always]=$dmsgs
+    PUBROWS="$PUBROWS$(printf '%-28s %10s %12s %10s %10s' direct_always \
+        - "$dmsgs" - -)
+"
 else
     echo "gateway: wrk not installed (apt-get install wrk): no publish rows"
 fi
@@ -519,6 +551,14 @@ if [ -n "$PUBROWS" ]; then
          "3 nodes"
     printf '%-28s %10s %12s %10s %10s\n' run posts/s msgs/s p50 p99
     printf '%s' "$PUBROWS"
+    pub_ratio() {       # what of what
+        local a=${PUBMSGS[$1]:-0} b=${PUBMSGS[$2]:-0}
+        [ "$b" -gt 0 ] || return 0
+        printf '%-28s %s\n' "$1 / $2" "$(echo "scale=2; $a / $b" | bc -l)"
+        record "PUBRATIO $1/$2=$(echo "scale=2; $a / $b" | bc -l)"
+    }
+    pub_ratio single_none single_return201
+    pub_ratio single_always direct_always
 fi
 
 [ -n "$WAKE" ] && echo && echo "== long-poll wake-up: $ROUNDS rounds, 3 nodes"
