@@ -80,15 +80,19 @@ hold() {
 import socket, sys
 port, q, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 s = socket.create_connection(("127.0.0.1", port))
-s.sendall(("get %s/lease=600000\r\n" % q).encode() * n)
-buf, ends = b"", 0
-while ends < n:
-    chunk = s.recv(1 << 20)
-    if not chunk:
-        sys.exit(1)
-    buf += chunk
-    ends += buf.count(b"END\r\n")
-    buf = buf[buf.rfind(b"END\r\n") + 5:] if b"END\r\n" in buf else buf
+end, buf = b"END\r\n", b""
+while n > 0:
+    k = min(n, 1000)    # a batch at a time: the replies never pile up
+    n -= k
+    s.sendall(("get %s/lease=600000\r\n" % q).encode() * k)
+    while k > 0:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            sys.exit(1)
+        buf += chunk
+        k -= buf.count(end)
+        if end in buf:
+            buf = buf[buf.rfind(end) + len(end):]
 PY
 }
 
