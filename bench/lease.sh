@@ -28,6 +28,10 @@
 #   REPEAT      runs of each (produce, consume) pair (3); the table shows
 #               the best, since other load only ever slows a run down
 #   CONNS       connection counts ("1 16 50")
+#   HOLD        items leased and never acknowledged on each queue before
+#               the lease run (0): a consumer that holds many at once, as
+#               the gateway's client mode does; they are produced first,
+#               so they hold the queue's lowest ids
 #   MEMQD, BENCH  the binaries (build/memqd, build/memq-bench)
 #
 # Prints one table row per cell: msgs/s for get, lease and ack, and lease
@@ -48,6 +52,7 @@ DEPTH=${DEPTH:-16}
 QUEUES=${QUEUES:-1 16}
 CONNS=${CONNS:-1 16 50}
 REPEAT=${REPEAT:-3}
+HOLD=${HOLD:-0}
 
 tmp=$(mktemp -d /tmp/memq-lease-bench.XXXXXX)
 pid=
@@ -68,6 +73,28 @@ for _ in $(seq 100); do
 done
 
 fail() { echo "lease.sh: $*" >&2; exit 1; }
+
+# leases $2 items of queue $1 for ten minutes, acknowledging none
+hold() {
+    /usr/bin/python3 - "$port" "$1" "$2" <<'PY' || fail "hold $1 $2 failed"
+import socket, sys
+port, q, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+s = socket.create_connection(("127.0.0.1", port))
+end, buf = b"END\r\n", b""
+while n > 0:
+    k = min(n, 1000)    # a batch at a time: the replies never pile up
+    n -= k
+    s.sendall(("get %s/lease=600000\r\n" % q).encode() * k)
+    while k > 0:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            sys.exit(1)
+        buf += chunk
+        k -= buf.count(end)
+        if end in buf:
+            buf = buf[buf.rfind(end) + len(end):]
+PY
+}
 
 # msgs/s of a RESULT line
 rate() {
@@ -106,6 +133,17 @@ for nq in $QUEUES; do
             # them alike
             for how in get lease ack; do
                 q="b$cell$how$rep"
+                if [ "$how" = lease ] && [ "$HOLD" -gt 0 ]; then
+                    run -c 4 -d 16 -s "$SIZE" -n $((HOLD * nq)) -q "$q" \
+                        --queues "$nq" >/dev/null
+                    if [ "$nq" = 1 ]; then
+                        hold "$q" "$HOLD"
+                    else
+                        for i in $(seq 0 $((nq - 1))); do
+                            hold "$q.$i" "$HOLD"
+                        done
+                    fi
+                fi
                 run -c "$c" -d "$d" -s "$SIZE" -n "$n" -q "$q" \
                     --queues "$nq" >/dev/null
                 extra=

@@ -1,12 +1,13 @@
 /*
  * lease.c: see lease.h.
  *
- * Invariants: a lease is in exactly one queue's set and at heap[l->hidx];
- * heap[i]->deadline >= heap[(i - 1) / 2]->deadline; a set has a power-of-
- * two number of buckets, grown (doubled) when it holds more leases than
- * buckets, so a lookup walks a chain of about one; it is freed when its
- * last lease goes.  Ids of one queue are consecutive numbers: the low
- * bits spread them over the buckets without hashing.
+ * Invariants: a lease is in exactly one queue's set, at dl.a[l->hidx] and
+ * at q->lseq.a[l->sidx]; dl.a[i]->deadline >= dl.a[(i - 1) / 2]->deadline
+ * and likewise by ref.seq in each lseq; a set has a power-of-two number of
+ * buckets, grown (doubled) when it holds more leases than buckets, so a
+ * lookup walks a chain of about one; it and the queue's id heap are freed
+ * when its last lease goes.  Ids of one queue are consecutive numbers:
+ * the low bits spread them over the buckets without hashing.
  */
 
 #include <assert.h>
@@ -18,79 +19,128 @@
 #define SET_MIN_BUCKETS  64
 
 
-static lease_t  **heap;
-static size_t     nheap;
-static size_t     heap_cap;
+/* the node-wide heap by deadline; each queue has one by id (q->lseq) */
+static lease_heap_t  dl;
 
 
-static void
-heap_set(size_t i, lease_t *l)
+/* A heap orders by deadline (ids 0) or by id (1), and keeps each
+ * lease's index in it in hidx or sidx. */
+static inline uint64_t
+key(const lease_t *l, int by_id)
 {
-    heap[i] = l;
-    l->hidx = i;
+    return by_id ? l->ref.seq : l->deadline;
 }
 
 
-static void
-sift_up(size_t i)
+static inline void
+heap_set(lease_heap_t *h, int by_id, size_t i, lease_t *l)
 {
-    lease_t  *l;
+    h->a[i] = l;
+    if (by_id) {
+        l->sidx = i;
+    } else {
+        l->hidx = i;
+    }
+}
 
-    l = heap[i];
 
-    while (i > 0 && heap[(i - 1) / 2]->deadline > l->deadline) {
-        heap_set(i, heap[(i - 1) / 2]);
+static size_t
+sift_up(lease_heap_t *h, int by_id, size_t i)
+{
+    lease_t   *l;
+    uint64_t   k;
+
+    l = h->a[i];
+    k = key(l, by_id);
+
+    while (i > 0 && key(h->a[(i - 1) / 2], by_id) > k) {
+        heap_set(h, by_id, i, h->a[(i - 1) / 2]);
         i = (i - 1) / 2;
     }
 
-    heap_set(i, l);
+    heap_set(h, by_id, i, l);
+    return i;
 }
 
 
 static void
-sift_down(size_t i)
+sift_down(lease_heap_t *h, int by_id, size_t i)
 {
-    size_t    c;
-    lease_t  *l;
+    size_t     c;
+    lease_t   *l;
+    uint64_t   k;
 
-    l = heap[i];
+    l = h->a[i];
+    k = key(l, by_id);
 
     for ( ;; ) {
         c = 2 * i + 1;
-        if (c >= nheap) {
+        if (c >= h->n) {
             break;
         }
-        if (c + 1 < nheap && heap[c + 1]->deadline < heap[c]->deadline) {
+        if (c + 1 < h->n && key(h->a[c + 1], by_id) < key(h->a[c], by_id)) {
             c++;
         }
-        if (heap[c]->deadline >= l->deadline) {
+        if (key(h->a[c], by_id) >= k) {
             break;
         }
-        heap_set(i, heap[c]);
+        heap_set(h, by_id, i, h->a[c]);
         i = c;
     }
 
-    heap_set(i, l);
+    heap_set(h, by_id, i, l);
+}
+
+
+/* Room for one more in h.  0 or -1. */
+static int
+heap_reserve(lease_heap_t *h, size_t first)
+{
+    size_t     cap;
+    lease_t  **na;
+
+    if (h->n < h->cap) {
+        return 0;
+    }
+
+    cap = h->cap ? h->cap * 2 : first;
+    na = realloc(h->a, cap * sizeof(lease_t *));
+    if (na == NULL) {
+        return -1;
+    }
+
+    h->a = na;
+    h->cap = cap;
+    return 0;
 }
 
 
 static void
-heap_remove(lease_t *l)
+heap_insert(lease_heap_t *h, int by_id, lease_t *l)
 {
-    size_t    i;
+    heap_set(h, by_id, h->n++, l);
+    (void) sift_up(h, by_id, h->n - 1);
+}
+
+
+/* The element at i is a leaf or moves up, or the last one moves down
+ * into it: either way a single sift does. */
+static void
+heap_remove(lease_heap_t *h, int by_id, size_t i)
+{
     lease_t  *last;
 
-    i = l->hidx;
-    assert(i < nheap && heap[i] == l);
+    assert(i < h->n);
 
-    last = heap[--nheap];
-    if (last == l) {
+    last = h->a[--h->n];
+    if (i == h->n) {
         return;
     }
 
-    heap_set(i, last);
-    sift_down(i);
-    sift_up(last->hidx);
+    heap_set(h, by_id, i, last);
+    if (sift_up(h, by_id, i) == i) {
+        sift_down(h, by_id, i);
+    }
 }
 
 
@@ -126,8 +176,8 @@ set_grow(queue_t *q)
 lease_t *
 lease_add(queue_t *q, const item_ref_t *ref, uint64_t deadline)
 {
-    size_t     b, cap;
-    lease_t   *l, **nh;
+    size_t     b;
+    lease_t   *l;
 
     if (q->leased_items >= q->lbuckets_n && set_grow(q) != 0
         && q->lbuckets_n == 0)
@@ -135,14 +185,10 @@ lease_add(queue_t *q, const item_ref_t *ref, uint64_t deadline)
         return NULL;
     }
 
-    if (nheap == heap_cap) {
-        cap = heap_cap ? heap_cap * 2 : 1024;
-        nh = realloc(heap, cap * sizeof(lease_t *));
-        if (nh == NULL) {
-            return NULL;
-        }
-        heap = nh;
-        heap_cap = cap;
+    if (heap_reserve(&dl, 1024) != 0
+        || heap_reserve(&q->lseq, SET_MIN_BUCKETS) != 0)
+    {
+        return NULL;
     }
 
     l = malloc(sizeof(lease_t));
@@ -159,8 +205,8 @@ lease_add(queue_t *q, const item_ref_t *ref, uint64_t deadline)
     q->lbuckets[b] = l;
     q->leased_items++;
 
-    heap_set(nheap++, l);
-    sift_up(l->hidx);
+    heap_insert(&dl, 0, l);
+    heap_insert(&q->lseq, 1, l);
     return l;
 }
 
@@ -203,7 +249,8 @@ lease_remove(lease_t *l)
 
     assert(q->leased_items > 0);
     q->leased_items--;
-    heap_remove(l);
+    heap_remove(&dl, 0, l->hidx);
+    heap_remove(&q->lseq, 1, l->sidx);
     free(l);
 
     if (q->leased_items == 0) {
@@ -212,6 +259,8 @@ lease_remove(lease_t *l)
         free(q->lbuckets);
         q->lbuckets = NULL;
         q->lbuckets_n = 0;
+        free(q->lseq.a);
+        memset(&q->lseq, 0, sizeof(lease_heap_t));
     }
 }
 
@@ -220,15 +269,23 @@ void
 lease_renew(lease_t *l, uint64_t deadline)
 {
     l->deadline = deadline;
-    sift_down(l->hidx);
-    sift_up(l->hidx);
+    if (sift_up(&dl, 0, l->hidx) == l->hidx) {
+        sift_down(&dl, 0, l->hidx);
+    }
 }
 
 
 lease_t *
 lease_min(void)
 {
-    return nheap ? heap[0] : NULL;
+    return dl.n ? dl.a[0] : NULL;
+}
+
+
+uint64_t
+lease_min_seq(const queue_t *q)
+{
+    return q->lseq.n ? q->lseq.a[0]->ref.seq : UINT64_MAX;
 }
 
 
@@ -241,7 +298,7 @@ lease_drop_queue(queue_t *q)
     for (i = 0; i < q->lbuckets_n; i++) {
         for (l = q->lbuckets[i]; l; l = next) {
             next = l->hnext;
-            heap_remove(l);
+            heap_remove(&dl, 0, l->hidx);
             free(l);
         }
     }
@@ -249,6 +306,8 @@ lease_drop_queue(queue_t *q)
     free(q->lbuckets);
     q->lbuckets = NULL;
     q->lbuckets_n = 0;
+    free(q->lseq.a);
+    memset(&q->lseq, 0, sizeof(lease_heap_t));
     q->leased_items = 0;
 }
 
@@ -270,15 +329,13 @@ lease_each(queue_t *q, void (*fn)(lease_t *l, void *arg), void *arg)
 size_t
 lease_count(void)
 {
-    return nheap;
+    return dl.n;
 }
 
 
 void
 lease_shutdown(void)
 {
-    free(heap);
-    heap = NULL;
-    nheap = 0;
-    heap_cap = 0;
+    free(dl.a);
+    memset(&dl, 0, sizeof(lease_heap_t));
 }

@@ -7,10 +7,13 @@
  *   node-wide: a binary min-heap of every lease by deadline; the loop
  *              timer is armed for its top, so a tick costs O(log n) per
  *              lease that runs out, never a scan
+ *   per queue: a binary min-heap of its leases by id, whose top is the
+ *              lowest leased id (the queue's watermark) without a scan
  *
  *   lease_t ──hnext──► lease_t ...     (bucket chain of its queue's set)
  *      ▲
- *      └── heap[hidx]                  (node-wide, by deadline)
+ *      ├── heap[hidx]                  (node-wide, by deadline)
+ *      └── q->lseq.a[sidx]             (its queue's, by id)
  *
  * A lease belongs to no connection.  This file owns the structures only:
  * what happens to an item whose lease runs out (back to the head of its
@@ -31,7 +34,8 @@ struct lease_s {
     item_ref_t  ref;         /* the item, with its delivery count */
     queue_t    *q;           /* (ref) its queue */
     uint64_t    deadline;    /* monotonic ms */
-    size_t      hidx;        /* index in the heap */
+    size_t      hidx;        /* index in the deadline heap */
+    size_t      sidx;        /* index in q->lseq */
     lease_t    *hnext;       /* bucket chain of q's set */
 };
 
@@ -50,6 +54,9 @@ void lease_renew(lease_t *l, uint64_t deadline);
 
 /* The lease with the earliest deadline, or NULL when there is none. */
 lease_t *lease_min(void);
+
+/* The lowest id leased on q, or UINT64_MAX when q holds no lease. */
+uint64_t lease_min_seq(const queue_t *q);
 
 /* Every lease of q, unlinked and freed (the queue is deleted or freed). */
 void lease_drop_queue(queue_t *q);

@@ -2049,17 +2049,6 @@ log_cursor(queue_t *q)
 }
 
 
-static void
-lease_min_seq(lease_t *l, void *arg)
-{
-    uint64_t  *w = arg;
-
-    if (l->ref.seq < *w) {
-        *w = l->ref.seq;
-    }
-}
-
-
 /* lowest seq still owed to a consumer: segments below it can go */
 static uint64_t
 watermark(queue_t *q)
@@ -2069,8 +2058,8 @@ watermark(queue_t *q)
 
     w = log_cursor(q);
 
-    if (q->leased_items > 0) {
-        lease_each(q, lease_min_seq, &w);
+    if (lease_min_seq(q) < w) {
+        w = lease_min_seq(q);
     }
 
     if (q->rhead < q->nret && q->ret[q->rhead].seq < w) {

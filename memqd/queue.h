@@ -37,6 +37,13 @@ typedef struct queue_s    queue_t;
 typedef struct openset_s  openset_t;
 typedef struct lease_s    lease_t;
 
+/* a binary min-heap of leases (lease.c) */
+typedef struct {
+    lease_t  **a;
+    size_t     n;
+    size_t     cap;
+} lease_heap_t;
+
 typedef struct {
     uint64_t  seq;       /* record sequence number */
     uint64_t  seg;       /* id of its segment (first seq of the segment) */
@@ -116,6 +123,7 @@ struct queue_s {
     openset_t   *opensets;
 
     lease_t    **lbuckets;      /* leased items by id (lease.c) */
+    lease_heap_t lseq;          /* the same, lowest id on top (lease.c) */
     size_t       lbuckets_n;    /* power of two, 0 = none yet */
     uint64_t     dlq_ticket;    /* commit that makes its last dead
                                    letter durable (--sync always) */

@@ -1,7 +1,8 @@
 // links: memqd/lease.c
 /*
  * test_lease.c: the lease structures (memqd/lease.c): the per-queue id
- * table and the node-wide deadline heap, checked against a plain model
+ * table and id heap and the node-wide deadline heap, checked against a
+ * plain model
  * through random adds, renewals and removals, and at 100,000 leases.
  */
 
@@ -86,6 +87,20 @@ check_min(model_t *m, size_t n)
 }
 
 
+/* q's lowest leased id is the lowest the model holds live. */
+static void
+check_min_seq(const queue_t *q, model_t *m, size_t n)
+{
+    size_t  i;
+
+    for (i = 0; i < n && !m[i].live; i++) {
+        /* the first live one */
+    }
+
+    assert_true(lease_min_seq(q) == (i < n ? (uint64_t) i : UINT64_MAX));
+}
+
+
 static void
 test_random_against_model(void **state)
 {
@@ -149,6 +164,7 @@ test_random_against_model(void **state)
 
         if (k % 97 == 0) {
             check_min(m, MODEL_N);
+            check_min_seq(&q, m, MODEL_N);
         }
     }
 
@@ -164,8 +180,10 @@ test_random_against_model(void **state)
         m[l->ref.seq].live = 0;
         lease_remove(l);
         live--;
+        check_min_seq(&q, m, MODEL_N);
     }
     assert_true(live == 0 && q.leased_items == 0);
+    assert_true(lease_min_seq(&q) == UINT64_MAX);
 
     lease_drop_queue(&q);
     lease_shutdown();
@@ -202,8 +220,10 @@ test_two_queues_and_drop(void **state)
 
     assert_true(lease_min()->q == &a && lease_min()->deadline == 4000);
 
+    assert_true(lease_min_seq(&a) == 1 && lease_min_seq(&b) == 1);
     lease_drop_queue(&a);
     assert_true(a.leased_items == 0 && a.lbuckets == NULL);
+    assert_true(lease_min_seq(&a) == UINT64_MAX && a.lseq.a == NULL);
     assert_true(lease_count() == 1000);
     assert_null(lease_find(&a, 7));
     assert_true(lease_min()->q == &b && lease_min()->deadline == 10001);
@@ -239,11 +259,21 @@ test_100k(void **state)
     /* the table grew with the leases: chains stay short */
     assert_true(q.lbuckets_n >= n / 2);
 
-    /* acknowledged in id order, as a consumer does */
+    assert_true(lease_min_seq(&q) == 1);
+
+    /* acknowledged in id order, as a consumer does: the lowest id
+     * follows, and an item given back and leased again lowers it */
     for (i = 1; i <= n; i++) {
         l = lease_find(&q, i);
         assert_non_null(l);
         lease_remove(l);
+        assert_true(lease_min_seq(&q) == (i < n ? i + 1 : UINT64_MAX));
+        if (i == n / 2) {
+            r = ref_of(3);
+            assert_non_null(lease_add(&q, &r, 1));
+            assert_true(lease_min_seq(&q) == 3);
+            lease_remove(lease_find(&q, 3));
+        }
     }
     assert_true(q.leased_items == 0 && lease_count() == 0);
     assert_null(lease_min());
