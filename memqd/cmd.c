@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "lease.h"
 #include "log.h"
 #include "metrics.h"
 #include "mq_proto.h"
@@ -406,6 +407,17 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
 
         for (i = 0; i < (o->peek ? 1 : o->count); i++) {
             if (c->out_len - start > REPLY_SOFT_MAX) {
+                break;
+            }
+
+            if (o->lease_ms && lease_count() >= srv.max_leases) {
+                /* a lease costs memory: past the node's cap the items
+                 * stay queued, and an empty answer would say the queue
+                 * is empty */
+                if (got == 0) {
+                    c->wait_deadline = 0;
+                    return GET_FAILED;
+                }
                 break;
             }
 

@@ -329,7 +329,7 @@ set_sync(const opt_t *o, const char *v)
 
 
 /* the size options (k, m, g suffixes): opt_t.code indexes this */
-enum { SIZE_ITEM, SIZE_SEGMENT, SIZE_JOURNAL, SIZE_CONNS };
+enum { SIZE_ITEM, SIZE_SEGMENT, SIZE_JOURNAL, SIZE_CONNS, SIZE_LEASES };
 
 static const struct {
     uint64_t     *to;       /* the setting */
@@ -341,6 +341,7 @@ static const struct {
     { &srv.segment_size, 4096, UINT64_MAX, "at least 4k" },
     { &srv.journal_size, 65536, UINT64_MAX, "at least 64k" },
     { &srv.max_conns, 1, UINT32_MAX, "a number, at least 1" },
+    { &srv.max_leases, 1, UINT32_MAX, "a number, at least 1" },
 };
 
 
@@ -439,6 +440,9 @@ static const opt_t  options[] = {
       "bytes of one journal file", 0, SIZE_JOURNAL, set_size },
     { "max-connections", 'C', "N", "10000",
       "connections past this are refused", 0, SIZE_CONNS, set_size },
+    { "max-leases", 0, "N", "1m",
+      "leases held at once (about 100 bytes each)", 0, SIZE_LEASES,
+      set_size },
     { "shutdown-timeout", 0, "S", "10",
       "seconds replies in flight get on SIGTERM", 0, 0,
       set_shutdown_timeout },

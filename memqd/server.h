@@ -28,6 +28,7 @@ typedef struct {
     int           check_only;      /* --check: report damage, change
                                       nothing */
     uint64_t      max_conns;
+    uint64_t      max_leases;      /* leases held node-wide, at most */
     uint64_t      shutdown_timeout;  /* ms replies in flight get on
                                         SIGTERM */
     const char   *config_path;     /* (ref) argv, or NULL */

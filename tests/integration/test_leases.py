@@ -526,3 +526,29 @@ def test_100k_leases_acknowledged_by_pipelined_deletes(memqd_factory):
     st = c.qstats(q)
     assert st["items"] == 0 and st["leased_items"] == 0
     assert c.get(q) is None
+
+
+def test_max_leases_caps_memory_not_the_queue(memqd_factory):
+    """Leases cost memory (about 100 bytes each), so --max-leases caps
+    how many the node holds: past it a lease answers SERVER_ERROR out of
+    resources (never END: the queue is not empty), nothing is taken or
+    counted as delivered, other ways to consume go on, and an
+    acknowledgement makes room again."""
+    s = memqd_factory(args=["--max-leases", "5", "--sync", "none"])
+    c = s.connect()
+    q, other = qname("cap"), qname("cap2")
+    _fill(c, q, 8)
+    _fill(c, other, 1)
+    got = _lease(c, q, 60000, n=10)
+    assert [it.cas for it in got] == [1, 2, 3, 4, 5]
+    assert c.cmd("get %s/lease=60000" % q) == \
+        "SERVER_ERROR out of resources"
+    assert c.cmd("get %s/lease=60000" % other) == \
+        "SERVER_ERROR out of resources"
+    st = c.qstats(q)
+    assert st["items"] == 3 and st["leased_items"] == 5
+    assert st["redelivered_items"] == 0
+    assert c.getdata(q) == b"m5"            # a plain get still takes
+    assert c.cmd("delete %s/2" % q) == "DELETED"
+    assert [it.cas for it in _lease(c, q, 60000, n=10)] == [7]
+    c.close()
