@@ -29,7 +29,8 @@
 # back to back.  Before the cells, each system passes a produce + consume
 # run with --verify over 16 queues and 4 connections.  It prints a table
 # per queue count, the last shape's figures with several queues as a ratio
-# of its 1-queue figure, and the mean time of one durable set at 1x1.
+# of its 1-queue figure, the mean time of one durable set at 1x1, and its
+# median against its bound (matrix_bound below).
 #
 # Environment:
 #   QUICK=1           tiny counts, 1 s cap: a smoke test in well under a minute
@@ -56,6 +57,7 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=${BENCH:-$ROOT/build/memq-bench}
 MEMQD=${MEMQD:-$ROOT/build/memqd}
+FSYNC_DESIGNS=${FSYNC_DESIGNS:-$ROOT/build/fsync-designs}
 QUICK=${QUICK:-0}
 MATRIX=${MATRIX:-0}
 MATRIX_SHAPES=${MATRIX_SHAPES:-1x1 16x1 50x1 50x16}
@@ -393,6 +395,24 @@ matrix_cell() {
     rm -rf "$DIR"
 }
 
+# What bounds a durable set at 1x1 (issue 7: one fdatasync plus a
+# loopback round trip plus 10%), measured beside the 1x1 cells: the median
+# fdatasync of a 100 B journal write (build/fsync-designs, in a directory
+# of the same file system), and a set at 1x1 on memqd --sync none, the
+# same round trip and work without the disk
+matrix_bound() {
+    local dir f
+    dir=$(mktemp -d "$TMP/fsync.XXXX")
+    f=$("$FSYNC_DESIGNS" "$dir" 1 2000 100 | awk '/^journal/ { print $4 }')
+    rm -rf "$dir"
+    [ -n "$f" ] && echo "RESULT part=bound fsync_p50_us=$f" >>"$RESULTS"
+    start memqd none || { STATUS=1; return; }
+    TAG=part=bound bench memqd none -c 1 -d 1 -s 100 -n 5000 -q rt -Q \
+        >/dev/null || STATUS=1
+    stop "$PID"
+    rm -rf "$DIR"
+}
+
 run_matrix() {
     local sys nq shape rep systems
     systems=$(matrix_systems)
@@ -408,6 +428,10 @@ run_matrix() {
                 for sys in $systems; do
                     matrix_cell "$sys" "${shape%x*}" "${shape#*x}" "$nq"
                 done
+                if [ "$shape" = 1x1 ] && [ "$nq" = 1 ] && \
+                   [ -x "$FSYNC_DESIGNS" ]; then
+                    matrix_bound
+                fi
             done
         done
     done
@@ -416,16 +440,26 @@ run_matrix() {
 matrix_table() {
     awk -v shapes="$MATRIX_SHAPES" -v queues="$MATRIX_QUEUES" \
         -v rep="$REPEAT" -v n="$MATRIX_N" -v secs="$DURATION" '
-    /^RESULT / && / part=matrix/ && !/ check=/ {
+    function min(a, b) { return a == "" || b + 0 < a + 0 ? b : a }
+    /^RESULT / && / part=(matrix|bound)/ && !/ check=/ {
         delete f
         for (i = 2; i <= NF; i++) {
             split($i, kv, "=")
             f[kv[1]] = kv[2]
         }
+        if (f["part"] == "bound") {
+            if ("fsync_p50_us" in f)
+                fs = min(fs, f["fsync_p50_us"])
+            else
+                rt = min(rt, f["p50_us"])
+            next
+        }
         if (f["msgs"] == 0) next
         k = f["system"] SUBSEP f["queues"] SUBSEP f["conns"] "x" f["depth"]
-        if (!(k in v) || f["msgs_per_sec"] + 0 > v[k] + 0)
+        if (!(k in v) || f["msgs_per_sec"] + 0 > v[k] + 0) {
             v[k] = f["msgs_per_sec"]
+            p50[k] = f["p50_us"]
+        }
     }
     function ratio(a, b) {
         if (a == "" || b == "" || b == 0) return "-"
@@ -471,6 +505,15 @@ matrix_table() {
         printf "durable set at 1x1, 1 queue, mean (1e6 / msgs/s):" \
                " memqd %s, redis %s\n", us(v["memqd", 1, "1x1"]), \
                us(v["redis", 1, "1x1"])
+        if (fs != "" && rt != "" && p50["memqd", 1, "1x1"] != "") {
+            b = (fs + rt) * 1.1
+            printf "durable set at 1x1, 1 queue, p50: memqd %s us, redis" \
+                   " %s us; bound (fdatasync p50 %s us + set round trip" \
+                   " at --sync none p50 %s us) x 1.1 = %.0f us;" \
+                   " memqd/bound %.2f\n", p50["memqd", 1, "1x1"], \
+                   p50["redis", 1, "1x1"], fs, rt, b, \
+                   p50["memqd", 1, "1x1"] / b
+        }
     }' "$RESULTS"
 }
 

@@ -60,6 +60,8 @@ static int             broken;           /* a write failed */
 static int             unsynced;         /* written since the last commit */
 static int             switched;         /* a new file awaits its first
                                             commit (fsync with metadata) */
+static unsigned        nrec;             /* records since the last commit */
+static unsigned        prev_nrec = 2;    /* records in the last commit */
 
 
 void
@@ -281,6 +283,7 @@ journal_add(uint32_t kind, const char *name, size_t nlen,
     jh.len = (uint32_t) (1 + nlen + dlen);
     mq_frame_encode(p, &jh, p + MQ_FRAME_HDR_SIZE, jmark);
     len += need;
+    nrec++;
     return 0;
 }
 
@@ -563,7 +566,12 @@ journal_commit(int sync)
         }
         fds[n++] = cur.fd;
 
-        ticket = sync_submit(fds, n, switched, switched ? jdir : -1);
+        /* one record after one record: a lone writer waiting for each
+         * reply, whom a hand-over to the commit thread only delays */
+        ticket = sync_submit(fds, n, switched, switched ? jdir : -1,
+                             nrec <= 1 && prev_nrec <= 1);
+        prev_nrec = nrec;
+        nrec = 0;
         switched = 0;
         unsynced = 0;
         cur.ticket = ticket;

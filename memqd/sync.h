@@ -56,8 +56,16 @@ uint64_t sync_durable(void);
  * Submits fds[0..n) for the next commit (full: fsync with metadata and,
  * when dirfd != -1, fsync of that directory too).  Returns the ticket, or
  * the last one when n is 0.
+ *
+ * quiet: the caller sees no other writer (one record in this commit and
+ * in the one before).  When the commit thread is idle too, the commit is
+ * made here, in the loop, as Redis does under appendfsync always: the
+ * reply then goes out without two thread wake-ups (measured: 50-70 us a
+ * durable set on a busy 2-core machine, docs/memqd.md).  Under load the
+ * thread keeps the loop reading while the disk works.
  */
-uint64_t sync_submit(const int *fds, size_t n, int full, int dirfd);
+uint64_t sync_submit(const int *fds, size_t n, int full, int dirfd,
+    int quiet);
 
 /* Queues a background job: 0, or -1 when it is busy already. */
 int sync_job(sync_job_t *job);

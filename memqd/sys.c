@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -13,7 +14,9 @@
 sys_ops_t  sys = { pwrite, pwritev, fdatasync, pread };
 
 static long  writes_left = -1;   /* loop thread only */
-static long  syncs_left = -1;    /* sync thread only */
+static long  syncs_left = -1;    /* the committer: the commit thread or
+                                    the loop, never both at once (sync.c) */
+static long  sync_delay_ms;      /* each fdatasync takes this long first */
 static long  read_fails;         /* loop thread only */
 
 
@@ -49,6 +52,13 @@ faulty_fdatasync(int fd)
     if (syncs_left == 0) {
         errno = EIO;
         return -1;
+    }
+
+    if (sync_delay_ms > 0) {
+        struct timespec  ts = { sync_delay_ms / 1000,
+                                sync_delay_ms % 1000 * 1000000 };
+
+        nanosleep(&ts, NULL);
     }
 
     syncs_left--;
@@ -87,6 +97,13 @@ sys_init(void)
         syncs_left = atol(v);
         sys.fdatasync = faulty_fdatasync;
         log_warn("sys", "test fault: fdatasync fails after %ld", syncs_left);
+    }
+
+    v = getenv("MEMQD_FAULT_FSYNC_DELAY_MS");
+    if (v != NULL) {
+        sync_delay_ms = atol(v);
+        sys.fdatasync = faulty_fdatasync;
+        log_warn("sys", "test fault: fdatasync takes %ld ms", sync_delay_ms);
     }
 
     v = getenv("MEMQD_FAULT_READ_FAILS");

@@ -2,9 +2,11 @@
  * sys.h: the system calls whose failures tests must be able to provoke
  * (disk full, fsync errors) go through this table.
  *
- * At start-up, sys_init() reads two variables meant for tests only:
+ * At start-up, sys_init() reads these variables, meant for tests only:
  *   MEMQD_FAULT_WRITE_AFTER=N   segment writes fail with ENOSPC after N
  *   MEMQD_FAULT_FSYNC_AFTER=N   fdatasync fails with EIO after N calls
+ *   MEMQD_FAULT_FSYNC_DELAY_MS=N each fdatasync sleeps N ms first (a slow
+ *                               disk)
  *   MEMQD_FAULT_READ_FAILS=N    the first N reads of queue files (not
  *                               the recovery scan) fail with EIO
  */

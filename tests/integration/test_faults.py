@@ -3,6 +3,8 @@
 answered with STORED, later sets are refused, and what was STORED before
 stays readable and survives a restart."""
 
+import select
+
 from conftest import Closed, qname, wait_for
 
 
@@ -69,3 +71,26 @@ def test_disk_full_refuses_sets_and_keeps_stored(memqd_factory):
     assert got[:len(stored)] == stored
     assert c3.set(q, b"healthy") == "STORED"
     c3.close()
+
+
+def test_slow_disk_stalls_the_writer_not_other_clients(memqd_factory):
+    """A lone writer's commit may be made in the loop (no hand-over to the
+    commit thread), but only after a quick one: once an fdatasync has been
+    slow, commits go to the thread and the loop keeps answering others."""
+    s = memqd_factory(args=["--sync", "always"],
+                      env={"MEMQD_FAULT_FSYNC_DELAY_MS": "2000"})
+    a = s.connect(timeout=30)
+    b = s.connect(timeout=30)
+    q = qname()
+    # the first commit (a new journal file: fsync, not delayed) is quick;
+    # the second meets the slow disk; from then on the thread commits
+    assert a.set(q, b"one", timeout=30) == "STORED"
+    assert a.set(q, b"two", timeout=30) == "STORED"
+    for data in (b"three", b"four"):
+        a.send(b"set %s 0 0 %d\r\n%s\r\n" % (q.encode(), len(data), data))
+        assert b.cmd("version").startswith("VERSION")
+        r, _, _ = select.select([a.sock], [], [], 0)
+        assert not r, "the writer was answered before the other client"
+        assert a.line(timeout=30) == "STORED"
+    assert [i.data for i in b.drain(q)] == [b"one", b"two", b"three",
+                                           b"four"]
