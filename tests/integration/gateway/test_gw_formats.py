@@ -108,6 +108,23 @@ def test_bad_compressed_value_passed_through(gateway_factory, memqd_factory):
     assert g.node_status(node_addr(n))["inflate_errors"] == 2
 
 
+def test_inflate_max_size_of_4g_and_more_inflates(gateway_factory,
+                                                  memqd_factory):
+    # limits of 4 GiB and more are accepted and inflate as any other (the
+    # buffer handed to zlib is sized in 32-bit steps, never wrapped)
+    n = memqd_factory()
+    for limit in ("4096m", "8192m", "4194305k"):
+        g = gateway_factory([n], loc_extra="memq_inflate_max_size %s;"
+                            % limit)
+        q = qname()
+        text = b"memq " * 2000
+        _store(n, q, [zlib.compress(text)], flags=1)
+        r = g.consume(q, format="raw")
+        assert r.content == b"%d\r\n%s\r\n" % (len(text), text), limit
+        assert g.node_status(node_addr(n))["inflate_errors"] == 0
+        g.stop()
+
+
 def test_inflate_off_passes_through(gateway_factory, memqd_factory):
     n = memqd_factory()
     loc = """
