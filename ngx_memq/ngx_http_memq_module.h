@@ -264,6 +264,10 @@ struct ngx_http_memq_conn_s {
     unsigned                       local:1;     /* err is a shortage of
                                                    this worker, not the
                                                    node's failure */
+    unsigned                       pipelined:1; /* a send while replies
+                                                   are owed keeps their
+                                                   read timer (a publish
+                                                   pipe) */
 };
 
 

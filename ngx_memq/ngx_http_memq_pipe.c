@@ -20,9 +20,12 @@
  * entry is appended and goes back to it when the FIFO empties, so an idle
  * pipe holds nothing and the pool's idle handling (eof, keepalive
  * timeout) applies.  The node's read timer runs only while replies are
- * owed (ngx_http_memq_peer.c arms it once the sets are sent, and it is
- * deleted when the FIFO empties); nothing here waits for a client, so a
- * slow client never makes a node look slow.
+ * owed: ngx_http_memq_peer.c arms it once the sets are sent, restarts it
+ * when reply bytes come, and (mc->pipelined) leaves it alone when more
+ * sets are sent, so a node that never answers fails read_timeout after
+ * its last reply however many POSTs keep coming; it is deleted when the
+ * FIFO empties.  Nothing here waits for a client, so a slow client never
+ * makes a node look slow.
  *
  * Bounds: at most NGX_HTTP_MEMQ_PIPE_DEPTH entries per pipe and
  * NGX_HTTP_MEMQ_PIPE_BYTES of unsent sets; a set longer than
@@ -148,6 +151,7 @@ ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,
         p->mc->handler = ngx_http_memq_pipe_read;
         p->mc->data = p;
         p->mc->owner_conn = NULL;
+        p->mc->pipelined = 1;
         kick = 1;
 
     } else {

@@ -341,6 +341,40 @@ def test_late_replies_and_read_timeout(gateway_factory, memqd_factory,
     assert g.node_status(node_addr(node.addr))["fails"] == 1
 
 
+def test_silent_node_times_out_under_traffic(gateway_factory,
+                                             memqd_factory, fake):
+    """A node that takes sets and never answers fails read_timeout after
+    the first one, even while more POSTs keep arriving on its pipe (new
+    sets must not restart the wait for replies owed before them)."""
+    real = memqd_factory()
+    node = fake()
+    g = gateway_factory([node.addr, real], workers=1,
+                        weights={node_addr(node.addr): 100},
+                        cluster_extra="max_fails 1000;",
+                        timeouts="connect_timeout 1s; read_timeout 1s;")
+    g.expect_errors()
+    q = qname()
+    first = post(g, q, b"first")
+    first.settimeout(0.2)
+    later = []
+    got = None
+    end = deadline_after(10)
+    while got is None and time.monotonic() < end:
+        # a new POST every 0.2 s, more often than read_timeout
+        later.append(post(g, q, b"later%d" % len(later)))
+        try:
+            got = first.recv(65536)
+        except socket.timeout:
+            pass
+    assert got, "the first POST waited while new ones kept coming"
+    assert got.split()[1] == b"201", got
+    assert b'"node":"%s"' % node_addr(real).encode() in got, got
+    for s in later:
+        s.settimeout(20 * SLOW)
+        status, body = answer(s)
+        assert status == 201, body
+
+
 def test_client_abort_mid_flight(gateway_factory, fake):
     """Clients that leave while their sets are in flight: their replies
     are still read and dropped, the others get their own answers, and the
