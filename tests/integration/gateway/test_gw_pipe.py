@@ -175,6 +175,20 @@ def answer(s):
     return int(head.split()[1]), body
 
 
+def node_messages(node, q):
+    """Every message of q on one memqd, in its order (taken)."""
+    c = Client(node.addr)
+    try:
+        got = []
+        while True:
+            d = c.getdata(q)
+            if d is None:
+                return got
+            got.append(d)
+    finally:
+        c.close()
+
+
 def json_body(body):
     import json
     return json.loads(body)
@@ -262,17 +276,7 @@ def test_fifo_matching(gateway_factory, memqd_factory, fake):
         else:
             assert status == 503, (i, body)
             assert json_body(body)["unknown"] == [1, 1]
-    c = Client(real.addr)
-    try:
-        got = []
-        while True:
-            d = c.getdata(q)
-            if d is None:
-                break
-            got.append(d)
-    finally:
-        c.close()
-    assert got == stored_real
+    assert node_messages(real, q) == stored_real
 
 
 def test_node_closes_with_replies_owed(gateway_factory, memqd_factory,
@@ -301,12 +305,7 @@ def test_node_closes_with_replies_owed(gateway_factory, memqd_factory,
     assert where == [node_addr(node.addr)] * 4 + [node_addr(real)] * 6
     st = g.node_status(node_addr(node.addr))
     assert st["fails"] == 1, st
-    c = Client(real.addr)
-    try:
-        got = [c.getdata(q) for _ in range(6)]
-    finally:
-        c.close()
-    assert got == [b"m%d" % i for i in range(4, 10)]
+    assert node_messages(real, q) == [b"m%d" % i for i in range(4, 10)]
 
 
 def test_late_replies_and_read_timeout(gateway_factory, memqd_factory,
@@ -498,16 +497,7 @@ def test_many_clients_stored_once_in_order(gateway_factory, nodes3):
     assert not errors, errors[:3]
     seen = []
     for n in nodes3:
-        c = Client(n.addr)
-        try:
-            mine = []
-            while True:
-                d = c.getdata(q)
-                if d is None:
-                    break
-                mine.append(d)
-        finally:
-            c.close()
+        mine = node_messages(n, q)
         for k in range(20):
             tag = b"c%02d-" % k
             own = [m for m in mine if m.startswith(tag)]
