@@ -10,6 +10,10 @@
  *                   once unreferenced, its struct and its shared slot
  *                   are reused for a new address, so the table never
  *                   exceeds NGX_HTTP_MEMQ_MAX_NODES)
+ *   cycle->pool and ngx_alloc()
+ *                   a node's publish pipes (ngx_http_memq_pipe.c), made at
+ *                   their first use, kept for the worker's life and
+ *                   reused with the node
  *   per poll pool   an etcd poll's connection buffers and decoded answer
  *   shared zone     one per cluster: node health and counters, summed over
  *                   all workers (ngx_http_memq_sh_t, fixed size, no pointers)

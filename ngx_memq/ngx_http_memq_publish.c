@@ -37,6 +37,14 @@
  * "stored":[[first,last],...], 1-based numbers of messages (non-blank
  * lines) in the body; "unknown":[first,last] when a node failed with
  * messages in flight.
+ *
+ * A single message (no ndjson) is built the same way, as a window of one,
+ * and handed to a publish pipe of the node (ngx_http_memq_pipe.c), whose
+ * connection it shares with the other single POSTs of the worker; the
+ * pipe tells ngx_http_memq_publish_piped() its reply, or that the pipe
+ * failed (then it goes to the next node, as when a connection of its own
+ * fails before the reply).  When no pipe has room it takes a connection
+ * of its own as above.
  */
 
 #include "ngx_http_memq_module.h"
