@@ -12,17 +12,18 @@ import time
 
 import pytest
 
-from gwutil import (Client, SLOW, deadline_after, node_addr, qname,
-                    wait_for)
+from gwutil import (Client, SLOW, ScriptedNode, deadline_after, node_addr,
+                    qname, wait_for)
 
 
-class PipeNode:
+class PipeNode(ScriptedNode):
     """Speaks just enough memcache for publishing: parses "set" commands
     with their data blocks and records (connection number, payload).
     With hold set, replies wait until release(); reply(payload) says what
     to answer for a set (STORED by default)."""
 
     def __init__(self, hold=True, reply=None):
+        # set before the listener starts accepting
         self.hold = hold
         self.reply = reply or (lambda payload: b"STORED\r\n")
         self.lock = threading.Lock()
@@ -30,41 +31,19 @@ class PipeNode:
         self.owed = {}            # conn number -> [reply bytes]
         self.conns = {}           # conn number -> socket
         self.accepted = 0
-        self.closed = False
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        ScriptedNode.__init__(self, answer=None)
+        # the pipe cap test opens 45 connections at once
         self.sock.listen(512)
-        self.host, self.port = self.sock.getsockname()
-        self.threads = []
-        t = threading.Thread(target=self._accept, daemon=True)
-        t.start()
-        self.threads.append(t)
 
-    @property
-    def addr(self):
-        return (self.host, self.port)
+    def _serve(self, c):
+        with self.lock:
+            self.accepted += 1
+            n = self.accepted
+            self.conns[n] = c
+            self.owed[n] = []
+        self._serve_sets(c, n)
 
-    def _accept(self):
-        self.sock.settimeout(0.05)
-        while not self.closed:
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self.lock:
-                self.accepted += 1
-                n = self.accepted
-                self.conns[n] = c
-                self.owed[n] = []
-            t = threading.Thread(target=self._serve, args=(c, n),
-                                 daemon=True)
-            t.start()
-            self.threads.append(t)
-
-    def _serve(self, c, n):
+    def _serve_sets(self, c, n):
         buf = b""
         c.settimeout(0.05)
         while not self.closed:
@@ -146,9 +125,7 @@ class PipeNode:
                 c.close()
             except OSError:
                 pass
-        self.sock.close()
-        for t in self.threads:
-            t.join(2)
+        ScriptedNode.close(self)
 
 
 def post(g, topic, body):
