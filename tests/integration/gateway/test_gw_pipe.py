@@ -422,8 +422,8 @@ def test_publish_pipes_directive_checked(gateway_factory, memqd_factory):
     with tempfile.TemporaryDirectory() as d:
         for bad in ("publish_pipes 17;", "publish_pipes x;"):
             ok, out = Gateway(d, [real], cluster_extra=bad).test_conf()
-            assert not ok and "publish_pipes" in out or "invalid" in out, \
-                out
+            assert not ok, out
+            assert "publish_pipes" in out, out
 
 
 @pytest.mark.parametrize("how", ["reload", "quit"])
