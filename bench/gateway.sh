@@ -468,15 +468,23 @@ elif command -v wrk >/dev/null; then
         wait "$p" || fail "publish direct: memq-bench failed"
     done
     dmsgs=0
+    dp50=0
+    dp99=0
     for p in "${APORT[@]}"; do
         m=$(sed -n 's/^RESULT.* msgs_per_sec=\([0-9]*\) .*/\1/p' \
             "$TMP/pubdirect.$p")
         dmsgs=$((dmsgs + ${m:-0}))
+        # latency: the slowest of the three nodes
+        m=$(sed -n 's/^RESULT.* p50_us=\([0-9]*\).*/\1/p' "$TMP/pubdirect.$p")
+        [ "${m:-0}" -gt "$dp50" ] && dp50=$m
+        m=$(sed -n 's/^RESULT.* p99_us=\([0-9]*\).*/\1/p' "$TMP/pubdirect.$p")
+        [ "${m:-0}" -gt "$dp99" ] && dp99=$m
     done
-    record "PUBLISH name=direct_always conns=$PUB_CONNS msgs_per_sec=$dmsgs"
+    record "PUBLISH name=direct_always conns=$PUB_CONNS msgs_per_sec=$dmsgs" \
+           "p50_us=$dp50 p99_us=$dp99"
     PUBMSGS[direct_always]=$dmsgs
     PUBROWS="$PUBROWS$(printf '%-28s %10s %12s %10s %10s' direct_always \
-        - "$dmsgs" - -)
+        - "$dmsgs" "${dp50}us" "${dp99}us")
 "
 else
     echo "gateway: wrk not installed (apt-get install wrk): no publish rows"

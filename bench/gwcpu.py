@@ -8,12 +8,13 @@ own time).  For each module given, in turn (ROUNDS times, alternating):
 three memqd nodes (--sync none) and Debian's nginx with 2 workers, then
 
   single   wrk -t 2 -c 50 -d SECS: POSTs of one 100 B message
+  r201     the same POSTs answered by `return 201` (nginx without memq)
   batch    the same with 100 ndjson lines of 100 B a POST
   drain    DRAIN_N messages of 100 B queued on the nodes, drained by one
            GET stream (wait=0, ndjson)
 
 and prints the workers' user+system CPU per message (us/msg) with the
-rate seen.  Usage (after make memqd module):
+rate seen, and the three nodes' CPU per message (node us/msg).  Usage (after make memqd module):
 
   bench/gwcpu.py NAME=path/to/module.so [NAME=other.so ...]
 
@@ -40,6 +41,13 @@ ROUNDS = int(os.environ.get("ROUNDS", "2"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def proc_cpu(pid):
+    """Seconds of CPU used so far by one process."""
+    st = open("/proc/%d/stat" % pid).read()
+    f = st[st.rindex(")") + 2:].split()
+    return (int(f[11]) + int(f[12])) / TICK
+
+
 def worker_cpu(master):
     """Seconds of CPU used so far by the children of the nginx master."""
     total = 0
@@ -56,7 +64,7 @@ def worker_cpu(master):
     return total / TICK
 
 
-def wrk(g, tmp, lines):
+def wrk(g, tmp, lines, path="/mq"):
     body = b"\n".join([b"x" * 100] * lines)
     (tmp / "body").write_bytes(body)
     lua = tmp / "pub.lua"
@@ -66,7 +74,7 @@ def wrk(g, tmp, lines):
                    % (tmp / "body", "application/x-ndjson" if lines > 1
                       else "text/plain"))
     out = subprocess.run(["wrk", "-t", "2", "-c", "50", "-d", "%ds" % SECS,
-                          "-s", str(lua), g.url("/mq?topic=cpu%d" % lines)],
+                          "-s", str(lua), g.url("%s?topic=cpu%d" % (path, lines))],
                          capture_output=True, text=True).stdout
     for l in out.splitlines():
         if "requests in" in l:
@@ -102,21 +110,31 @@ def run(name, module):
     for n in nodes:
         n.start()
     g = gwutil.Gateway(tmp / "nginx", nodes, loc_extra=
-                       "client_max_body_size 1m; access_log off;")
+                       "client_max_body_size 1m; access_log off;",
+                       server_extra="location = /r201 { access_log off; "
+                       "return 201; }")
     g.start()
     try:
         rows = []
-        for label, lines in (("single", 1), ("batch", 100)):
+        def node_cpu():
+            return sum(proc_cpu(n.proc.pid) for n in nodes)
+
+        for label, lines, path in (("single", 1, "/mq"), ("r201", 1, "/r201"),
+                                   ("batch", 100, "/mq")):
             c0, t0 = worker_cpu(g.proc.pid), time.monotonic()
-            msgs = wrk(g, tmp, lines)
+            n0 = node_cpu()
+            msgs = wrk(g, tmp, lines, path)
             cpu, took = worker_cpu(g.proc.pid) - c0, time.monotonic() - t0
-            rows.append((label, msgs, took, cpu))
-        c0 = worker_cpu(g.proc.pid)
+            rows.append((label, msgs, took, cpu, node_cpu() - n0))
+        c0, n0 = worker_cpu(g.proc.pid), node_cpu()
         msgs, took = drain(g, nodes)
-        rows.append(("drain", msgs, took, worker_cpu(g.proc.pid) - c0))
-        for label, msgs, took, cpu in rows:
-            print("%-8s %-7s %9d msgs %10.0f msgs/s %7.2f us cpu/msg"
-                  % (name, label, msgs, msgs / took, cpu * 1e6 / msgs))
+        rows.append(("drain", msgs, took, worker_cpu(g.proc.pid) - c0,
+                     node_cpu() - n0))
+        for label, msgs, took, cpu, ncpu in rows:
+            print("%-8s %-7s %9d msgs %10.0f msgs/s %7.2f us cpu/msg "
+                  "%6.2f node us/msg"
+                  % (name, label, msgs, msgs / took, cpu * 1e6 / msgs,
+                     ncpu * 1e6 / msgs))
         sys.stdout.flush()
     finally:
         g.stop()

@@ -810,6 +810,7 @@ ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl, ngx_pool_t *pool,
     ngx_str_t *addr, ngx_int_t weight, ngx_uint_t source, ngx_str_t *err)
 {
     ngx_uint_t              i;
+    ngx_http_memq_pipe_t   *pipes;
     ngx_http_memq_node_t   *node, **np;
 
     node = ngx_http_memq_node_find(cl, addr->data, addr->len);
@@ -855,15 +856,22 @@ ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl, ngx_pool_t *pool,
         ngx_http_memq_conn_close_idle(node);
         ngx_http_memq_shm_release(node);
 
+        /* it keeps its publish pipes (empty: nothing refers to the
+         * node), which are cycle memory */
+        pipes = node->pipes;
+
     } else {
         node = ngx_palloc(pool, sizeof(ngx_http_memq_node_t));
         if (node == NULL) {
             ngx_str_set(err, "out of memory");
             return NULL;
         }
+
+        pipes = NULL;
     }
 
     ngx_memzero(node, sizeof(ngx_http_memq_node_t));
+    node->pipes = pipes;
     node->cluster = cl;
     node->slot = NGX_HTTP_MEMQ_MAX_NODES;
     ngx_queue_init(&node->idle);
@@ -1066,6 +1074,7 @@ ngx_http_memq_cluster(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     cl->read_timeout = NGX_CONF_UNSET_MSEC;
     cl->max_fails = NGX_CONF_UNSET_UINT;
     cl->fail_timeout = NGX_CONF_UNSET_MSEC;
+    cl->publish_pipes = NGX_CONF_UNSET_UINT;
     cl->file_size = -1;
     cl->conf_file = cf->conf_file->file.name.data;
     cl->conf_line = cf->conf_file->line;
@@ -1102,6 +1111,14 @@ ngx_http_memq_cluster(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_conf_init_msec_value(cl->read_timeout, 5000);
     ngx_conf_init_uint_value(cl->max_fails, 1);
     ngx_conf_init_msec_value(cl->fail_timeout, 10000);
+    ngx_conf_init_uint_value(cl->publish_pipes, 2);
+
+    if (cl->publish_pipes > NGX_HTTP_MEMQ_MAX_PIPES) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "memq_cluster \"%V\": publish_pipes is more "
+                           "than %d", &cl->name, NGX_HTTP_MEMQ_MAX_PIPES);
+        return NGX_CONF_ERROR;
+    }
 
     if (cl->nodes.nelts == 0 && cl->nodes_file.len == 0 && cl->etcd == NULL)
     {
@@ -1217,6 +1234,9 @@ ngx_http_memq_cluster_cmd(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
 
     } else if (MEMQ_IS("max_fails")) {
         up = &cl->max_fails;
+
+    } else if (MEMQ_IS("publish_pipes")) {
+        up = &cl->publish_pipes;
 
     } else if (MEMQ_IS("keepalive_timeout")) {
         msp = &cl->keepalive_timeout;

@@ -10,6 +10,10 @@
  *                   once unreferenced, its struct and its shared slot
  *                   are reused for a new address, so the table never
  *                   exceeds NGX_HTTP_MEMQ_MAX_NODES)
+ *   cycle->pool and ngx_alloc()
+ *                   a node's publish pipes (ngx_http_memq_pipe.c), made at
+ *                   their first use, kept for the worker's life and
+ *                   reused with the node
  *   per poll pool   an etcd poll's connection buffers and decoded answer
  *   shared zone     one per cluster: node health and counters, summed over
  *                   all workers (ngx_http_memq_sh_t, fixed size, no pointers)
@@ -37,6 +41,9 @@
 #define NGX_HTTP_MEMQ_ERR_LEN         96       /* last_error in shm */
 #define NGX_HTTP_MEMQ_MAX_VALUE       (64 * 1024 * 1024)
 #define NGX_HTTP_MEMQ_PUBLISH_TRIES   3
+#define NGX_HTTP_MEMQ_MAX_PIPES       16       /* publish_pipes at most */
+#define NGX_HTTP_MEMQ_PIPE_MSG        (16 * 1024) /* a set in a pipe at
+                                                   most */
 #define NGX_HTTP_MEMQ_SHM_SIZE        (128 * 1024)
 
 #define NGX_HTTP_MEMQ_SRC_STATIC      0x01
@@ -71,6 +78,14 @@ typedef struct ngx_http_memq_cluster_s  ngx_http_memq_cluster_t;
 typedef struct ngx_http_memq_node_s     ngx_http_memq_node_t;
 typedef struct ngx_http_memq_conn_s     ngx_http_memq_conn_t;
 typedef struct ngx_http_memq_etcd_s     ngx_http_memq_etcd_t;
+typedef struct ngx_http_memq_pipe_s     ngx_http_memq_pipe_t;
+
+
+/* a single POST waiting in a publish pipe (ngx_http_memq_pipe.c) */
+typedef struct {
+    void                     *owner;       /* NULL: its client left */
+    size_t                    len;         /* payload bytes */
+} ngx_http_memq_pipe_entry_t;
 
 
 /* one node in shared memory; plain data only, counters are atomics */
@@ -138,6 +153,10 @@ struct ngx_http_memq_node_s {
                                               using it: a node without
                                               sources and refs may be
                                               reused for another address */
+    ngx_http_memq_pipe_t     *pipes;       /* publish_pipes of them, made
+                                              at the first single POST;
+                                              kept when the node is
+                                              reused */
     ngx_sockaddr_t            sa;          /* sockaddr points here */
     u_char                    addr_buf[NGX_HTTP_MEMQ_ADDR_LEN];
 };
@@ -154,6 +173,7 @@ struct ngx_http_memq_cluster_s {
     ngx_msec_t                read_timeout;
     ngx_uint_t                max_fails;
     ngx_msec_t                fail_timeout;
+    ngx_uint_t                publish_pipes; /* per node per worker */
     ngx_str_t                 nodes_file;  /* empty: none */
 
     ngx_shm_zone_t           *shm_zone;
@@ -248,6 +268,10 @@ struct ngx_http_memq_conn_s {
     unsigned                       local:1;     /* err is a shortage of
                                                    this worker, not the
                                                    node's failure */
+    unsigned                       pipelined:1; /* a send while replies
+                                                   are owed keeps their
+                                                   read timer (a publish
+                                                   pipe) */
 };
 
 
@@ -281,6 +305,15 @@ ngx_int_t ngx_http_memq_parse_lease(ngx_str_t *v, ngx_msec_t *ms);
 /* ngx_http_memq_publish.c */
 ngx_int_t ngx_http_memq_publish(ngx_http_request_t *r);
 ngx_int_t ngx_http_memq_body_bytes(ngx_http_request_t *r, ngx_str_t *body);
+ngx_uint_t ngx_http_memq_set_refused(mq_reply_t *reply);
+void ngx_http_memq_publish_piped(void *owner, ngx_http_memq_node_t *node,
+    ngx_int_t rc, mq_reply_t *reply, size_t line_len, u_char *line,
+    const char *reason);
+
+/* ngx_http_memq_pipe.c */
+ngx_int_t ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,
+    size_t size, size_t len, void *owner, ngx_http_memq_pipe_entry_t **ep);
+void ngx_http_memq_pipe_forget(ngx_http_memq_pipe_entry_t *e);
 
 /* ngx_http_memq_peer.c */
 ngx_int_t ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,

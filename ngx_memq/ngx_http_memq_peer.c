@@ -198,7 +198,9 @@ ngx_http_memq_conn_send(ngx_http_memq_conn_t *mc, ngx_buf_t *out,
     mc->log.action = mc->connecting ? "connecting to memq node"
                                     : "sending to memq node";
 
-    if (c->read->timer_set) {
+    if (c->read->timer_set && !mc->pipelined) {
+        /* a pipelined connection still owes the replies to what went
+         * before: the wait for them goes on */
         ngx_del_timer(c->read);
     }
 
@@ -440,6 +442,7 @@ ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc)
     (void) ngx_atomic_fetch_add(&sn->pool_idle, 1);
 
     mc->out = NULL;
+    mc->pipelined = 0;
     mc->handler = NULL;
     mc->data = NULL;
     mc->owner_conn = NULL;
@@ -641,7 +644,9 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
     mc->waiting = 1;
     mc->log.action = "reading from memq node";
 
-    ngx_add_timer(c->read, mc->reply_timeout);
+    if (!(mc->pipelined && c->read->timer_set)) {
+        ngx_add_timer(c->read, mc->reply_timeout);
+    }
 
     if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
         ngx_http_memq_conn_fail(mc, "read event failed");

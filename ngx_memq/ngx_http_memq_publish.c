@@ -37,6 +37,14 @@
  * "stored":[[first,last],...], 1-based numbers of messages (non-blank
  * lines) in the body; "unknown":[first,last] when a node failed with
  * messages in flight.
+ *
+ * A single message (no ndjson) is built the same way, as a window of one,
+ * and handed to a publish pipe of the node (ngx_http_memq_pipe.c), whose
+ * connection it shares with the other single POSTs of the worker; the
+ * pipe tells ngx_http_memq_publish_piped() its reply, or that the pipe
+ * failed (then it goes to the next node, as when a connection of its own
+ * fails before the reply).  When no pipe has room it takes a connection
+ * of its own as above.
  */
 
 #include "ngx_http_memq_module.h"
@@ -114,6 +122,7 @@ typedef struct {
     ngx_http_memq_node_t       *tried[NGX_HTTP_MEMQ_PUBLISH_TRIES];
     ngx_uint_t                  ntried;
     ngx_http_memq_conn_t       *mc;
+    ngx_http_memq_pipe_entry_t *pe;         /* waiting in a publish pipe */
     ngx_http_memq_node_t       *last_node;  /* (ref) stored the last */
     const char                 *last_error;
     ngx_uint_t                  refusal;    /* 0, 507 or 503 */
@@ -130,6 +139,9 @@ static ngx_int_t ngx_http_memq_publish_fill(ngx_http_memq_pub_ctx_t *ctx);
 static ngx_int_t ngx_http_memq_publish_add(ngx_http_memq_pub_ctx_t *ctx,
     ngx_http_memq_pub_msg_t *m);
 static void ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx);
+static ngx_int_t ngx_http_memq_publish_pipe(ngx_http_memq_pub_ctx_t *ctx,
+    ngx_http_memq_node_t *node);
+static void ngx_http_memq_publish_rewind(ngx_http_memq_pub_ctx_t *ctx);
 static ngx_int_t ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc,
     ngx_int_t rc);
 static ngx_int_t ngx_http_memq_publish_answered(ngx_http_memq_pub_ctx_t *ctx,
@@ -661,7 +673,24 @@ ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
 
         ctx->tried[ctx->ntried++] = node;
 
-        rc = ngx_http_memq_conn_get(node, r->connection->log, &ctx->mc);
+        /* a single message shares a publish pipe; when none has room it
+         * takes a connection of its own */
+        rc = ctx->ndjson ? NGX_DECLINED
+                         : ngx_http_memq_publish_pipe(ctx, node);
+
+        if (rc == NGX_OK) {
+            return;
+        }
+
+        if (rc == NGX_ABORT) {
+            ngx_http_memq_publish_error(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                        "out of memory", 0);
+            return;
+        }
+
+        if (rc == NGX_DECLINED) {
+            rc = ngx_http_memq_conn_get(node, r->connection->log, &ctx->mc);
+        }
 
         if (rc == NGX_BUSY) {
             /* this worker is short of connections or memory: no other
@@ -717,6 +746,172 @@ ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
 
     ngx_http_memq_publish_error(ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
                                 "no node took the message", 0);
+}
+
+
+/*
+ * A single message's set in a publish pipe of node (the body's message,
+ * built as a window of one).  NGX_OK: queued, and
+ * ngx_http_memq_publish_piped() answers; NGX_DECLINED: no pipe has room,
+ * nothing changed; NGX_ERROR, NGX_BUSY: as ngx_http_memq_conn_get();
+ * NGX_ABORT: out of memory.
+ */
+static ngx_int_t
+ngx_http_memq_publish_pipe(ngx_http_memq_pub_ctx_t *ctx,
+    ngx_http_memq_node_t *node)
+{
+    ngx_int_t  rc;
+
+    if (ctx->conf->cluster->publish_pipes == 0
+        || (ctx->body.len > NGX_HTTP_MEMQ_PIPE_MSG
+            && ctx->conf->compress_min_size == 0))
+    {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_memq_publish_fill(ctx) <= 0) {
+        return NGX_ABORT;
+    }
+
+    rc = ngx_http_memq_pipe_send(node, ctx->win.pos,
+                                 ctx->win.last - ctx->win.pos,
+                                 ctx->ring[ctx->head].len, ctx, &ctx->pe);
+
+    if (rc != NGX_OK) {
+        ngx_http_memq_publish_rewind(ctx);
+    }
+
+    return rc;
+}
+
+
+/*
+ * The reply to a single message's set in a publish pipe, or (reply NULL)
+ * the end of the pipe: rc NGX_ERROR when its connection failed (the pipe
+ * marked the node), NGX_DECLINED when the node refused the connection.
+ * Either way the message goes to the next node, as when a connection of
+ * its own fails before any reply.
+ */
+void
+ngx_http_memq_publish_piped(void *owner, ngx_http_memq_node_t *node,
+    ngx_int_t rc, mq_reply_t *reply, size_t line_len, u_char *line,
+    const char *reason)
+{
+    ngx_uint_t                status;
+    ngx_connection_t         *c;
+    ngx_http_memq_pub_ctx_t  *ctx;
+
+    ctx = owner;
+    ctx->pe = NULL;
+    c = ctx->request->connection;
+
+    status = reply ? ngx_http_memq_set_refused(reply) : 0;
+
+    if (reply && reply->type == MQ_REPLY_STORED) {
+        ctx->last_node = node;
+
+        if (ngx_http_memq_publish_stored(ctx, ctx->ring[ctx->head].idx)
+            != NGX_OK)
+        {
+            ngx_http_memq_publish_error(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                        "out of memory", 0);
+
+        } else {
+            ctx->inflight = 0;
+            ngx_http_memq_publish_done(ctx);
+        }
+
+    } else if (reply == NULL
+               || status == NGX_HTTP_INSUFFICIENT_STORAGE
+               || status == NGX_HTTP_SERVICE_UNAVAILABLE)
+    {
+        if (rc == NGX_ERROR) {
+            ctx->stat.nodes_failed++;
+
+        } else if (status == NGX_HTTP_INSUFFICIENT_STORAGE
+                   || ctx->refusal == 0)
+        {
+            ctx->refusal = status ? status : NGX_HTTP_SERVICE_UNAVAILABLE;
+        }
+
+        ctx->last_error = reason ? reason : NGX_HTTP_MEMQ_QUEUE_FULL;
+
+        ngx_http_memq_publish_rewind(ctx);
+        ngx_http_memq_publish_try(ctx);
+
+    } else if (status == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
+        ngx_http_memq_publish_error(ctx, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                    "message too large", 0);
+
+    } else {
+        /* as on a connection of its own: the node is at fault, and the
+         * message may or may not be stored */
+        ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                      "memq node %V answered \"%*s\" to set",
+                      &node->addr, line_len, line);
+
+        reason = (reply->type == MQ_REPLY_SERVER_ERROR) ? "server error"
+                                                        : "unexpected reply";
+        ctx->stat.nodes_failed++;
+        ctx->last_error = reason;
+        ngx_http_memq_node_failed(node, c->log, reason);
+        ngx_http_memq_publish_error(ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                    "node failed", 1);
+    }
+
+    /* called from the pipe's event handler, not the client's */
+    ngx_http_memq_run_posted(c);
+}
+
+
+/*
+ * What a refused set is: NGX_HTTP_INSUFFICIENT_STORAGE (queue full, the
+ * node is fine), NGX_HTTP_REQUEST_ENTITY_TOO_LARGE (the client's message),
+ * NGX_HTTP_SERVICE_UNAVAILABLE ("too many connections": said at accept,
+ * then the node closes), 0 for any other reply.
+ */
+ngx_uint_t
+ngx_http_memq_set_refused(mq_reply_t *reply)
+{
+    if (reply->type != MQ_REPLY_SERVER_ERROR) {
+        return 0;
+    }
+
+    if (reply->text_len == sizeof(NGX_HTTP_MEMQ_QUEUE_FULL) - 1
+        && ngx_strncmp(reply->text, NGX_HTTP_MEMQ_QUEUE_FULL,
+                       reply->text_len) == 0)
+    {
+        return NGX_HTTP_INSUFFICIENT_STORAGE;
+    }
+
+    if (reply->text_len == sizeof(NGX_HTTP_MEMQ_CONN_LIMIT) - 1
+        && ngx_strncmp(reply->text, NGX_HTTP_MEMQ_CONN_LIMIT,
+                       reply->text_len) == 0)
+    {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    if (reply->text_len >= sizeof(NGX_HTTP_MEMQ_TOO_LARGE) - 1
+        && ngx_strncmp(reply->text, NGX_HTTP_MEMQ_TOO_LARGE,
+                       sizeof(NGX_HTTP_MEMQ_TOO_LARGE) - 1) == 0)
+    {
+        return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+    }
+
+    return 0;
+}
+
+
+/* the message goes to another node as if this one never had it */
+static void
+ngx_http_memq_publish_rewind(ngx_http_memq_pub_ctx_t *ctx)
+{
+    ctx->inflight = 0;
+    ctx->head = 0;
+    ctx->again_pos = 0;
+    ctx->next = ctx->node_next;
+    ctx->next_idx = ctx->node_idx;
+    ctx->more = ctx->node_more;
 }
 
 
@@ -777,10 +972,8 @@ ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 
             ctx->last_node = mc->node;
 
-        } else if (reply.type == MQ_REPLY_SERVER_ERROR
-                   && reply.text_len == sizeof(NGX_HTTP_MEMQ_CONN_LIMIT) - 1
-                   && ngx_strncmp(reply.text, NGX_HTTP_MEMQ_CONN_LIMIT,
-                                  reply.text_len) == 0)
+        } else if (ngx_http_memq_set_refused(&reply)
+                   == NGX_HTTP_SERVICE_UNAVAILABLE)
         {
             /* said once, before the node read anything, and it closes:
              * every message in flight is refused */
@@ -805,10 +998,8 @@ ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             ngx_http_memq_publish_try(ctx);
             return NGX_DONE;
 
-        } else if (reply.type == MQ_REPLY_SERVER_ERROR
-                   && reply.text_len == sizeof(NGX_HTTP_MEMQ_QUEUE_FULL) - 1
-                   && ngx_strncmp(reply.text, NGX_HTTP_MEMQ_QUEUE_FULL,
-                                  reply.text_len) == 0)
+        } else if (ngx_http_memq_set_refused(&reply)
+                   == NGX_HTTP_INSUFFICIENT_STORAGE)
         {
             /* the node is fine; this message was not stored, and no new
              * window goes to this node */
@@ -818,10 +1009,8 @@ ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             ctx->refusal = NGX_HTTP_INSUFFICIENT_STORAGE;
             ctx->last_error = NGX_HTTP_MEMQ_QUEUE_FULL;
 
-        } else if (reply.type == MQ_REPLY_SERVER_ERROR
-                   && reply.text_len >= sizeof(NGX_HTTP_MEMQ_TOO_LARGE) - 1
-                   && ngx_strncmp(reply.text, NGX_HTTP_MEMQ_TOO_LARGE,
-                                  sizeof(NGX_HTTP_MEMQ_TOO_LARGE) - 1) == 0)
+        } else if (ngx_http_memq_set_refused(&reply)
+                   == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE)
         {
             /* the client's message, not the node: 413 once the messages
              * in flight are answered, no retry */
@@ -1012,12 +1201,7 @@ ngx_http_memq_publish_fail(ngx_http_memq_pub_ctx_t *ctx, const char *reason)
     }
 
     if (untouched) {
-        ctx->inflight = 0;
-        ctx->head = 0;
-        ctx->again_pos = 0;
-        ctx->next = ctx->node_next;
-        ctx->next_idx = ctx->node_idx;
-        ctx->more = ctx->node_more;
+        ngx_http_memq_publish_rewind(ctx);
         ngx_http_memq_publish_try(ctx);
         return;
     }
@@ -1044,8 +1228,10 @@ ngx_http_memq_publish_done(ngx_http_memq_pub_ctx_t *ctx)
     p = ngx_snprintf(body, sizeof(body), "{\"queued\":%ui,\"node\":\"%V\"}\n",
                      ctx->nstored, &node->addr);
 
-    ngx_http_memq_conn_release(ctx->mc);
-    ctx->mc = NULL;
+    if (ctx->mc) {
+        ngx_http_memq_conn_release(ctx->mc);
+        ctx->mc = NULL;
+    }
     ctx->done = 1;
 
     (void) ngx_http_memq_send_json(r, NGX_HTTP_CREATED, body, p - body);
@@ -1129,5 +1315,11 @@ ngx_http_memq_publish_cleanup(void *data)
     if (ctx->mc) {
         ngx_http_memq_conn_close(ctx->mc);
         ctx->mc = NULL;
+    }
+
+    if (ctx->pe) {
+        /* its set stays in the pipe: the reply is read and dropped */
+        ngx_http_memq_pipe_forget(ctx->pe);
+        ctx->pe = NULL;
     }
 }

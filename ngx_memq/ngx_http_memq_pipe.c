@@ -1,0 +1,411 @@
+/*
+ * ngx_http_memq_pipe.c: publish pipes, the node connections that single
+ * POSTs share.
+ *
+ * Every worker keeps, per node, up to the cluster's publish_pipes pipes.
+ * A single POST appends its "set" command to a pipe's send buffer and an
+ * entry to the pipe's FIFO; the node answers the sets in the order it
+ * read them, so the oldest entry owns the next reply line.  One write
+ * carries the sets of every request that came since the last one, one
+ * read brings the replies of all of them, and a node syncing each write
+ * (--sync always) commits them in one group.
+ *
+ *   append ──► out (unsent sets) ──conn_send──► node
+ *                                                │ one line per set
+ *   FIFO: [oldest .. newest] ◄── reply ──────────┘
+ *     oldest entry popped, its owner told (NULL owner: its client left,
+ *     the reply is read and dropped)
+ *
+ * The connection comes from the node's keepalive pool when the first
+ * entry is appended and goes back to it when the FIFO empties, so an idle
+ * pipe holds nothing and the pool's idle handling (eof, keepalive
+ * timeout) applies.  The node's read timer runs only while replies are
+ * owed: ngx_http_memq_peer.c arms it once the sets are sent, restarts it
+ * when reply bytes come, and (mc->pipelined) leaves it alone when more
+ * sets are sent, so a node that never answers fails read_timeout after
+ * its last reply however many POSTs keep coming; it is deleted when the
+ * FIFO empties.  Nothing here waits for a client, so a slow client never
+ * makes a node look slow.
+ *
+ * Bounds: at most NGX_HTTP_MEMQ_PIPE_DEPTH entries per pipe and
+ * NGX_HTTP_MEMQ_PIPE_BYTES of unsent sets; a set longer than
+ * NGX_HTTP_MEMQ_PIPE_MSG never enters a pipe.  When no pipe of the node
+ * has room the caller takes a connection of its own, as every POST did
+ * before pipes.
+ *
+ * A failure of the connection (connect refused or timed out, reset, eof,
+ * read timeout while replies are owed, a malformed reply, bytes after the
+ * last reply) closes it with a reset, marks the node once (one failed
+ * connection, one failure, as for a connection of its own), and tells
+ * every waiting owner, oldest first; "SERVER_ERROR too many connections"
+ * (said at accept, then the node closes) refuses every waiting entry
+ * without marking the node.
+ */
+
+#include "ngx_http_memq_module.h"
+
+
+#define NGX_HTTP_MEMQ_PIPE_DEPTH     256           /* sets owed per pipe */
+#define NGX_HTTP_MEMQ_PIPE_BYTES     (64 * 1024)   /* unsent sets */
+
+
+struct ngx_http_memq_pipe_s {
+    ngx_http_memq_node_t         *node;     /* (ref) */
+    ngx_http_memq_conn_t         *mc;       /* NULL: nothing owed */
+    ngx_buf_t                     out;      /* sets not sent yet */
+    ngx_http_memq_pipe_entry_t   *ring;     /* the FIFO, DEPTH entries */
+    ngx_uint_t                    head;     /* oldest entry */
+    ngx_uint_t                    n;        /* entries owed a reply */
+};
+
+
+static ngx_int_t ngx_http_memq_pipe_init(ngx_http_memq_node_t *node);
+static ngx_int_t ngx_http_memq_pipe_room(ngx_http_memq_pipe_t *p,
+    size_t size);
+static ngx_int_t ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc,
+    ngx_int_t rc);
+static void ngx_http_memq_pipe_fail(ngx_http_memq_pipe_t *p,
+    const char *reason);
+static void ngx_http_memq_pipe_drain(ngx_http_memq_pipe_t *p, ngx_int_t rc,
+    const char *reason);
+
+
+/*
+ * Appends one set (data, size bytes, for a message of len payload bytes)
+ * for owner to a pipe of node; *ep is the owner's entry until the owner is
+ * told its reply (ngx_http_memq_publish_piped()).  NGX_OK: queued;
+ * NGX_DECLINED: no pipe has room (or pipes are off, or the set is too
+ * big): the caller uses a connection of its own; NGX_ERROR: the node
+ * refused the connect (its failure); NGX_BUSY: this worker is short of
+ * connections or memory; neither marks the node here.
+ */
+ngx_int_t
+ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,
+    size_t size, size_t len, void *owner, ngx_http_memq_pipe_entry_t **ep)
+{
+    ngx_int_t                    rc;
+    ngx_uint_t                   i, kick;
+    ngx_http_memq_pipe_t        *p;
+    ngx_http_memq_conn_t        *mc;
+    ngx_http_memq_cluster_t     *cl;
+    ngx_http_memq_pipe_entry_t  *e;
+
+    cl = node->cluster;
+
+    if (cl->publish_pipes == 0 || size > NGX_HTTP_MEMQ_PIPE_MSG) {
+        return NGX_DECLINED;
+    }
+
+    if (node->pipes == NULL && ngx_http_memq_pipe_init(node) != NGX_OK) {
+        return NGX_BUSY;
+    }
+
+    /* the first pipe with room: a busy node fills one pipe before it
+     * gets a second */
+    p = NULL;
+
+    for (i = 0; i < cl->publish_pipes; i++) {
+        p = &node->pipes[i];
+
+        if (p->ring == NULL) {
+            p->ring = ngx_alloc(NGX_HTTP_MEMQ_PIPE_DEPTH
+                                * sizeof(ngx_http_memq_pipe_entry_t),
+                                ngx_cycle->log);
+            p->out.start = ngx_alloc(NGX_HTTP_MEMQ_PIPE_BYTES,
+                                     ngx_cycle->log);
+
+            if (p->ring == NULL || p->out.start == NULL) {
+                ngx_free(p->ring);
+                ngx_free(p->out.start);
+                p->ring = NULL;
+                p->out.start = NULL;
+                return NGX_BUSY;
+            }
+
+            p->out.pos = p->out.start;
+            p->out.last = p->out.start;
+            p->out.end = p->out.start + NGX_HTTP_MEMQ_PIPE_BYTES;
+            p->out.temporary = 1;
+        }
+
+        if (p->n < NGX_HTTP_MEMQ_PIPE_DEPTH
+            && ngx_http_memq_pipe_room(p, size) == NGX_OK)
+        {
+            break;
+        }
+    }
+
+    if (i == cl->publish_pipes || p == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (p->mc == NULL) {
+        /* the pipe's log is the cycle's: the connection outlives every
+         * request that appends to it */
+        rc = ngx_http_memq_conn_get(node, ngx_cycle->log, &p->mc);
+
+        if (rc == NGX_ERROR || rc == NGX_BUSY) {
+            return rc;
+        }
+
+        p->mc->handler = ngx_http_memq_pipe_read;
+        p->mc->data = p;
+        p->mc->owner_conn = NULL;
+        p->mc->pipelined = 1;
+        kick = 1;
+
+    } else {
+        /* sending (or connecting) already: the sets appended now go out
+         * with the ones being sent */
+        kick = (p->mc->out == NULL || p->mc->waiting);
+    }
+
+    mc = p->mc;
+
+    p->out.last = ngx_cpymem(p->out.last, data, size);
+
+    e = &p->ring[(p->head + p->n) % NGX_HTTP_MEMQ_PIPE_DEPTH];
+    e->owner = owner;
+    e->len = len;
+    p->n++;
+
+    if (kick) {
+        ngx_http_memq_conn_send(mc, &p->out, cl->read_timeout);
+    }
+
+    *ep = e;
+
+    return NGX_OK;
+}
+
+
+/* the owner's client left: its reply is still read, and dropped */
+void
+ngx_http_memq_pipe_forget(ngx_http_memq_pipe_entry_t *e)
+{
+    e->owner = NULL;
+}
+
+
+static ngx_int_t
+ngx_http_memq_pipe_init(ngx_http_memq_node_t *node)
+{
+    ngx_uint_t                i, n;
+    ngx_http_memq_pipe_t     *p;
+
+    /* cycle memory: a node is never freed, and a reused node keeps its
+     * pipes (ngx_http_memq_node_add()) */
+    n = node->cluster->publish_pipes;
+
+    p = ngx_pcalloc(ngx_cycle->pool, n * sizeof(ngx_http_memq_pipe_t));
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        p[i].node = node;
+    }
+
+    node->pipes = p;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Room for size more bytes of sets: the sent ones are dropped, the unsent
+ * moved to the front.  The peer layer reads out.pos afresh on every
+ * send, and nothing is being sent while this runs.
+ */
+static ngx_int_t
+ngx_http_memq_pipe_room(ngx_http_memq_pipe_t *p, size_t size)
+{
+    size_t      unsent;
+    ngx_buf_t  *b;
+
+    b = &p->out;
+    unsent = b->last - b->pos;
+
+    if ((size_t) (b->end - b->last) >= size) {
+        return NGX_OK;
+    }
+
+    if ((size_t) (b->end - b->start) - unsent < size) {
+        return NGX_DECLINED;
+    }
+
+    ngx_memmove(b->start, b->pos, unsent);
+    b->pos = b->start;
+    b->last = b->start + unsent;
+
+    return NGX_OK;
+}
+
+
+/* the node's replies, one line per set, for the oldest entries */
+static ngx_int_t
+ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
+{
+    void                        *owner;
+    ngx_int_t                    prc;
+    ngx_buf_t                   *b;
+    mq_reply_t                   reply;
+    const char                  *err;
+    ngx_http_memq_pipe_t        *p;
+    ngx_http_memq_node_t        *node;
+    ngx_http_memq_shnode_t      *shn;
+    ngx_http_memq_pipe_entry_t  *e;
+
+    p = mc->data;
+    node = mc->node;
+
+    if (rc == NGX_ERROR) {
+        ngx_http_memq_pipe_fail(p, mc->err);
+        return NGX_DONE;
+    }
+
+    b = mc->in;
+    shn = ngx_http_memq_shnode(node);
+
+    while (p->n) {
+        prc = mq_proto_parse_reply((const char *) b->pos, b->last - b->pos,
+                                   0, &reply, &err);
+
+        if (prc == MQ_AGAIN) {
+            return NGX_OK;
+        }
+
+        if (prc == MQ_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, &mc->log, 0,
+                          "memq node %V sent a malformed reply: %s",
+                          &node->addr, err);
+            ngx_http_memq_pipe_fail(p, err);
+            return NGX_DONE;
+        }
+
+        if (ngx_http_memq_set_refused(&reply)
+            == NGX_HTTP_SERVICE_UNAVAILABLE)
+        {
+            /* said at accept, and the node closes: nothing it was sent
+             * is stored, and the node is not to blame */
+            ngx_log_error(NGX_LOG_WARN, &mc->log, 0,
+                          "memq node %V: too many connections",
+                          &node->addr);
+
+            p->mc = NULL;
+            ngx_http_memq_conn_close(mc);
+            ngx_http_memq_pipe_drain(p, NGX_DECLINED,
+                                     "too many connections");
+            return NGX_DONE;
+        }
+
+        e = &p->ring[p->head];
+        p->head = (p->head + 1) % NGX_HTTP_MEMQ_PIPE_DEPTH;
+        p->n--;
+
+        owner = e->owner;
+        e->owner = NULL;
+
+        if (reply.type == MQ_REPLY_STORED) {
+            (void) ngx_atomic_fetch_add(&shn->msgs_in, 1);
+            (void) ngx_atomic_fetch_add(&shn->bytes_in, e->len);
+        }
+
+        if (owner) {
+            ngx_http_memq_publish_piped(owner, node, NGX_OK, &reply,
+                                        reply.consumed - 2, b->pos, NULL);
+        }
+
+        b->pos += reply.consumed;
+
+        if (p->mc != mc) {
+            /* taken elsewhere meanwhile (cannot happen: an owner retries
+             * on other nodes only) */
+            return NGX_DONE;
+        }
+    }
+
+    if (b->pos != b->last) {
+        ngx_log_error(NGX_LOG_ERR, &mc->log, 0,
+                      "memq node %V sent bytes after the last reply",
+                      &node->addr);
+        ngx_http_memq_pipe_fail(p, "bytes after the last reply");
+        return NGX_DONE;
+    }
+
+    /* nothing owed: the node is not timed any more, and the connection
+     * waits in the keepalive pool for the next set */
+    ngx_http_memq_conn_replied(mc);
+    ngx_http_memq_node_ok(node);
+
+    p->mc = NULL;
+    p->head = 0;
+    p->out.pos = p->out.start;
+    p->out.last = p->out.start;
+
+    ngx_http_memq_conn_release(mc);
+
+    return NGX_DONE;
+}
+
+
+/* the connection failed: the node is marked once, every owner told */
+static void
+ngx_http_memq_pipe_fail(ngx_http_memq_pipe_t *p, const char *reason)
+{
+    ngx_uint_t             local;
+    ngx_http_memq_conn_t  *mc;
+
+    mc = p->mc;
+    local = mc->local;
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "memq node %V failed: %s, %ui publishes waiting",
+                  &p->node->addr, reason, p->n);
+
+    p->mc = NULL;
+    ngx_http_memq_conn_close(mc);
+
+    if (!local) {
+        ngx_http_memq_node_failed(p->node, ngx_cycle->log, reason);
+    }
+
+    ngx_http_memq_pipe_drain(p, NGX_ERROR, reason);
+}
+
+
+/*
+ * Empties the FIFO (the connection is closed already) and tells each
+ * waiting owner, oldest first.  The owners are taken out before any is
+ * told: an owner retries on another node, and its answer may free
+ * requests, so the ring is consistent (empty) while they run.
+ */
+static void
+ngx_http_memq_pipe_drain(ngx_http_memq_pipe_t *p, ngx_int_t rc,
+    const char *reason)
+{
+    ngx_uint_t                   i, n;
+    ngx_http_memq_pipe_entry_t  *e;
+    void                        *owners[NGX_HTTP_MEMQ_PIPE_DEPTH];
+
+    n = 0;
+
+    for (i = 0; i < p->n; i++) {
+        e = &p->ring[(p->head + i) % NGX_HTTP_MEMQ_PIPE_DEPTH];
+
+        if (e->owner) {
+            owners[n++] = e->owner;
+            e->owner = NULL;
+        }
+    }
+
+    p->n = 0;
+    p->head = 0;
+    p->out.pos = p->out.start;
+    p->out.last = p->out.start;
+
+    for (i = 0; i < n; i++) {
+        ngx_http_memq_publish_piped(owners[i], p->node, rc, NULL, 0, NULL,
+                                    reason);
+    }
+}

@@ -1,0 +1,484 @@
+"""Publish pipes (issue 8): single POSTs to a node share a few pipelined
+connections per worker, and the node's replies are matched in FIFO order
+to the waiting requests (docs/gateway.md "Publish pipes").
+
+A fake node (PipeNode) holds its replies until the test releases them, so
+that what is in flight, on how many connections, is known exactly; real
+memqd nodes show that nothing is lost or stored twice."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from gwutil import (Client, SLOW, ScriptedNode, deadline_after, node_addr,
+                    qname, wait_for)
+
+
+class PipeNode(ScriptedNode):
+    """Speaks just enough memcache for publishing: parses "set" commands
+    with their data blocks and records (connection number, payload).
+    With hold set, replies wait until release(); reply(payload) says what
+    to answer for a set (STORED by default)."""
+
+    def __init__(self, hold=True, reply=None):
+        # set before the listener starts accepting
+        self.hold = hold
+        self.reply = reply or (lambda payload: b"STORED\r\n")
+        self.lock = threading.Lock()
+        self.sets = []            # (conn number, payload), in arrival order
+        self.owed = {}            # conn number -> [reply bytes]
+        self.conns = {}           # conn number -> socket
+        self.accepted = 0
+        ScriptedNode.__init__(self, answer=None)
+        # the pipe cap test opens 45 connections at once
+        self.sock.listen(512)
+
+    def _serve(self, c):
+        with self.lock:
+            self.accepted += 1
+            n = self.accepted
+            self.conns[n] = c
+            self.owed[n] = []
+        self._serve_sets(c, n)
+
+    def _serve_sets(self, c, n):
+        buf = b""
+        c.settimeout(0.05)
+        while not self.closed:
+            try:
+                d = c.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not d:
+                return
+            buf += d
+            while True:
+                i = buf.find(b"\r\n")
+                if i < 0:
+                    break
+                words = buf[:i].split()
+                if not words or words[0] != b"set":
+                    buf = buf[i + 2:]
+                    continue
+                size = int(words[4])
+                if len(buf) < i + 2 + size + 2:
+                    break
+                payload = buf[i + 2:i + 2 + size]
+                buf = buf[i + 2 + size + 2:]
+                with self.lock:
+                    self.sets.append((n, payload))
+                    r = self.reply(payload)
+                    if self.hold:
+                        self.owed[n].append(r)
+                        continue
+                try:
+                    c.sendall(r)
+                except OSError:
+                    return
+
+    def count(self):
+        with self.lock:
+            return len(self.sets)
+
+    def conns_used(self):
+        with self.lock:
+            return len({n for n, _ in self.sets})
+
+    def release(self, limit=None, piece=None, close=False):
+        """Sends the owed replies, at most limit of them over all
+        connections (oldest connection first); piece: in pieces of that
+        many bytes; close: then closes every connection."""
+        with self.lock:
+            if limit is None:
+                self.hold = False
+            out = []
+            for n in sorted(self.owed):
+                k = len(self.owed[n]) if limit is None else \
+                    min(limit, len(self.owed[n]))
+                if limit is not None:
+                    limit -= k
+                out.append((self.conns[n], b"".join(self.owed[n][:k])))
+                self.owed[n] = self.owed[n][k:]
+        for c, data in out:
+            step = piece or len(data) or 1
+            for i in range(0, len(data), step):
+                c.sendall(data[i:i + step])
+                if piece:
+                    # each piece its own segment
+                    time.sleep(0.002)
+        if close:
+            with self.lock:
+                conns = list(self.conns.values())
+                self.conns = {}
+                self.owed = {}
+            for c in conns:
+                c.close()
+
+    def close(self):
+        self.closed = True
+        for c in list(self.conns.values()):
+            try:
+                c.close()
+            except OSError:
+                pass
+        ScriptedNode.close(self)
+
+
+def post(g, topic, body):
+    """A raw POST sent; the caller reads the answer with answer()."""
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=20 * SLOW)
+    s.sendall(b"POST /mq?topic=%s HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+              % (topic.encode(), len(body), body))
+    return s
+
+
+def answer(s):
+    """(status, body) of a POST's answer, the socket closed."""
+    data = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+    finally:
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def node_messages(node, q):
+    """Every message of q on one memqd, in its order (taken)."""
+    c = Client(node.addr)
+    try:
+        got = []
+        while True:
+            d = c.getdata(q)
+            if d is None:
+                return got
+            got.append(d)
+    finally:
+        c.close()
+
+
+def json_body(body):
+    import json
+    return json.loads(body)
+
+
+@pytest.fixture
+def fake():
+    nodes = []
+
+    def make(**kw):
+        n = PipeNode(**kw)
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        n.close()
+
+
+def test_posts_share_connections(gateway_factory, fake):
+    """50 POSTs in flight at once reach the node over at most
+    workers x publish_pipes connections (before pipes: 50), and each gets
+    the answer to its own set."""
+    node = fake()
+    g = gateway_factory([node.addr])
+    q = qname()
+    socks = [post(g, q, b"m%d" % i) for i in range(50)]
+    wait_for(lambda: node.count() == 50, timeout=10,
+             what="50 sets at the node")
+    assert node.accepted <= 2 * 2, node.accepted
+    assert node.conns_used() <= 2 * 2
+    node.release()
+    for s in socks:
+        status, body = answer(s)
+        assert status == 201, body
+        assert json_body(body) == {"queued": 1, "node": node_addr(node.addr)}
+    # the pipes went back to the pool: more POSTs reuse them
+    for i in range(5):
+        r = g.publish(q, b"again")
+        assert r.status_code == 201, r.text
+    assert node.accepted <= 2 * 2
+
+
+def test_fifo_matching(gateway_factory, memqd_factory, fake):
+    """Replies for one pipe matched in order: STORED, queue full (the
+    message goes to the next node), object too large (413), another error
+    (503, the node is failed), in any mix, in pieces of 3 bytes."""
+    def reply(p):
+        if p.startswith(b"full"):
+            return b"SERVER_ERROR queue full\r\n"
+        if p.startswith(b"big"):
+            return b"SERVER_ERROR object too large for cache\r\n"
+        if p.startswith(b"boom"):
+            return b"SERVER_ERROR boom\r\n"
+        return b"STORED\r\n"
+
+    real = memqd_factory()
+    node = fake(reply=reply)
+    g = gateway_factory([node.addr, real], workers=1,
+                        weights={node_addr(node.addr): 100})
+    g.expect_errors()
+    q = qname()
+    kinds = ["ok", "full", "ok", "big", "ok", "full", "boom", "ok", "big",
+             "ok"] * 3
+    socks = []
+    for i, k in enumerate(kinds):
+        socks.append(post(g, q, b"%s-%d" % (k.encode(), i)))
+        # one at a time into the pipe, so that the order is known
+        wait_for(lambda: node.count() == i + 1, timeout=10,
+                 what="set %d at the node" % i)
+    assert node.conns_used() == 1
+    node.release(piece=3)
+    stored_real = []
+    for i, (k, s) in enumerate(zip(kinds, socks)):
+        status, body = answer(s)
+        if k == "ok":
+            assert status == 201, (i, body)
+            assert json_body(body)["node"] == node_addr(node.addr)
+        elif k == "full":
+            assert status == 201, (i, body)
+            assert json_body(body)["node"] == node_addr(real)
+            stored_real.append(b"full-%d" % i)
+        elif k == "big":
+            assert status == 413, (i, body)
+        else:
+            assert status == 503, (i, body)
+            assert json_body(body)["unknown"] == [1, 1]
+    assert node_messages(real, q) == stored_real
+
+
+def test_node_closes_with_replies_owed(gateway_factory, memqd_factory,
+                                       fake):
+    """The node answers 4 of 10 sets and closes: the 4 are stored there,
+    the 6 others go to the next node; the node is failed once for its one
+    connection (before pipes: once per request)."""
+    real = memqd_factory()
+    node = fake()
+    g = gateway_factory([node.addr, real], workers=1,
+                        weights={node_addr(node.addr): 100},
+                        cluster_extra="max_fails 100;")
+    g.expect_errors()
+    q = qname()
+    socks = []
+    for i in range(10):
+        socks.append(post(g, q, b"m%d" % i))
+        wait_for(lambda: node.count() == i + 1, timeout=10,
+                 what="set %d at the node" % i)
+    node.release(limit=4, close=True)
+    where = []
+    for s in socks:
+        status, body = answer(s)
+        assert status == 201, body
+        where.append(json_body(body)["node"])
+    assert where == [node_addr(node.addr)] * 4 + [node_addr(real)] * 6
+    st = g.node_status(node_addr(node.addr))
+    assert st["fails"] == 1, st
+    assert node_messages(real, q) == [b"m%d" % i for i in range(4, 10)]
+
+
+def test_late_replies_and_read_timeout(gateway_factory, memqd_factory,
+                                       fake):
+    """Replies owed past read_timeout fail the pipe once; the waiting
+    POSTs are stored on the next node.  An idle pipe is never timed: after
+    the FIFO emptied, no failure however long it stays idle."""
+    real = memqd_factory()
+    node = fake()
+    g = gateway_factory([node.addr, real], workers=1,
+                        weights={node_addr(node.addr): 100},
+                        cluster_extra="max_fails 100;",
+                        timeouts="connect_timeout 1s; read_timeout 1s;")
+    g.expect_errors()
+    q = qname()
+    socks = [post(g, q, b"late%d" % i) for i in range(8)]
+    wait_for(lambda: node.count() == 8, timeout=10, what="8 sets")
+    for s in socks:
+        status, body = answer(s)
+        assert status == 201, body
+        assert json_body(body)["node"] == node_addr(real)
+    assert g.node_status(node_addr(node.addr))["fails"] == 1
+    # answered within the timeout: stored on the fake, and then the pipe
+    # is idle with nothing owed
+    node.hold = False
+    r = g.publish(q, b"quick")
+    assert r.status_code == 201 and \
+        r.json()["node"] == node_addr(node.addr), r.text
+    end = deadline_after(2.5)
+    while time.monotonic() < end:
+        time.sleep(0.1)
+    assert g.node_status(node_addr(node.addr))["fails"] == 1
+
+
+def test_silent_node_times_out_under_traffic(gateway_factory,
+                                             memqd_factory, fake):
+    """A node that takes sets and never answers fails read_timeout after
+    the first one, even while more POSTs keep arriving on its pipe (new
+    sets must not restart the wait for replies owed before them)."""
+    real = memqd_factory()
+    node = fake()
+    g = gateway_factory([node.addr, real], workers=1,
+                        weights={node_addr(node.addr): 100},
+                        cluster_extra="max_fails 1000;",
+                        timeouts="connect_timeout 1s; read_timeout 1s;")
+    g.expect_errors()
+    q = qname()
+    first = post(g, q, b"first")
+    first.settimeout(0.2)
+    later = []
+    got = None
+    end = deadline_after(10)
+    while got is None and time.monotonic() < end:
+        # a new POST every 0.2 s, more often than read_timeout
+        later.append(post(g, q, b"later%d" % len(later)))
+        try:
+            got = first.recv(65536)
+        except socket.timeout:
+            pass
+    assert got, "the first POST waited while new ones kept coming"
+    assert got.split()[1] == b"201", got
+    assert b'"node":"%s"' % node_addr(real).encode() in got, got
+    for s in later:
+        s.settimeout(20 * SLOW)
+        status, body = answer(s)
+        assert status == 201, body
+
+
+def test_client_abort_mid_flight(gateway_factory, fake):
+    """Clients that leave while their sets are in flight: their replies
+    are still read and dropped, the others get their own answers, and the
+    pipe goes on (the sanitizer build checks the memory)."""
+    def reply(p):
+        return b"SERVER_ERROR object too large for cache\r\n" \
+            if p.startswith(b"big") else b"STORED\r\n"
+
+    node = fake(reply=reply)
+    g = gateway_factory([node.addr], workers=1)
+    q = qname()
+    socks = []
+    for i in range(20):
+        body = b"big%d" % i if i % 3 == 0 else b"ok%d" % i
+        socks.append(post(g, q, body))
+    wait_for(lambda: node.count() == 20, timeout=10, what="20 sets")
+    for i in range(0, 20, 2):
+        socks[i].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                            b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        socks[i].close()
+    node.release()
+    for i in range(1, 20, 2):
+        status, body = answer(socks[i])
+        assert status == (413 if i % 3 == 0 else 201), (i, body)
+    r = g.publish(q, b"after")
+    assert r.status_code == 201, r.text
+    assert node.conns_used() == 1
+
+
+def test_pipe_cap_overflows_to_own_connections(gateway_factory, fake):
+    """Past 256 sets owed on each pipe, a POST takes a connection of its
+    own (as every POST did before pipes): memory stays bounded, nothing
+    waits for room."""
+    node = fake()
+    g = gateway_factory([node.addr], workers=1,
+                        cluster_extra="publish_pipes 1;")
+    q = qname()
+    socks = [post(g, q, b"m%d" % i) for i in range(300)]
+    wait_for(lambda: node.count() == 300, timeout=20, what="300 sets")
+    per_conn = {}
+    for n, _ in node.sets:
+        per_conn[n] = per_conn.get(n, 0) + 1
+    assert max(per_conn.values()) == 256, per_conn
+    assert len(per_conn) == 1 + 44, per_conn
+    node.release()
+    for s in socks:
+        status, body = answer(s)
+        assert status == 201, body
+
+
+def test_pipes_off(gateway_factory, fake):
+    """publish_pipes 0: every POST has a connection of its own."""
+    node = fake()
+    g = gateway_factory([node.addr], workers=1,
+                        cluster_extra="publish_pipes 0;")
+    q = qname()
+    socks = [post(g, q, b"m%d" % i) for i in range(10)]
+    wait_for(lambda: node.count() == 10, timeout=10, what="10 sets")
+    assert node.conns_used() == 10
+    node.release()
+    for s in socks:
+        assert answer(s)[0] == 201
+
+
+def test_publish_pipes_directive_checked(gateway_factory, memqd_factory):
+    real = memqd_factory()
+    from gwutil import Gateway
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        for bad in ("publish_pipes 17;", "publish_pipes x;"):
+            ok, out = Gateway(d, [real], cluster_extra=bad).test_conf()
+            assert not ok, out
+            assert "publish_pipes" in out, out
+
+
+@pytest.mark.parametrize("how", ["reload", "quit"])
+def test_shutdown_with_posts_in_flight(gateway_factory, fake, how):
+    """nginx -s reload / quit with sets in flight: the old worker reads
+    the replies and answers every waiting POST before it exits."""
+    import signal
+    node = fake()
+    g = gateway_factory([node.addr], workers=1)
+    q = qname()
+    socks = [post(g, q, b"m%d" % i) for i in range(10)]
+    wait_for(lambda: node.count() == 10, timeout=10, what="10 sets")
+    if how == "reload":
+        g.reload()
+    else:
+        g.proc.send_signal(signal.SIGQUIT)
+    node.release()
+    for s in socks:
+        status, body = answer(s)
+        assert status == 201, body
+    if how == "quit":
+        g.proc.wait(10 * SLOW)
+        assert g.proc.returncode == 0
+
+
+def test_many_clients_stored_once_in_order(gateway_factory, nodes3):
+    """20 clients, 30 POSTs each, one after the other per client, over
+    three real nodes: every message stored exactly once, and on each node
+    a client's messages are in the order it sent them."""
+    g = gateway_factory(nodes3)
+    q = qname()
+    errors = []
+
+    def client(k):
+        import requests
+        s = requests.Session()
+        for i in range(30):
+            r = s.post(g.url("/mq"), params={"topic": q},
+                       data=b"c%02d-%03d" % (k, i), timeout=20 * SLOW)
+            if r.status_code != 201:
+                errors.append(r.text)
+
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(20)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120 * SLOW)
+    assert not errors, errors[:3]
+    seen = []
+    for n in nodes3:
+        mine = node_messages(n, q)
+        for k in range(20):
+            tag = b"c%02d-" % k
+            own = [m for m in mine if m.startswith(tag)]
+            assert own == sorted(own), own
+        seen += mine
+    assert sorted(seen) == sorted(b"c%02d-%03d" % (k, i)
+                                  for k in range(20) for i in range(30))
