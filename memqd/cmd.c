@@ -636,7 +636,8 @@ do_touch(conn_t *c, const mq_request_t *req)
          ? queue_touch(q, req->id, (uint64_t) req->exptime * 1000) : 0;
 
     if (!req->noreply) {
-        conn_out_str(c, rc ? RPL_TOUCHED : RPL_NOT_FOUND);
+        conn_out_str(c, rc < 0 ? RPL_NO_MEMORY
+                        : rc ? RPL_TOUCHED : RPL_NOT_FOUND);
     }
 }
 
