@@ -23,8 +23,9 @@
  * nodes work concurrently.  op=ack puts as many ids on a delete line as
  * a line of MQ_LINE_MAX bytes holds with the longest ids (85 or more):
  * one command, one reply and one queue lookup on the node for them all;
- * a line of one id is a plain "delete q/<id>" (DELETED or NOT_FOUND).  Memory: the ids (16 bytes each) and one window
- * buffer per node, sized by what the node gets.
+ * a line of one id is a plain "delete q/<id>" (DELETED or NOT_FOUND).
+ * Memory: the ids (16 bytes each) and one window buffer per node, sized
+ * by what the node gets.
  *
  *   200 {"acked":A,"not_found":N}
  *   503 {"error":"node failed","status":503,"acked":A,"not_found":N,

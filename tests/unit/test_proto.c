@@ -915,13 +915,30 @@ test_get_key_table(void **state)
 
 
 /* ids of delete/touch, and the /lease= and /ack= options */
+/* An id list "3,0,18446744073709551615", through mq_proto_next_id(). */
+static void
+check_3_0_max(const char *p, size_t len)
+{
+    uint64_t     id;
+    const char  *end;
+
+    end = p + len;
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
+    assert_int_equal(id, 3);
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
+    assert_int_equal(id, 0);
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
+    assert_true(id == UINT64_MAX);
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_DECLINED);
+}
+
+
 static void
 test_lease_forms(void **state)
 {
     int             rc;
     size_t          n, i;
-    uint64_t        id;
-    const char     *err, *p, *end;
+    const char     *err;
     char            key[2100];
     mq_request_t    req;
     mq_get_opts_t   o;
@@ -969,15 +986,7 @@ test_lease_forms(void **state)
     assert_int_equal(rc, MQ_OK);
     assert_int_equal(o.lease_ms, 43200000);
     assert_int_equal(o.nacks, 3);
-    p = o.acks;
-    end = o.acks + o.acks_len;
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
-    assert_int_equal(id, 3);
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
-    assert_int_equal(id, 0);
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
-    assert_true(id == UINT64_MAX);
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_DECLINED);
+    check_3_0_max(o.acks, o.acks_len);
 
     /* MQ_ACK_IDS_MAX ids, then one more */
     n = (size_t) sprintf(key, "q/ack=1");
@@ -1143,8 +1152,7 @@ test_delete_lists(void **state)
 {
     int            rc;
     size_t         n, i;
-    uint64_t       id;
-    const char    *err, *p, *end;
+    const char    *err;
     char           line[MQ_LINE_MAX + 1];
     mq_reply_t     r;
     mq_request_t   req;
@@ -1158,15 +1166,7 @@ test_delete_lists(void **state)
     assert_int_equal(req.noreply, 1);
     assert_int_equal(req.nids, 3);
     assert_int_equal(req.key_len, 1);
-    p = req.ids;
-    end = req.ids + req.ids_len;
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
-    assert_int_equal(id, 3);
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
-    assert_int_equal(id, 0);
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
-    assert_true(id == UINT64_MAX);
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_DECLINED);
+    check_3_0_max(req.ids, req.ids_len);
 
     /* one id is the plain form */
     rc = mq_proto_parse_request("delete q/7 0", 12, &req, &err);
