@@ -562,10 +562,12 @@ ngx_http_memq_ack_per_line(ngx_http_memq_ack_ctx_t *ctx)
         return 1;
     }
 
-    /* "delete <key>/" then "<id>," a line; keys are at most 250 bytes */
+    /* "delete <key>/" then "<id>," a line; names are at most 250 bytes
+     * (ngx_http_memq_get_key() checked it), so room holds 85 or more */
     room = MQ_LINE_MAX - (sizeof("delete /") - 1) - ctx->key.len;
+    room /= NGX_HTTP_MEMQ_ACK_ID_DIGITS + 1;
 
-    return ngx_min(room / (NGX_HTTP_MEMQ_ACK_ID_DIGITS + 1), MQ_ACK_IDS_MAX);
+    return ngx_max(ngx_min(room, MQ_ACK_IDS_MAX), 1);
 }
 
 
