@@ -259,6 +259,7 @@ def cmd_drain(a):
     if a.ack_client:
         path += "&ack=client&lease=%g" % a.lease
     cpu0 = workers_cpu_secs(a.master) if a.master else 0
+    self0 = time.process_time()
     t0 = time.perf_counter()
     streams = []
     ackers = []
@@ -333,6 +334,8 @@ def cmd_drain(a):
              sum(s.body for s in streams) / secs / 1e6, bad, live, rss)
           + (" workers_cpu_us_per_msg=%.2f" % (cpu * 1e6 / lines)
              if a.master and lines else "")
+          + (" client_cpu_us_per_msg=%.2f"
+             % ((time.process_time() - self0) * 1e6 / lines) if lines else "")
           + (" ack=client acked=%d ack_errors=%d ack_batch=%d "
              "ack_inflight=%d" % (acked, ack_errors, a.ack_batch,
                                   a.ack_inflight) if a.ack_client else ""))

@@ -34,8 +34,11 @@
 #               so they hold the queue's lowest ids
 #   MEMQD, BENCH  the binaries (build/memqd, build/memq-bench)
 #
-# Prints one table row per cell: msgs/s for get, lease and ack, and lease
-# as a ratio of get.  Exit status 1 when a run fails.
+# Prints one table row per cell: msgs/s for get, lease and ack, lease as
+# a ratio of get, and memqd's CPU time per message (µs, /proc/<pid>/stat
+# in 10 ms ticks, the lowest of the runs) while consuming by get and by
+# lease: the node's own cost, which load from elsewhere moves less than
+# the rates.  Exit status 1 when a run fails.
 
 set -u
 
@@ -96,6 +99,11 @@ while n > 0:
 PY
 }
 
+# memqd's CPU time so far, in ticks
+ticks() {
+    awk '{ print $14 + $15 }' "/proc/$pid/stat"
+}
+
 # msgs/s of a RESULT line
 rate() {
     awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^msgs=/) m = substr($i, 6);
@@ -117,8 +125,8 @@ leased=$(printf 'stats\r\n' | timeout 2 nc -q1 127.0.0.1 "$port" \
          | awk '/_leased_items / { n += $3 } END { print n + 0 }')
 [ "$leased" = 0 ] || fail "$leased items still leased after the check"
 
-printf '| queues | conns | depth | get msgs/s | lease msgs/s | ack msgs/s | lease / get |\n'
-printf '| --- | --- | --- | --- | --- | --- | --- |\n'
+printf '| queues | conns | depth | get msgs/s | lease msgs/s | ack msgs/s | lease / get | memqd µs/msg get | lease |\n'
+printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
 cell=0
 for nq in $QUEUES; do
     for c in $CONNS; do
@@ -128,6 +136,8 @@ for nq in $QUEUES; do
         cell=$((cell + 1))
         declare -A r=()
         r=([get]=0 [lease]=0 [ack]=0)
+        declare -A cpu=()
+        cpu=([get]=-1 [lease]=-1 [ack]=-1)
         for rep in $(seq "$REPEAT"); do
             # the three ways in turn, so that load from elsewhere hits
             # them alike
@@ -149,14 +159,22 @@ for nq in $QUEUES; do
                 extra=
                 [ "$how" = lease ] && extra="--lease $LEASE_MS"
                 [ "$how" = ack ] && extra="--ack"
+                t0=$(ticks)
                 # shellcheck disable=SC2086
                 v=$(run -c "$c" -d "$d" -s "$SIZE" -n "$n" -q "$q" \
                     --queues "$nq" -m consume $extra | rate)
+                t=$(( $(ticks) - t0 ))
                 [ "$v" -gt "${r[$how]}" ] && r[$how]=$v
+                if [ "${cpu[$how]}" -lt 0 ] || [ "$t" -lt "${cpu[$how]}" ]
+                then
+                    cpu[$how]=$t
+                fi
             done
         done
-        printf '| %s | %s | %s | %s | %s | %s | %.2f |\n' "$nq" "$c" "$d" \
-            "${r[get]}" "${r[lease]}" "${r[ack]}" \
-            "$(echo "${r[lease]} ${r[get]}" | awk '{ print $1 / $2 }')"
+        printf '| %s | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f |\n' \
+            "$nq" "$c" "$d" "${r[get]}" "${r[lease]}" "${r[ack]}" \
+            "$(echo "${r[lease]} ${r[get]}" | awk '{ print $1 / $2 }')" \
+            "$(echo "${cpu[get]} $n" | awk '{ print $1 * 10000 / $2 }')" \
+            "$(echo "${cpu[lease]} $n" | awk '{ print $1 * 10000 / $2 }')"
     done
 done

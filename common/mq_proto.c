@@ -78,6 +78,9 @@ typedef struct {
 } mq_cmd_t;
 
 
+static int mq_check_ids(const char *p, size_t len, uint32_t *n,
+    const char *bad, const char **err);
+
 static const mq_cmd_t  mq_cmds[] = {
 #define MQ_CMD_ENTRY(name, e) { name, sizeof(name) - 1, e },
     MQ_CMD_LIST(MQ_CMD_ENTRY)
@@ -444,14 +447,18 @@ mq_parse_get(mq_request_t *req, const char *p, const char *end,
 
 
 /*
- * delete and touch: the key token is "<q>" or "<q>/<id>".  Sets key to
- * the queue name and, with an id, has_id and id.  The name is checked
- * later with the other commands' names; a bad id is MQ_ERROR "bad id".
+ * delete and touch: the key token is "<q>" or "<q>/<id>", and for delete
+ * (`list`) also "<q>/<id>,<id>,..." (up to MQ_ACK_IDS_MAX ids).  Sets key
+ * to the queue name and, with an id, has_id and id, or with a list of
+ * two or more, has_id, ids and nids.  The name is checked later with the
+ * other commands' names; a bad id is MQ_ERROR "bad id".
  */
 static int
-mq_split_id(mq_request_t *req, const mq_tok_t *t, const char **err)
+mq_split_id(mq_request_t *req, const mq_tok_t *t, int list,
+    const char **err)
 {
-    const char  *slash;
+    size_t       len;
+    const char  *slash, *p;
 
     slash = memchr(t->p, '/', t->len);
 
@@ -468,9 +475,21 @@ mq_split_id(mq_request_t *req, const mq_tok_t *t, const char **err)
         return MQ_ERROR;
     }
 
-    if (mq_parse_u64(slash + 1, (size_t) (t->p + t->len - slash - 1),
-                     &req->id) != MQ_OK)
-    {
+    p = slash + 1;
+    len = (size_t) (t->p + t->len - p);
+
+    if (list && memchr(p, ',', len) != NULL) {
+        if (mq_check_ids(p, len, &req->nids, MQ_ERR_ID, err) != MQ_OK) {
+            return MQ_ERROR;
+        }
+
+        req->ids = p;
+        req->ids_len = len;
+        req->has_id = 1;
+        return MQ_OK;
+    }
+
+    if (mq_parse_u64(p, len, &req->id) != MQ_OK) {
         *err = MQ_ERR_ID;
         return MQ_ERROR;
     }
@@ -556,7 +575,7 @@ mq_proto_parse_request(const char *line, size_t len, mq_request_t *req,
             goto format;
         }
 
-        if (mq_split_id(req, &t[1], err) != MQ_OK) {
+        if (mq_split_id(req, &t[1], 1, err) != MQ_OK) {
             return MQ_ERROR;
         }
 
@@ -607,7 +626,7 @@ mq_proto_parse_request(const char *line, size_t len, mq_request_t *req,
             goto format;
         }
 
-        if (mq_split_id(req, &t[1], err) != MQ_OK) {
+        if (mq_split_id(req, &t[1], 0, err) != MQ_OK) {
             return MQ_ERROR;
         }
 
@@ -711,17 +730,18 @@ mq_proto_next_key(const char **p, const char *end, const char **key,
 }
 
 
-/* An /ack= list: decimal u64 ids separated by single commas, at least
- * one, at most MQ_ACK_IDS_MAX; sets o->nacks. */
+/* A list of ids: decimal u64 ids separated by single commas, at least
+ * one, at most MQ_ACK_IDS_MAX; *n is how many.  A malformed list is
+ * MQ_ERROR with *err = bad. */
 static int
-mq_check_ids(mq_get_opts_t *o, const char **err)
+mq_check_ids(const char *p, size_t len, uint32_t *n, const char *bad,
+    const char **err)
 {
     uint64_t     id;
-    const char  *p, *s, *end;
+    const char  *s, *end;
 
-    p = o->acks;
-    end = o->acks + o->acks_len;
-    o->nacks = 0;
+    end = p + len;
+    *n = 0;
 
     for ( ;; ) {
         for (s = p; s < end && *s != ','; s++) {
@@ -729,11 +749,11 @@ mq_check_ids(mq_get_opts_t *o, const char **err)
         }
 
         if (mq_parse_u64(p, (size_t) (s - p), &id) != MQ_OK) {
-            *err = MQ_ERR_OPTION;
+            *err = bad;
             return MQ_ERROR;
         }
 
-        if (++o->nacks > MQ_ACK_IDS_MAX) {
+        if (++*n > MQ_ACK_IDS_MAX) {
             *err = MQ_ERR_IDS;
             return MQ_ERROR;
         }
@@ -830,7 +850,10 @@ mq_proto_parse_get_key(const char *key, size_t len, mq_get_opts_t *o,
             o->acks = opt + sizeof(MQ_OPT_ACK) - 1;
             o->acks_len = olen - (sizeof(MQ_OPT_ACK) - 1);
 
-            if (mq_check_ids(o, err) != MQ_OK) {
+            if (mq_check_ids(o->acks, o->acks_len, &o->nacks,
+                             MQ_ERR_OPTION, err)
+                != MQ_OK)
+            {
                 return MQ_ERROR;
             }
 
@@ -954,6 +977,20 @@ mq_proto_parse_reply(const char *buf, size_t len, uint64_t max_bytes,
         r->text = p;
         r->text_len = (size_t) (end - p);
 
+        return MQ_OK;
+    }
+
+    if (mq_str_eq(buf, wlen, MQ_REPLY_W_DELETED) && s < end) {
+        /* DELETED <n>: the answer to a delete of a list of ids */
+        if (s + 1 >= end
+            || mq_parse_u64(s + 1, (size_t) (end - s - 1), &r->count)
+               != MQ_OK)
+        {
+            goto bad;
+        }
+
+        r->type = MQ_REPLY_DELETED;
+        r->has_count = 1;
         return MQ_OK;
     }
 

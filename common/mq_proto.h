@@ -69,6 +69,11 @@ typedef struct {
                                  at most MQ_BYTES_MAX */
     uint64_t      id;         /* delete <q>/<id>, touch <q>/<id>: the id;
                                  key is then the queue name alone */
+    const char   *ids;        /* (ref) delete <q>/<id>,<id>,...: the list
+                                 (2 .. MQ_ACK_IDS_MAX ids; id unset), for
+                                 mq_proto_next_id(); else NULL */
+    size_t        ids_len;
+    uint32_t      nids;
     unsigned      has_id:1;   /* an id followed the queue name */
     unsigned      noreply:1;  /* "noreply" was the last token */
     unsigned      has_data:1; /* a data block of `bytes` + CRLF follows */
@@ -139,7 +144,8 @@ int mq_proto_parse_get_key(const char *key, size_t len, mq_get_opts_t *o,
     const char **err);
 
 /* Iterates over the ids of an /ack= list that mq_proto_parse_get_key()
- * accepted: MQ_OK with *id, MQ_DECLINED at the end. */
+ * accepted, or of a delete's list (mq_request_t ids): MQ_OK with *id,
+ * MQ_DECLINED at the end. */
 int mq_proto_next_id(const char **p, const char *end, uint64_t *id);
 
 /* client side: reply header lines */
@@ -168,7 +174,9 @@ typedef struct {
     uint32_t      flags;      /* VALUE */
     uint64_t      bytes;      /* VALUE: data block length (CRLF follows) */
     uint64_t      cas;        /* VALUE: 4th field when present */
+    uint64_t      count;      /* DELETED <n>: n */
     unsigned      has_cas:1;
+    unsigned      has_count:1;
     size_t        consumed;   /* header line length including CRLF */
 } mq_reply_t;
 

@@ -588,16 +588,48 @@ do_get(conn_t *c, const mq_request_t *req, int with_cas)
 }
 
 
-/* delete <q>/<id>: acknowledges a lease.  DELETED waits for the fsync of
- * its journal record under --sync always, as STORED does. */
+/*
+ * delete <q>/<id>: acknowledges a lease.  DELETED waits for the fsync of
+ * its journal record under --sync always, as STORED does.
+ *
+ * delete <q>/<id>,<id>,...: the same for each id in turn, one reply for
+ * them all: "DELETED <n>", n of them acknowledged (the others were not
+ * leased, or named twice).  When the journal refuses a record the reply
+ * is the storage failure, and the ids before it may be acknowledged.
+ */
 static void
 do_ack(conn_t *c, const mq_request_t *req)
 {
-    int       rc;
-    queue_t  *q;
+    int          rc;
+    queue_t     *q;
+    uint64_t     id, acked;
+    const char  *p, *end;
+    char         buf[sizeof("DELETED \r\n") + 20];
 
     q = queue_lookup(req->key, req->key_len, 0);
-    rc = q != NULL && q->on_disk ? queue_ack(q, req->id) : 0;
+    if (q != NULL && !q->on_disk) {
+        q = NULL;
+    }
+
+    acked = 0;
+
+    if (req->ids == NULL) {
+        rc = q != NULL ? queue_ack(q, req->id) : 0;
+        acked = rc > 0;
+
+    } else {
+        rc = 0;
+        p = req->ids;
+        end = req->ids + req->ids_len;
+
+        while (q != NULL && mq_proto_next_id(&p, end, &id) == MQ_OK) {
+            rc = queue_ack(q, id);
+            if (rc < 0) {
+                break;
+            }
+            acked += (uint64_t) rc;
+        }
+    }
 
     if (rc < 0) {
         conn_out_str(c, RPL_WRITE_FAILED);
@@ -608,19 +640,20 @@ do_ack(conn_t *c, const mq_request_t *req)
         return;
     }
 
-    if (rc == 0) {
-        conn_out_str(c, RPL_NOT_FOUND);
-        return;
-    }
-
-    if (srv.sync_mode == SYNC_ALWAYS) {
+    if (acked > 0 && srv.sync_mode == SYNC_ALWAYS) {
         conn_park(c, sync_next_ticket());
         if (c->closed) {
             return;
         }
     }
 
-    conn_out_str(c, RPL_DELETED);
+    if (req->ids != NULL) {
+        (void) snprintf(buf, sizeof(buf), "DELETED %" PRIu64 "\r\n", acked);
+        conn_out_str(c, buf);
+        return;
+    }
+
+    conn_out_str(c, acked ? RPL_DELETED : RPL_NOT_FOUND);
 }
 
 
@@ -636,7 +669,8 @@ do_touch(conn_t *c, const mq_request_t *req)
          ? queue_touch(q, req->id, (uint64_t) req->exptime * 1000) : 0;
 
     if (!req->noreply) {
-        conn_out_str(c, rc ? RPL_TOUCHED : RPL_NOT_FOUND);
+        conn_out_str(c, rc < 0 ? RPL_NO_MEMORY
+                        : rc ? RPL_TOUCHED : RPL_NOT_FOUND);
     }
 }
 

@@ -874,8 +874,13 @@ conn_take_data(conn_t *c)
 static void
 conn_process(conn_t *c)
 {
-    int      rc;
-    size_t   line_len, consumed, used;
+    int       rc;
+    size_t    line_len, consumed, used;
+    uint64_t  received;
+
+    /* commands that came in one read were received together: one clock
+     * read serves them all (a pipeline of deletes costs none each) */
+    received = 0;
 
     while (!c->closed && !c->close_after_write
            && c->out_len - c->out_sent < OUT_HIGH)
@@ -906,7 +911,10 @@ conn_process(conn_t *c)
 
         if (c->wait_deadline == 0) {
             /* not a long poll run again: a new command */
-            c->cmd_start = loop_now_us();
+            if (received == 0) {
+                received = loop_now_us();
+            }
+            c->cmd_start = received;
         }
 
         rc = cmd_execute(c, c->in + c->in_start, line_len,

@@ -118,8 +118,9 @@ struct conn_s {
     size_t          sending_cap;
 
     uint64_t        cmd_start;    /* loop_now_us() at the receipt of the
-                                     command being run (a long poll keeps
-                                     its first one) */
+                                     command being run (read once for the
+                                     commands processed together; a long
+                                     poll keeps its first one) */
 
     queue_t        *wait_q;       /* (ref) CONN_WAIT: the queue */
     uint64_t        wait_deadline;/* monotonic ms, 0 = not waiting */

@@ -1,13 +1,16 @@
 /*
  * lease.c: see lease.h.
  *
- * Invariants: a lease is in exactly one queue's set, at dl.a[l->hidx] and
- * at q->lseq.a[l->sidx]; dl.a[i]->deadline >= dl.a[(i - 1) / 2]->deadline
- * and likewise by ref.seq in each lseq; a set has a power-of-two number of
- * buckets, grown (doubled) when it holds more leases than buckets, so a
- * lookup walks a chain of about one; it and the queue's id heap are freed
- * when its last lease goes.  Ids of one queue are consecutive numbers:
- * the low bits spread them over the buckets without hashing.
+ * Invariants: a lease is in exactly one queue's set and in two orders,
+ * the node-wide dl (by deadline) and its queue's q->lseq (by id), at
+ * at[0] and at[1]; in a run, the keys of a[head..tail) that are not NULL
+ * never decrease, and a[head] and a[tail - 1] are not NULL (head == tail
+ * == 0 when it is empty); in the heap, heap[i] >= heap[(i - 1) / 2]; a
+ * set has a power-of-two number of buckets, grown (doubled) when it
+ * holds more leases than buckets, so a lookup walks a chain of about
+ * one; it and the queue's id order are freed when its last lease goes.
+ * Ids of one queue are consecutive numbers: the low bits spread them
+ * over the buckets without hashing.
  */
 
 #include <assert.h>
@@ -17,130 +20,322 @@
 #include "lease.h"
 
 #define SET_MIN_BUCKETS  64
+#define ORDER_MIN        64        /* first slots of a queue's run, heap */
+#define DL_MIN           1024      /* and of the deadline order's */
+#define SPARE_MAX        4096      /* freed records kept for reuse */
+
+#define HEAP             LEASE_RUNS        /* at[] & 7: in the heap */
+#define AT(i, t)         ((size_t) (i) << 3 | (size_t) (t))
 
 
-/* the node-wide heap by deadline; each queue has one by id (q->lseq) */
-static lease_heap_t  dl;
+/* the node-wide order by deadline; each queue has one by id (q->lseq) */
+static lease_order_t  dl;
+
+/* freed lease records, chained by hnext: a lease taken for every one
+ * acknowledged costs no malloc */
+static lease_t       *spare;
+static size_t         nspare;
 
 
-/* A heap orders by deadline (ids 0) or by id (1), and keeps each
- * lease's index in it in hidx or sidx. */
+/* An order is by deadline (by 0) or by id (1). */
 static inline uint64_t
-key(const lease_t *l, int by_id)
+key(const lease_t *l, int by)
 {
-    return by_id ? l->ref.seq : l->deadline;
+    return by ? l->ref.seq : l->deadline;
 }
 
 
 static inline void
-heap_set(lease_heap_t *h, int by_id, size_t i, lease_t *l)
+heap_set(lease_order_t *o, int by, size_t i, lease_t *l)
 {
-    h->a[i] = l;
-    if (by_id) {
-        l->sidx = i;
-    } else {
-        l->hidx = i;
-    }
+    o->heap[i] = l;
+    l->at[by] = AT(i, HEAP);
 }
 
 
 static size_t
-sift_up(lease_heap_t *h, int by_id, size_t i)
+sift_up(lease_order_t *o, int by, size_t i)
 {
     lease_t   *l;
     uint64_t   k;
 
-    l = h->a[i];
-    k = key(l, by_id);
+    l = o->heap[i];
+    k = key(l, by);
 
-    while (i > 0 && key(h->a[(i - 1) / 2], by_id) > k) {
-        heap_set(h, by_id, i, h->a[(i - 1) / 2]);
+    while (i > 0 && key(o->heap[(i - 1) / 2], by) > k) {
+        heap_set(o, by, i, o->heap[(i - 1) / 2]);
         i = (i - 1) / 2;
     }
 
-    heap_set(h, by_id, i, l);
+    heap_set(o, by, i, l);
     return i;
 }
 
 
 static void
-sift_down(lease_heap_t *h, int by_id, size_t i)
+sift_down(lease_order_t *o, int by, size_t i)
 {
     size_t     c;
     lease_t   *l;
     uint64_t   k;
 
-    l = h->a[i];
-    k = key(l, by_id);
+    l = o->heap[i];
+    k = key(l, by);
 
     for ( ;; ) {
         c = 2 * i + 1;
-        if (c >= h->n) {
+        if (c >= o->hn) {
             break;
         }
-        if (c + 1 < h->n && key(h->a[c + 1], by_id) < key(h->a[c], by_id)) {
+        if (c + 1 < o->hn
+            && key(o->heap[c + 1], by) < key(o->heap[c], by))
+        {
             c++;
         }
-        if (key(h->a[c], by_id) >= k) {
+        if (key(o->heap[c], by) >= k) {
             break;
         }
-        heap_set(h, by_id, i, h->a[c]);
+        heap_set(o, by, i, o->heap[c]);
         i = c;
     }
 
-    heap_set(h, by_id, i, l);
+    heap_set(o, by, i, l);
 }
 
 
-/* Room for one more in h.  0 or -1. */
+/* Room for one more in the array *a of *cap (doubled, or `first` to
+ * begin with) holding n.  0 or -1. */
 static int
-heap_reserve(lease_heap_t *h, size_t first)
+reserve(lease_t ***a, size_t *cap, size_t n, size_t first)
 {
-    size_t     cap;
+    size_t     c;
     lease_t  **na;
 
-    if (h->n < h->cap) {
+    if (n < *cap) {
         return 0;
     }
 
-    cap = h->cap ? h->cap * 2 : first;
-    na = realloc(h->a, cap * sizeof(lease_t *));
+    c = *cap ? *cap * 2 : first;
+    na = realloc(*a, c * sizeof(lease_t *));
     if (na == NULL) {
         return -1;
     }
 
-    h->a = na;
-    h->cap = cap;
+    *a = na;
+    *cap = c;
     return 0;
 }
 
 
-static void
-heap_insert(lease_heap_t *h, int by_id, lease_t *l)
+/* Where a lease of key k goes in o: the run whose last key is the
+ * highest not above k, else an empty run, else the heap. */
+static int
+order_pick(const lease_order_t *o, int by, uint64_t k)
 {
-    heap_set(h, by_id, h->n++, l);
-    (void) sift_up(h, by_id, h->n - 1);
+    int                 t, best, empty;
+    uint64_t            last, best_key;
+    const lease_run_t  *r;
+
+    best = -1;
+    best_key = 0;
+    empty = -1;
+
+    for (t = 0; t < LEASE_RUNS; t++) {
+        r = &o->run[t];
+        if (r->head == r->tail) {
+            if (empty < 0) {
+                empty = t;
+            }
+            continue;
+        }
+        last = key(r->a[r->tail - 1], by);
+        if (last <= k && (best < 0 || last > best_key)) {
+            best = t;
+            best_key = last;
+        }
+    }
+
+    return best >= 0 ? best : empty >= 0 ? empty : HEAP;
 }
 
 
-/* The element at i is a leaf or moves up, or the last one moves down
- * into it: either way a single sift does. */
-static void
-heap_remove(lease_heap_t *h, int by_id, size_t i)
+/* Room for one more in place t of o.  A full run at most half live
+ * needs no memory: order_put() compacts it.  0 or -1. */
+static int
+order_room(lease_order_t *o, int t, size_t first)
 {
-    lease_t  *last;
+    lease_run_t  *r;
 
-    assert(i < h->n);
+    if (t == HEAP) {
+        return reserve(&o->heap, &o->hcap, o->hn, first);
+    }
 
-    last = h->a[--h->n];
-    if (i == h->n) {
+    r = &o->run[t];
+    if (r->cap > 0 && r->tail == r->cap && r->live <= r->cap / 2) {
+        return 0;
+    }
+
+    return reserve(&r->a, &r->cap, r->tail, first);
+}
+
+
+/* Moves run t's leases to its front, in order. */
+static void
+run_compact(lease_run_t *r, int by, int t)
+{
+    size_t    i, j;
+    lease_t  *l;
+
+    for (i = r->head, j = 0; i < r->tail; i++) {
+        l = r->a[i];
+        if (l != NULL) {
+            r->a[j] = l;
+            l->at[by] = AT(j, t);
+            j++;
+        }
+    }
+
+    assert(j == r->live);
+    r->head = 0;
+    r->tail = j;
+}
+
+
+/* Adds l to place t of o (order_pick(), order_room() made room). */
+static void
+order_put(lease_order_t *o, int by, int t, lease_t *l)
+{
+    lease_run_t  *r;
+
+    if (t == HEAP) {
+        heap_set(o, by, o->hn++, l);
+        (void) sift_up(o, by, o->hn - 1);
         return;
     }
 
-    heap_set(h, by_id, i, last);
-    if (sift_up(h, by_id, i) == i) {
-        sift_down(h, by_id, i);
+    r = &o->run[t];
+    assert(r->head == r->tail || key(r->a[r->tail - 1], by) <= key(l, by));
+
+    if (r->tail == r->cap) {
+        run_compact(r, by, t);
     }
+
+    l->at[by] = AT(r->tail, t);
+    r->a[r->tail++] = l;
+    r->live++;
+}
+
+
+static void
+order_remove(lease_order_t *o, int by, lease_t *l)
+{
+    int           t;
+    size_t        i;
+    lease_t      *last;
+    lease_run_t  *r;
+
+    i = l->at[by] >> 3;
+    t = (int) (l->at[by] & 7);
+
+    if (t != HEAP) {
+        r = &o->run[t];
+        assert(i >= r->head && i < r->tail && r->a[i] == l);
+        r->a[i] = NULL;
+
+        if (--r->live == 0) {
+            r->head = 0;
+            r->tail = 0;
+            return;
+        }
+
+        while (r->a[r->head] == NULL) {
+            r->head++;
+        }
+        while (r->a[r->tail - 1] == NULL) {
+            r->tail--;
+        }
+        return;
+    }
+
+    /* the element at i is a leaf or moves up, or the last one moves
+     * down into it: either way a single sift does */
+    assert(i < o->hn && o->heap[i] == l);
+
+    last = o->heap[--o->hn];
+    if (i == o->hn) {
+        return;
+    }
+
+    heap_set(o, by, i, last);
+    if (sift_up(o, by, i) == i) {
+        sift_down(o, by, i);
+    }
+}
+
+
+static lease_t *
+order_min(const lease_order_t *o, int by)
+{
+    int                 t;
+    lease_t            *m, *l;
+    const lease_run_t  *r;
+
+    m = o->hn ? o->heap[0] : NULL;
+
+    for (t = 0; t < LEASE_RUNS; t++) {
+        r = &o->run[t];
+        if (r->head < r->tail) {
+            l = r->a[r->head];
+            if (m == NULL || key(l, by) < key(m, by)) {
+                m = l;
+            }
+        }
+    }
+
+    return m;
+}
+
+
+static size_t
+order_count(const lease_order_t *o)
+{
+    int     t;
+    size_t  n;
+
+    n = o->hn;
+    for (t = 0; t < LEASE_RUNS; t++) {
+        n += o->run[t].live;
+    }
+
+    return n;
+}
+
+
+static void
+order_free(lease_order_t *o)
+{
+    int  t;
+
+    for (t = 0; t < LEASE_RUNS; t++) {
+        free(o->run[t].a);
+    }
+
+    free(o->heap);
+    memset(o, 0, sizeof(lease_order_t));
+}
+
+
+static void
+record_free(lease_t *l)
+{
+    if (nspare < SPARE_MAX) {
+        l->hnext = spare;
+        spare = l;
+        nspare++;
+        return;
+    }
+
+    free(l);
 }
 
 
@@ -176,6 +371,7 @@ set_grow(queue_t *q)
 lease_t *
 lease_add(queue_t *q, const item_ref_t *ref, uint64_t deadline)
 {
+    int        td, ts;
     size_t     b;
     lease_t   *l;
 
@@ -185,15 +381,24 @@ lease_add(queue_t *q, const item_ref_t *ref, uint64_t deadline)
         return NULL;
     }
 
-    if (heap_reserve(&dl, 1024) != 0
-        || heap_reserve(&q->lseq, SET_MIN_BUCKETS) != 0)
+    td = order_pick(&dl, 0, deadline);
+    ts = order_pick(&q->lseq, 1, ref->seq);
+    if (order_room(&dl, td, DL_MIN) != 0
+        || order_room(&q->lseq, ts, ORDER_MIN) != 0)
     {
         return NULL;
     }
 
-    l = malloc(sizeof(lease_t));
-    if (l == NULL) {
-        return NULL;
+    if (spare != NULL) {
+        l = spare;
+        spare = l->hnext;
+        nspare--;
+
+    } else {
+        l = malloc(sizeof(lease_t));
+        if (l == NULL) {
+            return NULL;
+        }
     }
 
     l->ref = *ref;
@@ -205,8 +410,8 @@ lease_add(queue_t *q, const item_ref_t *ref, uint64_t deadline)
     q->lbuckets[b] = l;
     q->leased_items++;
 
-    heap_insert(&dl, 0, l);
-    heap_insert(&q->lseq, 1, l);
+    order_put(&dl, 0, td, l);
+    order_put(&q->lseq, 1, ts, l);
     return l;
 }
 
@@ -249,9 +454,9 @@ lease_remove(lease_t *l)
 
     assert(q->leased_items > 0);
     q->leased_items--;
-    heap_remove(&dl, 0, l->hidx);
-    heap_remove(&q->lseq, 1, l->sidx);
-    free(l);
+    order_remove(&dl, 0, l);
+    order_remove(&q->lseq, 1, l);
+    record_free(l);
 
     if (q->leased_items == 0) {
         /* a queue without leases holds no table: ten thousand queues
@@ -259,33 +464,44 @@ lease_remove(lease_t *l)
         free(q->lbuckets);
         q->lbuckets = NULL;
         q->lbuckets_n = 0;
-        free(q->lseq.a);
-        memset(&q->lseq, 0, sizeof(lease_heap_t));
+        order_free(&q->lseq);
     }
 }
 
 
-void
+int
 lease_renew(lease_t *l, uint64_t deadline)
 {
-    l->deadline = deadline;
-    if (sift_up(&dl, 0, l->hidx) == l->hidx) {
-        sift_down(&dl, 0, l->hidx);
+    int  t;
+
+    /* out and in again; taking l out only lowers a run's last key or
+     * frees room, so the place picked with l still in stays right */
+    t = order_pick(&dl, 0, deadline);
+    if (order_room(&dl, t, DL_MIN) != 0) {
+        return -1;
     }
+
+    order_remove(&dl, 0, l);
+    l->deadline = deadline;
+    order_put(&dl, 0, t, l);
+    return 0;
 }
 
 
 lease_t *
 lease_min(void)
 {
-    return dl.n ? dl.a[0] : NULL;
+    return order_min(&dl, 0);
 }
 
 
 uint64_t
 lease_min_seq(const queue_t *q)
 {
-    return q->lseq.n ? q->lseq.a[0]->ref.seq : UINT64_MAX;
+    lease_t  *l;
+
+    l = order_min(&q->lseq, 1);
+    return l ? l->ref.seq : UINT64_MAX;
 }
 
 
@@ -298,16 +514,15 @@ lease_drop_queue(queue_t *q)
     for (i = 0; i < q->lbuckets_n; i++) {
         for (l = q->lbuckets[i]; l; l = next) {
             next = l->hnext;
-            heap_remove(&dl, 0, l->hidx);
-            free(l);
+            order_remove(&dl, 0, l);
+            record_free(l);
         }
     }
 
     free(q->lbuckets);
     q->lbuckets = NULL;
     q->lbuckets_n = 0;
-    free(q->lseq.a);
-    memset(&q->lseq, 0, sizeof(lease_heap_t));
+    order_free(&q->lseq);
     q->leased_items = 0;
 }
 
@@ -329,13 +544,22 @@ lease_each(queue_t *q, void (*fn)(lease_t *l, void *arg), void *arg)
 size_t
 lease_count(void)
 {
-    return dl.n;
+    return order_count(&dl);
 }
 
 
 void
 lease_shutdown(void)
 {
-    free(dl.a);
-    memset(&dl, 0, sizeof(lease_heap_t));
+    lease_t  *l;
+
+    order_free(&dl);
+
+    while (spare != NULL) {
+        l = spare;
+        spare = l->hnext;
+        free(l);
+    }
+
+    nspare = 0;
 }

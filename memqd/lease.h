@@ -4,16 +4,26 @@
  *
  *   per queue: lease_set_t, a hash table id -> lease (delete q/<id>,
  *              touch q/<id>: one lookup each)
- *   node-wide: a binary min-heap of every lease by deadline; the loop
- *              timer is armed for its top, so a tick costs O(log n) per
- *              lease that runs out, never a scan
- *   per queue: a binary min-heap of its leases by id, whose top is the
- *              lowest leased id (the queue's watermark) without a scan
+ *   node-wide: every lease by deadline; the loop timer is armed for the
+ *              earliest, so a tick costs little per lease that runs out,
+ *              never a scan
+ *   per queue: its leases by id, whose lowest is the queue's watermark
+ *
+ * Both orders are a lease_order_t: a lease goes to the end of one of
+ * LEASE_RUNS sorted runs when its key is no lower than that run's last
+ * (the run whose last key is the closest below; deadlines of one lease
+ * duration come in time order, a queue's ids in id order, so a few
+ * durations in use each fill a run of their own), else to a binary
+ * min-heap (a touch to an earlier deadline, more durations than runs, an
+ * item given back and leased again).  Leaving a run costs O(1): a NULL
+ * left in the slot, the ends skip NULLs, and an append compacts a run
+ * that is full and at most half live; the heap costs O(log n).  The
+ * earliest is the lowest of the runs' heads and the heap's top.
  *
  *   lease_t ──hnext──► lease_t ...     (bucket chain of its queue's set)
  *      ▲
- *      ├── heap[hidx]                  (node-wide, by deadline)
- *      └── q->lseq.a[sidx]             (its queue's, by id)
+ *      ├── at[0]                       (node-wide, by deadline)
+ *      └── at[1]                       (its queue's q->lseq, by id)
  *
  * A lease belongs to no connection.  This file owns the structures only:
  * what happens to an item whose lease runs out (back to the head of its
@@ -34,8 +44,9 @@ struct lease_s {
     item_ref_t  ref;         /* the item, with its delivery count */
     queue_t    *q;           /* (ref) its queue */
     uint64_t    deadline;    /* monotonic ms */
-    size_t      hidx;        /* index in the deadline heap */
-    size_t      sidx;        /* index in q->lseq */
+    size_t      at[2];       /* place in the deadline order [0] and in
+                                q->lseq [1]: index << 3 | run (0 ..
+                                LEASE_RUNS - 1) or LEASE_RUNS (heap) */
     lease_t    *hnext;       /* bucket chain of q's set */
 };
 
@@ -49,8 +60,9 @@ lease_t *lease_find(queue_t *q, uint64_t seq);
 /* Unlinks l from its set and the heap and frees it. */
 void lease_remove(lease_t *l);
 
-/* Moves l's deadline (either way). */
-void lease_renew(lease_t *l, uint64_t deadline);
+/* Moves l's deadline (either way).  0, or -1 when out of memory (l is
+ * left as it was). */
+int lease_renew(lease_t *l, uint64_t deadline);
 
 /* The lease with the earliest deadline, or NULL when there is none. */
 lease_t *lease_min(void);
@@ -68,7 +80,8 @@ void lease_each(queue_t *q, void (*fn)(lease_t *l, void *arg), void *arg);
 /* Leases held node-wide. */
 size_t lease_count(void);
 
-/* Frees the heap (shutdown; every set must be dropped first). */
+/* Frees the deadline order and spare records (shutdown; every set must
+ * be dropped first). */
 void lease_shutdown(void);
 
 #endif /* MEMQD_LEASE_H */

@@ -1694,7 +1694,10 @@ queue_touch(queue_t *q, uint64_t seq, uint64_t ms)
     }
 
     if (ms > 0) {
-        lease_renew(l, loop_now() + ms);
+        if (lease_renew(l, loop_now() + ms) != 0) {
+            log_error("queue", "%s: out of memory for leases", q->name);
+            return -1;
+        }
         lease_timer.handler = lease_timer_handler;
         arm_lease_timer();
         return 1;

@@ -37,12 +37,25 @@ typedef struct queue_s    queue_t;
 typedef struct openset_s  openset_t;
 typedef struct lease_s    lease_t;
 
-/* a binary min-heap of leases (lease.c) */
+#define LEASE_RUNS  4
+
+/* a sorted run of leases (lease.c): a[head..tail), NULL where one left */
 typedef struct {
     lease_t  **a;
-    size_t     n;
+    size_t     head;
+    size_t     tail;
+    size_t     live;        /* non-NULL in a[head..tail) */
     size_t     cap;
-} lease_heap_t;
+} lease_run_t;
+
+/* leases in one order, by deadline or by id (lease.c): those that came
+ * in order in sorted runs, the others in a binary min-heap */
+typedef struct {
+    lease_run_t  run[LEASE_RUNS];
+    lease_t    **heap;
+    size_t       hn;
+    size_t       hcap;
+} lease_order_t;
 
 typedef struct {
     uint64_t  seq;       /* record sequence number */
@@ -123,7 +136,7 @@ struct queue_s {
     openset_t   *opensets;
 
     lease_t    **lbuckets;      /* leased items by id (lease.c) */
-    lease_heap_t lseq;          /* the same, lowest id on top (lease.c) */
+    lease_order_t lseq;         /* the same by id (lease.c) */
     size_t       lbuckets_n;    /* power of two, 0 = none yet */
     uint64_t     dlq_ticket;    /* commit that makes its last dead
                                    letter durable (--sync always) */
@@ -216,7 +229,7 @@ int queue_lease(queue_t *q, const item_ref_t *ref, uint64_t ms);
 int queue_ack(queue_t *q, uint64_t seq);
 
 /* A new lease of ms from now; 0 gives the item back at once.  1 done, 0
- * not leased. */
+ * not leased, -1 out of memory (the lease stays as it was). */
 int queue_touch(queue_t *q, uint64_t seq, uint64_t ms);
 
 /* Before the journal switches files: queues whose acknowledgements are

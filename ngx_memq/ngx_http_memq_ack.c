@@ -4,7 +4,8 @@
  * The body lists their ids, "<host:port>/<id>", one a line or separated by
  * commas (blanks around an id and empty entries are ignored).
  *
- *   op=ack       "delete q/<id>"        DELETED counts as acked
+ *   op=ack       "delete q/<id>,<id>,..."  DELETED <n>: n acked, the
+ *                                       others of the line not found
  *   op=release   "touch q/<id> 0"       TOUCHED counts as acked (given back)
  *   op=touch     "touch q/<id> <S>"     TOUCHED counts as acked (extended;
  *                                       lease=S seconds, default memq_lease,
@@ -17,10 +18,14 @@
  * NGX_HTTP_MEMQ_ACK_IDS_MAX ids (413 beyond).
  *
  * The ids are grouped per node; every node gets its commands pipelined on
- * one connection, in windows of at most NGX_HTTP_MEMQ_ACK_WINDOW commands
- * (the next window goes when every reply of the last one is read), and the
- * nodes work concurrently.  Memory: the ids (16 bytes each) and one window
- * buffer per node, sized by what the node gets.
+ * one connection, in windows of at most NGX_HTTP_MEMQ_ACK_WINDOW ids (the
+ * next window goes when every reply of the last one is read), and the
+ * nodes work concurrently.  op=ack puts as many ids on a delete line as
+ * a line of MQ_LINE_MAX bytes holds with the longest ids (85 or more):
+ * one command, one reply and one queue lookup on the node for them all;
+ * a line of one id is a plain "delete q/<id>" (DELETED or NOT_FOUND).
+ * Memory: the ids (16 bytes each) and one window buffer per node, sized
+ * by what the node gets.
  *
  *   200 {"acked":A,"not_found":N}
  *   503 {"error":"node failed","status":503,"acked":A,"not_found":N,
@@ -79,7 +84,7 @@ typedef struct {
     ngx_uint_t                  total;      /* ids for this node */
     ngx_uint_t                  cursor;     /* next index in ctx->ids */
     ngx_uint_t                  settled;    /* replies read, all windows */
-    ngx_uint_t                  window;     /* commands in flight */
+    ngx_uint_t                  window;     /* ids in flight */
     ngx_buf_t                   out;        /* the window being sent */
     unsigned                    done:1;
 } ngx_http_memq_ack_node_t;
@@ -545,9 +550,30 @@ ngx_http_memq_ack_parse_id(ngx_http_memq_ack_ctx_t *ctx, u_char *p,
 }
 
 
+/* op=ack: ids on a delete line, every line but a window's last full:
+ * as many of the longest ids as fit in MQ_LINE_MAX, at most
+ * MQ_ACK_IDS_MAX; 1 for the other ops. */
+static ngx_uint_t
+ngx_http_memq_ack_per_line(ngx_http_memq_ack_ctx_t *ctx)
+{
+    size_t  room;
+
+    if (ctx->op != NGX_HTTP_MEMQ_OP_ACK) {
+        return 1;
+    }
+
+    /* "delete <key>/" then "<id>," a line; names are at most 250 bytes
+     * (ngx_http_memq_get_key() checked it), so room holds 85 or more */
+    room = MQ_LINE_MAX - (sizeof("delete /") - 1) - ctx->key.len;
+    room /= NGX_HTTP_MEMQ_ACK_ID_DIGITS + 1;
+
+    return ngx_max(ngx_min(room, MQ_ACK_IDS_MAX), 1);
+}
+
+
 /*
  * Sends the node its next window: up to NGX_HTTP_MEMQ_ACK_WINDOW of its
- * commands, pipelined.  NGX_ERROR (or NGX_BUSY: no connection in this
+ * ids, pipelined.  NGX_ERROR (or NGX_BUSY: no connection in this
  * worker) when no connection could be had.
  */
 static ngx_int_t
@@ -556,7 +582,7 @@ ngx_http_memq_ack_send(ngx_http_memq_ack_node_t *an)
     u_char                   *p;
     size_t                    size;
     ngx_int_t                 rc;
-    ngx_uint_t                n, want;
+    ngx_uint_t                n, k, want, per;
     size_t                    cmdlen;
     const char               *cmd;
     ngx_http_memq_ack_ctx_t  *ctx;
@@ -594,15 +620,29 @@ ngx_http_memq_ack_send(ngx_http_memq_ack_node_t *an)
     }
 
     p = an->out.start;
+    per = ngx_http_memq_ack_per_line(ctx);
+    k = 0;
 
+    /* "<cmd> <key>/<id>[,<id>...][ <seconds>]\r\n"; the buffer holds a
+     * line an id, so it holds these */
     for (n = 0; n < want; an->cursor++) {
         if (ctx->ids[an->cursor].node != (ngx_uint_t) (an - ctx->nodes)) {
             continue;
         }
 
-        /* "<cmd> <key>/<id>[ <seconds>]\r\n" */
-        p = ngx_cpymem(p, cmd, cmdlen);
-        p = ngx_http_memq_write_id(p, &ctx->key, ctx->ids[an->cursor].id);
+        if (k == 0) {
+            p = ngx_cpymem(p, cmd, cmdlen);
+            p = ngx_http_memq_write_id(p, &ctx->key,
+                                       ctx->ids[an->cursor].id);
+        } else {
+            p = ngx_sprintf(p, ",%uL", ctx->ids[an->cursor].id);
+        }
+
+        n++;
+
+        if (++k < per && n < want) {
+            continue;
+        }
 
         if (ctx->op != NGX_HTTP_MEMQ_OP_ACK) {
             p = ngx_sprintf(p, " %ui", ctx->op == NGX_HTTP_MEMQ_OP_TOUCH
@@ -611,8 +651,7 @@ ngx_http_memq_ack_send(ngx_http_memq_ack_node_t *an)
 
         *p++ = '\r';
         *p++ = '\n';
-
-        n++;
+        k = 0;
     }
 
     an->window = n;
@@ -627,11 +666,12 @@ ngx_http_memq_ack_send(ngx_http_memq_ack_node_t *an)
 }
 
 
-/* the connection handler: one reply a command, in order */
+/* the connection handler: one reply a line, in order */
 static ngx_int_t
 ngx_http_memq_ack_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 {
     ngx_int_t                  prc;
+    ngx_uint_t                 k;
     ngx_buf_t                 *b;
     mq_reply_t                 reply;
     const char                *err;
@@ -660,13 +700,28 @@ ngx_http_memq_ack_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             goto bad;
         }
 
-        if (reply.type == MQ_REPLY_NOT_FOUND) {
+        /* the ids of this line: every line of a window but its last
+         * is full */
+        k = ngx_min(ngx_http_memq_ack_per_line(ctx), an->window);
+
+        if (reply.type == MQ_REPLY_NOT_FOUND && k == 1) {
             ctx->not_found++;
 
-        } else if ((ctx->op == NGX_HTTP_MEMQ_OP_ACK
-                    && reply.type == MQ_REPLY_DELETED)
-                   || (ctx->op != NGX_HTTP_MEMQ_OP_ACK
-                       && reply.type == MQ_REPLY_TOUCHED))
+        } else if (ctx->op == NGX_HTTP_MEMQ_OP_ACK
+                   && reply.type == MQ_REPLY_DELETED
+                   && (k == 1 ? !reply.has_count
+                              : reply.has_count && reply.count <= k))
+        {
+            if (k == 1) {
+                ctx->acked++;
+
+            } else {
+                ctx->acked += reply.count;
+                ctx->not_found += k - reply.count;
+            }
+
+        } else if (ctx->op != NGX_HTTP_MEMQ_OP_ACK
+                   && reply.type == MQ_REPLY_TOUCHED)
         {
             ctx->acked++;
 
@@ -680,8 +735,8 @@ ngx_http_memq_ack_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         }
 
         b->pos += reply.consumed;
-        an->window--;
-        an->settled++;
+        an->window -= k;
+        an->settled += k;
     }
 
     if (b->pos != b->last) {

@@ -133,6 +133,32 @@ def test_delete_acknowledges_once(client):
     assert client.getdata(q) == b"m2"
 
 
+def test_delete_list_counts_exactly(client):
+    """delete <q>/<id>,<id>,...: one reply, DELETED <n>, n the ids that
+    were leased and now are not; an id named twice counts once, ids not
+    leased (never were, acknowledged, not leased, another queue's) not at
+    all; noreply answers nothing and acknowledges all the same."""
+    q = qname()
+    other = qname()
+    _fill(client, q, 8)
+    _fill(client, other, 1)
+    ids = [i.cas for i in _lease(client, q, LONG, n=6)]
+    assert ids == [1, 2, 3, 4, 5, 6]
+    assert client.cmd("delete %s/1,2,2,99,7,3" % q) == "DELETED 3"
+    assert client.cmd("delete %s/1,2,3" % q) == "DELETED 0"
+    assert client.cmd("delete %s/4,5" % other) == "DELETED 0"
+    assert client.cmd("delete %s/4,5" % qname()) == "DELETED 0"
+    assert client.qstats(q)["leased_items"] == 3
+    assert client.cmd("delete %s/4,5 noreply\r\nversion" % q) \
+        .startswith("VERSION")
+    assert client.cmd("delete %s/5,6 0" % q) == "DELETED 1"
+    st = client.qstats(q)
+    assert st["leased_items"] == 0 and st["items"] == 2
+    assert [client.getdata(q) for _ in range(2)] == [b"m6", b"m7"]
+    # the other queue's item is untouched by ids sent to it
+    assert client.getdata(other) == b"m0"
+
+
 def test_delete_after_lease_ran_out_is_not_found(client):
     q = qname()
     _fill(client, q, 1)
@@ -358,9 +384,10 @@ def test_clean_restart_without_journal(memqd_factory, sync):
     assert [i.data for i in c.drain(q + ".dlq")] == [b"m1", b"m2"]
 
 
-@pytest.mark.parametrize("how", ["delete", "ack"])
+@pytest.mark.parametrize("how", ["delete", "list", "ack"])
 def test_deleted_is_durable_across_kill(memqd_factory, how):
-    """DELETED (and the reply of a get with /ack=) waits for the fsync of
+    """DELETED (DELETED <n> to a list, and the reply of a get with /ack=)
+    waits for the fsync of
     the journal records: a kill -9 right after it does not bring the items
     back.  More than 4096 items are owed, so the position file alone
     cannot hold the acknowledgements."""
@@ -382,6 +409,11 @@ def test_deleted_is_durable_across_kill(memqd_factory, how):
                         for i in acked[:-1])
         body += b"delete %s/%d\r\n" % (q.encode(), acked[-1])
         assert pipeline(c, body, len(b"DELETED\r\n")) == b"DELETED\r\n"
+    elif how == "list":
+        for k in range(0, len(acked), 300):
+            ack = ",".join(str(i) for i in acked[k:k + 300])
+            assert c.cmd("delete %s/%s" % (q, ack)) == \
+                "DELETED %d" % len(acked[k:k + 300])
     else:
         for k in range(0, len(acked), 300):
             ack = ",".join(str(i) for i in acked[k:k + 300])
@@ -450,6 +482,15 @@ BAD = [
     ("get {q}/ack=1/ack=2", "CLIENT_ERROR bad option"),
     ("get {q}/ack=18446744073709551616", "CLIENT_ERROR bad option"),
     ("get {q}/lease=100 {q}/ack=1,a", "CLIENT_ERROR bad option"),
+    ("delete {q}/1,2,x", "CLIENT_ERROR bad id"),
+    ("delete {q}/1,,2", "CLIENT_ERROR bad id"),
+    ("delete {q}/1,2,", "CLIENT_ERROR bad id"),
+    ("delete {q}/,1,2", "CLIENT_ERROR bad id"),
+    ("delete {q}/1,18446744073709551616", "CLIENT_ERROR bad id"),
+    ("delete {q}/1,2 5", "CLIENT_ERROR bad command line format"),
+    ("delete {q}/" + ",".join(["1"] * 500 + ["2"] * 501),
+     "CLIENT_ERROR too many ids"),
+    ("touch {q}/1,2 5", "CLIENT_ERROR bad id"),
 ]
 
 

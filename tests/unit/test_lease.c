@@ -1,9 +1,11 @@
 // links: memqd/lease.c
 /*
  * test_lease.c: the lease structures (memqd/lease.c): the per-queue id
- * table and id heap and the node-wide deadline heap, checked against a
- * plain model
- * through random adds, renewals and removals, and at 100,000 leases.
+ * table and id order and the node-wide deadline order (sorted runs and a
+ * heap), checked against a plain model through random adds, renewals
+ * and removals, through a consumer's traffic (a clock, a few lease
+ * durations, ids in order, items leased again, touches), and at 100,000
+ * leases.
  */
 
 #include <setjmp.h>
@@ -18,6 +20,7 @@
 #include "lease.h"
 
 #define MODEL_N  4000
+#define ID_N     30000
 
 
 typedef struct {
@@ -59,6 +62,61 @@ static void
 count_each(lease_t *l, void *arg)
 {
     (*(size_t *) arg)++;
+}
+
+
+/* The invariants of lease.c for order o (by 0 deadline, 1 id); the
+ * number of leases in it. */
+static size_t
+check_order(const lease_order_t *o, int by)
+{
+    int                 t;
+    size_t              i, n, live;
+    uint64_t            k, prev;
+    const lease_t      *l;
+    const lease_run_t  *r;
+
+    n = 0;
+
+    for (t = 0; t < LEASE_RUNS; t++) {
+        r = &o->run[t];
+        assert_true(r->head <= r->tail && r->tail <= r->cap);
+        if (r->head == r->tail) {
+            assert_true(r->head == 0 && r->live == 0);
+            continue;
+        }
+        assert_non_null(r->a[r->head]);
+        assert_non_null(r->a[r->tail - 1]);
+
+        live = 0;
+        prev = 0;
+        for (i = r->head; i < r->tail; i++) {
+            l = r->a[i];
+            if (l == NULL) {
+                continue;
+            }
+            k = by ? l->ref.seq : l->deadline;
+            assert_true(k >= prev);
+            assert_true(l->at[by] == (i << 3 | (size_t) t));
+            prev = k;
+            live++;
+        }
+        assert_true(live == r->live);
+        n += live;
+    }
+
+    for (i = 0; i < o->hn; i++) {
+        l = o->heap[i];
+        assert_true(l->at[by] == (i << 3 | LEASE_RUNS));
+        if (i > 0) {
+            k = by ? l->ref.seq : l->deadline;
+            prev = by ? o->heap[(i - 1) / 2]->ref.seq
+                      : o->heap[(i - 1) / 2]->deadline;
+            assert_true(k >= prev);
+        }
+    }
+
+    return n + o->hn;
 }
 
 
@@ -142,7 +200,7 @@ test_random_against_model(void **state)
                 break;
             }
             m[i].deadline = next_rand() % 100000;
-            lease_renew(m[i].l, m[i].deadline);
+            assert_true(lease_renew(m[i].l, m[i].deadline) == 0);
             break;
 
         default:
@@ -163,6 +221,7 @@ test_random_against_model(void **state)
         assert_true(lease_count() == live);
 
         if (k % 97 == 0) {
+            assert_true(check_order(&q.lseq, 1) == live);
             check_min(m, MODEL_N);
             check_min_seq(&q, m, MODEL_N);
         }
@@ -188,6 +247,189 @@ test_random_against_model(void **state)
     lease_drop_queue(&q);
     lease_shutdown();
     free(m);
+}
+
+
+/*
+ * A consumer's traffic: a clock that moves on, leases of a few durations
+ * (more than there are runs, sometimes), ids taken in order and items
+ * given back and leased again, touches mostly forward and sometimes to
+ * an earlier deadline, acknowledgements mostly oldest first, and a lease
+ * held long at the head of the runs.  Against the model after every
+ * step: the earliest deadline, the lowest id, the invariants; then the
+ * leases run out in deadline order, and those of one duration taken in
+ * id order run out in id order.
+ */
+static void
+test_consumer_against_model(void **state)
+{
+    size_t      i, k, live, oldest, next_id, held;
+    queue_t     q;
+    model_t    *m;
+    lease_t    *l;
+    uint64_t    now, seq, dur, last_dl;
+    item_ref_t  r;
+    static const uint64_t  durs[] = { 30000, 30000, 30000, 60000, 5000,
+                                      30000, 120000, 1000 };
+
+    (void) state;
+
+    memset(&q, 0, sizeof(q));
+    m = calloc(ID_N, sizeof(model_t));
+    assert_non_null(m);
+    live = 0;
+    now = 1000;
+    oldest = 1;
+    next_id = 1;
+
+    /* one lease held long, at the lowest id */
+    r = ref_of(0);
+    m[0].deadline = now + 3600000;
+    m[0].l = lease_add(&q, &r, m[0].deadline);
+    m[0].live = 1;
+    live++;
+    held = 1;
+
+    for (k = 0; next_id < ID_N - 1; k++) {
+        now += next_rand() % 3;
+
+        switch (next_rand() % 8) {
+        case 0:
+        case 1:
+        case 2:
+            /* a new id, or (1 in 16) one given back taken again */
+            seq = next_id;
+            if (next_rand() % 16 == 0 && oldest < next_id) {
+                seq = oldest + next_rand() % (next_id - oldest);
+                if (m[seq].live) {
+                    break;
+                }
+            } else {
+                next_id++;
+            }
+            dur = next_rand() % 4 == 0 ? durs[next_rand() % 8] : 30000;
+            r = ref_of(seq);
+            m[seq].deadline = now + dur;
+            m[seq].l = lease_add(&q, &r, m[seq].deadline);
+            assert_non_null(m[seq].l);
+            m[seq].live = 1;
+            live++;
+            break;
+
+        case 3:
+            /* a touch: usually the same duration from now */
+            seq = oldest + next_rand() % (next_id - oldest + 1);
+            if (seq >= ID_N || !m[seq].live) {
+                break;
+            }
+            m[seq].deadline = now + (next_rand() % 8 ? 30000
+                                                     : next_rand() % 50);
+            assert_true(lease_renew(m[seq].l, m[seq].deadline) == 0);
+            break;
+
+        default:
+            /* acknowledged: mostly the oldest, sometimes any */
+            while (oldest < next_id && !m[oldest].live) {
+                oldest++;
+            }
+            seq = next_rand() % 4 ? oldest
+                  : oldest + next_rand() % (next_id - oldest + 1);
+            if (seq == 0 || seq >= ID_N || !m[seq].live) {
+                break;
+            }
+            l = lease_find(&q, seq);
+            assert_ptr_equal(l, m[seq].l);
+            lease_remove(l);
+            m[seq].live = 0;
+            live--;
+        }
+
+        assert_true(q.leased_items == live && lease_count() == live);
+
+        if (k % 61 == 0) {
+            assert_true(check_order(&q.lseq, 1) == live);
+            check_min(m, ID_N);
+            check_min_seq(&q, m, ID_N);
+        }
+    }
+
+    assert_true(check_order(&q.lseq, 1) == live);
+    assert_true(live > held);
+
+    /* they run out in deadline order */
+    last_dl = 0;
+    while ((l = lease_min()) != NULL) {
+        assert_true(l->deadline >= last_dl);
+        last_dl = l->deadline;
+        seq = l->ref.seq;
+        assert_true(m[seq].live && m[seq].deadline == l->deadline);
+        m[seq].live = 0;
+        lease_remove(l);
+        live--;
+        if (live % 101 == 0) {
+            assert_true(check_order(&q.lseq, 1) == live);
+            check_min_seq(&q, m, ID_N);
+        }
+    }
+
+    assert_true(live == 0 && q.leased_items == 0);
+    for (i = 0; i < ID_N; i++) {
+        assert_false(m[i].live);
+    }
+
+    lease_drop_queue(&q);
+    lease_shutdown();
+    free(m);
+}
+
+
+/*
+ * Leases of one duration taken in id order, acknowledged in id order
+ * with one held at the head all along: every one goes to a run (the
+ * heap stays empty), the run is compacted rather than grown, and they
+ * run out in id order.
+ */
+static void
+test_one_duration_in_order(void **state)
+{
+    size_t      i, n;
+    queue_t     q;
+    lease_t    *l;
+    uint64_t    seq;
+    item_ref_t  r;
+
+    (void) state;
+
+    memset(&q, 0, sizeof(q));
+    n = 200000;
+
+    r = ref_of(1);
+    assert_non_null(lease_add(&q, &r, 1000));
+
+    for (i = 2; i <= n; i++) {
+        r = ref_of(i);
+        assert_non_null(lease_add(&q, &r, 1000 + i / 10));
+        if (i > 101) {
+            lease_remove(lease_find(&q, i - 100));
+        }
+    }
+
+    assert_true(q.leased_items == 101);
+    assert_true(check_order(&q.lseq, 1) == 101);
+    assert_true(q.lseq.hn == 0 && q.lseq.run[0].cap <= 1024);
+    assert_true(lease_min_seq(&q) == 1);
+
+    /* and they run out in id order */
+    seq = 0;
+    while ((l = lease_min()) != NULL) {
+        assert_true(l->ref.seq > seq);
+        seq = l->ref.seq;
+        lease_remove(l);
+    }
+    assert_true(seq == n && q.leased_items == 0);
+
+    lease_drop_queue(&q);
+    lease_shutdown();
 }
 
 
@@ -223,7 +465,8 @@ test_two_queues_and_drop(void **state)
     assert_true(lease_min_seq(&a) == 1 && lease_min_seq(&b) == 1);
     lease_drop_queue(&a);
     assert_true(a.leased_items == 0 && a.lbuckets == NULL);
-    assert_true(lease_min_seq(&a) == UINT64_MAX && a.lseq.a == NULL);
+    assert_true(lease_min_seq(&a) == UINT64_MAX && a.lseq.heap == NULL
+                && a.lseq.run[0].a == NULL);
     assert_true(lease_count() == 1000);
     assert_null(lease_find(&a, 7));
     assert_true(lease_min()->q == &b && lease_min()->deadline == 10001);
@@ -291,6 +534,8 @@ main(void)
 {
     const struct CMUnitTest  tests[] = {
         cmocka_unit_test(test_random_against_model),
+        cmocka_unit_test(test_consumer_against_model),
+        cmocka_unit_test(test_one_duration_in_order),
         cmocka_unit_test(test_two_queues_and_drop),
         cmocka_unit_test(test_100k),
     };

@@ -915,13 +915,30 @@ test_get_key_table(void **state)
 
 
 /* ids of delete/touch, and the /lease= and /ack= options */
+/* An id list "3,0,18446744073709551615", through mq_proto_next_id(). */
+static void
+check_3_0_max(const char *p, size_t len)
+{
+    uint64_t     id;
+    const char  *end;
+
+    end = p + len;
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
+    assert_int_equal(id, 3);
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
+    assert_int_equal(id, 0);
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
+    assert_true(id == UINT64_MAX);
+    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_DECLINED);
+}
+
+
 static void
 test_lease_forms(void **state)
 {
     int             rc;
     size_t          n, i;
-    uint64_t        id;
-    const char     *err, *p, *end;
+    const char     *err;
     char            key[2100];
     mq_request_t    req;
     mq_get_opts_t   o;
@@ -969,15 +986,7 @@ test_lease_forms(void **state)
     assert_int_equal(rc, MQ_OK);
     assert_int_equal(o.lease_ms, 43200000);
     assert_int_equal(o.nacks, 3);
-    p = o.acks;
-    end = o.acks + o.acks_len;
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
-    assert_int_equal(id, 3);
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
-    assert_int_equal(id, 0);
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_OK);
-    assert_true(id == UINT64_MAX);
-    assert_int_equal(mq_proto_next_id(&p, end, &id), MQ_DECLINED);
+    check_3_0_max(o.acks, o.acks_len);
 
     /* MQ_ACK_IDS_MAX ids, then one more */
     n = (size_t) sprintf(key, "q/ack=1");
@@ -1135,6 +1144,90 @@ static const reply_case_t  reply_cases[] = {
     { "hello\r\n", MQ_ERROR, 0, BAD, NULL, NULL, 0, 0, 0, 0, 0 },
     { "\x00\r\n", MQ_ERROR, 0, BAD, NULL, NULL, 0, 0, 0, 0, 0 },
 };
+
+
+/* delete <q>/<id>,<id>,...: the list form, and its reply DELETED <n> */
+static void
+test_delete_lists(void **state)
+{
+    int            rc;
+    size_t         n, i;
+    const char    *err;
+    char           line[MQ_LINE_MAX + 1];
+    mq_reply_t     r;
+    mq_request_t   req;
+
+    (void) state;
+
+    rc = mq_proto_parse_request("delete q/3,0,18446744073709551615 noreply",
+                                41, &req, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(req.has_id, 1);
+    assert_int_equal(req.noreply, 1);
+    assert_int_equal(req.nids, 3);
+    assert_int_equal(req.key_len, 1);
+    check_3_0_max(req.ids, req.ids_len);
+
+    /* one id is the plain form */
+    rc = mq_proto_parse_request("delete q/7 0", 12, &req, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_null(req.ids);
+    assert_int_equal(req.id, 7);
+
+    static const char  *bad[] = {
+        "delete q/1,", "delete q/,1", "delete q/1,,2", "delete q/1,a",
+        "delete q/1,18446744073709551616", "delete q/1, 2", "touch q/1,2 5"
+    };
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err = NULL;
+        rc = mq_proto_parse_request(bad[i], strlen(bad[i]), &req, &err);
+        if (rc != MQ_ERROR
+            || (strcmp(err, "bad id") != 0
+                && strcmp(err, "bad command line format") != 0))
+        {
+            fail_msg("%s: rc %d err %s", bad[i], rc, err ? err : "-");
+        }
+    }
+
+    /* MQ_ACK_IDS_MAX ids, then one more */
+    n = (size_t) sprintf(line, "delete q/1");
+    for (i = 1; i < MQ_ACK_IDS_MAX; i++) {
+        n += (size_t) sprintf(line + n, ",%zu", i % 10);
+    }
+    rc = mq_proto_parse_request(line, n, &req, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(req.nids, MQ_ACK_IDS_MAX);
+    n += (size_t) sprintf(line + n, ",9");
+    rc = mq_proto_parse_request(line, n, &req, &err);
+    assert_int_equal(rc, MQ_ERROR);
+    assert_string_equal(err, IDS);
+
+    /* the replies */
+    rc = mq_proto_parse_reply("DELETED 97\r\n", 12, MAXB, &r, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(r.type, MQ_REPLY_DELETED);
+    assert_int_equal(r.has_count, 1);
+    assert_int_equal(r.count, 97);
+    assert_int_equal(r.consumed, 12);
+
+    rc = mq_proto_parse_reply("DELETED\r\n", 9, MAXB, &r, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(r.type, MQ_REPLY_DELETED);
+    assert_int_equal(r.has_count, 0);
+
+    static const char  *bad_replies[] = {
+        "DELETED \r\n", "DELETED x\r\n", "DELETED 1 2\r\n",
+        "DELETED -1\r\n", "DELETED 18446744073709551616\r\n"
+    };
+    for (i = 0; i < sizeof(bad_replies) / sizeof(bad_replies[0]); i++) {
+        err = NULL;
+        rc = mq_proto_parse_reply(bad_replies[i], strlen(bad_replies[i]),
+                                  MAXB, &r, &err);
+        if (rc != MQ_ERROR) {
+            fail_msg("%s: rc %d", bad_replies[i], rc);
+        }
+    }
+}
 
 
 static void
@@ -1324,6 +1417,7 @@ main(void)
         cmocka_unit_test(test_get_key_table),
         cmocka_unit_test(test_get_key_long_name),
         cmocka_unit_test(test_lease_forms),
+        cmocka_unit_test(test_delete_lists),
         cmocka_unit_test(test_reply_table),
         cmocka_unit_test(test_reply_limits),
         cmocka_unit_test(test_reply_stream),

@@ -668,10 +668,12 @@ def test_memq_lease_is_the_default_lease(gateway_factory, memqd_factory):
 
 
 def test_acks_pipelined_on_one_connection_per_node(gateway_factory):
-    """A fake node records its connections: the deletes of one request
-    come on one connection, in order (three windows of at most 1000);
-    DELETED and NOT_FOUND are counted exactly; a reply that is neither
-    answers 503 with the rest unknown."""
+    """A fake node records its connections: the ids of one request come
+    on one connection, in order, as delete lists (windows of at most 1000
+    ids, lines of at most 2048 bytes, every line of a window but its last
+    as full as the others; one id is a plain delete); DELETED <n>,
+    DELETED and NOT_FOUND are counted exactly; a reply that is none of
+    them answers 503 with the rest unknown, from its line on."""
     import threading
     from gwutil import ScriptedNode
     q = qname()
@@ -682,10 +684,13 @@ def test_acks_pipelined_on_one_connection_per_node(gateway_factory):
         with lock:
             conns.setdefault(threading.get_ident(), []).append(line)
         if line.startswith(b"delete "):
-            num = int(line.rsplit(b"/", 1)[1])
-            if num == 999999:
+            nums = [int(x) for x in line.rsplit(b"/", 1)[1].split(b",")]
+            if 999999 in nums:
                 return (0, b"SERVER_ERROR out of disk\r\n")
-            return (0, b"DELETED\r\n" if num % 3 else b"NOT_FOUND\r\n")
+            if len(nums) == 1:
+                return (0, b"DELETED\r\n" if nums[0] % 3
+                        else b"NOT_FOUND\r\n")
+            return (0, b"DELETED %d\r\n" % sum(1 for x in nums if x % 3))
         return (0, b"END\r\n")
 
     fake = ScriptedNode(answer)
@@ -693,23 +698,46 @@ def test_acks_pipelined_on_one_connection_per_node(gateway_factory):
         g = gateway_factory([fake.addr], loc=CLIENT_LOC)
         g.expect_errors()
         a = node_addr(fake.addr)
-        ids = ["%s/%d" % (a, i) for i in range(1, 2501)]
+        ids = ["%s/%d" % (a, i) for i in range(1, 2502)]
         r = ack(g, q, ids)
-        assert r.json() == {"acked": 2500 - 833, "not_found": 833}
+        assert r.json() == {"acked": 2501 - 833, "not_found": 833}
         deletes = [l for ls in conns.values() for l in ls
                    if l.startswith(b"delete ")]
-        assert len(deletes) == 2500
         assert len([c for c in conns.values()
                     if any(l.startswith(b"delete ") for l in c)]) == 1
-        assert deletes == [("delete %s/%d" % (q, i)).encode()
-                           for i in range(1, 2501)]
-        # a node error part-way: what was answered counts, the rest is
+        prefix = ("delete %s/" % q).encode()
+        assert all(l.startswith(prefix) and len(l) <= 2048
+                   for l in deletes)
+        lists = [[int(x) for x in l[len(prefix):].split(b",")]
+                 for l in deletes]
+        assert [x for ls in lists for x in ls] == list(range(1, 2502))
+        per = len(lists[0])
+        assert 85 <= per <= 1000
+        # windows of 1000, 1000 and 501 ids; the last is one plain delete
+        windows = [1000, 1000, 501]
+        want = []
+        for w in windows:
+            want += [per] * (w // per) + ([w % per] if w % per else [])
+        assert [len(ls) for ls in lists] == want
+        # one id: a plain delete, DELETED or NOT_FOUND
+        assert ack(g, q, ["%s/7" % a]).json() == \
+            {"acked": 1, "not_found": 0}
+        assert ack(g, q, ["%s/9" % a]).json() == \
+            {"acked": 0, "not_found": 1}
+        # (the two requests may use two node connections)
+        deletes = [l for ls in conns.values() for l in ls
+                   if l.startswith(b"delete ")]
+        assert sorted(deletes[len(want):]) == \
+            [prefix + b"7", prefix + b"9"]
+        # a node error part-way: the lines answered count, the rest is
         # unknown
-        r = ack(g, q, ["%s/3" % a, "%s/4" % a, "%s/999999" % a,
-                       "%s/5" % a])
+        bad = ["%s/%d" % (a, i) for i in range(1, per + 1)] + \
+              ["%s/999999" % a, "%s/5" % a]
+        r = ack(g, q, bad)
         assert r.status_code == 503
         assert r.json() == {"error": "node failed", "status": 503,
-                            "acked": 1, "not_found": 1, "unknown": 2}
+                            "acked": per - per // 3,
+                            "not_found": per // 3, "unknown": 2}
     finally:
         fake.close()
 
