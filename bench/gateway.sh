@@ -210,6 +210,7 @@ cluster() {     # name ports...
         echo "        node 127.0.0.1:$p;"
     done
     echo "        keepalive 32; read_timeout 60s; max_fails 0;"
+    [ -n "${PUB_PIPES:-}" ] && echo "        publish_pipes $PUB_PIPES;"
     echo "    }"
 }
 location() {    # path cluster
