@@ -405,10 +405,10 @@ $ACK_BATCH --ack-inflight $ACK_INFLIGHT"
                     fail "client $topic: $out"
                 # shellcheck disable=SC2046
                 w1=$(cpu_ticks $(pgrep -P "$NGINX_PID"))
-                line="DRAIN consumers=$k $(sed -n 's/^RESULT proto=http \
-mode=[a-z]* conns=[0-9]* //p' <<<"$out") workers_cpu_us_per_msg=$(echo \
-"scale=2; ($w1 - $w0) * 1000000 / $(getconf CLK_TCK) / ($per * 3)" | bc -l)"
-                line="$line tool=c"
+                res=$(grep '^RESULT proto=http ' <<<"$out")
+                line="DRAIN consumers=$k ${res#RESULT * * conns=* }"
+                line="$line workers_cpu_us_per_msg=$(echo "scale=2; ($w1 - \
+$w0) * 1000000 / $(getconf CLK_TCK) / ($per * 3)" | bc -l) tool=c"
             fi
             m1=$(cpu_ticks "${NPID[1]}" "${NPID[2]}" "${NPID[3]}")
             record "$line mode=$mode nodes=3 backlog=$((per * 3)) run=$r" \

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from gwutil import ROOT, SLOW, Client, fill, node_items, qname
+from gwutil import ROOT, SLOW, fill, node_items, qname, qstat
 
 BENCH = os.environ.get("BENCH") or str(ROOT / "build" / "memq-bench")
 N = 3000
@@ -33,17 +33,6 @@ def drain(g, q, *args):
         if line.startswith("RESULT "):
             fields = dict(f.split("=", 1) for f in line.split()[1:])
     return p.returncode, fields, p.stderr
-
-
-def qstat(nodes, q, name):
-    total = 0
-    for n in nodes:
-        c = Client(n.addr)
-        try:
-            total += c.qstats(q).get(name, 0)
-        finally:
-            c.close()
-    return total
 
 
 def test_write_mode_counts_every_message_once(gw, nodes3):
