@@ -2,10 +2,14 @@
 acknowledgement cells, against a real gateway: in write mode every message
 is counted once; in client mode every id is acknowledged with op=ack lists
 and the queue is left empty with no lease outstanding; a wrong count and a
-response that is not a drain fail it."""
+response that is not a drain fail it; and against a misbehaving gateway,
+byte streams cut everywhere and malformed answers."""
 
 import os
+import socket
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -85,3 +89,127 @@ def test_bad_arguments(gw):
     assert rc == 2 and "-q and --path" in err
     rc, _, err = drain(gw, qname(), "--ack-batch", "0")
     assert rc == 2 and "--ack-batch" in err
+
+
+class FakeGateway:
+    """A misbehaving gateway for the client's parser: answers the GET with
+    the bytes given, sent a few at a time, and every op=ack POST with the
+    count of its ids (or the answer given)."""
+
+    def __init__(self, body, ack_answer=None, piece=3):
+        self.body = body
+        self.ack_answer = ack_answer
+        self.piece = piece
+        self.posts = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.conn, args=(c,), daemon=True).start()
+
+    def conn(self, c):
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                if head.startswith(b"GET "):
+                    # pauses make most pieces a read of their own
+                    for i in range(0, len(self.body), self.piece):
+                        c.sendall(self.body[i:i + self.piece])
+                        if i % (2 * self.piece) == 0:
+                            time.sleep(0.0003)
+                    return
+                n = int(head.lower().split(b"content-length:")[1]
+                        .split(b"\r\n")[0])
+                while len(buf) < n:
+                    buf += c.recv(65536)
+                ids, buf = buf[:n].split(b"\n"), buf[n:]
+                self.posts.append(ids)
+                ans = self.ack_answer or (
+                    b'{"acked":%d,"not_found":0}' % len(ids))
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                          % (len(ans), ans))
+        except OSError:
+            pass        # the client gave up: what it says is checked
+        finally:
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def chunked(data, size):
+    out = b""
+    for i in range(0, len(data), size):
+        part = data[i:i + size]
+        out += b"%x;x=y\r\n%s\r\n" % (len(part), part)
+    return out + b"0\r\n\r\n"
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def fake_drain(body, *args, **kw):
+    f = FakeGateway(body, **kw)
+    try:
+        return drain(f, "q", "--path", "/x", *args) + (f.posts,)
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 37, 4096])
+def test_split_everywhere(chunk):
+    """Chunk framing, lines and ids cut at every place by the chunk sizes
+    and by reads of a few bytes: every line counted, every id sent."""
+    ids = [b"127.0.0.1:%d/%d" % (9000 + i % 3, i) for i in range(100)]
+    lines = b"".join(b'{"id":"%s","data":"m %d"}\n' % (d, i)
+                     for i, d in enumerate(ids))
+    rc, r, err, posts = fake_drain(HEAD + chunked(lines, chunk), "-n", "100",
+                                   "--ack-client", "--ack-batch", "30")
+    assert rc == 0, err
+    assert int(r["msgs"]) == 100 and int(r["acked"]) == 100
+    assert sorted(len(p) for p in posts) == [10, 30, 30, 30]
+    assert sorted(i for p in posts for i in p) == sorted(ids)
+    rc, r, err, _ = fake_drain(HEAD + chunked(lines, chunk), "-n", "100")
+    assert rc == 0 and int(r["msgs"]) == 100, err
+
+
+@pytest.mark.parametrize("body,why", [
+    (HEAD + b"zz\r\n", "malformed chunk size line"),
+    (HEAD + b"3\r\nab\n\r\n0\r\n\r\n", "does not start with"),
+    (HEAD + b'2\r\n{"XX', "chunk data not followed by CRLF"),
+    (HEAD + b"10\r\n{\"id\":\"a\",\"d\":1}", "closed before the end"),
+    (HEAD + chunked(b'{"id":"' + b"x" * 300 + b'"}\n', 7), "no complete id"),
+    (HEAD + chunked(b'{"id":"","data":"m"}\n', 64), "empty id"),
+    (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 2000, "head longer"),
+    (b"HTTP/1.1 503 Busy\r\n\r\n", "GET answered HTTP/1.1 503 Busy"),
+], ids=["size", "no-id", "crlf", "short", "long-id", "empty-id", "head",
+        "status"])
+def test_malformed_response_fails_clearly(body, why):
+    rc, r, err, _ = fake_drain(body, "--ack-client")
+    assert rc == 2 and r == {}
+    assert why in err
+
+
+def test_wrong_ack_answer_fails_clearly():
+    lines = b'{"id":"h:1/1","data":"m"}\n{"id":"h:1/2","data":"m"}\n'
+    rc, _, err, _ = fake_drain(HEAD + chunked(lines, 64), "--ack-client",
+                               ack_answer=b'{"acked":1,"not_found":0}')
+    assert rc == 2 and "op=ack of 2 ids answered acked 1" in err
+    rc, _, err, _ = fake_drain(HEAD + chunked(lines, 64), "--ack-client",
+                               ack_answer=b'{"acked":"2"}')
+    assert rc == 2 and "op=ack answered HTTP/1.1 200 OK" in err
