@@ -4,10 +4,10 @@
  *
  * Every stream is one GET <path>?topic=Q (HTTP/1.1, Connection: close: a
  * drain, the gateway's default wait=0); the body, chunked or sized, is
- * ndjson and every line is a message.  In write mode the lines are counted.  With
- * --ack-client the GET asks ack=client&lease=S, the id of every line
- * ({"id":"<host:port>/<id>",...) is taken and the stream acknowledges its
- * ids with POST <path>?topic=Q&op=ack bodies of --ack-batch ids, one id a
+ * ndjson and every line is a message.  In write mode the lines are
+ * counted.  With --ack-client the GET asks ack=client&lease=S, the id of
+ * every line ({"id":"<host:port>/<id>",...) is taken and the stream
+ * acknowledges its ids with POST <path>?topic=Q&op=ack bodies of --ack-batch ids, one id a
  * line, on --ack-inflight keep-alive connections of its own (one POST in
  * flight on each); every answer must be 200 {"acked":A,"not_found":N}.
  *
@@ -25,8 +25,9 @@
  * once (acked = msgs, not_found = 0), and -n, when given, equals msgs; 1
  * when a count is wrong; 2 on usage, connection or protocol errors.
  *
- * Memory is bounded: one read buffer, a small carry for a chunk-size line
- * or a line's id split between reads, and per stream at most
+ * Memory is bounded: one read buffer, the response head, a small carry
+ * for the start of a line split between reads (up to the end of its id),
+ * and per stream at most
  * HD_PENDING_BATCHES batches of ids waiting: past that the stream is not
  * read until acknowledgements catch up.
  */
