@@ -9,7 +9,8 @@
  * every line ({"id":"<host:port>/<id>",...) is taken and the stream
  * acknowledges its ids with POST <path>?topic=Q&op=ack bodies of
  * --ack-batch ids, one id a line, on --ack-inflight keep-alive connections
- * of its own (one POST in flight on each); every answer must be 200 {"acked":A,"not_found":N}.
+ * of its own (one POST in flight on each); every answer must be
+ * 200 {"acked":A,"not_found":N}.
  *
  * The time runs from the first connect to the last stream closed and the
  * last acknowledgement answered.  Prints
