@@ -1339,10 +1339,23 @@ bench_http_drain(int argc, char **argv)
 
 done:
 
-    /* the process ends here: the descriptors and buffers go with it */
+    /* the process ends here: the descriptors go with it */
+    for (k = 0; hd->streams != NULL && k < hd->consumers; k++) {
+        for (v = 0; hd->streams[k].ackers != NULL && v < hd->inflight; v++) {
+            free(hd->streams[k].ackers[v].out.data);
+        }
+
+        free(hd->streams[k].ackers);
+        free(hd->streams[k].ids.data);
+    }
+
     if (hd->addr != NULL) {
         freeaddrinfo(hd->addr);
     }
+
+    free(hd->streams);
+    free(hd->get);
+    free(hd);
 
     return rc;
 }
