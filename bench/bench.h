@@ -14,6 +14,8 @@
  *   proto_beanstalk.c beanstalkd
  *   payload.c    message bodies, --verify checks and the id bitmap
  *   hist.c       latency histogram
+ *   http_drain.c --http-drain: GET streams through the HTTP gateway, with
+ *                client acknowledgement (its own loop: a mode apart)
  *
  * A protocol module only formats requests and splits replies; all policy
  * (depth, counts, which connection uses which queue, when a queue counts
@@ -215,6 +217,9 @@ typedef struct {
 
 /* runs the benchmark; returns 0, or -1 with res->failure set */
 int bench_run(const bench_conf_t *cf, bench_result_t *res);
+
+/* memq-bench --http-drain ...: argv[0] is "--http-drain"; exit status */
+int bench_http_drain(int argc, char **argv);
 
 
 /* buffers: each returns 0, or -1 when out of memory */

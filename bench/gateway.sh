@@ -22,7 +22,9 @@
 #            the 3 nodes of /n3, CLIENT_CONSUMERS streams; in client mode
 #            every stream acknowledges its ids with POST op=ack lists of
 #            ACK_BATCH ids (ACK_INFLIGHT POSTs in flight per stream) and the
-#            time runs to the last acknowledgement; ratio = client / write
+#            time runs to the last acknowledgement; ratio = client / write.
+#            The client is memq-bench --http-drain (C) for both modes;
+#            CLIENT_TOOL=python runs bench/gwload.py drain instead
 #   publish  wrk, PUB_CONNS keep-alive connections for PUB_SECS: single
 #            100 B messages a POST, and ndjson batches of 100 a POST, on /n3
 #            and on /a3 (--sync always); and the two references the single
@@ -54,6 +56,8 @@
 #   CLIENT_CONSUMERS  stream counts of the client cells ("1 10")
 #   ACK_BATCH    ids per op=ack POST (1000); ACK_INFLIGHT POSTs in flight
 #                per stream (4)
+#   CLIENT_TOOL  the client of the client cells: c (memq-bench
+#                --http-drain, the default) or python (bench/gwload.py)
 #   PARTS        subset of "drain client publish wakeup rss" (all)
 #   BATCH        memq_batch of the locations (64, the module's default)
 #   RESULTS, MEMQD, BENCH, MODULE, NGINX
@@ -80,6 +84,7 @@ PUB_CONNS=${PUB_CONNS:-50}
 CLIENT_CONSUMERS=${CLIENT_CONSUMERS:-1 10}
 ACK_BATCH=${ACK_BATCH:-1000}
 ACK_INFLIGHT=${ACK_INFLIGHT:-4}
+CLIENT_TOOL=${CLIENT_TOOL:-c}
 PARTS=${PARTS:-drain client publish wakeup rss}
 part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 
@@ -386,10 +391,26 @@ for k in $CLIENT_CONSUMERS; do
             [ "$mode" = client ] && opt="--ack-client --ack-batch \
 $ACK_BATCH --ack-inflight $ACK_INFLIGHT"
             m0=$(cpu_ticks "${NPID[1]}" "${NPID[2]}" "${NPID[3]}")
-            # shellcheck disable=SC2086  # opt is several words or none
-            line=$($LOAD drain --port "$GW" --path /n3 --topic "$topic" \
-                   --consumers "$k" --master "$NGINX_PID" $opt) ||
-                fail "client $topic: $line"
+            if [ "$CLIENT_TOOL" = python ]; then
+                # shellcheck disable=SC2086  # opt is several words or none
+                line=$($LOAD drain --port "$GW" --path /n3 --topic "$topic" \
+                       --consumers "$k" --master "$NGINX_PID" $opt) ||
+                    fail "client $topic: $line"
+                line="$line tool=python"
+            else
+                # shellcheck disable=SC2046  # the worker pids, one a word
+                w0=$(cpu_ticks $(pgrep -P "$NGINX_PID"))
+                # shellcheck disable=SC2086  # opt is several words or none
+                out=$("$BENCH" --http-drain -p "$GW" --path /n3 -q "$topic" \
+                      -c "$k" -n "$((per * 3))" -Q --timeout 60 $opt 2>&1) ||
+                    fail "client $topic: $out"
+                # shellcheck disable=SC2046
+                w1=$(cpu_ticks $(pgrep -P "$NGINX_PID"))
+                res=$(grep '^RESULT proto=http ' <<<"$out")
+                line="DRAIN consumers=$k ${res#RESULT * * conns=* }"
+                line="$line workers_cpu_us_per_msg=$(echo "scale=2; ($w1 - \
+$w0) * 1000000 / $(getconf CLK_TCK) / ($per * 3)" | bc -l) tool=c"
+            fi
             m1=$(cpu_ticks "${NPID[1]}" "${NPID[2]}" "${NPID[3]}")
             record "$line mode=$mode nodes=3 backlog=$((per * 3)) run=$r" \
                    "memqd_cpu_us_per_msg=$(echo "scale=2; ($m1 - $m0) * \
@@ -549,7 +570,8 @@ if [ -n "$CLROWS" ]; then
     echo
     echo "== client acknowledgement: $DRAIN_N x 100 B on 3 nodes; msgs/s," \
          "best of $REPEAT; client mode acks with op=ack lists of" \
-         "$ACK_BATCH, $ACK_INFLIGHT in flight per stream"
+         "$ACK_BATCH, $ACK_INFLIGHT in flight per stream; client" \
+         "$CLIENT_TOOL"
     printf '%-10s %10s %10s %7s\n' consumers write client ratio
     printf '%s' "$CLROWS"
 fi

@@ -82,6 +82,7 @@ usage(FILE *f)
 {
     fprintf(f,
 "usage: memq-bench [options]\n"
+"       memq-bench --http-drain [options]   (--http-drain --help)\n"
 "  --proto P        memq (default), memcached, redis or beanstalk\n"
 "  -H, --host H     server address (127.0.0.1)\n"
 "  -p, --port N     server port (22201, 11211, 6379, 11300 by protocol)\n"
@@ -175,6 +176,10 @@ main(int argc, char **argv)
     bench_result_t  *res;
     char             name[16];
     static char      run_id[64];
+
+    if (argc > 1 && strcmp(argv[1], "--http-drain") == 0) {
+        return bench_http_drain(argc - 1, argv + 1);
+    }
 
     memset(&cf, 0, sizeof(cf));
     cf.proto = &bench_proto_memq;

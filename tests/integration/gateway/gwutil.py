@@ -460,6 +460,18 @@ def node_items(node, q):
     return st.get("items", 0), st.get("open_items", 0)
 
 
+def qstat(nodes, q, name):
+    """The per-queue stat name of q summed over the nodes."""
+    total = 0
+    for n in nodes:
+        c = Client(n.addr)
+        try:
+            total += c.qstats(q).get(name, 0)
+        finally:
+            c.close()
+    return total
+
+
 def total_items(nodes, q):
     """Waiting items of q over all nodes (open ones excluded)."""
     return sum(node_items(n, q)[0] for n in nodes)

@@ -14,7 +14,7 @@ import threading
 
 import requests
 
-from gwutil import (SLOW, Client, Dechunker, fill, node_addr, qname,
+from gwutil import (SLOW, Client, Dechunker, fill, node_addr, qname, qstat,
                     read_headers, wait_for)
 
 LOOP_LEASE = 3
@@ -26,17 +26,6 @@ CLIENT_LOC = """
             memq_wait_max 10s;
             memq_ack client;
 """
-
-
-def qstat(nodes, q, name):
-    total = 0
-    for n in nodes:
-        c = Client(n.addr)
-        try:
-            total += c.qstats(q).get(name, 0)
-        finally:
-            c.close()
-    return total
 
 
 def waiting(nodes, q):
