@@ -143,6 +143,8 @@ struct ngx_http_memq_node_s {
     socklen_t                 socklen;
     ngx_int_t                 weight;
     ngx_int_t                 current_weight;  /* smooth weighted RR */
+    ngx_uint_t                owed;        /* sets this worker's publish
+                                              pipes wait replies for */
     ngx_uint_t                sources;     /* NGX_HTTP_MEMQ_SRC_* */
     ngx_uint_t                slot;        /* index in sh->nodes */
     ngx_uint_t                slot_gen;    /* its gen when taken */

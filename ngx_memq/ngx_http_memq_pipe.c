@@ -168,6 +168,7 @@ ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,
     e->owner = owner;
     e->len = len;
     p->n++;
+    node->owed++;
 
     if (kick) {
         ngx_http_memq_conn_send(mc, &p->out, cl->read_timeout);
@@ -302,6 +303,7 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         e = &p->ring[p->head];
         p->head = (p->head + 1) % NGX_HTTP_MEMQ_PIPE_DEPTH;
         p->n--;
+        node->owed--;
 
         owner = e->owner;
         e->owner = NULL;
@@ -399,6 +401,7 @@ ngx_http_memq_pipe_drain(ngx_http_memq_pipe_t *p, ngx_int_t rc,
         }
     }
 
+    p->node->owed -= p->n;
     p->n = 0;
     p->head = 0;
     p->out.pos = p->out.start;

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import requests
 
 from gwutil import (Client, SLOW, ScriptedNode, deadline_after, node_addr,
                     qname, wait_for)
@@ -482,3 +483,39 @@ def test_many_clients_stored_once_in_order(gateway_factory, nodes3):
         seen += mine
     assert sorted(seen) == sorted(b"c%02d-%03d" % (k, i)
                                   for k in range(20) for i in range(30))
+
+
+def test_slow_node_gets_few_posts(gateway_factory, memqd_factory):
+    """A node whose every fdatasync takes 200 ms owes its replies for long:
+    single POSTs go to the nodes that owe fewer (per weight), so the slow
+    one gets a small share instead of a third, and no POST is lost."""
+    slow = memqd_factory(args=["--sync", "always"],
+                         env={"MEMQD_FAULT_FSYNC_DELAY_MS": "200"})
+    fast = [memqd_factory(args=["--sync", "always"]) for _ in range(2)]
+    g = gateway_factory([slow] + fast, workers=1)
+    q = qname()
+    clients, per = 20, 30
+    errors = []
+
+    def produce(k):
+        with requests.Session() as s:
+            for i in range(per):
+                r = s.post(g.url("/mq"), params={"topic": q},
+                           data=b"c%d-%d" % (k, i), timeout=30 * SLOW)
+                if r.status_code != 201:
+                    errors.append(r.text)
+
+    threads = [threading.Thread(target=produce, args=(k,))
+               for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    got = {n.port: node_messages(n, q) for n in [slow] + fast}
+    everything = sorted(m for ms in got.values() for m in ms)
+    assert everything == sorted(b"c%d-%d" % (k, i) for k in range(clients)
+                                for i in range(per))
+    # round robin would give it 200 of the 600
+    assert len(got[slow.port]) < clients * per // 10, \
+        {p: len(ms) for p, ms in got.items()}
