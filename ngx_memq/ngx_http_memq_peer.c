@@ -862,16 +862,16 @@ ngx_http_memq_conn_test_connect(ngx_connection_t *c)
 
 /*
  * Picks a node among the usable nodes of the cluster, leaving out the
- * nskip nodes in skip: the lowest (sets owed by this worker's publish
- * pipes + 1) per unit of weight, then smooth weighted round robin among
- * the nodes tied there (nginx's least_conn does the same with
- * connections).  With nothing owed anywhere it is plain smooth weighted
- * round robin, and a node of weight 100 keeps its share until it owes
- * 99 replies more than a node of weight 1.  A node whose disk stalls
- * collects owed sets, and single POSTs go to the others meanwhile instead
- * of every client ending up waiting on it (one node with 50 ms fsyncs
- * among three: 1,410 POSTs/s by round robin, 36,700 this way).  NULL when
- * none is left.
+ * nskip nodes in skip, by smooth weighted round robin among the nodes
+ * whose replies owed to this worker's publish pipes, per unit of weight,
+ * are at most one above the lowest.  Idle, or with every node about as
+ * quick, that is plain smooth weighted round robin (a node of weight 100
+ * keeps its share until it owes 100 replies more than a node of weight
+ * 1).  A node whose disk stalls collects owed sets and drops out until it
+ * catches up, so single POSTs go to the others meanwhile instead of every
+ * client ending up waiting on it (one node with 50 ms fsyncs among three:
+ * 1,410 POSTs/s by round robin, 36,700 this way).  NULL when none is
+ * left.
  */
 static ngx_uint_t
 ngx_http_memq_node_skipped(ngx_http_memq_node_t *node,
@@ -908,8 +908,8 @@ ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
         }
 
         if (least == NULL
-            || (node->owed + 1) * (ngx_uint_t) least->weight
-               < (least->owed + 1) * (ngx_uint_t) node->weight)
+            || node->owed * (ngx_uint_t) least->weight
+               < least->owed * (ngx_uint_t) node->weight)
         {
             least = node;
         }
@@ -921,8 +921,10 @@ ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
     for (i = 0; least != NULL && i < cl->nodes.nelts; i++) {
         node = np[i];
 
-        if ((node->owed + 1) * (ngx_uint_t) least->weight
-            != (least->owed + 1) * (ngx_uint_t) node->weight
+        /* owed / weight at most one above the least's */
+        if (node->owed * (ngx_uint_t) least->weight
+            > (least->owed + (ngx_uint_t) least->weight)
+              * (ngx_uint_t) node->weight
             || ngx_http_memq_node_skipped(node, skip, nskip))
         {
             continue;
