@@ -591,6 +591,7 @@ def test_item_beyond_max_goes_back_with_touch(gateway_factory):
     from gwutil import ScriptedNode
     q = qname()
     touched = threading.Event()
+    reserved = threading.Event()     # node a was asked for the rest of max
     asked = {"a": 0}
 
     def value(line, cas, data):
@@ -607,6 +608,7 @@ def test_item_beyond_max_goes_back_with_touch(gateway_factory):
         if asked["a"] == 2:
             # the rest of max is reserved by this request until node b's
             # item went back
+            reserved.set()
             touched.wait(10)
             return (0, value(line, 12, b"second"))
         return None
@@ -616,6 +618,9 @@ def test_item_beyond_max_goes_back_with_touch(gateway_factory):
             touched.set()
             return (0, b"TOUCHED\r\n")
         if b"/t=" in line and not touched.is_set():
+            # only once a's first item is in and the rest of max reserved:
+            # earlier, b's item would simply be the first of the two
+            reserved.wait(10)
             return (0, value(line, 21, b"beyond max"))
         if b"/t=" in line:
             return None
