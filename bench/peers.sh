@@ -402,7 +402,8 @@ matrix_cell() {
 # same round trip and work without the disk
 matrix_bound() {
     local dir f
-    dir=$(mktemp -d "$TMP/fsync.XXXX")
+    dir=$TMP/fsync
+    rm -rf "$dir" && mkdir "$dir" || return
     f=$("$FSYNC_DESIGNS" "$dir" 1 2000 100 | awk '/^journal/ { print $4 }')
     rm -rf "$dir"
     [ -n "$f" ] && echo "RESULT part=bound fsync_p50_us=$f" >>"$RESULTS"

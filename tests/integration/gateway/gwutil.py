@@ -450,6 +450,23 @@ class Dechunker:
             self.raw = self.raw[i + 2 + size + 2:]
 
 
+def read_stream_after_close(s, rest):
+    """A Dechunker fed with rest and then whatever s gives until the peer
+    closes or resets it; s is closed."""
+    d = Dechunker()
+    d.feed(rest)
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        d.feed(chunk)
+    s.close()
+    return d
+
+
 def node_items(node, q):
     """items + open_items of q on one memqd (0 when q is unknown)."""
     c = Client(node.addr)

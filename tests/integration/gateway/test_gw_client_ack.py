@@ -15,6 +15,7 @@ import threading
 import requests
 
 from gwutil import (SLOW, Client, Dechunker, fill, node_addr, qname, qstat,
+                    read_stream_after_close,
                     read_headers, wait_for)
 
 LOOP_LEASE = 3
@@ -338,21 +339,6 @@ def test_max_is_exact_in_client_mode(gateway_factory, memqd_factory):
         {"acked": 40, "not_found": 0}
 
 
-def _read_stream_after_close(s, rest):
-    d = Dechunker()
-    d.feed(rest)
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not chunk:
-            break
-        d.feed(chunk)
-    s.close()
-    return d
-
-
 def test_paused_client_items_given_back_at_once(gateway_factory,
                                                  memqd_factory):
     """A client-mode client that stops reading: after send_timeout its
@@ -381,7 +367,7 @@ def test_paused_client_items_given_back_at_once(gateway_factory,
     back = waiting(nodes, q)
     held = leased(nodes, q)
     assert back > 0 and back + held == total, (back, held)
-    d = _read_stream_after_close(s, rest)
+    d = read_stream_after_close(s, rest)
     assert not d.done, "a paused stream ended as drained"
     got = ndjson_items(d.data[:d.data.rfind(b"\n") + 1])
     # every leased item was written whole to the client's socket

@@ -9,6 +9,7 @@ import termios
 import threading
 
 from gwutil import (SLOW, Client, Dechunker, ScriptedNode, fill, node_addr,
+                    read_stream_after_close,
                     node_items, qname, read_headers, wait_for)
 
 
@@ -47,17 +48,7 @@ def test_paused_client_marks_no_node(gateway_factory, memqd_factory):
         items, open_items = node_items(n, q)
         assert open_items == 0, (items, open_items)
         waiting += items
-    d = Dechunker()
-    d.feed(rest)
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not chunk:
-            break
-        d.feed(chunk)
-    s.close()
+    d = read_stream_after_close(s, rest)
     assert not d.done, "a paused stream ended as drained"
     got = d.data.count(b"\n")
     # every message is with the client, in the queue, or was written to
