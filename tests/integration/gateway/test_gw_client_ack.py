@@ -370,9 +370,13 @@ def test_paused_client_items_given_back_at_once(gateway_factory,
     d = read_stream_after_close(s, rest)
     assert not d.done, "a paused stream ended as drained"
     got = ndjson_items(d.data[:d.data.rfind(b"\n") + 1])
-    # every leased item was written whole to the client's socket
-    r = ack(g, q, [i for i, _ in got])
-    assert r.json()["acked"] == held, (r.json(), held, len(got))
+    # every leased item was written whole to the client's socket (none
+    # may have been, when the socket was full before the first whole one)
+    if got:
+        r = ack(g, q, [i for i, _ in got])
+        assert r.json()["acked"] == held, (r.json(), held, len(got))
+    else:
+        assert held == 0, held
     drained = drain_write(g, q)
     assert len(drained) == back
     assert set(drained) | {m for _, m in got} == sent
