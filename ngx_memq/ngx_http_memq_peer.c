@@ -167,6 +167,15 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
     c->read->handler = ngx_http_memq_conn_handler;
     c->write->handler = ngx_http_memq_conn_handler;
 
+    /*
+     * Requests to a node are small and often follow one another before
+     * the node has answered the first (pipes, acknowledgements, the next
+     * get); under Nagle's rule each would wait for the node's ACK, which a
+     * node busy with fdatasync holds back up to its delayed-ACK timer.
+     * A failure is logged by nginx; the connection works, only slower.
+     */
+    (void) ngx_tcp_nodelay(c);
+
     (void) ngx_atomic_fetch_add(&sn->pool_busy, 1);
 
     if (rc == NGX_AGAIN) {

@@ -6,7 +6,11 @@ A fake node (PipeNode) holds its replies until the test releases them, so
 that what is in flight, on how many connections, is known exactly; real
 memqd nodes show that nothing is lost or stored twice."""
 
+import os
+import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -519,3 +523,69 @@ def test_slow_node_gets_few_posts(gateway_factory, memqd_factory):
     # round robin would give it 200 of the 600
     assert len(got[slow.port]) < clients * per // 10, \
         {p: len(ms) for p, ms in got.items()}
+
+
+def _children(pid):
+    out = []
+    for t in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/children" % (pid, t)) as f:
+            out += [int(x) for x in f.read().split()]
+    return out
+
+
+def _traced(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1]) != 0
+    return False
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_node_connections_send_without_delay(gateway_factory, memqd_factory,
+                                             tmp_path):
+    """Every connection the worker opens to a node (a publish pipe, a
+    stream's get) turns off Nagle's rule: small requests that follow one
+    another before the node answered (pipelined sets, acknowledgements)
+    would otherwise wait for the node's delayed ACK.  Seen with strace on
+    the worker: a setsockopt(TCP_NODELAY) on the descriptor of each
+    connect() to the node."""
+    node = memqd_factory()
+    g = gateway_factory([node], workers=1)
+    worker = _children(g.proc.pid)
+    assert len(worker) == 1, worker
+    log = tmp_path / "strace.log"
+    tracer = subprocess.Popen(
+        ["strace", "-qq", "-f", "-e", "trace=connect,setsockopt",
+         "-o", str(log), "-p", str(worker[0])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _traced(worker[0]), timeout=10,
+                 what="strace attached to the worker")
+        q = qname()
+        r = g.publish(q, b"one")
+        assert r.status_code == 201, r.text
+        assert g.lines(q) == [b"one"]
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=10)
+    port = node_addr(node).rsplit(":", 1)[1]
+    # each connect() to the node, then whether its descriptor had
+    # TCP_NODELAY set before it was connected again
+    conns = []
+    for line in log.read_text().splitlines():
+        m = re.search(r"connect\((\d+), \{sa_family=AF_INET, "
+                      r"sin_port=htons\((\d+)\)", line)
+        if m:
+            if m.group(2) == port:
+                conns.append([m.group(1), False])
+            continue
+        m = re.search(r"setsockopt\((\d+), SOL_TCP, TCP_NODELAY, \[1\]",
+                      line)
+        if m:
+            for c in reversed(conns):
+                if c[0] == m.group(1):
+                    c[1] = True
+                    break
+    assert conns, log.read_text()
+    assert all(nodelay for _, nodelay in conns), log.read_text()
