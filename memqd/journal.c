@@ -510,8 +510,39 @@ switch_file(uint64_t need)
 }
 
 
+static int commit(int sync, int early);
+
+
 int
 journal_commit(int sync)
+{
+    return commit(sync, 0);
+}
+
+
+/*
+ * After each ready descriptor of an iteration with more to come: records
+ * are waiting and the commit thread is idle (as far as the loop knows), so
+ * they are committed now and the disk works while the loop reads on; what
+ * the rest of the iteration brings goes with the next commit.  Many
+ * writers, each waiting for its reply, then split into groups that take
+ * turns on the disk, instead of all waiting for one commit and leaving the
+ * disk idle while their replies go out and their next sets come in.
+ */
+void
+journal_commit_early(int more)
+{
+    if (jdir != -1 && more > 0 && nrec > 0 && srv.sync_mode == SYNC_ALWAYS
+        && sync_durable() + 1 == sync_next_ticket())
+    {
+        (void) commit(1, 1);
+    }
+}
+
+
+/* early: not the iteration's last commit, so never the lone writer's */
+static int
+commit(int sync, int early)
 {
     int       fds[OLD_MAX + 1];
     size_t    i, n;
@@ -569,7 +600,7 @@ journal_commit(int sync)
         /* one record after one record: a lone writer waiting for each
          * reply, whom a hand-over to the commit thread only delays */
         ticket = sync_submit(fds, n, switched, switched ? jdir : -1,
-                             nrec <= 1 && prev_nrec <= 1);
+                             !early && nrec <= 1 && prev_nrec <= 1);
         prev_nrec = nrec;
         nrec = 0;
         switched = 0;

@@ -45,6 +45,10 @@ int journal_flush_big(void);
  * failure (logged; srv.readonly is set). */
 int journal_commit(int sync);
 
+/* Commits now (to the thread) when records wait, the commit thread is idle
+ * and more ready descriptors are to be handled: loop_after_event. */
+void journal_commit_early(int more);
+
 /* Called by the loop when a commit or a checkpoint is over. */
 void journal_durable(uint64_t durable);
 void journal_checkpoint_done(uint64_t token, int failed);

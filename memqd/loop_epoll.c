@@ -235,6 +235,9 @@ loop_stop(void)
 }
 
 
+void (*loop_after_event)(int more);
+
+
 void
 loop_run(int (*before_sleep)(void))
 {
@@ -280,6 +283,10 @@ loop_run(int (*before_sleep)(void))
             }
 
             io->handler(io, events);
+
+            if (loop_after_event != NULL) {
+                loop_after_event(n - i - 1);
+            }
         }
 
         run_timers();

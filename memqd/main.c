@@ -589,6 +589,7 @@ main(int argc, char **argv)
     /* recovery is done and the listeners are open (systemd Type=notify) */
     notify_send("READY=1");
 
+    loop_after_event = journal_commit_early;
     loop_run(before_sleep);
 
     etcd_stop();
