@@ -58,6 +58,8 @@
 #                per stream (4)
 #   CLIENT_TOOL  the client of the client cells: c (memq-bench
 #                --http-drain, the default) or python (bench/gwload.py)
+#   CLIENT_FORMAT  format of both modes' streams in the client cells with
+#                the C client: ndjson (the default) or raw
 #   PARTS        subset of "drain client publish wakeup rss" (all)
 #   BATCH        memq_batch of the locations (64, the module's default)
 #   RESULTS, MEMQD, BENCH, MODULE, NGINX
@@ -85,6 +87,7 @@ CLIENT_CONSUMERS=${CLIENT_CONSUMERS:-1 10}
 ACK_BATCH=${ACK_BATCH:-1000}
 ACK_INFLIGHT=${ACK_INFLIGHT:-4}
 CLIENT_TOOL=${CLIENT_TOOL:-c}
+CLIENT_FORMAT=${CLIENT_FORMAT:-ndjson}
 PARTS=${PARTS:-drain client publish wakeup rss}
 part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 
@@ -402,7 +405,8 @@ $ACK_BATCH --ack-inflight $ACK_INFLIGHT"
                 w0=$(cpu_ticks $(pgrep -P "$NGINX_PID"))
                 # shellcheck disable=SC2086  # opt is several words or none
                 out=$("$BENCH" --http-drain -p "$GW" --path /n3 -q "$topic" \
-                      -c "$k" -n "$((per * 3))" -Q --timeout 60 $opt 2>&1) ||
+                      -c "$k" -n "$((per * 3))" -Q --timeout 60 \
+                      --format "$CLIENT_FORMAT" $opt 2>&1) ||
                     fail "client $topic: $out"
                 # shellcheck disable=SC2046
                 w1=$(cpu_ticks $(pgrep -P "$NGINX_PID"))
@@ -410,6 +414,7 @@ $ACK_BATCH --ack-inflight $ACK_INFLIGHT"
                 line="DRAIN consumers=$k ${res#RESULT * * conns=* }"
                 line="$line workers_cpu_us_per_msg=$(echo "scale=2; ($w1 - \
 $w0) * 1000000 / $(getconf CLK_TCK) / ($per * 3)" | bc -l) tool=c"
+                line="$line format=$CLIENT_FORMAT"
             fi
             m1=$(cpu_ticks "${NPID[1]}" "${NPID[2]}" "${NPID[3]}")
             record "$line mode=$mode nodes=3 backlog=$((per * 3)) run=$r" \
@@ -571,7 +576,7 @@ if [ -n "$CLROWS" ]; then
     echo "== client acknowledgement: $DRAIN_N x 100 B on 3 nodes; msgs/s," \
          "best of $REPEAT; client mode acks with op=ack lists of" \
          "$ACK_BATCH, $ACK_INFLIGHT in flight per stream; client" \
-         "$CLIENT_TOOL"
+         "$CLIENT_TOOL$([ "$CLIENT_TOOL" = c ] && echo ", $CLIENT_FORMAT")"
     printf '%-10s %10s %10s %7s\n' consumers write client ratio
     printf '%s' "$CLROWS"
 fi

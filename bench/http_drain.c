@@ -4,9 +4,11 @@
  *
  * Every stream is one GET <path>?topic=Q (HTTP/1.1, Connection: close: a
  * drain, the gateway's default wait=0); the body, chunked or sized, is
- * ndjson and every line is a message.  In write mode the lines are
+ * ndjson and every line is a message, or with --format raw a sequence of
+ * frames "[<id> ]<length>\r\n<bytes>\r\n".  In write mode the messages are
  * counted.  With --ack-client the GET asks ack=client&lease=S, the id of
- * every line ({"id":"<host:port>/<id>",...) is taken and the stream
+ * every message ({"id":"<host:port>/<id>",... in ndjson, the word before
+ * the length in raw) is taken and the stream
  * acknowledges its ids with POST <path>?topic=Q&op=ack bodies of
  * --ack-batch ids, one id a line, on --ack-inflight keep-alive connections
  * of its own (one POST in flight on each); every answer must be
@@ -63,6 +65,7 @@
 
 #define HD_ID_PREFIX         "{\"id\":\""
 #define HD_ID_PREFIX_LEN     (sizeof(HD_ID_PREFIX) - 1)
+#define HD_RAW_LEN_MAX       ((uint64_t) 1 << 40)
 
 
 enum {
@@ -78,6 +81,14 @@ enum {
     HD_CH_DATA,
     HD_CH_DATA_CR,    /* CR LF after a chunk's data */
     HD_CH_DATA_LF
+};
+
+
+enum {
+    HD_RAW_HEAD,      /* "[<id> ]<length>\r\n", gathered in pre */
+    HD_RAW_DATA,
+    HD_RAW_DATA_CR,   /* CR LF after a frame's bytes */
+    HD_RAW_DATA_LF
 };
 
 
@@ -112,8 +123,11 @@ struct hd_stream_s {
     int64_t               left;       /* Content-Length left, -1 = none */
     char                  head[HD_HEAD_MAX];
     size_t                head_len;
-    char                  pre[HD_ID_MAX]; /* start of a line split by reads */
+    char                  pre[HD_ID_MAX]; /* start of a line split by
+                                             reads; a raw frame's head */
     size_t                pre_len;
+    int                   raw_state;
+    uint64_t              raw_left;   /* bytes of the frame left */
     uint64_t              lines;
     uint64_t              bytes;
     bench_buf_t           ids;        /* ids not sent yet, each ending \n */
@@ -129,6 +143,7 @@ typedef struct {
     const char           *topic;
     unsigned              consumers;
     unsigned              client:1;
+    unsigned              raw:1;      /* --format raw */
     double                lease;
     unsigned              batch;
     unsigned              inflight;
@@ -319,6 +334,23 @@ hd_content_length(const char *head, uint64_t *len)
 }
 
 
+/* one more id to acknowledge */
+static int
+hd_push_id(hd_t *hd, hd_stream_t *s, const char *id, size_t len)
+{
+    if (bench_buf_reserve(&s->ids, len + 1) != 0) {
+        return hd_fail(hd, "out of memory");
+    }
+
+    memcpy(s->ids.data + s->ids.len, id, len);
+    s->ids.len += len;
+    s->ids.data[s->ids.len++] = '\n';
+    s->nids++;
+
+    return 0;
+}
+
+
 /*
  * A line's start, p[0..n), complete when it reached its LF: takes its id
  * into s->ids once the closing quote is there, keeping an incomplete start
@@ -359,18 +391,10 @@ hd_take_id(hd_t *hd, hd_stream_t *s, const char *p, size_t n, int complete)
                            s->idx, (unsigned long long) s->lines + 1);
         }
 
-        if (bench_buf_reserve(&s->ids, q - p - HD_ID_PREFIX_LEN + 1) != 0) {
-            return hd_fail(hd, "out of memory");
-        }
-
-        memcpy(s->ids.data + s->ids.len, p + HD_ID_PREFIX_LEN,
-               q - p - HD_ID_PREFIX_LEN);
-        s->ids.len += q - p - HD_ID_PREFIX_LEN;
-        s->ids.data[s->ids.len++] = '\n';
-        s->nids++;
         s->have_id = 1;
 
-        return 0;
+        return hd_push_id(hd, s, p + HD_ID_PREFIX_LEN,
+                          q - p - HD_ID_PREFIX_LEN);
     }
 
     if (complete || n >= sizeof(s->pre)) {
@@ -420,6 +444,141 @@ hd_lines(hd_t *hd, hd_stream_t *s, const char *p, size_t n)
 }
 
 
+/* a raw frame's head, pre[0..pre_len) up to its LF: id and length */
+static int
+hd_raw_head(hd_t *hd, hd_stream_t *s)
+{
+    char      *p, *end, *sp;
+    uint64_t   len;
+
+    p = s->pre;
+    end = s->pre + s->pre_len - 1;            /* the LF */
+
+    if (end == p || end[-1] != '\r') {
+        return hd_fail(hd, "stream %u: frame %llu: head without CRLF",
+                       s->idx, (unsigned long long) s->lines + 1);
+    }
+
+    end--;
+
+    if (hd->client) {
+        sp = memchr(p, ' ', end - p);
+
+        if (sp == NULL || sp == p) {
+            return hd_fail(hd, "stream %u: frame %llu has no id", s->idx,
+                           (unsigned long long) s->lines + 1);
+        }
+
+        if (hd_push_id(hd, s, p, sp - p) != 0) {
+            return -1;
+        }
+
+        p = sp + 1;
+    }
+
+    if (p == end) {
+        return hd_fail(hd, "stream %u: frame %llu has no length", s->idx,
+                       (unsigned long long) s->lines + 1);
+    }
+
+    for (len = 0; p < end; p++) {
+        if (*p < '0' || *p > '9' || len >= HD_RAW_LEN_MAX) {
+            return hd_fail(hd, "stream %u: frame %llu: bad length",
+                           s->idx, (unsigned long long) s->lines + 1);
+        }
+
+        len = len * 10 + (uint64_t) (*p - '0');
+    }
+
+    s->raw_left = len;
+    s->raw_state = len ? HD_RAW_DATA : HD_RAW_DATA_CR;
+    s->pre_len = 0;
+
+    return 0;
+}
+
+
+/* body bytes in raw frames: counts the frames, takes the ids in client
+ * mode */
+static int
+hd_raw(hd_t *hd, hd_stream_t *s, const char *p, size_t n)
+{
+    size_t       k;
+    const char  *end, *nl;
+
+    s->bytes += n;
+    end = p + n;
+
+    while (p < end) {
+        switch (s->raw_state) {
+
+        case HD_RAW_HEAD:
+            nl = memchr(p, '\n', end - p);
+            k = (nl ? nl + 1 : end) - p;
+
+            if (s->pre_len + k > sizeof(s->pre)) {
+                return hd_fail(hd, "stream %u: frame %llu: head longer "
+                               "than %zu bytes", s->idx,
+                               (unsigned long long) s->lines + 1,
+                               sizeof(s->pre));
+            }
+
+            memcpy(s->pre + s->pre_len, p, k);
+            s->pre_len += k;
+            p += k;
+
+            if (nl != NULL && hd_raw_head(hd, s) != 0) {
+                return -1;
+            }
+
+            break;
+
+        case HD_RAW_DATA:
+            k = (size_t) (end - p) < s->raw_left ? (size_t) (end - p)
+                                                 : (size_t) s->raw_left;
+            p += k;
+            s->raw_left -= k;
+
+            if (s->raw_left == 0) {
+                s->raw_state = HD_RAW_DATA_CR;
+            }
+
+            break;
+
+        case HD_RAW_DATA_CR:
+        case HD_RAW_DATA_LF:
+            if (*p != (s->raw_state == HD_RAW_DATA_CR ? '\r' : '\n')) {
+                return hd_fail(hd, "stream %u: frame %llu not followed by "
+                               "CRLF", s->idx,
+                               (unsigned long long) s->lines + 1);
+            }
+
+            p++;
+
+            if (s->raw_state == HD_RAW_DATA_CR) {
+                s->raw_state = HD_RAW_DATA_LF;
+
+            } else {
+                s->raw_state = HD_RAW_HEAD;
+                s->lines++;
+            }
+
+            break;
+        }
+    }
+
+    return 0;
+}
+
+
+/* body bytes of either format */
+static int
+hd_body(hd_t *hd, hd_stream_t *s, const char *p, size_t n)
+{
+    return hd->raw ? hd_raw(hd, s, p, n) : hd_lines(hd, s, p, n);
+}
+
+
 /* body bytes of a chunked response: undoes the chunk framing */
 static int
 hd_chunked(hd_t *hd, hd_stream_t *s, const char *p, size_t n)
@@ -439,7 +598,7 @@ hd_chunked(hd_t *hd, hd_stream_t *s, const char *p, size_t n)
                 take = s->chunk_left;
             }
 
-            if (hd_lines(hd, s, p + i, take) != 0) {
+            if (hd_body(hd, s, p + i, take) != 0) {
                 return -1;
             }
 
@@ -589,7 +748,7 @@ hd_response(hd_t *hd, hd_stream_t *s, const char *p, size_t n)
         s->left -= n;
     }
 
-    return hd_lines(hd, s, p, n);
+    return hd_body(hd, s, p, n);
 }
 
 
@@ -872,9 +1031,11 @@ hd_stream_event(hd_t *hd, hd_stream_t *s)
     }
 
     if (s->done) {
-        if (hd->client && (s->have_id || s->pre_len)) {
-            return hd_fail(hd, "stream %u: the body ends inside a line",
-                           s->idx);
+        if (hd->raw ? s->raw_state != HD_RAW_HEAD || s->pre_len
+                    : hd->client && (s->have_id || s->pre_len))
+        {
+            return hd_fail(hd, "stream %u: the body ends inside a %s",
+                           s->idx, hd->raw ? "frame" : "line");
         }
 
         close(s->fd);
@@ -1016,6 +1177,7 @@ static const struct option  hd_options[] = {
     { "ack-batch",    required_argument, NULL, 'B' },
     { "ack-inflight", required_argument, NULL, 'I' },
     { "max",          required_argument, NULL, 'M' },
+    { "format",       required_argument, NULL, 'F' },
     { "timeout",      required_argument, NULL, 'T' },
     { "quiet",        no_argument,       NULL, 'Q' },
     { "help",         no_argument,       NULL, 'h' },
@@ -1040,6 +1202,7 @@ hd_usage(FILE *f)
 "  --ack-inflight N   client mode: POSTs in flight a stream, each on a\n"
 "                     keep-alive connection of its own (4)\n"
 "  --max N            max=N on every GET (0: none)\n"
+"  --format F         ndjson (the default) or raw: format=F on every GET\n"
 "  --timeout S        fail when nothing happens for S seconds (30)\n"
 "  -Q, --quiet        print only the RESULT line\n");
 }
@@ -1192,6 +1355,15 @@ bench_http_drain(int argc, char **argv)
             hd->max = v;
             break;
 
+        case 'F':
+            if (strcmp(optarg, "raw") != 0 && strcmp(optarg, "ndjson") != 0)
+            {
+                rc = hd_bad("--format: ndjson or raw");
+                goto done;
+            }
+            hd->raw = optarg[0] == 'r';
+            break;
+
         case 'T':
             hd->timeout = strtod(optarg, &end);
             if (*end != '\0' || !(hd->timeout > 0)) {
@@ -1255,9 +1427,10 @@ bench_http_drain(int argc, char **argv)
         goto done;
     }
 
-    hd->get_len = snprintf(hd->get, 600, "GET %s?topic=%s%s%s HTTP/1.1\r\n"
+    hd->get_len = snprintf(hd->get, 600, "GET %s?topic=%s%s%s%s HTTP/1.1\r\n"
                            "Host: bench\r\nConnection: close\r\n\r\n",
-                           hd->path, hd->topic, max, lease);
+                           hd->path, hd->topic, max, lease,
+                           hd->raw ? "&format=raw" : "");
 
     for (k = 0; k < hd->consumers && hd->client; k++) {
         hd->streams[k].ackers = calloc(hd->inflight, sizeof(hd_acker_t));

@@ -213,3 +213,71 @@ def test_wrong_ack_answer_fails_clearly():
     rc, _, err, _ = fake_drain(HEAD + chunked(lines, 64), "--ack-client",
                                ack_answer=b'{"acked":"2"}')
     assert rc == 2 and "op=ack answered HTTP/1.1 200 OK" in err
+
+
+@pytest.mark.parametrize("mode", ["write", "client"])
+def test_raw_format_against_the_gateway(gw, nodes3, mode):
+    """--format raw asks format=raw of the real gateway and parses its
+    frames, ids included in client mode: every message counted once, every
+    id acknowledged, the nodes left empty.  Messages hold CR LF, which
+    only the length framing carries as they are."""
+    q = qname()
+    fill(nodes3, q, N, fmt="m\r\n%d")
+    args = ["-c", "3", "-n", str(N), "--format", "raw"]
+    if mode == "client":
+        args += ["--ack-client", "--ack-batch", "100"]
+    rc, r, err = drain(gw, q, *args)
+    assert rc == 0, err
+    assert r["mode"] == mode and int(r["msgs"]) == N
+    if mode == "client":
+        assert int(r["acked"]) == N and int(r["not_found"]) == 0
+    assert qstat(nodes3, q, "items") == 0
+    assert qstat(nodes3, q, "leased_items") == 0
+
+
+def raw_frames(msgs, ids=None):
+    out = b""
+    for i, m in enumerate(msgs):
+        out += (ids[i] + b" " if ids else b"") + b"%d\r\n%s\r\n" % (len(m), m)
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 29, 4096])
+def test_raw_split_everywhere(chunk):
+    """Raw frames, their heads, ids and CR LF cut at every place: every
+    frame counted, empty ones too, every id sent once."""
+    ids = [b"127.0.0.1:%d/%d" % (9000 + i % 3, i) for i in range(60)]
+    msgs = [b"m\r\n%d" % i if i % 7 else b"" for i in range(60)]
+    rc, r, err, posts = fake_drain(
+        HEAD + chunked(raw_frames(msgs, ids), chunk), "-n", "60",
+        "--format", "raw", "--ack-client", "--ack-batch", "25")
+    assert rc == 0, err
+    assert int(r["msgs"]) == 60 and int(r["acked"]) == 60
+    assert sorted(i for p in posts for i in p) == sorted(ids)
+    rc, r, err, _ = fake_drain(HEAD + chunked(raw_frames(msgs), chunk),
+                               "-n", "60", "--format", "raw")
+    assert rc == 0 and int(r["msgs"]) == 60, err
+
+
+@pytest.mark.parametrize("body,client,why", [
+    (b"3\r\nabc\r\n", True, "has no id"),
+    (b" 3\r\nabc\r\n", True, "has no id"),
+    (b"h:1/1 \r\nabc\r\n", True, "has no length"),
+    (b"3x\r\nabc\r\n", False, "bad length"),
+    (b"99999999999999999999\r\n", False, "bad length"),
+    (b"3\nabc\r\n", False, "head without CRLF"),
+    (b"3\r\nabcd\r\n", False, "not followed by CRLF"),
+    (b"3\r\nab", False, "ends inside a frame"),
+    (b"1" * 300, False, "head longer"),
+], ids=["no-id", "empty-id", "no-length", "not-digits", "huge", "lf-only",
+        "long-data", "cut", "long-head"])
+def test_raw_malformed_fails_clearly(body, client, why):
+    args = ["--format", "raw"] + (["--ack-client"] if client else [])
+    rc, r, err, _ = fake_drain(HEAD + chunked(body, 64), *args)
+    assert rc == 2 and r == {}, (rc, r, err)
+    assert why in err
+
+
+def test_raw_format_checked():
+    rc, _, err, _ = fake_drain(HEAD + chunked(b"", 8), "--format", "json")
+    assert rc == 2 and "--format: ndjson or raw" in err
