@@ -38,6 +38,30 @@ def test_ndjson_replaces_cr_lf(gateway_factory, memqd_factory):
     assert r.content == b'{"a":  "b"}\n\nx y z\n \n'
 
 
+def test_ndjson_cr_lf_at_every_place_of_a_word(gateway_factory,
+                                               memqd_factory):
+    """The line copy goes eight bytes a step: CR and LF at every offset of
+    a message of 1 to 40 bytes, two of them in one word, and bytes that
+    differ from CR or LF by one bit, all come out as the byte loop would
+    make them."""
+    n = memqd_factory()
+    g = gateway_factory([n])
+    q = qname()
+    values = []
+    for size in range(1, 41):
+        for at in range(size):
+            for mark in (b"\r", b"\n", b"\r\n"):
+                v = bytearray(b"\x0b\x0c\x0e\x8a\x8d"[i % 5]
+                              for i in range(size))
+                v[at:at + len(mark)] = mark
+                values.append(bytes(v[:max(size, at + len(mark))]))
+    _store(n, q, values)
+    r = g.consume(q)
+    want = b"".join(v.replace(b"\r", b" ").replace(b"\n", b" ") + b"\n"
+                    for v in values)
+    assert r.content == want
+
+
 def test_sse_framing_and_ids(gateway_factory, memqd_factory):
     n = memqd_factory()
     g = gateway_factory([n])
