@@ -50,6 +50,8 @@
 #   NODES        node counts of the drain cells ("1 3 8")
 #   CONSUMERS    consumer counts of the drain cells ("1 10 100")
 #   PUB_SECS     seconds of each wrk run (6); PUB_CONNS (50)
+#   PUB_ROUNDS   rounds of the single-POST cells, each next to its
+#                reference (1); the ratios' median is printed
 #   ROUNDS       wake-up rounds (200)
 #   LONGPOLLS    open long polls (1000)
 #   SLOW_N       slow-client backlog (500000); SLOW_SECS (20)
@@ -83,6 +85,7 @@ NODES=${NODES:-1 3 8}
 CONSUMERS=${CONSUMERS:-1 10 100}
 BATCH=${BATCH:-64}
 PUB_CONNS=${PUB_CONNS:-50}
+PUB_ROUNDS=${PUB_ROUNDS:-1}
 CLIENT_CONSUMERS=${CLIENT_CONSUMERS:-1 10}
 ACK_BATCH=${ACK_BATCH:-1000}
 ACK_INFLIGHT=${ACK_INFLIGHT:-4}
@@ -468,23 +471,12 @@ EOF
     PUBMSGS[$name]=$msgs
 }
 
-declare -A PUBMSGS
+declare -A PUBMSGS PUBRATIOS
 
-PUBROWS=""
-head -c 100 /dev/zero | tr '\0' 'x' >"$TMP/one.body"
-for _ in $(seq 1 100); do
-    printf '{"n":"%090d"}\n' 0
-done >"$TMP/batch.body"
-if ! part publish; then
-    :
-elif command -v wrk >/dev/null; then
-    pub_run "single_none" /n3 "$TMP/one.body" octet
-    pub_run "batch100_none" /n3 "$TMP/batch.body" ndjson
-    pub_run "single_always" /a3 "$TMP/one.body" octet
-    pub_run "batch100_always" /a3 "$TMP/batch.body" ndjson
-    pub_run "single_return201" /r201 "$TMP/one.body" octet
-    # straight to the --sync always nodes: PUB_CONNS connections in all
-    dpids=()
+# memq-bench straight to the --sync always nodes: PUB_CONNS connections in
+# all, one set at a time
+pub_direct() {
+    local dpids=() p m dmsgs=0 dp50=0 dp99=0
     for p in "${APORT[@]}"; do
         "$BENCH" -p "$p" -c $(( (PUB_CONNS + 2) / 3 )) -d 1 -s 100 \
             -n 100000000 -t "$PUB_SECS" -q pub_direct -Q --timeout 60 \
@@ -494,9 +486,6 @@ elif command -v wrk >/dev/null; then
     for p in "${dpids[@]}"; do
         wait "$p" || fail "publish direct: memq-bench failed"
     done
-    dmsgs=0
-    dp50=0
-    dp99=0
     for p in "${APORT[@]}"; do
         m=$(sed -n 's/^RESULT.* msgs_per_sec=\([0-9]*\) .*/\1/p' \
             "$TMP/pubdirect.$p")
@@ -513,6 +502,37 @@ elif command -v wrk >/dev/null; then
     PUBROWS="$PUBROWS$(printf '%-28s %10s %12s %10s %10s' direct_always \
         - "$dmsgs" "${dp50}us" "${dp99}us")
 "
+}
+
+# the ratio of two cells of this round, kept for the summary
+pub_ratio() {       # what of-what round
+    local a=${PUBMSGS[$1]:-0} b=${PUBMSGS[$2]:-0} r
+    [ "$b" -gt 0 ] || return 0
+    r=$(echo "scale=2; $a / $b" | bc -l)
+    record "PUBRATIO $1/$2=$r round=$3"
+    PUBRATIOS[$1/$2]="${PUBRATIOS[$1/$2]:-} $r"
+}
+
+PUBROWS=""
+head -c 100 /dev/zero | tr '\0' 'x' >"$TMP/one.body"
+for _ in $(seq 1 100); do
+    printf '{"n":"%090d"}\n' 0
+done >"$TMP/batch.body"
+if ! part publish; then
+    :
+elif command -v wrk >/dev/null; then
+    for round in $(seq 1 "$PUB_ROUNDS"); do
+        # each single-POST cell right before its reference, so that the
+        # machine drifts little between the two; a ratio a round
+        pub_run "single_none" /n3 "$TMP/one.body" octet
+        pub_run "single_return201" /r201 "$TMP/one.body" octet
+        pub_ratio single_none single_return201 "$round"
+        pub_run "single_always" /a3 "$TMP/one.body" octet
+        pub_direct
+        pub_ratio single_always direct_always "$round"
+    done
+    pub_run "batch100_none" /n3 "$TMP/batch.body" ndjson
+    pub_run "batch100_always" /a3 "$TMP/batch.body" ndjson
 else
     echo "gateway: wrk not installed (apt-get install wrk): no publish rows"
 fi
@@ -587,14 +607,14 @@ if [ -n "$PUBROWS" ]; then
          "3 nodes"
     printf '%-28s %10s %12s %10s %10s\n' run posts/s msgs/s p50 p99
     printf '%s' "$PUBROWS"
-    pub_ratio() {       # what of what
-        local a=${PUBMSGS[$1]:-0} b=${PUBMSGS[$2]:-0}
-        [ "$b" -gt 0 ] || return 0
-        printf '%-28s %s\n' "$1 / $2" "$(echo "scale=2; $a / $b" | bc -l)"
-        record "PUBRATIO $1/$2=$(echo "scale=2; $a / $b" | bc -l)"
-    }
-    pub_ratio single_none single_return201
-    pub_ratio single_always direct_always
+    for k in single_none/single_return201 single_always/direct_always; do
+        [ -n "${PUBRATIOS[$k]:-}" ] || continue
+        med=$(tr ' ' '\n' <<<"${PUBRATIOS[$k]}" | sed '/^$/d' | sort -n |
+              awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
+        printf '%-36s median %s (rounds:%s)\n' "${k/\// / }" "$med" \
+            "${PUBRATIOS[$k]}"
+        record "PUBMEDIAN $k=$med rounds=$PUB_ROUNDS"
+    done
 fi
 
 [ -n "$WAKE" ] && echo && echo "== long-poll wake-up: $ROUNDS rounds, 3 nodes"
