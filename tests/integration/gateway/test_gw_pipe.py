@@ -290,6 +290,28 @@ def test_node_closes_with_replies_owed(gateway_factory, memqd_factory,
     assert node_messages(real, q) == [b"m%d" % i for i in range(4, 10)]
 
 
+def test_node_failing_every_set_marked_down(gateway_factory, memqd_factory,
+                                           fake):
+    """A node that answers every set with an error that is no refusal
+    (memqd after a storage failure) is marked down after max_fails POSTs,
+    as with connections of their own; the POSTs after that go to the
+    healthy node.  The pipe emptying its FIFO is no success that forgives
+    the failures it read."""
+    real = memqd_factory()
+    node = fake(hold=False, reply=lambda p:
+                b"SERVER_ERROR storage failure, writes refused\r\n")
+    g = gateway_factory([node.addr, real], workers=1,
+                        weights={node_addr(node.addr): 100},
+                        cluster_extra="max_fails 3; fail_timeout 60s;")
+    g.expect_errors()
+    q = qname()
+    statuses = [g.publish(q, b"m%d" % i).status_code for i in range(10)]
+    assert statuses == [503] * 3 + [201] * 7, statuses
+    st = g.node_status(node_addr(node.addr))
+    assert st["state"] == "down" and st["fails"] == 3, st
+    assert node_messages(real, q) == [b"m%d" % i for i in range(3, 10)]
+
+
 def test_late_replies_and_read_timeout(gateway_factory, memqd_factory,
                                        fake):
     """Replies owed past read_timeout fail the pipe once; the waiting
