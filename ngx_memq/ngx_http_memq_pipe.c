@@ -24,8 +24,10 @@
  * when reply bytes come, and (mc->pipelined) leaves it alone when more
  * sets are sent, so a node that never answers fails read_timeout after
  * its last reply however many POSTs keep coming; it is deleted when the
- * FIFO empties.  Nothing here waits for a client, so a slow client never
- * makes a node look slow.
+ * FIFO empties.  Replies are read while later sets still go out (a write
+ * blocked on a node that stopped reading must not leave the replies it
+ * sent before unread until that timer fails it).  Nothing here waits for
+ * a client, so a slow client never makes a node look slow.
  *
  * Bounds: at most NGX_HTTP_MEMQ_PIPE_DEPTH entries per pipe and
  * NGX_HTTP_MEMQ_PIPE_BYTES of unsent sets; a set longer than
@@ -351,6 +353,17 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                       "memq node %V sent bytes after the last reply",
                       &node->addr);
         ngx_http_memq_pipe_fail(p, "bytes after the last reply");
+        return NGX_DONE;
+    }
+
+    if (!mc->waiting || p->out.pos != p->out.last) {
+        /* replies are read while sets still go out: every entry answered
+         * with some of their sets not sent is a node answering what it
+         * was never sent */
+        ngx_log_error(NGX_LOG_ERR, &mc->log, 0,
+                      "memq node %V answered sets not sent yet",
+                      &node->addr);
+        ngx_http_memq_pipe_fail(p, "replies to sets not sent");
         return NGX_DONE;
     }
 
