@@ -309,8 +309,7 @@ ngx_int_t ngx_http_memq_publish(ngx_http_request_t *r);
 ngx_int_t ngx_http_memq_body_bytes(ngx_http_request_t *r, ngx_str_t *body);
 ngx_uint_t ngx_http_memq_set_refused(mq_reply_t *reply);
 void ngx_http_memq_publish_piped(void *owner, ngx_http_memq_node_t *node,
-    ngx_int_t rc, mq_reply_t *reply, size_t line_len, u_char *line,
-    const char *reason);
+    ngx_int_t rc, mq_reply_t *reply, const char *reason);
 
 /* ngx_http_memq_pipe.c */
 ngx_int_t ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,

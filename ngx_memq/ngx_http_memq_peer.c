@@ -688,9 +688,12 @@ ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc)
         return;
     }
 
-    if (!mc->waiting || mc->held) {
+    if ((!mc->waiting && !mc->pipelined) || mc->held) {
         /* readable while we still send, or the owner holds the reply
-         * back: look later (conn_resume() posts this event again) */
+         * back: look later (conn_resume() posts this event again).  A
+         * pipelined connection reads the replies to the sets sent before
+         * while later ones still go out: its read timer runs for them, so
+         * a reply left unread behind a blocked write would time out */
         return;
     }
 
@@ -748,7 +751,7 @@ ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc)
             return;
         }
 
-        if (!mc->waiting) {
+        if (!mc->waiting && !mc->pipelined) {
             /* the owner has the whole reply and keeps the connection */
             if (rev->timer_set) {
                 ngx_del_timer(rev);

@@ -24,8 +24,10 @@
  * when reply bytes come, and (mc->pipelined) leaves it alone when more
  * sets are sent, so a node that never answers fails read_timeout after
  * its last reply however many POSTs keep coming; it is deleted when the
- * FIFO empties.  Nothing here waits for a client, so a slow client never
- * makes a node look slow.
+ * FIFO empties.  Replies are read while later sets still go out (a write
+ * blocked on a node that stopped reading must not leave the replies it
+ * sent before unread until that timer fails it).  Nothing here waits for
+ * a client, so a slow client never makes a node look slow.
  *
  * Bounds: at most NGX_HTTP_MEMQ_PIPE_DEPTH entries per pipe and
  * NGX_HTTP_MEMQ_PIPE_BYTES of unsent sets; a set longer than
@@ -39,7 +41,10 @@
  * connection, one failure, as for a connection of its own), and tells
  * every waiting owner, oldest first; "SERVER_ERROR too many connections"
  * (said at accept, then the node closes) refuses every waiting entry
- * without marking the node.
+ * without marking the node.  A reply other than STORED or a refusal marks
+ * the node once, whether or not its owner is still here, and the FIFO
+ * emptying is a success of the node (ngx_http_memq_node_ok()) only when
+ * no such reply came since it was last empty.
  */
 
 #include "ngx_http_memq_module.h"
@@ -56,6 +61,9 @@ struct ngx_http_memq_pipe_s {
     ngx_http_memq_pipe_entry_t   *ring;     /* the FIFO, DEPTH entries */
     ngx_uint_t                    head;     /* oldest entry */
     ngx_uint_t                    n;        /* entries owed a reply */
+    unsigned                      faulted:1; /* a reply since the FIFO
+                                               was last empty blamed the
+                                               node */
 };
 
 
@@ -250,6 +258,7 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     void                        *owner;
     ngx_int_t                    prc;
     ngx_buf_t                   *b;
+    ngx_uint_t                   refused;
     mq_reply_t                   reply;
     const char                  *err;
     ngx_http_memq_pipe_t        *p;
@@ -284,9 +293,9 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             return NGX_DONE;
         }
 
-        if (ngx_http_memq_set_refused(&reply)
-            == NGX_HTTP_SERVICE_UNAVAILABLE)
-        {
+        refused = ngx_http_memq_set_refused(&reply);
+
+        if (refused == NGX_HTTP_SERVICE_UNAVAILABLE) {
             /* said at accept, and the node closes: nothing it was sent
              * is stored, and the node is not to blame */
             ngx_log_error(NGX_LOG_WARN, &mc->log, 0,
@@ -311,11 +320,23 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         if (reply.type == MQ_REPLY_STORED) {
             (void) ngx_atomic_fetch_add(&shn->msgs_in, 1);
             (void) ngx_atomic_fetch_add(&shn->bytes_in, e->len);
+
+        } else if (refused == 0) {
+            /* the node's fault, as on a connection of its own, whether or
+             * not the client is still here; the pipe goes on, since the
+             * protocol is still in step */
+            ngx_log_error(NGX_LOG_ERR, &mc->log, 0,
+                          "memq node %V answered \"%*s\" to set",
+                          &node->addr, reply.consumed - 2, b->pos);
+
+            p->faulted = 1;
+            ngx_http_memq_node_failed(node, &mc->log,
+                                      reply.type == MQ_REPLY_SERVER_ERROR
+                                      ? "server error" : "unexpected reply");
         }
 
         if (owner) {
-            ngx_http_memq_publish_piped(owner, node, NGX_OK, &reply,
-                                        reply.consumed - 2, b->pos, NULL);
+            ngx_http_memq_publish_piped(owner, node, NGX_OK, &reply, NULL);
         }
 
         b->pos += reply.consumed;
@@ -335,12 +356,29 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         return NGX_DONE;
     }
 
+    if (!mc->waiting || p->out.pos != p->out.last) {
+        /* replies are read while sets still go out: every entry answered
+         * with some of their sets not sent is a node answering what it
+         * was never sent */
+        ngx_log_error(NGX_LOG_ERR, &mc->log, 0,
+                      "memq node %V answered sets not sent yet",
+                      &node->addr);
+        ngx_http_memq_pipe_fail(p, "replies to sets not sent");
+        return NGX_DONE;
+    }
+
     /* nothing owed: the node is not timed any more, and the connection
-     * waits in the keepalive pool for the next set */
+     * waits in the keepalive pool for the next set; the exchange is a
+     * success only when no reply in it blamed the node (else a node
+     * failing every set would be forgiven each time, never marked down) */
     ngx_http_memq_conn_replied(mc);
-    ngx_http_memq_node_ok(node);
+
+    if (!p->faulted) {
+        ngx_http_memq_node_ok(node);
+    }
 
     p->mc = NULL;
+    p->faulted = 0;
     p->head = 0;
     p->out.pos = p->out.start;
     p->out.last = p->out.start;
@@ -403,12 +441,12 @@ ngx_http_memq_pipe_drain(ngx_http_memq_pipe_t *p, ngx_int_t rc,
 
     p->node->owed -= p->n;
     p->n = 0;
+    p->faulted = 0;
     p->head = 0;
     p->out.pos = p->out.start;
     p->out.last = p->out.start;
 
     for (i = 0; i < n; i++) {
-        ngx_http_memq_publish_piped(owners[i], p->node, rc, NULL, 0, NULL,
-                                    reason);
+        ngx_http_memq_publish_piped(owners[i], p->node, rc, NULL, reason);
     }
 }

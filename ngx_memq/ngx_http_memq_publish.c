@@ -794,8 +794,7 @@ ngx_http_memq_publish_pipe(ngx_http_memq_pub_ctx_t *ctx,
  */
 void
 ngx_http_memq_publish_piped(void *owner, ngx_http_memq_node_t *node,
-    ngx_int_t rc, mq_reply_t *reply, size_t line_len, u_char *line,
-    const char *reason)
+    ngx_int_t rc, mq_reply_t *reply, const char *reason)
 {
     ngx_uint_t                status;
     ngx_connection_t         *c;
@@ -844,17 +843,12 @@ ngx_http_memq_publish_piped(void *owner, ngx_http_memq_node_t *node,
                                     "message too large", 0);
 
     } else {
-        /* as on a connection of its own: the node is at fault, and the
-         * message may or may not be stored */
-        ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                      "memq node %V answered \"%*s\" to set",
-                      &node->addr, line_len, line);
-
-        reason = (reply->type == MQ_REPLY_SERVER_ERROR) ? "server error"
-                                                        : "unexpected reply";
+        /* as on a connection of its own: the node is at fault (the pipe
+         * logged and marked it), and the message may or may not be
+         * stored */
         ctx->stat.nodes_failed++;
-        ctx->last_error = reason;
-        ngx_http_memq_node_failed(node, c->log, reason);
+        ctx->last_error = (reply->type == MQ_REPLY_SERVER_ERROR)
+                          ? "server error" : "unexpected reply";
         ngx_http_memq_publish_error(ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
                                     "node failed", 1);
     }

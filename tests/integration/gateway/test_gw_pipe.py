@@ -27,16 +27,17 @@ class PipeNode(ScriptedNode):
     With hold set, replies wait until release(); reply(payload) says what
     to answer for a set (STORED by default)."""
 
-    def __init__(self, hold=True, reply=None):
+    def __init__(self, hold=True, reply=None, rcvbuf=None):
         # set before the listener starts accepting
         self.hold = hold
+        self.stalled = set()      # conn numbers not read for now
         self.reply = reply or (lambda payload: b"STORED\r\n")
         self.lock = threading.Lock()
         self.sets = []            # (conn number, payload), in arrival order
         self.owed = {}            # conn number -> [reply bytes]
         self.conns = {}           # conn number -> socket
         self.accepted = 0
-        ScriptedNode.__init__(self, answer=None)
+        ScriptedNode.__init__(self, answer=None, rcvbuf=rcvbuf)
         # the pipe cap test opens 45 connections at once
         self.sock.listen(512)
 
@@ -52,6 +53,9 @@ class PipeNode(ScriptedNode):
         buf = b""
         c.settimeout(0.05)
         while not self.closed:
+            if n in self.stalled:
+                time.sleep(0.01)
+                continue
             try:
                 d = c.recv(65536)
             except socket.timeout:
@@ -176,6 +180,16 @@ def json_body(body):
     return json.loads(body)
 
 
+def fake_first(gateway_factory, node, real, **kw):
+    """One worker in front of the fake node (weight 100: picked first) and
+    a real memqd behind it, for what the fake makes fail; returns the
+    gateway, errors expected."""
+    g = gateway_factory([node.addr, real], workers=1,
+                        weights={node_addr(node.addr): 100}, **kw)
+    g.expect_errors()
+    return g
+
+
 @pytest.fixture
 def fake():
     nodes = []
@@ -229,9 +243,7 @@ def test_fifo_matching(gateway_factory, memqd_factory, fake):
 
     real = memqd_factory()
     node = fake(reply=reply)
-    g = gateway_factory([node.addr, real], workers=1,
-                        weights={node_addr(node.addr): 100})
-    g.expect_errors()
+    g = fake_first(gateway_factory, node, real)
     q = qname()
     kinds = ["ok", "full", "ok", "big", "ok", "full", "boom", "ok", "big",
              "ok"] * 3
@@ -268,10 +280,8 @@ def test_node_closes_with_replies_owed(gateway_factory, memqd_factory,
     connection (before pipes: once per request)."""
     real = memqd_factory()
     node = fake()
-    g = gateway_factory([node.addr, real], workers=1,
-                        weights={node_addr(node.addr): 100},
-                        cluster_extra="max_fails 100;")
-    g.expect_errors()
+    g = fake_first(gateway_factory, node, real,
+                   cluster_extra="max_fails 100;")
     q = qname()
     socks = []
     for i in range(10):
@@ -290,6 +300,26 @@ def test_node_closes_with_replies_owed(gateway_factory, memqd_factory,
     assert node_messages(real, q) == [b"m%d" % i for i in range(4, 10)]
 
 
+def test_node_failing_every_set_marked_down(gateway_factory, memqd_factory,
+                                           fake):
+    """A node that answers every set with an error that is no refusal
+    (memqd after a storage failure) is marked down after max_fails POSTs,
+    as with connections of their own; the POSTs after that go to the
+    healthy node.  The pipe emptying its FIFO is no success that forgives
+    the failures it read."""
+    real = memqd_factory()
+    node = fake(hold=False, reply=lambda p:
+                b"SERVER_ERROR storage failure, writes refused\r\n")
+    g = fake_first(gateway_factory, node, real,
+                   cluster_extra="max_fails 3; fail_timeout 60s;")
+    q = qname()
+    statuses = [g.publish(q, b"m%d" % i).status_code for i in range(10)]
+    assert statuses == [503] * 3 + [201] * 7, statuses
+    st = g.node_status(node_addr(node.addr))
+    assert st["state"] == "down" and st["fails"] == 3, st
+    assert node_messages(real, q) == [b"m%d" % i for i in range(3, 10)]
+
+
 def test_late_replies_and_read_timeout(gateway_factory, memqd_factory,
                                        fake):
     """Replies owed past read_timeout fail the pipe once; the waiting
@@ -297,11 +327,9 @@ def test_late_replies_and_read_timeout(gateway_factory, memqd_factory,
     the FIFO emptied, no failure however long it stays idle."""
     real = memqd_factory()
     node = fake()
-    g = gateway_factory([node.addr, real], workers=1,
-                        weights={node_addr(node.addr): 100},
-                        cluster_extra="max_fails 100;",
-                        timeouts="connect_timeout 1s; read_timeout 1s;")
-    g.expect_errors()
+    g = fake_first(gateway_factory, node, real,
+                   cluster_extra="max_fails 100;",
+                   timeouts="connect_timeout 1s; read_timeout 1s;")
     q = qname()
     socks = [post(g, q, b"late%d" % i) for i in range(8)]
     wait_for(lambda: node.count() == 8, timeout=10, what="8 sets")
@@ -329,11 +357,9 @@ def test_silent_node_times_out_under_traffic(gateway_factory,
     sets must not restart the wait for replies owed before them)."""
     real = memqd_factory()
     node = fake()
-    g = gateway_factory([node.addr, real], workers=1,
-                        weights={node_addr(node.addr): 100},
-                        cluster_extra="max_fails 1000;",
-                        timeouts="connect_timeout 1s; read_timeout 1s;")
-    g.expect_errors()
+    g = fake_first(gateway_factory, node, real,
+                   cluster_extra="max_fails 1000;",
+                   timeouts="connect_timeout 1s; read_timeout 1s;")
     q = qname()
     first = post(g, q, b"first")
     first.settimeout(0.2)
@@ -354,6 +380,45 @@ def test_silent_node_times_out_under_traffic(gateway_factory,
         s.settimeout(20 * SLOW)
         status, body = answer(s)
         assert status == 201, body
+
+
+def test_replies_read_while_sets_wait_to_go(gateway_factory, memqd_factory,
+                                           fake):
+    """A node that stops reading (its receive window full, the pipe's
+    write blocked) has answered the first set: the reply is read and
+    answered while the later sets still wait to go out, not left unread
+    until the read timer fails the node and sends the first POST, stored
+    there, to the next node as well."""
+    def reply(p):
+        if p == b"first":
+            # the set parsed, this connection is read no more
+            node.stalled.add(node.accepted)
+        return b"STORED\r\n"
+
+    real = memqd_factory()
+    node = fake(reply=reply, rcvbuf=4096)
+    g = fake_first(gateway_factory, node, real,
+                   cluster_extra="publish_pipes 1; max_fails 1000;",
+                   timeouts="connect_timeout 1s; read_timeout 5s;")
+    q = qname()
+    first = post(g, q, b"first")
+    wait_for(lambda: node.count() == 1, timeout=10, what="first set")
+    # 4 MB of sets (fewer than 256, the pipe's cap), more than the kernel
+    # takes: the pipe's write blocks, its 64 KiB of unsent sets fill, and
+    # the next POSTs take connections of their own
+    big = [post(g, q, b"%05d" % i + b"x" * 16000) for i in range(250)]
+    wait_for(lambda: node.accepted >= 2, timeout=10,
+             what="a POST past the pipe's blocked write")
+    node.release(limit=1)
+    first.settimeout(20 * SLOW)
+    status, body = answer(first)
+    node.stalled.clear()
+    node.release()
+    assert status == 201, body
+    assert json_body(body)["node"] == node_addr(node.addr), body
+    for s in big:
+        s.settimeout(20 * SLOW)
+        assert answer(s)[0] == 201
 
 
 def test_client_abort_mid_flight(gateway_factory, fake):
