@@ -42,13 +42,20 @@ static void ngx_http_memq_conn_idle_handler(ngx_event_t *ev);
 static void ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc);
 
 
+/* the worker's shutdown timer closed a connection in use: none is opened
+ * after it (nginx closes each connection once, and a retry on a new one
+ * would outlive worker_shutdown_timeout) */
+static ngx_uint_t  ngx_http_memq_shutdown_closed;
+
+
 /*
  * Gives a connection to node: a pooled one (NGX_OK, connected) or a new one
  * (NGX_OK or NGX_AGAIN while connecting).  With nothing to clean up and
  * *mcp NULL: NGX_ERROR when the node refused the connect (its failure),
  * NGX_BUSY when this worker is short of something (no free connection in
- * worker_connections, no socket, no memory), which is not the node's
- * fault and must not mark it.
+ * worker_connections, no socket, no memory) or its shutdown timer is
+ * closing its connections, which is not the node's fault and must not
+ * mark it.
  * The caller sets mc->handler, mc->data and mc->owner_conn next.
  */
 ngx_int_t
@@ -64,6 +71,11 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
     ngx_http_memq_cluster_t  *cl;
 
     *mcp = NULL;
+
+    if (ngx_http_memq_shutdown_closed) {
+        return NGX_BUSY;
+    }
+
     cl = node->cluster;
     sn = ngx_http_memq_shnode(node);
 
@@ -533,7 +545,18 @@ ngx_http_memq_conn_handler(ngx_event_t *ev)
     mc = c->data;
     oc = mc->owner_conn;
 
-    if (ev->write) {
+    if (c->close) {
+        /*
+         * worker_shutdown_timeout ran out and nginx closes every
+         * connection: the owner is told as of a failure of this worker,
+         * not of the node, so a pipe whose clients are gone does not hold
+         * the worker until read_timeout
+         */
+        ngx_http_memq_shutdown_closed = 1;
+        mc->local = 1;
+        ngx_http_memq_conn_fail(mc, "worker shutdown timeout");
+
+    } else if (ev->write) {
         ngx_http_memq_conn_write(mc);
 
     } else {

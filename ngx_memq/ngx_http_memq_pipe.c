@@ -389,17 +389,20 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 }
 
 
-/* the connection failed: the node is marked once, every owner told */
+/* the connection failed: the node is marked once (not for a failure of
+ * this worker: out of memory, its shutdown timer), every owner told */
 static void
 ngx_http_memq_pipe_fail(ngx_http_memq_pipe_t *p, const char *reason)
 {
-    ngx_uint_t             local;
+    ngx_uint_t             local, level;
     ngx_http_memq_conn_t  *mc;
 
     mc = p->mc;
     local = mc->local;
 
-    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+    level = local ? NGX_LOG_WARN : NGX_LOG_ERR;
+
+    ngx_log_error(level, ngx_cycle->log, 0,
                   "memq node %V failed: %s, %ui publishes waiting",
                   &p->node->addr, reason, p->n);
 

@@ -1159,7 +1159,7 @@ ngx_http_memq_publish_stored(ngx_http_memq_pub_ctx_t *ctx, ngx_uint_t idx)
 static void
 ngx_http_memq_publish_fail(ngx_http_memq_pub_ctx_t *ctx, const char *reason)
 {
-    ngx_uint_t             untouched, local;
+    ngx_uint_t             untouched, local, level;
     ngx_http_memq_node_t  *node;
     ngx_http_memq_conn_t  *mc;
 
@@ -1178,7 +1178,9 @@ ngx_http_memq_publish_fail(ngx_http_memq_pub_ctx_t *ctx, const char *reason)
      */
     untouched = (ctx->replies == 0);
 
-    ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+    level = local ? NGX_LOG_WARN : NGX_LOG_ERR;
+
+    ngx_log_error(level, ctx->request->connection->log, 0,
                   "memq node %V failed: %s, %ui messages stored, %ui in "
                   "flight", &node->addr, reason, ctx->nstored,
                   ctx->inflight);

@@ -110,7 +110,8 @@ class Gateway:
     def __init__(self, tmp, nodes, cluster_extra="", loc_extra="",
                  loc=None, server_extra="", http_extra="", workers=2,
                  weights=None, listen_extra="", worker_connections=1024,
-                 timeouts="connect_timeout 1s; read_timeout 2s;"):
+                 timeouts="connect_timeout 1s; read_timeout 2s;",
+                 main_extra=""):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for d in ("logs", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -122,6 +123,7 @@ class Gateway:
         self.loc_extra = loc_extra
         self.server_extra = server_extra
         self.http_extra = http_extra
+        self.main_extra = main_extra
         self.listen_extra = listen_extra
         self.timeouts = timeouts
         self.workers = workers
@@ -149,6 +151,7 @@ user root;
 worker_processes {workers};
 error_log {t}/logs/error.log info;
 pid {t}/nginx.pid;
+{main_extra}
 events {{ worker_connections {wc}; }}
 http {{
     log_format memq '{fmt}';
@@ -176,7 +179,7 @@ http {{
     }}
 }}
 """.format(module=MODULE, workers=self.workers, t=t, fmt=ACCESS_FORMAT,
-           wc=self.worker_connections,
+           wc=self.worker_connections, main_extra=self.main_extra,
            http_extra=self.http_extra, nodes="\n        ".join(lines),
            cluster_extra=self.cluster_extra, port=self.port,
            server_extra=self.server_extra, loc=self.loc,
@@ -395,6 +398,23 @@ http {{
         s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
                   + headers + b"\r\n")
         return s
+
+
+def read_to_close(s):
+    """Every byte until the peer closes (a reset ends it too); the socket
+    is closed."""
+    data = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+    except ConnectionResetError:
+        pass
+    finally:
+        s.close()
+    return data
 
 
 def read_headers(sock):

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from gwutil import (Client, SLOW, ScriptedNode, deadline_after, node_addr,
-                    qname, wait_for)
+                    qname, read_to_close, wait_for)
 
 
 class PipeNode(ScriptedNode):
@@ -148,16 +148,7 @@ def post(g, topic, body):
 
 def answer(s):
     """(status, body) of a POST's answer, the socket closed."""
-    data = b""
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
-    finally:
-        s.close()
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, body = read_to_close(s).partition(b"\r\n\r\n")
     return int(head.split()[1]), body
 
 
