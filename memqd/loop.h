@@ -56,10 +56,10 @@ uint64_t loop_now_us(void);
 /* Runs until loop_stop(); before_sleep runs before every wait and returns
  * 1 when it wants the next wait not to block. */
 void loop_run(int (*before_sleep)(void));
+void loop_stop(void);
 
 /* Called after each ready descriptor's handler, with the number of ready
  * descriptors still to be handled in this iteration (NULL: none). */
 extern void (*loop_after_event)(int more);
-void loop_stop(void);
 
 #endif /* MEMQD_LOOP_H */
