@@ -114,6 +114,8 @@ struct ngx_http_memq_ack_ctx_s {
 static void ngx_http_memq_ack_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_memq_ack_parse(ngx_http_memq_ack_ctx_t *ctx,
     ngx_str_t *body, ngx_uint_t *status, const char **err);
+static u_char *ngx_http_memq_ack_fast_id(ngx_http_memq_ack_ctx_t *ctx,
+    u_char *p, u_char *last);
 static ngx_int_t ngx_http_memq_ack_parse_id(ngx_http_memq_ack_ctx_t *ctx,
     u_char *p, u_char *last);
 static ngx_int_t ngx_http_memq_ack_send(ngx_http_memq_ack_node_t *an);
@@ -382,6 +384,13 @@ ngx_http_memq_ack_parse(ngx_http_memq_ack_ctx_t *ctx, ngx_str_t *body,
     ctx->nnodes = cl->nodes.nelts;
 
     for (p = body->data; p < last; p = e + 1) {
+
+        e = ngx_http_memq_ack_fast_id(ctx, p, last);
+
+        if (e != NULL) {
+            continue;
+        }
+
         e = p;
 
         while (e < last && *e != ',' && *e != '\n') {
@@ -430,6 +439,50 @@ ngx_http_memq_ack_parse(ngx_http_memq_ack_ctx_t *ctx, ngx_str_t *body,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * The common shape, in one pass: the address of the id before (of a node
+ * this gateway lists), '/', at most 19 digits (no overflow), then ',',
+ * LF or the end, with no room left for doubt.  Kept as parse_id() keeps
+ * it; returns the separator, or NULL to leave the id to the full parser.
+ */
+static u_char *
+ngx_http_memq_ack_fast_id(ngx_http_memq_ack_ctx_t *ctx, u_char *p,
+    u_char *last)
+{
+    u_char    *q, *d;
+    size_t     alen;
+    uint64_t   id;
+
+    alen = ctx->last_addr.len;
+
+    if (ctx->last_node < 0 || ctx->last_addr.data == NULL
+        || (size_t) (last - p) <= alen + 1 || p[alen] != '/'
+        || ngx_memcmp(p, ctx->last_addr.data, alen) != 0
+        || ctx->nids + ctx->not_found == NGX_HTTP_MEMQ_ACK_IDS_MAX)
+    {
+        return NULL;
+    }
+
+    q = p + alen + 1;
+    id = 0;
+
+    for (d = q; d < last && d - q < 19 && *d >= '0' && *d <= '9'; d++) {
+        id = id * 10 + (*d - '0');
+    }
+
+    if (d == q || (d < last && *d != ',' && *d != '\n')) {
+        return NULL;
+    }
+
+    ctx->nodes[ctx->last_node].total++;
+    ctx->ids[ctx->nids].node = ctx->last_node;
+    ctx->ids[ctx->nids].id = id;
+    ctx->nids++;
+
+    return d;
 }
 
 
@@ -635,7 +688,8 @@ ngx_http_memq_ack_send(ngx_http_memq_ack_node_t *an)
             p = ngx_http_memq_write_id(p, &ctx->key,
                                        ctx->ids[an->cursor].id);
         } else {
-            p = ngx_sprintf(p, ",%uL", ctx->ids[an->cursor].id);
+            *p++ = ',';
+            p = ngx_http_memq_write_uint(p, ctx->ids[an->cursor].id);
         }
 
         n++;

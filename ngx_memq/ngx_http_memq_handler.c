@@ -1233,7 +1233,7 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
     u_char                  *p;
     size_t                   raw, dlen, need;
     ngx_int_t                rc;
-    ngx_uint_t               b64;
+    ngx_uint_t               how;
     ngx_str_t                id, *idp;
     ngx_http_memq_ctx_t     *ctx;
     ngx_http_memq_shnode_t  *shn;
@@ -1279,8 +1279,8 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
         idp = &id;
     }
 
-    b64 = 0;
-    need = ngx_http_memq_encode_size(ctx->format, data, len, idp, &b64);
+    how = NGX_HTTP_MEMQ_JSON_PLAIN;
+    need = ngx_http_memq_encode_size(ctx->format, data, len, idp, &how);
 
     p = ngx_http_memq_reserve(ctx, need);
     if (p == NULL) {
@@ -1288,7 +1288,7 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
     }
 
     ctx->cur->buf->last = ngx_http_memq_encode(ctx->format, p, data, len,
-                                               idp, b64);
+                                               idp, how);
 
     if (ctx->client && sn->nids < ctx->conf->batch) {
         sn->ids[sn->nids++] = sn->value.cas;

@@ -332,11 +332,16 @@ ngx_http_memq_node_t *ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
     ngx_http_memq_node_t **skip, ngx_uint_t nskip);
 void ngx_http_memq_run_posted(ngx_connection_t *c);
 
-/* ngx_http_memq_stream.c */
+/* ngx_http_memq_stream.c; how an ndjson message with an id goes */
+#define NGX_HTTP_MEMQ_JSON_PLAIN    0      /* copied as it is */
+#define NGX_HTTP_MEMQ_JSON_ESCAPED  1
+#define NGX_HTTP_MEMQ_JSON_B64      2      /* not valid UTF-8 */
+
 size_t ngx_http_memq_encode_size(ngx_uint_t format, u_char *data, size_t len,
-    ngx_str_t *id, ngx_uint_t *b64);
+    ngx_str_t *id, ngx_uint_t *how);
 u_char *ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
-    size_t len, ngx_str_t *id, ngx_uint_t b64);
+    size_t len, ngx_str_t *id, ngx_uint_t how);
+u_char *ngx_http_memq_write_uint(u_char *p, uint64_t n);
 u_char *ngx_http_memq_write_id(u_char *p, ngx_str_t *addr, uint64_t n);
 ngx_int_t ngx_http_memq_inflate(u_char *src, size_t len, u_char **dst,
     size_t *dlen, size_t *cap, size_t max, ngx_pool_t *pool);

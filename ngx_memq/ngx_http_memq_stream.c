@@ -38,21 +38,18 @@ static size_t ngx_http_memq_json_size(u_char *data, size_t len);
 static u_char *ngx_http_memq_json_escape(u_char *dst, u_char *data,
     size_t len);
 static void *ngx_http_memq_zalloc(void *opaque, u_int items, u_int size);
+static void ngx_http_memq_zfree(void *opaque, void *address);
 
 
 /*
- * Writes "<addr>/<n>", an item's id, at p (NGX_HTTP_MEMQ_ADDR_LEN +
- * NGX_INT64_LEN + 1 bytes are enough); returns the end.  Ids go out with
- * every client-mode message and every acknowledgement, so not through
- * ngx_sprintf().
+ * Writes n in decimal at p (NGX_INT64_LEN bytes are enough); returns the
+ * end.  Ids go out with every client-mode message and every
+ * acknowledgement, so not through ngx_sprintf().
  */
 u_char *
-ngx_http_memq_write_id(u_char *p, ngx_str_t *addr, uint64_t n)
+ngx_http_memq_write_uint(u_char *p, uint64_t n)
 {
     u_char  *s, tmp[NGX_INT64_LEN];
-
-    p = ngx_cpymem(p, addr->data, addr->len);
-    *p++ = '/';
 
     s = tmp + sizeof(tmp);
 
@@ -63,17 +60,29 @@ ngx_http_memq_write_id(u_char *p, ngx_str_t *addr, uint64_t n)
 
     return ngx_cpymem(p, s, tmp + sizeof(tmp) - s);
 }
-static void ngx_http_memq_zfree(void *opaque, void *address);
+
+
+/* writes "<addr>/<n>", an item's id, at p (NGX_HTTP_MEMQ_ADDR_LEN +
+ * NGX_INT64_LEN + 1 bytes are enough); returns the end */
+u_char *
+ngx_http_memq_write_id(u_char *p, ngx_str_t *addr, uint64_t n)
+{
+    p = ngx_cpymem(p, addr->data, addr->len);
+    *p++ = '/';
+
+    return ngx_http_memq_write_uint(p, n);
+}
 
 
 /*
- * Upper bound of the bytes encode() writes for this message.  *b64 tells
- * encode() how an ndjson message with an id goes: set when it is not
- * valid UTF-8 (base64), so the message is scanned once.
+ * Upper bound of the bytes encode() writes for this message.  *how tells
+ * encode() how an ndjson message with an id goes (NGX_HTTP_MEMQ_JSON_*):
+ * copied as it is, escaped, or in base64 when it is not valid UTF-8, so
+ * the message is scanned once.
  */
 size_t
 ngx_http_memq_encode_size(ngx_uint_t format, u_char *data, size_t len,
-    ngx_str_t *id, ngx_uint_t *b64)
+    ngx_str_t *id, ngx_uint_t *how)
 {
     size_t   lines;
     u_char  *p, *last;
@@ -101,11 +110,19 @@ ngx_http_memq_encode_size(ngx_uint_t format, u_char *data, size_t len,
             return len + 1;
         }
 
-        lines = ngx_http_memq_json_size(data, len);
-        *b64 = (lines == (size_t) -1);
+        /* most messages are plain text: one scan, then one copy */
+        if (ngx_http_memq_json_plain(data, data + len) == data + len) {
+            *how = NGX_HTTP_MEMQ_JSON_PLAIN;
+            lines = len;
 
-        if (*b64) {
-            lines = ngx_base64_encoded_length(len) + sizeof("_b64") - 1;
+        } else {
+            lines = ngx_http_memq_json_size(data, len);
+            *how = NGX_HTTP_MEMQ_JSON_ESCAPED;
+
+            if (lines == (size_t) -1) {
+                *how = NGX_HTTP_MEMQ_JSON_B64;
+                lines = ngx_base64_encoded_length(len) + sizeof("_b64") - 1;
+            }
         }
 
         return sizeof("{\"id\":\"\",\"data\":\"\"}\n") - 1 + id->len + lines;
@@ -340,11 +357,11 @@ ngx_http_memq_json_escape(u_char *dst, u_char *data, size_t len)
 }
 
 
-/* writes the framed message at dst, returns the end; b64 as
+/* writes the framed message at dst, returns the end; how as
  * encode_size() said */
 u_char *
 ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
-    size_t len, ngx_str_t *id, ngx_uint_t b64)
+    size_t len, ngx_str_t *id, ngx_uint_t how)
 {
     u_char     *p, *last, *s;
     ngx_str_t   enc, src;
@@ -410,7 +427,11 @@ ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
             dst = ngx_cpymem(dst, "{\"id\":\"", 7);
             dst = ngx_cpymem(dst, id->data, id->len);
 
-            if (!b64) {
+            if (how == NGX_HTTP_MEMQ_JSON_PLAIN) {
+                dst = ngx_cpymem(dst, "\",\"data\":\"", 10);
+                dst = ngx_cpymem(dst, data, len);
+
+            } else if (how == NGX_HTTP_MEMQ_JSON_ESCAPED) {
                 dst = ngx_cpymem(dst, "\",\"data\":\"", 10);
                 dst = ngx_http_memq_json_escape(dst, data, len);
 
