@@ -190,12 +190,16 @@ static ngx_int_t ngx_http_memq_send_line(ngx_http_memq_snode_t *sn,
     u_char *last, ngx_msec_t t);
 static ngx_int_t ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc,
     ngx_int_t rc);
+static ngx_int_t ngx_http_memq_node_values(ngx_http_memq_conn_t *mc,
+    ngx_int_t rc);
 static void ngx_http_memq_node_fail(ngx_http_memq_snode_t *sn,
     const char *reason, ngx_uint_t mark);
 static void ngx_http_memq_send_failed(ngx_http_memq_snode_t *sn,
     ngx_int_t rc);
 static ngx_int_t ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data,
     size_t len);
+static void ngx_http_memq_count_out(ngx_http_memq_shnode_t *shn,
+    size_t raw);
 static u_char *ngx_http_memq_reserve(ngx_http_memq_ctx_t *ctx, size_t need);
 static ngx_int_t ngx_http_memq_flush(ngx_http_memq_ctx_t *ctx,
     ngx_uint_t last);
@@ -917,6 +921,19 @@ ngx_http_memq_send_line(ngx_http_memq_snode_t *sn, u_char *last,
 static ngx_int_t
 ngx_http_memq_node_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 {
+    rc = ngx_http_memq_node_values(mc, rc);
+
+    /* the messages of this read are counted in the shared zone once */
+    ngx_http_memq_count_out(NULL, 0);
+
+    return rc;
+}
+
+
+/* a node connection's handler: the values of a reply, one by one */
+static ngx_int_t
+ngx_http_memq_node_values(ngx_http_memq_conn_t *mc, ngx_int_t rc)
+{
     size_t                  need;
     ngx_int_t               prc;
     ngx_uint_t              take;
@@ -1297,10 +1314,37 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
     ctx->stat.messages++;
     ctx->last_out = ngx_current_msec;
 
-    (void) ngx_atomic_fetch_add(&shn->msgs_out, 1);
-    (void) ngx_atomic_fetch_add(&shn->bytes_out, raw);
+    ngx_http_memq_count_out(shn, raw);
 
     return NGX_OK;
+}
+
+
+/*
+ * Counts a message of raw bytes out of shn; shn NULL: what was counted is
+ * added to the shared zone now.  node_reply() adds the messages of a read
+ * once: an atomic add a message, on a line both workers write, was half
+ * of the worker's time in node_reply().
+ */
+static void
+ngx_http_memq_count_out(ngx_http_memq_shnode_t *shn, size_t raw)
+{
+    static size_t                   msgs, bytes;
+    static ngx_http_memq_shnode_t  *cur;
+
+    if (cur != shn && cur != NULL) {
+        (void) ngx_atomic_fetch_add(&cur->msgs_out, msgs);
+        (void) ngx_atomic_fetch_add(&cur->bytes_out, bytes);
+        msgs = 0;
+        bytes = 0;
+    }
+
+    cur = shn;
+
+    if (shn) {
+        msgs++;
+        bytes += raw;
+    }
 }
 
 
