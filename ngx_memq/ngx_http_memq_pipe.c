@@ -42,9 +42,12 @@
  * every waiting owner, oldest first; "SERVER_ERROR too many connections"
  * (said at accept, then the node closes) refuses every waiting entry
  * without marking the node.  A reply other than STORED or a refusal marks
- * the node once, whether or not its owner is still here, and the FIFO
- * emptying is a success of the node (ngx_http_memq_node_ok()) only when
- * no such reply came since it was last empty.
+ * the node once, whether or not its owner is still here; any other reply
+ * is a success of the node (ngx_http_memq_node_ok()), as the reply on a
+ * connection of its own is.  Each reply counts, not the FIFO emptying:
+ * under steady traffic a FIFO may never empty, and a failure would stay
+ * the node's current error (and its fails count) however many sets it
+ * stored after it; a node failing every set still never has a success.
  */
 
 #include "ngx_http_memq_module.h"
@@ -61,9 +64,6 @@ struct ngx_http_memq_pipe_s {
     ngx_http_memq_pipe_entry_t   *ring;     /* the FIFO, DEPTH entries */
     ngx_uint_t                    head;     /* oldest entry */
     ngx_uint_t                    n;        /* entries owed a reply */
-    unsigned                      faulted:1; /* a reply since the FIFO
-                                               was last empty blamed the
-                                               node */
 };
 
 
@@ -320,8 +320,14 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         if (reply.type == MQ_REPLY_STORED) {
             (void) ngx_atomic_fetch_add(&shn->msgs_in, 1);
             (void) ngx_atomic_fetch_add(&shn->bytes_in, e->len);
+        }
 
-        } else if (refused == 0) {
+        if (reply.type == MQ_REPLY_STORED || refused) {
+            /* stored, or refused by a healthy node (queue full, too
+             * large): a success of the node */
+            ngx_http_memq_node_ok(node);
+
+        } else {
             /* the node's fault, as on a connection of its own, whether or
              * not the client is still here; the pipe goes on, since the
              * protocol is still in step */
@@ -329,7 +335,6 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                           "memq node %V answered \"%*s\" to set",
                           &node->addr, reply.consumed - 2, b->pos);
 
-            p->faulted = 1;
             ngx_http_memq_node_failed(node, &mc->log,
                                       reply.type == MQ_REPLY_SERVER_ERROR
                                       ? "server error" : "unexpected reply");
@@ -368,17 +373,10 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     }
 
     /* nothing owed: the node is not timed any more, and the connection
-     * waits in the keepalive pool for the next set; the exchange is a
-     * success only when no reply in it blamed the node (else a node
-     * failing every set would be forgiven each time, never marked down) */
+     * waits in the keepalive pool for the next set */
     ngx_http_memq_conn_replied(mc);
 
-    if (!p->faulted) {
-        ngx_http_memq_node_ok(node);
-    }
-
     p->mc = NULL;
-    p->faulted = 0;
     p->head = 0;
     p->out.pos = p->out.start;
     p->out.last = p->out.start;
@@ -444,7 +442,6 @@ ngx_http_memq_pipe_drain(ngx_http_memq_pipe_t *p, ngx_int_t rc,
 
     p->node->owed -= p->n;
     p->n = 0;
-    p->faulted = 0;
     p->head = 0;
     p->out.pos = p->out.start;
     p->out.last = p->out.start;
