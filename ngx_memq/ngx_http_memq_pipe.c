@@ -31,9 +31,10 @@
  *
  * Bounds: at most NGX_HTTP_MEMQ_PIPE_DEPTH entries per pipe and
  * NGX_HTTP_MEMQ_PIPE_BYTES of unsent sets; a set longer than
- * NGX_HTTP_MEMQ_PIPE_MSG never enters a pipe.  When no pipe of the node
- * has room the caller takes a connection of its own, as every POST did
- * before pipes.
+ * NGX_HTTP_MEMQ_PIPE_MSG never enters a pipe.  A pipe that has its
+ * connection is taken before an idle one, so no new connection is needed
+ * while one of them has room.  When no pipe of the node has room the
+ * caller takes a connection of its own, as every POST did before pipes.
  *
  * A failure of the connection (connect refused or timed out, reset, eof,
  * read timeout while replies are owed, a malformed reply, bytes after the
@@ -93,7 +94,7 @@ ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,
 {
     ngx_int_t                    rc;
     ngx_uint_t                   i, kick;
-    ngx_http_memq_pipe_t        *p;
+    ngx_http_memq_pipe_t        *p, *q;
     ngx_http_memq_conn_t        *mc;
     ngx_http_memq_cluster_t     *cl;
     ngx_http_memq_pipe_entry_t  *e;
@@ -108,43 +109,55 @@ ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,
         return NGX_BUSY;
     }
 
-    /* the first pipe with room: a busy node fills one pipe before it
-     * gets a second */
+    /*
+     * The first pipe with a connection and room, else the first idle one
+     * (nothing owed, no connection): a busy node fills one pipe before it
+     * gets a second, and a POST never needs a new connection (which this
+     * worker may be short of) while a pipe that has one has room.
+     */
     p = NULL;
 
     for (i = 0; i < cl->publish_pipes; i++) {
-        p = &node->pipes[i];
+        q = &node->pipes[i];
 
-        if (p->ring == NULL) {
-            p->ring = ngx_alloc(NGX_HTTP_MEMQ_PIPE_DEPTH
-                                * sizeof(ngx_http_memq_pipe_entry_t),
-                                ngx_cycle->log);
-            p->out.start = ngx_alloc(NGX_HTTP_MEMQ_PIPE_BYTES,
-                                     ngx_cycle->log);
-
-            if (p->ring == NULL || p->out.start == NULL) {
-                ngx_free(p->ring);
-                ngx_free(p->out.start);
-                p->ring = NULL;
-                p->out.start = NULL;
-                return NGX_BUSY;
+        if (q->mc == NULL) {
+            if (p == NULL) {
+                p = q;
             }
 
-            p->out.pos = p->out.start;
-            p->out.last = p->out.start;
-            p->out.end = p->out.start + NGX_HTTP_MEMQ_PIPE_BYTES;
-            p->out.temporary = 1;
+            continue;
         }
 
-        if (p->n < NGX_HTTP_MEMQ_PIPE_DEPTH
-            && ngx_http_memq_pipe_room(p, size) == NGX_OK)
+        if (q->n < NGX_HTTP_MEMQ_PIPE_DEPTH
+            && ngx_http_memq_pipe_room(q, size) == NGX_OK)
         {
+            p = q;
             break;
         }
     }
 
-    if (i == cl->publish_pipes || p == NULL) {
+    if (p == NULL) {
         return NGX_DECLINED;
+    }
+
+    if (p->ring == NULL) {
+        p->ring = ngx_alloc(NGX_HTTP_MEMQ_PIPE_DEPTH
+                            * sizeof(ngx_http_memq_pipe_entry_t),
+                            ngx_cycle->log);
+        p->out.start = ngx_alloc(NGX_HTTP_MEMQ_PIPE_BYTES, ngx_cycle->log);
+
+        if (p->ring == NULL || p->out.start == NULL) {
+            ngx_free(p->ring);
+            ngx_free(p->out.start);
+            p->ring = NULL;
+            p->out.start = NULL;
+            return NGX_BUSY;
+        }
+
+        p->out.pos = p->out.start;
+        p->out.last = p->out.start;
+        p->out.end = p->out.start + NGX_HTTP_MEMQ_PIPE_BYTES;
+        p->out.temporary = 1;
     }
 
     if (p->mc == NULL) {
