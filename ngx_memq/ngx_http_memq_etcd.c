@@ -214,6 +214,11 @@ ngx_http_memq_etcd_connect(ngx_http_memq_etcd_t *et)
     c = et->pc.connection;
     c->data = et;
     c->pool = et->pool;
+
+    /* a worker that quits closes it at once (ngx_close_idle_connections()
+     * sets c->close): it would not use the answer */
+    c->idle = 1;
+
     c->read->handler = ngx_http_memq_etcd_event;
     c->write->handler = ngx_http_memq_etcd_event;
 
@@ -235,6 +240,13 @@ ngx_http_memq_etcd_event(ngx_event_t *ev)
 
     c = ev->data;
     et = c->data;
+
+    if (c->close) {
+        /* the worker quits (or its worker_shutdown_timeout ran out): the
+         * poll ends without an answer, and etcd is not blamed for it */
+        ngx_http_memq_etcd_close(et);
+        return;
+    }
 
     if (ev->timedout) {
         ngx_http_memq_etcd_fail(et, et->connecting ? "connect timed out"
@@ -460,7 +472,9 @@ ngx_http_memq_etcd_fail(ngx_http_memq_etcd_t *et, const char *reason,
 
     et->current = (et->current + 1) % et->urls.nelts;
 
-    if (++et->tried < et->urls.nelts) {
+    if (++et->tried < et->urls.nelts
+        && !(ngx_exiting || ngx_terminate || ngx_quit))
+    {
         ngx_http_memq_etcd_connect(et);
         return;
     }

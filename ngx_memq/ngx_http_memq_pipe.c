@@ -31,9 +31,10 @@
  *
  * Bounds: at most NGX_HTTP_MEMQ_PIPE_DEPTH entries per pipe and
  * NGX_HTTP_MEMQ_PIPE_BYTES of unsent sets; a set longer than
- * NGX_HTTP_MEMQ_PIPE_MSG never enters a pipe.  When no pipe of the node
- * has room the caller takes a connection of its own, as every POST did
- * before pipes.
+ * NGX_HTTP_MEMQ_PIPE_MSG never enters a pipe.  A pipe that has its
+ * connection is taken before an idle one, so no new connection is needed
+ * while one of them has room.  When no pipe of the node has room the
+ * caller takes a connection of its own, as every POST did before pipes.
  *
  * A failure of the connection (connect refused or timed out, reset, eof,
  * read timeout while replies are owed, a malformed reply, bytes after the
@@ -42,9 +43,12 @@
  * every waiting owner, oldest first; "SERVER_ERROR too many connections"
  * (said at accept, then the node closes) refuses every waiting entry
  * without marking the node.  A reply other than STORED or a refusal marks
- * the node once, whether or not its owner is still here, and the FIFO
- * emptying is a success of the node (ngx_http_memq_node_ok()) only when
- * no such reply came since it was last empty.
+ * the node once, whether or not its owner is still here; any other reply
+ * is a success of the node (ngx_http_memq_node_ok()), as the reply on a
+ * connection of its own is.  Each reply counts, not the FIFO emptying:
+ * under steady traffic a FIFO may never empty, and a failure would stay
+ * the node's current error (and its fails count) however many sets it
+ * stored after it; a node failing every set still never has a success.
  */
 
 #include "ngx_http_memq_module.h"
@@ -61,9 +65,6 @@ struct ngx_http_memq_pipe_s {
     ngx_http_memq_pipe_entry_t   *ring;     /* the FIFO, DEPTH entries */
     ngx_uint_t                    head;     /* oldest entry */
     ngx_uint_t                    n;        /* entries owed a reply */
-    unsigned                      faulted:1; /* a reply since the FIFO
-                                               was last empty blamed the
-                                               node */
 };
 
 
@@ -93,7 +94,7 @@ ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,
 {
     ngx_int_t                    rc;
     ngx_uint_t                   i, kick;
-    ngx_http_memq_pipe_t        *p;
+    ngx_http_memq_pipe_t        *p, *q;
     ngx_http_memq_conn_t        *mc;
     ngx_http_memq_cluster_t     *cl;
     ngx_http_memq_pipe_entry_t  *e;
@@ -108,43 +109,55 @@ ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,
         return NGX_BUSY;
     }
 
-    /* the first pipe with room: a busy node fills one pipe before it
-     * gets a second */
+    /*
+     * The first pipe with a connection and room, else the first idle one
+     * (nothing owed, no connection): a busy node fills one pipe before it
+     * gets a second, and a POST never needs a new connection (which this
+     * worker may be short of) while a pipe that has one has room.
+     */
     p = NULL;
 
     for (i = 0; i < cl->publish_pipes; i++) {
-        p = &node->pipes[i];
+        q = &node->pipes[i];
 
-        if (p->ring == NULL) {
-            p->ring = ngx_alloc(NGX_HTTP_MEMQ_PIPE_DEPTH
-                                * sizeof(ngx_http_memq_pipe_entry_t),
-                                ngx_cycle->log);
-            p->out.start = ngx_alloc(NGX_HTTP_MEMQ_PIPE_BYTES,
-                                     ngx_cycle->log);
-
-            if (p->ring == NULL || p->out.start == NULL) {
-                ngx_free(p->ring);
-                ngx_free(p->out.start);
-                p->ring = NULL;
-                p->out.start = NULL;
-                return NGX_BUSY;
+        if (q->mc == NULL) {
+            if (p == NULL) {
+                p = q;
             }
 
-            p->out.pos = p->out.start;
-            p->out.last = p->out.start;
-            p->out.end = p->out.start + NGX_HTTP_MEMQ_PIPE_BYTES;
-            p->out.temporary = 1;
+            continue;
         }
 
-        if (p->n < NGX_HTTP_MEMQ_PIPE_DEPTH
-            && ngx_http_memq_pipe_room(p, size) == NGX_OK)
+        if (q->n < NGX_HTTP_MEMQ_PIPE_DEPTH
+            && ngx_http_memq_pipe_room(q, size) == NGX_OK)
         {
+            p = q;
             break;
         }
     }
 
-    if (i == cl->publish_pipes || p == NULL) {
+    if (p == NULL) {
         return NGX_DECLINED;
+    }
+
+    if (p->ring == NULL) {
+        p->ring = ngx_alloc(NGX_HTTP_MEMQ_PIPE_DEPTH
+                            * sizeof(ngx_http_memq_pipe_entry_t),
+                            ngx_cycle->log);
+        p->out.start = ngx_alloc(NGX_HTTP_MEMQ_PIPE_BYTES, ngx_cycle->log);
+
+        if (p->ring == NULL || p->out.start == NULL) {
+            ngx_free(p->ring);
+            ngx_free(p->out.start);
+            p->ring = NULL;
+            p->out.start = NULL;
+            return NGX_BUSY;
+        }
+
+        p->out.pos = p->out.start;
+        p->out.last = p->out.start;
+        p->out.end = p->out.start + NGX_HTTP_MEMQ_PIPE_BYTES;
+        p->out.temporary = 1;
     }
 
     if (p->mc == NULL) {
@@ -320,8 +333,14 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         if (reply.type == MQ_REPLY_STORED) {
             (void) ngx_atomic_fetch_add(&shn->msgs_in, 1);
             (void) ngx_atomic_fetch_add(&shn->bytes_in, e->len);
+        }
 
-        } else if (refused == 0) {
+        if (reply.type == MQ_REPLY_STORED || refused) {
+            /* stored, or refused by a healthy node (queue full, too
+             * large): a success of the node */
+            ngx_http_memq_node_ok(node);
+
+        } else {
             /* the node's fault, as on a connection of its own, whether or
              * not the client is still here; the pipe goes on, since the
              * protocol is still in step */
@@ -329,7 +348,6 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                           "memq node %V answered \"%*s\" to set",
                           &node->addr, reply.consumed - 2, b->pos);
 
-            p->faulted = 1;
             ngx_http_memq_node_failed(node, &mc->log,
                                       reply.type == MQ_REPLY_SERVER_ERROR
                                       ? "server error" : "unexpected reply");
@@ -368,17 +386,10 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     }
 
     /* nothing owed: the node is not timed any more, and the connection
-     * waits in the keepalive pool for the next set; the exchange is a
-     * success only when no reply in it blamed the node (else a node
-     * failing every set would be forgiven each time, never marked down) */
+     * waits in the keepalive pool for the next set */
     ngx_http_memq_conn_replied(mc);
 
-    if (!p->faulted) {
-        ngx_http_memq_node_ok(node);
-    }
-
     p->mc = NULL;
-    p->faulted = 0;
     p->head = 0;
     p->out.pos = p->out.start;
     p->out.last = p->out.start;
@@ -444,7 +455,6 @@ ngx_http_memq_pipe_drain(ngx_http_memq_pipe_t *p, ngx_int_t rc,
 
     p->node->owed -= p->n;
     p->n = 0;
-    p->faulted = 0;
     p->head = 0;
     p->out.pos = p->out.start;
     p->out.last = p->out.start;

@@ -712,7 +712,9 @@ ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
         ctx->mc->data = ctx;
         ctx->mc->owner_conn = r->connection;
 
-        if (ngx_http_memq_publish_fill(ctx) <= 0) {
+        /* a single message's window may be built already: a pipe had no
+         * room for it */
+        if (ctx->inflight == 0 && ngx_http_memq_publish_fill(ctx) <= 0) {
             ngx_http_memq_conn_close(ctx->mc);
             ctx->mc = NULL;
             ngx_http_memq_publish_error(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
@@ -751,17 +753,17 @@ ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
 
 /*
  * A single message's set in a publish pipe of node (the body's message,
- * built as a window of one).  NGX_OK: queued, and
- * ngx_http_memq_publish_piped() answers; NGX_DECLINED: no pipe has room,
- * nothing changed; NGX_ERROR, NGX_BUSY: as ngx_http_memq_conn_get();
- * NGX_ABORT: out of memory.
+ * built as a window of one, once: it stays built for the next node or a
+ * connection of its own while this publish_try() runs, so a big message
+ * is not deflated again).  NGX_OK: queued, and
+ * ngx_http_memq_publish_piped() answers; NGX_DECLINED: no pipe has room;
+ * NGX_ERROR, NGX_BUSY: as ngx_http_memq_conn_get(); NGX_ABORT: out of
+ * memory.
  */
 static ngx_int_t
 ngx_http_memq_publish_pipe(ngx_http_memq_pub_ctx_t *ctx,
     ngx_http_memq_node_t *node)
 {
-    ngx_int_t  rc;
-
     if (ctx->conf->cluster->publish_pipes == 0
         || (ctx->body.len > NGX_HTTP_MEMQ_PIPE_MSG
             && ctx->conf->compress_min_size == 0))
@@ -769,19 +771,13 @@ ngx_http_memq_publish_pipe(ngx_http_memq_pub_ctx_t *ctx,
         return NGX_DECLINED;
     }
 
-    if (ngx_http_memq_publish_fill(ctx) <= 0) {
+    if (ctx->inflight == 0 && ngx_http_memq_publish_fill(ctx) <= 0) {
         return NGX_ABORT;
     }
 
-    rc = ngx_http_memq_pipe_send(node, ctx->win.pos,
-                                 ctx->win.last - ctx->win.pos,
-                                 ctx->ring[ctx->head].len, ctx, &ctx->pe);
-
-    if (rc != NGX_OK) {
-        ngx_http_memq_publish_rewind(ctx);
-    }
-
-    return rc;
+    return ngx_http_memq_pipe_send(node, ctx->win.pos,
+                                   ctx->win.last - ctx->win.pos,
+                                   ctx->ring[ctx->head].len, ctx, &ctx->pe);
 }
 
 

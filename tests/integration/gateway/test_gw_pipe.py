@@ -645,3 +645,46 @@ def test_node_connections_send_without_delay(gateway_factory, memqd_factory,
                     break
     assert conns, log.read_text()
     assert all(nodelay for _, nodelay in conns), log.read_text()
+
+
+def test_error_clears_while_pipe_stays_busy(gateway_factory, fake):
+    """A node's current error (status "error", and the failures counted
+    towards max_fails) clears at its next good reply in a pipe, not only
+    when the pipe's FIFO empties: under steady traffic it may never
+    empty, and a node that stored every set after one failure must not
+    keep that failure as current (nor be marked down by the next one)."""
+    node = fake(reply=lambda p: b"SERVER_ERROR boom\r\n"
+                if p.startswith(b"bad") else b"STORED\r\n")
+    g = gateway_factory([node.addr], workers=1,
+                        cluster_extra="publish_pipes 1; max_fails 2; "
+                        "fail_timeout 60s;")
+    g.expect_errors()
+    addr = node_addr(node.addr)
+    q = qname()
+    socks = []
+
+    def send(body):
+        socks.append(post(g, q, body))
+        wait_for(lambda: node.count() == len(socks), timeout=10,
+                 what="%d sets at the node" % len(socks))
+
+    # the pipe does not empty until bad2 is answered
+    send(b"bad1")
+    send(b"ok1")
+    node.release(limit=1)
+    assert answer(socks[0])[0] == 503
+    st = g.node_status(addr)
+    assert st["error"] == "server error" and st["fails"] == 1, st
+
+    send(b"ok2")
+    node.release(limit=1)
+    assert answer(socks[1])[0] == 201
+    st = g.node_status(addr)
+    assert st["error"] == "" and st["last_error"] == "server error", st
+
+    # a second failure, after good replies: the node is still up
+    send(b"bad2")
+    node.release()
+    assert [answer(s)[0] for s in socks[2:4]] == [201, 503]
+    st = g.node_status(addr)
+    assert st["state"] == "up" and st["fails"] == 2, st

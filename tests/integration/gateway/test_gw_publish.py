@@ -1,8 +1,11 @@
 """Publish: POST /mq?topic=Q, single body and ndjson batch, smooth weighted
 round robin, retry on the next node, 413, compression (DESIGN §2, §3)."""
 
+import os
+import subprocess
 import zlib
 
+import gwutil
 from gwutil import Client, node_addr, qname
 
 
@@ -141,3 +144,67 @@ def test_compress_min_size(gateway_factory, memqd_factory):
     # and the gateway inflates it again on the way out
     assert g.publish(q, big).status_code == 201
     assert g.lines(q) == [big]
+
+
+# counts zlib's compress2() calls in nginx: one line per call (its input
+# size) appended to COUNT_PATH; preloaded before libz, so the module's
+# calls come here
+COMPRESS_COUNTER = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+int
+compress2(Bytef *dst, uLongf *dlen, const Bytef *src, uLong slen, int lvl)
+{
+    int    fd, n;
+    char   line[32];
+    int  (*real)(Bytef *, uLongf *, const Bytef *, uLong, int);
+
+    real = (int (*)(Bytef *, uLongf *, const Bytef *, uLong, int))
+           dlsym(RTLD_NEXT, "compress2");
+    n = snprintf(line, sizeof(line), "%lu\n", (unsigned long) slen);
+    fd = open(COUNT_PATH, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+        (void) write(fd, line, n);
+        close(fd);
+    }
+    return real(dst, dlen, src, slen, lvl);
+}
+"""
+
+
+def test_big_single_message_deflated_once(gateway_factory, memqd_factory,
+                                          tmp_path, monkeypatch):
+    """A single POST at least memq_compress_min_size whose deflated set is
+    still too big for a publish pipe goes on a connection of its own, and
+    is deflated once (the window built for the pipe is the one sent), with
+    pipes on; it is stored deflated and read back as sent."""
+    count = tmp_path / "compress2.calls"
+    src = tmp_path / "count.c"
+    lib = tmp_path / "libcount.so"
+    src.write_text(COMPRESS_COUNTER)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(lib),
+                    '-DCOUNT_PATH="%s"' % count, str(src), "-ldl"],
+                   check=True)
+    monkeypatch.setattr(gwutil, "PRELOAD", ":".join(
+        x for x in (gwutil.PRELOAD, str(lib)) if x))
+
+    node = memqd_factory()
+    g = gateway_factory([node], workers=1,
+                        loc_extra="memq_compress_min_size 100;")
+    q = qname()
+    # incompressible: deflated it stays above a pipe's 16 KiB
+    big = os.urandom(40000)
+    r = g.publish(q, big)
+    assert r.status_code == 201, r.text
+    calls = count.read_text().split() if count.exists() else []
+    assert calls == ["40000"], calls
+
+    items = _drain(node, q)
+    assert len(items) == 1 and items[0].flags == 1
+    assert zlib.decompress(items[0].data) == big

@@ -105,3 +105,35 @@ def test_shutdown_timeout_ends_node_waits(gateway_factory, kind, how):
         assert not bad, bad
     finally:
         hung.close()
+
+
+@pytest.mark.parametrize("how", ["quit", "shutdown_timeout"])
+def test_quit_ends_etcd_poll(gateway_factory, memqd_factory, how):
+    """An etcd poll that etcd holds open (no answer yet) does not hold a
+    quitting worker until read_timeout: the worker closes it at the quit,
+    with or without worker_shutdown_timeout, and etcd is not blamed."""
+    node = memqd_factory()
+    etcd = SilentNode()
+    try:
+        g = gateway_factory([node], workers=1, timeouts=TIMEOUTS,
+                            main_extra="" if how == "quit" else SHUTDOWN,
+                            cluster_extra="etcd http://%s:%d interval=1s;"
+                            % etcd.addr)
+        wait_for(lambda: b"POST /v3/kv/range" in etcd.received,
+                 timeout=10, what="the etcd poll at the fake etcd")
+        old = worker_pids(g)
+        assert old
+
+        g.proc.send_signal(signal.SIGQUIT)
+
+        # read_timeout is 300 s: only the quit (or the 1 s shutdown
+        # timer) ends the poll in time
+        wait_for(lambda: all(exited(p) for p in old), timeout=15,
+                 what="the old worker to exit")
+        g.proc.wait(10 * SLOW)
+        assert g.proc.returncode == 0
+
+        # etcd is not counted unreachable for a poll the worker ended
+        assert "etcd unreachable" not in g.error_text()
+    finally:
+        etcd.close()
