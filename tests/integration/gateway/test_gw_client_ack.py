@@ -7,11 +7,13 @@ import base64
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 import threading
 
+import pytest
 import requests
 
 from gwutil import (SLOW, Client, Dechunker, fill, node_addr, qname, qstat,
@@ -755,3 +757,164 @@ def test_random_ack_bodies(gateway_factory, memqd_factory):
     assert leased(nodes, q) >= 10
     r = ack(g, q, ids[10:])
     assert r.json() == {"acked": 10, "not_found": 0}
+
+
+def test_ndjson_every_byte_at_every_word_offset(gateway_factory,
+                                                memqd_factory):
+    """Every byte value at every offset of a 17-byte message (two 8-byte
+    words and a tail), the rest plain: each line is valid UTF-8 and strict
+    JSON and gives back exactly the message; plain text goes as data."""
+    nodes = [memqd_factory()]
+    g = gateway_factory(nodes, loc=CLIENT_LOC)
+    q = qname()
+    msgs = [b"a" * n for n in range(18)]
+    for b in range(256):
+        for k in range(17):
+            msgs.append(b"a" * k + bytes([b]) + b"a" * (16 - k))
+    c = Client(nodes[0].addr)
+    try:
+        for m in msgs:
+            c.store(q, m)
+    finally:
+        c.close()
+    got = []
+    while len(got) < len(msgs):
+        r = g.consume(q, lease=600)
+        assert r.status_code == 200, r.text
+        lines = r.content.split(b"\n")[:-1]
+        assert lines, "nothing more after %d" % len(got)
+        for line in lines:
+            o = json.loads(line.decode("utf-8"), strict=True)
+            got.append((o, line))
+    assert len(got) == len(msgs)
+    for (o, line), m in zip(got, msgs):
+        if "data" in o:
+            assert o["data"].encode() == m, line
+        else:
+            assert base64.b64decode(o["data_b64"]) == m, line
+            with pytest.raises(UnicodeDecodeError):
+                m.decode("utf-8")
+        plain = all(0x20 <= x < 0x80 and x not in b'"\\' for x in m)
+        if plain:
+            assert line == b'{"id":"%s","data":"%s"}' % (
+                o["id"].encode(), m), line
+    r = ack(g, q, [o["id"] for o, _ in got])
+    assert r.json() == {"acked": len(msgs), "not_found": 0}
+
+
+ACK_ADDR_MAX = 63
+ACK_ADDR_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                     "0123456789.:-_[]")
+
+
+def _model_ack_body(body, known):
+    """The body as the documented grammar reads it: (400 or 413, None),
+    or (200, [(addr, id) of listed nodes], ids of other nodes)."""
+    ids, other, n = [], 0, 0
+    for e in re.split("[,\n]", body):
+        s = e.strip(" \t\r")
+        if not s:
+            continue
+        if n == 10000:
+            return 413, None, None
+        n += 1
+        slash = s.rfind("/")
+        addr, digits = s[:slash], s[slash + 1:]
+        colon = addr.rfind(":")
+        if (slash <= 0 or len(addr) > ACK_ADDR_MAX
+                or not 1 <= len(digits) <= 20
+                or not all(ch in "0123456789" for ch in digits)
+                or int(digits) >= 2 ** 64
+                or not set(addr) <= ACK_ADDR_CHARS
+                or colon <= 0 or not 1 <= len(addr) - colon - 1 <= 5
+                or not addr[colon + 1:].isdigit()):
+            return 400, None, None
+        if addr in known:
+            ids.append((addr, int(digits)))
+        else:
+            other += 1
+    if n == 0:
+        return 400, None, None
+    return 200, ids, other
+
+
+def test_ack_bodies_match_the_grammar(gateway_factory, memqd_factory):
+    """Random bodies of real ids in every spelling the grammar allows
+    (leading zeros up to 20 digits, blanks, CR, empty parts, runs of one
+    node and of two, unknown nodes between, no final separator) and a
+    few malformed ones: the answer is exactly what the grammar says, so
+    no id is acknowledged that was not listed and none listed is left."""
+    nodes = [memqd_factory(), memqd_factory()]
+    g = gateway_factory(nodes, loc=CLIENT_LOC,
+                        loc_extra="client_max_body_size 4m;")
+    q = qname()
+    fill(nodes, q, 3000)
+    leased_ids = set()
+    while len(leased_ids) < 3000:
+        items = ndjson_items(g.consume(q, lease=600).content)
+        assert items
+        for i, _ in items:
+            a, n = i.rsplit("/", 1)
+            leased_ids.add((a, int(n)))
+    known = {node_addr(n) for n in nodes}
+    pool = sorted(leased_ids)
+    rng = random.Random(31)
+
+    def spell(addr, n):
+        d = str(n)
+        k = rng.random()
+        if k < 0.2:
+            d = d.zfill(rng.randrange(len(d), 21))
+        elif k < 0.25:
+            d = d.zfill(20)
+        t = "%s/%s" % (addr, d)
+        k = rng.random()
+        if k < 0.1:
+            t = " " + t
+        elif k < 0.2:
+            t = t + rng.choice([" ", "\t", "\r", " \r"])
+        return t
+
+    a = sorted(known)[0]
+    bad = ["%s/%s" % (a, "0" * 20 + "1"), "%s/" % a,
+           "%s/18446744073709551616" % a, "%s/1x" % a, "%s/1/2" % a,
+           "%s//1" % a, "%s/ 1" % a, "%s/-1" % a, "%s/1\x00" % a,
+           "%s /1" % a, "%s/99999999999999999999" % a]
+    pool_a = [n for x, n in pool if x == a]
+    acked = 0
+    for _ in range(150):
+        toks = []
+        for _ in range(rng.randrange(1, 60)):
+            k = rng.random()
+            if k < 0.75:
+                toks.append(spell(*rng.choice(pool)))
+            elif k < 0.85:
+                toks.append(spell(rng.choice(sorted(known)),
+                                  rng.choice([0, 1, 2 ** 64 - 1,
+                                              10 ** 19 - 1, 10 ** 19])))
+            elif k < 0.92:
+                toks.append(spell("10.9.9.9:1", rng.randrange(10)))
+            else:
+                toks.append("")
+        if rng.random() < 0.25:
+            # right after an id of the same node (its address known)
+            k = rng.randrange(len(toks) + 1)
+            toks[k:k] = [spell(a, rng.choice(pool_a)), rng.choice(bad)]
+        body = ""
+        for i, t in enumerate(toks):
+            body += t
+            if i + 1 < len(toks) or rng.random() < 0.5:
+                body += rng.choice([",", "\n", "\r\n", ",\n"])
+        want, ids, other = _model_ack_body(body, known)
+        r = requests.post(g.url("/mq"), params={"topic": q, "op": "ack"},
+                          data=body.encode(), timeout=10 * SLOW)
+        assert r.status_code == want, (body, r.text)
+        if want != 200:
+            continue
+        hit = set(ids) & leased_ids
+        leased_ids -= hit
+        acked += len(hit)
+        assert r.json() == {"acked": len(hit),
+                            "not_found": len(ids) - len(hit) + other}, body
+    assert acked > 500
+    assert leased(nodes, q) == len(leased_ids)
