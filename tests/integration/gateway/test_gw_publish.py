@@ -2,8 +2,11 @@
 round robin, retry on the next node, 413, compression (DESIGN §2, §3)."""
 
 import os
+import random
 import subprocess
 import zlib
+
+import pytest
 
 import gwutil
 from gwutil import Client, node_addr, qname
@@ -208,3 +211,51 @@ def test_big_single_message_deflated_once(gateway_factory, memqd_factory,
     items = _drain(node, q)
     assert len(items) == 1 and items[0].flags == 1
     assert zlib.decompress(items[0].data) == big
+
+
+@pytest.mark.parametrize("dead", ["refused", "unreachable"])
+def test_window_built_for_a_refusing_node_goes_whole_to_the_next(
+        gateway_factory, memqd_factory, dead):
+    """A single POST whose first node refuses the connect (at once: no
+    route, or later: a reset) goes to the next node, with the window built
+    for the first (deflated or not, in a pipe or on a connection of its
+    own): every message is stored once, in order, with its flags, and
+    reads back as sent."""
+    if dead == "refused":
+        dead = ("127.0.0.1", gwutil.closed_port())
+    else:
+        # connect() fails at once (ENETUNREACH)
+        dead = ("255.255.255.255", 9)
+    node = memqd_factory()
+    g = gateway_factory([dead, node], workers=1,
+                        cluster_extra="max_fails 0;",
+                        loc_extra="memq_compress_min_size 100;")
+    g.expect_errors()
+    q = qname()
+    rnd = random.Random(5)
+    msgs = []
+    for i in range(24):
+        kind = i % 4
+        if kind == 0:
+            m = b"small %d" % i
+        elif kind == 1:
+            m = (b"compressible %d " % i) * 2000
+        elif kind == 2:
+            # incompressible, too big for a pipe once deflated
+            m = bytes(rnd.randrange(256) for _ in range(20000 + i))
+        else:
+            m = bytes(rnd.randrange(256) for _ in range(5000 + i))
+        msgs.append(m)
+        r = g.publish(q, m)
+        assert r.status_code == 201, (i, r.text)
+        assert r.json() == {"queued": 1, "node": node_addr(node)}
+    # the refusing node was tried first for half of them
+    assert g.node_status("%s:%d" % dead)["fails"] >= len(msgs) // 2 - 1
+    items = _drain(node, q)
+    assert len(items) == len(msgs)
+    for it, m in zip(items, msgs):
+        if len(m) >= 100:
+            assert it.flags == 1
+            assert zlib.decompress(it.data) == m
+        else:
+            assert it.flags == 0 and it.data == m
