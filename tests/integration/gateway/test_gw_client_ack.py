@@ -918,3 +918,15 @@ def test_ack_bodies_match_the_grammar(gateway_factory, memqd_factory):
                             "not_found": len(ids) - len(hit) + other}, body
     assert acked > 500
     assert leased(nodes, q) == len(leased_ids)
+    # at the 10,000-id limit: what follows the last id decides
+    ten = ",".join("%s/%d" % (a, 10 ** 12 + i) for i in range(10000))
+    for tail in ("", ",", "\n , \r\n,", ", %s/7" % a, ",%s/x" % a,
+                 ", 10.9.9.9:1/5", "\r"):
+        body = ten + tail
+        want, ids, other = _model_ack_body(body, known)
+        r = requests.post(g.url("/mq"), params={"topic": q, "op": "ack"},
+                          data=body.encode(), timeout=10 * SLOW)
+        assert r.status_code == want, (tail, r.text)
+        if want == 200:
+            assert r.json() == {"acked": 0, "not_found": 10000}, tail
+    assert leased(nodes, q) == len(leased_ids)
