@@ -49,6 +49,9 @@
  * under steady traffic a FIFO may never empty, and a failure would stay
  * the node's current error (and its fails count) however many sets it
  * stored after it; a node failing every set still never has a success.
+ * The successes of a read count when the read ends in step: one that
+ * fails the pipe (bytes after the last reply, a malformed reply) has
+ * none, so a node out of step is marked down after max_fails.
  */
 
 #include "ngx_http_memq_module.h"
@@ -271,7 +274,7 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     void                        *owner;
     ngx_int_t                    prc;
     ngx_buf_t                   *b;
-    ngx_uint_t                   refused;
+    ngx_uint_t                   refused, good;
     mq_reply_t                   reply;
     const char                  *err;
     ngx_http_memq_pipe_t        *p;
@@ -289,13 +292,14 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 
     b = mc->in;
     shn = ngx_http_memq_shnode(node);
+    good = 0;
 
     while (p->n) {
         prc = mq_proto_parse_reply((const char *) b->pos, b->last - b->pos,
                                    0, &reply, &err);
 
         if (prc == MQ_AGAIN) {
-            return NGX_OK;
+            goto again;
         }
 
         if (prc == MQ_ERROR) {
@@ -337,8 +341,9 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 
         if (reply.type == MQ_REPLY_STORED || refused) {
             /* stored, or refused by a healthy node (queue full, too
-             * large): a success of the node */
-            ngx_http_memq_node_ok(node);
+             * large): a success of the node, counted when the rest of
+             * this read is in step (see "again" below) */
+            good = 1;
 
         } else {
             /* the node's fault, as on a connection of its own, whether or
@@ -347,6 +352,12 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             ngx_log_error(NGX_LOG_ERR, &mc->log, 0,
                           "memq node %V answered \"%*s\" to set",
                           &node->addr, reply.consumed - 2, b->pos);
+
+            if (good) {
+                /* the successes before it come first, as they came */
+                ngx_http_memq_node_ok(node);
+                good = 0;
+            }
 
             ngx_http_memq_node_failed(node, &mc->log,
                                       reply.type == MQ_REPLY_SERVER_ERROR
@@ -389,6 +400,10 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
      * waits in the keepalive pool for the next set */
     ngx_http_memq_conn_replied(mc);
 
+    if (good) {
+        ngx_http_memq_node_ok(node);
+    }
+
     p->mc = NULL;
     p->head = 0;
     p->out.pos = p->out.start;
@@ -397,6 +412,21 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     ngx_http_memq_conn_release(mc);
 
     return NGX_DONE;
+
+again:
+
+    /*
+     * The good replies of a read count once it is known to be in step:
+     * a node answering more than it was sent (bytes after the last reply,
+     * replies to sets not sent, a malformed one) fails the pipe with no
+     * success, as on a connection of its own, and is marked down after
+     * max_fails of them, not forgiven by the STORED before each.
+     */
+    if (good) {
+        ngx_http_memq_node_ok(node);
+    }
+
+    return NGX_OK;
 }
 
 

@@ -688,3 +688,29 @@ def test_error_clears_while_pipe_stays_busy(gateway_factory, fake):
     assert [answer(s)[0] for s in socks[2:4]] == [201, 503]
     st = g.node_status(addr)
     assert st["state"] == "up" and st["fails"] == 2, st
+
+
+@pytest.mark.parametrize("pipes", [0, 1])
+def test_node_out_of_step_is_marked_down(gateway_factory, fake, pipes):
+    """A node that answers more than it was sent (here two STORED a set:
+    out of step, its replies not to be trusted) fails the connection
+    each time, and after max_fails of them it is marked down, in a pipe
+    as on a connection of its own: the STORED read in the same read as
+    the bytes that fail it is no success of the node."""
+    node = fake(hold=False, reply=lambda p: b"STORED\r\nSTORED\r\n")
+    g = gateway_factory([node.addr], workers=1,
+                        cluster_extra="publish_pipes %d; max_fails 2; "
+                        "fail_timeout 60s;" % pipes)
+    g.expect_errors()
+    addr = node_addr(node.addr)
+    q = qname()
+    for i in range(2):
+        s = post(g, q, b"m%d" % i)
+        assert answer(s)[0] in (201, 503)
+        wait_for(lambda: g.node_status(addr)["fails"] == i + 1, timeout=10,
+                 what="the failure of connection %d" % (i + 1))
+    st = g.node_status(addr)
+    assert st["state"] == "down" and st["error"] != "", st
+    s = post(g, q, b"m2")
+    assert answer(s)[0] == 503
+    assert node.count() == 2
