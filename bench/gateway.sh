@@ -55,7 +55,9 @@
 #   ROUNDS       wake-up rounds (200)
 #   LONGPOLLS    open long polls (1000)
 #   SLOW_N       slow-client backlog (500000); SLOW_SECS (20)
-#   CLIENT_CONSUMERS  stream counts of the client cells ("1 10")
+#   CLIENT_CONSUMERS  stream counts of the client cells ("1 10"); each
+#                row also prints the median of the runs' own client/write
+#                ratios and of their write/client CPU a message
 #   ACK_BATCH    ids per op=ack POST (1000); ACK_INFLIGHT POSTs in flight
 #                per stream (4)
 #   CLIENT_TOOL  the client of the client cells: c (memq-bench
@@ -383,7 +385,13 @@ cpu_ticks() {
     echo "$t"
 }
 
-declare -A CLBEST
+# the median of the numbers given (empty when none)
+median() {
+    tr ' ' '\n' <<<"$*" | sed '/^$/d' | sort -n |
+        awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'
+}
+
+declare -A CLBEST CLRATE CLCPU CLRUNS CLCPURUNS
 CLROWS=""
 part client || CLIENT_CONSUMERS=""
 for k in $CLIENT_CONSUMERS; do
@@ -420,22 +428,39 @@ $w0) * 1000000 / $(getconf CLK_TCK) / ($per * 3)" | bc -l) tool=c"
                 line="$line format=$CLIENT_FORMAT"
             fi
             m1=$(cpu_ticks "${NPID[1]}" "${NPID[2]}" "${NPID[3]}")
+            mcpu=$(echo "scale=2; ($m1 - $m0) * 1000000 / \
+$(getconf CLK_TCK) / ($per * 3)" | bc -l)
             record "$line mode=$mode nodes=3 backlog=$((per * 3)) run=$r" \
-                   "memqd_cpu_us_per_msg=$(echo "scale=2; ($m1 - $m0) * \
-1000000 / $(getconf CLK_TCK) / ($per * 3)" | bc -l)"
+                   "memqd_cpu_us_per_msg=$mcpu"
             msgs=$(sed 's/.* msgs=\([0-9]*\) .*/\1/' <<<"$line")
             rate=$(sed 's/.*msgs_per_sec=\([0-9]*\) .*/\1/' <<<"$line")
             [ "$msgs" = "$((per * 3))" ] ||
                 fail "client $topic: $msgs of $((per * 3)) messages"
             [ "${rate:-0}" -gt "${CLBEST[$mode.$k]:-0}" ] &&
                 CLBEST[$mode.$k]=$rate
+            CLRATE[$mode]=$rate
+            # CPU a message of the whole machine's part in it: workers,
+            # nodes and client (the C client's line has all three)
+            CLCPU[$mode]=$(sed -n 's/.*client_cpu_us_per_msg=\([0-9.]*\)'\
+'.*workers_cpu_us_per_msg=\([0-9.]*\).*/\1 + \2/p' <<<"$line")
+            [ -n "${CLCPU[$mode]}" ] && CLCPU[$mode]="${CLCPU[$mode]} + $mcpu"
         done
+        CLRUNS[$k]="${CLRUNS[$k]:-} $(echo "scale=2; ${CLRATE[client]:-0} / \
+(${CLRATE[write]:-0} + (${CLRATE[write]:-0} == 0))" | bc -l)"
+        [ -n "${CLCPU[write]}" ] && [ -n "${CLCPU[client]}" ] &&
+            CLCPURUNS[$k]="${CLCPURUNS[$k]:-} $(echo "scale=2; \
+(${CLCPU[write]}) / (${CLCPU[client]})" | bc -l)"
     done
     w=${CLBEST[write.$k]:-0}
     c=${CLBEST[client.$k]:-0}
     ratio=$(echo "scale=2; $c / ($w + ($w == 0))" | bc -l)
-    record "CLIENTRATIO consumers=$k write=$w client=$c ratio=$ratio"
-    CLROWS="$CLROWS$(printf '%-10s %10s %10s %7s' "$k" "$w" "$c" "$ratio")
+    runs=$(median ${CLRUNS[$k]})
+    cpur=$(median ${CLCPURUNS[$k]:-})
+    record "CLIENTRATIO consumers=$k write=$w client=$c ratio=$ratio" \
+           "median_run_ratio=$runs runs=${CLRUNS[$k]# }" \
+           "median_cpu_ratio=$cpur cpu_runs=${CLCPURUNS[$k]# }"
+    CLROWS="$CLROWS$(printf '%-10s %10s %10s %7s %11s %11s' "$k" "$w" "$c" \
+        "$ratio" "$runs" "$cpur")
 "
 done
 
@@ -597,8 +622,12 @@ if [ -n "$CLROWS" ]; then
          "best of $REPEAT; client mode acks with op=ack lists of" \
          "$ACK_BATCH, $ACK_INFLIGHT in flight per stream; client" \
          "$CLIENT_TOOL$([ "$CLIENT_TOOL" = c ] && echo ", $CLIENT_FORMAT")"
-    printf '%-10s %10s %10s %7s\n' consumers write client ratio
+    printf '%-10s %10s %10s %7s %11s %11s\n' consumers write client ratio \
+        run-median cpu-median
     printf '%s' "$CLROWS"
+    echo "(ratio: best client / best write; run-median: the median of each" \
+         "run's client / write; cpu-median: the median of each run's write /" \
+         "client CPU a message, workers + nodes + client)"
 fi
 
 if [ -n "$PUBROWS" ]; then
@@ -609,8 +638,7 @@ if [ -n "$PUBROWS" ]; then
     printf '%s' "$PUBROWS"
     for k in single_none/single_return201 single_always/direct_always; do
         [ -n "${PUBRATIOS[$k]:-}" ] || continue
-        med=$(tr ' ' '\n' <<<"${PUBRATIOS[$k]}" | sed '/^$/d' | sort -n |
-              awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
+        med=$(median ${PUBRATIOS[$k]})
         printf '%-36s median %s (rounds:%s)\n' "${k/\// / }" "$med" \
             "${PUBRATIOS[$k]}"
         record "PUBMEDIAN $k=$med rounds=$PUB_ROUNDS"
