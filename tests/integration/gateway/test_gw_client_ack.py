@@ -930,3 +930,53 @@ def test_ack_bodies_match_the_grammar(gateway_factory, memqd_factory):
         if want == 200:
             assert r.json() == {"acked": 0, "not_found": 10000}, tail
     assert leased(nodes, q) == len(leased_ids)
+
+
+def test_ids_of_every_length_round_trip(gateway_factory):
+    """Ids of 1 to 20 digits (every power of ten, the one below it, and
+    the largest u64) come out of a fake node's cas fields into ndjson, sse
+    and raw exactly, and go back to it exactly in delete lists."""
+    from gwutil import ScriptedNode
+    q = qname()
+    cas = sorted({1, 9, 2 ** 64 - 1} | {10 ** k for k in range(1, 20)}
+                 | {10 ** k - 1 for k in range(2, 20)}
+                 | {10 ** k + 1 for k in range(1, 20)})
+    deleted = []
+
+    def answer(line, n):
+        if line.startswith(b"get "):
+            if b"/t=" in line or answer.sent:
+                return (0, b"END\r\n")
+            answer.sent = True
+            key = line.split(b" ")[1]
+            return (0, b"".join(b"VALUE %s 0 1 %d\r\nx\r\n" % (key, c)
+                                for c in cas) + b"END\r\n")
+        if line.startswith(b"delete "):
+            nums = line.rsplit(b"/", 1)[1].split(b",")
+            deleted.extend(int(x) for x in nums)
+            return (0, b"DELETED %d\r\n" % len(nums) if len(nums) > 1
+                    else b"DELETED\r\n")
+        return (0, b"ERROR\r\n")
+
+    fake = ScriptedNode(answer)
+    try:
+        g = gateway_factory([fake.addr], loc=CLIENT_LOC + "memq_batch 100;")
+        a = node_addr(fake.addr)
+        want = ["%s/%d" % (a, c) for c in cas]
+        for fmt in ("ndjson", "sse", "raw"):
+            answer.sent = False
+            body = g.consume(q, format=fmt, lease=60).content
+            if fmt == "ndjson":
+                got = [i for i, _ in ndjson_items(body)]
+            elif fmt == "sse":
+                got = [l[4:].decode() for l in body.split(b"\n")
+                       if l.startswith(b"id: ")]
+            else:
+                got = [h.split(b" ")[0].decode() for h in
+                       re.findall(rb"(?:^|\r\n)([^\r\n]+ 1)\r\nx", body)]
+            assert got == want, (fmt, got)
+        r = ack(g, q, want)
+        assert r.json() == {"acked": len(cas), "not_found": 0}
+        assert deleted == cas
+    finally:
+        fake.close()
