@@ -226,24 +226,42 @@ start_set(conn_t *c, mq_request_t *req, const char *after, size_t avail,
 
 
 /* Writes v in decimal at p, returns the end; used instead of snprintf on
- * the get path, where formatting was a tenth of the work per item. */
+ * the get path, where formatting was a tenth of the work per item.  The
+ * length is counted first and the digits written from the end, two a
+ * division: a lease's id (the cas field) has as many digits as the
+ * queue has held items. */
 static char *
 fmt_u64(char *p, uint64_t v)
 {
-    char   tmp[20];
-    size_t  n;
+    size_t    n, d;
+    uint64_t  t;
+    static const char  pairs[] =
+        "00010203040506070809101112131415161718192021222324"
+        "25262728293031323334353637383940414243444546474849"
+        "50515253545556575859606162636465666768697071727374"
+        "75767778798081828384858687888990919293949596979899";
 
-    n = 0;
-    do {
-        tmp[n++] = (char) ('0' + v % 10);
-        v /= 10;
-    } while (v);
-
-    while (n) {
-        *p++ = tmp[--n];
+    for (n = 1, t = 10; n < 20 && v >= t; t *= 10) {
+        n++;
     }
 
-    return p;
+    p += n;
+
+    while (v >= 100) {
+        d = (size_t) (v % 100) * 2;
+        v /= 100;
+        *--p = pairs[d + 1];
+        *--p = pairs[d];
+    }
+
+    if (v >= 10) {
+        *--p = pairs[v * 2 + 1];
+        *--p = pairs[v * 2];
+    } else {
+        *--p = (char) ('0' + v);
+    }
+
+    return p + n;
 }
 
 

@@ -5,7 +5,7 @@
  * the node-wide dl (by deadline) and its queue's q->lseq (by id), at
  * at[0] and at[1]; in a run, the keys of a[head..tail) that are not NULL
  * never decrease, and a[head] and a[tail - 1] are not NULL (head == tail
- * == 0 when it is empty); in the heap, heap[i] >= heap[(i - 1) / 2]; a
+ * == 0 when it is empty), their keys are first and last; in the heap, heap[i] >= heap[(i - 1) / 2]; a
  * set has a power-of-two number of buckets, grown (doubled) when it
  * holds more leases than buckets, so a lookup walks a chain of about
  * one; it and the queue's id order are freed when its last lease goes.
@@ -148,7 +148,7 @@ order_pick(const lease_order_t *o, int by, uint64_t k)
             }
             continue;
         }
-        last = key(r->a[r->tail - 1], by);
+        last = r->last;
         if (last <= k && (best < 0 || last > best_key)) {
             best = t;
             best_key = last;
@@ -214,12 +214,17 @@ order_put(lease_order_t *o, int by, int t, lease_t *l)
     }
 
     r = &o->run[t];
-    assert(r->head == r->tail || key(r->a[r->tail - 1], by) <= key(l, by));
+    assert(r->head == r->tail || r->last <= key(l, by));
 
     if (r->tail == r->cap) {
         run_compact(r, by, t);
     }
 
+    if (r->head == r->tail) {
+        r->first = key(l, by);
+    }
+
+    r->last = key(l, by);
     l->at[by] = AT(r->tail, t);
     r->a[r->tail++] = l;
     r->live++;
@@ -248,11 +253,17 @@ order_remove(lease_order_t *o, int by, lease_t *l)
             return;
         }
 
-        while (r->a[r->head] == NULL) {
-            r->head++;
-        }
-        while (r->a[r->tail - 1] == NULL) {
-            r->tail--;
+        if (i == r->head) {
+            while (r->a[r->head] == NULL) {
+                r->head++;
+            }
+            r->first = key(r->a[r->head], by);
+
+        } else if (i == r->tail - 1) {
+            while (r->a[r->tail - 1] == NULL) {
+                r->tail--;
+            }
+            r->last = key(r->a[r->tail - 1], by);
         }
         return;
     }
@@ -277,18 +288,18 @@ static lease_t *
 order_min(const lease_order_t *o, int by)
 {
     int                 t;
-    lease_t            *m, *l;
+    lease_t            *m;
+    uint64_t            k;
     const lease_run_t  *r;
 
     m = o->hn ? o->heap[0] : NULL;
+    k = m ? key(m, by) : 0;
 
     for (t = 0; t < LEASE_RUNS; t++) {
         r = &o->run[t];
-        if (r->head < r->tail) {
-            l = r->a[r->head];
-            if (m == NULL || key(l, by) < key(m, by)) {
-                m = l;
-            }
+        if (r->head < r->tail && (m == NULL || r->first < k)) {
+            m = r->a[r->head];
+            k = r->first;
         }
     }
 

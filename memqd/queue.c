@@ -1644,14 +1644,22 @@ lease_timer_handler(loop_timer_t *t)
 int
 queue_lease(queue_t *q, const item_ref_t *ref, uint64_t ms)
 {
-    if (lease_add(q, ref, loop_now() + ms) == NULL) {
+    uint64_t  deadline;
+
+    deadline = loop_now() + ms;
+
+    if (lease_add(q, ref, deadline) == NULL) {
         log_error("queue", "%s: out of memory for leases", q->name);
         return_ref(q, ref);
         return -1;
     }
 
-    lease_timer.handler = lease_timer_handler;
-    arm_lease_timer();
+    /* a timer armed for this deadline or before stays right */
+    if (lease_timer.index == 0 || lease_timer.deadline > deadline) {
+        lease_timer.handler = lease_timer_handler;
+        arm_lease_timer();
+    }
+
     return 0;
 }
 

@@ -39,13 +39,17 @@ typedef struct lease_s    lease_t;
 
 #define LEASE_RUNS  4
 
-/* a sorted run of leases (lease.c): a[head..tail), NULL where one left */
+/* a sorted run of leases (lease.c): a[head..tail), NULL where one left;
+ * the keys of its ends are kept here, so that picking a run or the
+ * earliest lease reads no lease record */
 typedef struct {
     lease_t  **a;
     size_t     head;
     size_t     tail;
     size_t     live;        /* non-NULL in a[head..tail) */
     size_t     cap;
+    uint64_t   first;       /* key of a[head] and of a[tail - 1], when */
+    uint64_t   last;        /*   not empty */
 } lease_run_t;
 
 /* leases in one order, by deadline or by id (lease.c): those that came
