@@ -730,6 +730,39 @@ mq_proto_next_key(const char **p, const char *end, const char **key,
 }
 
 
+/* Parses the decimal u64 at p that ends at a comma or at end, in one
+ * pass: where it ended, or NULL when it is empty, holds anything but
+ * digits or is over UINT64_MAX. */
+static const char *
+mq_scan_id(const char *p, const char *end, uint64_t *id)
+{
+    uint64_t     v, d;
+    const char  *s;
+
+    v = 0;
+
+    for (s = p; s < end && *s != ','; s++) {
+        d = (uint64_t) (unsigned char) *s - '0';
+
+        if (d > 9
+            || (v >= UINT64_MAX / 10
+                && (v > UINT64_MAX / 10 || d > UINT64_MAX % 10)))
+        {
+            return NULL;
+        }
+
+        v = v * 10 + d;
+    }
+
+    if (s == p) {
+        return NULL;
+    }
+
+    *id = v;
+    return s;
+}
+
+
 /* A list of ids: decimal u64 ids separated by single commas, at least
  * one, at most MQ_ACK_IDS_MAX; *n is how many.  A malformed list is
  * MQ_ERROR with *err = bad. */
@@ -738,17 +771,14 @@ mq_check_ids(const char *p, size_t len, uint32_t *n, const char *bad,
     const char **err)
 {
     uint64_t     id;
-    const char  *s, *end;
+    const char  *end;
 
     end = p + len;
     *n = 0;
 
     for ( ;; ) {
-        for (s = p; s < end && *s != ','; s++) {
-            /* void */
-        }
-
-        if (mq_parse_u64(p, (size_t) (s - p), &id) != MQ_OK) {
+        p = mq_scan_id(p, end, &id);
+        if (p == NULL) {
             *err = bad;
             return MQ_ERROR;
         }
@@ -758,11 +788,11 @@ mq_check_ids(const char *p, size_t len, uint32_t *n, const char *bad,
             return MQ_ERROR;
         }
 
-        if (s == end) {
+        if (p == end) {
             return MQ_OK;
         }
 
-        p = s + 1;
+        p++;
     }
 }
 
@@ -878,18 +908,14 @@ bad:
 int
 mq_proto_next_id(const char **p, const char *end, uint64_t *id)
 {
-    const char  *s, *e;
+    const char  *e;
 
-    s = *p;
-    if (s >= end) {
+    if (*p >= end) {
         return MQ_DECLINED;
     }
 
-    for (e = s; e < end && *e != ','; e++) {
-        /* void */
-    }
-
-    if (mq_parse_u64(s, (size_t) (e - s), id) != MQ_OK) {
+    e = mq_scan_id(*p, end, id);
+    if (e == NULL) {
         /* not reached for a list mq_check_ids() accepted */
         *p = end;
         return MQ_DECLINED;

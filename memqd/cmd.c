@@ -318,6 +318,39 @@ give_back(conn_t *c, queue_t *q, const item_ref_t *ref)
 }
 
 
+/* Acknowledges the leases on q that a list checked by the parser names:
+ * *acked of them.  0, or -1 when the journal refused a record. */
+static int
+ack_ids(queue_t *q, const char *list, size_t len, uint64_t *acked)
+{
+    size_t           n;
+    uint64_t         k;
+    const char      *p, *end;
+    static uint64_t  ids[QUEUE_ACK_MAX];
+
+    *acked = 0;
+    p = list;
+    end = list + len;
+
+    do {
+        for (n = 0; n < QUEUE_ACK_MAX
+                    && mq_proto_next_id(&p, end, &ids[n]) == MQ_OK; n++)
+        {
+            /* void */
+        }
+
+        if (queue_ack_list(q, ids, n, &k) != 0) {
+            return -1;
+        }
+
+        *acked += k;
+
+    } while (n == QUEUE_ACK_MAX);
+
+    return 0;
+}
+
+
 /*
  * /ack=<ids>: acknowledges the leases it names (unknown ids are ignored).
  * Under --sync always the reply that follows waits for the fsync of their
@@ -328,23 +361,14 @@ give_back(conn_t *c, queue_t *q, const item_ref_t *ref)
 static int
 ack_list(conn_t *c, queue_t *q, const mq_get_opts_t *o)
 {
-    int          rc, acked;
-    uint64_t     id;
-    const char  *p, *end;
+    uint64_t  acked;
 
     acked = 0;
 
-    if (q != NULL && q->on_disk) {
-        p = o->acks;
-        end = o->acks + o->acks_len;
-
-        while (mq_proto_next_id(&p, end, &id) == MQ_OK) {
-            rc = queue_ack(q, id);
-            if (rc < 0) {
-                return -1;
-            }
-            acked += rc;
-        }
+    if (q != NULL && q->on_disk
+        && ack_ids(q, o->acks, o->acks_len, &acked) != 0)
+    {
+        return -1;
     }
 
     if (acked && srv.sync_mode == SYNC_ALWAYS) {
@@ -612,16 +636,16 @@ do_get(conn_t *c, const mq_request_t *req, int with_cas)
  *
  * delete <q>/<id>,<id>,...: the same for each id in turn, one reply for
  * them all: "DELETED <n>", n of them acknowledged (the others were not
- * leased, or named twice).  When the journal refuses a record the reply
- * is the storage failure, and the ids before it may be acknowledged.
+ * leased, or named twice), with one journal record for the list.  When
+ * the journal refuses it the reply is the storage failure, and none is
+ * acknowledged.
  */
 static void
 do_ack(conn_t *c, const mq_request_t *req)
 {
     int          rc;
     queue_t     *q;
-    uint64_t     id, acked;
-    const char  *p, *end;
+    uint64_t     acked;
     char         buf[sizeof("DELETED \r\n") + 20];
 
     q = queue_lookup(req->key, req->key_len, 0);
@@ -636,17 +660,7 @@ do_ack(conn_t *c, const mq_request_t *req)
         acked = rc > 0;
 
     } else {
-        rc = 0;
-        p = req->ids;
-        end = req->ids + req->ids_len;
-
-        while (q != NULL && mq_proto_next_id(&p, end, &id) == MQ_OK) {
-            rc = queue_ack(q, id);
-            if (rc < 0) {
-                break;
-            }
-            acked += (uint64_t) rc;
-        }
+        rc = q != NULL ? ack_ids(q, req->ids, req->ids_len, &acked) : 0;
     }
 
     if (rc < 0) {

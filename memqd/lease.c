@@ -5,10 +5,11 @@
  * the node-wide dl (by deadline) and its queue's q->lseq (by id), at
  * at[0] and at[1]; in a run, the keys of a[head..tail) that are not NULL
  * never decrease, and a[head] and a[tail - 1] are not NULL (head == tail
- * == 0 when it is empty), their keys are first and last; in the heap, heap[i] >= heap[(i - 1) / 2]; a
- * set has a power-of-two number of buckets, grown (doubled) when it
- * holds more leases than buckets, so a lookup walks a chain of about
- * one; it and the queue's id order are freed when its last lease goes.
+ * == 0 when it is empty), their keys are first and last; in the heap,
+ * heap[i] >= heap[(i - 1) / 2]; a set has a power-of-two number of
+ * buckets, grown (doubled) when it holds more leases than buckets, so a
+ * lookup walks a chain of about one; it and the queue's id order are
+ * freed when its last lease goes.
  * Ids of one queue are consecutive numbers: the low bits spread them
  * over the buckets without hashing.
  */

@@ -232,6 +232,17 @@ int queue_lease(queue_t *q, const item_ref_t *ref, uint64_t ms);
  */
 int queue_ack(queue_t *q, uint64_t seq);
 
+#define QUEUE_ACK_MAX  1000     /* ids of one queue_ack_list() */
+
+/*
+ * Acknowledges those of ids[0..n) (n <= QUEUE_ACK_MAX) that are leased
+ * on q, *acked of them (an id named twice counts once), with a single
+ * journal record (JACKS) for them all under --sync always.  0, or -1
+ * when the journal refused it (no lease ends).
+ */
+int queue_ack_list(queue_t *q, const uint64_t *ids, size_t n,
+    uint64_t *acked);
+
 /* A new lease of ms from now; 0 gives the item back at once.  1 done, 0
  * not leased, -1 out of memory (the lease stays as it was). */
 int queue_touch(queue_t *q, uint64_t seq, uint64_t ms);

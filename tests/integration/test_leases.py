@@ -425,6 +425,46 @@ def test_deleted_is_durable_across_kill(memqd_factory, how):
     assert [int(i.data) + 1 for i in got] == ids[1::2]
 
 
+def test_ack_lists_survive_kill_mixed(memqd_factory):
+    """Lists with repeated, unknown and already acknowledged ids, /ack=
+    lists and single deletes, then kill -9: no acknowledged id comes
+    back and every unacknowledged one does, once (a list is one journal
+    record, a single delete another kind: recovery reads both)."""
+    s = memqd_factory()
+    c = s.connect(timeout=30)
+    q = qname()
+    n = 600
+    c.send(b"".join(b"set %s 0 0 6 noreply\r\n%06d\r\n" % (q.encode(), i)
+                    for i in range(n)))
+    wait_for(lambda: c.qstats(q).get("items") == n, timeout=20,
+             what="items stored")
+    ids = [i.cas for i in _lease(c, q, LONG, n=n)]
+    assert ids == list(range(1, n + 1))
+    acked = set()
+    # a list naming some twice, one never leased and one past the end
+    first = ids[0:90] + ids[10:20] + [n + 50]
+    assert c.cmd("delete %s/%s" % (q, ",".join(map(str, first)))) == \
+        "DELETED 90"
+    acked |= set(ids[0:90])
+    # acknowledged already, and new ones: only the new count
+    again = ids[80:90] + ids[100:197:3]
+    assert c.cmd("delete %s/%s" % (q, ",".join(map(str, again)))) == \
+        "DELETED %d" % len(ids[100:197:3])
+    acked |= set(ids[100:197:3])
+    for i in ids[300:310]:
+        assert c.cmd("delete %s/%d" % (q, i)) == "DELETED"
+    acked |= set(ids[300:310])
+    ack = ",".join(str(i) for i in ids[400:600:2])
+    assert c.get_items("%s/ack=%s" % (q, ack)) == []
+    acked |= set(ids[400:600:2])
+    assert c.qstats(q)["leased_items"] == n - len(acked)
+    s.kill()
+    s.start()
+    c = s.connect(timeout=30)
+    got = [int(i.data) + 1 for i in c.drain(q, timeout=30)]
+    assert got == [i for i in ids if i not in acked]
+
+
 def test_crash_leased_come_back_counts_never_higher(memqd_factory):
     s = memqd_factory(config=DLQ_CONFIG)
     c = s.connect()
