@@ -3,9 +3,12 @@
  *
  * Invariants: a lease is in exactly one queue's set and in two orders,
  * the node-wide dl (by deadline) and its queue's q->lseq (by id), at
- * at[0] and at[1]; in a run, the keys of a[head..tail) that are not NULL
- * never decrease, and a[head] and a[tail - 1] are not NULL (head == tail
- * == 0 when it is empty), their keys are first and last; in the heap,
+ * at[0] and at[1]; a run's positions only grow (position p is slot p &
+ * (cap - 1), tail - head <= cap), the keys at head..tail - 1 that are
+ * not NULL never decrease, and those at head and tail - 1 are not NULL
+ * (head == tail == 0 when it is empty), the latter's is last; a lease's
+ * place in a run is its position, so that a run that grows (copied to
+ * a ring twice the size) touches no lease record; in the heap,
  * heap[i] >= heap[(i - 1) / 2]; a set has a power-of-two number of
  * buckets, grown (doubled) when it holds more leases than buckets, so a
  * lookup walks a chain of about one; it and the queue's id order are
@@ -160,11 +163,18 @@ order_pick(const lease_order_t *o, int by, uint64_t k)
 }
 
 
+/* The slot of position p of run r. */
+#define SLOT(r, p)  ((r)->a[(p) & ((r)->cap - 1)])
+
+
 /* Room for one more in place t of o.  A full run at most half live
- * needs no memory: order_put() compacts it.  0 or -1. */
+ * needs no memory: order_put() compacts it; else its ring is copied to
+ * one twice the size (or `first` slots to begin with).  0 or -1. */
 static int
 order_room(lease_order_t *o, int t, size_t first)
 {
+    size_t        c, p;
+    lease_t     **na;
     lease_run_t  *r;
 
     if (t == HEAP) {
@@ -172,32 +182,47 @@ order_room(lease_order_t *o, int t, size_t first)
     }
 
     r = &o->run[t];
-    if (r->cap > 0 && r->tail == r->cap && r->live <= r->cap / 2) {
+    if (r->tail - r->head < r->cap
+        || (r->cap > 0 && r->live <= r->cap / 2))
+    {
         return 0;
     }
 
-    return reserve(&r->a, &r->cap, r->tail, first);
+    c = r->cap ? r->cap * 2 : first;
+    na = malloc(c * sizeof(lease_t *));
+    if (na == NULL) {
+        return -1;
+    }
+
+    for (p = r->head; p < r->tail; p++) {
+        na[p & (c - 1)] = SLOT(r, p);
+    }
+
+    free(r->a);
+    r->a = na;
+    r->cap = c;
+    return 0;
 }
 
 
-/* Moves run t's leases to its front, in order. */
+/* Moves run t's leases together, in order, from its head on. */
 static void
 run_compact(lease_run_t *r, int by, int t)
 {
-    size_t    i, j;
+    size_t    p, j;
     lease_t  *l;
 
-    for (i = r->head, j = 0; i < r->tail; i++) {
-        l = r->a[i];
+    /* j <= p: the slot written was read already */
+    for (p = r->head, j = r->head; p < r->tail; p++) {
+        l = SLOT(r, p);
         if (l != NULL) {
-            r->a[j] = l;
+            SLOT(r, j) = l;
             l->at[by] = AT(j, t);
             j++;
         }
     }
 
-    assert(j == r->live);
-    r->head = 0;
+    assert(j - r->head == r->live);
     r->tail = j;
 }
 
@@ -217,17 +242,14 @@ order_put(lease_order_t *o, int by, int t, lease_t *l)
     r = &o->run[t];
     assert(r->head == r->tail || r->last <= key(l, by));
 
-    if (r->tail == r->cap) {
+    if (r->tail - r->head == r->cap) {
         run_compact(r, by, t);
-    }
-
-    if (r->head == r->tail) {
-        r->first = key(l, by);
     }
 
     r->last = key(l, by);
     l->at[by] = AT(r->tail, t);
-    r->a[r->tail++] = l;
+    SLOT(r, r->tail) = l;
+    r->tail++;
     r->live++;
 }
 
@@ -245,8 +267,8 @@ order_remove(lease_order_t *o, int by, lease_t *l)
 
     if (t != HEAP) {
         r = &o->run[t];
-        assert(i >= r->head && i < r->tail && r->a[i] == l);
-        r->a[i] = NULL;
+        assert(i >= r->head && i < r->tail && SLOT(r, i) == l);
+        SLOT(r, i) = NULL;
 
         if (--r->live == 0) {
             r->head = 0;
@@ -255,16 +277,15 @@ order_remove(lease_order_t *o, int by, lease_t *l)
         }
 
         if (i == r->head) {
-            while (r->a[r->head] == NULL) {
+            while (SLOT(r, r->head) == NULL) {
                 r->head++;
             }
-            r->first = key(r->a[r->head], by);
 
         } else if (i == r->tail - 1) {
-            while (r->a[r->tail - 1] == NULL) {
+            while (SLOT(r, r->tail - 1) == NULL) {
                 r->tail--;
             }
-            r->last = key(r->a[r->tail - 1], by);
+            r->last = key(SLOT(r, r->tail - 1), by);
         }
         return;
     }
@@ -289,7 +310,7 @@ static lease_t *
 order_min(const lease_order_t *o, int by)
 {
     int                 t;
-    lease_t            *m;
+    lease_t            *m, *l;
     uint64_t            k;
     const lease_run_t  *r;
 
@@ -298,9 +319,12 @@ order_min(const lease_order_t *o, int by)
 
     for (t = 0; t < LEASE_RUNS; t++) {
         r = &o->run[t];
-        if (r->head < r->tail && (m == NULL || r->first < k)) {
-            m = r->a[r->head];
-            k = r->first;
+        if (r->head < r->tail) {
+            l = SLOT(r, r->head);
+            if (m == NULL || key(l, by) < k) {
+                m = l;
+                k = key(l, by);
+            }
         }
     }
 

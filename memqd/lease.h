@@ -15,10 +15,15 @@
  * duration come in time order, a queue's ids in id order, so a few
  * durations in use each fill a run of their own), else to a binary
  * min-heap (a touch to an earlier deadline, more durations than runs, an
- * item given back and leased again).  Leaving a run costs O(1): a NULL
- * left in the slot, the ends skip NULLs, and an append compacts a run
- * that is full and at most half live; the heap costs O(log n).  The
- * earliest is the lowest of the runs' heads and the heap's top.
+ * item given back and leased again).  A run is a ring: leases that end
+ * oldest first free its head for the appends that wrap around, so a
+ * window of leases that slides along (a consumer holding a few thousand
+ * and acknowledging its oldest) never moves one.  Leaving a run costs
+ * O(1): a NULL left in the slot, the ends skip NULLs, and an append
+ * compacts a run that is full and at most half live, or copies the ring
+ * to one twice the size (the leases keep their positions: no record is
+ * touched); the heap costs O(log n).  The earliest is the lowest of the
+ * runs' heads and the heap's top.
  *
  *   lease_t ──hnext──► lease_t ...     (bucket chain of its queue's set)
  *      ▲

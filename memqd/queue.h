@@ -39,17 +39,16 @@ typedef struct lease_s    lease_t;
 
 #define LEASE_RUNS  4
 
-/* a sorted run of leases (lease.c): a[head..tail), NULL where one left;
- * the keys of its ends are kept here, so that picking a run or the
- * earliest lease reads no lease record */
+/* a sorted run of leases (lease.c): positions head..tail - 1 of a ring
+ * of cap (a power of two) slots, NULL where one left; its last key is
+ * kept here, so that picking a run reads no lease record */
 typedef struct {
     lease_t  **a;
     size_t     head;
     size_t     tail;
-    size_t     live;        /* non-NULL in a[head..tail) */
+    size_t     live;        /* non-NULL in head..tail - 1 */
     size_t     cap;
-    uint64_t   first;       /* key of a[head] and of a[tail - 1], when */
-    uint64_t   last;        /*   not empty */
+    uint64_t   last;        /* key at tail - 1, when not empty */
 } lease_run_t;
 
 /* leases in one order, by deadline or by id (lease.c): those that came
