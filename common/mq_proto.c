@@ -730,55 +730,41 @@ mq_proto_next_key(const char **p, const char *end, const char **key,
 }
 
 
-/* Parses the decimal u64 at p that ends at a comma or at end, in one
- * pass: where it ended, or NULL when it is empty, holds anything but
- * digits or is over UINT64_MAX. */
-static const char *
-mq_scan_id(const char *p, const char *end, uint64_t *id)
-{
-    uint64_t     v, d;
-    const char  *s;
-
-    v = 0;
-
-    for (s = p; s < end && *s != ','; s++) {
-        d = (uint64_t) (unsigned char) *s - '0';
-
-        if (d > 9
-            || (v >= UINT64_MAX / 10
-                && (v > UINT64_MAX / 10 || d > UINT64_MAX % 10)))
-        {
-            return NULL;
-        }
-
-        v = v * 10 + d;
-    }
-
-    if (s == p) {
-        return NULL;
-    }
-
-    *id = v;
-    return s;
-}
+#define MQ_ID_MAX  "18446744073709551615"        /* UINT64_MAX */
 
 
 /* A list of ids: decimal u64 ids separated by single commas, at least
  * one, at most MQ_ACK_IDS_MAX; *n is how many.  A malformed list is
- * MQ_ERROR with *err = bad. */
+ * MQ_ERROR with *err = bad.  Only checked here, by digit counts (an id
+ * of 20 digits is compared with UINT64_MAX as a string): the values are
+ * read once, by mq_proto_next_id(). */
 static int
 mq_check_ids(const char *p, size_t len, uint32_t *n, const char *bad,
     const char **err)
 {
-    uint64_t     id;
-    const char  *end;
+    size_t       digits;
+    const char  *s, *z, *end;
 
     end = p + len;
     *n = 0;
 
-    for ( ;; ) {
-        p = mq_scan_id(p, end, &id);
-        if (p == NULL) {
+    for (s = p; ; s++) {
+        /* an id starts at s: leading zeros, then its digits from z */
+        for (p = s; s < end && *s == '0'; s++) {
+            /* void */
+        }
+
+        for (z = s; s < end && *s >= '0' && *s <= '9'; s++) {
+            /* void */
+        }
+
+        digits = (size_t) (s - z);
+
+        if (s == p || digits > sizeof(MQ_ID_MAX) - 1
+            || (digits == sizeof(MQ_ID_MAX) - 1
+                && memcmp(z, MQ_ID_MAX, digits) > 0)
+            || (s < end && *s != ','))
+        {
             *err = bad;
             return MQ_ERROR;
         }
@@ -788,11 +774,9 @@ mq_check_ids(const char *p, size_t len, uint32_t *n, const char *bad,
             return MQ_ERROR;
         }
 
-        if (p == end) {
+        if (s == end) {
             return MQ_OK;
         }
-
-        p++;
     }
 }
 
@@ -908,20 +892,21 @@ bad:
 int
 mq_proto_next_id(const char **p, const char *end, uint64_t *id)
 {
-    const char  *e;
+    uint64_t     v;
+    const char  *s;
 
-    if (*p >= end) {
+    s = *p;
+    if (s >= end) {
         return MQ_DECLINED;
     }
 
-    e = mq_scan_id(*p, end, id);
-    if (e == NULL) {
-        /* not reached for a list mq_check_ids() accepted */
-        *p = end;
-        return MQ_DECLINED;
+    /* the list was checked: digits, and no id over UINT64_MAX */
+    for (v = 0; s < end && *s != ','; s++) {
+        v = v * 10 + (uint64_t) (*s - '0');
     }
 
-    *p = e < end ? e + 1 : e;
+    *id = v;
+    *p = s < end ? s + 1 : s;
     return MQ_OK;
 }
 

@@ -62,6 +62,11 @@ lease_t *lease_add(queue_t *q, const item_ref_t *ref, uint64_t deadline);
 /* The lease of item `seq` on q, or NULL. */
 lease_t *lease_find(queue_t *q, uint64_t seq);
 
+/* Asks the CPU for the memory that finding and removing the leases of
+ * ids[0..n) on q will touch (a list of acknowledgements), so that their
+ * cache misses overlap.  Changes nothing. */
+void lease_prefetch(queue_t *q, const uint64_t *ids, size_t n);
+
 /* Unlinks l from its set and the heap and frees it. */
 void lease_remove(lease_t *l);
 

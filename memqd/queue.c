@@ -1704,6 +1704,8 @@ queue_ack_list(queue_t *q, const uint64_t *ids, size_t n, uint64_t *acked)
         return -1;
     }
 
+    lease_prefetch(q, ids, n);
+
     if (journal_on()) {
         /* the leased ids first, in one record: when the journal refuses
          * it, every lease stays */

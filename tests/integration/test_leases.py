@@ -42,6 +42,14 @@ def _send_all(c, body, timeout=60):
     assert line.startswith(b"VERSION"), line
 
 
+def _store_numbered(c, q, n):
+    """Stores "000000".."n-1" in q, pipelined, and waits for them all."""
+    c.send(b"".join(b"set %s 0 0 6 noreply\r\n%06d\r\n" % (q.encode(), i)
+                    for i in range(n)))
+    wait_for(lambda: c.qstats(q).get("items") == n, timeout=20,
+             what="items stored")
+
+
 def _wait_stat(c, q, name, value, timeout=5):
     wait_for(lambda: c.qstats(q).get(name) == value, timeout=timeout,
              what="%s of %s == %r" % (name, q, value))
@@ -395,10 +403,7 @@ def test_deleted_is_durable_across_kill(memqd_factory, how):
     c = s.connect(timeout=30)
     q = qname()
     n = 5000
-    c.send(b"".join(b"set %s 0 0 6 noreply\r\n%06d\r\n" % (q.encode(), i)
-                    for i in range(n)))
-    wait_for(lambda: c.qstats(q).get("items") == n, timeout=20,
-             what="items stored")
+    _store_numbered(c, q, n)
     ids = []
     while len(ids) < n:
         ids += [i.cas for i in _lease(c, q, LONG, n=1000)]
@@ -434,10 +439,7 @@ def test_ack_lists_survive_kill_mixed(memqd_factory):
     c = s.connect(timeout=30)
     q = qname()
     n = 600
-    c.send(b"".join(b"set %s 0 0 6 noreply\r\n%06d\r\n" % (q.encode(), i)
-                    for i in range(n)))
-    wait_for(lambda: c.qstats(q).get("items") == n, timeout=20,
-             what="items stored")
+    _store_numbered(c, q, n)
     ids = [i.cas for i in _lease(c, q, LONG, n=n)]
     assert ids == list(range(1, n + 1))
     acked = set()

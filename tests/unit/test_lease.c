@@ -448,13 +448,12 @@ test_sliding_window_wraps(void **state)
     size_t      i, w, n, held;
     queue_t     q;
     lease_t    *l;
-    uint64_t    next, acked[4];
+    uint64_t    next, pf[8];
     item_ref_t  r;
 
     (void) state;
 
     memset(&q, 0, sizeof(q));
-    memset(acked, 0, sizeof(acked));
     next = 1;
     n = 100000;
     held = 0;
@@ -469,6 +468,11 @@ test_sliding_window_wraps(void **state)
                 next++;
                 held++;
             }
+            /* prefetching changes nothing, leased ids or not */
+            for (i = 0; i < 8; i++) {
+                pf[i] = next - held - 4 + i * 3;
+            }
+            lease_prefetch(&q, pf, 8);
             while (held > 4 * 300) {
                 l = lease_min();
                 assert_non_null(l);
