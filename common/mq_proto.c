@@ -128,9 +128,11 @@ static const struct {
 static const char *
 mq_find_space(const char *p, const char *end)
 {
-    const char  *s;
+    const char  *s, *e;
 
-    for (s = p; s < end && s - p < 32; s++) {
+    e = end - p > 32 ? p + 32 : end;
+
+    for (s = p; s < e; s++) {
         if (*s == ' ') {
             return s;
         }
