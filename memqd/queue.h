@@ -237,7 +237,8 @@ int queue_ack(queue_t *q, uint64_t seq);
  * Acknowledges those of ids[0..n) (n <= QUEUE_ACK_MAX) that are leased
  * on q, *acked of them (an id named twice counts once), with a single
  * journal record (JACKS) for them all under --sync always.  0, or -1
- * when the journal refused it (no lease ends).
+ * when the journal refused it or n is over QUEUE_ACK_MAX (no lease
+ * ends).
  */
 int queue_ack_list(queue_t *q, const uint64_t *ids, size_t n,
     uint64_t *acked);
