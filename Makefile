@@ -15,7 +15,8 @@ LDLIBS   := -lpthread
 B        := build
 COMMON   := $(wildcard common/*.c)
 MEMQD    := $(wildcard memqd/*.c)
-BENCH    := $(filter-out bench/fsync_designs.c,$(wildcard bench/*.c))
+BENCH    := $(filter-out bench/fsync_designs.c bench/lease_structs.c,\
+                        $(wildcard bench/*.c))
 UNIT     := $(patsubst tests/unit/%.c,$(B)/unit/%,$(wildcard tests/unit/test_*.c))
 FUZZ     := $(patsubst tests/fuzz/%.c,$(B)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 HDRS     := $(wildcard common/*.h memqd/*.h)
@@ -28,7 +29,7 @@ FUZZ_SECONDS ?= 60
 .PHONY: all memqd bench unit fuzz asan module deps run test test-unit \
         test-fuzz test-integration test-asan soak deb clean
 
-all: memqd bench unit module $(B)/fsync-designs
+all: memqd bench unit module $(B)/fsync-designs $(B)/lease-structs
 
 memqd: $(B)/memqd
 bench: $(B)/memq-bench
@@ -50,6 +51,12 @@ $(B)/asan/memqd: $(MEMQD) $(COMMON) $(HDRS)
 $(B)/fsync-designs: bench/fsync_designs.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $<
+
+# memqd's lease structures alone, under client-mode traffic (BENCHMARKS.md)
+$(B)/lease-structs: bench/lease_structs.c memqd/lease.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Imemqd $(CFLAGS) $(WARN) -o $@ bench/lease_structs.c \
+	    memqd/lease.c
 
 $(B)/memq-bench: $(BENCH) $(COMMON) $(HDRS) $(wildcard bench/*.h)
 	@mkdir -p $(@D)

@@ -82,7 +82,7 @@ mq_frame_encode(unsigned char *dst, mq_frame_hdr_t *h, const void *payload,
 static int
 mq_kind_known(uint32_t kind)
 {
-    return kind >= MQ_FRAME_ITEM && kind <= MQ_FRAME_JACK;
+    return kind >= MQ_FRAME_ITEM && kind <= MQ_FRAME_JACKS;
 }
 
 
@@ -432,4 +432,22 @@ mq_frame_jnl_decode(const unsigned char *buf, uint32_t *mark)
     *mark = mq_get_le32(buf + 8);
 
     return MQ_OK;
+}
+
+
+void
+mq_frame_ids_encode(unsigned char *dst, const uint64_t *ids, size_t n)
+{
+    size_t  i;
+
+    for (i = 0; i < n; i++) {
+        mq_put_le64(dst + 8 * i, ids[i]);
+    }
+}
+
+
+uint64_t
+mq_frame_id_get(const unsigned char *src, size_t i)
+{
+    return mq_get_le64(src + 8 * i);
 }

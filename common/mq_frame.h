@@ -37,7 +37,8 @@
  *   8   u32 len      payload length in bytes
  *   12  u32 flags    client flags, kept verbatim
  *   16  u32 kind     MQ_FRAME_ITEM in segments; MQ_FRAME_JITEM,
- *                    MQ_FRAME_JDROP and MQ_FRAME_JACK in the journal
+ *                    MQ_FRAME_JDROP, MQ_FRAME_JACK and MQ_FRAME_JACKS
+ *                    in the journal
  *   20  u32 pcrc     CRC32C of the payload
  *   24  u64 seq      sequence number within the queue, +1 per record
  *   32  u64 ctime    when stored, unix milliseconds
@@ -51,7 +52,11 @@
  * Journal payloads start with the queue name: u8 name length, the name,
  * then (JITEM) the item's bytes.  JDROP marks a queue deleted.  JACK
  * (no bytes after the name) acknowledges the leased item whose id is its
- * seq: recovery never delivers that item again.
+ * seq: recovery never delivers that item again.  JACKS does the same for
+ * every id of a list (one delete line or /ack= list): after the name,
+ * the ids as u64 LE, 8 bytes each, at least one (seq is 0).  A journal
+ * may hold both kinds: JACKS came later, and a reader that does not know
+ * it skips the record (its acknowledgements may then come back).
  *
  * Version 1 segments (magic "MQSEG\0\0\1", u64 first sequence number;
  * 40-byte record header: u32 crc over bytes 4..39 and
@@ -77,6 +82,7 @@
 #define MQ_FRAME_JITEM        2
 #define MQ_FRAME_JDROP        3
 #define MQ_FRAME_JACK         4
+#define MQ_FRAME_JACKS        5
 
 typedef struct {
     uint32_t  crc;       /* v1: record CRC; v2: payload CRC */
@@ -145,6 +151,11 @@ size_t mq_frame_resync(const unsigned char *buf, size_t from, size_t len,
  */
 int mq_frame_mark_vote(const unsigned char *buf, size_t from, size_t len,
     uint32_t max_len, uint32_t *mark);
+
+/* The ids of a JACKS payload (after the name): n u64 LE at dst, and
+ * the i-th of them at src. */
+void mq_frame_ids_encode(unsigned char *dst, const uint64_t *ids, size_t n);
+uint64_t mq_frame_id_get(const unsigned char *src, size_t i);
 
 /* A random mark for a new file. */
 uint32_t mq_frame_new_mark(void);

@@ -235,6 +235,13 @@ journal_init(uint64_t last)
 
 
 int
+journal_on(void)
+{
+    return jdir != -1;
+}
+
+
+int
 journal_add(uint32_t kind, const char *name, size_t nlen,
     const mq_frame_hdr_t *h, const void *data, size_t dlen)
 {

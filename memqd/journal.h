@@ -30,7 +30,11 @@
  * Without it (--sync interval or none) the other calls do nothing. */
 int journal_init(uint64_t last);
 
-/* Buffers one record: JITEM (h describes the item, data its bytes) or
+/* Whether there is a journal (--sync always): records are kept. */
+int journal_on(void);
+
+/* Buffers one record: JITEM (h describes the item, data its bytes),
+ * JACK (h->seq the id), JACKS (data the ids, mq_frame_ids_encode()) or
  * JDROP (h and data unused).  0, or -1 when out of memory or the journal
  * failed before. */
 int journal_add(uint32_t kind, const char *name, size_t nlen,

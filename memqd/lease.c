@@ -3,12 +3,16 @@
  *
  * Invariants: a lease is in exactly one queue's set and in two orders,
  * the node-wide dl (by deadline) and its queue's q->lseq (by id), at
- * at[0] and at[1]; in a run, the keys of a[head..tail) that are not NULL
- * never decrease, and a[head] and a[tail - 1] are not NULL (head == tail
- * == 0 when it is empty); in the heap, heap[i] >= heap[(i - 1) / 2]; a
- * set has a power-of-two number of buckets, grown (doubled) when it
- * holds more leases than buckets, so a lookup walks a chain of about
- * one; it and the queue's id order are freed when its last lease goes.
+ * at[0] and at[1]; a run's positions only grow (position p is slot p &
+ * (cap - 1), tail - head <= cap), the keys at head..tail - 1 that are
+ * not NULL never decrease, and those at head and tail - 1 are not NULL
+ * (head == tail == 0 when it is empty), the latter's is last; a lease's
+ * place in a run is its position, so that a run that grows (copied to
+ * a ring twice the size) touches no lease record; in the heap,
+ * heap[i] >= heap[(i - 1) / 2]; a set has a power-of-two number of
+ * buckets, grown (doubled) when it holds more leases than buckets, so a
+ * lookup walks a chain of about one; it and the queue's id order are
+ * freed when its last lease goes.
  * Ids of one queue are consecutive numbers: the low bits spread them
  * over the buckets without hashing.
  */
@@ -31,9 +35,11 @@
 /* the node-wide order by deadline; each queue has one by id (q->lseq) */
 static lease_order_t  dl;
 
-/* freed lease records, chained by hnext: a lease taken for every one
- * acknowledged costs no malloc */
-static lease_t       *spare;
+/* freed lease records: a lease taken for every one acknowledged costs
+ * no malloc.  Kept in an array, not chained through the records: taking
+ * one reads nothing from it (a record freed a while ago is out of the
+ * cache, and a chain made every lease wait for that miss) */
+static lease_t       *spare[SPARE_MAX];
 static size_t         nspare;
 
 
@@ -148,7 +154,7 @@ order_pick(const lease_order_t *o, int by, uint64_t k)
             }
             continue;
         }
-        last = key(r->a[r->tail - 1], by);
+        last = r->last;
         if (last <= k && (best < 0 || last > best_key)) {
             best = t;
             best_key = last;
@@ -159,11 +165,18 @@ order_pick(const lease_order_t *o, int by, uint64_t k)
 }
 
 
+/* The slot of position p of run r. */
+#define SLOT(r, p)  ((r)->a[(p) & ((r)->cap - 1)])
+
+
 /* Room for one more in place t of o.  A full run at most half live
- * needs no memory: order_put() compacts it.  0 or -1. */
+ * needs no memory: order_put() compacts it; else its ring is copied to
+ * one twice the size (or `first` slots to begin with).  0 or -1. */
 static int
 order_room(lease_order_t *o, int t, size_t first)
 {
+    size_t        c, p;
+    lease_t     **na;
     lease_run_t  *r;
 
     if (t == HEAP) {
@@ -171,32 +184,47 @@ order_room(lease_order_t *o, int t, size_t first)
     }
 
     r = &o->run[t];
-    if (r->cap > 0 && r->tail == r->cap && r->live <= r->cap / 2) {
+    if (r->tail - r->head < r->cap
+        || (r->cap > 0 && r->live <= r->cap / 2))
+    {
         return 0;
     }
 
-    return reserve(&r->a, &r->cap, r->tail, first);
+    c = r->cap ? r->cap * 2 : first;
+    na = malloc(c * sizeof(lease_t *));
+    if (na == NULL) {
+        return -1;
+    }
+
+    for (p = r->head; p < r->tail; p++) {
+        na[p & (c - 1)] = SLOT(r, p);
+    }
+
+    free(r->a);
+    r->a = na;
+    r->cap = c;
+    return 0;
 }
 
 
-/* Moves run t's leases to its front, in order. */
+/* Moves run t's leases together, in order, from its head on. */
 static void
 run_compact(lease_run_t *r, int by, int t)
 {
-    size_t    i, j;
+    size_t    p, j;
     lease_t  *l;
 
-    for (i = r->head, j = 0; i < r->tail; i++) {
-        l = r->a[i];
+    /* j <= p: the slot written was read already */
+    for (p = r->head, j = r->head; p < r->tail; p++) {
+        l = SLOT(r, p);
         if (l != NULL) {
-            r->a[j] = l;
+            SLOT(r, j) = l;
             l->at[by] = AT(j, t);
             j++;
         }
     }
 
-    assert(j == r->live);
-    r->head = 0;
+    assert(j - r->head == r->live);
     r->tail = j;
 }
 
@@ -214,14 +242,16 @@ order_put(lease_order_t *o, int by, int t, lease_t *l)
     }
 
     r = &o->run[t];
-    assert(r->head == r->tail || key(r->a[r->tail - 1], by) <= key(l, by));
+    assert(r->head == r->tail || r->last <= key(l, by));
 
-    if (r->tail == r->cap) {
+    if (r->tail - r->head == r->cap) {
         run_compact(r, by, t);
     }
 
+    r->last = key(l, by);
     l->at[by] = AT(r->tail, t);
-    r->a[r->tail++] = l;
+    SLOT(r, r->tail) = l;
+    r->tail++;
     r->live++;
 }
 
@@ -239,8 +269,8 @@ order_remove(lease_order_t *o, int by, lease_t *l)
 
     if (t != HEAP) {
         r = &o->run[t];
-        assert(i >= r->head && i < r->tail && r->a[i] == l);
-        r->a[i] = NULL;
+        assert(i >= r->head && i < r->tail && SLOT(r, i) == l);
+        SLOT(r, i) = NULL;
 
         if (--r->live == 0) {
             r->head = 0;
@@ -248,11 +278,16 @@ order_remove(lease_order_t *o, int by, lease_t *l)
             return;
         }
 
-        while (r->a[r->head] == NULL) {
-            r->head++;
-        }
-        while (r->a[r->tail - 1] == NULL) {
-            r->tail--;
+        if (i == r->head) {
+            while (SLOT(r, r->head) == NULL) {
+                r->head++;
+            }
+
+        } else if (i == r->tail - 1) {
+            while (SLOT(r, r->tail - 1) == NULL) {
+                r->tail--;
+            }
+            r->last = key(SLOT(r, r->tail - 1), by);
         }
         return;
     }
@@ -278,16 +313,19 @@ order_min(const lease_order_t *o, int by)
 {
     int                 t;
     lease_t            *m, *l;
+    uint64_t            k;
     const lease_run_t  *r;
 
     m = o->hn ? o->heap[0] : NULL;
+    k = m ? key(m, by) : 0;
 
     for (t = 0; t < LEASE_RUNS; t++) {
         r = &o->run[t];
         if (r->head < r->tail) {
-            l = r->a[r->head];
-            if (m == NULL || key(l, by) < key(m, by)) {
+            l = SLOT(r, r->head);
+            if (m == NULL || key(l, by) < k) {
                 m = l;
+                k = key(l, by);
             }
         }
     }
@@ -329,9 +367,7 @@ static void
 record_free(lease_t *l)
 {
     if (nspare < SPARE_MAX) {
-        l->hnext = spare;
-        spare = l;
-        nspare++;
+        spare[nspare++] = l;
         return;
     }
 
@@ -389,10 +425,8 @@ lease_add(queue_t *q, const item_ref_t *ref, uint64_t deadline)
         return NULL;
     }
 
-    if (spare != NULL) {
-        l = spare;
-        spare = l->hnext;
-        nspare--;
+    if (nspare > 0) {
+        l = spare[--nspare];
 
     } else {
         l = malloc(sizeof(lease_t));
@@ -432,6 +466,53 @@ lease_find(queue_t *q, uint64_t seq)
     }
 
     return NULL;
+}
+
+
+void
+lease_prefetch(queue_t *q, const uint64_t *ids, size_t n)
+{
+    int            t;
+    size_t         i, k, m;
+    lease_t       *l;
+    lease_run_t   *r;
+
+    if (q->lbuckets_n == 0) {
+        return;
+    }
+
+    m = q->lbuckets_n - 1;
+
+    /* each step's loads were asked for by the step before: the misses
+     * of all the ids overlap instead of following one another */
+    for (i = 0; i < n; i++) {
+        __builtin_prefetch(&q->lbuckets[ids[i] & m]);
+    }
+
+    for (i = 0; i < n; i++) {
+        l = q->lbuckets[ids[i] & m];
+        if (l != NULL) {
+            __builtin_prefetch(l, 1);
+        }
+    }
+
+    for (i = 0; i < n; i++) {
+        for (l = q->lbuckets[ids[i] & m]; l; l = l->hnext) {
+            if (l->ref.seq == ids[i]) {
+                break;
+            }
+        }
+        if (l == NULL) {
+            continue;
+        }
+        for (k = 0; k < 2; k++) {
+            t = (int) (l->at[k] & 7);
+            if (t != HEAP) {
+                r = k ? &q->lseq.run[t] : &dl.run[t];
+                __builtin_prefetch(&SLOT(r, l->at[k] >> 3), 1);
+            }
+        }
+    }
 }
 
 
@@ -551,15 +632,9 @@ lease_count(void)
 void
 lease_shutdown(void)
 {
-    lease_t  *l;
-
     order_free(&dl);
 
-    while (spare != NULL) {
-        l = spare;
-        spare = l->hnext;
-        free(l);
+    while (nspare > 0) {
+        free(spare[--nspare]);
     }
-
-    nspare = 0;
 }

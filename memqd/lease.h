@@ -15,10 +15,15 @@
  * duration come in time order, a queue's ids in id order, so a few
  * durations in use each fill a run of their own), else to a binary
  * min-heap (a touch to an earlier deadline, more durations than runs, an
- * item given back and leased again).  Leaving a run costs O(1): a NULL
- * left in the slot, the ends skip NULLs, and an append compacts a run
- * that is full and at most half live; the heap costs O(log n).  The
- * earliest is the lowest of the runs' heads and the heap's top.
+ * item given back and leased again).  A run is a ring: leases that end
+ * oldest first free its head for the appends that wrap around, so a
+ * window of leases that slides along (a consumer holding a few thousand
+ * and acknowledging its oldest) never moves one.  Leaving a run costs
+ * O(1): a NULL left in the slot, the ends skip NULLs, and an append
+ * compacts a run that is full and at most half live, or copies the ring
+ * to one twice the size (the leases keep their positions: no record is
+ * touched); the heap costs O(log n).  The earliest is the lowest of the
+ * runs' heads and the heap's top.
  *
  *   lease_t ──hnext──► lease_t ...     (bucket chain of its queue's set)
  *      ▲
@@ -56,6 +61,11 @@ lease_t *lease_add(queue_t *q, const item_ref_t *ref, uint64_t deadline);
 
 /* The lease of item `seq` on q, or NULL. */
 lease_t *lease_find(queue_t *q, uint64_t seq);
+
+/* Asks the CPU for the memory that finding and removing the leases of
+ * ids[0..n) on q will touch (a list of acknowledgements), so that their
+ * cache misses overlap.  Changes nothing. */
+void lease_prefetch(queue_t *q, const uint64_t *ids, size_t n);
 
 /* Unlinks l from its set and the heap and frees it. */
 void lease_remove(lease_t *l);

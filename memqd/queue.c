@@ -1644,14 +1644,22 @@ lease_timer_handler(loop_timer_t *t)
 int
 queue_lease(queue_t *q, const item_ref_t *ref, uint64_t ms)
 {
-    if (lease_add(q, ref, loop_now() + ms) == NULL) {
+    uint64_t  deadline;
+
+    deadline = loop_now() + ms;
+
+    if (lease_add(q, ref, deadline) == NULL) {
         log_error("queue", "%s: out of memory for leases", q->name);
         return_ref(q, ref);
         return -1;
     }
 
-    lease_timer.handler = lease_timer_handler;
-    arm_lease_timer();
+    /* a timer armed for this deadline or before stays right */
+    if (lease_timer.index == 0 || lease_timer.deadline > deadline) {
+        lease_timer.handler = lease_timer_handler;
+        arm_lease_timer();
+    }
+
     return 0;
 }
 
@@ -1679,6 +1687,62 @@ queue_ack(queue_t *q, uint64_t seq)
     q->pos_dirty = 1;
     mark_dirty(q);
     return 1;
+}
+
+
+int
+queue_ack_list(queue_t *q, const uint64_t *ids, size_t n, uint64_t *acked)
+{
+    size_t           i, k;
+    lease_t         *l;
+    mq_frame_hdr_t   h;
+    static unsigned char  rec[QUEUE_ACK_MAX * 8];
+
+    *acked = 0;
+
+    if (n > QUEUE_ACK_MAX) {
+        return -1;
+    }
+
+    lease_prefetch(q, ids, n);
+
+    if (journal_on()) {
+        /* the leased ids first, in one record: when the journal refuses
+         * it, every lease stays */
+        for (i = 0, k = 0; i < n; i++) {
+            if (lease_find(q, ids[i]) != NULL) {
+                mq_frame_ids_encode(rec + 8 * k++, &ids[i], 1);
+            }
+        }
+
+        if (k == 0) {
+            return 0;
+        }
+
+        memset(&h, 0, sizeof(h));
+        if (journal_add(MQ_FRAME_JACKS, q->name, q->name_len, &h, rec,
+                        8 * k)
+            != 0)
+        {
+            return -1;
+        }
+    }
+
+    for (i = 0; i < n; i++) {
+        l = lease_find(q, ids[i]);
+        if (l != NULL) {
+            lease_remove(l);
+            (*acked)++;
+        }
+    }
+
+    if (*acked > 0) {
+        q->acked = srv.sync_mode == SYNC_ALWAYS;
+        q->pos_dirty = 1;
+        mark_dirty(q);
+    }
+
+    return 0;
 }
 
 

@@ -39,13 +39,16 @@ typedef struct lease_s    lease_t;
 
 #define LEASE_RUNS  4
 
-/* a sorted run of leases (lease.c): a[head..tail), NULL where one left */
+/* a sorted run of leases (lease.c): positions head..tail - 1 of a ring
+ * of cap (a power of two) slots, NULL where one left; its last key is
+ * kept here, so that picking a run reads no lease record */
 typedef struct {
     lease_t  **a;
     size_t     head;
     size_t     tail;
-    size_t     live;        /* non-NULL in a[head..tail) */
+    size_t     live;        /* non-NULL in head..tail - 1 */
     size_t     cap;
+    uint64_t   last;        /* key at tail - 1, when not empty */
 } lease_run_t;
 
 /* leases in one order, by deadline or by id (lease.c): those that came
@@ -227,6 +230,18 @@ int queue_lease(queue_t *q, const item_ref_t *ref, uint64_t ms);
  * journal refused it (the lease stays).
  */
 int queue_ack(queue_t *q, uint64_t seq);
+
+#define QUEUE_ACK_MAX  1000     /* ids of one queue_ack_list() */
+
+/*
+ * Acknowledges those of ids[0..n) (n <= QUEUE_ACK_MAX) that are leased
+ * on q, *acked of them (an id named twice counts once), with a single
+ * journal record (JACKS) for them all under --sync always.  0, or -1
+ * when the journal refused it or n is over QUEUE_ACK_MAX (no lease
+ * ends).
+ */
+int queue_ack_list(queue_t *q, const uint64_t *ids, size_t n,
+    uint64_t *acked);
 
 /* A new lease of ms from now; 0 gives the item back at once.  1 done, 0
  * not leased, -1 out of memory (the lease stays as it was). */

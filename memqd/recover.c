@@ -1082,11 +1082,49 @@ jwalk(jscan_t *js, jvisit_pt visit, int report)
 }
 
 
+/* Adds n acknowledged ids to j's, from a JACK (id) or a JACKS record
+ * (ids != NULL: n encoded ids).  0 or -1 (out of memory). */
+static int
+add_acks(jq_t *j, uint64_t id, const unsigned char *ids, size_t n)
+{
+    size_t     i, cap;
+    uint64_t  *na;
+
+    if (j->nacks + n > j->acks_cap) {
+        cap = j->acks_cap ? j->acks_cap : 64;
+        while (cap < j->nacks + n) {
+            cap *= 2;
+        }
+        na = realloc(j->acks, cap * sizeof(uint64_t));
+        if (na == NULL) {
+            return -1;
+        }
+        j->acks = na;
+        j->acks_cap = cap;
+    }
+
+    for (i = 0; i < n; i++) {
+        j->acks[j->nacks++] = ids ? mq_frame_id_get(ids, i) : id;
+    }
+
+    j->acks_sorted = 0;
+    return 0;
+}
+
+
 static int
 scan_visit(jscan_t *js, uint64_t rec, const mq_frame_hdr_t *h,
     const char *name, size_t nlen, const unsigned char *data, size_t dlen)
 {
     jq_t  *j;
+
+    if (h->kind == MQ_FRAME_JACKS && (dlen == 0 || dlen % 8 != 0)) {
+        /* its CRC held: not damage, a record no memqd writes */
+        log_warn("recover", "journal: a list of acknowledgements of %.*s "
+                 "holds %zu bytes, not ids: skipped", (int) nlen, name,
+                 dlen);
+        return 0;
+    }
 
     j = jq_get(js, name, nlen, 1);
     if (j == NULL) {
@@ -1098,18 +1136,13 @@ scan_visit(jscan_t *js, uint64_t rec, const mq_frame_hdr_t *h,
         j->first = 0;
         j->nacks = 0;
     } else if (h->kind == MQ_FRAME_JACK) {
-        if (j->nacks == j->acks_cap) {
-            uint64_t  *na;
-            size_t     cap = j->acks_cap ? j->acks_cap * 2 : 64;
-            na = realloc(j->acks, cap * sizeof(uint64_t));
-            if (na == NULL) {
-                return -1;
-            }
-            j->acks = na;
-            j->acks_cap = cap;
+        if (add_acks(j, h->seq, NULL, 1) != 0) {
+            return -1;
         }
-        j->acks[j->nacks++] = h->seq;
-        j->acks_sorted = 0;
+    } else if (h->kind == MQ_FRAME_JACKS) {
+        if (add_acks(j, 0, data, dlen / 8) != 0) {
+            return -1;
+        }
     } else if (j->first == 0) {
         j->first = h->seq;
     }

@@ -67,7 +67,7 @@ scan_v2(const uint8_t *data, size_t size)
 
         if (rc == MQ_OK || rc == MQ_DECLINED) {
             check(h.len <= MAX_LEN);
-            check(h.kind >= MQ_FRAME_ITEM && h.kind <= MQ_FRAME_JACK);
+            check(h.kind >= MQ_FRAME_ITEM && h.kind <= MQ_FRAME_JACKS);
             check(MQ_FRAME_HDR_SIZE + (size_t) h.len <= left);
             check(mq_frame_resync(data, off, size, MAX_LEN, MARK) == off);
 

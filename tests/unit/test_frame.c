@@ -125,7 +125,8 @@ test_frame_round_trip(void **state)
 
     static const size_t    lens[] = { 0, 1, 5, 47, 48, 49, 1000, MAX_LEN };
     static const uint32_t  kinds[] = {
-        MQ_FRAME_ITEM, MQ_FRAME_JITEM, MQ_FRAME_JDROP, MQ_FRAME_JACK
+        MQ_FRAME_ITEM, MQ_FRAME_JITEM, MQ_FRAME_JDROP, MQ_FRAME_JACK,
+        MQ_FRAME_JACKS
     };
 
     (void) state;
@@ -230,7 +231,7 @@ test_frame_damage_table(void **state)
         { "len over max", 8, 65, 1, MQ_ERROR, "bad length" },
         { "len huge", 8, 0xffffffff, 1, MQ_ERROR, "bad length" },
         { "kind 0", 16, 0, 1, MQ_ERROR, "unknown kind" },
-        { "kind 5", 16, 5, 1, MQ_ERROR, "unknown kind" },
+        { "kind 6", 16, 6, 1, MQ_ERROR, "unknown kind" },
         { "kind max", 16, 0xffffffff, 1, MQ_ERROR, "unknown kind" },
         { "payload crc field", 20, 0xdeadbeef, 1, MQ_DECLINED,
           "bad payload crc" },

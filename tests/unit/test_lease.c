@@ -80,18 +80,19 @@ check_order(const lease_order_t *o, int by)
 
     for (t = 0; t < LEASE_RUNS; t++) {
         r = &o->run[t];
-        assert_true(r->head <= r->tail && r->tail <= r->cap);
+        assert_true(r->head <= r->tail && r->tail - r->head <= r->cap);
         if (r->head == r->tail) {
             assert_true(r->head == 0 && r->live == 0);
             continue;
         }
-        assert_non_null(r->a[r->head]);
-        assert_non_null(r->a[r->tail - 1]);
+        assert_true((r->cap & (r->cap - 1)) == 0);
+        assert_non_null(r->a[r->head & (r->cap - 1)]);
+        assert_non_null(r->a[(r->tail - 1) & (r->cap - 1)]);
 
         live = 0;
         prev = 0;
         for (i = r->head; i < r->tail; i++) {
-            l = r->a[i];
+            l = r->a[i & (r->cap - 1)];
             if (l == NULL) {
                 continue;
             }
@@ -102,6 +103,7 @@ check_order(const lease_order_t *o, int by)
             live++;
         }
         assert_true(live == r->live);
+        assert_true(r->last == k);
         n += live;
     }
 
@@ -433,6 +435,67 @@ test_one_duration_in_order(void **state)
 }
 
 
+/*
+ * Consumers that each hold a window of leases and acknowledge their
+ * oldest, as the gateway's client mode does: the runs' rings wrap
+ * around and never grow past twice the leases held, and every check
+ * holds on the way (the positions of a lease go on past the ring's
+ * size).
+ */
+static void
+test_sliding_window_wraps(void **state)
+{
+    size_t      i, w, n, held;
+    queue_t     q;
+    lease_t    *l;
+    uint64_t    next, pf[8];
+    item_ref_t  r;
+
+    (void) state;
+
+    memset(&q, 0, sizeof(q));
+    next = 1;
+    n = 100000;
+    held = 0;
+
+    while (next <= n) {
+        for (w = 0; w < 4; w++) {
+            /* consumer w takes 16 ids, acknowledges down to 300 held */
+            for (i = 0; i < 16; i++) {
+                r = ref_of(next);
+                r.deliveries = (uint32_t) w;
+                assert_non_null(lease_add(&q, &r, 1000 + next / 16));
+                next++;
+                held++;
+            }
+            /* prefetching changes nothing, leased ids or not */
+            for (i = 0; i < 8; i++) {
+                pf[i] = next - held - 4 + i * 3;
+            }
+            lease_prefetch(&q, pf, 8);
+            while (held > 4 * 300) {
+                l = lease_min();
+                assert_non_null(l);
+                lease_remove(lease_find(&q, l->ref.seq));
+                held--;
+            }
+        }
+        if (next % 4096 < 64) {
+            assert_true(check_order(&q.lseq, 1) == held);
+        }
+    }
+
+    assert_true(q.leased_items == held);
+    assert_true(check_order(&q.lseq, 1) == held);
+    assert_true(q.lseq.hn == 0 && q.lseq.run[0].cap <= 2048);
+    assert_true(q.lseq.run[0].tail > q.lseq.run[0].cap);
+    assert_true(lease_min_seq(&q) == next - held);
+
+    lease_drop_queue(&q);
+    lease_shutdown();
+}
+
+
 static void
 test_two_queues_and_drop(void **state)
 {
@@ -536,6 +599,7 @@ main(void)
         cmocka_unit_test(test_random_against_model),
         cmocka_unit_test(test_consumer_against_model),
         cmocka_unit_test(test_one_duration_in_order),
+        cmocka_unit_test(test_sliding_window_wraps),
         cmocka_unit_test(test_two_queues_and_drop),
         cmocka_unit_test(test_100k),
     };

@@ -1174,9 +1174,25 @@ test_delete_lists(void **state)
     assert_null(req.ids);
     assert_int_equal(req.id, 7);
 
+    /* ids are checked by their digits: UINT64_MAX and leading zeros
+     * are fine, as they are in one id */
+    rc = mq_proto_parse_request("delete q/0003,000,"
+                                "0018446744073709551615", 40, &req, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(req.nids, 3);
+    check_3_0_max(req.ids, req.ids_len);
+
+    rc = mq_proto_parse_request("delete q/9,9999999999999999999,"
+                                "10000000000000000000", 51, &req, &err);
+    assert_int_equal(rc, MQ_OK);
+    assert_int_equal(req.nids, 3);
+
     static const char  *bad[] = {
         "delete q/1,", "delete q/,1", "delete q/1,,2", "delete q/1,a",
-        "delete q/1,18446744073709551616", "delete q/1, 2", "touch q/1,2 5"
+        "delete q/1,18446744073709551616", "delete q/1, 2", "touch q/1,2 5",
+        "delete q/1,18446744073709551620", "delete q/1,28446744073709551615",
+        "delete q/1,100000000000000000000", "delete q/a1,2", "delete q/1,2a",
+        "delete q/1,2,", "delete q/1,-2", "delete q/1,0x2"
     };
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         err = NULL;
