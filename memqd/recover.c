@@ -1212,9 +1212,16 @@ recover_journal_scan(jscan_t **jsp, uint64_t *last)
             goto failed;
         }
 
+        m = NULL;
+        mark = 0;
+
         if (st.st_size < MQ_SEG_HDR_SIZE) {
+            /* created, then the crash: no record in it, but listed, so
+             * that it goes with the others once they are replayed (its
+             * number is below the next file's: nothing else removes it) */
             close(fd);
-            continue;
+            st.st_size = 0;
+            goto listed;
         }
 
         m = mmap(NULL, (size_t) st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -1235,11 +1242,15 @@ recover_journal_scan(jscan_t **jsp, uint64_t *last)
                      "their own framing", de->d_name);
         }
 
+    listed:
+
         if (js->nfiles == cap) {
             cap = cap ? cap * 2 : 8;
             nf = realloc(js->files, cap * sizeof(jfile_t));
             if (nf == NULL) {
-                munmap(m, (size_t) st.st_size);
+                if (m != NULL) {
+                    munmap(m, (size_t) st.st_size);
+                }
                 goto failed;
             }
             js->files = nf;
@@ -1424,7 +1435,9 @@ recover_journal_done(jscan_t *js, int remove)
     }
 
     for (i = 0; i < js->nfiles; i++) {
-        munmap(js->files[i].map, js->files[i].size);
+        if (js->files[i].map != NULL) {
+            munmap(js->files[i].map, js->files[i].size);
+        }
         if (jdir != -1) {
             journal_name(name, js->files[i].number);
             unlinkat(jdir, name, 0);

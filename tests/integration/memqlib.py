@@ -277,6 +277,19 @@ QUEUE_STATS = ("items", "bytes", "total_items", "expired_items",
                "redelivered_items", "dead_lettered_items")
 
 
+def _stacks(pid):
+    """Every thread's stack of a process that does not exit (gdb, when
+    installed), for the failure message."""
+    try:
+        out = subprocess.run(["gdb", "-p", str(pid), "-batch", "-nx",
+                              "-ex", "thread apply all bt"],
+                             capture_output=True, timeout=60, text=True)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "(no stacks: %s)" % e
+    return "\n".join(l for l in out.stdout.splitlines()
+                     if l.startswith(("Thread", "#")))
+
+
 def pipeline(client, data, reply_len, timeout=30.0):
     """Sends data from a helper thread while reading exactly reply_len reply
     bytes, so neither side blocks on a full socket buffer.  Returns the
@@ -425,6 +438,7 @@ class Memqd:
         try:
             rc = p.wait(timeout * SLOW)
         except subprocess.TimeoutExpired:
+            self.hung_stacks = _stacks(p.pid)
             p.kill()
             p.wait()
             rc = None
@@ -434,7 +448,9 @@ class Memqd:
     def stop_checked(self, timeout=10.0):
         rc = self.stop(timeout)
         assert rc == 0, ("memqd did not exit 0 on SIGTERM (status %r); "
-                         "stderr tail:\n%s" % (rc, self.log_text()[-3000:]))
+                         "stderr tail:\n%s\nthreads when it was killed:\n%s"
+                         % (rc, self.log_text()[-3000:],
+                            getattr(self, "hung_stacks", "")))
         self.check_sanitizer()
 
     def kill(self):

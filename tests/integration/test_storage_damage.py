@@ -838,3 +838,33 @@ def test_issue7_forged_drop_in_the_journal_is_never_taken(memqd_factory):
     c.close()
     assert re.search(r"journal %s:%d: " % (jf[0].name, carrier[0][0]),
                      s.log_since_start())
+
+
+@pytest.mark.parametrize("size", [0, 10])
+def test_journal_file_created_just_before_a_crash_goes(memqd_factory, size):
+    """kill -9 between the creation of a journal file and its header: a
+    file shorter than a header holds no record; the next start lists it
+    with the others, the items are all there, and it is gone after the
+    replay (it used to stay for good, below the next file's number)."""
+    s = memqd_factory(args=["--sync", "always", "--journal-size", "64k"])
+    d = s.data_dir
+    q = qname("torn")
+    c = s.connect()
+    for i in range(50):
+        c.store(q, b"item-%d" % i)
+    c.close()
+    s.kill()
+    files = _jnl(d)
+    assert files, "the journal holds the items"
+    last = int(files[-1].name[:20])
+    torn = d / ".journal" / ("%020d.jnl" % (last + 1))
+    torn.write_bytes(b"\0" * size)
+    s.start()
+    c = s.connect()
+    got = c.get_items(q + "/n=100")
+    assert [it.data for it in got] == [b"item-%d" % i for i in range(50)]
+    c.close()
+    assert not torn.exists(), _jnl(d)
+    s.stop_checked()
+    assert _jnl(d) == [], "journal files left after a clean stop: %r" % \
+        _jnl(d)
