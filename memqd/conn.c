@@ -240,27 +240,47 @@ release_holds(conn_t *c, uint64_t durable)
 }
 
 
+/*
+ * The list is taken whole first: conn_io() below may close c or another
+ * parked connection (conn_close() unlinks it from `parked`) and may park
+ * more, so walking `parked` itself could follow a link of a connection
+ * closed meanwhile and leave one listed twice, or freed while listed.
+ * Here a connection is on `parked` again (c->parked) only while it
+ * still holds replies.
+ */
 void
 conn_sync_done(uint64_t durable, int failed)
 {
-    conn_t  *c, **pp;
+    conn_t  *c, *list;
 
     if (failed) {
         srv.readonly = 1;
     }
 
-    for (pp = &parked; (c = *pp) != NULL; ) {
+    list = parked;
+    parked = NULL;
+
+    for (c = list; c != NULL; c = c->pnext) {
+        c->parked = 0;
+    }
+
+    while ((c = list) != NULL) {
+        list = c->pnext;
+
+        if (c->closed) {
+            continue;               /* by conn_io() of one before it */
+        }
+
         if (failed) {
-            /* those STOREDs must never be sent; conn_close unlinks c */
+            /* those STOREDs must never be sent */
             conn_close(c);
             continue;
         }
 
-        if (release_holds(c, durable)) {
-            *pp = c->pnext;
-            c->parked = 0;
-        } else {
-            pp = &c->pnext;
+        if (!release_holds(c, durable)) {
+            c->parked = 1;
+            c->pnext = parked;
+            parked = c;
         }
 
         conn_io(&c->io, LOOP_WRITE);

@@ -605,3 +605,78 @@ def test_issue7_delete_queue_while_reply_in_flight(memqd_factory):
     assert c.get(q) is None
     c.close()
 
+
+
+# ------------------------------------- parked replies of closing clients
+
+def test_parked_replies_of_clients_that_reset(memqd_factory):
+    """--sync always: clients that pipeline sets and reset the connection
+    at random moments, while their STOREDs wait for commits, next to a
+    client that keeps going.  The list of connections waiting for a
+    commit used to be walked while a write to one of them failed and
+    closed it, which could leave another listed after it was freed (a
+    use after free, or a loop that never ended).  The node stays up, the
+    steady client gets every STORED, and a clean stop exits 0 with no
+    sanitizer report."""
+    s = memqd_factory(args=["--sync", "always"])
+    q = qname("reset")
+    stop = threading.Event()
+    errors = []
+    steady = {"stored": 0, "resets": 0}
+
+    def resetter(seed):
+        import random
+        rnd = random.Random(seed)
+        body = b"x" * 100
+        sets = b"".join(b"set %s 0 0 100\r\n%s\r\n" % (q.encode(), body)
+                        for _ in range(32))
+        while not stop.is_set():
+            try:
+                k = socket.create_connection(s.addr, timeout=5)
+                if rnd.random() < 0.5:
+                    # close() resets the connection at once
+                    k.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                 b"\1\0\0\0\0\0\0\0")
+                for _ in range(rnd.randrange(1, 12)):
+                    k.sendall(sets)
+                    if rnd.random() < 0.5:
+                        k.recv(rnd.randrange(1, 400))
+                # shut both ways with replies still owed: the node's next
+                # write to it fails
+                k.shutdown(socket.SHUT_RDWR)
+                k.close()
+                steady["resets"] += 1
+            except OSError as e:
+                errors.append(repr(e))
+                return
+
+    def steady_writer():
+        c = Client(s.addr, timeout=10)
+        try:
+            while not stop.is_set():
+                c.store(q, b"steady")
+                steady["stored"] += 1
+        except Exception as e:      # noqa: BLE001 - reported below
+            errors.append("steady: %r" % e)
+        finally:
+            c.close()
+
+    ts = [threading.Thread(target=resetter, args=(i,), daemon=True)
+          for i in range(8)]
+    ts.append(threading.Thread(target=steady_writer, daemon=True))
+    for t in ts:
+        t.start()
+    try:
+        wait_for(lambda: (steady["stored"] >= 300
+                          and steady["resets"] >= 3000) or errors,
+                 timeout=120, what="300 steady sets beside 3000 resets")
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(30 * SLOW)
+    assert not errors, errors[:5]
+    c = Client(s.addr, timeout=10)
+    c.store(q + "_after", b"alive")
+    assert c.get(q + "_after").data == b"alive"
+    c.close()
+    s.stop_checked()
