@@ -592,6 +592,91 @@ test_100k(void **state)
 }
 
 
+#define RING_ID_N  200000
+
+
+/*
+ * One run (ids in order, one duration) whose window of leases wanders:
+ * it wraps around the ring, grows while wrapped, shrinks, and loses
+ * leases at its head, its tail and in between, so that compaction and
+ * growth meet a ring whose head is anywhere.  Against the model after
+ * every step: the invariants, the earliest and lowest live lease.
+ */
+static void
+test_ring_wanders(void **state)
+{
+    size_t      i, k, held, lo, want;
+    queue_t     q;
+    lease_t    *l;
+    uint64_t    next, seq;
+    item_ref_t  r;
+    static unsigned char  live[RING_ID_N + 1];
+
+    (void) state;
+
+    memset(&q, 0, sizeof(q));
+    memset(live, 0, sizeof(live));
+    next = 1;
+    lo = 1;
+    held = 0;
+
+    for (k = 0; next < RING_ID_N - 3000; k++) {
+        /* the window's size wanders between 1 and about 2500 */
+        want = (size_t) (next_rand() % (k % 7 == 0 ? 2500 : 40)) + 1;
+
+        while (held < want) {
+            r = ref_of(next);
+            assert_non_null(lease_add(&q, &r, 1000 + next));
+            live[next++] = 1;
+            held++;
+        }
+
+        for (i = next_rand() % 64; i > 0 && held > 1; i--) {
+            switch (next_rand() % 3) {
+            case 0:         /* its head, but for stretches where it stays
+                             * and the run fills up behind it */
+                if (k / 1024 % 2) {
+                    seq = lo + next_rand() % (next - lo);
+                    break;
+                }
+                while (!live[lo]) {
+                    lo++;
+                }
+                seq = lo;
+                break;
+            case 1:         /* its tail */
+                for (seq = next - 1; !live[seq]; seq--) {
+                    /* void */
+                }
+                break;
+            default:        /* anywhere, leased or not */
+                seq = lo + next_rand() % (next - lo);
+            }
+            l = lease_find(&q, seq);
+            assert_true((l != NULL) == live[seq]);
+            if (l != NULL) {
+                lease_remove(l);
+                live[seq] = 0;
+                held--;
+            }
+        }
+
+        assert_true(check_order(&q.lseq, 1) == held);
+        while (!live[lo]) {
+            lo++;
+        }
+        assert_true(lease_min_seq(&q) == lo);
+        l = lease_min();
+        assert_non_null(l);
+        assert_true(l->ref.seq == lo && l->deadline == 1000 + lo);
+    }
+
+    assert_true(q.lseq.hn == 0);
+    lease_drop_queue(&q);
+    lease_shutdown();
+}
+
+
 int
 main(void)
 {
@@ -602,6 +687,7 @@ main(void)
         cmocka_unit_test(test_sliding_window_wraps),
         cmocka_unit_test(test_two_queues_and_drop),
         cmocka_unit_test(test_100k),
+        cmocka_unit_test(test_ring_wanders),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
