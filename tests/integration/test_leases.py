@@ -533,6 +533,110 @@ def test_ack_list_is_one_record_and_its_damage_costs_it_alone(
     assert got == [i for i in ids if i not in gone]
 
 
+def test_ack_lists_at_the_limit_survive_kill(memqd_factory):
+    """A list of MQ_ACK_IDS_MAX (1000) ids, to delete and to /ack=, is
+    taken whole (one journal record); one more id is a clear error that
+    acknowledges nothing.  After kill -9 exactly the acknowledged ids
+    stay gone."""
+    s = memqd_factory()
+    c = s.connect(timeout=30)
+    q = qname()
+    _store_numbered(c, q, 20)
+    ids = [i.cas for i in _lease(c, q, LONG, n=20)]
+    assert ids == list(range(1, 21))
+    over = [(k % 9) + 1 for k in range(1001)]
+    r = c.cmd("delete %s/%s" % (q, ",".join(map(str, over))))
+    assert r.startswith("CLIENT_ERROR"), r
+    r = c.cmd("get %s/ack=%s" % (q, ",".join(map(str, over))))
+    assert r.startswith("CLIENT_ERROR"), r
+    assert c.qstats(q)["leased_items"] == 20
+    full = [(k % 9) + 1 for k in range(1000)]
+    assert c.cmd("delete %s/%s" % (q, ",".join(map(str, full)))) == \
+        "DELETED 9"
+    full = [(k % 9) + 1 for k in range(999)] + [10]
+    assert c.get_items("%s/ack=%s" % (q, ",".join(map(str, full)))) == []
+    assert c.qstats(q)["leased_items"] == 10
+    s.kill()
+    s.start()
+    c = s.connect(timeout=30)
+    got = [int(i.data) + 1 for i in c.drain(q, timeout=30)]
+    assert got == ids[10:]
+
+
+def test_ack_lists_of_two_queues_interleaved_survive_kill(memqd_factory):
+    """Lists of two queues (names of different lengths, the same ids)
+    alternate: after kill -9 each queue's acknowledgements apply to it
+    alone."""
+    s = memqd_factory()
+    c = s.connect(timeout=30)
+    qa, qb = qname() + "a", qname() + "bbbbbbbb"
+    _store_numbered(c, qa, 300)
+    _store_numbered(c, qb, 300)
+    ia = [i.cas for i in _lease(c, qa, LONG, n=300)]
+    ib = [i.cas for i in _lease(c, qb, LONG, n=300)]
+    assert ia == ib
+    for k in range(0, 300, 60):
+        assert c.cmd("delete %s/%s" % (qa, ",".join(
+            map(str, ia[k:k + 30])))) == "DELETED 30"
+        assert c.cmd("delete %s/%s" % (qb, ",".join(
+            map(str, ib[k + 30:k + 60])))) == "DELETED 30"
+    s.kill()
+    s.start()
+    c = s.connect(timeout=30)
+    ga = [int(i.data) + 1 for i in c.drain(qa, timeout=30)]
+    gb = [int(i.data) + 1 for i in c.drain(qb, timeout=30)]
+    assert ga == [i for i in ia if (i - 1) % 60 >= 30]
+    assert gb == [i for i in ib if (i - 1) % 60 < 30]
+
+
+def test_ack_list_ids_at_their_bounds(memqd_factory):
+    """Ids past 2^64-1, 21 digits, empty entries, a trailing comma, signs:
+    a clear error that acknowledges nothing; 2^64-1 and leading zeros
+    (any number of them) are ids."""
+    s = memqd_factory()
+    c = s.connect(timeout=30)
+    q = qname()
+    _store_numbered(c, q, 10)
+    ids = [i.cas for i in _lease(c, q, LONG, n=10)]
+    assert ids == list(range(1, 11))
+    for bad in ["18446744073709551616,1", "99999999999999999999,1",
+                "1,,2", "1,2,", ",1", "1, 2", "1,-2", "1,+2",
+                "184467440737095516150,1", "1,2x"]:
+        r = c.cmd("delete %s/%s" % (q, bad))
+        assert r.startswith("CLIENT_ERROR"), (bad, r)
+        r = c.cmd("get %s/ack=%s" % (q, bad))
+        assert r.startswith("CLIENT_ERROR"), (bad, r)
+    assert c.qstats(q)["leased_items"] == 10
+    assert c.cmd("delete %s/18446744073709551615,0" % q) == "DELETED 0"
+    assert c.cmd("delete %s/%s1,%s2" % (q, "0" * 40, "0" * 19)) == \
+        "DELETED 2"
+    assert c.cmd("delete %s/00018446744073709551615,3" % q) == "DELETED 1"
+    assert c.get_items("%s/ack=0000000000000000000004,5,5" % q) == []
+    assert c.qstats(q)["leased_items"] == 5
+
+
+def test_ack_lists_survive_two_kills(memqd_factory):
+    """The acknowledgements recovery read from the journal (more than
+    the position file can hold alone) are kept once the journal files
+    are gone: a second kill -9 after the restart does not bring them
+    back."""
+    s, c, q, ids = _leased_node(memqd_factory, 5000)
+    acked = ids[::2]
+    for k in range(0, len(acked), 300):
+        ack = ",".join(str(i) for i in acked[k:k + 300])
+        assert c.cmd("delete %s/%s" % (q, ack)) == \
+            "DELETED %d" % len(acked[k:k + 300])
+    s.kill()
+    s.start()
+    c = s.connect(timeout=30)
+    assert c.qstats(q)["items"] == 2500
+    s.kill()
+    s.start()
+    c = s.connect(timeout=30)
+    got = c.drain(q, timeout=30)
+    assert [int(i.data) + 1 for i in got] == ids[1::2]
+
+
 def test_crash_leased_come_back_counts_never_higher(memqd_factory):
     s = memqd_factory(config=DLQ_CONFIG)
     c = s.connect()
