@@ -1051,3 +1051,58 @@ bad:
     *err = MQ_ERR_REPLY;
     return MQ_ERROR;
 }
+
+
+/* Writes v in decimal at p, returns the end; used instead of snprintf on
+ * the get path, where formatting was a tenth of the work per item.  The
+ * digits are counted from the bit length (no loop), then written from
+ * the end two a division: a lease's id (the cas field) has as many
+ * digits as the queue has held items.  The gateway writes ids with it
+ * too (every client-mode message, every acknowledged id). */
+char *
+mq_fmt_u64(char *p, uint64_t v)
+{
+    size_t  n, d;
+
+    static const uint64_t  pow10[20] = {
+        1ull, 10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull,
+        10000000ull, 100000000ull, 1000000000ull, 10000000000ull,
+        100000000000ull, 1000000000000ull, 10000000000000ull,
+        100000000000000ull, 1000000000000000ull, 10000000000000000ull,
+        100000000000000000ull, 1000000000000000000ull,
+        10000000000000000000ull
+    };
+    static const char  pairs[] =
+        "00010203040506070809101112131415161718192021222324"
+        "25262728293031323334353637383940414243444546474849"
+        "50515253545556575859606162636465666768697071727374"
+        "75767778798081828384858687888990919293949596979899";
+
+    if (v < 10) {
+        *p = (char) ('0' + v);
+        return p + 1;
+    }
+
+    /* bits * log10(2) is 1233 / 4096 to within the error that the
+     * comparison corrects: n is floor(log10(v)) + 1 */
+    n = (size_t) ((64 - __builtin_clzll(v)) * 1233) >> 12;
+    n += v >= pow10[n];
+
+    p += n;
+
+    while (v >= 100) {
+        d = (size_t) (v % 100) * 2;
+        v /= 100;
+        *--p = pairs[d + 1];
+        *--p = pairs[d];
+    }
+
+    if (v >= 10) {
+        *--p = pairs[v * 2 + 1];
+        *--p = pairs[v * 2];
+    } else {
+        *--p = (char) ('0' + v);
+    }
+
+    return p + n;
+}

@@ -191,4 +191,7 @@ typedef struct {
 int mq_proto_parse_reply(const char *buf, size_t len, uint64_t max_bytes,
     mq_reply_t *r, const char **err);
 
+/* Writes v in decimal at p (20 bytes are enough), returns the end. */
+char *mq_fmt_u64(char *p, uint64_t v);
+
 #endif /* MQ_PROTO_H */

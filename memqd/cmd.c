@@ -225,60 +225,6 @@ start_set(conn_t *c, mq_request_t *req, const char *after, size_t avail,
 }
 
 
-/* Writes v in decimal at p, returns the end; used instead of snprintf on
- * the get path, where formatting was a tenth of the work per item.  The
- * digits are counted from the bit length (no loop), then written from
- * the end two a division: a lease's id (the cas field) has as many
- * digits as the queue has held items. */
-static char *
-fmt_u64(char *p, uint64_t v)
-{
-    size_t  n, d;
-
-    static const uint64_t  pow10[20] = {
-        1ull, 10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull,
-        10000000ull, 100000000ull, 1000000000ull, 10000000000ull,
-        100000000000ull, 1000000000000ull, 10000000000000ull,
-        100000000000000ull, 1000000000000000ull, 10000000000000000ull,
-        100000000000000000ull, 1000000000000000000ull,
-        10000000000000000000ull
-    };
-    static const char  pairs[] =
-        "00010203040506070809101112131415161718192021222324"
-        "25262728293031323334353637383940414243444546474849"
-        "50515253545556575859606162636465666768697071727374"
-        "75767778798081828384858687888990919293949596979899";
-
-    if (v < 10) {
-        *p = (char) ('0' + v);
-        return p + 1;
-    }
-
-    /* bits * log10(2) is 1233 / 4096 to within the error that the
-     * comparison corrects: n is floor(log10(v)) + 1 */
-    n = (size_t) ((64 - __builtin_clzll(v)) * 1233) >> 12;
-    n += v >= pow10[n];
-
-    p += n;
-
-    while (v >= 100) {
-        d = (size_t) (v % 100) * 2;
-        v /= 100;
-        *--p = pairs[d + 1];
-        *--p = pairs[d];
-    }
-
-    if (v >= 10) {
-        *--p = pairs[v * 2 + 1];
-        *--p = pairs[v * 2];
-    } else {
-        *--p = (char) ('0' + v);
-    }
-
-    return p + n;
-}
-
-
 /* Adds a VALUE block to the reply; -1 when out of memory (the
  * connection is then closed after what it has). */
 static int
@@ -300,12 +246,12 @@ out_value(conn_t *c, const char *key, size_t key_len, const item_t *it,
     memcpy(p, key, key_len);
     p += key_len;
     *p++ = ' ';
-    p = fmt_u64(p, it->hdr.flags);
+    p = mq_fmt_u64(p, it->hdr.flags);
     *p++ = ' ';
-    p = fmt_u64(p, it->hdr.len);
+    p = mq_fmt_u64(p, it->hdr.len);
     if (with_cas) {
         *p++ = ' ';
-        p = fmt_u64(p, it->hdr.seq);
+        p = mq_fmt_u64(p, it->hdr.seq);
     }
     *p++ = '\r';
     *p++ = '\n';

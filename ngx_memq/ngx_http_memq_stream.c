@@ -41,38 +41,13 @@ static void *ngx_http_memq_zalloc(void *opaque, u_int items, u_int size);
 static void ngx_http_memq_zfree(void *opaque, void *address);
 
 
-/*
- * Writes n in decimal at p (NGX_INT64_LEN bytes are enough); returns the
+/* writes n in decimal at p (NGX_INT64_LEN bytes are enough); returns the
  * end.  Ids go out with every client-mode message and every
- * acknowledgement, so not through ngx_sprintf().
- */
+ * acknowledgement, so not through ngx_sprintf(). */
 u_char *
 ngx_http_memq_write_uint(u_char *p, uint64_t n)
 {
-    u_char         *s, tmp[NGX_INT64_LEN];
-    static u_char   pairs[] =
-        "00010203040506070809101112131415161718192021222324252627282930313233"
-        "34353637383940414243444546474849505152535455565758596061626364656667"
-        "6869707172737475767778798081828384858687888990919293949596979899";
-
-    s = tmp + sizeof(tmp);
-
-    /* two digits a division */
-    while (n >= 100) {
-        s -= 2;
-        ngx_memcpy(s, &pairs[(n % 100) * 2], 2);
-        n /= 100;
-    }
-
-    if (n >= 10) {
-        s -= 2;
-        ngx_memcpy(s, &pairs[n * 2], 2);
-
-    } else {
-        *--s = (u_char) ('0' + n);
-    }
-
-    return ngx_cpymem(p, s, tmp + sizeof(tmp) - s);
+    return (u_char *) mq_fmt_u64((char *) p, n);
 }
 
 
