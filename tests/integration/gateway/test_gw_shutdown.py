@@ -36,7 +36,7 @@ def exited(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except OSError:           # gone between the open and the read too
         return True
 
 
