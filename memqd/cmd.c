@@ -20,6 +20,12 @@
 #include "server.h"
 #include "sync.h"
 
+/* ack_ids() journals a list the parser let through as one record, so
+ * that a refused list acknowledges none of its ids */
+#if QUEUE_ACK_MAX < MQ_ACK_IDS_MAX
+#error "QUEUE_ACK_MAX must hold an /ack= list of MQ_ACK_IDS_MAX ids"
+#endif
+
 #define RPL_STORED        "STORED\r\n"
 #define RPL_END           "END\r\n"
 #define RPL_DELETED       "DELETED\r\n"

@@ -455,6 +455,12 @@ ngx_http_memq_etcd_fail(ngx_http_memq_etcd_t *et, const char *reason,
 
     ngx_http_memq_etcd_close(et);
 
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        /* a poll cut short by the worker's own exit says nothing about
+         * etcd: the shared status keeps what the last poll learnt */
+        return;
+    }
+
     last = text + sizeof(text);
     p = ngx_slprintf(text, last, "%V: %s", &u->url, reason);
 
@@ -472,9 +478,7 @@ ngx_http_memq_etcd_fail(ngx_http_memq_etcd_t *et, const char *reason,
 
     et->current = (et->current + 1) % et->urls.nelts;
 
-    if (++et->tried < et->urls.nelts
-        && !(ngx_exiting || ngx_terminate || ngx_quit))
-    {
+    if (++et->tried < et->urls.nelts) {
         ngx_http_memq_etcd_connect(et);
         return;
     }
