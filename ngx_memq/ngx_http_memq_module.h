@@ -42,6 +42,9 @@
 #define NGX_HTTP_MEMQ_MAX_VALUE       (64 * 1024 * 1024)
 #define NGX_HTTP_MEMQ_PUBLISH_TRIES   3
 #define NGX_HTTP_MEMQ_MAX_PIPES       16       /* publish_pipes at most */
+#define NGX_HTTP_MEMQ_RUN_SLACK       32       /* replies a node may owe
+                                                  above the least while
+                                                  a run goes on */
 #define NGX_HTTP_MEMQ_PIPE_MSG        (16 * 1024) /* a set in a pipe at
                                                    most */
 #define NGX_HTTP_MEMQ_SHM_SIZE        (128 * 1024)
@@ -176,6 +179,9 @@ struct ngx_http_memq_cluster_s {
     ngx_uint_t                max_fails;
     ngx_msec_t                fail_timeout;
     ngx_uint_t                publish_pipes; /* per node per worker */
+    ngx_http_memq_node_t     *run_node;    /* node_next(): the last
+                                              node round robin chose */
+    ngx_msec_t                run_msec;    /* and when */
     ngx_str_t                 nodes_file;  /* empty: none */
 
     ngx_shm_zone_t           *shm_zone;

@@ -1,9 +1,13 @@
 """Publish: POST /mq?topic=Q, single body and ndjson batch, smooth weighted
 round robin, retry on the next node, 413, compression (DESIGN §2, §3)."""
 
+import json
 import os
 import random
+import signal
+import socket
 import subprocess
+import time
 import zlib
 
 import pytest
@@ -90,6 +94,9 @@ def test_weighted_round_robin(gateway_factory, memqd_factory):
     q = qname()
     seen = []
     for i in range(60):
+        # POSTs in one millisecond of the worker's clock are one run to one
+        # node; 2 ms apart, each is a round robin choice of its own
+        time.sleep(0.002)
         r = g.publish(q, b"m%d" % i)
         assert r.status_code == 201, r.text
         seen.append(r.json()["node"])
@@ -99,6 +106,64 @@ def test_weighted_round_robin(gateway_factory, memqd_factory):
     assert sorted(first6) == sorted([addrs[0]] + [addrs[1]] * 2
                                     + [addrs[2]] * 3), first6
     assert first6[0] == addrs[2]
+
+
+def _post_raw(s, q, body):
+    s.sendall(b"POST /mq?topic=%s HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (q.encode(), len(body), body))
+
+
+def _read_reply(s):
+    status, hdrs, rest = gwutil.read_headers(s)
+    while len(rest) < int(hdrs["content-length"]):
+        rest += s.recv(65536)
+    assert status == 201, rest
+    return json.loads(rest)["node"]
+
+
+def test_posts_of_one_millisecond_go_to_one_node(gateway_factory,
+                                                 memqd_factory):
+    """Runs: the POSTs one pass of the event loop reads go to one node (one
+    write, one wake-up of one node), and round robin spreads the runs by
+    weight.  The worker is stopped while the bursts are sent, so each
+    burst is read in one pass."""
+    nodes = [memqd_factory() for _ in range(3)]
+    addrs = [node_addr(n) for n in nodes]
+    g = gateway_factory(nodes, workers=1,
+                        weights={addrs[0]: 1, addrs[1]: 2, addrs[2]: 3})
+    worker = [int(p) for p in open("/proc/%d/task/%d/children"
+                                   % (g.proc.pid, g.proc.pid)).read().split()]
+    assert len(worker) == 1
+    q = qname()
+    socks = [socket.create_connection(("127.0.0.1", g.port), timeout=10)
+             for _ in range(12)]
+    try:
+        # two full rounds of the weights (12 picks), one at a time: round
+        # robin is back where it started
+        for i, s in enumerate(socks):
+            time.sleep(0.002)
+            _post_raw(s, q, b"warm%d" % i)
+            _read_reply(s)
+        runs = []
+        for burst in range(6):
+            time.sleep(0.002)
+            os.kill(worker[0], signal.SIGSTOP)
+            try:
+                for i, s in enumerate(socks):
+                    _post_raw(s, q, b"b%d.%d" % (burst, i))
+            finally:
+                os.kill(worker[0], signal.SIGCONT)
+            got = [_read_reply(s) for s in socks]
+            assert len(set(got)) == 1, (burst, got)
+            runs.append(got[0])
+    finally:
+        for s in socks:
+            s.close()
+    # one round of the weights: 1, 2 and 3 runs, heaviest first
+    assert [runs.count(a) for a in addrs] == [1, 2, 3], runs
+    assert runs[0] == addrs[2]
+    stored = [len(_drain(n, q)) for n in nodes]
+    assert stored == [2 + 12, 4 + 24, 6 + 36], stored
 
 
 def test_retry_on_next_node(gateway_factory, memqd_factory):
