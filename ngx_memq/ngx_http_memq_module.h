@@ -45,6 +45,9 @@
 #define NGX_HTTP_MEMQ_RUN_SLACK       32       /* replies a node may owe
                                                   above the least while
                                                   a run goes on */
+#define NGX_HTTP_MEMQ_RUN_LAG         4        /* ms a node's replies may
+                                                  lag the quickest node's
+                                                  and it still keeps runs */
 #define NGX_HTTP_MEMQ_PIPE_MSG        (16 * 1024) /* a set in a pipe at
                                                    most */
 #define NGX_HTTP_MEMQ_SHM_SIZE        (128 * 1024)
@@ -88,6 +91,7 @@ typedef struct ngx_http_memq_pipe_s     ngx_http_memq_pipe_t;
 typedef struct {
     void                     *owner;       /* NULL: its client left */
     size_t                    len;         /* payload bytes */
+    ngx_msec_t                sent;        /* appended at */
 } ngx_http_memq_pipe_entry_t;
 
 
@@ -148,6 +152,9 @@ struct ngx_http_memq_node_s {
     ngx_int_t                 current_weight;  /* smooth weighted RR */
     ngx_uint_t                owed;        /* sets this worker's publish
                                               pipes wait replies for */
+    ngx_msec_t                reply_ms8;   /* how long those replies
+                                              took lately: a moving
+                                              average, ms x 8 */
     ngx_uint_t                sources;     /* NGX_HTTP_MEMQ_SRC_* */
     ngx_uint_t                slot;        /* index in sh->nodes */
     ngx_uint_t                slot_gen;    /* its gen when taken */

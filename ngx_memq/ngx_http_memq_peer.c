@@ -908,18 +908,23 @@ ngx_http_memq_conn_test_connect(ngx_connection_t *c)
  * 1,410 POSTs/s by round robin, 36,700 this way).  NULL when none is
  * left.
  *
- * Runs: a first try (nskip 0) goes to the node round robin chose last
- * while the worker's clock (ngx_current_msec, updated when the event
- * loop wakes) still shows the same millisecond, and while that node owes
- * at most NGX_HTTP_MEMQ_RUN_SLACK replies a unit of weight above the
- * least.  Under load the POSTs of a millisecond then cost one node write
- * a pass of the event loop and wake one node, not every node: a node
- * reads a dozen sets at a time instead of about four, and the nodes'
- * CPU a POST falls to about what one node alone costs (6-7 against
- * 2.3-3.0 µs with three nodes, BENCHMARKS.md).  Round robin spreads the
- * runs, so over time the shares are still the weights', and POSTs a
- * millisecond or more apart (light traffic) are plain smooth round
- * robin.
+ * Runs (with publish pipes): a first try (nskip 0) goes to the node
+ * round robin chose last while the worker's clock (ngx_current_msec,
+ * updated when the event loop wakes) still shows the same millisecond,
+ * that node owes at most
+ * NGX_HTTP_MEMQ_RUN_SLACK replies a unit of weight above the least, and
+ * its replies lately (a moving average of its pipes' reply times) came
+ * at most NGX_HTTP_MEMQ_RUN_LAG ms later than the quickest node's.
+ * Under load the POSTs of a millisecond then cost one node write a pass
+ * of the event loop and wake one node, not every node: a node reads a
+ * dozen sets at a time instead of about four, and the nodes' CPU a POST
+ * falls to about what one node alone costs (6-7 against 2.3-3.0 us with
+ * three nodes, BENCHMARKS.md).  Round robin spreads the runs, so over
+ * time the shares are still the weights', and POSTs a millisecond or
+ * more apart (light traffic) are plain smooth round robin.  A node whose
+ * disk stalls gets no runs: each time it caught up, a whole millisecond
+ * of clients would wait on it (one node with 50 ms fsyncs among three:
+ * 4-9k POSTs/s with runs to it, 38-39k without).
  */
 static ngx_uint_t
 ngx_http_memq_node_skipped(ngx_http_memq_node_t *node,
@@ -943,10 +948,12 @@ ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
 {
     ngx_int_t               total;
     ngx_uint_t              i;
+    ngx_msec_t              quick;
     ngx_http_memq_node_t  **np, *node, *best, *least;
 
     np = cl->nodes.elts;
     least = NULL;
+    quick = NGX_MAX_INT32_VALUE;
 
     for (i = 0; i < cl->nodes.nelts; i++) {
         node = np[i];
@@ -954,6 +961,8 @@ ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
         if (ngx_http_memq_node_skipped(node, skip, nskip)) {
             continue;
         }
+
+        quick = ngx_min(quick, node->reply_ms8);
 
         if (least == NULL
             || node->owed * (ngx_uint_t) least->weight
@@ -965,8 +974,9 @@ ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
 
     node = cl->run_node;
 
-    if (nskip == 0 && node != NULL && least != NULL
+    if (nskip == 0 && node != NULL && least != NULL && cl->publish_pipes
         && cl->run_msec == ngx_current_msec
+        && node->reply_ms8 <= quick + NGX_HTTP_MEMQ_RUN_LAG * 8
         && !ngx_http_memq_node_skipped(node, skip, nskip)
         && node->owed * (ngx_uint_t) least->weight
            <= (least->owed + NGX_HTTP_MEMQ_RUN_SLACK

@@ -121,39 +121,57 @@ def _read_reply(s):
     return json.loads(rest)["node"]
 
 
+def _worker(g):
+    pids = [int(p) for p in open("/proc/%d/task/%d/children"
+                                 % (g.proc.pid, g.proc.pid)).read().split()]
+    assert len(pids) == 1
+    return pids[0]
+
+
+def _one_by_one(socks, q, tag):
+    """A POST on each connection in turn, 2 ms apart: each its own round
+    robin choice.  The nodes, in order."""
+    got = []
+    for i, s in enumerate(socks):
+        time.sleep(0.002)
+        _post_raw(s, q, b"%s%d" % (tag, i))
+        got.append(_read_reply(s))
+    return got
+
+
+def _burst(worker, socks, q, tag):
+    """A POST on every connection while the worker is stopped, so that it
+    reads them all in one pass of its event loop.  The nodes, in order."""
+    time.sleep(0.002)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        for i, s in enumerate(socks):
+            _post_raw(s, q, b"%s%d" % (tag, i))
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    return [_read_reply(s) for s in socks]
+
+
 def test_posts_of_one_millisecond_go_to_one_node(gateway_factory,
                                                  memqd_factory):
     """Runs: the POSTs one pass of the event loop reads go to one node (one
     write, one wake-up of one node), and round robin spreads the runs by
-    weight.  The worker is stopped while the bursts are sent, so each
-    burst is read in one pass."""
+    weight."""
     nodes = [memqd_factory() for _ in range(3)]
     addrs = [node_addr(n) for n in nodes]
     g = gateway_factory(nodes, workers=1,
                         weights={addrs[0]: 1, addrs[1]: 2, addrs[2]: 3})
-    worker = [int(p) for p in open("/proc/%d/task/%d/children"
-                                   % (g.proc.pid, g.proc.pid)).read().split()]
-    assert len(worker) == 1
+    worker = _worker(g)
     q = qname()
     socks = [socket.create_connection(("127.0.0.1", g.port), timeout=10)
              for _ in range(12)]
     try:
-        # two full rounds of the weights (12 picks), one at a time: round
-        # robin is back where it started
-        for i, s in enumerate(socks):
-            time.sleep(0.002)
-            _post_raw(s, q, b"warm%d" % i)
-            _read_reply(s)
+        # two full rounds of the weights (12 picks): round robin is back
+        # where it started
+        _one_by_one(socks, q, b"warm")
         runs = []
         for burst in range(6):
-            time.sleep(0.002)
-            os.kill(worker[0], signal.SIGSTOP)
-            try:
-                for i, s in enumerate(socks):
-                    _post_raw(s, q, b"b%d.%d" % (burst, i))
-            finally:
-                os.kill(worker[0], signal.SIGCONT)
-            got = [_read_reply(s) for s in socks]
+            got = _burst(worker, socks, q, b"b%d." % burst)
             assert len(set(got)) == 1, (burst, got)
             runs.append(got[0])
     finally:
@@ -164,6 +182,37 @@ def test_posts_of_one_millisecond_go_to_one_node(gateway_factory,
     assert runs[0] == addrs[2]
     stored = [len(_drain(n, q)) for n in nodes]
     assert stored == [2 + 12, 4 + 24, 6 + 36], stored
+
+
+def test_slow_node_gets_no_runs(gateway_factory, memqd_factory):
+    """A node whose replies lag (every fdatasync 200 ms) keeps no run: when
+    round robin starts a burst on it, it gets that one POST and the rest of
+    the burst goes on to a quick node, instead of a whole millisecond of
+    clients waiting on it."""
+    slow = memqd_factory(args=["--sync", "always"],
+                         env={"MEMQD_FAULT_FSYNC_DELAY_MS": "200"})
+    fast = [memqd_factory(args=["--sync", "always"]) for _ in range(2)]
+    g = gateway_factory([slow] + fast, workers=1)
+    worker = _worker(g)
+    q = qname()
+    socks = [socket.create_connection(("127.0.0.1", g.port), timeout=30)
+             for _ in range(12)]
+    try:
+        # two rounds one at a time: the slow node answers two of them, and
+        # its replies' average is what tells it apart
+        first = _one_by_one(socks[:6], q, b"warm")
+        assert first.count(node_addr(slow)) == 2, first
+        bursts = [_burst(worker, socks, q, b"b%d." % k) for k in range(6)]
+    finally:
+        for s in socks:
+            s.close()
+    # round robin starts some of the bursts on the slow node (a run to it
+    # would be all 12); the slow node gets at most that first POST
+    on_slow = [b.count(node_addr(slow)) for b in bursts]
+    assert max(on_slow) <= 1, bursts
+    assert sum(on_slow) >= 1, bursts
+    stored = sum(len(_drain(n, q)) for n in [slow] + fast)
+    assert stored == 6 + 72
 
 
 def test_retry_on_next_node(gateway_factory, memqd_factory):
