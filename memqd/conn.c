@@ -646,6 +646,7 @@ conn_free(conn_t *c)
     free(c->sending);
     free(c->val);
     free(c);
+    loop_timer_release();
 }
 
 
@@ -1201,12 +1202,20 @@ accept_handler(loop_io_t *io, unsigned events)
         one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
+        /* the connection's timer slot first: it is given back in
+         * conn_free() */
+        if (loop_timer_reserve() != 0) {
+            close(fd);
+            continue;
+        }
+
         c = calloc(1, sizeof(conn_t));
         if (c != NULL) {
             c->in = malloc(CONN_IN_SIZE);
         }
         if (c == NULL || c->in == NULL) {
             free(c);
+            loop_timer_release();
             close(fd);
             continue;
         }

@@ -41,9 +41,24 @@ int loop_add(loop_io_t *io, unsigned events);
 int loop_mod(loop_io_t *io, unsigned events);
 void loop_del(loop_io_t *io);
 
-/* (Re)arms t to fire ms milliseconds from now. */
+/*
+ * (Re)arms t to fire ms milliseconds from now.  Never fails for a timer
+ * whose owner holds a slot: the loop keeps LOOP_TIMERS_FIXED slots for
+ * the process's own timers, and an owner made at run time (a client
+ * connection) takes one with loop_timer_reserve() when it is made, and
+ * gives it back with loop_timer_release() when it is freed.  Arming then
+ * allocates nothing, so running out of memory refuses a new connection
+ * instead of leaving an armed deadline (a long poll's, a lingering
+ * close's, the leases') unarmed.
+ */
 void loop_timer_add(loop_timer_t *t, uint64_t ms);
 void loop_timer_del(loop_timer_t *t);
+
+#define LOOP_TIMERS_FIXED  64
+
+/* A slot for one more timer: 0, or -1 out of memory. */
+int loop_timer_reserve(void);
+void loop_timer_release(void);
 
 /* Monotonic milliseconds, updated once per loop iteration. */
 uint64_t loop_now(void);

@@ -2,7 +2,8 @@
  * loop_epoll.c: loop.h on Linux epoll (level-triggered).
  *
  * Timers live in a 1-based binary min-heap of pointers; each timer knows
- * its heap index so deletion is O(log n).
+ * its heap index so deletion is O(log n).  The heap's array grows when a
+ * slot is reserved (loop_timer_reserve()), never when a timer is armed.
  */
 
 #include <errno.h>
@@ -23,7 +24,8 @@ static int             running;
 static uint64_t        now_ms;
 static loop_timer_t  **heap;       /* heap[1..nheap] */
 static size_t          nheap;
-static size_t          heap_cap;
+static size_t          heap_cap;   /* heap[0] is unused */
+static size_t          reserved;   /* slots: LOOP_TIMERS_FIXED + owners */
 
 
 uint64_t
@@ -64,7 +66,56 @@ loop_init(void)
     }
 
     loop_update_time();
+
+    reserved = LOOP_TIMERS_FIXED - 1;
+    return loop_timer_reserve();
+}
+
+
+static int
+heap_grow(size_t want)
+{
+    size_t          cap;
+    loop_timer_t  **nh;
+
+    if (want < heap_cap) {
+        return 0;
+    }
+
+    cap = heap_cap ? heap_cap : 64;
+
+    while (cap <= want) {
+        cap *= 2;
+    }
+
+    nh = realloc(heap, cap * sizeof(*heap));
+    if (nh == NULL) {
+        return -1;
+    }
+
+    heap = nh;
+    heap_cap = cap;
     return 0;
+}
+
+
+int
+loop_timer_reserve(void)
+{
+    if (heap_grow(reserved + 1) != 0) {
+        log_error("loop", "out of memory for timers");
+        return -1;
+    }
+
+    reserved++;
+    return 0;
+}
+
+
+void
+loop_timer_release(void)
+{
+    reserved--;
 }
 
 
@@ -191,21 +242,13 @@ loop_timer_del(loop_timer_t *t)
 void
 loop_timer_add(loop_timer_t *t, uint64_t ms)
 {
-    loop_timer_t  **nh;
-    size_t          cap;
-
     loop_timer_del(t);
 
-    if (nheap + 1 >= heap_cap) {
-        cap = heap_cap ? heap_cap * 2 : 64;
-        nh = realloc(heap, cap * sizeof(*heap));
-        if (nh == NULL) {
-            /* keep running: the timer fires on the next wake-up instead */
-            log_error("loop", "out of memory for timers");
-            return;
-        }
-        heap = nh;
-        heap_cap = cap;
+    /* every owner holds a slot, so this grows nothing; a timer armed
+     * without one gets its room here while memory lasts */
+    if (heap_grow(nheap + 1) != 0) {
+        log_error("loop", "out of memory for a timer without a slot");
+        return;
     }
 
     t->deadline = now_ms + ms;

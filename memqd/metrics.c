@@ -652,6 +652,7 @@ mconn_close(mconn_t *mc)
     nconns--;
     prom_buf_free(&mc->out);
     free(mc);
+    loop_timer_release();
 }
 
 
@@ -683,8 +684,14 @@ accept_handler(loop_io_t *io, unsigned events)
             continue;
         }
 
+        if (loop_timer_reserve() != 0) {        /* given back at close */
+            close(fd);
+            continue;
+        }
+
         mc = calloc(1, sizeof(mconn_t));
         if (mc == NULL) {
+            loop_timer_release();
             close(fd);
             continue;
         }
@@ -699,6 +706,7 @@ accept_handler(loop_io_t *io, unsigned events)
         if (loop_add(&mc->io, LOOP_READ) != 0) {
             close(fd);
             free(mc);
+            loop_timer_release();
             continue;
         }
 
