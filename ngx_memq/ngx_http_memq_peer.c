@@ -946,20 +946,35 @@ ngx_http_memq_node_t *
 ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
     ngx_http_memq_node_t **skip, ngx_uint_t nskip)
 {
+    uint64_t                ok;
     ngx_int_t               total;
-    ngx_uint_t              i;
+    ngx_uint_t              i, run_ok;
     ngx_msec_t              quick;
     ngx_http_memq_node_t  **np, *node, *best, *least;
 
     np = cl->nodes.elts;
     least = NULL;
     quick = NGX_MAX_INT32_VALUE;
+    run_ok = 0;
+
+    /* each node asked once (the shared zone's lock): ok has a bit a
+     * usable node; the table holds at most NGX_HTTP_MEMQ_MAX_NODES */
+#if (NGX_HTTP_MEMQ_MAX_NODES > 64)
+#error "node_next() keeps a node a bit of a uint64_t"
+#endif
+    ok = 0;
 
     for (i = 0; i < cl->nodes.nelts; i++) {
         node = np[i];
 
         if (ngx_http_memq_node_skipped(node, skip, nskip)) {
             continue;
+        }
+
+        ok |= (uint64_t) 1 << i;
+
+        if (node == cl->run_node) {
+            run_ok = 1;
         }
 
         quick = ngx_min(quick, node->reply_ms8);
@@ -977,7 +992,7 @@ ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
     if (nskip == 0 && node != NULL && least != NULL && cl->publish_pipes
         && cl->run_msec == ngx_current_msec
         && node->reply_ms8 <= quick + NGX_HTTP_MEMQ_RUN_LAG * 8
-        && !ngx_http_memq_node_skipped(node, skip, nskip)
+        && run_ok
         && node->owed * (ngx_uint_t) least->weight
            <= (least->owed + NGX_HTTP_MEMQ_RUN_SLACK
                              * (ngx_uint_t) least->weight)
@@ -996,7 +1011,7 @@ ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
         if (node->owed * (ngx_uint_t) least->weight
             > (least->owed + (ngx_uint_t) least->weight)
               * (ngx_uint_t) node->weight
-            || ngx_http_memq_node_skipped(node, skip, nskip))
+            || !(ok & ((uint64_t) 1 << i)))
         {
             continue;
         }
