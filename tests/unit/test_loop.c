@@ -172,7 +172,7 @@ test_released_slots_are_reused(void **state)
 
 
 static void
-test_unreserved_timer_without_memory_is_refused_cleanly(void **state)
+test_unreserved_timer_refused_cleanly(void **state)
 {
     size_t  i, n;
 
@@ -206,7 +206,7 @@ main(void)
     const struct CMUnitTest  tests[] = {
         cmocka_unit_test(test_reserved_slots_arm_without_memory),
         cmocka_unit_test(test_released_slots_are_reused),
-        cmocka_unit_test(test_unreserved_timer_without_memory_is_refused_cleanly),
+        cmocka_unit_test(test_unreserved_timer_refused_cleanly),
     };
 
     log_max_level = LOG_ERROR;     /* the refusal logs one error line */
