@@ -918,8 +918,8 @@ ngx_http_memq_conn_test_connect(ngx_connection_t *c)
  * Under load the POSTs of a millisecond then cost one node write a pass
  * of the event loop and wake one node, not every node: a node reads a
  * dozen sets at a time instead of about four, and the nodes' CPU a POST
- * falls to about what one node alone costs (6.4-8.0 against 2.6-3.3 us with
- * three nodes, BENCHMARKS.md).  Round robin spreads the runs, so over
+ * falls by half or more (6.4-8.0 against 2.6-3.3 us with three nodes,
+ * BENCHMARKS.md).  Round robin spreads the runs, so over
  * time the shares are still the weights', and POSTs a millisecond or
  * more apart (light traffic) are plain smooth round robin.  A node whose
  * disk stalls gets no runs: each time it caught up, a whole millisecond
