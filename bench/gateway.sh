@@ -59,7 +59,9 @@
 #                row also prints the median of the runs' own client/write
 #                ratios and of their write/client CPU a message
 #   ACK_BATCH    ids per op=ack POST (1000); ACK_INFLIGHT POSTs in flight
-#                per stream (4)
+#                per stream (1: a POST, its answer, the next, as a simple
+#                consumer acknowledges; 4 costs more CPU a message here,
+#                BENCHMARKS.md)
 #   CLIENT_TOOL  the client of the client cells: c (memq-bench
 #                --http-drain, the default) or python (bench/gwload.py)
 #   CLIENT_FORMAT  format of both modes' streams in the client cells with
@@ -90,7 +92,7 @@ PUB_CONNS=${PUB_CONNS:-50}
 PUB_ROUNDS=${PUB_ROUNDS:-1}
 CLIENT_CONSUMERS=${CLIENT_CONSUMERS:-1 10}
 ACK_BATCH=${ACK_BATCH:-1000}
-ACK_INFLIGHT=${ACK_INFLIGHT:-4}
+ACK_INFLIGHT=${ACK_INFLIGHT:-1}
 CLIENT_TOOL=${CLIENT_TOOL:-c}
 CLIENT_FORMAT=${CLIENT_FORMAT:-ndjson}
 PARTS=${PARTS:-drain client publish wakeup rss}
