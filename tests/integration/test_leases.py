@@ -52,6 +52,19 @@ def _store_numbered(c, q, n):
              what="items stored")
 
 
+def _killed_and_back(s):
+    """kill -9, start again on the same data: a new connection."""
+    s.kill()
+    s.start()
+    return s.connect(timeout=30)
+
+
+def _ids_left(c, q):
+    """The ids of the items _store_numbered() stored that are still
+    queued, in queue order (an item's body is its id minus one)."""
+    return [int(i.data) + 1 for i in c.drain(q, timeout=30)]
+
+
 def _leased_node(memqd_factory, n):
     """A node (--sync always) whose new queue holds n items, all leased
     for long: (server, client, queue, ids in the order leased)."""
@@ -432,9 +445,7 @@ def test_deleted_is_durable_across_kill(memqd_factory, how):
         for k in range(0, len(acked), 300):
             ack = ",".join(str(i) for i in acked[k:k + 300])
             assert c.get_items("%s/ack=%s" % (q, ack)) == []
-    s.kill()
-    s.start()
-    c = s.connect(timeout=30)
+    c = _killed_and_back(s)
     got = c.drain(q, timeout=30)
     assert [int(i.data) + 1 for i in got] == ids[1::2]
 
@@ -469,10 +480,8 @@ def test_ack_lists_survive_kill_mixed(memqd_factory):
     assert c.get_items("%s/ack=%s" % (q, ack)) == []
     acked |= set(ids[400:600:2])
     assert c.qstats(q)["leased_items"] == n - len(acked)
-    s.kill()
-    s.start()
-    c = s.connect(timeout=30)
-    got = [int(i.data) + 1 for i in c.drain(q, timeout=30)]
+    c = _killed_and_back(s)
+    got = _ids_left(c, q)
     assert got == [i for i in ids if i not in acked]
 
 
@@ -528,7 +537,7 @@ def test_ack_list_is_one_record_and_its_damage_costs_it_alone(
     path.write_bytes(bytes(raw))
     s.start()
     c = s.connect(timeout=30)
-    got = [int(i.data) + 1 for i in c.drain(q, timeout=30)]
+    got = _ids_left(c, q)
     gone = set(later) | {ids[100]}
     assert got == [i for i in ids if i not in gone]
 
@@ -556,10 +565,8 @@ def test_ack_lists_at_the_limit_survive_kill(memqd_factory):
     full = [(k % 9) + 1 for k in range(999)] + [10]
     assert c.get_items("%s/ack=%s" % (q, ",".join(map(str, full)))) == []
     assert c.qstats(q)["leased_items"] == 10
-    s.kill()
-    s.start()
-    c = s.connect(timeout=30)
-    got = [int(i.data) + 1 for i in c.drain(q, timeout=30)]
+    c = _killed_and_back(s)
+    got = _ids_left(c, q)
     assert got == ids[10:]
 
 
@@ -580,11 +587,9 @@ def test_ack_lists_of_two_queues_interleaved_survive_kill(memqd_factory):
             map(str, ia[k:k + 30])))) == "DELETED 30"
         assert c.cmd("delete %s/%s" % (qb, ",".join(
             map(str, ib[k + 30:k + 60])))) == "DELETED 30"
-    s.kill()
-    s.start()
-    c = s.connect(timeout=30)
-    ga = [int(i.data) + 1 for i in c.drain(qa, timeout=30)]
-    gb = [int(i.data) + 1 for i in c.drain(qb, timeout=30)]
+    c = _killed_and_back(s)
+    ga = _ids_left(c, qa)
+    gb = _ids_left(c, qb)
     assert ga == [i for i in ia if (i - 1) % 60 >= 30]
     assert gb == [i for i in ib if (i - 1) % 60 < 30]
 
@@ -626,13 +631,9 @@ def test_ack_lists_survive_two_kills(memqd_factory):
         ack = ",".join(str(i) for i in acked[k:k + 300])
         assert c.cmd("delete %s/%s" % (q, ack)) == \
             "DELETED %d" % len(acked[k:k + 300])
-    s.kill()
-    s.start()
-    c = s.connect(timeout=30)
+    c = _killed_and_back(s)
     assert c.qstats(q)["items"] == 2500
-    s.kill()
-    s.start()
-    c = s.connect(timeout=30)
+    c = _killed_and_back(s)
     got = c.drain(q, timeout=30)
     assert [int(i.data) + 1 for i in got] == ids[1::2]
 
