@@ -613,3 +613,105 @@ def test_gw_etcd_memqd_registers_itself(gateway_factory, memqd_factory,
              what="stopped memqd out of the list")
     print("memqd stopped: out of the list after %.2fs"
           % (time.monotonic() - t0))
+
+
+class HoldingEtcd:
+    """A fake etcd for the range request: answers with one node, or, while
+    hold is set, reads the request and keeps the connection open without
+    an answer until release() (an etcd that stalls mid-poll)."""
+
+    def __init__(self, addr):
+        import socket
+        value = _b64(json.dumps({"addr": addr, "weight": 1}))
+        body = json.dumps({"header": {"revision": "1"}, "count": "1",
+                           "kvs": [{"key": _b64("/memq/main/nodes/" + addr),
+                                    "value": value}]}).encode()
+        self.answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json"
+                       b"\r\nContent-Length: %d\r\n\r\n%s"
+                       % (len(body), body))
+        self.hold = False
+        self.held = []
+        self.answered = 0
+        self.lock = threading.Lock()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,),
+                             daemon=True).start()
+
+    def _serve(self, c):
+        data = b""
+        c.settimeout(10)
+        try:
+            while b"\r\n\r\n" not in data:
+                part = c.recv(4096)
+                if not part:
+                    c.close()
+                    return
+                data += part
+        except OSError:
+            c.close()
+            return
+        with self.lock:
+            if self.hold:
+                self.held.append(c)
+                return
+            self.answered += 1
+        try:
+            c.sendall(self.answer)
+        finally:
+            c.close()
+
+    def take_held(self):
+        """The held connections, forgotten here (call with lock held)."""
+        held, self.held = self.held, []
+        return held
+
+    def close(self):
+        self.sock.close()
+        with self.lock:
+            held = self.take_held()
+        for c in held:
+            c.close()
+
+
+def test_gw_etcd_reload_does_not_wait_for_a_stalled_poll(gateway_factory,
+                                                         memqd_factory):
+    """A reload while etcd holds a poll of the old generation unanswered:
+    the old worker exits at once (the poll is closed, not waited for), and
+    the poll cut short says nothing about etcd: the status stays "up"."""
+    a = memqd_factory()
+    fake = HoldingEtcd(node_addr(a))
+    try:
+        g = gateway_factory([], cluster_extra="etcd %s interval=100ms;"
+                            % fake.url,
+                            timeouts="connect_timeout 1s; read_timeout 60s;")
+        wait_for(lambda: _etcd_state(g)["state"] == "up"
+                 and set(_nodes(g)) == {node_addr(a)}, what="etcd up")
+
+        fake.hold = True
+        wait_for(lambda: fake.held, what="a held poll")
+        with fake.lock:
+            old = fake.take_held()
+            fake.hold = False
+        exits = g.error_text().count("exited with code")
+        answered = fake.answered
+        g.reload()
+        # within the poll's 60 s read timeout, and the held poll still open
+        wait_for(lambda: g.error_text().count("exited with code")
+                 >= exits + 2, timeout=20, what="the old workers gone")
+        wait_for(lambda: fake.answered >= answered + 4,
+                 what="the new workers' answered polls")
+        st = _etcd_state(g)
+        assert st["state"] == "up" and st["failures"] == 0, st
+        assert "unreachable" not in g.error_text()
+        assert all(c.fileno() != -1 for c in old)
+    finally:
+        fake.close()
