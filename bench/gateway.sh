@@ -32,7 +32,12 @@
 #            the same nginx (/r201: what nginx costs without memq), and
 #            memq-bench producing 100 B straight to the three --sync always
 #            nodes over PUB_CONNS connections in all, one set at a time
-#            (what the nodes give without the gateway)
+#            (what the nodes give without the gateway).  With Debian's
+#            libnginx-mod-http-lua installed (LUA_MODULE), the same single
+#            POSTs also go to /luan3 and /luaa3, the same nodes behind
+#            bench/seedgw.lua: publish as the OpenResty gateway memq
+#            replaces does it (a cosocket `set` a POST); the ratios
+#            gateway / Lua come with the others
 #   wakeup   a consumer long-polls (wait=30&max=1) on /n3; a 100 B message
 #            is published through the gateway, or with `set` straight to a
 #            node; time from the publish to the line at the consumer, ROUNDS
@@ -68,7 +73,8 @@
 #                the C client: ndjson (the default) or raw
 #   PARTS        subset of "drain client publish wakeup rss" (all)
 #   BATCH        memq_batch of the locations (64, the module's default)
-#   RESULTS, MEMQD, BENCH, MODULE, NGINX
+#   RESULTS, MEMQD, BENCH, MODULE, NGINX, LUA_MODULE (Debian's
+#                ngx_http_lua_module.so; "" or missing: no Lua cells)
 #
 # Needs: build/memqd, build/memq-bench (make memqd bench), the module (make
 # module), Debian's nginx, python3, wrk (Debian package `wrk`; without it
@@ -82,6 +88,8 @@ BENCH=${BENCH:-$ROOT/build/memq-bench}
 MEMQD=${MEMQD:-$ROOT/build/memqd}
 MODULE=${MODULE:-$ROOT/build/ngx_http_memq_module.so}
 NGINX=${NGINX:-/usr/sbin/nginx}
+LUA_MODULE=${LUA_MODULE-/usr/lib/nginx/modules/ngx_http_lua_module.so}
+[ -n "$LUA_MODULE" ] && [ -f "$LUA_MODULE" ] || LUA_MODULE=""
 RESULTS=${RESULTS:-$ROOT/build/gateway-results.txt}
 LOAD="python3 $ROOT/bench/gwload.py"
 QUICK=${QUICK:-0}
@@ -240,7 +248,26 @@ EOF
 }
 user=""
 [ "$(id -u)" -eq 0 ] && user="user root;"
+# the Lua reference (see the header): its module, and a location a cluster
+lua_load() {
+    [ -n "$LUA_MODULE" ] || return 0
+    echo "load_module $(dirname "$LUA_MODULE")/ndk_http_module.so;"
+    echo "load_module $LUA_MODULE;"
+}
+lua_location() {    # path ports...
+    [ -n "$LUA_MODULE" ] || return 0
+    local path=$1 p nodes=""
+    shift
+    for p in "$@"; do nodes="$nodes 127.0.0.1:$p"; done
+    cat <<EOF
+        location $path {
+            set \$seedgw_nodes "${nodes# }";
+            content_by_lua_file $ROOT/bench/seedgw.lua;
+        }
+EOF
+}
 cat >"$TMP/nginx/nginx.conf" <<EOF
+$(lua_load)
 load_module $MODULE;
 $user
 worker_processes 2;
@@ -268,6 +295,8 @@ $(location /n1 n1)
 $(location /n3 n3)
 $(location /n8 n8)
 $(location /a3 a3)
+$(lua_location /luan3 "${NPORT[1]}" "${NPORT[2]}" "${NPORT[3]}")
+$(lua_location /luaa3 "${APORT[@]}")
         location = /status { memq_status; }
         location = /r201 { return 201 '{"queued":1,"node":"-"}'; }
     }
@@ -548,6 +577,18 @@ done >"$TMP/batch.body"
 if ! part publish; then
     :
 elif command -v wrk >/dev/null; then
+    # warm-up: a node's first journal file is small (1 MiB) and the next
+    # one is written full of zeros while the sets go on, which stalls
+    # fsyncs; the first cell on the --sync always nodes would pay for it
+    wpids=()
+    for p in "${APORT[@]}"; do
+        "$BENCH" -p "$p" -c 8 -d 1 -s 1000 -n 16000 -q pub_warm -Q \
+            --timeout 60 >/dev/null 2>&1 &
+        wpids+=($!)
+    done
+    for p in "${wpids[@]}"; do
+        wait "$p" || fail "publish warm-up: memq-bench failed"
+    done
     for round in $(seq 1 "$PUB_ROUNDS"); do
         # each single-POST cell right before its reference, so that the
         # machine drifts little between the two; a ratio a round
@@ -557,6 +598,11 @@ elif command -v wrk >/dev/null; then
         pub_run "single_always" /a3 "$TMP/one.body" octet
         pub_direct
         pub_ratio single_always direct_always "$round"
+        [ -n "$LUA_MODULE" ] || continue
+        pub_run "lua_single_none" /luan3 "$TMP/one.body" octet
+        pub_ratio single_none lua_single_none "$round"
+        pub_run "lua_single_always" /luaa3 "$TMP/one.body" octet
+        pub_ratio single_always lua_single_always "$round"
     done
     pub_run "batch100_none" /n3 "$TMP/batch.body" ndjson
     pub_run "batch100_always" /a3 "$TMP/batch.body" ndjson
@@ -638,7 +684,8 @@ if [ -n "$PUBROWS" ]; then
          "3 nodes"
     printf '%-28s %10s %12s %10s %10s\n' run posts/s msgs/s p50 p99
     printf '%s' "$PUBROWS"
-    for k in single_none/single_return201 single_always/direct_always; do
+    for k in single_none/single_return201 single_always/direct_always \
+             single_none/lua_single_none single_always/lua_single_always; do
         [ -n "${PUBRATIOS[$k]:-}" ] || continue
         med=$(median ${PUBRATIOS[$k]})
         printf '%-36s median %s (rounds:%s)\n' "${k/\// / }" "$med" \
