@@ -790,9 +790,9 @@ ngx_http_memq_etcd_entry(ngx_http_memq_etcd_t *et, ngx_str_t *kv,
             }
 
             if (ngx_http_memq_json_member(&value, "weight", &w) == NGX_OK) {
-                *weight = ngx_atoi(w.data, w.len);
+                *weight = ngx_http_memq_weight(w.data, w.len);
 
-                if (*weight <= 0) {
+                if (*weight == NGX_ERROR) {
                     err->data = ngx_pnalloc(et->pool, key.len + 64);
                     if (err->data == NULL) {
                         ngx_str_set(err, "bad weight");

@@ -691,12 +691,32 @@ ngx_http_memq_parse_node_line(ngx_str_t *line, ngx_str_t *addr,
         return NGX_ERROR;
     }
 
-    *weight = ngx_atoi(p + 7, last - p - 7);
-    if (*weight <= 0) {
+    *weight = ngx_http_memq_weight(p + 7, last - p - 7);
+    if (*weight == NGX_ERROR) {
         return NGX_ERROR;
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * A node's weight, 1 to NGX_HTTP_MEMQ_MAX_WEIGHT, or NGX_ERROR: node
+ * choice multiplies weights by owed replies and sums them, which a bigger
+ * one would wrap.
+ */
+ngx_int_t
+ngx_http_memq_weight(u_char *p, size_t len)
+{
+    ngx_int_t  n;
+
+    n = ngx_atoi(p, len);
+
+    if (n <= 0 || n > NGX_HTTP_MEMQ_MAX_WEIGHT) {
+        return NGX_ERROR;
+    }
+
+    return n;
 }
 
 
@@ -1179,12 +1199,14 @@ ngx_http_memq_cluster_cmd(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
         if (nargs == 3) {
             if (value[2].len <= 7
                 || ngx_strncmp(value[2].data, "weight=", 7) != 0
-                || (n = ngx_atoi(value[2].data + 7, value[2].len - 7)) <= 0)
+                || (n = ngx_http_memq_weight(value[2].data + 7,
+                                             value[2].len - 7))
+                   == NGX_ERROR)
             {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid parameter \"%V\" of \"node\" "
-                                   "(weight=N with N > 0 expected)",
-                                   &value[2]);
+                                   "(weight=N with N from 1 to %d expected)",
+                                   &value[2], NGX_HTTP_MEMQ_MAX_WEIGHT);
                 return NGX_CONF_ERROR;
             }
 

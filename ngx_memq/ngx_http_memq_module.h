@@ -42,6 +42,9 @@
 #define NGX_HTTP_MEMQ_MAX_VALUE       (64 * 1024 * 1024)
 #define NGX_HTTP_MEMQ_PUBLISH_TRIES   3
 #define NGX_HTTP_MEMQ_MAX_PIPES       16       /* publish_pipes at most */
+#define NGX_HTTP_MEMQ_MAX_WEIGHT      1000     /* as memqd --weight: node
+                                                  choice multiplies it by
+                                                  owed replies */
 #define NGX_HTTP_MEMQ_RUN_SLACK       32       /* replies a node may owe
                                                   above the least while
                                                   a run goes on */
@@ -299,6 +302,7 @@ ngx_http_memq_node_t *ngx_http_memq_node_find(ngx_http_memq_cluster_t *cl,
 ngx_http_memq_node_t *ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl,
     ngx_pool_t *pool, ngx_str_t *addr, ngx_int_t weight, ngx_uint_t source,
     ngx_str_t *err);
+ngx_int_t ngx_http_memq_weight(u_char *p, size_t len);
 ngx_int_t ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
     ngx_http_memq_node_t *node, ngx_str_t *err, ngx_uint_t resolve);
 void ngx_http_memq_json_error(ngx_http_request_t *r, ngx_uint_t status,

@@ -280,7 +280,9 @@ http {{
         marks = BAD_LOG if self.errors_expected else BAD_LOG + ("[error]",)
         bad = [l for l in text.splitlines() if any(m in l for m in marks)]
         assert not bad, "nginx error log has:\n%s" % "\n".join(bad[:20])
-        err = self.stderr_text()
+        # nginx points its stderr at the error log once it has read the
+        # configuration: a worker's sanitizer report lands there
+        err = self.stderr_text() + text
         for m in SANITIZER_MARKERS:
             assert m not in err, "sanitizer report from nginx:\n%s" % \
                 err[max(0, err.find(m) - 200):][:6000]

@@ -25,6 +25,12 @@ LOC = """
     ({"cluster_extra": "node nowhere;"}, 'in "node nowhere"'),
     ({"cluster_extra": "node 127.0.0.1:22202 weight=0;"},
      'invalid parameter "weight=0" of "node"'),
+    # node choice multiplies weights by owed replies and sums them: a
+    # weight past 1000 (memqd --weight's limit) is refused, not wrapped
+    ({"cluster_extra": "node 127.0.0.1:22202 weight=1001;"},
+     'invalid parameter "weight=1001" of "node"'),
+    ({"cluster_extra": "node 127.0.0.1:22202 weight=4611686018427387904;"},
+     'invalid parameter "weight=4611686018427387904" of "node"'),
     ({"cluster_extra": "node %s;" % NODE}, 'duplicate node in "node'),
     ({"cluster_extra": "nodes 1.2.3.4:5;"},
      'unknown directive "nodes" in memq_cluster'),

@@ -298,6 +298,22 @@ def test_gw_etcd_node_joins_is_used_and_leaves(gateway_factory,
     assert set(_nodes(g)) == {node_addr(a)}
 
 
+def test_gw_etcd_weight_past_1000_is_left_out(gateway_factory,
+                                             memqd_factory, etcd):
+    """Weights 1-1000, as memqd --weight: anyone who can write the keys
+    cannot make the node choice's sums wrap."""
+    a, b, c = memqd_factory(), memqd_factory(), memqd_factory()
+    g = _gateway(gateway_factory, [a], etcd.url)
+    etcd.register(b, weight=4611686018427387904)
+    etcd.register(c, weight=1000)
+    wait_for(lambda: node_addr(c) in _nodes(g), timeout=5,
+             what="etcd node in the status")
+    st = _nodes(g)
+    assert node_addr(b) not in st
+    assert st[node_addr(c)]["weight"] == 1000
+    assert "bad weight" in g.error_text()
+
+
 def test_gw_etcd_lease_expiry_streams_keep_flowing(gateway_factory,
                                                    memqd_factory, etcd):
     """Three nodes from etcd only; one is killed and its lease runs out

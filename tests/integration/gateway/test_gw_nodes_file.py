@@ -88,3 +88,20 @@ def test_bad_lines_are_warnings(gateway_factory, memqd_factory, tmp_path):
     assert set(_addrs(g)) == {node_addr(a), node_addr(b)}
     text = g.error_text()
     assert "bad line" in text or "bad node address" in text
+
+
+def test_weight_past_1000_is_a_bad_line(gateway_factory, memqd_factory,
+                                        tmp_path):
+    """Weights 1-1000 as memqd --weight: a bigger one would wrap the
+    node choice's sums (two nodes of weight 2^62 sum past the type)."""
+    a, b, c = memqd_factory(), memqd_factory(), memqd_factory()
+    nf = tmp_path / "heavy.nodes"
+    _write(nf, "%s weight=4611686018427387904\n%s weight=1001\n"
+           "%s weight=1000\n" % (node_addr(a), node_addr(b), node_addr(c)))
+    g = gateway_factory([], cluster_extra="nodes_file %s;" % nf)
+    st = _addrs(g)
+    assert set(st) == {node_addr(c)}
+    assert st[node_addr(c)]["weight"] == 1000
+    text = g.error_text()
+    assert 'bad line "%s weight=4611686018427387904"' % node_addr(a) in text
+    assert 'bad line "%s weight=1001"' % node_addr(b) in text
