@@ -346,7 +346,7 @@ void ngx_http_memq_conn_close(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close_fin(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_close_idle(ngx_http_memq_node_t *node);
 ngx_http_memq_node_t *ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
-    ngx_http_memq_node_t **skip, ngx_uint_t nskip);
+    ngx_http_memq_node_t **skip, ngx_uint_t nskip, ngx_uint_t piped);
 void ngx_http_memq_run_posted(ngx_connection_t *c);
 
 /* ngx_http_memq_stream.c; how an ndjson message with an id goes */

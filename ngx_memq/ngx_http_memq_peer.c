@@ -908,8 +908,9 @@ ngx_http_memq_conn_test_connect(ngx_connection_t *c)
  * 1,410 POSTs/s by round robin, 36,700 this way).  NULL when none is
  * left.
  *
- * Runs (with publish pipes): a first try (nskip 0) goes to the node
- * round robin chose last while the worker's clock (ngx_current_msec,
+ * Runs (piped: a single message that may share a publish pipe): a first
+ * try (nskip 0) goes to the node round robin chose for such a message
+ * last while the worker's clock (ngx_current_msec,
  * updated when the event loop wakes) still shows the same millisecond,
  * that node owes at most
  * NGX_HTTP_MEMQ_RUN_SLACK replies a unit of weight above the least, and
@@ -924,7 +925,10 @@ ngx_http_memq_conn_test_connect(ngx_connection_t *c)
  * more apart (light traffic) are plain smooth round robin.  A node whose
  * disk stalls gets no runs: each time it caught up, a whole millisecond
  * of clients would wait on it (one node with 50 ms fsyncs among three:
- * 4-9k POSTs/s with runs to it, 38-39k without).
+ * 4-9k POSTs/s with runs to it, 38-39k without).  A batch, or a message
+ * too big for a pipe, neither goes on with a run nor starts one: it has
+ * a connection of its own, so a run saves it nothing, and it is neither
+ * owed nor timed, so nothing would bound the run.
  */
 static ngx_uint_t
 ngx_http_memq_node_skipped(ngx_http_memq_node_t *node,
@@ -944,7 +948,7 @@ ngx_http_memq_node_skipped(ngx_http_memq_node_t *node,
 
 ngx_http_memq_node_t *
 ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
-    ngx_http_memq_node_t **skip, ngx_uint_t nskip)
+    ngx_http_memq_node_t **skip, ngx_uint_t nskip, ngx_uint_t piped)
 {
     uint64_t                ok;
     ngx_int_t               total;
@@ -989,7 +993,7 @@ ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
 
     node = cl->run_node;
 
-    if (nskip == 0 && node != NULL && least != NULL && cl->publish_pipes
+    if (piped && nskip == 0 && node != NULL && least != NULL
         && cl->run_msec == ngx_current_msec
         && node->reply_ms8 <= quick + NGX_HTTP_MEMQ_RUN_LAG * 8
         && run_ok
@@ -1028,8 +1032,10 @@ ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
         best->current_weight -= total;
     }
 
-    cl->run_node = best;
-    cl->run_msec = ngx_current_msec;
+    if (piped) {
+        cl->run_node = best;
+        cl->run_msec = ngx_current_msec;
+    }
 
     return best;
 }

@@ -613,7 +613,7 @@ static void
 ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
 {
     ngx_int_t                 rc;
-    ngx_uint_t                level;
+    ngx_uint_t                level, piped;
     ngx_http_request_t       *r;
     ngx_http_memq_node_t     *node;
     ngx_http_memq_pub_msg_t  *swap;
@@ -621,6 +621,13 @@ ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
 
     r = ctx->request;
     cl = ctx->conf->cluster;
+
+    /* a single message may share a publish pipe (then it may go on with
+     * a run, see ngx_http_memq_node_next()); a batch, or one too big for a
+     * pipe, takes a connection of its own */
+    piped = !ctx->ndjson && cl->publish_pipes
+            && (ctx->body.len <= NGX_HTTP_MEMQ_PIPE_MSG
+                || ctx->conf->compress_min_size);
 
     /* the refused ones go first, then those refused before that were not
      * sent yet: at most one window each (a node's first window takes
@@ -666,17 +673,15 @@ ngx_http_memq_publish_try(ngx_http_memq_pub_ctx_t *ctx)
             break;
         }
 
-        node = ngx_http_memq_node_next(cl, ctx->tried, ctx->ntried);
+        node = ngx_http_memq_node_next(cl, ctx->tried, ctx->ntried, piped);
         if (node == NULL) {
             break;
         }
 
         ctx->tried[ctx->ntried++] = node;
 
-        /* a single message shares a publish pipe; when none has room it
-         * takes a connection of its own */
-        rc = ctx->ndjson ? NGX_DECLINED
-                         : ngx_http_memq_publish_pipe(ctx, node);
+        /* when no pipe has room it takes a connection of its own */
+        rc = piped ? ngx_http_memq_publish_pipe(ctx, node) : NGX_DECLINED;
 
         if (rc == NGX_OK) {
             return;
@@ -764,13 +769,6 @@ static ngx_int_t
 ngx_http_memq_publish_pipe(ngx_http_memq_pub_ctx_t *ctx,
     ngx_http_memq_node_t *node)
 {
-    if (ctx->conf->cluster->publish_pipes == 0
-        || (ctx->body.len > NGX_HTTP_MEMQ_PIPE_MSG
-            && ctx->conf->compress_min_size == 0))
-    {
-        return NGX_DECLINED;
-    }
-
     if (ctx->inflight == 0 && ngx_http_memq_publish_fill(ctx) <= 0) {
         return NGX_ABORT;
     }

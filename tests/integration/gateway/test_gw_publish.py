@@ -186,6 +186,46 @@ def test_posts_of_one_millisecond_go_to_one_node(gateway_factory,
     assert stored == [2 + 12, 4 + 24, 6 + 36], stored
 
 
+@pytest.mark.parametrize("kind", ["batch", "big"])
+def test_posts_outside_pipes_make_no_runs(gateway_factory, memqd_factory,
+                                          kind):
+    """Runs are for sets that share a pipe (one write, one wake-up of one
+    node).  A batch or a POST too big for a pipe has a connection of its
+    own, so a run would save nothing, and nothing bounds it (such POSTs are
+    not owed, their reply times not kept): a burst of them is spread by
+    round robin, one by one, as before runs."""
+    nodes = [memqd_factory(args=["--sync", "none"]) for _ in range(3)]
+    addrs = [node_addr(n) for n in nodes]
+    g = gateway_factory(nodes, workers=1)
+    worker = _worker(g)
+    q = qname()
+    if kind == "batch":
+        head = b"Content-Type: application/x-ndjson\r\n"
+        body = b'{"a":1}\n{"b":2}\n'
+    else:
+        head = b""
+        body = b"x" * 20000
+    socks = [socket.create_connection(("127.0.0.1", g.port), timeout=10)
+             for _ in range(12)]
+    try:
+        time.sleep(0.002)
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            for s in socks:
+                s.sendall(b"POST /mq?topic=%s HTTP/1.1\r\nHost: x\r\n%s"
+                          b"Content-Length: %d\r\n\r\n%s"
+                          % (q.encode(), head, len(body), body))
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        got = [_read_reply(s) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    assert [got.count(a) for a in addrs] == [4, 4, 4], got
+    per = 2 if kind == "batch" else 1
+    assert [len(_drain(n, q)) for n in nodes] == [4 * per] * 3
+
+
 def test_slow_node_gets_no_runs(gateway_factory, memqd_factory):
     """A node whose replies lag (every fdatasync 200 ms) keeps no run: when
     round robin starts a burst on it, it gets that one POST and the rest of
