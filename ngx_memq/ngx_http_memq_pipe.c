@@ -140,6 +140,12 @@ ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,
     }
 
     if (p == NULL) {
+        /* a run to it ends here: what the node owes cannot grow past what
+         * its pipes hold, so the slack would not end it (node_next()) */
+        if (cl->run_node == node) {
+            cl->run_node = NULL;
+        }
+
         return NGX_DECLINED;
     }
 

@@ -186,6 +186,35 @@ def test_posts_of_one_millisecond_go_to_one_node(gateway_factory,
     assert stored == [2 + 12, 4 + 24, 6 + 36], stored
 
 
+def test_run_ends_when_the_node_has_no_pipe_room(gateway_factory,
+                                                memqd_factory):
+    """A run is bounded by the replies its node owes (the slack, 32 a unit
+    of weight), but what a node can owe is what its pipes hold: with
+    weight 16 and one pipe of 256 the slack (512) is never reached, and
+    the POSTs past the pipe's room went on as a run to the same node, each
+    on a connection of its own, while the other node of the same weight
+    had nothing.  A node whose pipes are full ends its run."""
+    nodes = [memqd_factory(args=["--sync", "none"]) for _ in range(2)]
+    addrs = [node_addr(n) for n in nodes]
+    g = gateway_factory(nodes, workers=1, cluster_extra="publish_pipes 1;",
+                        weights={addrs[0]: 16, addrs[1]: 16})
+    worker = _worker(g)
+    q = qname()
+    socks = [socket.create_connection(("127.0.0.1", g.port), timeout=30)
+             for _ in range(400)]
+    try:
+        got = _burst(worker, socks, q, b"r.")
+    finally:
+        for s in socks:
+            s.close()
+    counts = [got.count(a) for a in addrs]
+    # one pipe's room (and the POST that found it full) on the first node
+    # of the run, the rest on the other; replies read meanwhile may give
+    # the first some more room, never all of it
+    assert min(counts) >= 100, counts
+    assert sum(len(_drain(n, q)) for n in nodes) == 400
+
+
 @pytest.mark.parametrize("kind", ["batch", "big"])
 def test_posts_outside_pipes_make_no_runs(gateway_factory, memqd_factory,
                                           kind):
