@@ -158,6 +158,7 @@ struct ngx_http_memq_node_s {
     ngx_msec_t                reply_ms8;   /* how long those replies
                                               took lately: a moving
                                               average, ms x 8 */
+    ngx_uint_t                replied;     /* reply_ms8 has a reply */
     ngx_uint_t                sources;     /* NGX_HTTP_MEMQ_SRC_* */
     ngx_uint_t                slot;        /* index in sh->nodes */
     ngx_uint_t                slot_gen;    /* its gen when taken */

@@ -915,7 +915,9 @@ ngx_http_memq_conn_test_connect(ngx_connection_t *c)
  * that node owes at most
  * NGX_HTTP_MEMQ_RUN_SLACK replies a unit of weight above the least, and
  * its replies lately (a moving average of its pipes' reply times) came
- * at most NGX_HTTP_MEMQ_RUN_LAG ms later than the quickest node's.
+ * at most NGX_HTTP_MEMQ_RUN_LAG ms later than the quickest node's (of
+ * the nodes that answered one: a node never reached is not the quickest,
+ * which would keep every node from runs).
  * Under load the POSTs of a millisecond then cost one node write a pass
  * of the event loop and wake one node, not every node: a node reads a
  * dozen sets at a time instead of about four, and the nodes' CPU a POST
@@ -981,7 +983,10 @@ ngx_http_memq_node_next(ngx_http_memq_cluster_t *cl,
             run_ok = 1;
         }
 
-        quick = ngx_min(quick, node->reply_ms8);
+        /* a node with no reply yet is not the quickest */
+        if (node->replied) {
+            quick = ngx_min(quick, node->reply_ms8);
+        }
 
         if (least == NULL
             || node->owed * (ngx_uint_t) least->weight

@@ -342,6 +342,7 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
          * among quick ones moves it 6 ms (see node_next(), runs) */
         node->reply_ms8 = node->reply_ms8 - node->reply_ms8 / 8
                           + (ngx_current_msec - e->sent);
+        node->replied = 1;
 
         owner = e->owner;
         e->owner = NULL;

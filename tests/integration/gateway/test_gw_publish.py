@@ -186,6 +186,43 @@ def test_posts_of_one_millisecond_go_to_one_node(gateway_factory,
     assert stored == [2 + 12, 4 + 24, 6 + 36], stored
 
 
+def test_node_never_answering_does_not_stop_runs(gateway_factory,
+                                                memqd_factory):
+    """The lag rule compares a node's reply times with the quickest
+    node's.  A node that never answered has no reply times: it is not the
+    quickest.  Here one cannot be reached (max_fails 0: it stays in the
+    choice) and the other takes 10 ms or more a reply; taken as 0 ms, the
+    unreachable node made it lag, no burst was a run, and every POST of a
+    burst was a round robin choice of its own, nearly each tried on the
+    unreachable node first."""
+    # connect() fails at once (ENETUNREACH): no reply, ever
+    dead = ("255.255.255.255", 9)
+    node = memqd_factory(args=["--sync", "always"],
+                         env={"MEMQD_FAULT_FSYNC_DELAY_MS": "10"})
+    g = gateway_factory([dead, node], workers=1,
+                        cluster_extra="max_fails 0;")
+    g.expect_errors()
+    worker = _worker(g)
+    q = qname()
+    socks = [socket.create_connection(("127.0.0.1", g.port), timeout=30)
+             for _ in range(12)]
+    try:
+        # the node's average up to its 10 ms and more
+        for k in range(3):
+            _one_by_one(socks, q, b"warm%d." % k)
+        before = g.node_status("%s:%d" % dead)["fails"]
+        for k in range(4):
+            assert set(_burst(worker, socks, q, b"b%d." % k)) == \
+                {node_addr(node)}
+        tried = g.node_status("%s:%d" % dead)["fails"] - before
+    finally:
+        for s in socks:
+            s.close()
+    # at most the first POST of each burst tried it; the rest were a run
+    assert tried <= 4, tried
+    assert len(_drain(node, q)) == 3 * 12 + 4 * 12
+
+
 def test_run_ends_when_the_node_has_no_pipe_room(gateway_factory,
                                                 memqd_factory):
     """A run is bounded by the replies its node owes (the slack, 32 a unit
