@@ -281,7 +281,8 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     void                        *owner;
     ngx_int_t                    prc;
     ngx_buf_t                   *b;
-    ngx_uint_t                   refused, good;
+    ngx_msec_t                   took;
+    ngx_uint_t                   refused, good, sampled;
     mq_reply_t                   reply;
     const char                  *err;
     ngx_http_memq_pipe_t        *p;
@@ -300,6 +301,7 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     b = mc->in;
     shn = ngx_http_memq_shnode(node);
     good = 0;
+    sampled = 0;
 
     while (p->n) {
         prc = mq_proto_parse_reply((const char *) b->pos, b->last - b->pos,
@@ -338,11 +340,21 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         p->n--;
         node->owed--;
 
-        /* an eighth of the way to this reply's time: one 50 ms reply
-         * among quick ones moves it 6 ms (see node_next(), runs) */
-        node->reply_ms8 = node->reply_ms8 - node->reply_ms8 / 8
-                          + (ngx_current_msec - e->sent);
-        node->replied = 1;
+        /*
+         * The reply times' average (see node_next(), runs): one sample a
+         * read, the oldest entry's wait, capped, an eighth of the way.
+         * A read that comes late because this worker was late (busy, or
+         * off its core) delays every reply in it alike: counted once and
+         * capped, it adds at most 3 ms, less than the lag that ends runs,
+         * while a node whose every read lags gets there in two reads.
+         */
+        if (!sampled) {
+            sampled = 1;
+            took = ngx_min(ngx_current_msec - e->sent,
+                           NGX_HTTP_MEMQ_RUN_LAG * 6);
+            node->reply_ms8 = node->reply_ms8 - node->reply_ms8 / 8 + took;
+            node->replied = 1;
+        }
 
         owner = e->owner;
         e->owner = NULL;
