@@ -1156,6 +1156,26 @@ accept_backoff(listener_t *l, int err)
 }
 
 
+/*
+ * No memory for a connection just accepted: it is told so and closed, and
+ * the listener backs off as when accept() itself runs out of memory, so
+ * the connections behind it wait in the backlog instead of each being
+ * accepted, refused and logged in turn.
+ */
+static void
+accept_nomem(listener_t *l, int fd)
+{
+    static const char  msg[] = "SERVER_ERROR out of memory\r\n";
+
+    if (send(fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL) < 0) {
+        /* it is going away anyway */
+    }
+    close(fd);
+
+    accept_backoff(l, ENOMEM);
+}
+
+
 static void
 accept_handler(loop_io_t *io, unsigned events)
 {
@@ -1205,8 +1225,8 @@ accept_handler(loop_io_t *io, unsigned events)
         /* the connection's timer slot first: it is given back in
          * conn_free() */
         if (loop_timer_reserve() != 0) {
-            close(fd);
-            continue;
+            accept_nomem(l, fd);
+            return;
         }
 
         c = calloc(1, sizeof(conn_t));
@@ -1216,8 +1236,8 @@ accept_handler(loop_io_t *io, unsigned events)
         if (c == NULL || c->in == NULL) {
             free(c);
             loop_timer_release();
-            close(fd);
-            continue;
+            accept_nomem(l, fd);
+            return;
         }
 
         c->io.fd = fd;

@@ -103,8 +103,7 @@ int
 loop_timer_reserve(void)
 {
     if (heap_grow(reserved + 1) != 0) {
-        log_error("loop", "out of memory for timers");
-        return -1;
+        return -1;                  /* the caller says so, rate-limited */
     }
 
     reserved++;

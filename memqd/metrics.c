@@ -657,6 +657,14 @@ mconn_close(mconn_t *mc)
 
 
 static void
+accept_pause(void)
+{
+    loop_mod(&listen_io, 0);
+    loop_timer_add(&listen_backoff, METRICS_BACKOFF_MS);
+}
+
+
+static void
 accept_handler(loop_io_t *io, unsigned events)
 {
     int       fd;
@@ -673,8 +681,7 @@ accept_handler(loop_io_t *io, unsigned events)
                  * the backlog and the listener would be ready again at
                  * once, for ever; look again later (the memcache
                  * listeners log the shortage) */
-                loop_mod(&listen_io, 0);
-                loop_timer_add(&listen_backoff, METRICS_BACKOFF_MS);
+                accept_pause();
             }
             return;
         }
@@ -684,16 +691,20 @@ accept_handler(loop_io_t *io, unsigned events)
             continue;
         }
 
+        /* out of memory for this one: the ones behind it wait in the
+         * backlog as when accept() fails */
         if (loop_timer_reserve() != 0) {        /* given back at close */
             close(fd);
-            continue;
+            accept_pause();
+            return;
         }
 
         mc = calloc(1, sizeof(mconn_t));
         if (mc == NULL) {
             loop_timer_release();
             close(fd);
-            continue;
+            accept_pause();
+            return;
         }
 
         mc->io.fd = fd;
