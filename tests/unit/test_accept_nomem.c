@@ -10,7 +10,8 @@
  * wrapped at link time to fail).  The client is told, not just cut off;
  * the shortage is logged once, not once per connection a client makes;
  * the connections behind it wait in the backlog and are served when
- * memory is back.  The metrics listener backs off the same way.
+ * memory is back; every slot taken comes back when its connection is
+ * freed.  The metrics listener backs off the same way.
  */
 
 #include <stdarg.h>
@@ -117,7 +118,8 @@ client(int port)
 
 
 /* before_sleep: stops once `want` connections are open, or after the
- * first wait when want is 0 */
+ * first wait when `once` */
+static int       once;
 static unsigned  iterations;
 static uint64_t  want;
 
@@ -129,7 +131,7 @@ stop_when_done(void)
 
     busy = conn_before_sleep();
 
-    if (want == 0 ? iterations++ > 0 : srv.curr_conns >= want) {
+    if (once ? iterations++ > 0 : srv.curr_conns == want) {
         loop_stop();
         return 1;
     }
@@ -194,9 +196,10 @@ refuse_clients(int *fds, size_t *held)
         fds[i] = client(port);
     }
 
-    want = 0;
+    once = 1;
     iterations = 0;
     loop_run(stop_when_done);
+    once = 0;
 
     /* (cmocka reports on stderr) */
     dup2(saved, STDERR_FILENO);
@@ -233,6 +236,37 @@ memory_back(size_t held)
 }
 
 
+/* the slots the heap has room for beyond those held */
+static size_t
+free_slots(void)
+{
+    size_t  n;
+
+    realloc_fails = 1;
+    for (n = 0; loop_timer_reserve() == 0; n++) {
+        /* void */
+    }
+    memory_back(n);
+
+    return n;
+}
+
+
+/* runs the loop until `n` connections are open (10 s at most) */
+static void
+run_until(uint64_t n)
+{
+    loop_timer_t  deadline = { 0 };
+
+    deadline.handler = give_up;
+    loop_timer_add(&deadline, 10000);
+    want = n;
+    loop_run(stop_when_done);
+    loop_timer_del(&deadline);
+    assert_int_equal(srv.curr_conns, n);
+}
+
+
 static void
 refusal_is_told_logged_once_and_the_rest_wait(void **state)
 {
@@ -240,7 +274,6 @@ refusal_is_told_logged_once_and_the_rest_wait(void **state)
     char          buf[64];
     size_t        held;
     ssize_t       n;
-    loop_timer_t  deadline = { 0 };
 
     (void) state;
 
@@ -263,18 +296,20 @@ refusal_is_told_logged_once_and_the_rest_wait(void **state)
 
     /* memory is back: the ones that waited are served */
     memory_back(held);
+    run_until(CLIENTS - 1);
 
-    deadline.handler = give_up;
-    loop_timer_add(&deadline, 10000);
-    want = CLIENTS - 1;
-    loop_run(stop_when_done);
-    loop_timer_del(&deadline);
-    assert_int_equal(srv.curr_conns, CLIENTS - 1);
-
+    /* every slot comes back, from a connection its client closed and
+     * from those shutdown closes: as many free as before the refusal */
+    close(fds[1]);
+    run_until(CLIENTS - 2);
     conn_shutdown();
     conn_close_listeners();
+    assert_int_equal(free_slots(), held);
+
     for (i = 0; i < CLIENTS; i++) {
-        close(fds[i]);
+        if (i != 1) {
+            close(fds[i]);
+        }
     }
 
     close(logfd);
