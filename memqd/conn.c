@@ -1157,21 +1157,18 @@ accept_backoff(listener_t *l, int err)
 
 
 /*
- * No memory for a connection just accepted: it is told so and closed, and
- * the listener backs off as when accept() itself runs out of memory, so
- * the connections behind it wait in the backlog instead of each being
- * accepted, refused and logged in turn.
+ * No memory for a connection just accepted: it is closed, and the
+ * listener backs off as when accept() itself runs out of memory, so the
+ * connections behind it wait in the backlog instead of each being
+ * accepted, closed and logged in turn.  Closed without a word: the
+ * gateway takes a close before any reply as the node failing and sends
+ * its sets to the next node, but would take a SERVER_ERROR line as the
+ * reply to its first set.
  */
 static void
 accept_nomem(listener_t *l, int fd)
 {
-    static const char  msg[] = "SERVER_ERROR out of memory\r\n";
-
-    if (send(fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL) < 0) {
-        /* it is going away anyway */
-    }
     close(fd);
-
     accept_backoff(l, ENOMEM);
 }
 

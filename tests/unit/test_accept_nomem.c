@@ -7,11 +7,11 @@
 /*
  * test_accept_nomem.c: a memcache listener when a new connection's timer
  * slot cannot be had (loop_timer_reserve() out of memory, realloc()
- * wrapped at link time to fail).  The client is told, not just cut off;
- * the shortage is logged once, not once per connection a client makes;
- * the connections behind it wait in the backlog and are served when
- * memory is back; every slot taken comes back when its connection is
- * freed.  The metrics listener backs off the same way.
+ * wrapped at link time to fail).  The client is closed; the shortage is
+ * logged once, not once per connection a client makes; the connections
+ * behind it wait in the backlog and are served when memory is back; every
+ * slot taken comes back when its connection is freed.  The metrics
+ * listener backs off the same way.
  */
 
 #include <stdarg.h>
@@ -268,7 +268,7 @@ run_until(uint64_t n)
 
 
 static void
-refusal_is_told_logged_once_and_the_rest_wait(void **state)
+refusal_is_logged_once_and_the_rest_wait(void **state)
 {
     int           fds[CLIENTS], logfd, i;
     char          buf[64];
@@ -283,11 +283,10 @@ refusal_is_told_logged_once_and_the_rest_wait(void **state)
 
     logfd = refuse_clients(fds, &held);
 
-    /* the first is told why it is refused */
-    n = recv(fds[0], buf, sizeof(buf) - 1, 0);
-    assert_true(n > 0);
-    buf[n] = '\0';
-    assert_string_equal(buf, "SERVER_ERROR out of memory\r\n");
+    /* the first is closed (a reply line would be taken by the gateway
+     * as the answer to its first set) */
+    n = recv(fds[0], buf, sizeof(buf), 0);
+    assert_int_equal(n, 0);
 
     rest_wait(fds);
 
@@ -348,7 +347,7 @@ int
 main(void)
 {
     const struct CMUnitTest  tests[] = {
-        cmocka_unit_test(refusal_is_told_logged_once_and_the_rest_wait),
+        cmocka_unit_test(refusal_is_logged_once_and_the_rest_wait),
         cmocka_unit_test(metrics_refusal_backs_off),
     };
 
