@@ -89,6 +89,12 @@ for i in 1 2 3; do
     NODE_PORTS+=("$port")
 done
 for port in "${NODE_PORTS[@]}"; do wait_port "$port"; done
+# past each node's first journal file (1 MiB), whose switch to a full-size
+# one stalls fsyncs: the first shape measured would pay for it
+for port in "${NODE_PORTS[@]}"; do
+    "$ROOT/build/memq-bench" -p "$port" -c 8 -d 1 -s 1000 -n 16000 \
+        -q warm -Q --timeout 60 >/dev/null
+done
 
 mkdir -p "$TMP/nginx/logs"
 cat >"$TMP/nginx/nginx.conf" <<EOF
