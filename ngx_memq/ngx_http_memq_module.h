@@ -95,6 +95,7 @@ typedef struct {
     void                     *owner;       /* NULL: its client left */
     size_t                    len;         /* payload bytes */
     ngx_msec_t                sent;        /* appended at */
+    size_t                    end;         /* the pipe's queued after it */
 } ngx_http_memq_pipe_entry_t;
 
 

@@ -38,8 +38,9 @@
  *
  * A failure of the connection (connect refused or timed out, reset, eof,
  * read timeout while replies are owed, a malformed reply, bytes after the
- * last reply) closes it with a reset, marks the node once (one failed
- * connection, one failure, as for a connection of its own), and tells
+ * last reply, a reply to a set still in out) closes it with a reset,
+ * marks the node once (one failed connection, one failure, as for a
+ * connection of its own), and tells
  * every waiting owner, oldest first; "SERVER_ERROR too many connections"
  * (said at accept, then the node closes) refuses every waiting entry
  * without marking the node.  A reply other than STORED or a refusal marks
@@ -68,6 +69,8 @@ struct ngx_http_memq_pipe_s {
     ngx_http_memq_pipe_entry_t   *ring;     /* the FIFO, DEPTH entries */
     ngx_uint_t                    head;     /* oldest entry */
     ngx_uint_t                    n;        /* entries owed a reply */
+    size_t                        queued;   /* bytes of sets appended
+                                               ever (wraps) */
 };
 
 
@@ -193,11 +196,13 @@ ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,
     mc = p->mc;
 
     p->out.last = ngx_cpymem(p->out.last, data, size);
+    p->queued += size;
 
     e = &p->ring[(p->head + p->n) % NGX_HTTP_MEMQ_PIPE_DEPTH];
     e->owner = owner;
     e->len = len;
     e->sent = ngx_current_msec;
+    e->end = p->queued;
     p->n++;
     node->owed++;
 
@@ -336,6 +341,17 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         }
 
         e = &p->ring[p->head];
+
+        if (p->queued - e->end < (size_t) (p->out.last - p->out.pos)) {
+            /* some of its set is still in out: the node answers what it
+             * was never sent, and every line from it is suspect */
+            ngx_log_error(NGX_LOG_ERR, &mc->log, 0,
+                          "memq node %V answered a set not sent",
+                          &node->addr);
+            ngx_http_memq_pipe_fail(p, "reply to a set not sent");
+            return NGX_DONE;
+        }
+
         p->head = (p->head + 1) % NGX_HTTP_MEMQ_PIPE_DEPTH;
         p->n--;
         node->owed--;
@@ -410,17 +426,6 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         return NGX_DONE;
     }
 
-    if (!mc->waiting || p->out.pos != p->out.last) {
-        /* replies are read while sets still go out: every entry answered
-         * with some of their sets not sent is a node answering what it
-         * was never sent */
-        ngx_log_error(NGX_LOG_ERR, &mc->log, 0,
-                      "memq node %V answered sets not sent yet",
-                      &node->addr);
-        ngx_http_memq_pipe_fail(p, "replies to sets not sent");
-        return NGX_DONE;
-    }
-
     /* nothing owed: the node is not timed any more, and the connection
      * waits in the keepalive pool for the next set */
     ngx_http_memq_conn_replied(mc);
@@ -443,7 +448,7 @@ again:
     /*
      * The good replies of a read count once it is known to be in step:
      * a node answering more than it was sent (bytes after the last reply,
-     * replies to sets not sent, a malformed one) fails the pipe with no
+     * a reply to a set not sent, a malformed one) fails the pipe with no
      * success, as on a connection of its own, and is marked down after
      * max_fails of them, not forgiven by the STORED before each.
      */

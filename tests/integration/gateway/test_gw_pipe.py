@@ -714,3 +714,55 @@ def test_node_out_of_step_is_marked_down(gateway_factory, fake, pipes):
     s = post(g, q, b"m2")
     assert answer(s)[0] == 503
     assert node.count() == 2
+
+
+def test_replies_to_sets_never_sent_are_not_stored(gateway_factory, fake):
+    """A node that stopped reading (the pipe's write blocked, its 64 KiB
+    of unsent sets full) sends more STORED lines than it read sets: a
+    line that would be the reply to a set still in the pipe's buffer,
+    never sent, fails the pipe, and that POST and the ones after it in
+    the pipe are not told 201 (here no other node: 503) by a node that
+    never had their message (before: every POST in the pipe was told
+    STORED, then the pipe failed for the bytes after the last reply)."""
+    def reply(p):
+        if p == b"first":
+            node.stalled.add(node.accepted)
+        return b"STORED\r\n"
+
+    node = fake(reply=reply, rcvbuf=4096)
+    g = gateway_factory([node.addr], workers=1,
+                        cluster_extra="publish_pipes 1; max_fails 1000;",
+                        timeouts="connect_timeout 1s; read_timeout 20s;")
+    g.expect_errors()
+    q = qname()
+    first = post(g, q, b"first")
+    wait_for(lambda: node.count() == 1, timeout=10, what="first set")
+    big = {b"%05d" % i + b"x" * 16000: None for i in range(250)}
+    for m in big:
+        big[m] = post(g, q, m)
+    wait_for(lambda: node.accepted >= 2, timeout=10,
+             what="a POST past the pipe's blocked write")
+    # 256 lines: more than the pipe owes
+    node.conns[1].sendall(b"STORED\r\n" * 256)
+    first.settimeout(20 * SLOW)
+    status, body = answer(first)
+    assert status == 201, body
+    wait_for(lambda: "failed" in g.error_text(), timeout=10,
+             what="the pipe failed")
+    node.stalled.clear()
+    with node.lock:
+        node.conns.pop(1)
+        node.owed.pop(1)
+    node.release()
+    refused = []
+    for m, s in big.items():
+        s.settimeout(20 * SLOW)
+        status, body = answer(s)
+        assert status in (201, 503), body
+        if status == 503:
+            refused.append(m)
+    # at least the 2 sets that filled the pipe's buffer were never sent
+    assert len(refused) >= 2, len(refused)
+    assert "answered a set not sent" in g.error_text()
+    received = {p for _, p in node.sets}
+    assert not received & set(refused), "503 for a message the node got"
