@@ -219,10 +219,12 @@ def test_posts_share_connections(gateway_factory, fake):
     assert node.accepted <= 2 * 2
 
 
-def test_fifo_matching(gateway_factory, memqd_factory, fake):
+@pytest.mark.parametrize("piece", [1, 3])
+def test_fifo_matching(gateway_factory, memqd_factory, fake, piece):
     """Replies for one pipe matched in order: STORED, queue full (the
     message goes to the next node), object too large (413), another error
-    (503, the node is failed), in any mix, in pieces of 3 bytes."""
+    (503, the node is failed), in any mix, in pieces of 3 bytes or split
+    at every byte."""
     def reply(p):
         if p.startswith(b"full"):
             return b"SERVER_ERROR queue full\r\n"
@@ -245,7 +247,7 @@ def test_fifo_matching(gateway_factory, memqd_factory, fake):
         wait_for(lambda: node.count() == i + 1, timeout=10,
                  what="set %d at the node" % i)
     assert node.conns_used() == 1
-    node.release(piece=3)
+    node.release(piece=piece)
     stored_real = []
     for i, (k, s) in enumerate(zip(kinds, socks)):
         status, body = answer(s)
