@@ -74,6 +74,28 @@ def wait_for(cond, timeout=5.0, interval=0.01, what="condition"):
         time.sleep(interval)
 
 
+def stop_process(pid):
+    """SIGSTOP pid and wait until each of its threads is stopped.  The
+    signal is only queued when kill() returns: a process asleep in
+    epoll_wait() may still wake, take the events ready by then, and stop
+    only on its way back to user space, so bytes sent right after kill()
+    could be read in two passes of its event loop instead of one."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped():
+        for t in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                continue
+            if state not in ("T", "t"):
+                return False
+        return True
+
+    wait_for(stopped, what="process %d stopped" % pid)
+
+
 _qseq = [0]
 
 

@@ -11,7 +11,7 @@ import socket
 import struct
 import time
 
-from memqlib import qname, wait_for
+from memqlib import qname, stop_process, wait_for
 
 
 def _waiter(s, q, ms):
@@ -44,7 +44,7 @@ def test_closed_woken_waiter_passes_the_item_on(memqd_factory):
                  what="second waiter parked")
 
         p = socket.create_connection((s.host, s.port))
-        os.kill(s.proc.pid, signal.SIGSTOP)
+        stop_process(s.proc.pid)
         try:
             # both reach the stopped node: the item for the first waiter
             # and the first waiter's close

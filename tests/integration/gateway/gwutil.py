@@ -45,6 +45,7 @@ qname = base.qname
 wait_for = base.wait_for
 free_port = base.free_port
 deadline_after = base.deadline_after
+stop_process = base.stop_process
 
 NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
 # e.g. "libasan.so.8:libubsan.so.1" with MEMQ_MODULE pointing at a module

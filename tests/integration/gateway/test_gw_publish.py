@@ -13,7 +13,7 @@ import zlib
 import pytest
 
 import gwutil
-from gwutil import Client, node_addr, qname
+from gwutil import Client, node_addr, qname, stop_process
 
 
 def _drain(node, q):
@@ -143,8 +143,8 @@ def _burst(worker, socks, q, tag):
     """A POST on every connection while the worker is stopped, so that it
     reads them all in one pass of its event loop.  The nodes, in order."""
     time.sleep(0.002)
-    os.kill(worker, signal.SIGSTOP)
     try:
+        stop_process(worker)
         for i, s in enumerate(socks):
             _post_raw(s, q, b"%s%d" % (tag, i))
     finally:
@@ -152,10 +152,14 @@ def _burst(worker, socks, q, tag):
     return [_read_reply(s) for s in socks]
 
 
-def _runs_by_weight(gateway_factory, memqd_factory):
-    """One try of the runs scenario on fresh nodes and a fresh gateway:
-    None when every burst went to one node and the bursts followed the
-    weights, else what went wrong."""
+def test_posts_of_one_millisecond_go_to_one_node(gateway_factory,
+                                                 memqd_factory):
+    """Runs: the POSTs one pass of the event loop reads go to one node (one
+    write, one wake-up of one node), and round robin spreads the runs by
+    weight.  The nodes do not fsync, so their reply times are all about
+    nothing.  Each burst is sent once the worker is stopped (waited for,
+    not only signalled: a burst sent while the signal was on its way was
+    once read in two passes, 5 POSTs then 7, and split)."""
     nodes = [memqd_factory(args=["--sync", "none"]) for _ in range(3)]
     addrs = [node_addr(n) for n in nodes]
     g = gateway_factory(nodes, workers=1,
@@ -171,37 +175,15 @@ def _runs_by_weight(gateway_factory, memqd_factory):
         runs = []
         for burst in range(6):
             got = _burst(worker, socks, q, b"b%d." % burst)
-            if len(set(got)) != 1:
-                return ("burst split", burst, got)
+            assert len(set(got)) == 1, (burst, got)
             runs.append(got[0])
     finally:
         for s in socks:
             s.close()
     # one round of the weights: 1, 2 and 3 runs, heaviest first
-    if [runs.count(a) for a in addrs] != [1, 2, 3] or runs[0] != addrs[2]:
-        return ("runs not by weight", runs)
-    stored = [len(_drain(n, q)) for n in nodes]
-    assert stored == [2 + 12, 4 + 24, 6 + 36], stored
-    return None
-
-
-def test_posts_of_one_millisecond_go_to_one_node(gateway_factory,
-                                                 memqd_factory):
-    """Runs: the POSTs one pass of the event loop reads go to one node (one
-    write, one wake-up of one node), and round robin spreads the runs by
-    weight.  The nodes do not fsync, so their reply times are all about
-    nothing.  On a loaded machine a burst is split now and then (about one
-    run of the whole suite in twenty: a node held back once by the lag
-    rule, which reads reply times), so the scenario gets three tries on
-    fresh nodes, each checked exactly; code without runs fails all
-    three."""
-    failures = []
-    for _ in range(3):
-        failed = _runs_by_weight(gateway_factory, memqd_factory)
-        if failed is None:
-            return
-        failures.append(failed)
-    pytest.fail("runs: %r" % (failures,))
+    assert [runs.count(a) for a in addrs] == [1, 2, 3], runs
+    assert runs[0] == addrs[2], runs
+    assert [len(_drain(n, q)) for n in nodes] == [2 + 12, 4 + 24, 6 + 36]
 
 
 def test_node_never_answering_does_not_stop_runs(gateway_factory,
@@ -293,8 +275,8 @@ def test_posts_outside_pipes_make_no_runs(gateway_factory, memqd_factory,
              for _ in range(12)]
     try:
         time.sleep(0.002)
-        os.kill(worker, signal.SIGSTOP)
         try:
+            stop_process(worker)
             for s in socks:
                 s.sendall(b"POST /mq?topic=%s HTTP/1.1\r\nHost: x\r\n%s"
                           b"Content-Length: %d\r\n\r\n%s"
