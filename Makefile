@@ -65,15 +65,17 @@ $(B)/memq-bench: $(BENCH) $(COMMON) $(HDRS) $(wildcard bench/*.h)
 
 # unit and fuzz tests link common/ and, when they test memqd code, the
 # memqd sources named in "// links: memqd/x.c ..." lines at the top of the
-# test file
+# test file; tests/unit/standin.c, named there too, stands in for main.c
+# (see standin.h)
 LINKS    := sed -n '/^\/\/ links:/!q; s|^// links:||p'
+STANDIN  := tests/unit/standin.c tests/unit/standin.h
 
-$(B)/unit/%: tests/unit/%.c $(COMMON) $(MEMQD) $(HDRS)
+$(B)/unit/%: tests/unit/%.c $(COMMON) $(MEMQD) $(HDRS) $(STANDIN)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Imemqd -O1 -g $(SAN) $(WARN) -o $@ $< $(COMMON) \
 	    $$($(LINKS) $<) $(LDLIBS) -lcmocka
 
-$(B)/fuzz/%: tests/fuzz/%.c $(COMMON) $(MEMQD) $(HDRS)
+$(B)/fuzz/%: tests/fuzz/%.c $(COMMON) $(MEMQD) $(HDRS) $(STANDIN)
 	@mkdir -p $(@D)
 	$(CLANG) $(CPPFLAGS) -Imemqd -O1 -g -fsanitize=fuzzer,address,undefined \
 	    -o $@ $< $(COMMON) $$($(LINKS) $<) $(LDLIBS)

@@ -4,6 +4,7 @@
 // links: memqd/queue.c memqd/recover.c memqd/segment.c memqd/sync.c
 // links: memqd/sys.c
 // links: memqd/metrics.c memqd/net.c memqd/prom.c
+// links: tests/unit/standin.c -Wl,--wrap=realloc
 /*
  * fuzz_recover.c: libFuzzer target for start-up recovery.  Each input
  * becomes a data directory (/tmp/memq-fuzz-recover-<pid>, removed before
@@ -59,7 +60,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <sanitizer/common_interface_defs.h>
@@ -91,42 +91,6 @@
             violation(__LINE__, __VA_ARGS__);                                \
         }                                                                    \
     } while (0)
-
-
-/* main.c is not linked: what it defines, defined the same way */
-server_t  srv;
-
-
-uint64_t
-server_wall_ms(void)
-{
-    struct timeval  tv;
-
-    gettimeofday(&tv, NULL);
-    return (uint64_t) tv.tv_sec * 1000 + (uint64_t) tv.tv_usec / 1000;
-}
-
-
-/*
- * fdcache_init() allocates its slot array anew each time queue_init()
- * runs and never frees the old one; memqd runs queue_init() once, this
- * harness once per input.
- */
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_options(void);
-
-const char *
-__lsan_default_suppressions(void)
-{
-    return "leak:fdcache_init\n";
-}
-
-
-const char *
-__lsan_default_options(void)
-{
-    return "print_suppressions=0";
-}
 
 
 /* a record the harness wrote */

@@ -3,7 +3,8 @@
 // links: memqd/loop_epoll.c
 // links: memqd/queue.c memqd/recover.c memqd/segment.c memqd/sync.c
 // links: memqd/sys.c
-// links: memqd/metrics.c memqd/net.c memqd/prom.c -Wl,--wrap=realloc
+// links: memqd/metrics.c memqd/net.c memqd/prom.c
+// links: tests/unit/standin.c -Wl,--wrap=realloc
 /*
  * test_accept_nomem.c: a memcache listener when a new connection's timer
  * slot cannot be had (loop_timer_reserve() out of memory, realloc()
@@ -27,7 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include "conn.h"
@@ -35,39 +35,10 @@
 #include "loop.h"
 #include "metrics.h"
 #include "server.h"
+#include "standin.h"
 
 #define CLIENTS  10
 #define LOG_MAX  16384
-
-
-/* main.c is not linked: what it defines, defined the same way */
-server_t  srv;
-
-
-uint64_t
-server_wall_ms(void)
-{
-    struct timeval  tv;
-
-    gettimeofday(&tv, NULL);
-    return (uint64_t) tv.tv_sec * 1000 + (uint64_t) tv.tv_usec / 1000;
-}
-
-
-void *__real_realloc(void *p, size_t n);
-
-static int  realloc_fails;
-
-
-void *
-__wrap_realloc(void *p, size_t n)
-{
-    if (realloc_fails) {
-        return NULL;
-    }
-
-    return __real_realloc(p, n);
-}
 
 
 /* the port of the one listening socket of this process */

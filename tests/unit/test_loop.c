@@ -1,4 +1,5 @@
-// links: memqd/loop_epoll.c memqd/log.c -Wl,--wrap=realloc
+// links: memqd/loop_epoll.c memqd/log.c
+// links: tests/unit/standin.c -Wl,--wrap=realloc
 /*
  * test_loop.c: the event loop's timers (memqd/loop_epoll.c): a timer
  * whose owner holds a slot is armed even when memory has run out, and
@@ -17,25 +18,10 @@
 
 #include "log.h"
 #include "loop.h"
+#include "standin.h"
 
 #define OWNERS  1000
 #define ROOM    (8 * OWNERS)      /* more than any heap array here */
-
-
-void *__real_realloc(void *p, size_t n);
-
-static int  realloc_fails;
-
-
-void *
-__wrap_realloc(void *p, size_t n)
-{
-    if (realloc_fails) {
-        return NULL;
-    }
-
-    return __real_realloc(p, n);
-}
 
 
 static loop_timer_t  timers[ROOM];

@@ -4,6 +4,7 @@
 // links: memqd/queue.c memqd/recover.c memqd/segment.c memqd/sync.c
 // links: memqd/sys.c
 // links: memqd/metrics.c memqd/net.c memqd/prom.c
+// links: tests/unit/standin.c -Wl,--wrap=realloc
 /*
  * test_recover.c: start-up recovery, driven the way memqd drives it:
  * queue_init() over a synthetic data directory, then every queue drained
@@ -42,7 +43,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include "journal.h"
@@ -62,42 +62,6 @@
 #define SNAP_MAX   65536
 #define CTIME0     1764000000000ull
 #define MARK       0x5eedf00du      /* every test file's mark */
-
-
-/* main.c is not linked: what it defines, defined the same way */
-server_t  srv;
-
-
-uint64_t
-server_wall_ms(void)
-{
-    struct timeval  tv;
-
-    gettimeofday(&tv, NULL);
-    return (uint64_t) tv.tv_sec * 1000 + (uint64_t) tv.tv_usec / 1000;
-}
-
-
-/*
- * fdcache_init() allocates its slot array anew each time queue_init()
- * runs and never frees the old one; memqd runs queue_init() once, these
- * tests once per case.
- */
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_options(void);
-
-const char *
-__lsan_default_suppressions(void)
-{
-    return "leak:fdcache_init\n";
-}
-
-
-const char *
-__lsan_default_options(void)
-{
-    return "print_suppressions=0";
-}
 
 
 /* a segment file as a case wrote it */

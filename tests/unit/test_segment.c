@@ -1,4 +1,5 @@
 // links: memqd/segment.c memqd/sys.c memqd/log.c
+// links: tests/unit/standin.c -Wl,--wrap=realloc
 /*
  * test_segment.c: segment.c's small pieces: segment file names (seg_name,
  * seg_parse_name), seg_create (in <srv.data_fd>/<queue>/) and seg_pwrite,
@@ -31,10 +32,6 @@
 
 #define POS_SIZE  20
 #define POS2_MIN  28
-
-
-/* main.c is not linked: seg_create() reads srv.data_fd */
-server_t  srv;
 
 
 typedef struct {

@@ -4,6 +4,7 @@
 // links: memqd/queue.c memqd/recover.c memqd/segment.c memqd/sync.c
 // links: memqd/sys.c
 // links: memqd/metrics.c memqd/net.c memqd/prom.c
+// links: tests/unit/standin.c -Wl,--wrap=realloc
 /*
  * test_storage_review.c: the journal's checkpoint bookkeeping, driven
  * directly (the checkpoint thread is not started: its results are handed
@@ -32,35 +33,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include "journal.h"
 #include "queue.h"
 #include "server.h"
-
-
-/* main.c is not linked: what it defines, defined the same way */
-server_t  srv;
-
-
-uint64_t
-server_wall_ms(void)
-{
-    struct timeval  tv;
-
-    gettimeofday(&tv, NULL);
-    return (uint64_t) tv.tv_sec * 1000 + (uint64_t) tv.tv_usec / 1000;
-}
-
-
-const char *__lsan_default_suppressions(void);
-
-const char *
-__lsan_default_suppressions(void)
-{
-    return "leak:fdcache_init\n";
-}
 
 
 static char  dir[64];

@@ -1,0 +1,19 @@
+/*
+ * standin.h: what unit tests and fuzz targets of memqd code link in place
+ * of memqd/main.c and of parts of libc (tests/unit/standin.c): srv and
+ * server_wall_ms() as main.c defines them, LeakSanitizer's suppression of
+ * fdcache_init() (queue_init() runs once per case here, once per process
+ * in memqd), and a realloc() that fails on demand.
+ *
+ * A test names tests/unit/standin.c in its "// links:" line together with
+ * -Wl,--wrap=realloc: the wrapper does not link without it.
+ */
+
+#ifndef MEMQ_TEST_STANDIN_H
+#define MEMQ_TEST_STANDIN_H
+
+/* while non-zero, every realloc() of the linked code returns NULL and
+ * changes nothing */
+extern int  realloc_fails;
+
+#endif /* MEMQ_TEST_STANDIN_H */
