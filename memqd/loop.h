@@ -57,7 +57,8 @@ void loop_timer_del(loop_timer_t *t);
 #define LOOP_TIMERS_FIXED  64
 
 /* A slot for one more timer: 0, or -1 out of memory (not logged: the
- * caller knows how often it may say so). */
+ * caller knows how often it may say so).  A release must match a reserve;
+ * one that does not is not counted (logged once, see loop_epoll.c). */
 int loop_timer_reserve(void);
 void loop_timer_release(void);
 

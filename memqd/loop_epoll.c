@@ -6,6 +6,7 @@
  * slot is reserved (loop_timer_reserve()), never when a timer is armed.
  */
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,8 @@ static loop_timer_t  **heap;       /* heap[1..nheap] */
 static size_t          nheap;
 static size_t          heap_cap;   /* heap[0] is unused */
 static size_t          reserved;   /* slots: LOOP_TIMERS_FIXED + owners */
+static int             unmatched;  /* a release without a reserve was
+                                      logged */
 
 
 uint64_t
@@ -111,10 +114,31 @@ loop_timer_reserve(void)
 }
 
 
+/*
+ * The fixed timers' slots are never given back, so a release that would
+ * take one has no reserve to match (an owner released twice, or never
+ * reserved): the count stays, so that it neither eats into the fixed
+ * timers' room nor wraps, and the first such release is logged.  A debug
+ * build (-DMEMQD_DEBUG, the sanitizer build) stops there instead.
+ */
 void
 loop_timer_release(void)
 {
-    reserved--;
+    if (reserved > LOOP_TIMERS_FIXED) {
+        reserved--;
+        return;
+    }
+
+    if (!unmatched) {
+        unmatched = 1;
+        log_error("loop", "timer slot released without a reservation "
+                  "(%zu held, the %d fixed ones only); not counted",
+                  reserved, LOOP_TIMERS_FIXED);
+    }
+
+#ifdef MEMQD_DEBUG
+    assert(reserved > LOOP_TIMERS_FIXED);
+#endif
 }
 
 

@@ -3,16 +3,19 @@
 /*
  * test_loop.c: the event loop's timers (memqd/loop_epoll.c): a timer
  * whose owner holds a slot is armed even when memory has run out, and
- * every armed timer fires, in deadline order.  realloc() is wrapped at
- * link time so that it can be made to fail.
+ * every armed timer fires, in deadline order; a slot released that was
+ * never reserved is not counted.  realloc() is wrapped at link time so
+ * that it can be made to fail.
  */
 
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -186,6 +189,98 @@ test_unreserved_timer_refused_cleanly(void **state)
 }
 
 
+/* the slots the heap has room for beyond those held */
+static size_t
+free_slots(void)
+{
+    size_t  i, n;
+
+    realloc_fails = 1;
+    for (n = 0; loop_timer_reserve() == 0; n++) {
+        /* void */
+    }
+    realloc_fails = 0;
+
+    for (i = 0; i < n; i++) {
+        loop_timer_release();
+    }
+
+    return n;
+}
+
+
+/* n releases with stderr going to fd */
+static void
+release_logged_to(int fd, size_t n)
+{
+    int  saved;
+
+    saved = dup(STDERR_FILENO);
+    assert_true(saved != -1);
+    dup2(fd, STDERR_FILENO);
+
+    while (n-- > 0) {
+        loop_timer_release();
+    }
+
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+}
+
+
+static void
+test_unmatched_release_not_counted(void **state)
+{
+    int      out[2];                 /* the pipe stderr goes to */
+    char     buf[1024];
+    size_t   i, room;
+    ssize_t  n;
+
+    (void) state;
+
+    assert_int_equal(pipe2(out, O_NONBLOCK), 0);
+    room = free_slots();
+
+    for (i = 0; i < 10; i++) {
+        assert_int_equal(loop_timer_reserve(), 0);
+    }
+
+    /* ten releases more than the owners took: the fixed timers' slots
+     * stay theirs */
+    release_logged_to(out[1], 20);
+    assert_int_equal(free_slots(), room);
+
+    /* more than were ever reserved: the count does not wrap */
+    release_logged_to(out[1], LOOP_TIMERS_FIXED + 10);
+    assert_int_equal(free_slots(), room);
+
+    /* said once, in one line */
+    close(out[1]);
+    n = read(out[0], buf, sizeof(buf) - 1);
+    close(out[0]);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_non_null(strstr(buf, "[error] loop: timer slot released without "
+                                "a reservation"));
+    assert_ptr_equal(strchr(buf, '\n'), buf + n - 1);
+
+    /* slots reserved afterwards hold as before: the owners and the fixed
+     * timers arm with no memory */
+    for (i = 0; i < OWNERS; i++) {
+        assert_int_equal(loop_timer_reserve(), 0);
+    }
+    realloc_fails = 1;
+    arm(OWNERS + LOOP_TIMERS_FIXED);
+    run_all(OWNERS + LOOP_TIMERS_FIXED);
+    realloc_fails = 0;
+
+    for (i = 0; i < OWNERS; i++) {
+        loop_timer_release();
+    }
+    assert_int_equal(free_slots(), room);
+}
+
+
 int
 main(void)
 {
@@ -193,6 +288,7 @@ main(void)
         cmocka_unit_test(test_reserved_slots_arm_without_memory),
         cmocka_unit_test(test_released_slots_are_reused),
         cmocka_unit_test(test_unreserved_timer_refused_cleanly),
+        cmocka_unit_test(test_unmatched_release_not_counted),
     };
 
     log_max_level = LOG_ERROR;     /* the refusal logs one error line */
