@@ -429,7 +429,7 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
                 break;
             }
 
-            rc = queue_take(q, o->peek, &it);
+            rc = queue_take(q, o->peek ? QUEUE_PEEK : QUEUE_DELIVER, &it);
 
             if (rc < 0) {
                 /* the item stays queued; what this reply has so far

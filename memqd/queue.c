@@ -97,6 +97,7 @@ cmp_u64(const void *a, const void *b)
 
 
 static void return_ref(queue_t *q, const item_ref_t *ref);
+static int dead_letter(queue_t *q, const item_ref_t *ref);
 static uint64_t watermark(queue_t *q);
 static int save_position(queue_t *q, int precise);
 
@@ -921,7 +922,7 @@ queue_append(queue_t *q, uint32_t flags, int64_t exptime, const void *data,
         if (!q->lim.drop_oldest || q->items == 0) {
             return QUEUE_FULL;
         }
-        rc = queue_take(q, 0, &it);
+        rc = queue_take(q, QUEUE_DROP, &it);
         if (rc < 0) {
             return QUEUE_NOFD;
         }
@@ -1046,7 +1047,7 @@ skip_at_cursor(queue_t *q, size_t si, uint64_t off)
 
 
 int
-queue_take(queue_t *q, int peek, item_t *it)
+queue_take(queue_t *q, int how, item_t *it)
 {
     int       from_ret, rc;
     size_t    si;
@@ -1154,7 +1155,15 @@ queue_take(queue_t *q, int peek, item_t *it)
             continue;
         }
 
-        if (!peek) {
+        if (how == QUEUE_DELIVER && from_ret && q->lim.max_deliveries
+            && it->ref.deliveries >= q->lim.max_deliveries
+            && dead_letter(q, &it->ref) == 0)
+        {
+            pop_head(q, 1, it->hdr.len, it->hdr.seq);
+            continue;
+        }
+
+        if (how != QUEUE_PEEK) {
             pop_head(q, from_ret, it->hdr.len, it->hdr.seq);
         }
 

@@ -205,11 +205,19 @@ void queue_release(queue_t *q);
 int queue_append(queue_t *q, uint32_t flags, int64_t exptime,
     const void *data, size_t len);
 
-/* Takes the head item (peek: leaves it there).  1 taken, 0 empty, -1
- * when it cannot be read now (descriptors or memory short, I/O error):
- * the item stays at the head.  Damaged records on the way are skipped,
- * logged and counted (srv.corrupt_records). */
-int queue_take(queue_t *q, int peek, item_t *it);
+/* queue_take() modes */
+#define QUEUE_DELIVER  0    /* taken for a consumer */
+#define QUEUE_PEEK     1    /* left at the head */
+#define QUEUE_DROP     2    /* taken to be dropped (overflow) */
+
+/* Takes the head item (QUEUE_PEEK: leaves it there).  1 taken, 0 empty,
+ * -1 when it cannot be read now (descriptors or memory short, I/O
+ * error): the item stays at the head.  Damaged records on the way are
+ * skipped, logged and counted (srv.corrupt_records).  QUEUE_DELIVER
+ * never hands out an item whose count reached max_deliveries (a restart
+ * ended its lease or /open, or the limit was lowered): it goes to the
+ * dead-letter queue on the way, as if it had just gone back. */
+int queue_take(queue_t *q, int how, item_t *it);
 
 /* Marks an item as open on connection c; its openset is linked into
  * *conn_sets when new.  -1 on allocation failure (item given back). */

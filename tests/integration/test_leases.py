@@ -420,6 +420,69 @@ def test_clean_restart_without_journal(memqd_factory, sync):
     assert [i.data for i in c.drain(q + ".dlq")] == [b"m1", b"m2"]
 
 
+def _position_counts(s, q):
+    """{id: delivery count} of q's position file (version 3), or {}."""
+    try:
+        raw = (s.qdir(q) / "position").read_bytes()
+    except FileNotFoundError:
+        return {}
+    if raw[:8] != b"MQPOS\0\0\3":
+        return {}
+    n = struct.unpack_from("<Q", raw, 16)[0]
+    ids = struct.unpack_from("<%dQ" % n, raw, 24)
+    return dict(zip(ids, struct.unpack_from("<%dI" % n, raw, 24 + 8 * n)))
+
+
+@pytest.mark.parametrize("how", ["restart", "kill", "open"])
+def test_restart_never_delivers_past_max_deliveries(memqd_factory, how):
+    """An item delivered max_deliveries times whose lease (or /open) a
+    restart or a crash ends goes back like any other way back: to the
+    dead-letter queue, never to a consumer a time more.  So does one
+    whose count a lower max_deliveries, read at the restart, reaches."""
+    s = memqd_factory(config=DLQ_CONFIG)
+    c = s.connect()
+    q = qname("dl")
+    c.store(q, b"poison", flags=5)
+    c.store(q, b"fine")
+    if how == "open":
+        o = s.connect()
+        assert o.get(q + "/open").data == b"poison"
+        assert o.get_items(q + "/abort") == []
+        assert o.get(q + "/open").data == b"poison"
+    else:
+        (it,) = _lease(c, q, LONG)
+        assert c.cmd("touch %s/%d 0" % (q, it.cas)) == "TOUCHED"
+        (it,) = _lease(c, q, LONG)          # the second delivery
+    assert c.qstats(q)["dead_lettered_items"] == 0
+    if how != "restart":
+        # (a clean stop ends a connection's /open items itself)
+        wait_for(lambda: _position_counts(s, q) == {1: 2},
+                 what="count 2 in the position file")
+        c = _killed_and_back(s)
+    else:
+        c.close()
+        s.restart()
+        c = s.connect()
+    assert c.qstats(q)["items"] == 2
+    got = [(i.data, i.cas) for i in _lease(c, q, LONG, n=10)]
+    assert got == [(b"fine", 2)], "delivered past max_deliveries"
+    st = c.qstats(q)
+    assert st["dead_lettered_items"] == 1 and st["items"] == 0
+    dead = c.get(q + ".dlq")
+    assert (dead.flags, dead.data) == (5, b"poison")
+    # a lower limit after a restart: a count that reaches it is a dead
+    # letter at its next delivery
+    assert c.cmd("touch %s/2 0" % q) == "TOUCHED"
+    c.close()
+    s.write_config(DLQ_CONFIG.replace("max_deliveries = 2",
+                                      "max_deliveries = 1"))
+    s.restart()
+    c = s.connect()
+    assert c.get(q) is None
+    assert c.qstats(q)["dead_lettered_items"] == 1
+    assert c.getdata(q + ".dlq") == b"fine"
+
+
 @pytest.mark.parametrize("how", ["delete", "list", "ack"])
 def test_deleted_is_durable_across_kill(memqd_factory, how):
     """DELETED (DELETED <n> to a list, and the reply of a get with /ack=)
