@@ -318,7 +318,9 @@ ack_ids(queue_t *q, const char *list, size_t len, uint64_t *acked)
 
 
 /*
- * /ack=<ids>: acknowledges the leases it names (unknown ids are ignored).
+ * /ack=<ids>: acknowledges the leases it names (unknown ids are ignored),
+ * once, when the line comes in: a long poll run again later acknowledges
+ * nothing (an id not leased then may be another consumer's lease now).
  * Under --sync always the reply that follows waits for the fsync of their
  * journal records, as DELETED does: the connection remembers the ticket,
  * so that a long poll run again later still waits for it.  -1 when the
@@ -331,7 +333,7 @@ ack_list(conn_t *c, queue_t *q, const mq_get_opts_t *o)
 
     acked = 0;
 
-    if (q != NULL && q->on_disk
+    if (c->wait_deadline == 0 && q != NULL && q->on_disk
         && ack_ids(q, o->acks, o->acks_len, &acked) != 0)
     {
         return -1;

@@ -152,6 +152,32 @@ def test_lease_long_poll(server, connect):
     assert c.cmd("delete %s/2" % q) == "NOT_FOUND"
 
 
+def test_ack_of_a_long_poll_applies_once(server, connect):
+    """/ack= acknowledges what is leased when the get comes in: a long
+    poll that waits and runs again later must not acknowledge an id that
+    was given back and leased to another consumer meanwhile."""
+    c = connect()
+    q = qname()
+    c.store(q, b"a")
+    opener = connect()
+    assert opener.get(q + "/open").data == b"a"      # id 1, not leased
+    other = connect(timeout=10)
+    other.send("get %s/lease=%d/t=10000\r\n" % (q, LONG))
+    wait_for(lambda: c.qstats(q).get("waiters") == 1, what="other waits")
+    poller = connect(timeout=10)
+    poller.send("get %s/ack=1/lease=%d/t=10000\r\n" % (q, LONG))
+    wait_for(lambda: c.qstats(q).get("waiters") == 2, what="poller waits")
+    # id 1 goes back and the first waiter leases it
+    assert opener.get_items(q + "/abort") == []
+    assert [(i.data, i.cas) for i in other.read_values(timeout=10)] == \
+        [(b"a", 1)]
+    c.store(q, b"b")                                 # the poller runs
+    assert [(i.data, i.cas) for i in poller.read_values(timeout=10)] == \
+        [(b"b", 2)]
+    assert c.qstats(q)["leased_items"] == 2
+    assert other.cmd("delete %s/1" % q) == "DELETED"
+
+
 # 2. delete <q>/<id>
 
 def test_delete_acknowledges_once(client):
