@@ -315,6 +315,46 @@ def test_expired_and_given_back_return_in_id_order(client):
     assert st["redelivered_items"] == 3 and st["leased_items"] == 0
 
 
+def test_given_back_in_id_order_whatever_the_mix(client, connect):
+    """Items given back every way, in every order, into a head that
+    already holds given-back items on both sides of them (and room in
+    front, taken from): the head stays in id order, with every item
+    exactly once."""
+    q = qname()
+    n = 600
+    _store_numbered(client, q, n)
+    opener = connect()
+    got = []
+    while len(got) < 400:
+        got += opener.get_items("%s/open/n=100" % q)
+    opener.close()                  # 1..400 given back together
+    wait_for(lambda: client.qstats(q).get("open_items") == 0,
+             what="open items back")
+    held = [i.cas for i in _lease(client, q, LONG, n=50)]
+    assert held == list(range(1, 51))
+    # some back out of order, one at a time: into the room in front
+    for i in [7, 3, 49, 1, 25, 26, 50]:
+        assert client.cmd("touch %s/%d 0" % (q, i)) == "TOUCHED"
+    # the rest together, as a list would: behind the lowest given back
+    for i in held:
+        if i not in (7, 3, 49, 1, 25, 26, 50):
+            assert client.cmd("touch %s/%d 0 noreply\r\nversion"
+                              % (q, i)).startswith("VERSION")
+    # ids past the given-back ones (the log's), leased and run out,
+    # and an /abort of ids in the middle
+    late = [i.cas for i in client.get_items("%s/n=400/lease=%d"
+                                            % (q, SHORT))]
+    assert late == list(range(1, 401))
+    tail = [i.cas for i in _lease(client, q, SHORT, n=100)]
+    assert tail == list(range(401, 501))
+    mid = [i.cas for i in client.get_items("%s/open/n=10" % q,
+                                           cmd="gets")]
+    assert mid == list(range(501, 511))
+    assert client.get_items(q + "/abort") == []
+    _wait_stat(client, q, "leased_items", 0)
+    assert _ids_left(client, q) == list(range(1, n + 1))
+
+
 # 6. dead letters, through every way back
 
 def _give_back(path, s, c, q):
