@@ -768,3 +768,64 @@ def test_replies_to_sets_never_sent_are_not_stored(gateway_factory, fake):
     assert "answered a set not sent" in g.error_text()
     received = {p for _, p in node.sets}
     assert not received & set(refused), "503 for a message the node got"
+
+
+TOO_MANY = b"SERVER_ERROR too many connections\r\n"
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_too_many_connections_after_replies_is_a_fault(
+        gateway_factory, memqd_factory, fake, close):
+    """memqd says "too many connections" only as the first line of a
+    connection it just accepted.  A node that answered STORED to 3 sets
+    of a pipe and then says it (keeping the connection open, or closing
+    it) fails the pipe and is marked once, as for any reply out of step;
+    the POSTs behind go to the next node as from a failed pipe (before:
+    taken as a refusal, the node never marked)."""
+    real = memqd_factory()
+    node = fake()
+    g = fake_first(gateway_factory, node, real,
+                   cluster_extra="max_fails 100; fail_timeout 60s;")
+    q = qname()
+    socks = []
+    for i in range(6):
+        socks.append(post(g, q, b"m%d" % i))
+        wait_for(lambda: node.count() == i + 1, timeout=10,
+                 what="set %d at the node" % i)
+    assert node.conns_used() == 1
+    node.conns[1].sendall(b"STORED\r\n" * 3 + TOO_MANY)
+    if close:
+        node.conns[1].shutdown(socket.SHUT_WR)
+    where = []
+    for s in socks:
+        status, body = answer(s)
+        assert status == 201, body
+        where.append(json_body(body)["node"])
+    assert where == [node_addr(node.addr)] * 3 + [node_addr(real)] * 3
+    st = g.node_status(node_addr(node.addr))
+    assert st["fails"] == 1 and st["last_error"] == "unexpected reply", st
+    assert node_messages(real, q) == [b"m3", b"m4", b"m5"]
+    assert "too many connections\" after a reply" in g.error_text()
+
+
+def test_too_many_connections_on_a_pooled_pipe_is_a_fault(
+        gateway_factory, memqd_factory, fake):
+    """A pipe's connection back from the keepalive pool has answered
+    before: "too many connections" as the first reply of its next use is
+    no refusal either, and marks the node."""
+    real = memqd_factory()
+    node = fake(hold=False, reply=lambda p:
+                TOO_MANY if p == b"second" else b"STORED\r\n")
+    g = fake_first(gateway_factory, node, real,
+                   cluster_extra="max_fails 100; fail_timeout 60s;")
+    q = qname()
+    r = g.publish(q, b"first")
+    assert r.status_code == 201 and \
+        r.json()["node"] == node_addr(node.addr), r.text
+    assert g.node_status(node_addr(node.addr))["fails"] == 0
+    r = g.publish(q, b"second")
+    assert r.status_code == 201 and r.json()["node"] == node_addr(real), \
+        r.text
+    assert node.accepted == 1
+    st = g.node_status(node_addr(node.addr))
+    assert st["fails"] == 1 and st["last_error"] == "unexpected reply", st
