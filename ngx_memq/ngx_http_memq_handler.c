@@ -53,7 +53,6 @@
 
 #define NGX_HTTP_MEMQ_OUT_SIZE   32768
 #define NGX_HTTP_MEMQ_LINE_SIZE  384
-#define NGX_HTTP_MEMQ_TOO_MANY   "too many connections"
 
 /* inflated output a stream may have waiting for its client before it
  * stops reading node replies (one more value may exceed it) */
@@ -1037,6 +1036,10 @@ ngx_http_memq_node_values(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 
         b->pos += reply.consumed;
 
+        if (ngx_http_memq_conn_limit(mc, &reply) == NGX_OK) {
+            goto busy;
+        }
+
         if (reply.type == MQ_REPLY_END) {
             break;
         }
@@ -1048,14 +1051,6 @@ ngx_http_memq_node_values(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             /* the touch that gave back an item beyond max; NOT_FOUND: its
              * lease ran out meanwhile, it is back already */
             break;
-        }
-
-        if (reply.type == MQ_REPLY_SERVER_ERROR
-            && reply.text_len == sizeof(NGX_HTTP_MEMQ_TOO_MANY) - 1
-            && ngx_strncmp(reply.text, NGX_HTTP_MEMQ_TOO_MANY,
-                           reply.text_len) == 0)
-        {
-            goto busy;
         }
 
         if (reply.type != MQ_REPLY_VALUE || sn->state != NGX_HTTP_MEMQ_SN_BUSY
@@ -1177,12 +1172,14 @@ failed:
 
 busy:
 
-    /* the node works but has no room for us: its shortage, not a failure */
+    /* the node works but has no room for us: its shortage, not a failure
+     * (said as the connection's first line; after that, as any other
+     * unexpected reply) */
     ngx_log_error(NGX_LOG_WARN, &mc->log, 0,
                   "memq node %V answered \"%*s\"", &sn->node->addr,
                   ngx_min(reply.consumed, 128) - 2, b->pos - reply.consumed);
 
-    ngx_http_memq_node_fail(sn, "too many connections", 0);
+    ngx_http_memq_node_fail(sn, NGX_HTTP_MEMQ_CONN_LIMIT, 0);
     ngx_http_memq_run(ctx);
     return NGX_DONE;
 }

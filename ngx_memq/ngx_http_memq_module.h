@@ -54,6 +54,8 @@
 #define NGX_HTTP_MEMQ_PIPE_MSG        (16 * 1024) /* a set in a pipe at
                                                    most */
 #define NGX_HTTP_MEMQ_SHM_SIZE        (128 * 1024)
+/* memqd's refusal of a connection it just accepted (see conn_limit()) */
+#define NGX_HTTP_MEMQ_CONN_LIMIT      "too many connections"
 
 #define NGX_HTTP_MEMQ_SRC_STATIC      0x01
 #define NGX_HTTP_MEMQ_SRC_FILE        0x02
@@ -292,6 +294,10 @@ struct ngx_http_memq_conn_s {
                                                    are owed keeps their
                                                    read timer (a publish
                                                    pipe) */
+    unsigned                       spoke:1;     /* a reply line came on
+                                                   it (kept in the pool):
+                                                   the node can no longer
+                                                   refuse it */
 };
 
 
@@ -341,6 +347,8 @@ ngx_int_t ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
 void ngx_http_memq_conn_send(ngx_http_memq_conn_t *mc, ngx_buf_t *out,
     ngx_msec_t reply_timeout);
 void ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc);
+ngx_int_t ngx_http_memq_conn_limit(ngx_http_memq_conn_t *mc,
+    mq_reply_t *reply);
 void ngx_http_memq_conn_hold(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_resume(ngx_http_memq_conn_t *mc);
 void ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc);

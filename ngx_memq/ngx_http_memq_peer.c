@@ -261,6 +261,44 @@ ngx_http_memq_conn_replied(ngx_http_memq_conn_t *mc)
 
 
 /*
+ * Whether a reply line is memqd's "SERVER_ERROR too many connections" as
+ * memqd says it: once, as the first line of a connection it just
+ * accepted, then it closes.  NGX_OK: so said, a refusal of this connection
+ * that marks nothing (nothing sent on it is stored); NGX_ERROR: said after
+ * another reply (logged here), the node's fault, as any unexpected reply;
+ * NGX_DECLINED: another line.  A publish or a stream passes every reply
+ * line here, in order; a connection back from the keepalive pool has
+ * answered before.
+ */
+ngx_int_t
+ngx_http_memq_conn_limit(ngx_http_memq_conn_t *mc, mq_reply_t *reply)
+{
+    ngx_uint_t  first;
+
+    first = !mc->spoke;
+    mc->spoke = 1;
+
+    if (reply->type != MQ_REPLY_SERVER_ERROR
+        || reply->text_len != sizeof(NGX_HTTP_MEMQ_CONN_LIMIT) - 1
+        || ngx_strncmp(reply->text, NGX_HTTP_MEMQ_CONN_LIMIT,
+                       reply->text_len) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (first) {
+        return NGX_OK;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, &mc->log, 0,
+                  "memq node %V said \"" NGX_HTTP_MEMQ_CONN_LIMIT
+                  "\" after a reply", &mc->node->addr);
+
+    return NGX_ERROR;
+}
+
+
+/*
  * The owner stops reading the reply for a while (its client has not taken
  * what came before): nothing more is read and the node is not timed: the
  * node is not what is waited for.
@@ -475,6 +513,9 @@ ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc)
     mc->in->last = mc->in->start;
     mc->pooled = 1;
 
+    /* pooled only after a reply read in full, whoever read it */
+    mc->spoke = 1;
+
     ngx_queue_insert_head(&node->idle, &mc->queue);
     node->nidle++;
 
@@ -653,8 +694,9 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
             /*
              * The node may have answered and closed before it read the
              * rest ("SERVER_ERROR too many connections" is said at
-             * accept): what it said is read first, and decides; a node
-             * that said nothing fails on the read ("closed", "recv").
+             * accept, see conn_limit()): what it said is read first, and
+             * decides; a node that said nothing fails on the read
+             * ("closed", "recv").
              */
             if (wev->timer_set) {
                 ngx_del_timer(wev);

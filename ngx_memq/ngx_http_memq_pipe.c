@@ -38,15 +38,16 @@
  *
  * A failure of the connection (connect refused or timed out, reset, eof,
  * read timeout while replies are owed, a malformed reply, bytes after the
- * last reply, a reply to a set still in out) closes it with a reset,
- * marks the node once (one failed connection, one failure, as for a
- * connection of its own), and tells
- * every waiting owner, oldest first; "SERVER_ERROR too many connections"
- * (said at accept, then the node closes) refuses every waiting entry
- * without marking the node.  A reply other than STORED or a refusal marks
- * the node once, whether or not its owner is still here; any other reply
- * is a success of the node (ngx_http_memq_node_ok()), as the reply on a
- * connection of its own is.  Each reply counts, not the FIFO emptying:
+ * last reply, a reply to a set still in out, "SERVER_ERROR too many
+ * connections" after another reply) closes it with a reset, marks the
+ * node once (one failed connection, one failure, as for a connection of
+ * its own), and tells every waiting owner, oldest first; "too many
+ * connections" as the connection's first line (said at accept, then the
+ * node closes) refuses every waiting entry without marking the node.
+ * A reply other than STORED or a refusal marks the node once, whether or
+ * not its owner is still here; any other reply is a success of the node
+ * (ngx_http_memq_node_ok()), as the reply on a connection of its own
+ * is.  Each reply counts, not the FIFO emptying:
  * under steady traffic a FIFO may never empty, and a failure would stay
  * the node's current error (and its fails count) however many sets it
  * stored after it; a node failing every set still never has a success.
@@ -324,21 +325,29 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             return NGX_DONE;
         }
 
-        refused = ngx_http_memq_set_refused(&reply);
+        prc = ngx_http_memq_conn_limit(mc, &reply);
 
-        if (refused == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        if (prc == NGX_OK) {
             /* said at accept, and the node closes: nothing it was sent
              * is stored, and the node is not to blame */
             ngx_log_error(NGX_LOG_WARN, &mc->log, 0,
-                          "memq node %V: too many connections",
+                          "memq node %V: " NGX_HTTP_MEMQ_CONN_LIMIT,
                           &node->addr);
 
             p->mc = NULL;
             ngx_http_memq_conn_close(mc);
             ngx_http_memq_pipe_drain(p, NGX_DECLINED,
-                                     "too many connections");
+                                     NGX_HTTP_MEMQ_CONN_LIMIT);
             return NGX_DONE;
         }
+
+        if (prc == NGX_ERROR) {
+            /* after other replies: out of step, as a reply too many */
+            ngx_http_memq_pipe_fail(p, "unexpected reply");
+            return NGX_DONE;
+        }
+
+        refused = ngx_http_memq_set_refused(&reply);
 
         e = &p->ring[p->head];
 

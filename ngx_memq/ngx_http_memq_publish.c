@@ -16,8 +16,9 @@
  *   SEND ──window sent──► replies read ──half answered──► SEND ...
  *     │                        │
  *     │                        ├─ STORED: the message is stored (exactly)
- *     │                        ├─ queue full / too many connections:
- *     │                        │    refused (exactly), kept for the next node
+ *     │                        ├─ queue full / too many connections (the
+ *     │                        │    connection's first line): refused
+ *     │                        │    (exactly), kept for the next node
  *     │                        └─ object too large: 413 once all answered
  *     └─ a refusal stops new windows to this node (DRAIN) until every
  *        message sent to it is answered; then the refused and the unsent
@@ -61,7 +62,6 @@
                                        key, deflate's growth included */
 #define NGX_HTTP_MEMQ_QUEUE_FULL     "queue full"
 #define NGX_HTTP_MEMQ_TOO_LARGE      "object too large"
-#define NGX_HTTP_MEMQ_CONN_LIMIT     "too many connections"
 
 
 /* a message of the body: where it is and what the client numbers it */
@@ -814,10 +814,7 @@ ngx_http_memq_publish_piped(void *owner, ngx_http_memq_node_t *node,
             ngx_http_memq_publish_done(ctx);
         }
 
-    } else if (reply == NULL
-               || status == NGX_HTTP_INSUFFICIENT_STORAGE
-               || status == NGX_HTTP_SERVICE_UNAVAILABLE)
-    {
+    } else if (reply == NULL || status == NGX_HTTP_INSUFFICIENT_STORAGE) {
         if (rc == NGX_ERROR) {
             ctx->stat.nodes_failed++;
 
@@ -855,8 +852,8 @@ ngx_http_memq_publish_piped(void *owner, ngx_http_memq_node_t *node,
 /*
  * What a refused set is: NGX_HTTP_INSUFFICIENT_STORAGE (queue full, the
  * node is fine), NGX_HTTP_REQUEST_ENTITY_TOO_LARGE (the client's message),
- * NGX_HTTP_SERVICE_UNAVAILABLE ("too many connections": said at accept,
- * then the node closes), 0 for any other reply.
+ * 0 for any other reply ("too many connections" is the connection's, see
+ * ngx_http_memq_conn_limit()).
  */
 ngx_uint_t
 ngx_http_memq_set_refused(mq_reply_t *reply)
@@ -870,13 +867,6 @@ ngx_http_memq_set_refused(mq_reply_t *reply)
                        reply->text_len) == 0)
     {
         return NGX_HTTP_INSUFFICIENT_STORAGE;
-    }
-
-    if (reply->text_len == sizeof(NGX_HTTP_MEMQ_CONN_LIMIT) - 1
-        && ngx_strncmp(reply->text, NGX_HTTP_MEMQ_CONN_LIMIT,
-                       reply->text_len) == 0)
-    {
-        return NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 
     if (reply->text_len >= sizeof(NGX_HTTP_MEMQ_TOO_LARGE) - 1
@@ -946,6 +936,7 @@ ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 
         m = &ctx->ring[ctx->head];
         ctx->replies++;
+        prc = ngx_http_memq_conn_limit(mc, &reply);
 
         if (reply.type == MQ_REPLY_STORED) {
             b->pos += reply.consumed;
@@ -960,13 +951,12 @@ ngx_http_memq_publish_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 
             ctx->last_node = mc->node;
 
-        } else if (ngx_http_memq_set_refused(&reply)
-                   == NGX_HTTP_SERVICE_UNAVAILABLE)
-        {
+        } else if (prc == NGX_OK) {
             /* said once, before the node read anything, and it closes:
-             * every message in flight is refused */
+             * every message in flight is refused (said after a reply, it
+             * is an unexpected reply, below) */
             ngx_log_error(NGX_LOG_WARN, &mc->log, 0,
-                          "memq node %V: too many connections",
+                          "memq node %V: " NGX_HTTP_MEMQ_CONN_LIMIT,
                           &mc->node->addr);
 
             while (ctx->inflight) {
