@@ -591,6 +591,16 @@ class SilentNode:
         self.sock.close()
 
 
+def fake_first(gateway_factory, node, real, **kw):
+    """One worker in front of the fake node (weight 100: picked first) and
+    a real memqd behind it, for what the fake makes fail; returns the
+    gateway, errors expected."""
+    g = gateway_factory([node.addr, real], workers=1,
+                        weights={node_addr(node.addr): 100}, **kw)
+    g.expect_errors()
+    return g
+
+
 def closed_port():
     """A loopback port nobody listens on."""
     return free_port()

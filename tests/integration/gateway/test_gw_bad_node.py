@@ -12,7 +12,18 @@ def _value(line, data, extra=b""):
     return b"VALUE %s 0 %d\r\n%s\r\n%sEND\r\n" % (key, len(data), data, extra)
 
 
+TOO_MANY = b"SERVER_ERROR too many connections\r\n"
+
+
+# memqd says "too many connections" only as the first line of a connection
+# it just accepted: after a value, or as the reply to a later request on
+# the connection, it is the node's fault (before: its shortage, the node
+# never marked)
 BAD = {
+    "too_many_after_a_value": lambda line, n: (
+        0, b"VALUE %s 0 1\r\nx\r\n" % line.split()[1] + TOO_MANY),
+    "too_many_on_a_later_request": lambda line, n: (
+        0, _value(line, b"x") if n == 1 else TOO_MANY),
     "server_error": lambda line, n: (0, b"SERVER_ERROR boom\r\n"),
     "error": lambda line, n: (0, b"ERROR\r\n"),
     "garbage": lambda line, n: (0, b"HELLO THERE\r\n"),

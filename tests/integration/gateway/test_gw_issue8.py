@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from gwutil import (SLOW, Client, Dechunker, ScriptedNode, fill, node_addr,
-                    read_stream_after_close,
+from gwutil import (SLOW, Client, Dechunker, ScriptedNode, fake_first,
+                    fill, node_addr, read_stream_after_close,
                     node_items, qname, read_headers, wait_for)
 
 
@@ -328,36 +328,6 @@ def _set_script(per_set):
 TOO_MANY = b"SERVER_ERROR too many connections\r\n"
 
 
-def test_too_many_connections_mid_batch_is_a_fault(gateway_factory,
-                                                  memqd_factory):
-    """memqd says "too many connections" only as the first line of a
-    connection it just accepted.  Said after 3 STORED of a batch it is the
-    node's fault, as any unexpected reply: the answer says what was
-    stored and what is unknown, nothing goes to another node (it may
-    have stored them), and the node is marked (before: taken as a
-    refusal, the rest sent to the next node, the node never marked)."""
-    real = memqd_factory()
-    fake = ScriptedNode(_set_script(
-        lambda k: b"STORED\r\n" if k <= 3 else TOO_MANY if k == 4 else b""))
-    try:
-        g = gateway_factory([fake.addr, real], workers=1,
-                            weights={node_addr(fake.addr): 9},
-                            cluster_extra="max_fails 100;")
-        g.expect_errors()
-        q = qname()
-        body = b"".join(b"line%d\n" % i for i in range(20))
-        r = g.publish(q, body, ndjson=True)
-        assert r.status_code == 503, r.text
-        js = r.json()
-        assert js["queued"] == 3 and js["stored"] == [[1, 3]], js
-        assert js["unknown"] == [4, 20], js
-        assert node_items(real, q) == (0, 0)
-        st = g.node_status(node_addr(fake.addr))
-        assert st["fails"] == 1 and st["last_error"] == "server error", st
-    finally:
-        fake.close()
-
-
 def test_too_many_connections_on_a_pooled_connection_is_a_fault(
         gateway_factory, memqd_factory):
     """A single POST on a connection of its own (no pipes) that came from
@@ -369,10 +339,8 @@ def test_too_many_connections_on_a_pooled_connection_is_a_fault(
     fake = ScriptedNode(_set_script(
         lambda k: b"STORED\r\n" if k == 1 else TOO_MANY))
     try:
-        g = gateway_factory([fake.addr, real], workers=1,
-                            weights={node_addr(fake.addr): 9},
-                            cluster_extra="publish_pipes 0; max_fails 100;")
-        g.expect_errors()
+        g = fake_first(gateway_factory, fake, real,
+                       cluster_extra="publish_pipes 0; max_fails 100;")
         q = qname()
         r = g.publish(q, b"first")
         assert r.status_code == 201, r.text
@@ -384,41 +352,6 @@ def test_too_many_connections_on_a_pooled_connection_is_a_fault(
         assert node_items(real, q) == (0, 0)
         st = g.node_status(node_addr(fake.addr))
         assert st["fails"] == 1 and st["last_error"] == "server error", st
-    finally:
-        fake.close()
-
-
-@pytest.mark.parametrize("when", ["after_values", "next_request"])
-def test_too_many_connections_mid_stream_is_a_fault(gateway_factory,
-                                                   memqd_factory, when):
-    """A consume stream's node that says "too many connections" after a
-    value of its reply, or as the reply to a later request on the same
-    connection, is failed and marked as for any unexpected reply (before:
-    a shortage of the node, nothing marked); the stream goes on from the
-    other node."""
-    def answer(line, n):
-        key = line.split()[1]
-        if when == "after_values":
-            return 0, b"VALUE %s 0 1\r\nx\r\n" % key + TOO_MANY
-        if n == 1:
-            return 0, b"VALUE %s 0 1\r\nx\r\nEND\r\n" % key
-        return 0, TOO_MANY
-
-    real = memqd_factory()
-    fake = ScriptedNode(answer)
-    try:
-        g = gateway_factory([fake.addr, real],
-                            cluster_extra="max_fails 100;")
-        g.expect_errors()
-        q = qname()
-        sent = fill([real], q, 10)
-        status, body, ended = g.stream(q, format="ndjson")
-        assert status == 200
-        assert not ended
-        assert sent <= set(body.split(b"\n")[:-1])
-        st = g.node_status(node_addr(fake.addr))
-        assert st["fails"] == 1 and st["last_error"] == "unexpected reply", st
-        assert "too many connections\" after a reply" in g.error_text()
     finally:
         fake.close()
 
@@ -440,16 +373,23 @@ def test_batch_refused_part_way_says_what_was_stored(gateway_factory):
         fake.close()
 
 
-def test_partial_failure_stores_nothing_twice(gateway_factory, memqd_factory):
+@pytest.mark.parametrize("then", [None, TOO_MANY],
+                         ids=["dies", "too_many"])
+def test_partial_failure_stores_nothing_twice(gateway_factory, memqd_factory,
+                                              then):
     """A node stores 5 lines of a batch and dies: the answer says exactly
-    that, and nothing is sent again to another node."""
+    that, and nothing is sent again to another node.  The same when it
+    says "too many connections" then: memqd says that only as the first
+    line of a connection it just accepted, so after replies it is the
+    node's fault, as any unexpected reply (before: taken as a refusal,
+    the lines after the 5th were sent to the next node, the node never
+    marked)."""
     real = memqd_factory()
     fake = ScriptedNode(_set_script(
-        lambda k: b"STORED\r\n" if k <= 5 else None))
+        lambda k: b"STORED\r\n" if k <= 5 else then if k == 6 else b""))
     try:
-        g = gateway_factory([fake.addr, real], workers=1,
-                            weights={node_addr(fake.addr): 9})
-        g.expect_errors()
+        g = fake_first(gateway_factory, fake, real,
+                       cluster_extra="max_fails 100;")
         q = qname()
         body = b"".join(b"line%d\n" % i for i in range(20))
         r = g.publish(q, body, ndjson=True)
@@ -458,6 +398,7 @@ def test_partial_failure_stores_nothing_twice(gateway_factory, memqd_factory):
         assert js["queued"] == 5 and js["stored"] == [[1, 5]], js
         assert js["unknown"][0] == 6 and js["unknown"][1] <= 20, js
         assert node_items(real, q) == (0, 0)
+        assert g.node_status(node_addr(fake.addr))["fails"] == 1
     finally:
         fake.close()
 

@@ -17,8 +17,11 @@ import time
 import pytest
 import requests
 
-from gwutil import (Client, SLOW, ScriptedNode, deadline_after, node_addr,
-                    qname, read_to_close, wait_for)
+from gwutil import (Client, SLOW, ScriptedNode, deadline_after, fake_first,
+                    node_addr, qname, read_to_close, wait_for)
+
+
+TOO_MANY = b"SERVER_ERROR too many connections\r\n"
 
 
 class PipeNode(ScriptedNode):
@@ -171,16 +174,6 @@ def json_body(body):
     return json.loads(body)
 
 
-def fake_first(gateway_factory, node, real, **kw):
-    """One worker in front of the fake node (weight 100: picked first) and
-    a real memqd behind it, for what the fake makes fail; returns the
-    gateway, errors expected."""
-    g = gateway_factory([node.addr, real], workers=1,
-                        weights={node_addr(node.addr): 100}, **kw)
-    g.expect_errors()
-    return g
-
-
 @pytest.fixture
 def fake():
     nodes = []
@@ -266,11 +259,18 @@ def test_fifo_matching(gateway_factory, memqd_factory, fake, piece):
     assert node_messages(real, q) == stored_real
 
 
+@pytest.mark.parametrize("then, close", [(b"", True), (TOO_MANY, False),
+                                         (TOO_MANY, True)],
+                         ids=["closes", "too_many", "too_many_closes"])
 def test_node_closes_with_replies_owed(gateway_factory, memqd_factory,
-                                       fake):
+                                       fake, then, close):
     """The node answers 4 of 10 sets and closes: the 4 are stored there,
     the 6 others go to the next node; the node is failed once for its one
-    connection (before pipes: once per request)."""
+    connection (before pipes: once per request).  The same when it says
+    "too many connections" then (and keeps the connection open, or
+    closes it): memqd says that only as the first line of a connection it
+    just accepted, so after replies it fails the pipe as a reply out of
+    step (before: taken as a refusal, the node never marked)."""
     real = memqd_factory()
     node = fake()
     g = fake_first(gateway_factory, node, real,
@@ -281,7 +281,11 @@ def test_node_closes_with_replies_owed(gateway_factory, memqd_factory,
         socks.append(post(g, q, b"m%d" % i))
         wait_for(lambda: node.count() == i + 1, timeout=10,
                  what="set %d at the node" % i)
-    node.release(limit=4, close=True)
+    assert node.conns_used() == 1
+    node.release(limit=4)
+    node.conns[1].sendall(then)
+    if close:
+        node.release(limit=0, close=True)
     where = []
     for s in socks:
         status, body = answer(s)
@@ -291,6 +295,9 @@ def test_node_closes_with_replies_owed(gateway_factory, memqd_factory,
     st = g.node_status(node_addr(node.addr))
     assert st["fails"] == 1, st
     assert node_messages(real, q) == [b"m%d" % i for i in range(4, 10)]
+    if then:
+        assert st["last_error"] == "unexpected reply", st
+        assert "too many connections\" after a reply" in g.error_text()
 
 
 def test_node_failing_every_set_marked_down(gateway_factory, memqd_factory,
@@ -768,47 +775,6 @@ def test_replies_to_sets_never_sent_are_not_stored(gateway_factory, fake):
     assert "answered a set not sent" in g.error_text()
     received = {p for _, p in node.sets}
     assert not received & set(refused), "503 for a message the node got"
-
-
-TOO_MANY = b"SERVER_ERROR too many connections\r\n"
-
-
-@pytest.mark.parametrize("close", [False, True])
-def test_too_many_connections_after_replies_is_a_fault(
-        gateway_factory, memqd_factory, fake, close):
-    """memqd says "too many connections" only as the first line of a
-    connection it just accepted.  A node that answered STORED to 3 sets
-    of a pipe and then says it (keeping the connection open, or closing
-    it) fails the pipe and is marked once, as for any reply out of step;
-    the POSTs behind go to the next node as from a failed pipe (before:
-    taken as a refusal, the node never marked)."""
-    real = memqd_factory()
-    node = fake()
-    g = fake_first(gateway_factory, node, real,
-                   cluster_extra="max_fails 100; fail_timeout 60s;")
-    q = qname()
-    socks = []
-    for i in range(6):
-        socks.append(post(g, q, b"m%d" % i))
-        wait_for(lambda: node.count() == i + 1, timeout=10,
-                 what="set %d at the node" % i)
-    assert node.conns_used() == 1
-    node.conns[1].sendall(b"STORED\r\n" * 3 + TOO_MANY)
-    if close:
-        try:
-            node.conns[1].shutdown(socket.SHUT_WR)
-        except OSError:
-            pass                 # the gateway reset it first
-    where = []
-    for s in socks:
-        status, body = answer(s)
-        assert status == 201, body
-        where.append(json_body(body)["node"])
-    assert where == [node_addr(node.addr)] * 3 + [node_addr(real)] * 3
-    st = g.node_status(node_addr(node.addr))
-    assert st["fails"] == 1 and st["last_error"] == "unexpected reply", st
-    assert node_messages(real, q) == [b"m3", b"m4", b"m5"]
-    assert "too many connections\" after a reply" in g.error_text()
 
 
 def test_too_many_connections_on_a_pooled_pipe_is_a_fault(
