@@ -322,6 +322,11 @@ ngx_http_memq_ack_body(ngx_http_request_t *r)
         return;
     }
 
+    /* the last node to start may fail at once and answer: with a body
+     * read in an event of its own, that would free the request under
+     * this loop, so the loop holds a reference of its own */
+    r->main->count++;
+
     for (i = 0; i < ctx->nnodes; i++) {
         an = &ctx->nodes[i];
 
@@ -339,6 +344,8 @@ ngx_http_memq_ack_body(ngx_http_request_t *r)
             ngx_http_memq_ack_fail(an, "connect failed", 1);
         }
     }
+
+    ngx_http_finalize_request(r, NGX_DONE);
 }
 
 
