@@ -278,7 +278,12 @@ ngx_http_memq_ack_body(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_memq_module);
 
-    if (ngx_http_memq_body_bytes(r, &body) != NGX_OK) {
+    /* a chunked body's length is known only now (nginx counts it in
+     * content_length_n): a body over the limit is refused before it is
+     * copied, whatever client_max_body_size let through */
+    if (r->headers_in.content_length_n <= NGX_HTTP_MEMQ_ACK_BODY_MAX
+        && ngx_http_memq_body_bytes(r, &body) != NGX_OK)
+    {
         ctx->done = 1;
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
@@ -286,7 +291,9 @@ ngx_http_memq_ack_body(ngx_http_request_t *r)
 
     status = NGX_HTTP_BAD_REQUEST;
 
-    if (body.len > NGX_HTTP_MEMQ_ACK_BODY_MAX) {
+    if (r->headers_in.content_length_n > NGX_HTTP_MEMQ_ACK_BODY_MAX
+        || body.len > NGX_HTTP_MEMQ_ACK_BODY_MAX)
+    {
         status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
         err = "body too large";
 

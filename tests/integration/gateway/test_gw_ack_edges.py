@@ -59,3 +59,48 @@ def test_node_refused_at_once_after_a_late_body(gateway_factory,
     assert "no free connection" in g.error_text()
     g.stop()
     g.check_log()
+
+
+def _worker_peak_rss(g):
+    """VmHWM (kB) of the only worker of g."""
+    pid = g.proc.pid
+    kids = open("/proc/%d/task/%d/children" % (pid, pid)).read().split()
+    assert len(kids) == 1, kids
+    for line in open("/proc/%s/status" % kids[0]):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_chunked_body_over_the_limit_is_not_copied(gateway_factory,
+                                                   memqd_factory):
+    """A chunked body has no Content-Length to refuse it early; where
+    client_max_body_size lets it through (0: no limit, as a location that
+    also takes large publishes may have), the 1 MiB limit of op=ack must
+    still hold before the body is copied into memory: 413, and the
+    worker's peak memory does not grow by the body's size."""
+    n = memqd_factory()
+    g = gateway_factory([n], loc=CLIENT_LOC, workers=1,
+                        loc_extra="client_max_body_size 0;")
+    q = qname()
+    a = node_addr(n)
+    # warm up: the worker has served one acknowledgement
+    r = requests.post(g.url("/mq"), params={"topic": q, "op": "ack"},
+                      data=("%s/1" % a).encode(), timeout=10 * SLOW)
+    assert r.status_code == 200, r.text
+    before = _worker_peak_rss(g)
+    size = 64 * 1024 * 1024
+    piece = (("%s/1\n" % a) * (1024 * 1024 // (len(a) + 3))).encode()
+
+    def chunks():
+        sent = 0
+        while sent < size:
+            yield piece
+            sent += len(piece)
+
+    r = requests.post(g.url("/mq"), params={"topic": q, "op": "ack"},
+                      data=chunks(), timeout=60 * SLOW)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "body too large"
+    grown = _worker_peak_rss(g) - before
+    assert grown < 16 * 1024, "peak RSS grew by %d kB" % grown
