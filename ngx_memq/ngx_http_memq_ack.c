@@ -772,6 +772,14 @@ ngx_http_memq_ack_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
          * is full */
         k = ngx_min(ngx_http_memq_ack_per_line(ctx), an->window);
 
+        if (k == an->window && reply.consumed != (size_t) (b->last - b->pos))
+        {
+            /* the window's last line answered, and more after it: which
+             * reply is this line's is unknown, so the line is too */
+            err = "bytes after the last reply";
+            goto bad;
+        }
+
         if (reply.type == MQ_REPLY_NOT_FOUND && k == 1) {
             ctx->not_found++;
 
@@ -805,11 +813,6 @@ ngx_http_memq_ack_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         b->pos += reply.consumed;
         an->window -= k;
         an->settled += k;
-    }
-
-    if (b->pos != b->last) {
-        err = "bytes after the last reply";
-        goto bad;
     }
 
     ngx_http_memq_conn_replied(mc);

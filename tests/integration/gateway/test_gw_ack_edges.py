@@ -104,3 +104,41 @@ def test_chunked_body_over_the_limit_is_not_copied(gateway_factory,
     assert r.json()["error"] == "body too large"
     grown = _worker_peak_rss(g) - before
     assert grown < 16 * 1024, "peak RSS grew by %d kB" % grown
+
+
+def test_more_replies_than_lines_is_not_success(gateway_factory):
+    """A node that answers the last line of a window twice (both replies
+    in one segment) is broken, and which reply belongs to that line is
+    unknown: the line is unknown (503), not counted as settled, and the
+    node is marked; the lines answered before it stay counted."""
+    from gwutil import ScriptedNode
+
+    def answer(line, n):
+        if line.startswith(b"touch ") and line.split(b" ")[1].endswith(
+                b"/3"):
+            return (0, b"TOUCHED\r\nNOT_FOUND\r\n")
+        if line.startswith(b"touch "):
+            return (0, b"TOUCHED\r\n")
+        if line.startswith(b"delete "):
+            return (0, b"DELETED\r\nDELETED\r\n")
+        return (0, b"ERROR\r\n")
+
+    fake = ScriptedNode(answer)
+    try:
+        g = gateway_factory([fake.addr], loc=CLIENT_LOC)
+        g.expect_errors()
+        q = qname()
+        a = node_addr(fake.addr)
+        r = requests.post(g.url("/mq"), params={"topic": q, "op": "release"},
+                          data=("%s/1\n%s/2\n%s/3" % (a, a, a)).encode(),
+                          timeout=10 * SLOW)
+        assert r.status_code == 503, r.text
+        assert r.json() == {"error": "node failed", "status": 503,
+                            "acked": 2, "not_found": 0, "unknown": 1}
+        r = requests.post(g.url("/mq"), params={"topic": q, "op": "ack"},
+                          data=("%s/7" % a).encode(), timeout=10 * SLOW)
+        assert r.status_code == 503, r.text
+        assert r.json()["unknown"] == 1 and r.json()["acked"] == 0
+        assert g.node_status(a)["fails"] >= 1
+    finally:
+        fake.close()
