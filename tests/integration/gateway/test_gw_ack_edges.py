@@ -142,3 +142,126 @@ def test_more_replies_than_lines_is_not_success(gateway_factory):
         assert g.node_status(a)["fails"] >= 1
     finally:
         fake.close()
+
+
+def test_node_replies_out_of_bounds(gateway_factory):
+    """A count larger than the line's ids, a reply of the wrong kind, and a
+    node that closes after some lines: 503 with exactly the lines
+    answered counted and the rest unknown (A + N + U = ids sent), the node
+    marked; never a success for what the node did not say."""
+    from gwutil import ScriptedNode
+
+    def answer(line, n):
+        ids = line.split(b" ")[1].rsplit(b"/", 1)[1].split(b",")
+        first = int(ids[0])
+        if first == 500:
+            return (0, b"DELETED %d\r\n" % (len(ids) + 1))
+        if first == 600:
+            return (0, b"TOUCHED\r\n")
+        if first == 700:
+            return (0, b"", True)
+        if line.startswith(b"touch "):
+            return (0, b"TOUCHED\r\n")
+        return (0, b"DELETED %d\r\n" % len(ids) if len(ids) > 1
+                else b"DELETED\r\n")
+
+    fake = ScriptedNode(answer)
+    try:
+        g = gateway_factory([fake.addr], loc=CLIENT_LOC)
+        g.expect_errors()
+        q = qname()
+        a = node_addr(fake.addr)
+
+        def post(op, nums):
+            r = requests.post(g.url("/mq"), params={"topic": q, "op": op},
+                              data="\n".join("%s/%d" % (a, x)
+                                             for x in nums).encode(),
+                              timeout=10 * SLOW)
+            return r.status_code, r.json()
+
+        # a list whose count is more than its ids: that line is unknown
+        st, j = post("ack", range(500, 600))
+        assert st == 503, j
+        assert j["acked"] + j["not_found"] + j["unknown"] == 100, j
+        assert j["unknown"] >= 2 and j["acked"] == 0, j
+        # DELETED expected, TOUCHED said
+        st, j = post("ack", [600])
+        assert st == 503 and j["unknown"] == 1 and j["acked"] == 0, j
+        # closed after two lines were answered
+        st, j = post("release", [1, 2, 700, 3, 4])
+        assert st == 503, j
+        assert j == {"error": "node failed", "status": 503, "acked": 2,
+                     "not_found": 0, "unknown": 3}, j
+        assert g.node_status(a)["fails"] >= 1
+    finally:
+        fake.close()
+
+
+def test_replies_one_byte_at_a_time(gateway_factory):
+    """A node whose every reply byte is a segment of its own: the window's
+    replies are assembled, counted exactly, and the connection is pooled
+    (the next request reuses it)."""
+    import threading
+    import time
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    accepted = []
+    stop = threading.Event()
+
+    def serve(c):
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        while not stop.is_set():
+            try:
+                d = c.recv(65536)
+            except OSError:
+                return
+            if not d:
+                return
+            buf += d
+            while b"\r\n" in buf:
+                line, buf = buf.split(b"\r\n", 1)
+                num = int(line.split(b" ")[1].rsplit(b"/", 1)[1])
+                reply = b"TOUCHED\r\n" if num % 2 else b"NOT_FOUND\r\n"
+                for i in range(len(reply)):
+                    c.sendall(reply[i:i + 1])
+                    # pace the bytes: each leaves as its own segment
+                    time.sleep(0.0005)
+
+    def accept():
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            accepted.append(c)
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        addr = srv.getsockname()
+        g = gateway_factory([addr], loc=CLIENT_LOC, workers=1)
+        q = qname()
+        a = node_addr(addr)
+        for _ in range(2):
+            r = requests.post(g.url("/mq"), params={"topic": q,
+                                                    "op": "release"},
+                              data=",".join("%s/%d" % (a, x)
+                                            for x in range(1, 41)).encode(),
+                              timeout=30 * SLOW)
+            assert r.status_code == 200, r.text
+            assert r.json() == {"acked": 20, "not_found": 20}
+        assert len(accepted) == 1
+    finally:
+        stop.set()
+        t.join(2)
+        for c in accepted:
+            c.close()
+        srv.close()
