@@ -614,14 +614,18 @@ class ScriptedNode:
     to never answer; (delay, reply, True) closes the connection after the
     reply.  Every line received is kept in self.lines.  recv_size and
     recv_pause make a slow reader: at most recv_size bytes taken, then a
-    pause, each time (a node that takes its input slowly)."""
+    pause, each time (a node that takes its input slowly).  send_size: a
+    reply goes out in pieces of at most that many bytes, each sent on its
+    own (TCP_NODELAY) after a short pause, so the gateway reads it in
+    pieces."""
 
     def __init__(self, answer, recv_size=65536, recv_pause=0.0,
-                 rcvbuf=None):
+                 rcvbuf=None, send_size=None):
         import threading
         self.answer = answer
         self.recv_size = recv_size
         self.recv_pause = recv_pause
+        self.send_size = send_size
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if rcvbuf:
@@ -682,13 +686,23 @@ class ScriptedNode:
                     end = time.monotonic() + delay
                     while time.monotonic() < end and not self.closed:
                         time.sleep(0.01)
-                    c.sendall(reply)
+                    self._send(c, reply)
                     if len(a) > 2 and a[2]:
                         return
         except OSError:
             pass
         finally:
             c.close()
+
+    def _send(self, c, reply):
+        if not self.send_size:
+            c.sendall(reply)
+            return
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(reply), self.send_size):
+            # a pause between pieces, so each is read on its own
+            time.sleep(0.0005)
+            c.sendall(reply[i:i + self.send_size])
 
     def close(self):
         self.closed = True

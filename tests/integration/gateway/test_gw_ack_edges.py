@@ -3,10 +3,11 @@ once while the body came late, bodies far over the limit, and nodes that
 answer more than they were asked."""
 
 import socket
+import threading
 
 import requests
 
-from gwutil import SLOW, node_addr, qname, read_headers
+from gwutil import SLOW, ScriptedNode, node_addr, qname, read_headers
 
 CLIENT_LOC = """
             memq_pass main;
@@ -14,6 +15,14 @@ CLIENT_LOC = """
             memq_wait_max 10s;
             memq_ack client;
 """
+
+
+def _fake_gateway(gateway_factory, answer, send_size=None, workers=2):
+    """A scripted node and a client-mode gateway in front of it: (node,
+    gateway, topic, the node's address)."""
+    fake = ScriptedNode(answer, send_size=send_size)
+    g = gateway_factory([fake.addr], loc=CLIENT_LOC, workers=workers)
+    return fake, g, qname(), node_addr(fake.addr)
 
 
 def _post_late_body(g, q, body):
@@ -111,8 +120,6 @@ def test_more_replies_than_lines_is_not_success(gateway_factory):
     in one segment) is broken, and which reply belongs to that line is
     unknown: the line is unknown (503), not counted as settled, and the
     node is marked; the lines answered before it stay counted."""
-    from gwutil import ScriptedNode
-
     def answer(line, n):
         if line.startswith(b"touch ") and line.split(b" ")[1].endswith(
                 b"/3"):
@@ -123,12 +130,9 @@ def test_more_replies_than_lines_is_not_success(gateway_factory):
             return (0, b"DELETED\r\nDELETED\r\n")
         return (0, b"ERROR\r\n")
 
-    fake = ScriptedNode(answer)
+    fake, g, q, a = _fake_gateway(gateway_factory, answer)
     try:
-        g = gateway_factory([fake.addr], loc=CLIENT_LOC)
         g.expect_errors()
-        q = qname()
-        a = node_addr(fake.addr)
         r = requests.post(g.url("/mq"), params={"topic": q, "op": "release"},
                           data=("%s/1\n%s/2\n%s/3" % (a, a, a)).encode(),
                           timeout=10 * SLOW)
@@ -149,8 +153,6 @@ def test_node_replies_out_of_bounds(gateway_factory):
     node that closes after some lines: 503 with exactly the lines
     answered counted and the rest unknown (A + N + U = ids sent), the node
     marked; never a success for what the node did not say."""
-    from gwutil import ScriptedNode
-
     def answer(line, n):
         ids = line.split(b" ")[1].rsplit(b"/", 1)[1].split(b",")
         first = int(ids[0])
@@ -165,12 +167,9 @@ def test_node_replies_out_of_bounds(gateway_factory):
         return (0, b"DELETED %d\r\n" % len(ids) if len(ids) > 1
                 else b"DELETED\r\n")
 
-    fake = ScriptedNode(answer)
+    fake, g, q, a = _fake_gateway(gateway_factory, answer)
     try:
-        g = gateway_factory([fake.addr], loc=CLIENT_LOC)
         g.expect_errors()
-        q = qname()
-        a = node_addr(fake.addr)
 
         def post(op, nums):
             r = requests.post(g.url("/mq"), params={"topic": q, "op": op},
@@ -201,55 +200,16 @@ def test_replies_one_byte_at_a_time(gateway_factory):
     """A node whose every reply byte is a segment of its own: the window's
     replies are assembled, counted exactly, and the connection is pooled
     (the next request reuses it)."""
-    import threading
-    import time
+    conns = set()
 
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    accepted = []
-    stop = threading.Event()
+    def answer(line, n):
+        conns.add(threading.get_ident())
+        num = int(line.split(b" ")[1].rsplit(b"/", 1)[1])
+        return (0, b"TOUCHED\r\n" if num % 2 else b"NOT_FOUND\r\n")
 
-    def serve(c):
-        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf = b""
-        while not stop.is_set():
-            try:
-                d = c.recv(65536)
-            except OSError:
-                return
-            if not d:
-                return
-            buf += d
-            while b"\r\n" in buf:
-                line, buf = buf.split(b"\r\n", 1)
-                num = int(line.split(b" ")[1].rsplit(b"/", 1)[1])
-                reply = b"TOUCHED\r\n" if num % 2 else b"NOT_FOUND\r\n"
-                for i in range(len(reply)):
-                    c.sendall(reply[i:i + 1])
-                    # pace the bytes: each leaves as its own segment
-                    time.sleep(0.0005)
-
-    def accept():
-        srv.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            accepted.append(c)
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
+    fake, g, q, a = _fake_gateway(gateway_factory, answer, send_size=1,
+                                  workers=1)
     try:
-        addr = srv.getsockname()
-        g = gateway_factory([addr], loc=CLIENT_LOC, workers=1)
-        q = qname()
-        a = node_addr(addr)
         for _ in range(2):
             r = requests.post(g.url("/mq"), params={"topic": q,
                                                     "op": "release"},
@@ -258,10 +218,6 @@ def test_replies_one_byte_at_a_time(gateway_factory):
                               timeout=30 * SLOW)
             assert r.status_code == 200, r.text
             assert r.json() == {"acked": 20, "not_found": 20}
-        assert len(accepted) == 1
+        assert len(conns) == 1
     finally:
-        stop.set()
-        t.join(2)
-        for c in accepted:
-            c.close()
-        srv.close()
+        fake.close()
