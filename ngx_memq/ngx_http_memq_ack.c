@@ -828,6 +828,7 @@ ngx_http_memq_ack_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 
     ngx_http_memq_conn_release(mc);
     an->mc = NULL;
+    ctx->stat.nodes_ok++;
     ngx_http_memq_ack_node_done(an);
 
     return NGX_DONE;

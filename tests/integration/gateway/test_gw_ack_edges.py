@@ -221,3 +221,25 @@ def test_replies_one_byte_at_a_time(gateway_factory):
         assert len(conns) == 1
     finally:
         fake.close()
+
+
+def test_ack_counts_in_the_access_log(gateway_factory, memqd_factory):
+    """$memq_messages, $memq_nodes_ok and $memq_nodes_failed of an
+    acknowledgement: the ids acknowledged, the nodes that answered it all,
+    the nodes that failed."""
+    nodes = [memqd_factory(), memqd_factory()]
+    g = gateway_factory(nodes, loc=CLIENT_LOC)
+    g.expect_errors()
+    q = qname()
+    ids = ["%s/%d" % (node_addr(n), i) for n in nodes for i in (1, 2)]
+    r = requests.post(g.url("/mq"), params={"topic": q, "op": "ack"},
+                      data="\n".join(ids).encode(), timeout=10 * SLOW)
+    assert r.json() == {"acked": 0, "not_found": 4}
+    line = g.wait_access(lambda l: q in l and "op=ack" in l)
+    assert line.startswith("200 0 2 0 "), line
+    nodes[1].kill()
+    r = requests.post(g.url("/mq"), params={"topic": q, "op": "release"},
+                      data="\n".join(ids).encode(), timeout=10 * SLOW)
+    assert r.status_code == 503, r.text
+    line = g.wait_access(lambda l: q in l and "op=release" in l)
+    assert line.startswith("503 0 1 1 "), line
