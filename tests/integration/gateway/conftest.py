@@ -8,11 +8,16 @@ Fixtures for the gateway tests.
   nodes3           three real memqd nodes (memqd_factory of the parent
                    conftest: they are stopped and checked there).
   gw               a gateway in front of nodes3.
+  netlab_factory   make(n) -> NetLab (netns_util): n hosts in network
+                   namespaces, deleted at teardown; skips the test where
+                   namespaces cannot be made.  Ask for it before
+                   gateway_factory, so that nginx inside stops first.
 """
 
 import pytest
 
 from gwutil import Gateway
+from netns_util import NetLab, NetlabUnavailable
 
 
 @pytest.fixture
@@ -46,3 +51,23 @@ def nodes3(memqd_factory):
 @pytest.fixture
 def gw(gateway_factory, nodes3):
     return gateway_factory(nodes3)
+
+
+@pytest.fixture
+def netlab_factory():
+    labs = []
+
+    def make(n):
+        try:
+            lab = NetLab.create(n)
+        except NetlabUnavailable as e:
+            pytest.skip("cannot create network namespaces here: %s" % e)
+        labs.append(lab)
+        return lab
+
+    yield make
+
+    problems = []
+    for lab in labs:
+        problems += lab.close()
+    assert not problems, "netns teardown: %s" % problems

@@ -112,7 +112,7 @@ class Gateway:
                  loc=None, server_extra="", http_extra="", workers=2,
                  weights=None, listen_extra="", worker_connections=1024,
                  timeouts="connect_timeout 1s; read_timeout 2s;",
-                 main_extra=""):
+                 main_extra="", host="127.0.0.1", argv_prefix=()):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for d in ("logs", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -128,6 +128,10 @@ class Gateway:
         self.listen_extra = listen_extra
         self.timeouts = timeouts
         self.workers = workers
+        # the address it listens on, and what runs nginx (e.g. `ip netns
+        # exec NS`: nginx inside a network namespace)
+        self.host = host
+        self.argv_prefix = list(argv_prefix)
         self.worker_connections = worker_connections
         self.port = None
         self.proc = None
@@ -169,7 +173,7 @@ http {{
         {cluster_extra}
     }}
     server {{
-        listen 127.0.0.1:{port} {listen_extra};
+        listen {host}:{port} {listen_extra};
         {server_extra}
         location /mq {{
             {loc}
@@ -183,6 +187,7 @@ http {{
            wc=self.worker_connections, main_extra=self.main_extra,
            http_extra=self.http_extra, nodes="\n        ".join(lines),
            cluster_extra=self.cluster_extra, port=self.port,
+           host=self.host,
            server_extra=self.server_extra, loc=self.loc,
            listen_extra=self.listen_extra, timeouts=self.timeouts,
            loc_extra=self.loc_extra)
@@ -213,6 +218,7 @@ http {{
             env = nginx_env()
             with open(self.stderr_path, "ab") as err:
                 self.proc = subprocess.Popen(
+                    self.argv_prefix +
                     [NGINX, "-p", str(self.tmp), "-c", str(self.conf_path),
                      "-g", "daemon off;"], stdin=subprocess.DEVNULL,
                     stdout=err, stderr=err, env=env)
@@ -317,7 +323,7 @@ http {{
     # -- HTTP
 
     def url(self, path):
-        return "http://127.0.0.1:%d%s" % (self.port, path)
+        return "http://%s:%d%s" % (self.host, self.port, path)
 
     def publish(self, topic, body, ndjson=False, headers=None, timeout=10):
         h = dict(headers or {})
@@ -397,7 +403,7 @@ http {{
         if rcvbuf:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         s.settimeout(10 * SLOW)
-        s.connect(("127.0.0.1", self.port))
+        s.connect((self.host, self.port))
         s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
                   + headers + b"\r\n")
         return s

@@ -22,6 +22,12 @@ Hosts in network namespaces for the gateway tests.
              reach over their links and the gateway over loopback.
   NetlabUnavailable  raised by NetLab.create when namespaces cannot be made
              (no CAP_NET_ADMIN, no netns support): the caller skips.
+  set_port_range(host, first, last)  the host's ephemeral port range
+             (net.ipv4.ip_local_port_range is per namespace).
+  PortHolder connections from inside a host to one address until connect()
+             says EADDRNOTAVAIL: no local port is left for that address;
+             release() resets them (no TIME_WAIT), which frees the ports
+             at once.
 
 Every command has a timeout; nothing waits without a deadline.
 """
@@ -31,9 +37,11 @@ import fcntl
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -238,6 +246,86 @@ class NsMemqd(gwutil.base.Memqd):
 
     def start(self, timeout=10.0, port=None):
         return super().start(timeout, port=port or self.PORT)
+
+
+PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def set_port_range(host, first, last):
+    """Sets and reads back the host's ephemeral port range."""
+    want = "%d %d" % (first, last)
+    p = subprocess.run([IP, "netns", "exec", host.ns, "sh", "-c",
+                        "echo '%s' > %s && cat %s" % (want, PORT_RANGE,
+                                                      PORT_RANGE)],
+                       capture_output=True, text=True, timeout=10,
+                       stdin=subprocess.DEVNULL)
+    got = " ".join(p.stdout.split())
+    assert p.returncode == 0 and got == want, (p.returncode, got, p.stderr)
+
+
+# runs inside the host: connects to argv[1]:argv[2] until no local port is
+# left, says how many it holds, holds them until stdin closes, then resets
+# them
+_HOLD = r"""
+import errno, socket, struct, sys
+held = []
+while len(held) < 1000:
+    s = socket.socket()
+    try:
+        s.connect((sys.argv[1], int(sys.argv[2])))
+    except OSError as e:
+        if e.errno != errno.EADDRNOTAVAIL:
+            raise
+        break
+    held.append(s)
+print(len(held), flush=True)
+sys.stdin.read()
+for s in held:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+"""
+
+
+class PortHolder:
+    def __init__(self, host, addr):
+        self.host = host
+        self.addr = addr
+        self.proc = None
+        self.held = 0
+
+    def start(self, timeout=10.0):
+        self.proc = subprocess.Popen(
+            [IP, "netns", "exec", self.host.ns, sys.executable, "-c", _HOLD,
+             self.addr[0], str(self.addr[1])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready, _, _ = select.select([self.proc.stdout], [], [],
+                                    timeout * gwutil.SLOW)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.strip().isdigit():
+            self.release()
+            raise AssertionError("port holder in %s: %r" % (self.host.ns,
+                                                            line))
+        self.held = int(line)
+        if self.held >= 1000:
+            self.release()
+            raise AssertionError("port holder: the port range is not small")
+        return self
+
+    def release(self, timeout=10.0):
+        """Resets every connection held; returns once they are gone."""
+        if self.proc is None:
+            return
+        p, self.proc = self.proc, None
+        p.stdin.close()
+        try:
+            rc = p.wait(timeout * gwutil.SLOW)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            raise AssertionError("port holder did not exit")
+        finally:
+            p.stdout.close()
+        assert rc == 0, "port holder exited with %d" % rc
 
 
 ETCD = shutil.which("etcd")

@@ -28,8 +28,7 @@ import pytest
 import requests
 
 from gwutil import SLOW, Client, qname, wait_for
-from netns_util import (ETCD, EtcdServer, NetLab, NetlabUnavailable,
-                        NsMemqd)
+from netns_util import ETCD, EtcdServer, NsMemqd
 
 CONNECT_TIMEOUT = 0.3
 READ_TIMEOUT = 1.0
@@ -54,14 +53,8 @@ WORKERS = 2
 
 
 @pytest.fixture
-def netlab():
-    try:
-        lab = NetLab.create(3)
-    except NetlabUnavailable as e:
-        pytest.skip("cannot create network namespaces here: %s" % e)
-    yield lab
-    problems = lab.close()
-    assert not problems, "netns teardown: %s" % problems
+def netlab(netlab_factory):
+    return netlab_factory(3)
 
 
 class Cluster:
