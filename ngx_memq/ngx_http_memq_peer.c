@@ -36,7 +36,9 @@ static void ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc);
 static void ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc);
 static void ngx_http_memq_conn_fail(ngx_http_memq_conn_t *mc,
     const char *err);
-static ngx_int_t ngx_http_memq_conn_test_connect(ngx_connection_t *c);
+static ngx_int_t ngx_http_memq_conn_test_connect(ngx_http_memq_conn_t *mc);
+static ngx_uint_t ngx_http_memq_conn_error(ngx_log_t *log,
+    ngx_http_memq_node_t *node, ngx_err_t err);
 static ngx_int_t ngx_http_memq_conn_room(ngx_http_memq_conn_t *mc);
 static void ngx_http_memq_conn_idle_handler(ngx_event_t *ev);
 static void ngx_http_memq_conn_free(ngx_http_memq_conn_t *mc);
@@ -53,16 +55,18 @@ static ngx_uint_t  ngx_http_memq_shutdown_closed;
  * (NGX_OK or NGX_AGAIN while connecting).  With nothing to clean up and
  * *mcp NULL: NGX_ERROR when the node refused the connect (its failure),
  * NGX_BUSY when this worker is short of something (no free connection in
- * worker_connections, no socket, no memory) or its shutdown timer is
- * closing its connections, which is not the node's fault and must not
- * mark it.
+ * worker_connections, no socket, no local port, no memory, see
+ * conn_error()) or its shutdown timer is closing its connections, which
+ * is not the node's fault and must not mark it.
  * The caller sets mc->handler, mc->data and mc->owner_conn next.
  */
 ngx_int_t
 ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
     ngx_http_memq_conn_t **mcp)
 {
+    ngx_err_t                 err;
     ngx_int_t                 rc;
+    ngx_uint_t                level;
     ngx_pool_t               *pool;
     ngx_queue_t              *q;
     ngx_connection_t         *c;
@@ -152,7 +156,32 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
     mc->pc.log_error = NGX_ERROR_ERR;
     mc->pc.tries = 1;
 
+    /*
+     * ngx_event_connect_peer() (src/event/ngx_event_connect.c, nginx 1.22
+     * and later) answers NGX_DECLINED for every error of connect(): a
+     * node that refuses and a host with no local port left
+     * (EADDRNOTAVAIL) alike; it logs the error and closes the socket
+     * before it returns.  Whose failure it was is told by errno, and
+     * between connect() and that return only two calls may change errno:
+     * the write of that log line, when the write fails (a full disk,
+     * syslog), and close() of a socket that never connected (epoll drops
+     * it without a call of its own), which fails, if ever, with EBADF,
+     * EINTR or EIO, none of them a shortage: at worst the node is blamed,
+     * as before.  So that log line (error or crit) is held back for the
+     * call, alerts (socket() failing and the like) still pass, errno is
+     * connect()'s when it returns, and conn_error() logs the failure
+     * instead, saying whose it is.
+     */
+    level = mc->log.log_level;
+
+    if (level > NGX_LOG_ALERT) {
+        mc->log.log_level = NGX_LOG_ALERT;
+    }
+
     rc = ngx_event_connect_peer(&mc->pc);
+    err = (rc == NGX_DECLINED) ? ngx_socket_errno : 0;
+
+    mc->log.log_level = level;
 
     if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
         /* ngx_event_connect_peer() closed the socket already */
@@ -160,11 +189,21 @@ ngx_http_memq_conn_get(ngx_http_memq_node_t *node, ngx_log_t *log,
             ngx_close_connection(mc->pc.connection);
         }
 
+        /* NGX_DECLINED: connect() itself failed (refused, unreachable, or
+         * a shortage here); NGX_ERROR: socket(), a connection slot or an
+         * event failed here */
+        if (rc == NGX_DECLINED && !ngx_http_memq_conn_error(&mc->log, node,
+                                                            err))
+        {
+            rc = NGX_ERROR;
+
+        } else {
+            rc = NGX_BUSY;
+        }
+
         ngx_destroy_pool(pool);
 
-        /* NGX_DECLINED: connect() itself failed (refused, unreachable);
-         * NGX_ERROR: socket(), a connection slot or an event failed here */
-        return (rc == NGX_DECLINED) ? NGX_ERROR : NGX_BUSY;
+        return rc;
     }
 
     /* the node is not reused while a connection to it lives */
@@ -647,7 +686,7 @@ ngx_http_memq_conn_write(ngx_http_memq_conn_t *mc)
     }
 
     if (mc->connecting) {
-        if (ngx_http_memq_conn_test_connect(c) != NGX_OK) {
+        if (ngx_http_memq_conn_test_connect(mc) != NGX_OK) {
             ngx_http_memq_conn_fail(mc, "connect failed");
             return;
         }
@@ -905,11 +944,16 @@ ngx_http_memq_conn_fail(ngx_http_memq_conn_t *mc, const char *err)
 }
 
 
+/* a connect that was in progress: NGX_ERROR, with mc->local set for a
+ * shortage here, when it failed */
 static ngx_int_t
-ngx_http_memq_conn_test_connect(ngx_connection_t *c)
+ngx_http_memq_conn_test_connect(ngx_http_memq_conn_t *mc)
 {
-    int        err;
-    socklen_t  len;
+    int                err;
+    socklen_t          len;
+    ngx_connection_t  *c;
+
+    c = mc->pc.connection;
 
 #if (NGX_HAVE_KQUEUE)
     if (ngx_event_flags & NGX_USE_KQUEUE_EVENT) {
@@ -929,11 +973,48 @@ ngx_http_memq_conn_test_connect(ngx_connection_t *c)
     }
 
     if (err) {
-        (void) ngx_connection_error(c, err, "connect() failed");
+        mc->local = ngx_http_memq_conn_error(c->log, mc->node, err);
         return NGX_ERROR;
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Logs a failed connect() to node and says whether its error is a shortage
+ * of this host (1), which must not mark the node (DESIGN §2), or the
+ * node's failure (0: refused, unreachable, reset, timed out, and whatever
+ * else is not listed here).  A shortage: no local port left for the node's
+ * address (EADDRNOTAVAIL; EADDRINUSE), the kernel's buffers or memory
+ * (ENOBUFS, ENOMEM; EAGAIN, which Linux says for a TCP connect when its
+ * route cache is full: nodes are never unix sockets, where it would mean
+ * a full listen queue), descriptors (EMFILE, ENFILE: from socket(), listed
+ * for completeness).
+ */
+static ngx_uint_t
+ngx_http_memq_conn_error(ngx_log_t *log, ngx_http_memq_node_t *node,
+    ngx_err_t err)
+{
+    switch (err) {
+
+    case EADDRNOTAVAIL:
+    case EADDRINUSE:
+    case EAGAIN:
+    case ENOBUFS:
+    case ENOMEM:
+    case EMFILE:
+    case ENFILE:
+        ngx_log_error(NGX_LOG_WARN, log, err,
+                      "connect() to memq node %V failed, a shortage of "
+                      "this host: the node is not marked", &node->addr);
+        return 1;
+
+    default:
+        ngx_log_error(NGX_LOG_ERR, log, err,
+                      "connect() to memq node %V failed", &node->addr);
+        return 0;
+    }
 }
 
 

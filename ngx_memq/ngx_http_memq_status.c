@@ -236,6 +236,12 @@ ngx_http_memq_status_next(ngx_http_memq_status_ctx_t *ctx)
             continue;
         }
 
+        if (rc == NGX_BUSY) {
+            /* a shortage of this worker: the node's stats are left out,
+             * and it is not marked */
+            continue;
+        }
+
         ctx->mc->handler = ngx_http_memq_status_reply;
         ctx->mc->data = ctx;
         ctx->mc->owner_conn = ctx->request->connection;
@@ -254,6 +260,7 @@ ngx_http_memq_status_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 {
     ngx_int_t                    prc;
     ngx_buf_t                   *b;
+    ngx_uint_t                   level;
     mq_reply_t                   reply;
     const char                  *err;
     ngx_http_memq_status_ctx_t  *ctx;
@@ -312,12 +319,18 @@ ngx_http_memq_status_reply(ngx_http_memq_conn_t *mc, ngx_int_t rc)
 
 failed:
 
-    ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+    level = mc->local ? NGX_LOG_WARN : NGX_LOG_ERR;
+
+    ngx_log_error(level, ctx->request->connection->log, 0,
                   "memq node %V: stats failed", &mc->node->addr);
 
-    /* the status is a health check too: the dashboard polls it */
-    ngx_http_memq_node_failed(mc->node, ctx->request->connection->log,
-                              mc->err ? mc->err : "bad stats reply");
+    /* the status is a health check too (the dashboard polls it), but not
+     * of this worker's shortages */
+    if (!mc->local) {
+        ngx_http_memq_node_failed(mc->node, ctx->request->connection->log,
+                                  mc->err ? mc->err : "bad stats reply");
+    }
+
     ngx_http_memq_conn_close(mc);
     ctx->mc = NULL;
 

@@ -301,6 +301,9 @@ def test_worker_connections_shortage_marks_nothing(gateway_factory,
     assert r.json()["error"] == "no node took the message"
     r = g.consume(q)
     assert r.status_code == 503, r.text
+    # the status's stats leave the node out (and the worker lives)
+    r = g.status(queues=1)
+    assert r.json()["clusters"][0]["queues"] == {}, r.text
     for h in held:
         h.close()
     wait_for(lambda: g.publish(q, b"y").status_code == 201, timeout=5,
