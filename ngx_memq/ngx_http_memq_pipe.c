@@ -93,7 +93,7 @@ static void ngx_http_memq_pipe_drain(ngx_http_memq_pipe_t *p, ngx_int_t rc,
  * NGX_DECLINED: no pipe has room (or pipes are off, or the set is too
  * big): the caller uses a connection of its own; NGX_ERROR: the node
  * refused the connect (its failure); NGX_BUSY: this worker is short of
- * connections or memory; neither marks the node here.
+ * connections, local ports or memory; neither marks the node here.
  */
 ngx_int_t
 ngx_http_memq_pipe_send(ngx_http_memq_node_t *node, u_char *data,
