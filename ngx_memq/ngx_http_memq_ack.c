@@ -367,11 +367,13 @@ ngx_http_memq_ack_parse(ngx_http_memq_ack_ctx_t *ctx, ngx_str_t *body,
     ngx_uint_t *status, const char **err)
 {
     u_char                    *p, *s, *e, *last;
+    size_t                     n;
     ngx_int_t                  rc;
     ngx_uint_t                 count, i;
     ngx_http_request_t        *r;
     ngx_http_memq_node_t     **np;
     ngx_http_memq_cluster_t   *cl;
+    u_char                     quoted[NGX_HTTP_MEMQ_LOG_QUOTE * 3];
 
     r = ctx->request;
     cl = ctx->conf->cluster;
@@ -437,9 +439,9 @@ ngx_http_memq_ack_parse(ngx_http_memq_ack_ctx_t *ctx, ngx_str_t *body,
         rc = ngx_http_memq_ack_parse_id(ctx, s, p);
 
         if (rc != NGX_OK) {
+            n = ngx_http_memq_log_quote(quoted, s, p - s);
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "memq: malformed id \"%*s\"",
-                          ngx_min((size_t) (p - s), 96), s);
+                          "memq: malformed id \"%*s\"", n, quoted);
             *status = NGX_HTTP_BAD_REQUEST;
             *err = "bad id";
             return NGX_ERROR;

@@ -201,11 +201,12 @@ ngx_int_t
 ngx_http_memq_cors_check(ngx_http_request_t *r)
 {
     u_char                    *p;
-    size_t                     len;
+    size_t                     len, n;
     ngx_uint_t                 i;
     ngx_list_part_t           *part;
     ngx_table_elt_t           *h, *origin;
     ngx_http_memq_loc_conf_t  *mlcf;
+    u_char                     quoted[NGX_HTTP_MEMQ_LOG_QUOTE * 3];
 
     origin = NULL;
     part = &r->headers_in.headers.part;
@@ -271,10 +272,11 @@ ngx_http_memq_cors_check(ngx_http_request_t *r)
         return NGX_OK;
     }
 
+    n = ngx_http_memq_log_quote(quoted, origin->value.data,
+                                origin->value.len);
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "memq: refused a request from origin \"%*s\" "
-                  "(not allowed by memq_cors)",
-                  ngx_min(origin->value.len, 128), origin->value.data);
+                  "(not allowed by memq_cors)", n, quoted);
 
     return NGX_DECLINED;
 }

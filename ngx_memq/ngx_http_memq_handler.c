@@ -225,14 +225,17 @@ ngx_int_t
 ngx_http_memq_get_key(ngx_http_request_t *r, ngx_http_memq_loc_conf_t *mlcf,
     ngx_str_t *key)
 {
+    size_t  n;
+    u_char  quoted[NGX_HTTP_MEMQ_LOG_QUOTE * 3];
+
     if (ngx_http_complex_value(r, mlcf->key, key) != NGX_OK) {
         return NGX_ERROR;
     }
 
     if (!mq_name_valid((const char *) key->data, key->len)) {
+        n = ngx_http_memq_log_quote(quoted, key->data, key->len);
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "memq: rejected key \"%*s\"",
-                      ngx_min(key->len, 64), key->data);
+                      "memq: rejected key \"%*s\"", n, quoted);
         return NGX_DECLINED;
     }
 

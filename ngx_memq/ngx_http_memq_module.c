@@ -325,6 +325,21 @@ ngx_http_memq_send_json(ngx_http_request_t *r, ngx_uint_t status,
 
 
 /*
+ * A client's bytes for a log line: at most NGX_HTTP_MEMQ_LOG_QUOTE of
+ * them, with control bytes, spaces, quotes and '%' as %XX, so that a
+ * terminal escape or a forged line never reaches the log as it came; buf
+ * holds 3 * NGX_HTTP_MEMQ_LOG_QUOTE bytes.  The length written.
+ */
+size_t
+ngx_http_memq_log_quote(u_char *buf, u_char *data, size_t len)
+{
+    len = ngx_min(len, NGX_HTTP_MEMQ_LOG_QUOTE);
+
+    return (u_char *) ngx_escape_uri(buf, data, len, NGX_ESCAPE_ARGS) - buf;
+}
+
+
+/*
  * Answers {"error":"<reason>","status":<code>} and finalizes the request
  * (drops one reference: the caller holds one, see send_json); reason is a
  * fixed string without characters that need escaping.

@@ -53,6 +53,8 @@
                                                   and it still keeps runs */
 #define NGX_HTTP_MEMQ_PIPE_MSG        (16 * 1024) /* a set in a pipe at
                                                    most */
+#define NGX_HTTP_MEMQ_LOG_QUOTE       96       /* client bytes in a log
+                                                  line at most */
 #define NGX_HTTP_MEMQ_SHM_SIZE        (128 * 1024)
 /* memqd's refusal of a connection it just accepted (see conn_limit()) */
 #define NGX_HTTP_MEMQ_CONN_LIMIT      "too many connections"
@@ -313,6 +315,7 @@ ngx_http_memq_node_t *ngx_http_memq_node_add(ngx_http_memq_cluster_t *cl,
 ngx_int_t ngx_http_memq_weight(u_char *p, size_t len);
 ngx_int_t ngx_http_memq_node_parse(ngx_pool_t *pool, ngx_str_t *text,
     ngx_http_memq_node_t *node, ngx_str_t *err, ngx_uint_t resolve);
+size_t ngx_http_memq_log_quote(u_char *buf, u_char *data, size_t len);
 void ngx_http_memq_json_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason);
 ngx_int_t ngx_http_memq_send_json(ngx_http_request_t *r, ngx_uint_t status,

@@ -259,6 +259,22 @@ def test_lease_runs_out_and_touch_extends(gateway_factory, memqd_factory):
     assert waiting(nodes, q) == 0 and leased(nodes, q) == 0
 
 
+def test_malformed_id_is_logged_escaped(gateway_factory, memqd_factory):
+    """The error log quotes a malformed id: a client's control bytes (a
+    terminal escape, a bell) go there as %XX, never as they came."""
+    node = memqd_factory()
+    g = gateway_factory([node], loc=CLIENT_LOC)
+    q = qname()
+    bad = node_addr(node) + "/1\x1b]0;owned\x07\x1b[2J%"
+    r = ack(g, q, [bad])
+    assert r.status_code == 400, r.text
+    log = g.error_log.read_bytes()
+    line = [l for l in log.splitlines() if b"malformed id" in l]
+    assert len(line) == 1, log[-2000:]
+    assert b"%1B" in line[0] and b"%07" in line[0], line[0]
+    assert not any(b < 0x20 or b == 0x7f for b in line[0]), line[0]
+
+
 def test_malformed_ack_bodies(gateway_factory, memqd_factory):
     nodes = [memqd_factory(), memqd_factory()]
     g = gateway_factory(nodes, loc=CLIENT_LOC,

@@ -5,10 +5,12 @@ requests from an origin it does not allow refused before any node is asked
 (the message stays queued).  Real nginx, real memqd, requests.
 """
 
+import socket
+
 import pytest
 import requests
 
-from gwutil import Gateway, SLOW, qname
+from gwutil import Gateway, SLOW, qname, read_to_close
 
 APP = "http://app.test:9000"
 
@@ -137,3 +139,22 @@ def test_bad_origin_refused_at_load(tmp_path, origin):
     ok, out = g.test_conf()
     assert not ok, out
     assert "[emerg]" in out and 'in "memq_cors"' in out, out
+
+
+def test_refused_origin_is_logged_escaped(gateway_factory, nodes3):
+    """The log line for a refused origin quotes the header: a terminal
+    escape in it goes to the log as %XX, never as it came."""
+    gw = gateway_factory(nodes3)
+    gw.expect_errors()
+    q = qname("esc")
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10 * SLOW)
+    s.sendall(b"GET /mq?topic=%s HTTP/1.1\r\nHost: x\r\n"
+              b"Origin: http://a\x1b]0;owned\x07.test\r\n"
+              b"Connection: close\r\n\r\n" % q.encode())
+    reply = read_to_close(s)
+    assert reply.startswith(b"HTTP/1.1 403"), reply[:200]
+    line = [l for l in gw.error_log.read_bytes().splitlines()
+            if b"refused a request from origin" in l]
+    assert len(line) == 1, line
+    assert b"%1B" in line[0] and b"%07" in line[0], line[0]
+    assert not any(b < 0x20 or b == 0x7f for b in line[0]), line[0]
