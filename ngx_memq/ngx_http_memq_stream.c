@@ -445,16 +445,17 @@ ngx_http_memq_encode(ngx_uint_t format, u_char *dst, u_char *data,
 /*
  * Inflates src (zlib, gzip or raw deflate, told apart by the header bytes)
  * into *dst, a scratch buffer of *cap bytes from pool that is grown as
- * needed up to max.  NGX_OK: *dlen bytes of plain text at *dst.
- * NGX_DECLINED: not a complete compressed stream, or larger than max (the
- * caller passes the value through untouched).  NGX_ERROR: out of memory.
+ * needed up to max.  NGX_OK: *dlen bytes of plain text at *dst (every
+ * member of a gzip value).  NGX_DECLINED: not a complete compressed stream,
+ * bytes after it, or larger than max (the caller passes the value through
+ * untouched).  NGX_ERROR: out of memory.
  */
 ngx_int_t
 ngx_http_memq_inflate(u_char *src, size_t len, u_char **dst, size_t *dlen,
     size_t *cap, size_t max, ngx_pool_t *pool)
 {
     int        rc, wbits;
-    size_t     size;
+    size_t     size, out;
     u_char    *p;
     z_stream   zs;
 
@@ -503,7 +504,24 @@ ngx_http_memq_inflate(u_char *src, size_t len, u_char **dst, size_t *dlen,
         rc = inflate(&zs, Z_NO_FLUSH);
 
         if (rc == Z_STREAM_END) {
-            break;
+            if (zs.avail_in == 0) {
+                break;
+            }
+
+            /*
+             * Bytes after the end: gzip members may follow one another
+             * (gunzip inflates them all, so do we); after a zlib or raw
+             * stream, or after a member when no member follows, the value
+             * did not inflate completely and goes out as stored.  Breaking
+             * here lost those bytes.  inflateReset() zeroes total_out:
+             * the output so far is next_out - *dst.
+             */
+            if (wbits != 16 + MAX_WBITS || inflateReset(&zs) != Z_OK) {
+                inflateEnd(&zs);
+                return NGX_DECLINED;
+            }
+
+            continue;
         }
 
         if (rc != Z_OK && rc != Z_BUF_ERROR) {
@@ -517,7 +535,9 @@ ngx_http_memq_inflate(u_char *src, size_t len, u_char **dst, size_t *dlen,
             return NGX_DECLINED;
         }
 
-        if (zs.total_out >= max) {
+        out = zs.next_out - *dst;
+
+        if (out >= max) {
             inflateEnd(&zs);
             return NGX_DECLINED;
         }
@@ -531,19 +551,19 @@ ngx_http_memq_inflate(u_char *src, size_t len, u_char **dst, size_t *dlen,
                 return NGX_ERROR;
             }
 
-            ngx_memcpy(p, *dst, zs.total_out);
+            ngx_memcpy(p, *dst, out);
             ngx_pfree(pool, *dst);
 
             *dst = p;
             *cap = size;
         }
 
-        zs.next_out = *dst + zs.total_out;
-        zs.avail_out = (uInt) ngx_min(ngx_min(*cap, max) - zs.total_out,
+        zs.next_out = *dst + out;
+        zs.avail_out = (uInt) ngx_min(ngx_min(*cap, max) - out,
                                       NGX_HTTP_MEMQ_UINT_MAX);
     }
 
-    *dlen = zs.total_out;
+    *dlen = zs.next_out - *dst;
     inflateEnd(&zs);
 
     return NGX_OK;
