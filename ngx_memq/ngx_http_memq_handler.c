@@ -122,6 +122,8 @@ typedef struct {
     unsigned                in_value:1;   /* reading a data block */
     unsigned                answered:1;   /* a reply came at least once */
     unsigned                last_empty:1; /* the last reply had no item */
+    unsigned                drained:1;    /* drain mode: it said it was
+                                             empty */
     unsigned                waiting:1;    /* the request has /t= */
     unsigned                give_back:1;  /* the item read is beyond max */
     unsigned                paused:1;     /* reply held: inflated output
@@ -166,6 +168,9 @@ struct ngx_http_memq_ctx_s {
 
     unsigned                    header_sent:1;
     unsigned                    finishing:1;
+    unsigned                    cut:1;      /* a drain ended by a graceful
+                                               shutdown: nodes that did
+                                               not say empty are named */
     unsigned                    done:1;     /* finalized */
     unsigned                    counted:1;  /* in streams_active */
     unsigned                    listed:1;   /* in ngx_http_memq_streams */
@@ -641,8 +646,10 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
             end = 1;
 
         } else if (ngx_exiting || ngx_terminate) {
-            /* graceful shutdown: a long poll must not hold the worker */
+            /* graceful shutdown: a long poll must not hold the worker;
+             * a drain ends before every node said empty */
             end = 1;
+            ctx->cut = (ctx->wait == 0);
 
         } else if (live == 0) {
             end = 1;
@@ -1149,6 +1156,7 @@ ngx_http_memq_node_values(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         sn->open = 0;
 
         if (ctx->wait == 0) {
+            sn->drained = 1;
             ngx_http_memq_conn_release(mc);
             sn->mc = NULL;
             ngx_http_memq_set_state(sn, NGX_HTTP_MEMQ_SN_DONE);
@@ -1654,7 +1662,9 @@ ngx_http_memq_finish(ngx_http_memq_ctx_t *ctx)
 
 /*
  * At the end of a stream, names the nodes that could not be reached (failed
- * during it, or marked down at its start): SSE gets a last event
+ * during it, or marked down at its start), and, when a graceful shutdown
+ * cut a drain short, the nodes that had not said they were empty (else
+ * that end would read as a drained queue): SSE gets a last event
  *
  *   event: memq
  *   data: {"nodes_failed":["host:port",...]}
@@ -1686,7 +1696,9 @@ ngx_http_memq_tell_failed(ngx_http_memq_ctx_t *ctx)
 
     for (i = 0; i < ctx->nnodes + ctx->nskipped; i++) {
         if (i < ctx->nnodes) {
-            if (ctx->nodes[i].state != NGX_HTTP_MEMQ_SN_FAILED) {
+            if (ctx->nodes[i].state != NGX_HTTP_MEMQ_SN_FAILED
+                && !(ctx->cut && !ctx->nodes[i].drained))
+            {
                 continue;
             }
 

@@ -3,9 +3,13 @@ part, the end of a drain cut short, values larger than the gateway takes
 (DESIGN §2, §3; docs/gateway.md "Consume")."""
 
 import gzip
+import signal
 import zlib
 
-from gwutil import Client, node_addr, qname
+import pytest
+
+from gwutil import (SLOW, Client, ScriptedNode, node_addr, qname,
+                    read_headers, read_stream_after_close, wait_for)
 
 
 def _store(node, q, values, flags=0):
@@ -54,3 +58,39 @@ def test_value_of_exactly_inflate_max_size_inflates(gateway_factory,
     r = g.consume(q, format="raw")
     assert r.content == _raw([exact, exact, zlib.compress(over)])
     assert g.node_status(node_addr(n))["inflate_errors"] == 1
+
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "sse"])
+def test_drain_cut_by_quit_is_not_a_drained_queue(gateway_factory,
+                                                  memqd_factory, fmt):
+    """wait=0 pushes everything and closes: its end says the queue is
+    drained only when every node said it was empty.  A graceful quit cuts
+    the drain short (a node had not answered yet): the end names that
+    node, so the client can tell a cut drain from a drained queue."""
+    real = memqd_factory()
+    silent = ScriptedNode(lambda line, n: None)
+    try:
+        g = gateway_factory([real, silent.addr], workers=1,
+                            timeouts="connect_timeout 1s; read_timeout 30s;")
+        q = qname()
+        _store(real, q, [b"one"])
+        s = g.raw_request("/mq?topic=%s&format=%s" % (q, fmt))
+        status, hdrs, rest = read_headers(s)
+        assert status == 200
+        wait_for(lambda: len(silent.lines) == 1, timeout=5,
+                 what="the silent node asked")
+        g.proc.send_signal(signal.SIGQUIT)
+        d = read_stream_after_close(s, rest)
+        assert d.done, "stream cut instead of ended"
+        addr = node_addr(silent.addr)
+        if fmt == "ndjson":
+            assert d.data == b"one\n"
+            assert d.trailers.get("memq-nodes-failed") == addr
+        else:
+            assert d.data.endswith(b'event: memq\ndata: {"nodes_failed":'
+                                   b'["%s"]}\n\n' % addr.encode())
+        assert g.proc.wait(10 * SLOW) == 0
+        g.proc = None
+    finally:
+        silent.close()
