@@ -24,6 +24,8 @@
 #define MQ_BYTES_MAX       2147483647  /* largest data block a storage
                                           command may announce: 2^31 - 1 */
 #define MQ_LEASE_MS_MAX    43200000  /* longest /lease= (ms): 12 hours */
+#define MQ_ITEM_MAX        (1024 * 1024 * 1024) /* largest --max-item-size:
+                                          no node stores a bigger item */
 #define MQ_ACK_IDS_MAX     1000      /* ids in one /ack= list */
 
 /* command name, enum member; one list so names and values never drift */

@@ -32,6 +32,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "mq_proto.h"
 #include "notify.h"
 #include "options.h"
 #include "queue.h"
@@ -337,7 +338,7 @@ static const struct {
     uint64_t      max;
     const char   *why;      /* the reason a value out of bounds gets */
 } sizes[] = {
-    { &srv.max_item_size, 1, 1024 * 1024 * 1024, "1 to 1g" },
+    { &srv.max_item_size, 1, MQ_ITEM_MAX, "1 to 1g" },
     { &srv.segment_size, 4096, UINT64_MAX, "at least 4k" },
     { &srv.journal_size, 65536, UINT64_MAX, "at least 64k" },
     { &srv.max_conns, 1, UINT32_MAX, "a number, at least 1" },

@@ -1033,8 +1033,10 @@ ngx_http_memq_node_values(ngx_http_memq_conn_t *mc, ngx_int_t rc)
             continue;
         }
 
+        /* a length no node can store is a broken reply; one the gateway
+         * does not stream is checked below */
         prc = mq_proto_parse_reply((const char *) b->pos, b->last - b->pos,
-                                   NGX_HTTP_MEMQ_MAX_VALUE, &reply, &err);
+                                   MQ_ITEM_MAX, &reply, &err);
 
         if (prc == MQ_AGAIN) {
             return NGX_OK;
@@ -1084,6 +1086,25 @@ ngx_http_memq_node_values(ngx_http_memq_conn_t *mc, ngx_int_t rc)
         if (ctx->client && !reply.has_cas) {
             err = "VALUE without a lease id";
             goto bad;
+        }
+
+        if (reply.bytes > NGX_HTTP_MEMQ_MAX_VALUE) {
+            /*
+             * memqd stores items up to its --max-item-size (1g at most);
+             * one bigger than the gateway streams is the queue's content,
+             * not the node's fault: the node leaves this stream unmarked
+             * (the connection is reset, the item goes back), so one item
+             * cannot take its node out of every stream
+             */
+            ngx_log_error(NGX_LOG_WARN, &mc->log, 0,
+                          "memq node %V: a value of %uL bytes in \"%V\" is "
+                          "over the gateway's limit of %uz, left in the "
+                          "queue", &sn->node->addr, reply.bytes, &ctx->key,
+                          (size_t) NGX_HTTP_MEMQ_MAX_VALUE);
+
+            ngx_http_memq_node_fail(sn, "value over the gateway's limit", 0);
+            ngx_http_memq_run(ctx);
+            return NGX_DONE;
         }
 
         sn->value = reply;

@@ -8,8 +8,8 @@ import zlib
 
 import pytest
 
-from gwutil import (SLOW, Client, ScriptedNode, node_addr, qname,
-                    read_headers, read_stream_after_close, wait_for)
+from gwutil import (SLOW, Client, ScriptedNode, node_addr, node_items,
+                    qname, read_headers, read_stream_after_close, wait_for)
 
 
 def _store(node, q, values, flags=0):
@@ -94,3 +94,26 @@ def test_drain_cut_by_quit_is_not_a_drained_queue(gateway_factory,
         g.proc = None
     finally:
         silent.close()
+
+
+def test_value_over_the_gateway_limit_marks_no_node(gateway_factory,
+                                                    memqd_factory):
+    """memqd takes items up to --max-item-size (at most 1g); the gateway
+    streams values up to 64 MiB.  A bigger item is the queue's content,
+    not a broken reply: the node leaves that stream (named at its end, the
+    item goes back, the others' messages still come) and is not marked,
+    so one item cannot take its node out of every stream."""
+    big = memqd_factory(args=["--max-item-size", "80m"])
+    other = memqd_factory()
+    g = gateway_factory([big, other], workers=1,
+                        cluster_extra="max_fails 1; fail_timeout 30s;")
+    g.expect_errors()
+    q = qname()
+    _store(big, q, [b"b" * (64 * 1024 * 1024 + 1)])
+    _store(other, q, [b"small"])
+    status, body, ended = g.stream(q)
+    assert status == 200 and body == b"small\n" and not ended
+    st = g.node_status(node_addr(big))
+    assert st["fails"] == 0 and st["state"] == "up", st
+    assert node_items(big, q) == (1, 0)
+    assert "over the gateway's limit" in g.error_text()
