@@ -523,6 +523,16 @@ def total_items(nodes, q):
     return sum(node_items(n, q)[0] for n in nodes)
 
 
+def store_all(node, q, values, flags=0):
+    """Stores each of values (bytes) in q straight on one node."""
+    c = Client(node.addr)
+    try:
+        for v in values:
+            c.store(q, v, flags=flags)
+    finally:
+        c.close()
+
+
 def fill(nodes, q, count, fmt="m%d", flags=0):
     """Stores count messages round-robin straight on the nodes; returns
     them as a set of bytes."""

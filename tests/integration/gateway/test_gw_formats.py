@@ -7,15 +7,7 @@ import zlib
 import requests
 
 from gwutil import Client, node_addr, qname
-
-
-def _store(node, q, values, flags=0):
-    c = Client(node.addr)
-    try:
-        for v in values:
-            c.store(q, v, flags=flags)
-    finally:
-        c.close()
+from gwutil import store_all as _store
 
 
 def _gets_seqs(node, q):

@@ -8,17 +8,9 @@ import zlib
 
 import pytest
 
-from gwutil import (SLOW, Client, ScriptedNode, node_addr, node_items,
-                    qname, read_headers, read_stream_after_close, wait_for)
-
-
-def _store(node, q, values, flags=0):
-    c = Client(node.addr)
-    try:
-        for v in values:
-            c.store(q, v, flags=flags)
-    finally:
-        c.close()
+from gwutil import (SLOW, ScriptedNode, node_addr, node_items, qname,
+                    read_headers, read_stream_after_close, wait_for)
+from gwutil import store_all as _store
 
 
 def _raw(values):
