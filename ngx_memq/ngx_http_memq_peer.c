@@ -529,6 +529,24 @@ ngx_http_memq_conn_release(ngx_http_memq_conn_t *mc)
         return;
     }
 
+    if (mc->in->end - mc->in->start > NGX_HTTP_MEMQ_IN_SIZE) {
+        /*
+         * a big value grew the buffer to its size: an idle connection
+         * keeps the usual one, or every pooled connection that once read
+         * a big value would hold it for as long as it is reused
+         */
+        ngx_pfree(mc->pool, mc->in->start);
+
+        mc->in->start = ngx_palloc(mc->pool, NGX_HTTP_MEMQ_IN_SIZE);
+        if (mc->in->start == NULL) {
+            mc->in->end = NULL;
+            ngx_http_memq_conn_close(mc);
+            return;
+        }
+
+        mc->in->end = mc->in->start + NGX_HTTP_MEMQ_IN_SIZE;
+    }
+
     if (node->nidle >= cl->keepalive) {
         /* the least recently used goes */
         q = ngx_queue_last(&node->idle);
@@ -906,9 +924,8 @@ ngx_http_memq_conn_room(ngx_http_memq_conn_t *mc)
 
         ngx_memcpy(p, b->pos, len);
 
-        if (b->end - b->start > NGX_HTTP_MEMQ_IN_SIZE) {
-            ngx_pfree(mc->pool, b->start);
-        }
+        /* the first buffer too: it is a large allocation of the pool */
+        ngx_pfree(mc->pool, b->start);
 
         b->start = p;
         b->pos = p;

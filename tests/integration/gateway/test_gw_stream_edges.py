@@ -8,8 +8,8 @@ import zlib
 
 import pytest
 
-from gwutil import (SLOW, ScriptedNode, node_addr, node_items, qname,
-                    read_headers, read_stream_after_close, wait_for)
+from gwutil import (PRELOAD, SLOW, ScriptedNode, node_addr, node_items,
+                    qname, read_headers, read_stream_after_close, wait_for)
 from gwutil import store_all as _store
 
 
@@ -109,3 +109,43 @@ def test_value_over_the_gateway_limit_marks_no_node(gateway_factory,
     assert st["fails"] == 0 and st["state"] == "up", st
     assert node_items(big, q) == (1, 0)
     assert "over the gateway's limit" in g.error_text()
+
+
+def _worker_rss(g):
+    """The workers' resident size now (VmRSS), summed."""
+    import os
+    total = 0
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            st = open("/proc/%s/status" % p).read()
+        except OSError:
+            continue
+        if "\nPPid:\t%d\n" % g.proc.pid in st:
+            for line in st.splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(PRELOAD is not None, reason="the sanitizer keeps freed memory "
+                    "in its quarantine: resident size says nothing")
+def test_pooled_connection_does_not_keep_a_big_value_buffer(gateway_factory,
+                                                            memqd_factory):
+    """A 40 MiB value grows the node connection's read buffer to its size;
+    the connection then goes back to the keepalive pool.  It must not keep
+    40 MiB there after the stream ended (a pool of 16 such connections per
+    node would hold 640 MiB for good)."""
+    node = memqd_factory(args=["--max-item-size", "64m"])
+    g = gateway_factory([node], workers=1)
+    q = qname()
+    big = b"v" * (40 * 1024 * 1024)
+    _store(node, q, [big])
+    assert g.publish(qname(), b"warm").status_code == 201
+    before = _worker_rss(g)
+    status, body, ended = g.stream(q, format="raw")
+    assert status == 200 and ended and len(body) > len(big)
+    assert g.node_status(node_addr(node))["pool_idle"] == 1
+    kept = _worker_rss(g) - before
+    assert kept < 16 * 1024 * 1024, kept
