@@ -523,6 +523,24 @@ def total_items(nodes, q):
     return sum(node_items(n, q)[0] for n in nodes)
 
 
+def workers_memory(g, field):
+    """A /proc/PID/status size (VmRSS, VmHWM, ...) of g's workers, summed,
+    in bytes."""
+    total = 0
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            st = open("/proc/%s/status" % p).read()
+        except OSError:
+            continue
+        if "\nPPid:\t%d\n" % g.proc.pid in st:
+            for line in st.splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
 def store_all(node, q, values, flags=0):
     """Stores each of values (bytes) in q straight on one node."""
     c = Client(node.addr)

@@ -12,7 +12,8 @@ import pytest
 
 from gwutil import (SLOW, Client, Dechunker, ScriptedNode, fake_first,
                     fill, node_addr, read_stream_after_close,
-                    node_items, qname, read_headers, wait_for)
+                    node_items, qname, read_headers, wait_for,
+                    workers_memory)
 
 
 def _nodes_healthy(g, nodes):
@@ -425,19 +426,7 @@ def test_queue_full_batch_moves_on_exactly(gateway_factory, memqd_factory):
 
 def _worker_peak_rss(g):
     """The workers' peak resident size (VmHWM), summed."""
-    import os
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    total = 0
-    for p in pids:
-        try:
-            st = open("/proc/%d/status" % p).read()
-        except OSError:
-            continue
-        if "\nPPid:\t%d\n" % g.proc.pid in st:
-            for l in st.splitlines():
-                if l.startswith("VmHWM:"):
-                    total += int(l.split()[1]) * 1024
-    return total
+    return workers_memory(g, "VmHWM")
 
 
 def test_million_line_publish_bounded_memory(gateway_factory, memqd_factory):

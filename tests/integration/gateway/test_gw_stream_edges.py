@@ -9,7 +9,8 @@ import zlib
 import pytest
 
 from gwutil import (PRELOAD, SLOW, ScriptedNode, node_addr, node_items,
-                    qname, read_headers, read_stream_after_close, wait_for)
+                    qname, read_headers, read_stream_after_close, wait_for,
+                    workers_memory)
 from gwutil import store_all as _store
 
 
@@ -111,24 +112,6 @@ def test_value_over_the_gateway_limit_marks_no_node(gateway_factory,
     assert "over the gateway's limit" in g.error_text()
 
 
-def _worker_rss(g):
-    """The workers' resident size now (VmRSS), summed."""
-    import os
-    total = 0
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            st = open("/proc/%s/status" % p).read()
-        except OSError:
-            continue
-        if "\nPPid:\t%d\n" % g.proc.pid in st:
-            for line in st.splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
-
-
 @pytest.mark.skipif(PRELOAD is not None, reason="the sanitizer keeps freed memory "
                     "in its quarantine: resident size says nothing")
 def test_pooled_connection_does_not_keep_a_big_value_buffer(gateway_factory,
@@ -143,9 +126,9 @@ def test_pooled_connection_does_not_keep_a_big_value_buffer(gateway_factory,
     big = b"v" * (40 * 1024 * 1024)
     _store(node, q, [big])
     assert g.publish(qname(), b"warm").status_code == 201
-    before = _worker_rss(g)
+    before = workers_memory(g, "VmRSS")
     status, body, ended = g.stream(q, format="raw")
     assert status == 200 and ended and len(body) > len(big)
     assert g.node_status(node_addr(node))["pool_idle"] == 1
-    kept = _worker_rss(g) - before
+    kept = workers_memory(g, "VmRSS") - before
     assert kept < 16 * 1024 * 1024, kept
