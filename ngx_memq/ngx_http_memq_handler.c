@@ -54,9 +54,11 @@
 #define NGX_HTTP_MEMQ_OUT_SIZE   32768
 #define NGX_HTTP_MEMQ_LINE_SIZE  384
 
-/* inflated output a stream may have waiting for its client before it
- * stops reading node replies (one more value may exceed it) */
-#define NGX_HTTP_MEMQ_INFLATE_BUDGET  65536
+/* output beyond the values' stored bytes (inflated, or grown by framing:
+ * an sse line per line, JSON escapes) a stream may have waiting for its
+ * client before it stops reading node replies (one more value may exceed
+ * it) */
+#define NGX_HTTP_MEMQ_GROWN_BUDGET  65536
 
 /* per-node states in a stream: name, enum member */
 #define NGX_HTTP_MEMQ_SN_STATES(X)                                           \
@@ -126,7 +128,7 @@ typedef struct {
                                              empty */
     unsigned                waiting:1;    /* the request has /t= */
     unsigned                give_back:1;  /* the item read is beyond max */
-    unsigned                paused:1;     /* reply held: inflated output
+    unsigned                paused:1;     /* reply held: grown output
                                              over budget */
 } ngx_http_memq_snode_t;
 
@@ -160,8 +162,10 @@ struct ngx_http_memq_ctx_s {
 
     u_char                     *scratch;   /* inflated values */
     size_t                      scratch_cap;
-    size_t                      inflated;  /* inflated bytes in output not
-                                              yet written to the socket */
+    size_t                      grown;     /* output bytes beyond the values'
+                                              stored ones (inflated or
+                                              framed) not yet written to
+                                              the socket */
 
     ngx_event_t                 heartbeat;
     ngx_queue_t                 queue;     /* in ngx_http_memq_streams */
@@ -592,7 +596,7 @@ ngx_http_memq_run(ngx_http_memq_ctx_t *ctx)
     flushed = (rc == NGX_OK);
 
     if (flushed) {
-        /* the client took the inflated output: held replies read on */
+        /* the client took the grown output: held replies read on */
         for (i = 0; i < ctx->nnodes; i++) {
             sn = &ctx->nodes[i];
 
@@ -978,16 +982,14 @@ ngx_http_memq_node_values(ngx_http_memq_conn_t *mc, ngx_int_t rc)
                 goto bad;
             }
 
-            if (ctx->inflated >= NGX_HTTP_MEMQ_INFLATE_BUDGET
-                && ctx->conf->inflate
-                && (sn->value.flags & ctx->conf->compress_flag)
-                && !sn->give_back)
-            {
+            if (ctx->grown >= NGX_HTTP_MEMQ_GROWN_BUDGET && !sn->give_back) {
                 /*
-                 * Inflated output waits for the client already: stop
-                 * here (the value stays in the buffer, the node is not
-                 * timed) until the client took it, so memory per stream
-                 * is one batch of values plus the budget and one value.
+                 * Output grown past the stored values (inflated, or
+                 * framed: a message of line breaks is 7 times its size
+                 * in sse) waits for the client already: stop here (the
+                 * value stays in the buffer, the node is not timed)
+                 * until the client took it, so memory per stream is one
+                 * batch of values plus the budget and one value.
                  */
                 if (ngx_http_memq_send_header(ctx) != NGX_OK) {
                     ngx_http_memq_abort(ctx, NGX_ERROR);
@@ -1277,7 +1279,7 @@ static ngx_int_t
 ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
 {
     u_char                  *p;
-    size_t                   raw, dlen, need;
+    size_t                   raw, dlen, need, written;
     ngx_int_t                rc;
     ngx_uint_t               how;
     ngx_str_t                id, *idp;
@@ -1302,7 +1304,6 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
         if (rc == NGX_OK) {
             data = ctx->scratch;
             len = dlen;
-            ctx->inflated += dlen;
 
         } else {
             /* passed through untouched, and counted */
@@ -1335,6 +1336,13 @@ ngx_http_memq_emit(ngx_http_memq_snode_t *sn, u_char *data, size_t len)
 
     ctx->cur->buf->last = ngx_http_memq_encode(ctx->format, p, data, len,
                                                idp, how);
+
+    /* what inflating and framing added to the stored bytes */
+    written = ctx->cur->buf->last - p;
+
+    if (written > raw) {
+        ctx->grown += written - raw;
+    }
 
     if (ctx->client && sn->nids < ctx->conf->batch) {
         sn->ids[sn->nids++] = sn->value.cas;
@@ -1492,7 +1500,7 @@ ngx_http_memq_flush(ngx_http_memq_ctx_t *ctx, ngx_uint_t last)
     if (ctx->out == NULL && ctx->busy == NULL && !c->buffered
         && !r->buffered)
     {
-        ctx->inflated = 0;
+        ctx->grown = 0;
         return NGX_OK;
     }
 
@@ -1536,7 +1544,7 @@ ngx_http_memq_flush(ngx_http_memq_ctx_t *ctx, ngx_uint_t last)
         ngx_del_timer(c->write);
     }
 
-    ctx->inflated = 0;
+    ctx->grown = 0;
 
     return NGX_OK;
 }

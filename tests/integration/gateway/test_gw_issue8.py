@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
-from gwutil import (SLOW, Client, Dechunker, ScriptedNode, fake_first,
-                    fill, node_addr, read_stream_after_close,
+from gwutil import (PRELOAD, SLOW, Client, Dechunker, ScriptedNode,
+                    fake_first, fill, node_addr, read_stream_after_close,
                     node_items, qname, read_headers, wait_for,
-                    workers_memory)
+                    store_all, workers_memory)
 
 
 def _nodes_healthy(g, nodes):
@@ -601,6 +601,33 @@ def test_inflate_output_bounded_per_stream(gateway_factory, memqd_factory):
     assert all(len(l) == size for l in lines)
     grown = _worker_peak_rss(g) - before
     assert grown < 24 * 1024 * 1024, grown
+    assert node_items(node, q) == (0, 0)
+
+
+@pytest.mark.skipif(PRELOAD is not None, reason="the sanitizer keeps freed "
+                    "memory in its quarantine: resident size says nothing")
+def test_framed_output_bounded_per_stream(gateway_factory, memqd_factory):
+    """Framing can make a message much bigger than it was stored: in sse
+    every line of a message becomes "data: <line>\n", so a message of
+    line breaks grows 7 times.  One reply of 48 such values of 256 KiB
+    (12 MiB stored, 84 MiB framed) is framed as the client takes it, as
+    inflated output is: the worker does not hold the 84 MiB at once."""
+    node = memqd_factory()
+    g = gateway_factory([node], workers=1, loc_extra="memq_batch 64;")
+    q = qname()
+    size = 256 * 1024
+    store_all(node, q, [b"%02d" % i + b"\n" * (size - 2) for i in range(48)])
+    assert g.publish(qname(), b"warm").status_code == 201
+    before = _worker_peak_rss(g)
+    status, body, ended = g.stream(q, format="sse")
+    assert status == 200 and ended
+    events = [e for e in body.split(b"\n\n") if b"data: " in e]
+    assert len(events) == 48
+    assert sorted(e.split(b"data: ", 1)[1][:2] for e in events) == \
+        [b"%02d" % i for i in range(48)]
+    assert all(e.count(b"data: ") == size - 1 for e in events)
+    grown = _worker_peak_rss(g) - before
+    assert grown < 32 * 1024 * 1024, grown
     assert node_items(node, q) == (0, 0)
 
 
