@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -96,7 +97,7 @@ typedef struct {
     uint64_t      backoff;       /* next wait after a failure, ms */
     unsigned      seed;          /* jitter */
     size_t        cur;           /* URL that answered last */
-    unsigned      fails;         /* failed rounds in a row */
+    unsigned      fails;         /* failed rounds since registered */
     uint64_t      last_warn;     /* when the last failure was logged */
     int           status;        /* HTTP status of the last answer */
     char         *body;          /* its body, NUL-terminated, in resp */
@@ -851,10 +852,54 @@ set_http_err(void)
 
 
 /*
+ * Whether a failure is logged: the first since the node was last
+ * registered at once, then one every WARN_EVERY_MS.  A refusal by etcd
+ * counts as a failure as much as no answer does.
+ */
+static int
+warn_due(void)
+{
+    return ctx.fails == 0 || mono_ms() - ctx.last_warn >= WARN_EVERY_MS;
+}
+
+
+/* a failed round, logged or not */
+static void
+round_failed(int logged)
+{
+    if (logged) {
+        ctx.last_warn = mono_ms();
+    }
+
+    ctx.fails++;
+}
+
+
+/* logs etcd's refusal (when due, see warn_due()) and counts the round */
+static void
+refused(const char *fmt, ...)
+{
+    int      due;
+    char     msg[256];
+    va_list  ap;
+
+    due = warn_due();
+
+    if (due) {
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        log_warn("etcd", "%s, retrying", msg);
+    }
+
+    round_failed(due);
+}
+
+
+/*
  * One round: POSTs to every URL in turn, starting with the one that
  * answered last, until etcd answers (200, or one of its own refusals).
- * Failures are logged at warn, the first of a streak at once and then
- * once every WARN_EVERY_MS.
+ * Failures are logged at warn as warn_due() says.
  * wfd == -1 (the revoke at stop) makes the round uninterruptible but
  * bounded by deadline; otherwise each URL gets REQUEST_MS.
  */
@@ -863,11 +908,10 @@ call(const char *path, const char *body, uint64_t deadline, int wfd)
 {
     int          rc, quiet;
     size_t       i, k;
-    uint64_t     now, end;
+    uint64_t     end;
     etcd_url_t  *u;
 
-    now = mono_ms();
-    quiet = ctx.fails > 0 && now - ctx.last_warn < WARN_EVERY_MS;
+    quiet = !warn_due();
 
     for (i = 0; i < conf.nurls; i++) {
         k = (ctx.cur + i) % conf.nurls;
@@ -893,12 +937,6 @@ call(const char *path, const char *body, uint64_t deadline, int wfd)
 
         if (rc == E_OK) {
             ctx.cur = k;
-            if (ctx.fails > 0) {
-                log_info("etcd", "%s reachable again (after %u failed "
-                         "attempt%s)", u->text, ctx.fails,
-                         ctx.fails == 1 ? "" : "s");
-                ctx.fails = 0;
-            }
             return E_OK;
         }
 
@@ -917,11 +955,7 @@ call(const char *path, const char *body, uint64_t deadline, int wfd)
         }
     }
 
-    if (!quiet) {
-        ctx.last_warn = now;
-    }
-
-    ctx.fails++;
+    round_failed(!quiet);
     return E_FAIL;
 }
 
@@ -943,7 +977,7 @@ lease_grant(void)
 
     if (ctx.status != 200 || json_u64(ctx.body, "ID", &id) != 0 || id == 0) {
         set_http_err();
-        log_warn("etcd", "lease grant refused: %s", ctx.err);
+        refused("lease grant refused: %s", ctx.err);
         return E_FAIL;
     }
 
@@ -971,7 +1005,7 @@ key_put(void)
 
     if (ctx.status != 200) {
         set_http_err();
-        log_warn("etcd", "put %s refused: %s", conf.key, ctx.err);
+        refused("put %s refused: %s", conf.key, ctx.err);
         if (ctx.status == 404) {
             /* the lease is gone (expired meanwhile): take a new one */
             ctx.lease = 0;
@@ -1005,8 +1039,8 @@ lease_keepalive(void)
 
     if (ctx.status != 200) {
         set_http_err();
-        log_warn("etcd", "keepalive of lease %llx refused: %s",
-                 (unsigned long long) ctx.lease, ctx.err);
+        refused("keepalive of lease %llx refused: %s",
+                (unsigned long long) ctx.lease, ctx.err);
         return E_FAIL;
     }
 
@@ -1120,9 +1154,23 @@ etcd_thread(void *arg)
 
         now = mono_ms();
 
+        if (rc == E_OK && !ctx.registered) {
+            /* a lease granted, or lost: the put follows at once, and
+             * the backoff stays as it is until the put is taken, so a
+             * grant-then-refuse cycle is no faster than any failure */
+            next = now;
+            continue;
+        }
+
         if (rc == E_OK) {
+            if (ctx.fails > 0) {
+                log_info("etcd", "%s reachable again (after %u failed "
+                         "attempt%s)", conf.url[ctx.cur].text, ctx.fails,
+                         ctx.fails == 1 ? "" : "s");
+                ctx.fails = 0;
+            }
             ctx.backoff = BACKOFF_MIN_MS;
-            next = ctx.registered ? ctx.last_ok + KEEPALIVE_MS : now;
+            next = ctx.last_ok + KEEPALIVE_MS;
             continue;
         }
 

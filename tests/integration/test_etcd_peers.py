@@ -1,0 +1,127 @@
+"""Config centre, node side, against an etcd that misbehaves: a stand-in
+HTTP server here answers what a broken or hostile etcd would (a put
+refused after every grant).  memqd must go
+on serving, back off, and keep its log short and honest.  The behaviour
+against a real etcd is in test_etcd.py."""
+
+import json
+import socket
+import threading
+import time
+
+from memqlib import wait_for
+from test_etcd import set_get, start_node
+
+
+class FakeEtcd:
+    """Accepts connections and hands each request (path, parsed JSON body)
+    to answer(sock, path, body), which writes whatever it likes."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests = []              # (monotonic time, path)
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(c,),
+                             daemon=True).start()
+
+    def _one(self, c):
+        c.settimeout(30)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                got = c.recv(4096)
+                if not got:
+                    return
+                data += got
+            head, body = data.split(b"\r\n\r\n", 1)
+            n = 0
+            for ln in head.split(b"\r\n")[1:]:
+                name, _, v = ln.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    n = int(v)
+            while len(body) < n:
+                got = c.recv(4096)
+                if not got:
+                    return
+                body += got
+            path = head.split(b" ")[1].decode()
+            with self.lock:
+                self.requests.append((time.monotonic(), path))
+            self.answer(c, path, json.loads(body))
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def paths(self):
+        with self.lock:
+            return [p for _, p in self.requests]
+
+    def close(self):
+        self.sock.close()
+
+
+def reply(c, status, body):
+    """An HTTP/1.1 answer with body (bytes, sent as they are)."""
+    c.sendall(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % (status, len(body)) + body)
+
+
+def etcd_lines(s):
+    return [ln for ln in s.log_text().splitlines()
+            if "[warn] etcd:" in ln or "[info] etcd:" in ln]
+
+
+def test_put_refused_after_every_grant_backs_off(memqd_factory):
+    """etcd grants a lease and then refuses the put (the lease is gone
+    again, 404): a new grant is progress only on the way to registering,
+    so the backoff must keep growing and the refusals be logged as any
+    other failure, once and then every 10 s, not one line per attempt."""
+    ids = [100]
+
+    def answer(c, path, body):
+        if path == "/v3/lease/grant":
+            ids[0] += 1
+            reply(c, 200, b'{"header":{},"ID":"%d","TTL":"5"}' % ids[0])
+        else:
+            reply(c, 404, b'{"error":"etcdserver: requested lease not '
+                          b'found","code":5}')
+
+    fake = FakeEtcd(answer)
+    try:
+        s, _ = start_node(memqd_factory, fake.url)
+        t0 = time.monotonic()
+        wait_for(lambda: fake.paths().count("/v3/kv/put") >= 3, timeout=10,
+                 what="three puts")
+        set_get(s)
+        # grants and puts for at least 8 s: with a backoff that grows to
+        # 2 s that is at most about 7 rounds; a slow machine makes fewer
+        while time.monotonic() - t0 < 8:
+            set_get(s, 1)
+            time.sleep(0.2)
+        took = time.monotonic() - t0
+        puts = fake.paths().count("/v3/kv/put")
+        assert puts <= took / 2 + 5, \
+            "%d puts in %.1fs: the backoff was reset by the grants" % (
+                puts, took)
+        refused = [ln for ln in etcd_lines(s) if "refused" in ln]
+        assert refused and "requested lease not found" in refused[0], \
+            etcd_lines(s)
+        # the first at once, then one every 10 s
+        assert len(refused) <= 1 + int(took / 10) + 1, refused
+        assert "registered" not in s.log_text()
+    finally:
+        fake.close()
+
