@@ -1,6 +1,7 @@
 /*
  * log.c: formats and writes log lines to stderr with a single write(2),
- * so lines from the sync thread and the loop never interleave.
+ * so lines from the sync thread and the loop never interleave.  A line is
+ * always one line: control bytes in a message are written as '?'.
  */
 
 #include <stdarg.h>
@@ -22,7 +23,7 @@ void
 log_msg(log_level_e level, const char *subsys, const char *fmt, ...)
 {
     char            line[1024];
-    size_t          n;
+    size_t          n, end;
     int             rc;
     va_list         ap;
     struct tm       tm;
@@ -48,9 +49,17 @@ log_msg(log_level_e level, const char *subsys, const char *fmt, ...)
         rc = 0;
     }
 
-    n += (size_t) rc;
-    if (n > sizeof(line) - 2) {
-        n = sizeof(line) - 2;
+    end = n + (size_t) rc;
+    if (end > sizeof(line) - 2) {
+        end = sizeof(line) - 2;
+    }
+
+    /* a message may quote a peer (etcd's error text, a file name): one
+     * line each, and no byte that a terminal would act on */
+    for ( /* void */ ; n < end; n++) {
+        if ((unsigned char) line[n] < 0x20 || line[n] == 0x7f) {
+            line[n] = '?';
+        }
     }
 
     line[n++] = '\n';

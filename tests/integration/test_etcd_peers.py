@@ -1,6 +1,6 @@
 """Config centre, node side, against an etcd that misbehaves: a stand-in
 HTTP server here answers what a broken or hostile etcd would (a put
-refused after every grant).  memqd must go
+refused after every grant, error text with control bytes).  memqd must go
 on serving, back off, and keep its log short and honest.  The behaviour
 against a real etcd is in test_etcd.py."""
 
@@ -125,3 +125,26 @@ def test_put_refused_after_every_grant_backs_off(memqd_factory):
     finally:
         fake.close()
 
+
+def test_control_bytes_from_etcd_do_not_reach_the_log(memqd_factory):
+    """etcd's error text is quoted in the log: a line feed or a terminal
+    escape in it must not start a line of its own nor reach the terminal."""
+    forged = b"2026-01-01T00:00:00.000Z [error] main: forged"
+
+    def answer(c, path, body):
+        reply(c, 400, b'{"error":"bad\n' + forged + b'\r\x1b[2J","code":3}')
+
+    fake = FakeEtcd(answer)
+    try:
+        s, _ = start_node(memqd_factory, fake.url)
+        wait_for(lambda: [ln for ln in etcd_lines(s) if "refused" in ln],
+                 timeout=10, what="the refusal in the log")
+        set_get(s)
+        log = s.log_text()
+        lines = log.splitlines()
+        assert not any(ln.startswith("2026-01-01") for ln in lines), log
+        assert "\x1b" not in log and "\r" not in log, repr(log)
+        refused = [ln for ln in lines if "refused" in ln][0]
+        assert "bad?" + forged.decode() in refused, refused
+    finally:
+        fake.close()
