@@ -14,6 +14,9 @@
  *     blocking as the client takes it; a client that takes nothing for
  *     METRICS_WRITE_MS is closed, and no connection lives longer than
  *     METRICS_TOTAL_MS, however slowly it reads;
+ *   - a big answer is shared by the scrapes that ask soon after it was
+ *     rendered (answer_share()), so many scrapers, or a flood of them,
+ *     neither take the loop's time nor hold a copy each;
  *   - every answer closes the connection (no keep-alive): after the last
  *     byte the write side is shut and input is drained for at most
  *     METRICS_LINGER_MS, so the close does not reset the answer away.
@@ -56,6 +59,8 @@
 #define METRICS_BACKOFF_MS  100       /* accept() failing: pause */
 #define METRICS_HDR_ROOM    256       /* status line and headers */
 #define METRICS_OUT_MAX     ((size_t) 256 * 1024 * 1024)
+#define METRICS_SHARE_MIN   ((size_t) 1024 * 1024)   /* answer_share() */
+#define METRICS_SHARE_COST  9     /* reuse for 9x the time it took */
 #define METRICS_PATH        "/metrics"
 #define METRICS_CTYPE       "text/plain; version=0.0.4; charset=utf-8"
 
@@ -67,6 +72,14 @@ typedef enum {
 
 typedef struct mconn_s  mconn_t;
 
+/* an answer, headers included, shared by the connections sending it */
+typedef struct {
+    unsigned        refs;         /* those connections, and `shared` */
+    int             status;
+    prom_buf_t      buf;          /* METRICS_HDR_ROOM bytes, then body */
+    size_t          start;        /* where the status line begins */
+} manswer_t;
+
 struct mconn_s {
     loop_io_t       io;
     loop_timer_t    timer;        /* the deadline of the current state */
@@ -74,8 +87,9 @@ struct mconn_s {
     uint64_t        deadline;     /* loop_now() past which it is closed */
     char            in[METRICS_REQ_MAX];
     size_t          in_len;
-    prom_buf_t      out;          /* the whole answer, headers included */
-    size_t          out_sent;
+    manswer_t      *out;          /* (ref) what it sends, NULL before */
+    size_t          out_sent;     /* next byte of out->buf to send */
+    size_t          out_end;      /* out->buf.len, or the head for HEAD */
     mconn_t        *next;         /* every open connection */
     mconn_t        *prev;
 };
@@ -136,6 +150,8 @@ static loop_timer_t listen_backoff;   /* armed while accept() fails */
 static mconn_t     *conns;
 static unsigned     nconns;
 static size_t       last_size;        /* of the last 200 answer */
+static manswer_t   *shared;           /* a big 200 answer, for a while */
+static loop_timer_t shared_timer;     /* ends its while */
 
 static void mconn_close(mconn_t *mc);
 static void mconn_write(mconn_t *mc);
@@ -315,22 +331,72 @@ render_queues(prom_buf_t *b)
 }
 
 
+static void
+answer_unref(manswer_t *a)
+{
+    if (a != NULL && --a->refs == 0) {
+        prom_buf_free(&a->buf);
+        free(a);
+    }
+}
+
+
+static void
+shared_expire(loop_timer_t *t)
+{
+    answer_unref(shared);
+    shared = NULL;
+}
+
+
 /*
- * Puts the whole answer into mc->out: the body is rendered after
- * METRICS_HDR_ROOM bytes left free, then the status line and headers are
- * written just before it, so a big body is never copied.
+ * A big answer costs the loop its render (tens of milliseconds per ten
+ * thousand queues) and costs memory for as long as a scraper takes to
+ * read it.  So one of METRICS_SHARE_MIN bytes or more is kept and given
+ * to every scrape that asks within METRICS_SHARE_COST times the time its
+ * render took: however many scrapers ask, however often, rendering takes
+ * at most a tenth of the loop, and scrapers asking together hold one
+ * copy.  Smaller answers are rendered for every scrape.
  */
 static void
-respond(mconn_t *mc, int status, const char *reason, int head)
+answer_share(manswer_t *a, uint64_t cost_us)
+{
+    uint64_t  ms;
+
+    ms = cost_us * METRICS_SHARE_COST / 1000;
+
+    if (a->buf.len < METRICS_SHARE_MIN || ms == 0) {
+        return;
+    }
+
+    a->refs++;
+    shared = a;
+    loop_timer_add(&shared_timer, ms);
+}
+
+
+/*
+ * A new answer: the body is rendered after METRICS_HDR_ROOM bytes left
+ * free, then the status line and headers are written just before it, so
+ * a big body is never copied.  NULL when out of memory.
+ */
+static manswer_t *
+answer_make(int status, const char *reason)
 {
     char        hdr[METRICS_HDR_ROOM];
     int         n;
     size_t      body;
-    uint64_t    start;
+    uint64_t    start, cost;
+    manswer_t  *a;
     prom_buf_t *b;
 
-    b = &mc->out;
-    memset(b, 0, sizeof(prom_buf_t));
+    a = calloc(1, sizeof(manswer_t));
+    if (a == NULL) {
+        return NULL;
+    }
+
+    a->refs = 1;
+    b = &a->buf;
     b->max = METRICS_OUT_MAX;
 
     /* about the size of the last answer: few reallocations */
@@ -342,12 +408,15 @@ respond(mconn_t *mc, int status, const char *reason, int head)
     memset(hdr, ' ', sizeof(hdr));
     prom_mem(b, hdr, sizeof(hdr));
 
+    cost = 0;
+
     if (status == 200) {
         start = loop_now_us();
         render_node(b);
         render_queues(b);
-        log_debug("metrics", "fd %d: %zu bytes rendered in %" PRIu64 " us",
-                  mc->io.fd, b->len, loop_now_us() - start);
+        cost = loop_now_us() - start;
+        log_debug("metrics", "%zu bytes rendered in %" PRIu64 " us",
+                  b->len, cost);
 
         if (b->failed) {
             log_warn("metrics", "answer larger than %zu bytes or out of "
@@ -358,7 +427,6 @@ respond(mconn_t *mc, int status, const char *reason, int head)
             status = 500;
             reason = "Internal Server Error";
         } else {
-            metrics.scrapes++;
             last_size = b->len;
         }
     }
@@ -369,8 +437,8 @@ respond(mconn_t *mc, int status, const char *reason, int head)
     }
 
     if (b->failed) {
-        mconn_close(mc);
-        return;
+        answer_unref(a);
+        return NULL;
     }
 
     body = b->len - sizeof(hdr);
@@ -387,12 +455,44 @@ respond(mconn_t *mc, int status, const char *reason, int head)
                  body,
                  status == 405 ? "Allow: GET, HEAD\r\n" : "");
 
-    mc->out_sent = sizeof(hdr) - (size_t) n;
-    memcpy(b->p + mc->out_sent, hdr, (size_t) n);
+    a->start = sizeof(hdr) - (size_t) n;
+    memcpy(b->p + a->start, hdr, (size_t) n);
 
-    if (head) {
-        b->len = sizeof(hdr);
+    a->status = status;
+
+    if (status == 200) {
+        answer_share(a, cost);
     }
+
+    return a;
+}
+
+
+/* Sends mc the answer (its head only for HEAD), a shared one if fresh. */
+static void
+respond(mconn_t *mc, int status, const char *reason, int head)
+{
+    manswer_t  *a;
+
+    if (status == 200 && shared != NULL) {
+        a = shared;
+        a->refs++;
+
+    } else {
+        a = answer_make(status, reason);
+        if (a == NULL) {
+            mconn_close(mc);
+            return;
+        }
+    }
+
+    if (a->status == 200) {
+        metrics.scrapes++;
+    }
+
+    mc->out = a;
+    mc->out_sent = a->start;
+    mc->out_end = head ? METRICS_HDR_ROOM : a->buf.len;
 
     mc->state = MC_WRITE;
     mconn_arm(mc, METRICS_WRITE_MS);
@@ -541,9 +641,9 @@ mconn_write(mconn_t *mc)
 {
     ssize_t  n;
 
-    while (mc->out_sent < mc->out.len) {
-        n = send(mc->io.fd, mc->out.p + mc->out_sent,
-                 mc->out.len - mc->out_sent, MSG_NOSIGNAL);
+    while (mc->out_sent < mc->out_end) {
+        n = send(mc->io.fd, mc->out->buf.p + mc->out_sent,
+                 mc->out_end - mc->out_sent, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR) {
                 continue;
@@ -559,7 +659,8 @@ mconn_write(mconn_t *mc)
         mc->out_sent += (size_t) n;
     }
 
-    prom_buf_free(&mc->out);
+    answer_unref(mc->out);
+    mc->out = NULL;
     shutdown(mc->io.fd, SHUT_WR);
     mc->state = MC_LINGER;
     mconn_arm(mc, METRICS_LINGER_MS);
@@ -650,7 +751,7 @@ mconn_close(mconn_t *mc)
     }
 
     nconns--;
-    prom_buf_free(&mc->out);
+    answer_unref(mc->out);
     free(mc);
     loop_timer_release();
 }
@@ -751,6 +852,7 @@ metrics_listen(const char *addr)
 
     listen_io.handler = accept_handler;
     listen_backoff.handler = accept_resume;
+    shared_timer.handler = shared_expire;
     if (loop_add(&listen_io, LOOP_READ) != 0) {
         close(listen_io.fd);
         listen_io.fd = -1;
@@ -768,6 +870,9 @@ metrics_shutdown(void)
     while (conns) {
         mconn_close(conns);
     }
+
+    loop_timer_del(&shared_timer);
+    shared_expire(&shared_timer);
 
     if (listen_io.handler != NULL && listen_io.fd != -1) {
         loop_timer_del(&listen_backoff);

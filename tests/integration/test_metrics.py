@@ -12,6 +12,7 @@ import http.client
 import os
 import resource
 import socket
+import threading
 
 import pytest
 
@@ -329,3 +330,66 @@ def test_metrics_address_errors(memqd_factory, tmp_path):
         assert r.returncode == rc, (addr, r.stderr)
         assert b"metrics" in r.stderr
     busy.close()
+
+
+def _rss_kb(s):
+    with open("/proc/%d/status" % s.proc.pid) as f:
+        return int(f.read().split("VmRSS:")[1].split()[0])
+
+
+def test_concurrent_scrapes_of_many_queues_share_one_render(memqd_factory):
+    """20,000 queues (an answer of some 9 MB, rendered in the loop): eight
+    scrapers asking at once, none of them reading yet, must not cost eight
+    renders of the loop's time nor eight copies of the answer."""
+    s = _start(memqd_factory, "--sync", "none", "-v")
+    c = s.connect()
+    n = 20000
+    for base in range(0, n, 5000):
+        names = ["mq%05d" % i for i in range(base, base + 5000)]
+        data = b"".join(b"set %s 0 0 1\r\nx\r\n" % q.encode() for q in names)
+        assert pipeline(c, data, 8 * len(names), timeout=120) == \
+            b"STORED\r\n" * len(names)
+    scrape(s)                   # the first reads every queue's head once
+    rendered = s.log_text().count("bytes rendered in")
+    rss0 = _rss_kb(s)
+
+    ks = []
+    for _ in range(8):
+        k = socket.socket()
+        k.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        k.settimeout(60 * SLOW)
+        k.connect(s.metrics)
+        ks.append(k)
+    for k in ks:
+        k.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    # each is answered (by a render of its own, or a shared one)
+    got = [k.recv(1) for k in ks]
+    assert got == [b"H"] * 8
+    assert c.cmd("version").startswith("VERSION")
+    grew = _rss_kb(s) - rss0
+    # read together: one waiting 10 s for the others would be dropped
+    answers = [None] * len(ks)
+
+    def read(i):
+        answers[i] = b"H" + _read_all(ks[i])
+    readers = [threading.Thread(target=read, args=(i,))
+               for i in range(len(ks))]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    for k in ks:
+        k.close()
+
+    renders = s.log_text().count("bytes rendered in") - rendered
+    assert renders <= 2, "%d renders for 8 scrapes at once" % renders
+    body = answers[0].split(b"\r\n\r\n", 1)[1]
+    assert len(body) > 4 * 1024 * 1024
+    for a in answers:
+        head, b = a.split(b"\r\n\r\n", 1)
+        assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) \
+            == len(b)
+    # the answer is held once, not once per scraper
+    assert grew * 1024 < 3 * len(body), \
+        "RSS grew by %d kB for a %d-byte answer" % (grew, len(body))
+    c.close()
