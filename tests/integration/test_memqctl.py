@@ -357,3 +357,38 @@ def test_queue_stats_fields_with_leases():
     assert qs["a_items"]["dead_lettered_items"] == 4
     assert set(qs) == {"a", "a_total", "a_items"}
     assert m.escape(b"ok \\ \x07\xc3") == "ok \\\\ \\x07\\xc3"
+
+
+def test_etcd_that_drips_its_answer_times_out():
+    """An etcd that sends its answer a byte at a time, each byte well
+    within --timeout: memqctl must give up after --timeout for the whole
+    answer (exit 3), not wait for as long as etcd goes on."""
+    import time
+    from test_etcd_peers import FakeEtcd
+    state = {"sent": 0, "done": False}
+    kvs = [{"key": base64.b64encode(b"/memq/c/nodes/127.0.0.1:%d"
+                                    % (10000 + i)).decode(),
+            "value": base64.b64encode(b'{"addr":"127.0.0.1:%d"}'
+                                      % (10000 + i)).decode()}
+           for i in range(20)]
+
+    def answer(c, path, body):
+        payload = json.dumps({"kvs": kvs}).encode()
+        data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(payload), payload)
+        for i in range(len(data)):
+            c.sendall(data[i:i + 1])
+            state["sent"] += 1
+            time.sleep(0.2)
+        state["done"] = True
+
+    fake = FakeEtcd(answer)
+    try:
+        r = run("queues", "--etcd", fake.url, "--cluster", "c",
+                "--timeout", "1")
+        assert r.returncode == 3, (r.returncode, r.stderr)
+        assert b"timed out" in r.stderr, r.stderr
+        # ~2,000 bytes at 5 a second: it stopped listening long before
+        assert not state["done"], "memqctl read the whole dripped answer"
+    finally:
+        fake.close()
