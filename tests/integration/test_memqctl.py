@@ -392,3 +392,39 @@ def test_etcd_that_drips_its_answer_times_out():
         assert not state["done"], "memqctl read the whole dripped answer"
     finally:
         fake.close()
+
+
+@pytest.mark.parametrize("answer", [b"[]", b'"x"', b'{"kvs":"abc"}',
+                                    b'{"kvs":[1]}', b'{"kvs":[{"key":5}]}',
+                                    b'{"kvs":[{"key":[]}]}',
+                                    b"nonsense"])
+def test_etcd_answer_that_is_not_etcds(answer):
+    """JSON of another shape than etcd's (or none): a clear error naming
+    the URL (exit 3, as for an etcd that is away), never a traceback."""
+    from test_etcd_peers import FakeEtcd, reply
+    fake = FakeEtcd(lambda c, path, body: reply(c, 200, answer))
+    try:
+        r = run("queues", "--etcd", fake.url, "--cluster", "c")
+        assert r.returncode == 3, (r.returncode, r.stderr)
+        assert b"Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith(b"memqctl: etcd: " + fake.url.encode() +
+                                   b": not etcd's answer"), r.stderr
+    finally:
+        fake.close()
+
+
+def test_etcd_node_address_that_is_not_one():
+    """A registered address that is not HOST:PORT is etcd's fault: exit 1
+    naming the cluster, not a usage error (2)."""
+    from test_etcd_peers import FakeEtcd, reply
+    kv = {"key": base64.b64encode(b"/memq/c/nodes/x").decode(),
+          "value": base64.b64encode(b'{"addr":"no-port"}').decode()}
+    fake = FakeEtcd(lambda c, path, body:
+                    reply(c, 200, json.dumps({"kvs": [kv]}).encode()))
+    try:
+        r = run("queues", "--etcd", fake.url, "--cluster", "c")
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        assert b"etcd, cluster 'c': bad node address 'no-port'" in \
+            r.stderr, r.stderr
+    finally:
+        fake.close()
