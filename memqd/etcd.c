@@ -976,7 +976,11 @@ lease_grant(void)
     }
 
     if (ctx.status != 200 || json_u64(ctx.body, "ID", &id) != 0 || id == 0) {
-        set_http_err();
+        if (ctx.status == 200) {
+            snprintf(ctx.err, sizeof(ctx.err), "HTTP 200 without a lease ID");
+        } else {
+            set_http_err();
+        }
         refused("lease grant refused: %s", ctx.err);
         return E_FAIL;
     }

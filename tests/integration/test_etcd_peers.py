@@ -148,3 +148,19 @@ def test_control_bytes_from_etcd_do_not_reach_the_log(memqd_factory):
         assert "bad?" + forged.decode() in refused, refused
     finally:
         fake.close()
+
+
+def test_grant_answered_200_without_a_lease_says_so(memqd_factory):
+    """A 200 whose body is not a lease (garbage, or JSON without an ID) is
+    logged as such, not as a bare "HTTP 200" that reads like success."""
+    fake = FakeEtcd(lambda c, path, body: reply(c, 200, b"{{ not json"))
+    try:
+        s, _ = start_node(memqd_factory, fake.url)
+        line = wait_for(lambda: [ln for ln in etcd_lines(s)
+                                 if "refused" in ln],
+                        timeout=10, what="the refusal in the log")[0]
+        assert "lease grant refused: HTTP 200 without a lease ID" in line, \
+            line
+        set_get(s)
+    finally:
+        fake.close()
