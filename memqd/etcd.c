@@ -1081,8 +1081,12 @@ lease_revoke(void)
     rc = call("/v3/lease/revoke", body, mono_ms() + REVOKE_MS, -1);
 
     if (rc == E_OK && ctx.status == 200) {
-        log_info("etcd", "lease %llx revoked, %s removed",
-                 (unsigned long long) id, conf.key);
+        if (ctx.registered) {
+            log_info("etcd", "lease %llx revoked, %s removed",
+                     (unsigned long long) id, conf.key);
+        } else {
+            log_info("etcd", "lease %llx revoked", (unsigned long long) id);
+        }
         return;
     }
 
@@ -1091,7 +1095,8 @@ lease_revoke(void)
     }
 
     log_warn("etcd", "lease %llx not revoked (%s): %s expires within %ds",
-             (unsigned long long) id, ctx.err, conf.key, ETCD_TTL);
+             (unsigned long long) id, ctx.err,
+             ctx.registered ? conf.key : "it", ETCD_TTL);
 }
 
 
@@ -1136,8 +1141,13 @@ etcd_thread(void *arg)
         now = mono_ms();
 
         if (ctx.lease != 0 && now - ctx.last_ok >= ETCD_TTL * 1000) {
-            log_warn("etcd", "lease %llx expired while etcd was away, "
-                     "registering again", (unsigned long long) ctx.lease);
+            /* a lease that never held the key (the put was refused) runs
+             * out unused: the refusals have been logged already */
+            if (ctx.registered) {
+                log_warn("etcd", "lease %llx expired while etcd was away, "
+                         "registering again",
+                         (unsigned long long) ctx.lease);
+            }
             ctx.lease = 0;
             ctx.registered = 0;
         }

@@ -164,3 +164,36 @@ def test_grant_answered_200_without_a_lease_says_so(memqd_factory):
         set_get(s)
     finally:
         fake.close()
+
+
+def test_put_denied_for_good_says_only_that(memqd_factory):
+    """etcd grants leases but denies the put (403, as with RBAC): the
+    lease memqd holds runs out unused again and again.  That is not etcd
+    being away and must not be logged as such every lease; and at stop,
+    the key that was never put must not be said to expire."""
+    ids = [100]
+
+    def answer(c, path, body):
+        if path == "/v3/lease/grant":
+            ids[0] += 1
+            reply(c, 200, b'{"header":{},"ID":"%d","TTL":"5"}' % ids[0])
+        else:
+            reply(c, 403, b'{"error":"etcdserver: permission denied",'
+                          b'"code":7}')
+
+    fake = FakeEtcd(answer)
+    try:
+        s, key = start_node(memqd_factory, fake.url)
+        # a lease outlived unused twice: two grants after the first
+        wait_for(lambda: fake.paths().count("/v3/lease/grant") >= 3,
+                 timeout=30, what="three grants")
+        set_get(s)
+        s.stop_checked()
+        lines = etcd_lines(s)
+        assert not [ln for ln in lines if "while etcd was away" in ln], \
+            lines
+        assert any("permission denied" in ln for ln in lines), lines
+        assert not [ln for ln in lines if "expires within" in ln and
+                    key in ln], lines
+    finally:
+        fake.close()
