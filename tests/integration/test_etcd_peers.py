@@ -79,6 +79,20 @@ def reply(c, status, body):
               b"Content-Length: %d\r\n\r\n" % (status, len(body)) + body)
 
 
+def grant_then_refuse(status, body):
+    """An answer function: every grant gets a new lease, every other
+    request `status` with `body`."""
+    ids = [100]
+
+    def answer(c, path, _):
+        if path == "/v3/lease/grant":
+            ids[0] += 1
+            reply(c, 200, b'{"header":{},"ID":"%d","TTL":"5"}' % ids[0])
+        else:
+            reply(c, status, body)
+    return answer
+
+
 def etcd_lines(s):
     return [ln for ln in s.log_text().splitlines()
             if "[warn] etcd:" in ln or "[info] etcd:" in ln]
@@ -89,17 +103,8 @@ def test_put_refused_after_every_grant_backs_off(memqd_factory):
     again, 404): a new grant is progress only on the way to registering,
     so the backoff must keep growing and the refusals be logged as any
     other failure, once and then every 10 s, not one line per attempt."""
-    ids = [100]
-
-    def answer(c, path, body):
-        if path == "/v3/lease/grant":
-            ids[0] += 1
-            reply(c, 200, b'{"header":{},"ID":"%d","TTL":"5"}' % ids[0])
-        else:
-            reply(c, 404, b'{"error":"etcdserver: requested lease not '
-                          b'found","code":5}')
-
-    fake = FakeEtcd(answer)
+    fake = FakeEtcd(grant_then_refuse(
+        404, b'{"error":"etcdserver: requested lease not found","code":5}'))
     try:
         s, _ = start_node(memqd_factory, fake.url)
         t0 = time.monotonic()
@@ -171,17 +176,8 @@ def test_put_denied_for_good_says_only_that(memqd_factory):
     lease memqd holds runs out unused again and again.  That is not etcd
     being away and must not be logged as such every lease; and at stop,
     the key that was never put must not be said to expire."""
-    ids = [100]
-
-    def answer(c, path, body):
-        if path == "/v3/lease/grant":
-            ids[0] += 1
-            reply(c, 200, b'{"header":{},"ID":"%d","TTL":"5"}' % ids[0])
-        else:
-            reply(c, 403, b'{"error":"etcdserver: permission denied",'
-                          b'"code":7}')
-
-    fake = FakeEtcd(answer)
+    fake = FakeEtcd(grant_then_refuse(
+        403, b'{"error":"etcdserver: permission denied","code":7}'))
     try:
         s, key = start_node(memqd_factory, fake.url)
         # a lease outlived unused twice: two grants after the first
