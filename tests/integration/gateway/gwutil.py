@@ -65,9 +65,10 @@ MODULE = os.environ.get("MEMQ_MODULE") or str(
     ROOT / "build" / "ngx_http_memq_module.so")
 
 # under MEMQ_SANITIZED the module's own sanitizer build runs inside the
-# stock nginx, when ngx_memq/build.sh made it
+# stock nginx, when ngx_memq/build.sh made it; otherwise the normal build
+# does (SLOW is above 1 in every run: it is not the sign of a sanitizer)
 _ASAN_MODULE = ROOT / "build" / "asan" / "ngx_http_memq_module.so"
-if SLOW > 1 and not os.environ.get("MEMQ_MODULE") and \
+if base.SANITIZED and not os.environ.get("MEMQ_MODULE") and \
         _ASAN_MODULE.exists() and PRELOAD is None:
     PRELOAD = _sanitizer_preload()
     if PRELOAD:
