@@ -30,6 +30,8 @@
 #define JBUF_FLUSH   (4 * 1024 * 1024)   /* write early past this */
 #define OLD_MAX      64                  /* full files awaiting removal */
 #define FIRST_SIZE   (1024 * 1024)       /* the first file after a start */
+#define ZERO_STEP    (1024 * 1024)       /* zero_fill() writes out this much
+                                            at a time */
 
 typedef struct {
     uint64_t  number;
@@ -108,19 +110,44 @@ fail(const char *what, uint64_t number)
 }
 
 
-/* Writes zeros over [MQ_SEG_HDR_SIZE, size) of fd: 0 or -1. */
+/*
+ * Writes zeros over [MQ_SEG_HDR_SIZE, size) of fd, and out to the disk a
+ * ZERO_STEP at a time: 0 or -1.
+ *
+ * Left in the page cache, the 64 MiB went out at the file's fsync in one
+ * piece, and the commit whose fdatasync reached the disk meanwhile waited
+ * behind all of it: one commit of 35-50 ms a journal file at 50 writers
+ * (none with the steps; docs/memqd.md, BENCHMARKS.md).  The wait also
+ * takes the step's write-back error, which the fsync on this descriptor
+ * would no longer see: it is a failure of the file here.
+ */
 static int
 zero_fill(int fd, uint64_t size)
 {
     size_t          n;
-    uint64_t        off;
+    uint64_t        off, end, done;
     static unsigned char  zeros[64 * 1024];
 
-    for (off = MQ_SEG_HDR_SIZE; off < size; off += n) {
+    done = 0;
+
+    for (off = MQ_SEG_HDR_SIZE; off < size; off = end) {
         n = size - off < sizeof(zeros) ? (size_t) (size - off)
                                        : sizeof(zeros);
         if (pwrite(fd, zeros, n, (off_t) off) != (ssize_t) n) {
             return -1;
+        }
+
+        end = off + n;
+
+        if (end - done >= ZERO_STEP || end == size) {
+            if (sys.sync_range(fd, (off_t) done, (off_t) (end - done),
+                               SYNC_FILE_RANGE_WAIT_BEFORE
+                               | SYNC_FILE_RANGE_WRITE
+                               | SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+            {
+                return -1;
+            }
+            done = end;
         }
     }
 

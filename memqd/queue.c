@@ -36,6 +36,7 @@
 #define RBUF_SIZE      (64 * 1024)
 #define RBUF_SLOTS     64            /* read-ahead buffers in all */
 #define WBUF_BUDGET    (8 * 1024 * 1024)   /* unwritten appends, all queues */
+#define WB_STEP        (256 * 1024)  /* write-behind: see write_behind() */
 #define HASH_SIZE      4096          /* buckets; chains stay short enough */
 #define POS_INTERVAL   100           /* ms between position file writes */
 #define POS_PENDING_MAX 4096         /* owed items listed in it, at most */
@@ -419,6 +420,32 @@ queue_release(queue_t *q)
 static int flush_wbuf_keep(queue_t *q, int keep);
 
 
+/*
+ * Under --sync always the queue files are made durable by the checkpoint
+ * (a syncfs when a journal file is full).  Left to the kernel, their pages
+ * stayed dirty until then (its own write-back starts at a tenth of memory
+ * or after 30 s), and the syncfs sent them all at once: up to a journal
+ * file's worth ahead of the commits' fdatasyncs in the disk's queue, one
+ * commit of 40-70 ms a checkpoint at 50 writers (BENCHMARKS.md).  So the
+ * write-back of a tail file is started every WB_STEP written to it, without
+ * waiting: the checkpoint finds little left to write.  A queue written a
+ * little at a time leaves at most WB_STEP to the checkpoint.  A write-back
+ * error is not taken here (no wait): the checkpoint's syncfs reports it.
+ * Under interval and none nothing waits on the disk, and a file consumed
+ * before the kernel writes it back never costs a write.
+ */
+static void
+write_behind(queue_t *q, int fd)
+{
+    if (srv.sync_mode == SYNC_ALWAYS && q->wbase - q->wdone >= WB_STEP) {
+        (void) sys.sync_range(fd, (off_t) q->wdone,
+                              (off_t) (q->wbase - q->wdone),
+                              SYNC_FILE_RANGE_WRITE);
+        q->wdone = q->wbase;
+    }
+}
+
+
 static int
 flush_wbuf(queue_t *q)
 {
@@ -457,6 +484,7 @@ flush_wbuf_keep(queue_t *q, int keep)
     q->wbase += q->wlen;
     wbuf_bytes -= q->wlen;
     q->wlen = 0;
+    write_behind(q, fd);
 
     if (!keep) {
         /* idle queues hold no buffer */
@@ -531,6 +559,7 @@ rotate_at(queue_t *q, uint64_t first)
     }
 
     q->wbase = MQ_SEG_HDR_SIZE;
+    q->wdone = MQ_SEG_HDR_SIZE;
     q->wlen = 0;
     return 0;
 }
@@ -875,6 +904,7 @@ append_record(queue_t *q, mq_frame_hdr_t *h, const void *data, int journal)
         }
 
         q->wbase += reclen;
+        write_behind(q, fd);
 
     } else {
         memcpy(q->wbuf + q->wlen + MQ_FRAME_HDR_SIZE, data, h->len);

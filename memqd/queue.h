@@ -119,6 +119,7 @@ struct queue_s {
     size_t       wlen;
     size_t       wcap;
     uint64_t     wbase;         /* tail file offset of wbuf[0] */
+    uint64_t     wdone;         /* tail offset where write-behind stands */
 
     size_t       rseg;          /* cursor: segment index */
     uint64_t     roff;          /* cursor: offset in it */

@@ -888,6 +888,7 @@ recover_queue(queue_t *q, uint64_t jfirst, const uint64_t *acks,
 
     if (q->nsegs > 0) {
         q->wbase = q->segs[q->nsegs - 1].size;
+        q->wdone = q->wbase;
     }
 
     q->pos_written = q->nret > 0 && q->ret[0].seq < sc.first

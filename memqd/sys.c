@@ -4,6 +4,7 @@
  */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -11,7 +12,7 @@
 #include "log.h"
 #include "sys.h"
 
-sys_ops_t  sys = { pwrite, pwritev, fdatasync, pread };
+sys_ops_t  sys = { pwrite, pwritev, fdatasync, pread, sync_file_range };
 
 static long  writes_left = -1;   /* loop thread only */
 static long  syncs_left = -1;    /* the committer: the commit thread or

@@ -23,6 +23,7 @@ typedef struct {
     ssize_t  (*pwritev)(int fd, const struct iovec *iov, int cnt, off_t off);
     int      (*fdatasync)(int fd);
     ssize_t  (*pread)(int fd, void *buf, size_t n, off_t off);
+    int      (*sync_range)(int fd, off_t off, off_t n, unsigned flags);
 } sys_ops_t;
 
 extern sys_ops_t  sys;

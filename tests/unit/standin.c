@@ -2,8 +2,12 @@
  * standin.c: see standin.h.
  */
 
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/time.h>
 
 #include "server.h"
@@ -23,6 +27,29 @@ server_wall_ms(void)
 
     gettimeofday(&tv, NULL);
     return (uint64_t) tv.tv_sec * 1000 + (uint64_t) tv.tv_usec / 1000;
+}
+
+
+void
+standin_data_dir(char *dir, int sync_mode, uint64_t journal_size)
+{
+    if (mkdtemp(dir) == NULL) {
+        perror("mkdtemp");
+        abort();
+    }
+
+    memset(&srv, 0, sizeof(srv));
+    srv.data_dir = dir;
+    srv.data_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (srv.data_fd == -1) {
+        perror(dir);
+        abort();
+    }
+    srv.sync_mode = sync_mode;
+    srv.max_item_size = 1024 * 1024;
+    srv.segment_size = 64 * 1024 * 1024;
+    srv.journal_size = journal_size;
+    srv.max_conns = 16;
 }
 
 

@@ -12,8 +12,15 @@
 #ifndef MEMQ_TEST_STANDIN_H
 #define MEMQ_TEST_STANDIN_H
 
+#include <stdint.h>
+
 /* while non-zero, every realloc() of the linked code returns NULL and
  * changes nothing */
 extern int  realloc_fails;
+
+/* a fresh data directory made from the mkdtemp() template `dir`, and srv
+ * set for it as memqd's defaults would, under `sync_mode`, with journal
+ * files of `journal_size` bytes: ready for queue_init() */
+void standin_data_dir(char *dir, int sync_mode, uint64_t journal_size);
 
 #endif /* MEMQ_TEST_STANDIN_H */

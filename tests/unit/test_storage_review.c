@@ -38,6 +38,7 @@
 #include "journal.h"
 #include "queue.h"
 #include "server.h"
+#include "standin.h"
 
 
 static char  dir[64];
@@ -76,17 +77,8 @@ failed_checkpoint_keeps_the_journal(void **state)
     queue_t        *q;
 
     strcpy(dir, "/tmp/memq-unit-review-XXXXXX");
-    assert_non_null(mkdtemp(dir));
-
-    memset(&srv, 0, sizeof(srv));
-    srv.data_dir = dir;
-    srv.data_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    assert_true(srv.data_fd != -1);
-    srv.sync_mode = SYNC_ALWAYS;      /* (the journal exists only then) */
-    srv.max_item_size = 1024 * 1024;
-    srv.segment_size = 64 * 1024 * 1024;
-    srv.journal_size = 64 * 1024;
-    srv.max_conns = 16;
+    /* (the journal exists only under always) */
+    standin_data_dir(dir, SYNC_ALWAYS, 64 * 1024);
 
     assert_int_equal(queue_init(), 0);          /* journal file 1 */
     assert_true(jnl_exists(1));
