@@ -428,3 +428,66 @@ def test_etcd_node_address_that_is_not_one():
             r.stderr, r.stderr
     finally:
         fake.close()
+
+
+def test_node_that_drips_its_answer_times_out():
+    """A node that sends its stats a byte at a time, each byte well within
+    --timeout: memqctl gives up after --timeout for the whole answer
+    (exit 3, "timed out"), not after as long as the node goes on."""
+    import socket
+    import threading
+    import time
+    state = {"sent": 0, "done": False}
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def serve():
+        c, _ = srv.accept()
+        with c:
+            got = b""
+            while b"\r\n" not in got:
+                got += c.recv(4096)
+            data = b"".join(b"STAT s%d %d\r\n" % (i, i)
+                            for i in range(100))
+            try:
+                for i in range(len(data)):
+                    c.sendall(data[i:i + 1])
+                    state["sent"] += 1
+                    time.sleep(0.2)
+                c.sendall(b"END\r\n")
+            except OSError:
+                return
+            state["done"] = True
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        r = run("stats", "--node", "127.0.0.1:%d" % srv.getsockname()[1],
+                "--timeout", "1")
+        assert r.returncode == 3, (r.returncode, r.stderr)
+        assert b"timed out" in r.stderr, r.stderr
+        # ~1,300 bytes at 5 a second: it stopped listening long before
+        assert 0 < state["sent"] < 100, state
+        assert not state["done"]
+    finally:
+        srv.close()
+
+
+def test_queues_of_a_node_with_many_queues(memqd_factory):
+    """20,000 queues: a stats answer of megabytes of short lines, over
+    many reads (lines and CRLFs cut between reads); every queue, its depth
+    and bytes are in the JSON."""
+    s = memqd_factory()
+    c = Client(s.addr)
+    n = 20000
+    names = ["many%05d" % i for i in range(n)]
+    data = b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (q.encode(), i % 7 + 1,
+                                                   b"x" * (i % 7 + 1))
+                    for i, q in enumerate(names))
+    assert pipeline(c, data, len(b"STORED\r\n") * n) == b"STORED\r\n" * n
+    c.close()
+    got = js("queues", "--node", addr(s))["queues"]
+    assert set(got) == set(names)
+    assert all(got[q]["items"] == 1 and got[q]["bytes"] == i % 7 + 1
+               for i, q in enumerate(names))
