@@ -119,7 +119,8 @@ fail(const char *what, uint64_t number)
  * behind all of it: one commit of 35-50 ms a journal file at 50 writers
  * (none with the steps; docs/memqd.md, BENCHMARKS.md).  The wait also
  * takes the step's write-back error, which the fsync on this descriptor
- * would no longer see: it is a failure of the file here.
+ * would no longer see: it is a failure of the file here.  Where the file
+ * system does not have the call, the fsync that follows writes it all.
  */
 static int
 zero_fill(int fd, uint64_t size)
@@ -143,7 +144,8 @@ zero_fill(int fd, uint64_t size)
             if (sys.sync_range(fd, (off_t) done, (off_t) (end - done),
                                SYNC_FILE_RANGE_WAIT_BEFORE
                                | SYNC_FILE_RANGE_WRITE
-                               | SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+                               | SYNC_FILE_RANGE_WAIT_AFTER) != 0
+                && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
             {
                 return -1;
             }
@@ -404,11 +406,14 @@ prep_run(sync_job_t *job)
          && zero_fill(fd, prep_size) == 0
          && fsync(fd) == 0 && fsync(jdir) == 0 ? 0 : -1;
 
-    close(fd);
-
     if (rc != 0) {
+        /* (the background thread: log.c writes whole lines) */
+        log_warn("journal", "%s: preparing: %s; the file is made when "
+                 "needed", name, strerror(errno));
         unlinkat(jdir, name, 0);
     }
+
+    close(fd);
 
     return rc;
 }
@@ -732,6 +737,14 @@ journal_checkpoint_done(uint64_t token, int failed)
 
     /* the others go when their commit is over (journal_durable) */
     remove_covered();
+}
+
+
+void
+journal_keep_all(void)
+{
+    broken = 1;
+    srv.readonly = 1;
 }
 
 

@@ -72,4 +72,9 @@ void journal_name(char *buf, uint64_t number);
 /* Parses a directory entry name: 0 and *number set for a journal file. */
 int journal_parse_name(const char *name, uint64_t *number);
 
+/* A queue file's write-back failed where the checkpoint may not see it:
+ * as after a failed checkpoint, every journal file stays for the replay
+ * at the next start, and the node refuses further writes. */
+void journal_keep_all(void);
+
 #endif /* MEMQD_JOURNAL_H */

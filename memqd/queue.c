@@ -37,6 +37,7 @@
 #define RBUF_SLOTS     64            /* read-ahead buffers in all */
 #define WBUF_BUDGET    (8 * 1024 * 1024)   /* unwritten appends, all queues */
 #define WB_STEP        (256 * 1024)  /* write-behind: see write_behind() */
+#define WB_PAGE        4096
 #define HASH_SIZE      4096          /* buckets; chains stay short enough */
 #define POS_INTERVAL   100           /* ms between position file writes */
 #define POS_PENDING_MAX 4096         /* owed items listed in it, at most */
@@ -427,22 +428,45 @@ static int flush_wbuf_keep(queue_t *q, int keep);
  * or after 30 s), and the syncfs sent them all at once: up to a journal
  * file's worth ahead of the commits' fdatasyncs in the disk's queue, one
  * commit of 40-70 ms a checkpoint at 50 writers (BENCHMARKS.md).  So the
- * write-back of a tail file is started every WB_STEP written to it, without
- * waiting: the checkpoint finds little left to write.  A queue written a
- * little at a time leaves at most WB_STEP to the checkpoint.  A write-back
- * error is not taken here (no wait): the checkpoint's syncfs reports it.
+ * write-back of a tail file is started every WB_STEP written to it, up to
+ * its last whole page (the partial one is written with the next step),
+ * without waiting: the checkpoint finds little left to write.  A queue
+ * written a little at a time leaves up to WB_STEP of its own to it.
+ *
+ * A failed write-back is recorded for the file system and reported by the
+ * checkpoint's syncfs; an error only this call can report (the pages could
+ * not be sent) is treated as a failed checkpoint: -1, every journal file
+ * is kept for the replay (the pages may hold records of files already
+ * full) and the node refuses further writes.  A call the file system
+ * does not support, or a shortage of memory for it, leaves the pages to
+ * the checkpoint.
  * Under interval and none nothing waits on the disk, and a file consumed
  * before the kernel writes it back never costs a write.
  */
-static void
+static int
 write_behind(queue_t *q, int fd)
 {
-    if (srv.sync_mode == SYNC_ALWAYS && q->wbase - q->wdone >= WB_STEP) {
-        (void) sys.sync_range(fd, (off_t) q->wdone,
-                              (off_t) (q->wbase - q->wdone),
-                              SYNC_FILE_RANGE_WRITE);
-        q->wdone = q->wbase;
+    uint64_t  end;
+
+    if (srv.sync_mode != SYNC_ALWAYS || q->wbase - q->wdone < WB_STEP) {
+        return 0;
     }
+
+    end = q->wbase & ~(uint64_t) (WB_PAGE - 1);
+
+    if (sys.sync_range(fd, (off_t) q->wdone, (off_t) (end - q->wdone),
+                       SYNC_FILE_RANGE_WRITE) != 0
+        && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP
+        && errno != ESPIPE && errno != ENOMEM && errno != EINTR)
+    {
+        log_error("queue", "%s: write-behind: %s; refusing further writes, "
+                  "journal kept for recovery", q->name, strerror(errno));
+        journal_keep_all();
+        return -1;
+    }
+
+    q->wdone = end;
+    return 0;
 }
 
 

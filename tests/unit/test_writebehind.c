@@ -10,9 +10,11 @@
  *
  * Under --sync always a queue file's write-back is started every 256 KiB
  * written to it (so the checkpoint's syncfs has little left to send at
- * once), in ranges that follow one another with no gap or overlap, without
- * waiting; under interval and none it is never asked for.  A journal file
- * is written out while it is zero-filled, waiting for each step.
+ * once), in ranges that follow one another with no gap or overlap and end
+ * on a page, without waiting; under interval and none it is never asked
+ * for.  When it fails for want of the disk, the journal keeps everything.
+ * A journal file is written out while it is zero-filled, waiting for each
+ * step.
  * The calls are recorded through the sys table, then passed on.
  */
 
@@ -165,7 +167,9 @@ queue_files_written_behind_in_steps(void **state)
          * checkpoint's syncfs */
         assert_int_equal(calls[i].flags, SYNC_FILE_RANGE_WRITE);
         assert_int_equal(calls[i].off, next);
-        assert_true(calls[i].n >= 256 * 1024);
+        /* up to the last whole page */
+        assert_int_equal((calls[i].off + calls[i].n) % 4096, 0);
+        assert_true(calls[i].n > 256 * 1024 - 4096);
         assert_true(calls[i].n < 256 * 1024 + 300 * 1024 + 64 * 1024);
         next = calls[i].off + calls[i].n;
         found++;
@@ -249,6 +253,82 @@ journal_write_out_failure_fails_the_start(void **state)
 }
 
 
+static int  range_errno;           /* the next calls fail with it */
+
+
+/* write-behind fails (with range_errno); the waiting calls of the journal
+ * work */
+static int
+fail_write_behind(int fd, off_t off, off_t n, unsigned flags)
+{
+    if (flags == SYNC_FILE_RANGE_WRITE) {
+        ncalls++;
+        errno = range_errno;
+        return -1;
+    }
+
+    return sync_file_range(fd, off, n, flags);
+}
+
+
+static void
+write_behind_failure_keeps_the_journal(void **state)
+{
+    int          kept;
+    queue_t     *q;
+    char         path[200];
+    static char  big[300 * 1024];
+
+    range_errno = EIO;
+    assert_int_equal(start(SYNC_ALWAYS, fail_write_behind), 0);
+
+    q = queue_lookup("wb", 2, 2);
+    assert_non_null(q);
+    memset(big, 'b', sizeof(big));
+    assert_int_equal(queue_append(q, 0, 0, big, sizeof(big)), QUEUE_OK);
+
+    /* the pages may hold records of journal files already full: nothing
+     * the journal holds goes, no write is taken, and the commit that
+     * would answer STORED fails */
+    assert_int_equal(ncalls, 1);
+    assert_int_equal(srv.readonly, 1);
+    assert_int_equal(journal_commit(0), -1);
+
+    queue_shutdown();
+    snprintf(path, sizeof(path), "%s/%s/00000000000000000001.jnl", dir,
+             JOURNAL_DIR);
+    kept = access(path, F_OK) == 0;
+    assert_int_equal(queue_init(), 0);          /* replays it */
+    stop();
+
+    assert_true(kept);
+}
+
+
+static void
+write_behind_not_supported_is_no_failure(void **state)
+{
+    int       e[] = { ENOSYS, EINVAL, ENOMEM };
+    size_t    i;
+    queue_t  *q;
+
+    for (i = 0; i < 3; i++) {
+        range_errno = e[i];
+        assert_int_equal(start(SYNC_ALWAYS, fail_write_behind), 0);
+
+        q = queue_lookup("wb", 2, 2);
+        assert_non_null(q);
+        append(q, 2, 300 * 1024);
+
+        /* the pages are left to the checkpoint */
+        assert_int_equal(ncalls, 2);
+        assert_int_equal(srv.readonly, 0);
+
+        stop();
+    }
+}
+
+
 int
 main(void)
 {
@@ -257,6 +337,8 @@ main(void)
         cmocka_unit_test(no_write_behind_without_journal),
         cmocka_unit_test(journal_file_written_out_while_zeroed),
         cmocka_unit_test(journal_write_out_failure_fails_the_start),
+        cmocka_unit_test(write_behind_failure_keeps_the_journal),
+        cmocka_unit_test(write_behind_not_supported_is_no_failure),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
