@@ -245,6 +245,8 @@ def test_unreachable_exit_3(two):
     ["redrive", "q", "q"], ["queues", "--node", "nocolon"],
     ["queues", "--node", "h:99999"], ["queues", "--etcd", "http://x"],
     ["queues", "--cluster", "c"], ["queues", "--timeout", "0"],
+    ["queues", "--timeout", "nan"], ["queues", "--timeout", "inf"],
+    ["queues", "--timeout", "-1"], ["queues", "--timeout", "1e300"],
     ["redrive", "a", "b", "--max", "0"],
     ["queues", "--etcd", "ftp://x", "--cluster", "c"]])
 def test_usage_exit_2(args):
