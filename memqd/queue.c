@@ -435,7 +435,7 @@ static int flush_wbuf_keep(queue_t *q, int keep);
  *
  * A failed write-back is recorded for the file system and reported by the
  * checkpoint's syncfs; an error only this call can report (the pages could
- * not be sent) is treated as a failed checkpoint: -1, every journal file
+ * not be sent) is treated as a failed checkpoint: every journal file
  * is kept for the replay (the pages may hold records of files already
  * full) and the node refuses further writes.  A call the file system
  * does not support, or a shortage of memory for it, leaves the pages to
@@ -443,13 +443,13 @@ static int flush_wbuf_keep(queue_t *q, int keep);
  * Under interval and none nothing waits on the disk, and a file consumed
  * before the kernel writes it back never costs a write.
  */
-static int
+static void
 write_behind(queue_t *q, int fd)
 {
     uint64_t  end;
 
     if (srv.sync_mode != SYNC_ALWAYS || q->wbase - q->wdone < WB_STEP) {
-        return 0;
+        return;
     }
 
     end = q->wbase & ~(uint64_t) (WB_PAGE - 1);
@@ -462,11 +462,10 @@ write_behind(queue_t *q, int fd)
         log_error("queue", "%s: write-behind: %s; refusing further writes, "
                   "journal kept for recovery", q->name, strerror(errno));
         journal_keep_all();
-        return -1;
+        return;
     }
 
     q->wdone = end;
-    return 0;
 }
 
 
