@@ -61,7 +61,9 @@ wait_gone() {
     say "still running after 20 s:$alive" >&2
 }
 
+stopping=""
 stop() {
+    stopping=1
     trap - INT TERM HUP EXIT
     echo
     if [ -n "$gw_pid" ]; then
@@ -155,4 +157,14 @@ demo: up.  Open $g/ (dashboard) and $g/tour.html (EventSource tour).  Try:
   printf 'set jobs 0 0 5\r\nhello\r\nget jobs\r\n' | nc -C -q1 127.0.0.1 $first
 Ctrl-C stops everything.
 MSG
+# nginx exiting by itself (its port taken, a bad configuration) ends the
+# demo with its reason, instead of leaving the nodes up with no gateway
+if [ -n "$gw_pid" ]; then
+    wait "$gw_pid" || true
+    if [ -z "$stopping" ]; then
+        gw_pid=""
+        say "nginx exited (see above and $run/nginx/logs/error.log)" >&2
+        exit 1
+    fi
+fi
 wait

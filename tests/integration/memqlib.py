@@ -107,13 +107,48 @@ def qname(prefix="q"):
     return "%s%d_%s" % (prefix, _qseq[0], rnd)
 
 
-def free_port():
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_given = set()
+
+
+def _bindable(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", port))
         return s.getsockname()[1]
+    except OSError:
+        return 0
     finally:
         s.close()
+
+
+def free_port():
+    """A loopback port nobody listens on, taken below the kernel's
+    ephemeral range: a port the kernel hands out (bind to 0) can become
+    the source port of any outgoing connection (an etcd client, a node
+    dialling etcd) before the program it was chosen for binds it.  Ports
+    given out before in this process are not given again."""
+    lo = min(_EPHEMERAL_LOW, 65536)
+    first = max(1024, lo - 12000)
+    if lo - first >= 1000:
+        for _ in range(200):
+            port = random.randrange(first, lo)
+            if port in _given:
+                continue
+            if _bindable(port):
+                _given.add(port)
+                if len(_given) > (lo - first) // 2:
+                    _given.clear()
+                return port
+    return _bindable(0)
 
 
 # ---------------------------------------------------------------- client

@@ -30,6 +30,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -161,7 +162,19 @@ class Demo:
             return "nginx on http" in self.out.read_text() and \
                 self.sh("curl -sf -o /dev/null http://127.0.0.1:%s/mq/status"
                         % self.ports[0]).returncode == 0
-        wait_for(up, timeout=30, interval=0.1, what="the demo up")
+        try:
+            wait_for(up, timeout=30, interval=0.1, what="the demo up")
+        except AssertionError as e:
+            raise AssertionError("%s\n%s" % (e, self.logs())) from None
+
+    def logs(self):
+        """What the demo printed and the ends of its logs."""
+        parts = ["demo output:\n" + self.out.read_text()]
+        for log in sorted(self.run.glob("**/*.log")):
+            with open(log, "rb") as f:
+                tail = f.read()[-2000:].decode("utf-8", "replace")
+            parts.append("%s:\n%s" % (log.relative_to(self.run), tail))
+        return "\n".join(parts)
 
     def local(self, text):
         """The README's ports made the demo's."""
@@ -421,3 +434,27 @@ def test_readme_tours(demo):
                             r'"level":"(warn|error)"', l)
                and "buffered to a temporary file" not in l]
         assert not bad, (log, bad)
+
+
+def test_demo_gateway_port_taken(tmp_path):
+    """`make run` with port 8080 taken: the demo says why and stops its
+    nodes, instead of running on without a gateway."""
+    d = Demo(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", int(d.ports[0])))
+        s.listen()
+        with open(d.out, "wb") as f:
+            d.proc = subprocess.Popen(
+                [str(ROOT / "scripts" / "run-demo.sh")], cwd=d.cwd,
+                env=d.env(), stdin=subprocess.DEVNULL, stdout=f,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = d.proc.wait(60 * SLOW)
+        finally:
+            d.stop()
+    out = d.out.read_text()
+    assert rc == 1, out
+    assert "Address already in use" in out and "nginx exited" in out, out
+    assert "stopping memqd" in out, out
+    wait_for(lambda: not d.leftovers(), timeout=10,
+             what="no process of the demo left")
