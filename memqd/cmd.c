@@ -280,6 +280,8 @@ give_back(conn_t *c, queue_t *q, const item_ref_t *ref)
     set = NULL;
     if (queue_open(q, c, &set, ref) == 0) {
         queue_abort_conn(&set);
+    } else {
+        queue_give_back(q, ref);
     }
 }
 
@@ -351,19 +353,6 @@ ack_list(conn_t *c, queue_t *q, const mq_get_opts_t *o)
 }
 
 
-/* One more delivery of the item taken: its count goes with it wherever
- * it goes next (given back, open, leased). */
-static void
-count_delivery(queue_t *q, item_t *it)
-{
-    if (it->ref.deliveries > 0) {
-        q->redelivered_items++;
-    }
-
-    if (it->ref.deliveries < UINT32_MAX) {
-        it->ref.deliveries++;
-    }
-}
 
 
 /*
@@ -378,12 +367,13 @@ static int
 get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
     int with_cas, int may_wait)
 {
-    int        taking, rc;
-    item_t     it;
-    queue_t   *q;
-    uint32_t   i, got;
-    uint64_t   now;
-    size_t     start;
+    int          taking, rc;
+    item_t       it;
+    queue_t     *q;
+    uint32_t     i, got;
+    uint64_t     now;
+    size_t       start;
+    item_ref_t   taken;
 
     srv.cmd_get++;
 
@@ -447,22 +437,25 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
                 break;
             }
 
-            if (!o->peek) {
-                count_delivery(q, &it);
+            /* one more delivery: the count goes with the item wherever
+             * it goes next (given back, open, leased), except when it
+             * cannot be tracked and goes back as it was taken */
+            taken = it.ref;
+            if (!o->peek && it.ref.deliveries < UINT32_MAX) {
+                it.ref.deliveries++;
             }
 
-            if (o->lease_ms
-                && queue_lease(q, &it.ref, o->lease_ms) != 0)
+            if ((o->lease_ms && queue_lease(q, &it.ref, o->lease_ms) != 0)
+                || (o->open && !o->peek
+                    && queue_open(q, c, &c->opensets, &it.ref) != 0))
             {
                 /* no memory to track it: given back untouched */
+                queue_give_back(q, &taken);
                 break;
             }
 
-            if (o->open && !o->peek
-                && queue_open(q, c, &c->opensets, &it.ref) != 0)
-            {
-                /* no memory to track it: give it back untouched */
-                break;
+            if (!o->peek && taken.deliveries > 0) {
+                q->redelivered_items++;
             }
 
             if (out_value(c, key, key_len, &it,
@@ -472,7 +465,7 @@ get_key(conn_t *c, const char *key, size_t key_len, const mq_get_opts_t *o,
                  * connection closes, a leased one when its lease runs
                  * out, a taken one now */
                 if (!o->open && !o->peek && !o->lease_ms) {
-                    give_back(c, q, &it.ref);
+                    give_back(c, q, &taken);
                 }
                 break;
             }

@@ -342,8 +342,10 @@ sending_hold(conn_t *c)
 
         if (si->q != NULL && queue_open(si->q, c, &si->set, &si->ref) != 0)
         {
-            /* no memory to track it: delivered at most once, as a
-             * plain get used to be */
+            /* no memory to track it: given back now, so that a write
+             * that never arrives loses nothing (it may be delivered
+             * twice instead) */
+            queue_give_back(si->q, &si->ref);
             si->q = NULL;
         }
     }

@@ -98,7 +98,6 @@ cmp_u64(const void *a, const void *b)
 }
 
 
-static void return_ref(queue_t *q, const item_ref_t *ref);
 static int dead_letter(queue_t *q, const item_ref_t *ref);
 static uint64_t watermark(queue_t *q);
 static int save_position(queue_t *q, int precise);
@@ -1035,7 +1034,7 @@ queue_replay(queue_t *q, const mq_frame_hdr_t *jh, const void *data)
         q->bytes -= q->bytes < h.len ? q->bytes : h.len;
 
         if (!consumed) {
-            return_ref(q, &ref);
+            queue_give_back(q, &ref);
         }
     }
 
@@ -1228,8 +1227,8 @@ queue_take(queue_t *q, int how, item_t *it)
 /* Puts one taken item back at the head of q, in seq order among the items
  * given back.  Memory for it is tried hard: the queue's given-back array
  * only grows by one. */
-static void
-return_ref(queue_t *q, const item_ref_t *ref)
+void
+queue_give_back(queue_t *q, const item_ref_t *ref)
 {
     size_t       i, n;
     item_ref_t  *nr;
@@ -1291,8 +1290,16 @@ queue_open(queue_t *q, conn_t *c, openset_t **conn_sets,
     os = find_set(q, *conn_sets);
 
     if (os == NULL) {
+        /* linked only with room for its first item: no set is ever
+         * empty (giving one back sorts its refs) */
         os = calloc(1, sizeof(openset_t));
         if (os == NULL) {
+            goto fail;
+        }
+        os->cap = 16;
+        os->refs = malloc(os->cap * sizeof(item_ref_t));
+        if (os->refs == NULL) {
+            free(os);
             goto fail;
         }
         os->q = q;
@@ -1305,7 +1312,7 @@ queue_open(queue_t *q, conn_t *c, openset_t **conn_sets,
     }
 
     if (os->n == os->cap) {
-        cap = os->cap ? os->cap * 2 : 16;
+        cap = os->cap * 2;
         nr = realloc(os->refs, cap * sizeof(item_ref_t));
         if (nr == NULL) {
             goto fail;
@@ -1323,9 +1330,7 @@ queue_open(queue_t *q, conn_t *c, openset_t **conn_sets,
 
 fail:
 
-    /* the item was taken: put it back at the head rather than lose it */
     log_error("queue", "%s: out of memory for open items", q->name);
-    return_ref(q, ref);
     return -1;
 }
 
@@ -1699,7 +1704,7 @@ give_back_refs(queue_t *q, item_ref_t *refs, size_t n)
     if (merge_back(q, refs, n) != 0) {
         /* one at a time: the array grows by one each */
         for (i = 0; i < n; i++) {
-            return_ref(q, &refs[i]);
+            queue_give_back(q, &refs[i]);
             if (q->wait_head != NULL) {
                 conn_wake(q->wait_head);
             }
@@ -1779,7 +1784,6 @@ queue_lease(queue_t *q, const item_ref_t *ref, uint64_t ms)
 
     if (lease_add(q, ref, deadline) == NULL) {
         log_error("queue", "%s: out of memory for leases", q->name);
-        return_ref(q, ref);
         return -1;
     }
 

@@ -221,16 +221,21 @@ int queue_append(queue_t *q, uint32_t flags, int64_t exptime,
 int queue_take(queue_t *q, int how, item_t *it);
 
 /* Marks an item as open on connection c; its openset is linked into
- * *conn_sets when new.  -1 on allocation failure (item given back). */
+ * *conn_sets when new.  -1 on allocation failure: the item is still the
+ * caller's, who gives it back (queue_give_back()) as it was taken. */
 int queue_open(queue_t *q, conn_t *c, openset_t **conn_sets,
     const item_ref_t *ref);
 
 /*
  * Leases the item just taken (queue_take) for ms milliseconds: it belongs
- * to no connection from now on.  -1 when out of memory (the item is
- * given back to the head of q).
+ * to no connection from now on.  -1 when out of memory: the item is still
+ * the caller's, as for queue_open().
  */
 int queue_lease(queue_t *q, const item_ref_t *ref, uint64_t ms);
+
+/* Puts a taken item back at the head of q, in id order among the items
+ * given back, with the delivery count *ref has. */
+void queue_give_back(queue_t *q, const item_ref_t *ref);
 
 /*
  * Acknowledges leased item `seq`: journaled (JACK) under --sync always,
