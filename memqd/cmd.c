@@ -661,9 +661,12 @@ do_touch(conn_t *c, const mq_request_t *req)
     rc = q != NULL && q->on_disk
          ? queue_touch(q, req->id, (uint64_t) req->exptime * 1000) : 0;
 
-    if (!req->noreply) {
-        conn_out_str(c, rc < 0 ? RPL_NO_MEMORY
-                        : rc ? RPL_TOUCHED : RPL_NOT_FOUND);
+    /* noreply silences answers, not failures (as delete's) */
+    if (rc < 0) {
+        conn_out_str(c, RPL_NO_MEMORY);
+
+    } else if (!req->noreply) {
+        conn_out_str(c, rc ? RPL_TOUCHED : RPL_NOT_FOUND);
     }
 }
 

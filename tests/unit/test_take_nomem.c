@@ -11,9 +11,10 @@
  * link time to fail) gives the item back as it was taken: its delivery
  * count has not gone up, so max_deliveries dead-letters it no earlier
  * than its real deliveries say, and it is not counted as redelivered.  A
- * connection's first open item is never left behind as an empty set.  The commands go through
- * cmd_execute() on a connection with no socket, its output read from its
- * buffer.
+ * connection's first open item is never left behind as an empty set.
+ * touch ... noreply that cannot renew a lease says so.  The commands go
+ * through cmd_execute() on a connection with no socket, its output read
+ * from its buffer.
  */
 
 #include <stdarg.h>
@@ -22,6 +23,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,6 +191,49 @@ open_without_memory(void **state)
 }
 
 
+/* touch ... noreply that cannot renew the lease says so, as delete ...
+ * noreply does when it fails: noreply silences answers, not failures */
+static void
+touch_without_memory(void **state)
+{
+    char      line[64];
+    conn_t   *c;
+    size_t    used;
+    uint64_t  id;
+
+    (void) state;
+
+    start();
+    c = conn_new();
+    assert_true(has_value(c, "get q/lease=60000"));
+    assert_int_equal(sscanf(c->out, "VALUE q/lease=60000 0 3 %" SCNu64, &id),
+                     1);
+
+    /* a deadline before the lease's: a place of its own in the deadline
+     * order, which needs memory */
+    snprintf(line, sizeof(line), "touch q/%" PRIu64 " 1 noreply", id);
+    c->out_len = 0;
+    malloc_fails = 1;
+    realloc_fails = 1;
+    assert_int_equal(cmd_execute(c, line, strlen(line), "", 0, &used),
+                     CMD_DONE);
+    malloc_fails = 0;
+    realloc_fails = 0;
+    assert_int_equal(c->out_len, sizeof("SERVER_ERROR out of memory\r\n") - 1);
+    assert_memory_equal(c->out, "SERVER_ERROR out of memory\r\n", c->out_len);
+
+    /* the lease is still there, as it was */
+    snprintf(line, sizeof(line), "touch q/%" PRIu64 " 0 noreply", id);
+    c->out_len = 0;
+    assert_int_equal(cmd_execute(c, line, strlen(line), "", 0, &used),
+                     CMD_DONE);
+    assert_int_equal(c->out_len, 0);
+    conn_gone(c);
+
+    stop();
+}
+
+
 int
 main(void)
 {
@@ -200,6 +245,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(lease_without_memory),
         cmocka_unit_test(open_without_memory),
+        cmocka_unit_test(touch_without_memory),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
