@@ -493,3 +493,54 @@ def test_queues_of_a_node_with_many_queues(memqd_factory):
     assert set(got) == set(names)
     assert all(got[q]["items"] == 1 and got[q]["bytes"] == i % 7 + 1
                for i, q in enumerate(names))
+
+
+@pytest.mark.parametrize("target", ["--node", "--etcd"])
+def test_name_lookup_that_never_answers_times_out(tmp_path, target):
+    """A node or etcd named through a DNS server that never answers:
+    memqctl gives up after --timeout (exit 3, the lookup named), not after
+    the resolver's own retries (here set to minutes).  memqctl runs in a
+    mount namespace of its own whose /etc/resolv.conf names the silent
+    server."""
+    import socket
+    import time
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        dns.bind(("127.0.0.77", 53))
+    except OSError as e:
+        dns.close()
+        pytest.skip("no silent DNS server on 127.0.0.77:53: %s" % e)
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.77\noptions timeout:30 attempts:5\n")
+    name = "node.memq-test.example.com"
+    where = "%s:22201" % name if target == "--node" else \
+        "http://%s:2379" % name
+    args = [MEMQCTL, "queues", target, where, "--timeout", "1"]
+    if target == "--etcd":
+        args += ["--cluster", "c"]
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        dns.close()
+        pytest.skip("no mount namespace: %s" % probe.stderr)
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run(
+            ["unshare", "-m", "sh", "-c",
+             'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(conf)]
+            + args, stdin=subprocess.DEVNULL, capture_output=True,
+            timeout=300)
+        took = time.monotonic() - t0
+        # the silent server was asked: the name really went to it
+        dns.settimeout(0)
+        asked = dns.recv(512)
+    finally:
+        dns.close()
+    assert r.returncode == 3, (r.returncode, r.stderr)
+    # etcd's exchange as a whole has the same deadline, which may say it
+    assert b"timed out" in r.stderr, r.stderr
+    if target == "--node":
+        assert b"name lookup of %s timed out" % name.encode() in r.stderr, \
+            r.stderr
+    assert asked, "the resolver never asked the silent server"
+    # the resolver alone would wait 30 s a try, 5 tries: minutes
+    assert took < 30, took
