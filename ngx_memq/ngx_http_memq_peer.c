@@ -862,8 +862,11 @@ ngx_http_memq_conn_read(ngx_http_memq_conn_t *mc)
 
         b->last += n;
 
-        /* more time for the rest of the reply */
-        ngx_add_timer(rev, mc->node->cluster->read_timeout);
+        /* more time for the rest of the reply; a pipe restarts its wait
+         * at each whole reply instead (ngx_http_memq_pipe.c) */
+        if (!mc->pipelined) {
+            ngx_add_timer(rev, mc->node->cluster->read_timeout);
+        }
 
         if (mc->handler(mc, NGX_OK) != NGX_OK) {
             return;

@@ -20,8 +20,10 @@
  * entry is appended and goes back to it when the FIFO empties, so an idle
  * pipe holds nothing and the pool's idle handling (eof, keepalive
  * timeout) applies.  The node's read timer runs only while replies are
- * owed: ngx_http_memq_peer.c arms it once the sets are sent, restarts it
- * when reply bytes come, and (mc->pipelined) leaves it alone when more
+ * owed: ngx_http_memq_peer.c arms it once the sets are sent, the pipe
+ * restarts it when a whole reply came (bytes alone do not: a node sending
+ * a byte now and then would hold every POST of the pipe as long as it
+ * goes on), and (mc->pipelined) the peer leaves it alone when more
  * sets are sent, so a node that never answers fails read_timeout after
  * its last reply however many POSTs keep coming; it is deleted when the
  * FIFO empties.  Replies are read while later sets still go out (a write
@@ -453,6 +455,13 @@ ngx_http_memq_pipe_read(ngx_http_memq_conn_t *mc, ngx_int_t rc)
     return NGX_DONE;
 
 again:
+
+    /* the wait for the next reply starts again at each whole reply, not
+     * at each byte: a node that sends a byte now and then fails
+     * read_timeout after its last whole reply */
+    if (sampled || !mc->pc.connection->read->timer_set) {
+        ngx_add_timer(mc->pc.connection->read, mc->reply_timeout);
+    }
 
     /*
      * The good replies of a read count once it is known to be in step:

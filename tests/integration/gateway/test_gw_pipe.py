@@ -100,10 +100,11 @@ class PipeNode(ScriptedNode):
         with self.lock:
             return len({n for n, _ in self.sets})
 
-    def release(self, limit=None, piece=None, close=False):
+    def release(self, limit=None, piece=None, close=False, pause=0.002):
         """Sends the owed replies, at most limit of them over all
         connections (oldest connection first); piece: in pieces of that
-        many bytes; close: then closes every connection."""
+        many bytes, `pause` seconds apart; close: then closes every
+        connection."""
         with self.lock:
             if limit is None:
                 self.hold = False
@@ -121,7 +122,7 @@ class PipeNode(ScriptedNode):
                 c.sendall(data[i:i + step])
                 if piece:
                     # each piece its own segment
-                    time.sleep(0.002)
+                    time.sleep(pause)
         if close:
             with self.lock:
                 conns = list(self.conns.values())
@@ -348,6 +349,42 @@ def test_late_replies_and_read_timeout(gateway_factory, memqd_factory,
     while time.monotonic() < end:
         time.sleep(0.1)
     assert g.node_status(node_addr(node.addr))["fails"] == 1
+
+
+def test_node_dripping_replies_times_out(gateway_factory, memqd_factory,
+                                        fake):
+    """A node that answers a byte every 0.3 s, well within read_timeout
+    (1 s) each: the sets it owes fail read_timeout after they were sent,
+    since only a whole reply gives the node more time, and the POSTs are
+    stored on the next node, instead of each waiting for its 8 bytes
+    (2.4 s a reply, in turn) and so on as long as the node goes on."""
+    real = memqd_factory()
+    node = fake()
+    g = fake_first(gateway_factory, node, real,
+                   cluster_extra="max_fails 100;",
+                   timeouts="connect_timeout 1s; read_timeout 1s;")
+    q = qname()
+    socks = [post(g, q, b"drip%d" % i) for i in range(4)]
+    wait_for(lambda: node.count() == 4, timeout=10, what="4 sets")
+    def dripping():
+        try:
+            node.release(piece=1, pause=0.3)
+        except OSError:
+            pass            # the connection failed, or the node closed
+
+    drip = threading.Thread(target=dripping, daemon=True)
+    drip.start()
+    try:
+        for s in socks:
+            status, body = answer(s)
+            assert status == 201, body
+            assert json_body(body)["node"] == node_addr(real), body
+    finally:
+        node.close()
+        drip.join(20 * SLOW)
+    assert g.node_status(node_addr(node.addr))["fails"] == 1
+    assert sorted(node_messages(real, q)) == [b"drip%d" % i
+                                              for i in range(4)]
 
 
 def test_silent_node_times_out_under_traffic(gateway_factory,
