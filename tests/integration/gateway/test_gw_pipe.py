@@ -321,19 +321,29 @@ def test_node_failing_every_set_marked_down(gateway_factory, memqd_factory,
     assert node_messages(real, q) == [b"m%d" % i for i in range(3, 10)]
 
 
-def test_late_replies_and_read_timeout(gateway_factory, memqd_factory,
-                                       fake):
-    """Replies owed past read_timeout fail the pipe once; the waiting
-    POSTs are stored on the next node.  An idle pipe is never timed: after
-    the FIFO emptied, no failure however long it stays idle."""
+def _timed_fake(gateway_factory, memqd_factory, fake, posts, prefix):
+    """A fake node first (read_timeout 1s) and a real memqd behind it;
+    `posts` POSTs sent to a new queue and taken by the fake (not
+    answered).  (real, node, g, q, sockets)."""
     real = memqd_factory()
     node = fake()
     g = fake_first(gateway_factory, node, real,
                    cluster_extra="max_fails 100;",
                    timeouts="connect_timeout 1s; read_timeout 1s;")
     q = qname()
-    socks = [post(g, q, b"late%d" % i) for i in range(8)]
-    wait_for(lambda: node.count() == 8, timeout=10, what="8 sets")
+    socks = [post(g, q, prefix + b"%d" % i) for i in range(posts)]
+    wait_for(lambda: node.count() == posts, timeout=10,
+             what="%d sets" % posts)
+    return real, node, g, q, socks
+
+
+def test_late_replies_and_read_timeout(gateway_factory, memqd_factory,
+                                       fake):
+    """Replies owed past read_timeout fail the pipe once; the waiting
+    POSTs are stored on the next node.  An idle pipe is never timed: after
+    the FIFO emptied, no failure however long it stays idle."""
+    real, node, g, q, socks = _timed_fake(gateway_factory, memqd_factory,
+                                          fake, 8, b"late")
     for s in socks:
         status, body = answer(s)
         assert status == 201, body
@@ -358,14 +368,9 @@ def test_node_dripping_replies_times_out(gateway_factory, memqd_factory,
     since only a whole reply gives the node more time, and the POSTs are
     stored on the next node, instead of each waiting for its 8 bytes
     (2.4 s a reply, in turn) and so on as long as the node goes on."""
-    real = memqd_factory()
-    node = fake()
-    g = fake_first(gateway_factory, node, real,
-                   cluster_extra="max_fails 100;",
-                   timeouts="connect_timeout 1s; read_timeout 1s;")
-    q = qname()
-    socks = [post(g, q, b"drip%d" % i) for i in range(4)]
-    wait_for(lambda: node.count() == 4, timeout=10, what="4 sets")
+    real, node, g, q, socks = _timed_fake(gateway_factory, memqd_factory,
+                                          fake, 4, b"drip")
+
     def dripping():
         try:
             node.release(piece=1, pause=0.3)
