@@ -432,14 +432,11 @@ def test_etcd_node_address_that_is_not_one():
         fake.close()
 
 
-def test_node_that_drips_its_answer_times_out():
-    """A node that sends its stats a byte at a time, each byte well within
-    --timeout: memqctl gives up after --timeout for the whole answer
-    (exit 3, "timed out"), not after as long as the node goes on."""
+def fake_node(behave):
+    """A listener whose first connection gets behave(conn) once a request
+    line came; the listening socket (closed by the caller)."""
     import socket
     import threading
-    import time
-    state = {"sent": 0, "done": False}
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
@@ -450,20 +447,32 @@ def test_node_that_drips_its_answer_times_out():
             got = b""
             while b"\r\n" not in got:
                 got += c.recv(4096)
-            data = b"".join(b"STAT s%d %d\r\n" % (i, i)
-                            for i in range(100))
-            try:
-                for i in range(len(data)):
-                    c.sendall(data[i:i + 1])
-                    state["sent"] += 1
-                    time.sleep(0.2)
-                c.sendall(b"END\r\n")
-            except OSError:
-                return
-            state["done"] = True
+            behave(c)
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+def test_node_that_drips_its_answer_times_out():
+    """A node that sends its stats a byte at a time, each byte well within
+    --timeout: memqctl gives up after --timeout for the whole answer
+    (exit 3, "timed out"), not after as long as the node goes on."""
+    import time
+    state = {"sent": 0, "done": False}
+
+    def drip(c):
+        data = b"".join(b"STAT s%d %d\r\n" % (i, i) for i in range(100))
+        try:
+            for i in range(len(data)):
+                c.sendall(data[i:i + 1])
+                state["sent"] += 1
+                time.sleep(0.2)
+            c.sendall(b"END\r\n")
+        except OSError:
+            return
+        state["done"] = True
+
+    srv = fake_node(drip)
     try:
         r = run("stats", "--node", "127.0.0.1:%d" % srv.getsockname()[1],
                 "--timeout", "1")
@@ -545,3 +554,25 @@ def test_name_lookup_that_never_answers_times_out(tmp_path, target):
     assert asked, "the resolver never asked the silent server"
     # the resolver alone would wait 30 s a try, 5 tries: minutes
     assert took < 30, took
+
+
+def test_node_announcing_a_value_too_large_for_any_node():
+    """A node whose answer to peek announces a 2 GiB value (memqd holds at
+    most 1 GiB): memqctl says so at once (exit 1) instead of reading and
+    holding whatever the node sends."""
+    import threading
+    done = threading.Event()
+
+    def huge(c):
+        c.sendall(b"VALUE q/peek 0 2147483648 1\r\n" + b"x" * 65536)
+        done.wait(30)
+
+    srv = fake_node(huge)
+    try:
+        r = run("peek", "q", "--node", "127.0.0.1:%d" % srv.getsockname()[1],
+                "--timeout", "20")
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        assert b"a value of 2147483648 bytes" in r.stderr, r.stderr
+    finally:
+        done.set()
+        srv.close()
