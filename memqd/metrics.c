@@ -5,7 +5,11 @@
  *
  * It must never be a way to hurt the node:
  *   - at most METRICS_MAX_CONNS connections; more are accepted and closed
- *     at once, so they neither queue in the backlog nor hold a descriptor;
+ *     at once, so they neither queue in the backlog nor hold a descriptor,
+ *     unless a connection that made no progress for METRICS_EVICT_MS
+ *     gives up its slot (evict_one()): a scraper sends its request at
+ *     once and reads as the answer comes, so eight idle or stalled
+ *     clients cannot keep every scraper out for their whole life;
  *     when accept() itself fails (no descriptors) the listener rests for
  *     METRICS_BACKOFF_MS rather than spin;
  *   - the request (line and headers) must fit in METRICS_REQ_MAX bytes
@@ -55,6 +59,8 @@
 #define METRICS_READ_MS     5000
 #define METRICS_WRITE_MS    10000
 #define METRICS_TOTAL_MS    60000     /* a connection's whole life */
+#define METRICS_EVICT_MS    1000      /* slots full: one still that long
+                                         makes room */
 #define METRICS_LINGER_MS   2000
 #define METRICS_BACKOFF_MS  100       /* accept() failing: pause */
 #define METRICS_HDR_ROOM    256       /* status line and headers */
@@ -156,6 +162,7 @@ static loop_timer_t shared_timer;     /* ends its while */
 static void mconn_close(mconn_t *mc);
 static void mconn_write(mconn_t *mc);
 static void mconn_arm(mconn_t *mc, uint64_t ms);
+static int evict_one(void);
 
 
 static uint64_t
@@ -787,7 +794,9 @@ accept_handler(loop_io_t *io, unsigned events)
             return;
         }
 
-        if (nconns >= METRICS_MAX_CONNS || srv.stopping) {
+        if (srv.stopping
+            || (nconns >= METRICS_MAX_CONNS && evict_one() != 0))
+        {
             close(fd);
             continue;
         }
@@ -832,6 +841,53 @@ accept_handler(loop_io_t *io, unsigned events)
         mc->deadline = loop_now() + METRICS_TOTAL_MS;
         mconn_arm(mc, METRICS_READ_MS);
     }
+}
+
+
+/*
+ * The slots are full: the connection that made no progress for longest,
+ * if that is METRICS_EVICT_MS or more, is ended by its own timer (its
+ * deadline becomes now, so no state arms it later), and the caller may
+ * take one more meanwhile.  Progress is what last armed its timer: the
+ * accept (no request yet), bytes a scraper took, the end of the answer
+ * (lingering), so a scraper reading a big answer is never the one ended.
+ * At most METRICS_MAX_CONNS are ever being ended, since one is never
+ * picked twice.  -1 when none has been still that long.
+ */
+static int
+evict_one(void)
+{
+    uint64_t   now, since, still_since;
+    mconn_t   *mc, *victim;
+
+    now = loop_now();
+    victim = NULL;
+    still_since = 0;
+
+    /* newest first: of those still since the same millisecond, the last
+     * one seen came first */
+    for (mc = conns; mc; mc = mc->next) {
+        since = mc->timer.deadline
+                - (mc->state == MC_READ ? METRICS_READ_MS
+                   : mc->state == MC_WRITE ? METRICS_WRITE_MS
+                   : METRICS_LINGER_MS);
+
+        if (mc->deadline > now && mc->timer.index != 0
+            && since + METRICS_EVICT_MS <= now
+            && (victim == NULL || since <= still_since))
+        {
+            victim = mc;
+            still_since = since;
+        }
+    }
+
+    if (victim == NULL) {
+        return -1;
+    }
+
+    victim->deadline = now;
+    mconn_arm(victim, 0);
+    return 0;
 }
 
 

@@ -13,6 +13,7 @@ import os
 import resource
 import socket
 import threading
+import time
 
 import pytest
 
@@ -393,3 +394,84 @@ def test_concurrent_scrapes_of_many_queues_share_one_render(memqd_factory):
     assert grew * 1024 < 3 * len(body), \
         "RSS grew by %d kB for a %d-byte answer" % (grew, len(body))
     c.close()
+
+
+def test_idle_clients_in_every_slot_do_not_keep_scrapers_out(memqd_factory):
+    """Eight clients (every slot) connect and send nothing: a scraper is
+    answered within a few seconds, since a connection open a second or
+    more gives up its slot when all are taken (oldest first, closed
+    without an answer), instead of the scraper being refused for as long
+    as the idle ones may stay (5 s without a request, 60 s reading
+    slowly)."""
+    s = _start(memqd_factory)
+    idle = [socket.create_connection(s.metrics, timeout=10 * SLOW)
+            for _ in range(8)]
+
+    def answered():
+        try:
+            return _http(s)[0] == 200
+        except (OSError, http.client.HTTPException):
+            return False      # refused: closed at once
+
+    try:
+        c = s.connect()
+        assert c.cmd("version").startswith("VERSION")
+        c.close()
+        wait_for(answered, timeout=10, interval=0.1,
+                 what="a scrape answered while idle clients hold the slots")
+        # answered while the newest idle one still holds its slot (its own
+        # read timer ends it 5 s after it came): one of them made room
+        idle[-1].setblocking(False)
+        try:
+            got = idle[-1].recv(1)
+        except BlockingIOError:
+            got = None
+        assert got is None, "answered only once the idle ones timed out"
+        assert _read_all(idle[0]) == b"", "the oldest dropped, unanswered"
+    finally:
+        for k in idle:
+            k.close()
+
+
+def test_scraper_reading_is_never_the_one_dropped(memqd_factory):
+    """A scraper reading a big answer a little at a time (8 KiB each 0.1
+    s) while idle clients take every other slot and new scrapers keep
+    coming: room is made from the idle ones, the reading scraper's answer
+    comes whole, and a new scraper is answered."""
+    s = _start(memqd_factory, "--sync", "none")
+    c = s.connect()
+    names = ["slow%03d" % i for i in range(500)]
+    data = b"".join(b"set %s 0 0 1\r\nx\r\n" % n.encode() for n in names)
+    assert pipeline(c, data, 8 * len(names)) == b"STORED\r\n" * len(names)
+    c.close()
+
+    k = socket.socket()
+    k.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    k.settimeout(10 * SLOW)
+    k.connect(s.metrics)
+    k.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle = [socket.create_connection(s.metrics, timeout=10 * SLOW)
+            for _ in range(7)]
+    got = b""
+    answered = 0
+    try:
+        while True:
+            b = k.recv(8192)
+            if not b:
+                break
+            got += b
+            time.sleep(0.1)
+            if not answered:
+                try:
+                    answered = _http(s)[0] == 200
+                except (OSError, http.client.HTTPException):
+                    pass
+    finally:
+        k.close()
+        for i in idle:
+            i.close()
+    head, body = got.split(b"\r\n\r\n", 1)
+    assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == \
+        len(body)
+    assert len(body) > 128 * 1024, len(body)
+    assert answered, "no scrape answered while the slow one read"
