@@ -44,7 +44,9 @@
 #define EXPIRE_BATCH   4096          /* leases given back per sort */
 
 static queue_t        *hash[HASH_SIZE];
-static queue_t        *dirty_list;
+static queue_t        *dirty_list;    /* touched in this iteration */
+static queue_t        *later_list;    /* waiting for the position interval:
+                                         see queue_before_sleep() */
 static unsigned char  *scratch;      /* records larger than RBUF_SIZE */
 static size_t          scratch_cap;
 static uint64_t        last_pos_flush;
@@ -85,6 +87,17 @@ mark_dirty(queue_t *q)
         q->dirty = 1;
         q->dnext = dirty_list;
         dirty_list = q;
+    }
+}
+
+
+static void
+mark_later(queue_t *q)
+{
+    if (!q->later) {
+        q->later = 1;
+        q->lnext = later_list;
+        later_list = q;
     }
 }
 
@@ -224,6 +237,13 @@ queue_free(queue_t *q)
     for (pp = &dirty_list; *pp; pp = &(*pp)->dnext) {
         if (*pp == q) {
             *pp = q->dnext;
+            break;
+        }
+    }
+
+    for (pp = &later_list; *pp; pp = &(*pp)->lnext) {
+        if (*pp == q) {
+            *pp = q->lnext;
             break;
         }
     }
@@ -2419,6 +2439,25 @@ queue_sync_done(uint64_t durable, int failed)
 }
 
 
+static void
+write_one(queue_t *q, int *rc)
+{
+    if (q->on_disk && q->wlen > 0) {
+        switch (flush_wbuf(q)) {
+        case 0:
+            break;
+        case QUEUE_NOFD:
+            if (*rc == 0) {
+                *rc = QUEUE_NOFD;
+            }
+            break;
+        default:
+            *rc = -1;
+        }
+    }
+}
+
+
 int
 queue_write_all(void)
 {
@@ -2427,30 +2466,66 @@ queue_write_all(void)
 
     rc = 0;
 
+    /* a queue with unwritten appends is on one list or both */
     for (q = dirty_list; q; q = q->dnext) {
-        if (q->on_disk && q->wlen > 0) {
-            switch (flush_wbuf(q)) {
-            case 0:
-                break;
-            case QUEUE_NOFD:
-                if (rc == 0) {
-                    rc = QUEUE_NOFD;
-                }
-                break;
-            default:
-                rc = -1;
-            }
-        }
+        write_one(q, &rc);
+    }
+
+    for (q = later_list; q; q = q->lnext) {
+        write_one(q, &rc);
     }
 
     return rc;
 }
 
 
+/* the waiter woken for q's items went away before it took them (closed
+ * in the same iteration): the next one is woken.  1 if one was. */
+static int
+wake_check(queue_t *q)
+{
+    if (q->items > 0 && q->wait_head != NULL) {
+        conn_wake(q->wait_head);
+        return 1;
+    }
+
+    return 0;
+}
+
+
+/* q's position once the interval came: saved, unless a dead letter's
+ * record is not durable yet (the file still owes the item until it is) */
+static void
+save_later(queue_t *q)
+{
+    int       rc;
+    uint64_t  w;
+
+    if (q->dlq_ticket > sync_durable()) {
+        mark_later(q);
+        return;
+    }
+
+    q->pos_dirty = 0;
+    w = watermark(q);
+
+    rc = save_position(q, 0);
+    if (rc < 0) {
+        log_warn("queue", "%s: position: %s", q->name, strerror(errno));
+        q->pos_dirty = 1;
+        mark_later(q);
+    } else if (rc == 0) {
+        q->pos_written = w;
+    }
+
+    collect_segments(q, q->pos_written);
+}
+
+
 int
 queue_before_sleep(void)
 {
-    int       pos_due, woke, rc;
+    int       pos_due, woke;
     queue_t  *q, *next;
     uint64_t  w;
 
@@ -2480,6 +2555,13 @@ queue_before_sleep(void)
 
     woke = 0;
 
+    /*
+     * The queues touched in this iteration; those with appends not
+     * written yet or a position to save wait on the later list, which is
+     * walked once a POS_INTERVAL only: with thousands of queues written
+     * a little each, walking them all every iteration cost a fifth of the
+     * node's CPU.
+     */
     for (q = dirty_list, dirty_list = NULL; q; q = next) {
         next = q->dnext;
         q->dirty = 0;
@@ -2488,56 +2570,39 @@ queue_before_sleep(void)
             continue;
         }
 
-        if (q->items > 0 && q->wait_head != NULL) {
-            /* the waiter woken for these items went away before it took
-             * them (closed in the same iteration): wake the next one */
-            conn_wake(q->wait_head);
-            woke = 1;
-        }
+        woke |= wake_check(q);
 
-        if (q->wlen > 0) {
-            /* written later: keep it in sight */
-            mark_dirty(q);
-            if (pos_timer.index == 0) {
-                loop_timer_add(&pos_timer, POS_INTERVAL);
-            }
+        if (q->wlen > 0 || q->pos_dirty) {
+            mark_later(q);
         }
+    }
 
-        if (q->pos_dirty) {
-            if (!pos_due) {
-                mark_dirty(q);      /* again when the timer fires */
-                if (pos_timer.index == 0) {
-                    loop_timer_add(&pos_timer, POS_INTERVAL
-                                   - (loop_now() - last_pos_flush));
-                }
+    if (pos_due) {
+        for (q = later_list, later_list = NULL; q; q = next) {
+            next = q->lnext;
+            q->later = 0;
+
+            if (!q->on_disk) {
                 continue;
             }
 
-            if (q->dlq_ticket > sync_durable()) {
-                /* a dead letter's record is not durable yet: the file
-                 * still owes the item until it is */
-                mark_dirty(q);
-                if (pos_timer.index == 0) {
-                    loop_timer_add(&pos_timer, POS_INTERVAL);
-                }
-                continue;
+            /* (and a waiter missed, at worst this late) */
+            woke |= wake_check(q);
+
+            if (q->pos_dirty) {
+                save_later(q);
             }
 
-            q->pos_dirty = 0;
-            w = watermark(q);
-
-            rc = save_position(q, 0);
-            if (rc < 0) {
-                log_warn("queue", "%s: position: %s", q->name,
-                         strerror(errno));
-                q->pos_dirty = 1;
-                mark_dirty(q);
-            } else if (rc == 0) {
-                q->pos_written = w;
+            if (q->wlen > 0) {
+                /* not written (no descriptor, or writes refused) */
+                mark_later(q);
             }
-
-            collect_segments(q, q->pos_written);
         }
+    }
+
+    if (later_list != NULL && pos_timer.index == 0) {
+        w = loop_now() - last_pos_flush;
+        loop_timer_add(&pos_timer, w < POS_INTERVAL ? POS_INTERVAL - w : 0);
     }
 
     if (srv.readonly && conn_parked()) {

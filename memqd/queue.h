@@ -180,11 +180,13 @@ struct queue_s {
 
     /* durability bookkeeping, see queue_before_sleep() */
     int          dirty;         /* on the dirty list */
+    int          later;         /* on the later list */
     int          pos_dirty;     /* watermark may have moved */
     uint64_t     pos_written;   /* watermark in the position file */
 
     queue_t     *hnext;         /* hash chain */
     queue_t     *dnext;         /* dirty list */
+    queue_t     *lnext;         /* later list */
 };
 
 /* queue_append() results */
