@@ -35,6 +35,7 @@
 #define WBUF_SIZE      (64 * 1024)
 #define RBUF_SIZE      (64 * 1024)
 #define RBUF_SLOTS     64            /* read-ahead buffers in all */
+#define RBUF_MIN       (4 * 1024)    /* first read of a queue's window */
 #define WBUF_BUDGET    (8 * 1024 * 1024)   /* unwritten appends, all queues */
 #define WB_STEP        (256 * 1024)  /* write-behind: see write_behind() */
 #define WB_PAGE        4096
@@ -56,8 +57,16 @@ static loop_timer_t    lease_timer;   /* armed for the earliest lease
                                          deadline, see arm_lease_timer() */
 static log_rate_t      dlq_warn = { "queue", 1, 0, 0, 0 };
 
-/* read-ahead buffers are lent to queues from a fixed pool, so memory does
- * not grow with the number of queues being read */
+/*
+ * Read-ahead buffers are lent to queues from a fixed pool, so memory does
+ * not grow with the number of queues being read.  How much a read asks
+ * for is a window of the queue's own: RBUF_MIN at first and after its
+ * buffer was taken back, twice as long each time it reads on while still
+ * holding the buffer, up to RBUF_SIZE.  With more queues read in turn
+ * than buffers, every buffer is taken back before its next item is
+ * wanted, and a window of the whole buffer copied 64 KiB from the page
+ * cache for each 100-byte item (BENCHMARKS.md, consume over many queues).
+ */
 static struct {
     queue_t        *owner;    /* (ref) NULL when free */
     unsigned char  *buf;
@@ -149,6 +158,7 @@ queue_alloc(const char *name, size_t len)
     q->next_seq = 1;
     q->rseq = 1;
     q->rbuf_slot = -1;
+    q->rwant = RBUF_MIN;
     return q;
 }
 
@@ -172,6 +182,7 @@ rbuf_get(queue_t *q)
         rbufs[rbuf_hand].owner->rbuf = NULL;
         rbufs[rbuf_hand].owner->rlen = 0;
         rbufs[rbuf_hand].owner->rbuf_slot = -1;
+        rbufs[rbuf_hand].owner->rwant = RBUF_MIN;
     }
 
     if (rbufs[rbuf_hand].buf == NULL) {
@@ -657,7 +668,7 @@ static int
 read_record(queue_t *q, size_t si, uint64_t off, mq_frame_hdr_t *h,
     const unsigned char **payload)
 {
-    int                   rc, fd;
+    int                   rc, fd, had;
     seg_t                *s;
     size_t                avail, want, hsz;
     ssize_t               n;
@@ -698,6 +709,8 @@ read_record(queue_t *q, size_t si, uint64_t off, mq_frame_hdr_t *h,
         }
     }
 
+    had = q->rbuf != NULL;
+
     if (rbuf_get(q) != 0) {
         return RD_BUSY;
     }
@@ -709,26 +722,52 @@ read_record(queue_t *q, size_t si, uint64_t off, mq_frame_hdr_t *h,
         return errno == ENOENT ? RD_BAD : RD_BUSY;
     }
 
-    want = limit - off < RBUF_SIZE ? (size_t) (limit - off) : RBUF_SIZE;
-    n = sys.pread(fd, q->rbuf, want, (off_t) off);
-    if (n < 0) {
-        log_error("queue", "%s/%020" PRIu64 ".seg:%" PRIu64 ": read: %s",
-                  q->name, s->id, off, strerror(errno));
-        return RD_BUSY;
+    if (had && q->rwant < RBUF_SIZE) {
+        /* read on past the window while still holding the buffer: the
+         * next window is twice as long (see rbuf_get()) */
+        q->rwant *= 2;
     }
 
-    q->rbuf_seg = s->id;
-    q->rbuf_off = off;
-    q->rlen = (size_t) n;
+    for ( ;; ) {
+        want = limit - off < q->rwant ? (size_t) (limit - off) : q->rwant;
+        n = sys.pread(fd, q->rbuf, want, (off_t) off);
+        if (n < 0) {
+            log_error("queue", "%s/%020" PRIu64 ".seg:%" PRIu64 ": read: %s",
+                      q->name, s->id, off, strerror(errno));
+            q->rlen = 0;
+            return RD_BUSY;
+        }
 
-    rc = decode(s, q->rbuf, q->rlen, h, &err);
-    if (rc == MQ_OK) {
-        *payload = q->rbuf + hsz;
-        return RD_OK;
+        q->rbuf_seg = s->id;
+        q->rbuf_off = off;
+        q->rlen = (size_t) n;
+
+        rc = decode(s, q->rbuf, q->rlen, h, &err);
+        if (rc == MQ_OK) {
+            *payload = q->rbuf + hsz;
+            return RD_OK;
+        }
+
+        if (rc == MQ_ERROR || q->rlen < hsz || off + hsz + h->len > limit) {
+            /* bad, or cut short by the end of the file */
+            return RD_BAD;
+        }
+
+        if ((size_t) n < want || q->rwant >= hsz + (size_t) h->len
+            || hsz + (size_t) h->len > RBUF_SIZE)
+        {
+            break;
+        }
+
+        /* longer than the window but not than the buffer: a window that
+         * holds it, now and for the next reads */
+        while (q->rwant < hsz + (size_t) h->len) {
+            q->rwant *= 2;
+        }
     }
 
-    if (rc == MQ_ERROR || q->rlen < hsz || off + hsz + h->len > limit) {
-        /* bad, or cut short by the end of the file */
+    if (hsz + (size_t) h->len <= RBUF_SIZE) {
+        /* the file ends before the record does */
         return RD_BAD;
     }
 
@@ -2336,7 +2375,7 @@ lease_owed(lease_t *l, void *arg)
 static int
 save_position(queue_t *q, int precise)
 {
-    int          rc, dirfd;
+    int          rc;
     size_t       n, k, i;
     owed_t      *owed, *o;
     uint64_t    *seqs;
@@ -2352,12 +2391,6 @@ save_position(queue_t *q, int precise)
         return 1;
     }
 
-    dirfd = openat(srv.data_fd, q->name,
-                   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (dirfd == -1) {
-        return -1;
-    }
-
     owed = NULL;
     seqs = NULL;
     counts = NULL;
@@ -2368,11 +2401,14 @@ save_position(queue_t *q, int precise)
     }
 
     if (n == 0) {
-        rc = position_save(dirfd, log_cursor(q), NULL, 0);
+        rc = position_save_counts(srv.data_fd, q->name, log_cursor(q), NULL,
+                                  NULL, 0);
         q->acked = 0;
 
     } else if (owed == NULL || seqs == NULL || counts == NULL) {
-        rc = q->acked ? -1 : position_save(dirfd, watermark(q), NULL, 0);
+        rc = q->acked ? -1 : position_save_counts(srv.data_fd, q->name,
+                                                  watermark(q), NULL, NULL,
+                                                  0);
 
     } else {
         o = owed;
@@ -2395,7 +2431,8 @@ save_position(queue_t *q, int precise)
             counts[i] = owed[i].deliveries;
         }
 
-        rc = position_save_counts(dirfd, log_cursor(q), seqs, counts, k);
+        rc = position_save_counts(srv.data_fd, q->name, log_cursor(q), seqs,
+                                  counts, k);
         if (rc == 0) {
             q->acked = 0;
         }
@@ -2404,7 +2441,6 @@ save_position(queue_t *q, int precise)
     free(owed);
     free(seqs);
     free(counts);
-    close(dirfd);
     return rc;
 }
 

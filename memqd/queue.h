@@ -129,6 +129,7 @@ struct queue_s {
     size_t       rlen;          /*   at [rbuf_off, rbuf_off + rlen); lent
                                      by a bounded pool, may be taken back */
     int          rbuf_slot;     /* its pool slot */
+    size_t       rwant;         /* bytes the next read asks for */
     uint64_t     rbuf_seg;
     uint64_t     rbuf_off;
 
