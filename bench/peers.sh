@@ -38,6 +38,10 @@
 #   MATRIX_SHAPES     CONNSxDEPTH list ("1x1 16x1 50x1 50x16")
 #   MATRIX_QUEUES     queue counts ("1 16 256")
 #   MATRIX_N          messages per matrix cell (1000000; QUICK=1: 2000)
+#   MATRIX_MODE       produce (default) or consume: each cell first fills
+#                     its queues with MATRIX_N messages in the same shape,
+#                     then the cell's figure is consuming them (plain get,
+#                     RPOP, reserve + delete) for DURATION seconds
 #   N100, N4096       messages per cell for 100 and 4096 bytes (300000, 60000)
 #   DURATION          seconds cap of each produce run (5)
 #   DEPTH1, DEPTH50   pipeline depth with 1 and with 50 connections (1, 16)
@@ -62,6 +66,7 @@ QUICK=${QUICK:-0}
 MATRIX=${MATRIX:-0}
 MATRIX_SHAPES=${MATRIX_SHAPES:-1x1 16x1 50x1 50x16}
 MATRIX_QUEUES=${MATRIX_QUEUES:-1 16 256}
+MATRIX_MODE=${MATRIX_MODE:-produce}
 if [ "$MATRIX" = 1 ]; then
     RESULTS=${RESULTS:-$ROOT/build/peers-matrix.txt}
 else
@@ -309,7 +314,7 @@ table() {
             split($i, kv, "=")
             f[kv[1]] = kv[2]
         }
-        if (f["msgs"] == 0) next
+        if (f["msgs"] == 0 || f["mode"] != mode) next
         k = f["level"] SUBSEP f["system"] SUBSEP f["mode"] SUBSEP \
             f["size"] SUBSEP f["conns"]
         if (!(k in v) || f["msgs_per_sec"] + 0 > v[k] + 0)
@@ -384,13 +389,20 @@ matrix_check() {
     rm -rf "$DIR"
 }
 
-# one cell of the matrix on a fresh server: produce only
+# one cell of the matrix on a fresh server: produce, or (MATRIX_MODE=
+# consume) MATRIX_N messages produced in the same shape without a time
+# cap, then consumed for DURATION seconds
 matrix_cell() {
     local sys=$1 conns=$2 depth=$3 queues=$4
     start "$sys" always || { STATUS=1; return; }
+    if [ "$MATRIX_MODE" = consume ]; then
+        TAG=part=fill bench "$sys" always -c "$conns" -d "$depth" -s 100 \
+            -n "$MATRIX_N" --queues "$queues" -q mx -Q --timeout 120 \
+            >/dev/null || STATUS=1
+    fi
     TAG=part=matrix bench "$sys" always -c "$conns" -d "$depth" -s 100 \
-        -n "$MATRIX_N" -t "$DURATION" --queues "$queues" -q mx -Q \
-        >/dev/null || STATUS=1
+        -n "$MATRIX_N" -t "$DURATION" --queues "$queues" -q mx \
+        -m "$MATRIX_MODE" -Q >/dev/null || STATUS=1
     stop "$PID"
     rm -rf "$DIR"
 }
@@ -430,7 +442,8 @@ run_matrix() {
                     matrix_cell "$sys" "${shape%x*}" "${shape#*x}" "$nq"
                 done
                 if [ "$shape" = 1x1 ] && [ "$nq" = 1 ] && \
-                   [ -x "$FSYNC_DESIGNS" ]; then
+                   [ "$MATRIX_MODE" = produce ] && [ -x "$FSYNC_DESIGNS" ]
+                then
                     matrix_bound
                 fi
             done
@@ -440,7 +453,8 @@ run_matrix() {
 
 matrix_table() {
     awk -v shapes="$MATRIX_SHAPES" -v queues="$MATRIX_QUEUES" \
-        -v rep="$REPEAT" -v n="$MATRIX_N" -v secs="$DURATION" '
+        -v rep="$REPEAT" -v n="$MATRIX_N" -v secs="$DURATION" \
+        -v mode="$MATRIX_MODE" '
     function min(a, b) { return a == "" || b + 0 < a + 0 ? b : a }
     /^RESULT / && / part=(matrix|bound)/ && !/ check=/ {
         delete f
@@ -455,7 +469,7 @@ matrix_table() {
                 rt = min(rt, f["p50_us"])
             next
         }
-        if (f["msgs"] == 0) next
+        if (f["msgs"] == 0 || f["mode"] != mode) next
         k = f["system"] SUBSEP f["queues"] SUBSEP f["conns"] "x" f["depth"]
         if (!(k in v) || f["msgs_per_sec"] + 0 > v[k] + 0) {
             v[k] = f["msgs_per_sec"]
@@ -472,8 +486,8 @@ matrix_table() {
     END {
         ns = split(shapes, S, " ")
         nq = split(queues, Q, " ")
-        printf "\n== durable produce: memqd --sync always vs redis" \
-               " appendonly yes, appendfsync always\n"
+        printf "\n== durable %s: memqd --sync always vs redis", mode
+        printf " appendonly yes, appendfsync always\n"
         printf "   100 B messages, %s per cell or %s s, whichever first;" \
                " msgs/s%s\n", n, secs, (rep > 1 ? ", best of " rep : "")
         for (qi = 1; qi <= nq; qi++) {
@@ -503,6 +517,7 @@ matrix_table() {
             }
             printf "%s", (yi == 1 ? ";" : "\n")
         }
+        if (mode != "produce") exit
         printf "durable set at 1x1, 1 queue, mean (1e6 / msgs/s):" \
                " memqd %s, redis %s\n", us(v["memqd", 1, "1x1"]), \
                us(v["redis", 1, "1x1"])

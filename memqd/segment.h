@@ -60,11 +60,13 @@ int position_save(int dirfd, uint64_t seq, const uint64_t *pending,
     size_t n);
 
 /* With delivery counts too (counts may be NULL: all 0); *counts is
- * malloc()ed, NULL when the file has none (versions 1 and 2). */
+ * malloc()ed, NULL when the file has none (versions 1 and 2).  Saving:
+ * qname NULL, dirfd is the queue's directory; else dirfd is the data
+ * directory and the file is <qname>/position (one open the fewer). */
 int position_read_counts(int dirfd, uint64_t *seq, uint64_t **pending,
     uint32_t **counts, size_t *npending);
-int position_save_counts(int dirfd, uint64_t seq, const uint64_t *pending,
-    const uint32_t *counts, size_t n);
+int position_save_counts(int dirfd, const char *qname, uint64_t seq,
+    const uint64_t *pending, const uint32_t *counts, size_t n);
 
 /* Recovery (recover.c): the journal's view of the queues. */
 typedef struct jscan_s  jscan_t;

@@ -852,7 +852,7 @@ position_3_5(fx_t *f, int counts)
     two_segs(f);
     dirfd = openat(f->dirfd, "q1", O_RDONLY | O_DIRECTORY);
     assert_true(dirfd != -1);
-    assert_int_equal(position_save_counts(dirfd, 8, pending,
+    assert_int_equal(position_save_counts(dirfd, NULL, 8, pending,
                                           counts ? deliveries : NULL, 2),
                      0);
     close(dirfd);

@@ -5,8 +5,8 @@
  * seg_parse_name), seg_create (in <srv.data_fd>/<queue>/) and seg_pwrite,
  * and the position file (position_write, position_read, position_save,
  * position_read_pending): its exact bytes, round trips, large lists of
- * pending items, and every way it can be missing or damaged, which must
- * read as seq 0.
+ * pending items, when it is written in place, and every way it can be
+ * missing or damaged, which must read as seq 0.
  */
 
 #include <stdarg.h>
@@ -556,22 +556,150 @@ test_position_damaged(void **state)
 }
 
 
-/* A write that cannot complete leaves the previous position in place. */
+/* A write that cannot complete leaves the previous position in place
+ * (one of another length: renamed into place, see the next case). */
 static void
 test_position_write_fails_keeps_old(void **state)
 {
-    fx_t      *f = *state;
-    uint64_t   seq;
+    fx_t            *f = *state;
+    size_t           n;
+    uint64_t         seq, *pending;
+    const uint64_t   two[] = { 3, 4 };
 
     assert_int_equal(position_write(f->dirfd, 10), 0);
     assert_int_equal(mkdirat(f->dirfd, "position.tmp", 0755), 0);
 
-    assert_int_equal(position_write(f->dirfd, 20), -1);
+    assert_int_equal(position_save(f->dirfd, 20, two, 2), -1);
 
-    assert_int_equal(position_read(f->dirfd, &seq), 0);
+    assert_int_equal(position_read_pending(f->dirfd, &seq, &pending, &n), 0);
     assert_int_equal(seq, 10);
+    assert_int_equal(n, 0);
+    assert_null(pending);
 
     assert_int_equal(position_write(-1, 30), -1);
+}
+
+
+static ino_t
+ino_of(fx_t *f, const char *name)
+{
+    struct stat  st;
+
+    assert_int_equal(fstatat(f->dirfd, name, &st, AT_SYMLINK_NOFOLLOW), 0);
+    return st.st_ino;
+}
+
+
+/*
+ * A record of the file's own length, within one sector, is written over
+ * the file's bytes (the same inode: no file made and renamed, no inode
+ * freed); one of another length, or longer than a sector, is renamed
+ * into place.  A position that is a symbolic link or has a second name
+ * is replaced, never written through.
+ */
+static void
+test_position_in_place(void **state)
+{
+    fx_t            *f = *state;
+    size_t           n, i;
+    ino_t            ino;
+    uint64_t         seq, *pending, many[100];
+    const uint64_t   two[] = { 3, 4 }, other[] = { 5, 6 };
+    unsigned char    buf[64];
+
+    assert_int_equal(position_write(f->dirfd, 10), 0);
+    ino = ino_of(f, "position");
+
+    assert_int_equal(position_write(f->dirfd, 20), 0);
+    assert_int_equal(ino_of(f, "position"), ino);
+    assert_int_equal(position_read(f->dirfd, &seq), 0);
+    assert_int_equal(seq, 20);
+    assert_int_equal(faccessat(f->dirfd, "position.tmp", F_OK, 0), -1);
+
+    /* another length: a new file */
+    assert_int_equal(position_save(f->dirfd, 30, two, 2), 0);
+    assert_true(ino_of(f, "position") != ino);
+    ino = ino_of(f, "position");
+
+    /* the same length again: in place */
+    assert_int_equal(position_save(f->dirfd, 31, other, 2), 0);
+    assert_int_equal(ino_of(f, "position"), ino);
+    assert_int_equal(position_read_pending(f->dirfd, &seq, &pending, &n), 0);
+    assert_int_equal(seq, 31);
+    assert_int_equal(n, 2);
+    assert_int_equal(pending[0], 5);
+    assert_int_equal(pending[1], 6);
+    free(pending);
+
+    /* longer than a sector (28 + 8 x 100 bytes): renamed each time */
+    for (i = 0; i < 100; i++) {
+        many[i] = 100 + i;
+    }
+    assert_int_equal(position_save(f->dirfd, 40, many, 100), 0);
+    ino = ino_of(f, "position");
+    assert_int_equal(position_save(f->dirfd, 41, many, 100), 0);
+    assert_true(ino_of(f, "position") != ino);
+    assert_int_equal(position_read_pending(f->dirfd, &seq, &pending, &n), 0);
+    assert_int_equal(seq, 41);
+    assert_int_equal(n, 100);
+    free(pending);
+
+    /* a link to another file: that file keeps its bytes */
+    assert_int_equal(unlinkat(f->dirfd, "position", 0), 0);
+    assert_int_equal(position_write(f->dirfd, 50), 0);
+    assert_int_equal(renameat(f->dirfd, "position", f->dirfd, "victim"), 0);
+    assert_int_equal(symlinkat("victim", f->dirfd, "position"), 0);
+    assert_int_equal(position_write(f->dirfd, 51), 0);
+    assert_int_equal(position_read(f->dirfd, &seq), 0);
+    assert_int_equal(seq, 51);
+    assert_int_equal(get_file(f, "victim", buf, sizeof(buf)), POS_SIZE);
+    assert_int_equal(buf[8], 50);
+
+    /* a second name: the same */
+    assert_int_equal(unlinkat(f->dirfd, "victim", 0), 0);
+    assert_int_equal(linkat(f->dirfd, "position", f->dirfd, "victim", 0), 0);
+    assert_int_equal(position_write(f->dirfd, 52), 0);
+    assert_int_equal(get_file(f, "victim", buf, sizeof(buf)), POS_SIZE);
+    assert_int_equal(buf[8], 51);
+    assert_int_equal(position_read(f->dirfd, &seq), 0);
+    assert_int_equal(seq, 52);
+}
+
+
+/* Saved through the data directory and the queue's name, as memqd does:
+ * <qname>/position, in place or renamed the same way; a name longer than
+ * any queue's is refused. */
+static void
+test_position_save_by_name(void **state)
+{
+    fx_t            *f = *state;
+    int              qfd;
+    char             name[MQ_NAME_MAX + 2];
+    uint64_t         seq;
+    const uint64_t   two[] = { 3, 4 };
+
+    assert_int_equal(mkdirat(f->dirfd, "q", 0755), 0);
+    qfd = openat(f->dirfd, "q", O_RDONLY | O_DIRECTORY);
+    assert_true(qfd != -1);
+
+    assert_int_equal(position_save_counts(f->dirfd, "q", 9, NULL, NULL, 0),
+                     0);
+    assert_int_equal(position_read(qfd, &seq), 0);
+    assert_int_equal(seq, 9);
+
+    assert_int_equal(position_save_counts(f->dirfd, "q", 11, two, NULL, 2),
+                     0);
+    assert_int_equal(position_save_counts(f->dirfd, "q", 12, two, NULL, 2),
+                     0);
+    assert_int_equal(position_read(qfd, &seq), 0);
+    assert_int_equal(seq, 12);
+    assert_int_equal(faccessat(qfd, "position.tmp", F_OK, 0), -1);
+
+    memset(name, 'n', sizeof(name) - 1);
+    name[sizeof(name) - 1] = '\0';
+    assert_int_equal(position_save_counts(f->dirfd, name, 1, NULL, NULL, 0),
+                     -1);
+    close(qfd);
 }
 
 
@@ -762,6 +890,8 @@ main(void)
         T(test_position_missing),
         T(test_position_damaged),
         T(test_position_write_fails_keeps_old),
+        T(test_position_in_place),
+        T(test_position_save_by_name),
         T(test_position_stale_tmp),
     };
 
