@@ -41,6 +41,8 @@
 #define WB_PAGE        4096
 #define HASH_SIZE      4096          /* buckets; chains stay short enough */
 #define POS_INTERVAL   100           /* ms between position file writes */
+#define POS_SAVES_MAX  1024          /* position files written an interval,
+                                        at most: see queue_before_sleep() */
 #define POS_PENDING_MAX 4096         /* owed items listed in it, at most */
 #define EXPIRE_BATCH   4096          /* leases given back per sort */
 
@@ -48,6 +50,7 @@ static queue_t        *hash[HASH_SIZE];
 static queue_t        *dirty_list;    /* touched in this iteration */
 static queue_t        *later_list;    /* waiting for the position interval:
                                          see queue_before_sleep() */
+static queue_t        *later_tail;    /* (FIFO) */
 static unsigned char  *scratch;      /* records larger than RBUF_SIZE */
 static size_t          scratch_cap;
 static uint64_t        last_pos_flush;
@@ -105,8 +108,13 @@ mark_later(queue_t *q)
 {
     if (!q->later) {
         q->later = 1;
-        q->lnext = later_list;
-        later_list = q;
+        q->lnext = NULL;
+        if (later_tail != NULL) {
+            later_tail->lnext = q;
+        } else {
+            later_list = q;
+        }
+        later_tail = q;
     }
 }
 
@@ -243,7 +251,7 @@ hash_remove(queue_t *q)
 static void
 queue_free(queue_t *q)
 {
-    queue_t   **pp;
+    queue_t   **pp, *prev;
 
     for (pp = &dirty_list; *pp; pp = &(*pp)->dnext) {
         if (*pp == q) {
@@ -252,9 +260,13 @@ queue_free(queue_t *q)
         }
     }
 
-    for (pp = &later_list; *pp; pp = &(*pp)->lnext) {
+    prev = NULL;
+    for (pp = &later_list; *pp; prev = *pp, pp = &(*pp)->lnext) {
         if (*pp == q) {
             *pp = q->lnext;
+            if (later_tail == q) {
+                later_tail = prev;
+            }
             break;
         }
     }
@@ -2562,6 +2574,7 @@ int
 queue_before_sleep(void)
 {
     int       pos_due, woke;
+    size_t    saves;
     queue_t  *q, *next;
     uint64_t  w;
 
@@ -2613,8 +2626,23 @@ queue_before_sleep(void)
         }
     }
 
+    /*
+     * At most POS_SAVES_MAX position files an interval, in the order the
+     * queues came to the list; the others keep their place at its head
+     * for the next interval.  With thousands of queues consumed at once,
+     * a position file written for each every 100 ms was a write for every
+     * two items delivered (BENCHMARKS.md); so past 1024 queues, each
+     * queue's file is written every (queues / 1024) intervals: the items
+     * a crash may deliver again are those of that long.  Shutdown writes
+     * them all.
+     */
     if (pos_due) {
-        for (q = later_list, later_list = NULL; q; q = next) {
+        saves = 0;
+        q = later_list;
+        later_list = NULL;
+        later_tail = NULL;
+
+        for ( /* void */ ; q; q = next) {
             next = q->lnext;
             q->later = 0;
 
@@ -2626,7 +2654,12 @@ queue_before_sleep(void)
             woke |= wake_check(q);
 
             if (q->pos_dirty) {
-                save_later(q);
+                if (saves < POS_SAVES_MAX || srv.stopping) {
+                    saves++;
+                    save_later(q);
+                } else {
+                    mark_later(q);
+                }
             }
 
             if (q->wlen > 0) {
