@@ -492,7 +492,8 @@ matrix_table() {
                " msgs/s%s\n", n, secs, (rep > 1 ? ", best of " rep : "")
         for (qi = 1; qi <= nq; qi++) {
             q = Q[qi]
-            printf "\n-- %s queue%s taking writes\n", q, (q == 1 ? "" : "s")
+            printf "\n-- %s queue%s %s\n", q, (q == 1 ? "" : "s"), \
+                (mode == "produce" ? "taking writes" : "consumed")
             printf "%-8s %10s %10s %12s\n", "shape", "memqd", "redis", \
                 "memqd/redis"
             for (si = 1; si <= ns; si++) {

@@ -192,7 +192,7 @@ def test_review_open_item_only_in_the_journal_survives_a_restart(
     replay skips every journal record below it "because its queue file has
     it" (recover.c replay_visit) -- it does not: an item STORED before the
     failure and still open at the restart is lost.  (Power loss gives the
-    same picture: position files are renamed without fsync, queue files are
+    same picture: position files are written without fsync, queue files are
     synced only at checkpoints.)"""
     for attempt in range(5):
         s = memqd_factory(args=["--sync", "always"],
