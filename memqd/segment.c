@@ -195,12 +195,15 @@ read_all(int dirfd, unsigned char **buf, size_t *len)
     struct stat     st;
     unsigned char  *b;
 
-    fd = openat(dirfd, POS_FILE, O_RDONLY | O_CLOEXEC);
+    /* (non-blocking: a FIFO put in its place must not hold the node) */
+    fd = openat(dirfd, POS_FILE, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd == -1) {
         return -1;
     }
 
-    if (fstat(fd, &st) != 0 || (uint64_t) st.st_size > POS_MAX_SIZE) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)
+        || (uint64_t) st.st_size > POS_MAX_SIZE)
+    {
         close(fd);
         return -1;
     }
@@ -362,7 +365,7 @@ overwrite(int dirfd, const char *path, const unsigned char *buf, size_t len)
         return 0;
     }
 
-    fd = openat(dirfd, path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    fd = openat(dirfd, path, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd == -1) {
         return 0;
     }
@@ -448,7 +451,8 @@ position_save_counts(int dirfd, const char *qname, uint64_t seq,
 
     rc = -1;
 
-    fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    fd = openat(dirfd, tmp,
+                O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0644);
     if (fd != -1) {
         if (seg_pwrite(fd, buf, len, 0) == 0) {
             rc = 0;

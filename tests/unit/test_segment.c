@@ -666,6 +666,29 @@ test_position_in_place(void **state)
 }
 
 
+/* A FIFO in the position file's place holds nothing up: a read says
+ * there is no position, a write replaces it (SIGALRM ends the test if
+ * either blocks). */
+static void
+test_position_fifo(void **state)
+{
+    fx_t      *f = *state;
+    uint64_t   seq;
+
+    alarm(10);
+
+    assert_int_equal(mkfifoat(f->dirfd, "position", 0644), 0);
+    assert_int_equal(position_read(f->dirfd, &seq), -1);
+    assert_int_equal(seq, 0);
+
+    assert_int_equal(position_write(f->dirfd, 7), 0);
+    assert_int_equal(position_read(f->dirfd, &seq), 0);
+    assert_int_equal(seq, 7);
+
+    alarm(0);
+}
+
+
 /* Saved through the data directory and the queue's name, as memqd does:
  * <qname>/position, in place or renamed the same way; a name longer than
  * any queue's is refused. */
@@ -892,6 +915,7 @@ main(void)
         T(test_position_write_fails_keeps_old),
         T(test_position_in_place),
         T(test_position_save_by_name),
+        T(test_position_fifo),
         T(test_position_stale_tmp),
     };
 
