@@ -2542,8 +2542,9 @@ wake_check(queue_t *q)
 
 
 /* q's position once the interval came: saved, unless a dead letter's
- * record is not durable yet (the file still owes the item until it is) */
-static void
+ * record is not durable yet (the file still owes the item until it is).
+ * 1 when a file was written. */
+static int
 save_later(queue_t *q)
 {
     int       rc;
@@ -2551,7 +2552,7 @@ save_later(queue_t *q)
 
     if (q->dlq_ticket > sync_durable()) {
         mark_later(q);
-        return;
+        return 0;
     }
 
     q->pos_dirty = 0;
@@ -2567,6 +2568,7 @@ save_later(queue_t *q)
     }
 
     collect_segments(q, q->pos_written);
+    return rc == 0;
 }
 
 
@@ -2655,8 +2657,9 @@ queue_before_sleep(void)
 
             if (q->pos_dirty) {
                 if (saves < POS_SAVES_MAX || srv.stopping) {
-                    saves++;
-                    save_later(q);
+                    /* (one that cannot be written, or waits for a dead
+                     * letter, leaves its turn to the next) */
+                    saves += save_later(q);
                 } else {
                     mark_later(q);
                 }

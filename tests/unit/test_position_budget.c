@@ -12,7 +12,8 @@
  * With 3,000 queues consumed at once, an interval writes 1,024 of them;
  * the others are written in the next intervals, before any queue written
  * already whose position moved again (first come, first written: none
- * waits for ever); shutdown writes every one left.
+ * waits for ever); shutdown writes every one left.  Queues whose files
+ * cannot be written use none of the budget.
  */
 
 #include <stdarg.h>
@@ -23,6 +24,7 @@
 
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -102,15 +104,35 @@ take(unsigned k)
 
 
 static void
-budget_first_come_first_written(void **state)
+start(void)
 {
-    char      name[32], cmd[200];
-    unsigned  k, first[BUDGET], n;
-
     strcpy(dir, "/tmp/memq-unit-pb-XXXXXX");
     standin_data_dir(dir, SYNC_NONE, 64 * 1024 * 1024);
-    assert_int_equal(loop_init(), 0);
     assert_int_equal(queue_init(), 0);
+}
+
+
+static void
+stop(void)
+{
+    char  cmd[200];
+
+    queue_shutdown();
+    close(srv.data_fd);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0) {
+        /* left behind in /tmp */
+    }
+}
+
+
+static void
+budget_first_come_first_written(void **state)
+{
+    char      name[32];
+    unsigned  k, first[BUDGET], n;
+
+    start();
 
     for (k = 0; k < NQ; k++) {
         name_of(name, sizeof(name), k);
@@ -166,12 +188,47 @@ budget_first_come_first_written(void **state)
     assert_int_equal(count_at_least(4), BUDGET);
     assert_int_equal(count_at_least(3), NQ);
 
-    queue_shutdown();
-    close(srv.data_fd);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0) {
-        /* left behind in /tmp */
+    stop();
+}
+
+
+/* 1,030 queues whose position file cannot be written (a directory in its
+ * place), taken from after 70 healthy ones, so that they come first: the
+ * healthy ones are written in the first interval all the same. */
+static void
+failing_saves_leave_their_turn(void **state)
+{
+    int       fd;
+    char      name[32];
+    unsigned  k;
+
+    start();
+
+    for (k = 0; k < 1100; k++) {
+        name_of(name, sizeof(name), k);
+        qs[k] = queue_lookup(name, strlen(name), 2);
+        assert_non_null(qs[k]);
+        assert_int_equal(queue_append(qs[k], 0, 0, "abc", 3), QUEUE_OK);
+        assert_int_equal(queue_append(qs[k], 0, 0, "def", 3), QUEUE_OK);
+        if (k >= 70) {
+            fd = openat(srv.data_fd, name, O_RDONLY | O_DIRECTORY);
+            assert_true(fd != -1);
+            assert_int_equal(mkdirat(fd, "position", 0755), 0);
+            close(fd);
+        }
     }
+    interval();
+
+    for (k = 0; k < 1100; k++) {
+        take(k);
+    }
+    interval();
+
+    for (k = 0; k < 70; k++) {
+        assert_int_equal(position_of(k), 2);
+    }
+
+    stop();
 }
 
 
@@ -180,7 +237,11 @@ main(void)
 {
     const struct CMUnitTest  tests[] = {
         cmocka_unit_test(budget_first_come_first_written),
+        cmocka_unit_test(failing_saves_leave_their_turn),
     };
 
+    if (loop_init() != 0) {
+        return 1;
+    }
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
