@@ -347,11 +347,12 @@ position_save(int dirfd, uint64_t seq, const uint64_t *pending, size_t n)
  * inode allocated and one freed a write, and ext4 starts the new file's
  * write-back at such a rename: with 4096 queues consumed in turn that was
  * 45% of the node's CPU (BENCHMARKS.md).  Neither way is fsynced.  After
- * a power cut a rename leaves the old record or the new one; a sector
- * written in place leaves the old, the new or, if the cut came while the
- * disk wrote that very sector, one that fails its CRC: then the queue is
- * read again from its oldest file, and items come back, which
- * at-least-once allows.  A record longer than a sector, or of another
+ * a power cut a rename leaves the old record or the new one, and so does
+ * a sector written in place on a disk that writes a sector whole (what
+ * PostgreSQL counts on for pg_control).  A disk that does not, cut while
+ * it writes that very sector, leaves one that fails its CRC: the queue is
+ * then read again from its oldest file (docs/memqd.md says what comes
+ * back).  A record longer than a sector, or of another
  * length than the file's, is still renamed into place.  1 written, 0 not
  * possible here, -1 failed.
  */

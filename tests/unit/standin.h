@@ -23,4 +23,8 @@ extern int  realloc_fails;
  * files of `journal_size` bytes: ready for queue_init() */
 void standin_data_dir(char *dir, int sync_mode, uint64_t journal_size);
 
+/* removes `dir` and everything in it (what is left of a failed removal
+ * stays in /tmp) */
+void standin_remove(const char *dir);
+
 #endif /* MEMQ_TEST_STANDIN_H */

@@ -59,16 +59,11 @@ start(void)
 static void
 stop(void)
 {
-    char  cmd[200];
-
     queue_shutdown();
     close(srv.data_fd);
     sys.pread = pread;
 
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0) {
-        /* left behind in /tmp */
-    }
+    standin_remove(dir);
 }
 
 

@@ -74,13 +74,8 @@ start(void)
 static void
 stop(void)
 {
-    char  cmd[200];
-
     queue_shutdown();
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0) {
-        /* left behind in /tmp */
-    }
+    standin_remove(dir);
 }
 
 

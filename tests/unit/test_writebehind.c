@@ -90,16 +90,11 @@ start(int mode, int (*range)(int, off_t, off_t, unsigned))
 static void
 stop(void)
 {
-    char  cmd[200];
-
     queue_shutdown();
     close(srv.data_fd);
     sys.sync_range = sync_file_range;
 
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0) {
-        /* left behind in /tmp */
-    }
+    standin_remove(dir);
 }
 
 
